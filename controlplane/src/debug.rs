@@ -1,0 +1,68 @@
+//! The control plane's HTTP endpoints: health, Prometheus metrics, and JSON
+//! debug views of connected proxies, rejected config and registry problems.
+//!
+//! Bind it to loopback (the default) or a port only operators reach: it
+//! reveals topology, though never key material.
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+
+use crate::discovery::file::FileError;
+use crate::xds::ServerState;
+
+#[derive(Clone)]
+pub struct DebugState {
+    pub xds: Arc<ServerState>,
+    pub registry_problems: Arc<RwLock<Vec<FileError>>>,
+    pub metrics: Arc<Registry>,
+}
+
+pub fn router(state: DebugState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/debug/xds/proxies", get(proxies))
+        .route("/debug/xds/nacks", get(nacks))
+        .route("/debug/registry", get(registry))
+        .with_state(state)
+}
+
+async fn proxies(State(s): State<DebugState>) -> impl IntoResponse {
+    Json(s.xds.proxies())
+}
+
+async fn nacks(State(s): State<DebugState>) -> impl IntoResponse {
+    Json(s.xds.nacks())
+}
+
+async fn registry(State(s): State<DebugState>) -> impl IntoResponse {
+    let problems = s
+        .registry_problems
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Json(serde_json::json!({ "errors": problems }))
+}
+
+async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.metrics) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

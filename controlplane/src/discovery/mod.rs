@@ -1,0 +1,13 @@
+//! Discovery: where the mesh model comes from.
+//!
+//! - [`objects`]: Kubernetes objects → model types, shared by every source.
+//! - [`index`]: accepted objects by kind, joined into a [`crate::model::Mesh`].
+//! - [`file`]: the file registry source (a directory of manifests, or the
+//!   embedded default).
+//!
+//! A source publishes whole [`crate::model::Mesh`] snapshots on a
+//! `tokio::sync::watch` channel; the xDS server subscribes to it.
+
+pub mod file;
+pub mod index;
+pub mod objects;

@@ -1,0 +1,432 @@
+//! Kubernetes objects → mesh model.
+//!
+//! Every discovery source speaks Kubernetes' own object shapes (the file
+//! registry holds the same YAML `kubectl` would), so this is the one place
+//! where a Namespace, Service, EndpointSlice or Pod is validated and turned
+//! into model types. Errors name the object, the field and what is accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::{
+    Conditions, Endpoint, Interception, Namespace, Protocol, Service, ServiceKey, ServicePort,
+    Workload,
+};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Pod annotation choosing how the proxy captures traffic.
+pub const INTERCEPTION_ANNOTATION: &str = "meshd.io/interception";
+/// Kubernetes' default namespace for objects that do not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The kinds a source accepts, as `apiVersion kind`.
+pub const ACCEPTED_KINDS: &str = "v1 Namespace, v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice";
+
+/// A problem with one object: which object, which field, what is wrong and
+/// what would be accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {field}: {message}")]
+pub struct ObjectError {
+    /// `Kind namespace/name`, or just `Kind` when the name is unknown.
+    pub object: String,
+    /// A path into the object, as `kubectl explain` spells it.
+    pub field: String,
+    pub message: String,
+}
+
+/// The kind and name of an object, for messages.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+impl ObjectRef {
+    fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ObjectError {
+        ObjectError {
+            object: self.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An EndpointSlice reduced to what the mesh uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub namespace: String,
+    pub name: String,
+    pub service: ServiceKey,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One accepted object, converted to the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    Namespace(Namespace),
+    Service(Service),
+    EndpointSlice(Slice),
+    Pod(Workload),
+}
+
+impl Object {
+    pub fn object_ref(&self) -> ObjectRef {
+        let (kind, namespace, name) = match self {
+            Object::Namespace(ns) => ("Namespace", None, &ns.name),
+            Object::Service(s) => ("Service", Some(&s.key.namespace), &s.key.name),
+            Object::EndpointSlice(s) => ("EndpointSlice", Some(&s.namespace), &s.name),
+            Object::Pod(p) => ("Pod", Some(&p.namespace), &p.name),
+        };
+        ObjectRef {
+            kind,
+            namespace: namespace.cloned(),
+            name: name.clone(),
+        }
+    }
+}
+
+/// Name and namespace from metadata, with the errors a user needs when they
+/// are missing.
+fn identify(kind: &'static str, meta: &ObjectMeta, namespaced: bool) -> Result<ObjectRef, ObjectError> {
+    let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| ObjectError {
+        object: kind.to_string(),
+        field: "metadata.name".into(),
+        message: "is required".into(),
+    })?;
+    let namespace = namespaced.then(|| {
+        meta.namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+    });
+    Ok(ObjectRef {
+        kind,
+        namespace,
+        name,
+    })
+}
+
+fn port_number(obj: &ObjectRef, field: &str, value: i32) -> Result<u16, ObjectError> {
+    // Kubernetes' types read a missing port as 0.
+    if value == 0 {
+        return Err(obj.error(field, "is required; accepted: 1-65535"));
+    }
+    u16::try_from(value)
+        .map_err(|_| obj.error(field, format!("{value} is out of range; accepted: 1-65535")))
+}
+
+/// Whether a Kubernetes port protocol (`TCP` when absent) is one the mesh
+/// proxies. UDP and SCTP ports are not intercepted by the sidecar, so they
+/// are left out of the model rather than rejected.
+fn is_tcp(protocol: Option<&str>) -> bool {
+    protocol.is_none_or(|p| p == "TCP")
+}
+
+fn protocol_of(name: Option<&str>, app_protocol: Option<&str>) -> Protocol {
+    app_protocol
+        .and_then(Protocol::from_app_protocol)
+        .unwrap_or_else(|| Protocol::from_port_name(name.unwrap_or_default()))
+}
+
+pub fn namespace(ns: &core::Namespace) -> Result<Namespace, ObjectError> {
+    let obj = identify("Namespace", &ns.metadata, false)?;
+    Ok(Namespace {
+        name: obj.name,
+        labels: ns.metadata.labels.clone().unwrap_or_default(),
+        annotations: ns.metadata.annotations.clone().unwrap_or_default(),
+    })
+}
+
+pub fn service(svc: &core::Service) -> Result<Service, ObjectError> {
+    let obj = identify("Service", &svc.metadata, true)?;
+    let spec = svc
+        .spec
+        .as_ref()
+        .ok_or_else(|| obj.error("spec", "is required"))?;
+    let vip = match spec.cluster_ip.as_deref() {
+        Some("None") => None,
+        Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
+            obj.error(
+                "spec.clusterIP",
+                format!("`{ip}` is not an IP address; accepted: an IPv4 or IPv6 address, or None for a headless service"),
+            )
+        })?),
+        None => {
+            return Err(obj.error(
+                "spec.clusterIP",
+                "is required (the file registry has no IP allocator); accepted: an IPv4 or IPv6 address, or None for a headless service",
+            ));
+        }
+    };
+    let all_ports = spec.ports.as_deref().unwrap_or_default();
+    let mut ports: Vec<ServicePort> = Vec::with_capacity(all_ports.len());
+    for (i, p) in all_ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let number = port_number(&obj, &format!("{field}.port"), p.port)?;
+        if all_ports.len() > 1 && p.name.as_deref().is_none_or(str::is_empty) {
+            return Err(obj.error(
+                format!("{field}.name"),
+                "is required when a service has more than one port",
+            ));
+        }
+        if !is_tcp(p.protocol.as_deref()) {
+            continue;
+        }
+        if let Some(dup) = ports.iter().find(|q| q.port == number) {
+            return Err(obj.error(
+                format!("{field}.port"),
+                format!("port {number} is already declared by port {:?}; each port may appear once", dup.name.as_deref().unwrap_or_default()),
+            ));
+        }
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty())
+            && ports.iter().any(|q| q.name.as_deref() == Some(name))
+        {
+            return Err(obj.error(format!("{field}.name"), format!("`{name}` is used by another port; names must be unique")));
+        }
+        ports.push(ServicePort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port: number,
+            protocol: protocol_of(p.name.as_deref(), p.app_protocol.as_deref()),
+        });
+    }
+    Ok(Service {
+        key: ServiceKey::new(obj.namespace.unwrap_or_default(), obj.name),
+        vip,
+        ports,
+        annotations: svc.metadata.annotations.clone().unwrap_or_default(),
+    })
+}
+
+pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectError> {
+    let obj = identify("EndpointSlice", &slice.metadata, true)?;
+    let namespace = obj.namespace.clone().unwrap_or_default();
+    let service_name = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            obj.error(
+                format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+                "is required: it names the Service these endpoints belong to",
+            )
+        })?;
+    match slice.address_type.as_str() {
+        "IPv4" | "IPv6" => {}
+        other => {
+            return Err(obj.error(
+                "addressType",
+                format!("`{other}` is not supported; accepted: IPv4, IPv6"),
+            ));
+        }
+    }
+    let mut ports = BTreeMap::new();
+    for (i, p) in slice.ports.as_deref().unwrap_or_default().iter().enumerate() {
+        let field = format!("ports[{i}].port");
+        let number = p
+            .port
+            .ok_or_else(|| obj.error(&field, "is required"))
+            .and_then(|n| port_number(&obj, &field, n))?;
+        if is_tcp(p.protocol.as_deref()) {
+            ports.insert(p.name.clone().unwrap_or_default(), number);
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        let conditions = ep.conditions.as_ref().map_or_else(Conditions::default, |c| {
+            let ready = c.ready.unwrap_or(true);
+            Conditions {
+                ready,
+                serving: c.serving.unwrap_or(ready),
+                terminating: c.terminating.unwrap_or(false),
+            }
+        });
+        let pod = ep
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
+            .and_then(|r| r.name.clone());
+        if ep.addresses.is_empty() {
+            return Err(obj.error(format!("endpoints[{i}].addresses"), "needs at least one address"));
+        }
+        for (j, address) in ep.addresses.iter().enumerate() {
+            let address = address.parse::<IpAddr>().map_err(|_| {
+                obj.error(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("`{address}` is not an IP address; accepted: an {} address", slice.address_type),
+                )
+            })?;
+            if address.is_ipv4() != (slice.address_type == "IPv4") {
+                return Err(obj.error(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("`{address}` does not match addressType {}", slice.address_type),
+                ));
+            }
+            endpoints.push(Endpoint {
+                address,
+                ports: ports.clone(),
+                conditions,
+                pod: pod.clone(),
+                service_account: None,
+            });
+        }
+    }
+    Ok(Slice {
+        service: ServiceKey::new(namespace.clone(), service_name.clone()),
+        namespace,
+        name: obj.name,
+        endpoints,
+    })
+}
+
+pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
+    let obj = identify("Pod", &pod.metadata, true)?;
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let interception = match annotations.get(INTERCEPTION_ANNOTATION) {
+        None => Interception::default(),
+        Some(value) => Interception::parse(value).ok_or_else(|| {
+            obj.error(
+                format!("metadata.annotations[{INTERCEPTION_ANNOTATION}]"),
+                format!("`{value}` is not valid; accepted: {}", Interception::ACCEPTED),
+            )
+        })?,
+    };
+    let ip = match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        None | Some("") => None,
+        Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
+            obj.error("status.podIP", format!("`{ip}` is not an IP address; accepted: an IPv4 or IPv6 address"))
+        })?),
+    };
+    let service_account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    Ok(Workload {
+        namespace: obj.namespace.unwrap_or_default(),
+        name: obj.name,
+        ip,
+        service_account,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        annotations,
+        interception,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(yaml: &str) -> Result<Service, ObjectError> {
+        service(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn service_ports_take_protocol_from_app_protocol_then_name() {
+        let s = svc(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 198.19.0.1
+  ports:
+  - {name: http-main, port: 80}
+  - {name: api, port: 9090, appProtocol: grpc}
+  - {name: db, port: 5432}
+  - {name: dns, port: 53, protocol: UDP}
+"#)
+        .unwrap();
+        assert_eq!(s.key, ServiceKey::new("shop", "web"));
+        let protocols: Vec<_> = s.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        assert_eq!(
+            protocols,
+            [(80, Protocol::Http), (9090, Protocol::Grpc), (5432, Protocol::Tcp)]
+        );
+    }
+
+    #[test]
+    fn service_errors_name_the_field_and_what_is_accepted() {
+        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: 198.19.0.1, ports: [{port: 70000}]}}")
+            .unwrap_err();
+        assert_eq!(err.object, "Service default/web");
+        assert_eq!(err.field, "spec.ports[0].port");
+        assert!(err.message.contains("accepted: 1-65535"), "{err}");
+
+        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: nope}}").unwrap_err();
+        assert_eq!(err.field, "spec.clusterIP");
+
+        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: 198.19.0.1, ports: [{name: a, port: 80}, {name: b, port: 80}]}}")
+            .unwrap_err();
+        assert_eq!(err.field, "spec.ports[1].port");
+
+        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: 198.19.0.1, ports: [{name: a, port: 80}, {port: 81}]}}")
+            .unwrap_err();
+        assert_eq!(err.field, "spec.ports[1].name");
+    }
+
+    #[test]
+    fn endpoint_slices_keep_conditions_and_pods() {
+        let slice: discovery::EndpointSlice = serde_yaml::from_str(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http-main, port: 8080}]
+endpoints:
+- addresses: [198.18.0.3]
+  targetRef: {kind: Pod, name: web-0}
+- addresses: [198.18.0.4]
+  conditions: {ready: false, serving: true, terminating: true}
+"#,
+        )
+        .unwrap();
+        let s = endpoint_slice(&slice).unwrap();
+        assert_eq!(s.service, ServiceKey::new("shop", "web"));
+        assert_eq!(s.endpoints.len(), 2);
+        assert_eq!(s.endpoints[0].pod.as_deref(), Some("web-0"));
+        assert_eq!(s.endpoints[0].ports["http-main"], 8080);
+        assert!(s.endpoints[0].conditions.ready);
+        assert!(!s.endpoints[1].conditions.ready);
+        assert!(s.endpoints[1].conditions.terminating);
+    }
+
+    #[test]
+    fn endpoint_slice_without_service_label_is_rejected() {
+        let slice: discovery::EndpointSlice = serde_yaml::from_str(
+            "{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: x}, addressType: IPv4, endpoints: []}",
+        )
+        .unwrap();
+        let err = endpoint_slice(&slice).unwrap_err();
+        assert_eq!(err.field, "metadata.labels[kubernetes.io/service-name]");
+    }
+
+    #[test]
+    fn pod_interception_annotation_is_validated() {
+        let p: core::Pod = serde_yaml::from_str(
+            "{apiVersion: v1, kind: Pod, metadata: {name: a, namespace: n, annotations: {meshd.io/interception: tproxy}}}",
+        )
+        .unwrap();
+        let err = pod(&p).unwrap_err();
+        assert_eq!(err.field, "metadata.annotations[meshd.io/interception]");
+        assert!(err.message.contains("accepted: redirect, none"), "{err}");
+    }
+}

@@ -1,0 +1,282 @@
+//! The mesh model: what the control plane knows about services, their
+//! endpoints, the workloads that run proxies, and namespaces.
+//!
+//! Discovery sources (the file registry now, the Kubernetes API later) turn
+//! Kubernetes-shaped objects into these plain structs; translation turns a
+//! [`Mesh`] into Envoy resources. Nothing here knows about Envoy or about
+//! where the data came from.
+//!
+//! ```text
+//! Service ──< ServicePort          (name, namespace, VIP, ports)
+//!    │
+//!    └──< Endpoint                 (from EndpointSlices: IP, ports, conditions, pod)
+//!                 │
+//! Workload ───────┘ (a Pod: node id, IP, service account, annotations)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The domain suffix of in-cluster service names.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// A service's identity: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `name.namespace.svc.cluster.local`
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.svc.{CLUSTER_DOMAIN}", self.name, self.namespace)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The application protocol of a service port, which decides whether Envoy
+/// proxies it as HTTP (routes, retries, …) or as opaque TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl Protocol {
+    /// The accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "http, http2, grpc, tcp (or a port name prefixed `http-`, `http2-`, `grpc-`, `tcp-`)";
+
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+
+    /// Whether the upstream speaks HTTP/2 (gRPC always does).
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// Parses an `appProtocol` value. Kubernetes' own `kubernetes.io/h2c`
+    /// counts as HTTP/2.
+    pub fn from_app_protocol(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "http" | "http1" | "kubernetes.io/http" => Some(Protocol::Http),
+            "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+            "grpc" | "grpc-web" => Some(Protocol::Grpc),
+            "tcp" => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+
+    /// The protocol a port name implies by its prefix (`http-web`, `grpc`),
+    /// the convention Istio users already follow. Unprefixed names are TCP.
+    pub fn from_port_name(name: &str) -> Self {
+        let prefix = name.split('-').next().unwrap_or_default();
+        match prefix.to_ascii_lowercase().as_str() {
+            "http" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" | "grpc-web" => Protocol::Grpc,
+            _ => Protocol::Tcp,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Kubernetes requires a name once a service has more than one port; it
+    /// is how EndpointSlice ports are matched to service ports.
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub key: ServiceKey,
+    /// The cluster IP; `None` for headless services.
+    pub vip: Option<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// The Envoy cluster name for one of this service's ports, in the
+    /// `outbound|port||fqdn` form Istio operators already read fluently.
+    pub fn cluster_name(&self, port: u16) -> String {
+        outbound_cluster_name(&self.key, port)
+    }
+}
+
+pub fn outbound_cluster_name(key: &ServiceKey, port: u16) -> String {
+    format!("outbound|{port}||{}", key.fqdn())
+}
+
+/// Endpoint conditions as EndpointSlices report them. An absent condition
+/// means `ready`/`serving` true and `terminating` false, as Kubernetes
+/// documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Self {
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+}
+
+/// One address behind a service, with the port numbers it serves keyed by
+/// service port name (`""` for a single unnamed port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub ports: BTreeMap<String, u16>,
+    pub conditions: Conditions,
+    /// The pod behind the address, from the slice's `targetRef`.
+    pub pod: Option<String>,
+    /// Resolved from the pod; the identity a client will verify (issue #3).
+    pub service_account: Option<String>,
+}
+
+impl Endpoint {
+    /// The target port this endpoint serves for `port`.
+    pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
+        self.ports
+            .get(port.name.as_deref().unwrap_or_default())
+            .copied()
+    }
+}
+
+/// How a proxy receives its application's traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Interception {
+    /// iptables redirects the pod's TCP traffic to the proxy (15001 out,
+    /// 15006 in): applications are unaware of the proxy.
+    #[default]
+    Redirect,
+    /// No capture: the application uses the proxy as an explicit HTTP proxy
+    /// on 15001, and the proxy receives inbound traffic on the pod IP at each
+    /// target port, forwarding it to the app on 127.0.0.1. This is what lets
+    /// several "pods" share one loopback (the demo, unprivileged tests).
+    None,
+}
+
+impl Interception {
+    pub const ACCEPTED: &'static str = "redirect, none";
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "redirect" => Some(Interception::Redirect),
+            "none" => Some(Interception::None),
+            _ => None,
+        }
+    }
+}
+
+/// A pod that runs (or will run) a proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Option<IpAddr>,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub interception: Interception,
+}
+
+impl Workload {
+    /// The xDS node id a proxy of this pod presents: `pod.namespace`.
+    pub fn node_id(&self) -> String {
+        node_id(&self.namespace, &self.name)
+    }
+}
+
+pub fn node_id(namespace: &str, pod: &str) -> String {
+    format!("{pod}.{namespace}")
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An immutable view of the whole mesh. Sources publish a new one on every
+/// change; entries are `Arc`s so unchanged parts are shared between
+/// consecutive snapshots.
+#[derive(Clone, Debug, Default)]
+pub struct Mesh {
+    pub services: BTreeMap<ServiceKey, Arc<Service>>,
+    /// Endpoints per service, merged over all of the service's slices.
+    pub endpoints: BTreeMap<ServiceKey, Arc<Vec<Endpoint>>>,
+    /// Workloads by node id.
+    pub workloads: BTreeMap<String, Arc<Workload>>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+}
+
+impl Mesh {
+    pub fn endpoints_of(&self, key: &ServiceKey) -> &[Endpoint] {
+        self.endpoints.get(key).map_or(&[], |e| e.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_from_port_name_follows_the_prefix_convention() {
+        assert_eq!(Protocol::from_port_name("http"), Protocol::Http);
+        assert_eq!(Protocol::from_port_name("http-web"), Protocol::Http);
+        assert_eq!(Protocol::from_port_name("http2-api"), Protocol::Http2);
+        assert_eq!(Protocol::from_port_name("grpc"), Protocol::Grpc);
+        assert_eq!(Protocol::from_port_name("tcp-db"), Protocol::Tcp);
+        assert_eq!(Protocol::from_port_name("web"), Protocol::Tcp);
+        assert_eq!(Protocol::from_port_name("httpx"), Protocol::Tcp);
+    }
+
+    #[test]
+    fn cluster_names_are_istio_shaped() {
+        let key = ServiceKey::new("demo", "server");
+        assert_eq!(key.fqdn(), "server.demo.svc.cluster.local");
+        assert_eq!(
+            outbound_cluster_name(&key, 8080),
+            "outbound|8080||server.demo.svc.cluster.local"
+        );
+    }
+}

@@ -1,0 +1,900 @@
+//! Mesh model → Envoy resources, per proxy.
+//!
+//! A [`Snapshot`] is built once per mesh change. What every proxy shares is
+//! translated once, up front: outbound clusters and their endpoints, and the
+//! outbound listener. What varies is translated when a proxy first asks and
+//! then cached: route configurations per namespace (short service names only
+//! resolve within the caller's namespace). What belongs to one proxy alone,
+//! its inbound listener and clusters, is built per proxy and is small.
+//!
+//! ```text
+//!                 outbound (15001)                       inbound (15006)
+//! app ──iptables──> original_dst ─ VIP:port ─> cluster ──> original_dst ─ port ─> 127.0.0.1:port
+//!                   └ unknown ─> PassthroughCluster        └ unknown ─> PassthroughCluster
+//! ```
+//!
+//! Every resource carries a version (a hash of its encoding), so the xDS
+//! server can tell what changed without comparing messages, and the names of
+//! the clusters it refers to, so clusters are never removed while a listener
+//! or route Envoy still holds points at them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
+use meshd_proto::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource,
+    HealthStatus, Http2ProtocolOptions, SocketAddress, TrafficDirection, address,
+    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+};
+use meshd_proto::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use meshd_proto::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use meshd_proto::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match,
+};
+use meshd_proto::envoy::extensions::filters::http::router::v3::Router;
+use meshd_proto::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use meshd_proto::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use meshd_proto::{Any, BoolValue, Duration, UInt32Value, to_any, type_url};
+
+use crate::model::{Interception, Mesh, Protocol, ServiceKey, Workload};
+
+/// Ports the sidecar owns inside a pod.
+pub mod ports {
+    pub const OUTBOUND: u16 = 15001;
+    pub const INBOUND: u16 = 15006;
+    pub const ADMIN: u16 = 15000;
+    pub const READINESS: u16 = 15021;
+    pub const PROMETHEUS: u16 = 15090;
+}
+
+pub const OUTBOUND_LISTENER: &str = "outbound";
+pub const INBOUND_LISTENER: &str = "inbound";
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// The route configuration behind the explicit-proxy listener of workloads
+/// without traffic capture.
+pub const HTTP_PROXY_ROUTE: &str = "outbound_http_proxy";
+
+/// The xDS resource types, in the order a push must follow: a cluster
+/// exists before its endpoints, and before a listener or route that
+/// points at it; a listener before the routes it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl Kind {
+    pub const PUSH_ORDER: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => type_url::CLUSTER,
+            Kind::Endpoint => type_url::ENDPOINT,
+            Kind::Listener => type_url::LISTENER,
+            Kind::Route => type_url::ROUTE,
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::PUSH_ORDER.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// Listeners and clusters are fetched as a whole (wildcard); endpoints
+    /// and routes by the names the proxy's clusters and listeners use.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "CDS",
+            Kind::Endpoint => "EDS",
+            Kind::Listener => "LDS",
+            Kind::Route => "RDS",
+        }
+    }
+}
+
+/// One translated xDS resource.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    /// A hash of the encoded resource: equal versions mean equal content.
+    pub version: String,
+    pub body: Any,
+    /// The clusters this listener or route configuration routes to.
+    pub cluster_refs: Vec<String>,
+}
+
+impl Resource {
+    fn new<M: prost::Name>(name: String, message: &M, cluster_refs: Vec<String>) -> Arc<Self> {
+        let body = to_any(message);
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(&body.value);
+        Arc::new(Resource {
+            name,
+            version: format!("{:016x}", hasher.finish()),
+            body,
+            cluster_refs,
+        })
+    }
+}
+
+pub type Resources = BTreeMap<String, Arc<Resource>>;
+
+/// Everything a proxy should have, by kind.
+#[derive(Debug)]
+pub struct ProxyView {
+    pub workload: Arc<Workload>,
+    shared_clusters: Arc<Resources>,
+    shared_endpoints: Arc<Resources>,
+    local_clusters: Resources,
+    listeners: Resources,
+    routes: Arc<Resources>,
+}
+
+impl ProxyView {
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Resource>> {
+        match kind {
+            Kind::Cluster => self
+                .local_clusters
+                .get(name)
+                .or_else(|| self.shared_clusters.get(name)),
+            Kind::Endpoint => self.shared_endpoints.get(name),
+            Kind::Listener => self.listeners.get(name),
+            Kind::Route => self.routes.get(name),
+        }
+    }
+
+    /// Every resource of a kind (what a wildcard subscription receives).
+    pub fn all(&self, kind: Kind) -> Box<dyn Iterator<Item = &Arc<Resource>> + '_> {
+        match kind {
+            Kind::Cluster => Box::new(
+                self.shared_clusters
+                    .values()
+                    .chain(self.local_clusters.values()),
+            ),
+            Kind::Endpoint => Box::new(self.shared_endpoints.values()),
+            Kind::Listener => Box::new(self.listeners.values()),
+            Kind::Route => Box::new(self.routes.values()),
+        }
+    }
+}
+
+/// The translated mesh at one point in time.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub mesh: Arc<Mesh>,
+    clusters: Arc<Resources>,
+    endpoints: Arc<Resources>,
+    outbound_listener: Arc<Resource>,
+    /// Service ports each pod serves: (namespace, pod) → target port → protocol.
+    inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>>,
+    routes: Mutex<HashMap<(String, Interception), Arc<Resources>>>,
+}
+
+impl Snapshot {
+    pub fn new(version: u64, mesh: Arc<Mesh>) -> Self {
+        let mut clusters = Resources::new();
+        let mut endpoints = Resources::new();
+        let mut inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>> =
+            HashMap::new();
+        for svc in mesh.services.values() {
+            let eps = mesh.endpoints_of(&svc.key);
+            for port in &svc.ports {
+                let name = svc.cluster_name(port.port);
+                clusters.insert(name.clone(), Resource::new(name.clone(), &eds_cluster(&name, port.protocol), vec![]));
+                let lb_endpoints = eps
+                    .iter()
+                    // Not-ready endpoints (starting, failing probes,
+                    // terminating) receive no new requests.
+                    .filter(|ep| ep.conditions.ready)
+                    .filter_map(|ep| Some(lb_endpoint(ep.address, ep.port_for(port)?)))
+                    .collect();
+                let cla = ClusterLoadAssignment {
+                    cluster_name: name.clone(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                endpoints.insert(name.clone(), Resource::new(name, &cla, vec![]));
+                for ep in eps {
+                    if let (Some(pod), Some(target)) = (&ep.pod, ep.port_for(port)) {
+                        inbound_ports
+                            .entry((svc.key.namespace.clone(), pod.clone()))
+                            .or_default()
+                            .entry(target)
+                            // Two services targeting one port: HTTP wins, so
+                            // HTTP callers keep L7 handling.
+                            .and_modify(|p| {
+                                if !p.is_http() {
+                                    *p = port.protocol
+                                }
+                            })
+                            .or_insert(port.protocol);
+                    }
+                }
+            }
+        }
+        let passthrough = passthrough_cluster();
+        clusters.insert(
+            PASSTHROUGH_CLUSTER.into(),
+            Resource::new(PASSTHROUGH_CLUSTER.into(), &passthrough, vec![]),
+        );
+        let outbound_listener = redirect_outbound_listener(&mesh);
+        Snapshot {
+            version,
+            mesh,
+            clusters: Arc::new(clusters),
+            endpoints: Arc::new(endpoints),
+            outbound_listener,
+            inbound_ports,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration for the proxy with this node id, or `None` while
+    /// the mesh does not know the workload.
+    pub fn proxy(&self, node_id: &str) -> Option<ProxyView> {
+        let workload = self.mesh.workloads.get(node_id)?.clone();
+        let inbound = self
+            .inbound_ports
+            .get(&(workload.namespace.clone(), workload.name.clone()));
+        let empty = BTreeMap::new();
+        let inbound = inbound.unwrap_or(&empty);
+
+        let mut listeners = Resources::new();
+        let mut local_clusters = Resources::new();
+        for (&port, &protocol) in inbound {
+            let name = inbound_cluster_name(port);
+            local_clusters.insert(
+                name.clone(),
+                Resource::new(name.clone(), &inbound_cluster(&name, port, protocol), vec![]),
+            );
+        }
+        match workload.interception {
+            Interception::Redirect => {
+                listeners.insert(OUTBOUND_LISTENER.into(), self.outbound_listener.clone());
+                let l = redirect_inbound_listener(inbound);
+                listeners.insert(INBOUND_LISTENER.into(), l);
+            }
+            Interception::None => {
+                if let Some(ip) = workload.ip {
+                    let l = explicit_outbound_listener(ip);
+                    listeners.insert(OUTBOUND_LISTENER.into(), l);
+                    for (&port, &protocol) in inbound {
+                        let l = explicit_inbound_listener(ip, port, protocol);
+                        listeners.insert(l.name.clone(), l);
+                    }
+                }
+            }
+        }
+        let routes = self.routes(&workload.namespace, workload.interception);
+        Some(ProxyView {
+            workload,
+            shared_clusters: self.clusters.clone(),
+            shared_endpoints: self.endpoints.clone(),
+            local_clusters,
+            listeners,
+            routes,
+        })
+    }
+
+    fn routes(&self, namespace: &str, mode: Interception) -> Arc<Resources> {
+        let key = (namespace.to_string(), mode);
+        let mut cache = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| Arc::new(outbound_routes(&self.mesh, namespace, mode)))
+            .clone()
+    }
+}
+
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+fn duration(seconds: i64) -> Option<Duration> {
+    Some(Duration { seconds, nanos: 0 })
+}
+
+fn socket_address(ip: IpAddr, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port.into())),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> Option<ConfigSource> {
+    Some(ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    })
+}
+
+fn lb_endpoint(ip: IpAddr, port: u16) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(
+            meshd_proto::envoy::config::endpoint::v3::Endpoint {
+                address: Some(socket_address(ip, port)),
+                ..Default::default()
+            },
+        )),
+        health_status: HealthStatus::Healthy as i32,
+        ..Default::default()
+    }
+}
+
+/// HTTP/2 to the upstream for h2 and gRPC ports; HTTP/1.1 (Envoy's default)
+/// otherwise.
+fn protocol_options(protocol: Protocol) -> HashMap<String, Any> {
+    use http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
+    let mut options = HashMap::new();
+    if protocol.is_http2() {
+        let http2 = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            to_any(&http2),
+        );
+    }
+    options
+}
+
+fn eds_cluster(name: &str, protocol: Protocol) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: ads(),
+            service_name: name.to_string(),
+        }),
+        connect_timeout: duration(10),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        typed_extension_protocol_options: protocol_options(protocol),
+        ..Default::default()
+    }
+}
+
+fn inbound_cluster(name: &str, port: u16, protocol: Protocol) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint(IpAddr::from([127, 0, 0, 1]), port)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        connect_timeout: duration(10),
+        typed_extension_protocol_options: protocol_options(protocol),
+        ..Default::default()
+    }
+}
+
+/// Where traffic to unknown destinations goes: on to the address the
+/// application asked for, untouched.
+fn passthrough_cluster() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: duration(10),
+        ..Default::default()
+    }
+}
+
+fn original_dst_filter() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(to_any(
+            &OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&proxy))),
+    }
+}
+
+fn http_filter(stat_prefix: &str, routes: http_connection_manager::RouteSpecifier) -> Filter {
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Router::default()))),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        http_filters: vec![router],
+        route_specifier: Some(routes),
+        // The client's address as seen by the app is the caller's, not the
+        // sidecar's: trust nothing a caller put in X-Forwarded-For.
+        use_remote_address: Some(BoolValue { value: false }),
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+    }
+}
+
+fn rds(route_config_name: String) -> http_connection_manager::RouteSpecifier {
+    http_connection_manager::RouteSpecifier::Rds(Rds {
+        config_source: ads(),
+        route_config_name,
+    })
+}
+
+fn listener(
+    name: &str,
+    address: Address,
+    direction: TrafficDirection,
+    capture: bool,
+    filter_chains: Vec<FilterChain>,
+    default_filter_chain: Option<FilterChain>,
+) -> Listener {
+    Listener {
+        name: name.to_string(),
+        address: Some(address),
+        traffic_direction: direction as i32,
+        listener_filters: if capture {
+            vec![original_dst_filter()]
+        } else {
+            vec![]
+        },
+        filter_chains,
+        default_filter_chain,
+        ..Default::default()
+    }
+}
+
+fn passthrough_chain(stat_prefix: &str) -> FilterChain {
+    FilterChain {
+        name: PASSTHROUGH_CLUSTER.into(),
+        filters: vec![tcp_proxy_filter(stat_prefix, PASSTHROUGH_CLUSTER)],
+        ..Default::default()
+    }
+}
+
+fn cidr(ip: IpAddr) -> CidrRange {
+    CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(UInt32Value {
+            value: if ip.is_ipv4() { 32 } else { 128 },
+        }),
+    }
+}
+
+/// The capture listener every redirected proxy shares: each service VIP and
+/// port gets a filter chain; HTTP ports of a number share one chain and one
+/// route configuration named after the port, as Kubernetes users think of
+/// "port 80".
+fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
+    let mut http_vips: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+    let mut chains = Vec::new();
+    let mut refs = BTreeSet::new();
+    for svc in mesh.services.values() {
+        let Some(vip) = svc.vip else { continue };
+        for port in &svc.ports {
+            if port.protocol.is_http() {
+                http_vips.entry(port.port).or_default().push(vip);
+            } else {
+                let cluster = svc.cluster_name(port.port);
+                chains.push(FilterChain {
+                    name: cluster.clone(),
+                    filter_chain_match: Some(FilterChainMatch {
+                        destination_port: Some(UInt32Value { value: port.port.into() }),
+                        prefix_ranges: vec![cidr(vip)],
+                        ..Default::default()
+                    }),
+                    filters: vec![tcp_proxy_filter(&cluster, &cluster)],
+                    ..Default::default()
+                });
+                refs.insert(cluster);
+            }
+        }
+    }
+    for (port, vips) in http_vips {
+        chains.push(FilterChain {
+            name: format!("outbound|{port}|http"),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port.into() }),
+                prefix_ranges: vips.into_iter().map(cidr).collect(),
+                ..Default::default()
+            }),
+            filters: vec![http_filter(&format!("outbound_{port}"), rds(port.to_string()))],
+            ..Default::default()
+        });
+    }
+    refs.insert(PASSTHROUGH_CLUSTER.to_string());
+    let l = listener(
+        OUTBOUND_LISTENER,
+        socket_address(IpAddr::from([0, 0, 0, 0]), ports::OUTBOUND),
+        TrafficDirection::Outbound,
+        true,
+        chains,
+        Some(passthrough_chain("PassthroughCluster")),
+    );
+    Resource::new(OUTBOUND_LISTENER.into(), &l, refs.into_iter().collect())
+}
+
+/// Without capture, the application sends HTTP to 15001 as to any forward
+/// proxy (`http_proxy=…`), and routing goes by the Host it names.
+fn explicit_outbound_listener(ip: IpAddr) -> Arc<Resource> {
+    let chain = FilterChain {
+        filters: vec![http_filter("outbound_http_proxy", rds(HTTP_PROXY_ROUTE.into()))],
+        ..Default::default()
+    };
+    let l = listener(
+        OUTBOUND_LISTENER,
+        socket_address(ip, ports::OUTBOUND),
+        TrafficDirection::Outbound,
+        false,
+        vec![chain],
+        None,
+    );
+    Resource::new(OUTBOUND_LISTENER.into(), &l, vec![])
+}
+
+fn inbound_chain(port: u16, protocol: Protocol) -> (Vec<Filter>, String) {
+    let cluster = inbound_cluster_name(port);
+    let stat_prefix = format!("inbound_{port}");
+    let filter = if protocol.is_http() {
+        let route = RouteConfiguration {
+            name: format!("inbound|{port}"),
+            virtual_hosts: vec![VirtualHost {
+                name: format!("inbound|http|{port}"),
+                domains: vec!["*".into()],
+                routes: vec![route_to(&cluster)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        http_filter(
+            &stat_prefix,
+            http_connection_manager::RouteSpecifier::RouteConfig(route),
+        )
+    } else {
+        tcp_proxy_filter(&stat_prefix, &cluster)
+    };
+    (vec![filter], cluster)
+}
+
+fn redirect_inbound_listener(inbound: &BTreeMap<u16, Protocol>) -> Arc<Resource> {
+    let mut refs = vec![PASSTHROUGH_CLUSTER.to_string()];
+    let chains = inbound
+        .iter()
+        .map(|(&port, &protocol)| {
+            let (filters, cluster) = inbound_chain(port, protocol);
+            refs.push(cluster.clone());
+            FilterChain {
+                name: cluster,
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port.into() }),
+                    ..Default::default()
+                }),
+                filters,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let l = listener(
+        INBOUND_LISTENER,
+        socket_address(IpAddr::from([0, 0, 0, 0]), ports::INBOUND),
+        TrafficDirection::Inbound,
+        true,
+        chains,
+        Some(passthrough_chain("InboundPassthrough")),
+    );
+    Resource::new(INBOUND_LISTENER.into(), &l, refs)
+}
+
+fn explicit_inbound_listener(ip: IpAddr, port: u16, protocol: Protocol) -> Arc<Resource> {
+    let (filters, cluster) = inbound_chain(port, protocol);
+    let name = format!("inbound|{port}");
+    let l = listener(
+        &name,
+        socket_address(ip, port),
+        TrafficDirection::Inbound,
+        false,
+        vec![FilterChain {
+            filters,
+            ..Default::default()
+        }],
+        None,
+    );
+    Resource::new(name, &l, vec![cluster])
+}
+
+fn route_to(cluster: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_string())),
+            // No deadline the user did not ask for (Envoy's default is 15 s):
+            // timeouts come from routing annotations.
+            timeout: duration(0),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The names a pod may use for a service, as DNS search paths make them
+/// resolve: `name` (same namespace only), `name.ns`, `name.ns.svc`, the
+/// FQDN, and the VIP.
+fn service_hosts(key: &ServiceKey, vip: Option<IpAddr>, caller_namespace: &str) -> Vec<String> {
+    let mut hosts = Vec::with_capacity(5);
+    if key.namespace == caller_namespace {
+        hosts.push(key.name.clone());
+    }
+    hosts.push(format!("{}.{}", key.name, key.namespace));
+    hosts.push(format!("{}.{}.svc", key.name, key.namespace));
+    hosts.push(key.fqdn());
+    if let Some(vip) = vip {
+        hosts.push(match vip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        });
+    }
+    hosts
+}
+
+fn outbound_routes(mesh: &Mesh, namespace: &str, mode: Interception) -> Resources {
+    let mut by_config: BTreeMap<String, Vec<VirtualHost>> = BTreeMap::new();
+    let mut refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for svc in mesh.services.values() {
+        for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
+            let hosts = service_hosts(&svc.key, svc.vip, namespace);
+            let (config, bare) = match mode {
+                // With capture the chain already matched the port, so the
+                // Host header may or may not carry it.
+                Interception::Redirect => (port.port.to_string(), true),
+                // A forward-proxy client leaves the port out of Host only
+                // when it is 80.
+                Interception::None => (HTTP_PROXY_ROUTE.to_string(), port.port == 80),
+            };
+            let mut domains = Vec::with_capacity(hosts.len() * 2);
+            for host in hosts {
+                domains.push(format!("{host}:{}", port.port));
+                if bare {
+                    domains.push(host);
+                }
+            }
+            let cluster = svc.cluster_name(port.port);
+            by_config.entry(config.clone()).or_default().push(VirtualHost {
+                name: format!("{}:{}", svc.key.fqdn(), port.port),
+                domains,
+                routes: vec![route_to(&cluster)],
+                ..Default::default()
+            });
+            refs.entry(config).or_default().push(cluster);
+        }
+    }
+    if mode == Interception::Redirect {
+        for vhosts in by_config.values_mut() {
+            // A Host no service claims goes where the app sent it, as it
+            // would without the mesh.
+            vhosts.push(VirtualHost {
+                name: "allow_any".into(),
+                domains: vec!["*".into()],
+                routes: vec![route_to(PASSTHROUGH_CLUSTER)],
+                ..Default::default()
+            });
+        }
+    }
+    if mode == Interception::None {
+        by_config.entry(HTTP_PROXY_ROUTE.to_string()).or_default();
+    }
+    by_config
+        .into_iter()
+        .map(|(name, virtual_hosts)| {
+            let mut cluster_refs = refs.remove(&name).unwrap_or_default();
+            if mode == Interception::Redirect {
+                cluster_refs.push(PASSTHROUGH_CLUSTER.into());
+            }
+            let config = RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts,
+                ..Default::default()
+            };
+            (name.clone(), Resource::new(name, &config, cluster_refs))
+        })
+        .collect()
+}
+
+/// Decodes a resource back into its message (tests, debug endpoints).
+pub fn decode<M: prost::Message + Default>(resource: &Resource) -> Result<M, prost::DecodeError> {
+    M::decode(resource.body.value.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::file::FileRegistry;
+
+    const REGISTRY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 198.19.0.1
+  ports: [{name: http, port: 80}, {name: tcp-db, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: tcp-db, port: 5432}]
+endpoints:
+- addresses: [198.18.0.3]
+  targetRef: {kind: Pod, name: web-0}
+- addresses: [198.18.0.4]
+  conditions: {ready: false}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop}
+spec: {serviceAccountName: web, containers: []}
+status: {podIP: 198.18.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: other}
+spec: {containers: []}
+status: {podIP: 198.18.0.2}
+"#;
+
+    fn snapshot() -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.yaml"), REGISTRY).unwrap();
+        let load = FileRegistry::new(dir.path()).load();
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        Snapshot::new(1, Arc::new(load.mesh))
+    }
+
+    #[test]
+    fn unknown_workloads_get_nothing() {
+        assert!(snapshot().proxy("ghost.nowhere").is_none());
+    }
+
+    #[test]
+    fn endpoints_carry_only_ready_addresses_at_the_target_port() {
+        let snap = snapshot();
+        let view = snap.proxy("client-0.other").unwrap();
+        let cla: ClusterLoadAssignment = decode(
+            view.get(Kind::Endpoint, "outbound|80||web.shop.svc.cluster.local").unwrap(),
+        )
+        .unwrap();
+        let addrs: Vec<_> = cla.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .map(|e| match &e.host_identifier {
+                Some(HostIdentifier::Endpoint(ep)) => match &ep.address.as_ref().unwrap().address {
+                    Some(address::Address::SocketAddress(sa)) => {
+                        (sa.address.clone(), sa.port_specifier.clone())
+                    }
+                    _ => panic!(),
+                },
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(addrs, [("198.18.0.3".to_string(), Some(PortSpecifier::PortValue(8080)))]);
+    }
+
+    #[test]
+    fn routes_use_short_names_only_within_the_namespace() {
+        let snap = snapshot();
+        let other = snap.proxy("client-0.other").unwrap();
+        let rc: RouteConfiguration = decode(other.get(Kind::Route, "80").unwrap()).unwrap();
+        let domains = &rc.virtual_hosts[0].domains;
+        assert!(domains.contains(&"web.shop".to_string()));
+        assert!(domains.contains(&"web.shop.svc.cluster.local:80".to_string()));
+        assert!(domains.contains(&"198.19.0.1".to_string()));
+        assert!(!domains.contains(&"web".to_string()));
+        assert_eq!(rc.virtual_hosts.last().unwrap().name, "allow_any");
+
+        let same = snap.proxy("web-0.shop").unwrap();
+        let rc: RouteConfiguration = decode(same.get(Kind::Route, "80").unwrap()).unwrap();
+        assert!(rc.virtual_hosts[0].domains.contains(&"web".to_string()));
+        // TCP ports get no route configuration.
+        assert!(same.get(Kind::Route, "5432").is_none());
+    }
+
+    #[test]
+    fn inbound_listener_forwards_each_target_port_to_localhost() {
+        let snap = snapshot();
+        let view = snap.proxy("web-0.shop").unwrap();
+        let l: Listener = decode(view.get(Kind::Listener, INBOUND_LISTENER).unwrap()).unwrap();
+        let ports: Vec<_> = l
+            .filter_chains
+            .iter()
+            .map(|c| c.filter_chain_match.as_ref().unwrap().destination_port.unwrap().value)
+            .collect();
+        assert_eq!(ports, [5432, 8080]);
+        assert!(view.get(Kind::Cluster, "inbound|8080||").is_some());
+        // The client serves nothing: no inbound clusters, passthrough only.
+        let client = snap.proxy("client-0.other").unwrap();
+        assert!(client.get(Kind::Cluster, "inbound|8080||").is_none());
+    }
+
+    #[test]
+    fn outbound_listener_matches_vips_and_ports() {
+        let snap = snapshot();
+        let view = snap.proxy("client-0.other").unwrap();
+        let res = view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
+        let l: Listener = decode(res).unwrap();
+        assert_eq!(l.filter_chains.len(), 2);
+        assert!(res.cluster_refs.contains(&"outbound|5432||web.shop.svc.cluster.local".to_string()));
+        assert!(l.default_filter_chain.is_some());
+    }
+
+    #[test]
+    fn versions_are_stable_and_follow_content() {
+        let a = snapshot();
+        let b = snapshot();
+        let va = a.proxy("client-0.other").unwrap();
+        let vb = b.proxy("client-0.other").unwrap();
+        for kind in Kind::PUSH_ORDER {
+            let x: Vec<_> = va.all(kind).map(|r| (&r.name, &r.version)).collect();
+            let y: Vec<_> = vb.all(kind).map(|r| (&r.name, &r.version)).collect();
+            assert_eq!(x, y, "{kind:?}");
+        }
+    }
+}

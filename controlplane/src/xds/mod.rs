@@ -1,0 +1,515 @@
+//! The xDS server: ADS over gRPC, State-of-the-World and Delta.
+//!
+//! ```text
+//! watch<Mesh> ──> publisher (debounce, Snapshot::new) ──> watch<Snapshot>
+//!                                                            │ each stream subscribes
+//! Envoy ──DiscoveryRequest──> stream task ── Session ────────┘
+//!       <──DiscoveryResponse─┘   (subscriptions, ACK/NACK, push order)
+//! ```
+//!
+//! Every stream serves one proxy, identified by the node id of its first
+//! request. NACKs are logged with the proxy and type, counted, and kept for
+//! the debug endpoint.
+
+mod session;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use meshd_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+pub use session::{Outcome, Push, Request, Session, Subscribe};
+
+use crate::model::Mesh;
+use crate::translate::{Kind, Snapshot};
+
+/// How many NACKs the debug endpoint remembers.
+const NACK_HISTORY: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connected_proxies: Gauge,
+    pub pushes: Family<TypeLabels, Counter>,
+    pub nacks: Family<TypeLabels, Counter>,
+    pub snapshots: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("meshd_xds");
+        r.register(
+            "connected_proxies",
+            "ADS streams currently open",
+            self.connected_proxies.clone(),
+        );
+        r.register("pushes", "xDS responses sent, by type", self.pushes.clone());
+        r.register(
+            "nacks",
+            "xDS responses a proxy rejected, by type",
+            self.nacks.clone(),
+        );
+        r.register(
+            "snapshots",
+            "Mesh snapshots translated",
+            self.snapshots.clone(),
+        );
+    }
+}
+
+fn labels(kind: Kind) -> TypeLabels {
+    TypeLabels {
+        r#type: kind.short_name().to_string(),
+    }
+}
+
+/// A response a proxy rejected.
+#[derive(Clone, Debug, Serialize)]
+pub struct NackRecord {
+    pub node_id: String,
+    pub type_url: String,
+    pub version: String,
+    pub nonce: String,
+    pub message: String,
+    pub at_unix_seconds: u64,
+}
+
+/// Per-type state of one proxy, for the debug endpoint.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TypeStatus {
+    pub sent_version: String,
+    pub acked_version: String,
+    pub resources: usize,
+    pub last_nack: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyStatus {
+    pub node_id: String,
+    pub protocol: &'static str,
+    pub known_workload: bool,
+    pub types: BTreeMap<&'static str, TypeStatus>,
+}
+
+/// What the server shares with the debug endpoint and metrics.
+#[derive(Debug, Default)]
+pub struct ServerState {
+    pub metrics: Metrics,
+    proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    nacks: Mutex<VecDeque<NackRecord>>,
+    next_stream: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ServerState {
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        lock(&self.proxies).values().cloned().collect()
+    }
+
+    pub fn nacks(&self) -> Vec<NackRecord> {
+        lock(&self.nacks).iter().cloned().collect()
+    }
+}
+
+/// Turns mesh changes into translated snapshots. Changes arriving within
+/// `debounce` of each other are coalesced into one snapshot, so a burst
+/// (a rollout, a registry rewrite) costs one translation and one push; a
+/// steady stream of changes still publishes at least every 10 windows.
+pub fn spawn_publisher(
+    mut meshes: watch::Receiver<Arc<Mesh>>,
+    debounce: Duration,
+    state: Arc<ServerState>,
+) -> watch::Receiver<Arc<Snapshot>> {
+    let first = Arc::new(Snapshot::new(1, meshes.borrow_and_update().clone()));
+    state.metrics.snapshots.inc();
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(
+        async move {
+            let mut version = 1;
+            while meshes.changed().await.is_ok() {
+                let deadline = tokio::time::Instant::now() + debounce * 10;
+                loop {
+                    let quiet = tokio::time::sleep(debounce);
+                    tokio::select! {
+                        _ = quiet => break,
+                        changed = meshes.changed() => if changed.is_err() { return },
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                let mesh = meshes.borrow_and_update().clone();
+                version += 1;
+                let snapshot = tokio::task::spawn_blocking(move || Snapshot::new(version, mesh))
+                    .await
+                    .expect("translation does not panic");
+                state.metrics.snapshots.inc();
+                tracing::debug!(version, "snapshot published");
+                if tx.send(Arc::new(snapshot)).is_err() {
+                    return;
+                }
+            }
+        }
+        .instrument(tracing::info_span!("publisher")),
+    );
+    rx
+}
+
+/// The ADS service.
+#[derive(Clone, Debug)]
+pub struct Ads {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    state: Arc<ServerState>,
+    shutdown: CancellationToken,
+}
+
+impl Ads {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        state: Arc<ServerState>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Ads {
+            snapshots,
+            state,
+            shutdown,
+        }
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        // Route configurations and listeners for a large mesh exceed tonic's
+        // 4 MiB default.
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// The two wire flavours, as the stream loop sees them.
+trait Wire: Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    const NAME: &'static str;
+    fn node_id(req: &Self::Req) -> Option<&str>;
+    fn type_url(req: &Self::Req) -> &str;
+    fn request(req: Self::Req, kind: Kind) -> Request;
+    fn response(push: Push, snapshot_version: u64) -> Self::Resp;
+}
+
+struct Sotw;
+struct Delta;
+
+impl Wire for Sotw {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+
+    fn node_id(req: &DiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn type_url(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+
+    fn request(req: DiscoveryRequest, kind: Kind) -> Request {
+        Request {
+            kind,
+            response_nonce: req.response_nonce,
+            error: req.error_detail.map(|e| e.message),
+            subscribe: Subscribe::Replace(req.resource_names),
+        }
+    }
+
+    fn response(push: Push, _: u64) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: push.version,
+            resources: push.all.iter().map(|r| r.body.clone()).collect(),
+            type_url: push.kind.type_url().to_string(),
+            nonce: push.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+impl Wire for Delta {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+
+    fn node_id(req: &DeltaDiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
+    }
+
+    fn request(req: DeltaDiscoveryRequest, kind: Kind) -> Request {
+        Request {
+            kind,
+            response_nonce: req.response_nonce,
+            error: req.error_detail.map(|e| e.message),
+            subscribe: Subscribe::Change {
+                subscribe: req.resource_names_subscribe,
+                unsubscribe: req.resource_names_unsubscribe,
+                initial_versions: req.initial_resource_versions,
+            },
+        }
+    }
+
+    fn response(push: Push, snapshot_version: u64) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: snapshot_version.to_string(),
+            resources: push
+                .changed
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: push.kind.type_url().to_string(),
+            removed_resources: push.removed,
+            nonce: push.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(tonic::Response::new(self.open::<Sotw>(request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(tonic::Response::new(self.open::<Delta>(request.into_inner())))
+    }
+}
+
+impl Ads {
+    fn open<W: Wire>(&self, requests: Streaming<W::Req>) -> ResponseStream<W::Resp>
+    where
+        W::Req: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let stream_id = self.state.next_stream.fetch_add(1, Ordering::Relaxed);
+        let task = StreamTask::<W> {
+            stream_id,
+            node_id: String::new(),
+            session: Session::new(std::any::TypeId::of::<W>() == std::any::TypeId::of::<Delta>()),
+            snapshots: self.snapshots.clone(),
+            state: self.state.clone(),
+            tx,
+            _wire: std::marker::PhantomData,
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(
+            async move {
+                task.run(requests, shutdown).await;
+            }
+            .instrument(tracing::info_span!("ads", stream = stream_id, protocol = W::NAME, node = tracing::field::Empty)),
+        );
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+struct StreamTask<W: Wire> {
+    stream_id: u64,
+    node_id: String,
+    session: Session,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    state: Arc<ServerState>,
+    tx: mpsc::Sender<Result<W::Resp, Status>>,
+    _wire: std::marker::PhantomData<W>,
+}
+
+impl<W: Wire> StreamTask<W>
+where
+    W::Req: prost::Message + Default,
+{
+    async fn run(mut self, mut requests: Streaming<W::Req>, shutdown: CancellationToken) {
+        let result = self.serve(&mut requests, &shutdown).await;
+        if self.node_id.is_empty() {
+            return;
+        }
+        lock(&self.state.proxies).remove(&self.stream_id);
+        self.state.metrics.connected_proxies.dec();
+        match result {
+            Ok(()) => tracing::info!(node = %self.node_id, "proxy disconnected"),
+            Err(status) => {
+                tracing::warn!(node = %self.node_id, "stream ended: {}", status.message());
+                let _ = self.tx.send(Err(status)).await;
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        requests: &mut Streaming<W::Req>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Status> {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = requests.message() => {
+                    let Some(req) = message? else { return Ok(()) };
+                    self.on_request(req)?;
+                }
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            self.push().await?;
+        }
+    }
+
+    fn on_request(&mut self, req: W::Req) -> Result<(), Status> {
+        if self.node_id.is_empty() {
+            let node_id = W::node_id(&req).unwrap_or_default();
+            if node_id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "the first request on an ADS stream must carry node.id (the pod's `name.namespace`)",
+                ));
+            }
+            self.node_id = node_id.to_string();
+            tracing::Span::current().record("node", node_id);
+            tracing::info!(node = %self.node_id, "proxy connected");
+            self.state.metrics.connected_proxies.inc();
+        }
+        let type_url = W::type_url(&req).to_string();
+        let Some(kind) = Kind::from_type_url(&type_url) else {
+            tracing::debug!(node = %self.node_id, %type_url, "ignoring a request for a type meshd does not serve");
+            return Ok(());
+        };
+        let request = W::request(req, kind);
+        let nonce = request.response_nonce.clone();
+        let outcome = self.session.on_request(request);
+        if let Outcome::Nack { version, message } = outcome {
+            self.state.metrics.nacks.get_or_create(&labels(kind)).inc();
+            tracing::warn!(
+                node = %self.node_id,
+                %type_url,
+                %version,
+                "proxy rejected config; it keeps its last accepted {}: {message}",
+                kind.short_name()
+            );
+            let mut nacks = lock(&self.state.nacks);
+            if nacks.len() == NACK_HISTORY {
+                nacks.pop_front();
+            }
+            nacks.push_back(NackRecord {
+                node_id: self.node_id.clone(),
+                type_url,
+                version,
+                nonce,
+                message,
+                at_unix_seconds: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            });
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self) -> Result<(), Status> {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let view = snapshot.proxy(&self.node_id);
+        let pushes = match &view {
+            Some(view) => self.session.push(view),
+            None => {
+                tracing::debug!(node = %self.node_id, "no workload with this node id yet; waiting");
+                Vec::new()
+            }
+        };
+        self.publish_status(view.is_some());
+        for push in pushes {
+            self.state.metrics.pushes.get_or_create(&labels(push.kind)).inc();
+            tracing::debug!(
+                node = %self.node_id,
+                r#type = push.kind.short_name(),
+                nonce = %push.nonce,
+                changed = push.changed.len(),
+                removed = push.removed.len(),
+                "push"
+            );
+            if self.tx.send(Ok(W::response(push, snapshot.version))).await.is_err() {
+                return Err(Status::cancelled("proxy went away"));
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self, known_workload: bool) {
+        let types = self
+            .session
+            .types
+            .iter()
+            .filter(|(_, t)| t.requested)
+            .map(|(k, t)| {
+                (
+                    k.short_name(),
+                    TypeStatus {
+                        sent_version: t.sent_version.clone(),
+                        acked_version: t.acked_version.clone(),
+                        resources: t.sent.len(),
+                        last_nack: t.last_nack.as_ref().map(|(v, m)| format!("{v}: {m}")),
+                    },
+                )
+            })
+            .collect();
+        lock(&self.state.proxies).insert(
+            self.stream_id,
+            ProxyStatus {
+                node_id: self.node_id.clone(),
+                protocol: W::NAME,
+                known_workload,
+                types,
+            },
+        );
+    }
+}
