@@ -391,6 +391,9 @@ where
         requests: &mut Streaming<W::Req>,
         shutdown: &CancellationToken,
     ) -> Result<(), Status> {
+        // A source that never changes (the embedded registry) closes its
+        // channel after the first snapshot; the stream keeps serving it.
+        let mut updates = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -398,10 +401,8 @@ where
                     let Some(req) = message? else { return Ok(()) };
                     self.on_request(req)?;
                 }
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
+                changed = self.snapshots.changed(), if updates => {
+                    updates = changed.is_ok();
                 }
             }
             self.push().await?;

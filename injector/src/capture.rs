@@ -1,0 +1,274 @@
+//! Traffic capture: the iptables rules that send a pod's TCP traffic
+//! through its sidecar.
+//!
+//! The init container (`meshd capture`) applies exactly these rules, and the
+//! end-to-end tests apply them inside their network namespaces, so what is
+//! tested is what runs.
+//!
+//! ```text
+//! inbound:  PREROUTING ─> MESHD_INBOUND ─(excluded port? RETURN)─> REDIRECT :15006
+//! outbound: OUTPUT ─> MESHD_OUTPUT ─(proxy's own uid/gid, loopback, excluded? RETURN)─> REDIRECT :15001
+//! ```
+//!
+//! The proxy's own traffic (UID/GID 1337) is never redirected; otherwise
+//! every connection Envoy opens would loop back into Envoy.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// The UID (and GID) the sidecar runs as.
+pub const PROXY_UID: u32 = 1337;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("{field}: `{value}` is not a port; accepted: a comma-separated list of numbers 1-65535")]
+    Port { field: &'static str, value: String },
+    #[error("{field}: `{value}` is not a CIDR; accepted: a comma-separated list like 10.0.0.0/8,fd00::/8")]
+    Cidr { field: &'static str, value: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An address block, as iptables takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = ();
+
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let address: IpAddr = addr.parse().map_err(|_| ())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix.parse().map_err(|_| ())?
+        };
+        if prefix > max {
+            return Err(());
+        }
+        Ok(Cidr { address, prefix })
+    }
+}
+
+/// What to capture. Defaults match the injected sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    /// Inbound ports that reach the pod directly (the sidecar's own
+    /// readiness and stats ports are always among them).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Destination ports the app reaches directly.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Destinations the app reaches directly.
+    pub exclude_outbound_cidrs: Vec<Cidr>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            proxy_uid: PROXY_UID,
+            proxy_gid: PROXY_UID,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Ports of the sidecar that must never be redirected inbound: kubelet
+/// probes readiness on 15021 and Prometheus scrapes 15090.
+const SIDECAR_INBOUND_PORTS: [u16; 2] = [15021, 15090];
+
+/// Parses `80,443` (spaces allowed, empty = none).
+pub fn parse_ports(field: &'static str, value: &str) -> Result<Vec<u16>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| Error::Port {
+                    field,
+                    value: p.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Parses `10.0.0.0/8,192.168.1.1` (a bare address is a /32 or /128).
+pub fn parse_cidrs(field: &'static str, value: &str) -> Result<Vec<Cidr>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse().map_err(|()| Error::Cidr {
+                field,
+                value: c.to_string(),
+            })
+        })
+        .collect()
+}
+
+impl CaptureConfig {
+    /// The `nat` table rules as `iptables-restore` input for one address
+    /// family. Applying them is atomic: a pod never runs half-captured.
+    pub fn render(&self, ipv6: bool) -> String {
+        let mut r = String::new();
+        let loopback = if ipv6 { "::1/128" } else { "127.0.0.1/32" };
+        let _ = writeln!(r, "*nat");
+        for chain in ["MESHD_INBOUND", "MESHD_IN_REDIRECT", "MESHD_OUTPUT", "MESHD_REDIRECT"] {
+            let _ = writeln!(r, ":{chain} - [0:0]");
+        }
+        let _ = writeln!(
+            r,
+            "-A MESHD_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+            self.inbound_port
+        );
+        let _ = writeln!(
+            r,
+            "-A MESHD_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+            self.outbound_port
+        );
+
+        let _ = writeln!(r, "-A PREROUTING -p tcp -j MESHD_INBOUND");
+        let mut inbound_excluded: Vec<u16> = SIDECAR_INBOUND_PORTS.to_vec();
+        inbound_excluded.extend(&self.exclude_inbound_ports);
+        inbound_excluded.sort_unstable();
+        inbound_excluded.dedup();
+        for port in inbound_excluded {
+            let _ = writeln!(r, "-A MESHD_INBOUND -p tcp --dport {port} -j RETURN");
+        }
+        let _ = writeln!(r, "-A MESHD_INBOUND -p tcp -j MESHD_IN_REDIRECT");
+
+        let _ = writeln!(r, "-A OUTPUT -p tcp -j MESHD_OUTPUT");
+        // The proxy's own connections leave as they are.
+        let _ = writeln!(
+            r,
+            "-A MESHD_OUTPUT -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        );
+        let _ = writeln!(
+            r,
+            "-A MESHD_OUTPUT -m owner --gid-owner {} -j RETURN",
+            self.proxy_gid
+        );
+        // The app talking to itself over loopback stays local.
+        let _ = writeln!(r, "-A MESHD_OUTPUT -d {loopback} -j RETURN");
+        for cidr in self
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|c| c.address.is_ipv6() == ipv6)
+        {
+            let _ = writeln!(r, "-A MESHD_OUTPUT -d {}/{} -j RETURN", cidr.address, cidr.prefix);
+        }
+        for port in &self.exclude_outbound_ports {
+            let _ = writeln!(r, "-A MESHD_OUTPUT -p tcp --dport {port} -j RETURN");
+        }
+        let _ = writeln!(r, "-A MESHD_OUTPUT -j MESHD_REDIRECT");
+        let _ = writeln!(r, "COMMIT");
+        r
+    }
+}
+
+/// Applies the rules with `iptables-restore` (and `ip6tables-restore` when
+/// `ipv6`), in the current network namespace. Needs NET_ADMIN and NET_RAW.
+pub fn apply(config: &CaptureConfig, ipv6: bool) -> std::io::Result<()> {
+    let mut families = vec![("iptables-restore", false)];
+    if ipv6 {
+        families.push(("ip6tables-restore", true));
+    }
+    for (command, v6) in families {
+        restore(command, &config.render(v6))?;
+    }
+    Ok(())
+}
+
+fn restore(command: &str, rules: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    // --noflush: other tables and chains the pod already has stay.
+    let mut child = Command::new(command)
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {command}: {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(rules.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{command} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rules_redirect_everything_but_the_proxy() {
+        let rules = CaptureConfig::default().render(false);
+        assert!(rules.starts_with("*nat\n"));
+        assert!(rules.ends_with("COMMIT\n"));
+        assert!(rules.contains("-A MESHD_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"));
+        assert!(rules.contains("-A MESHD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n"));
+        assert!(rules.contains("-A MESHD_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"));
+        assert!(rules.contains("-A MESHD_INBOUND -p tcp --dport 15021 -j RETURN\n"));
+        // The owner exclusion comes before the catch-all redirect.
+        let uid = rules.find("--uid-owner").unwrap();
+        let redirect = rules.find("-A MESHD_OUTPUT -j MESHD_REDIRECT").unwrap();
+        assert!(uid < redirect);
+    }
+
+    #[test]
+    fn exclusions_are_rendered_per_family() {
+        let config = CaptureConfig {
+            exclude_inbound_ports: parse_ports("inbound", "22, 8081").unwrap(),
+            exclude_outbound_ports: parse_ports("outbound", "5432").unwrap(),
+            exclude_outbound_cidrs: parse_cidrs("cidrs", "10.0.0.0/8,fd00::/8,192.168.0.1").unwrap(),
+            ..Default::default()
+        };
+        let v4 = config.render(false);
+        assert!(v4.contains("-A MESHD_INBOUND -p tcp --dport 22 -j RETURN"));
+        assert!(v4.contains("-A MESHD_OUTPUT -d 10.0.0.0/8 -j RETURN"));
+        assert!(v4.contains("-A MESHD_OUTPUT -d 192.168.0.1/32 -j RETURN"));
+        assert!(!v4.contains("fd00"));
+        assert!(v4.contains("-A MESHD_OUTPUT -p tcp --dport 5432 -j RETURN"));
+        let v6 = config.render(true);
+        assert!(v6.contains("-A MESHD_OUTPUT -d fd00::/8 -j RETURN"));
+        assert!(v6.contains("-A MESHD_OUTPUT -d ::1/128 -j RETURN"));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        assert_eq!(
+            parse_ports("--exclude-inbound-ports", "80,http").unwrap_err().to_string(),
+            "--exclude-inbound-ports: `http` is not a port; accepted: a comma-separated list of numbers 1-65535"
+        );
+        assert!(parse_cidrs("--exclude-outbound-cidrs", "10.0.0.0/33").is_err());
+        assert!(parse_ports("p", "0").is_err());
+    }
+}
