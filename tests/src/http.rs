@@ -1,0 +1,165 @@
+//! A deliberately small blocking HTTP/1.1 client and a sample app server.
+//!
+//! The client is blocking on purpose: inside a network namespace the socket
+//! must be created on a thread that joined it, and a plain `TcpStream` is
+//! the simplest thing that does so.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` on `addr`, with `Host: host`. When `absolute` is set the
+/// request line carries the full URL, as clients do through a forward proxy.
+pub fn get(addr: SocketAddr, host: &str, path: &str, absolute: bool) -> anyhow::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let target = if absolute {
+        format!("http://{host}{path}")
+    } else {
+        path.to_string()
+    };
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshd-tests\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the response from {addr}"))?;
+    parse(&raw).with_context(|| format!("response from {addr}"))
+}
+
+fn parse(raw: &[u8]) -> anyhow::Result<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no complete HTTP response ({} bytes)", raw.len());
+    };
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A sample application: answers every request with its own name and the
+/// request headers it saw, one per line, so a test can tell which server
+/// answered and what the proxies added on the way.
+pub struct App {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+}
+
+impl App {
+    /// Serves on `listener` (already bound, possibly inside a network
+    /// namespace) from a background thread for the life of the process.
+    pub fn serve(name: &str, listener: TcpListener) -> anyhow::Result<App> {
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let me = name.to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let me = me.clone();
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let _ = answer(&me, stream, &counter);
+                });
+            }
+        });
+        Ok(App {
+            name: name.to_string(),
+            addr,
+            requests,
+        })
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+fn answer(name: &str, mut stream: TcpStream, counter: &AtomicU64) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Serve keep-alive connections: Envoy reuses its upstream connections.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        buf.drain(..head_end + 4);
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut body = format!("hello from {name}\n");
+        for line in head.lines().skip(1) {
+            body.push_str(line);
+            body.push('\n');
+        }
+        let close = head.to_ascii_lowercase().contains("connection: close");
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Served-By: {name}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )?;
+        if close {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Registry fixtures: the Kubernetes-shaped YAML the file source reads.
+
+use std::net::IpAddr;
+
+pub fn namespace(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+}
+
+/// A service with one HTTP port.
+pub fn http_service(namespace: &str, name: &str, vip: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: {port}}}]\n"
+    )
+}
+
+/// An EndpointSlice of `service` with one endpoint per `(pod, ip)`, all on
+/// `target_port` (the port name `http` matches [`http_service`]).
+pub fn slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    target_port: u16,
+    endpoints: &[(&str, IpAddr)],
+) -> String {
+    let mut eps = String::new();
+    for (pod, ip) in endpoints {
+        eps.push_str(&format!(
+            "- addresses: [\"{ip}\"]\n  targetRef: {{kind: Pod, name: {pod}}}\n"
+        ));
+    }
+    let family = if endpoints.iter().all(|(_, ip)| ip.is_ipv4()) { "IPv4" } else { "IPv6" };
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\nports: [{{name: http, port: {target_port}}}]\nendpoints:\n{eps}"
+    )
+}
+
+/// A pod; `capture` false marks it `meshd.io/interception: none`.
+pub fn pod(namespace: &str, name: &str, ip: IpAddr, capture: bool) -> String {
+    let annotations = if capture {
+        String::new()
+    } else {
+        "\n  annotations: {meshd.io/interception: none}".to_string()
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}{annotations}\nspec:\n  serviceAccountName: {name}\n  containers: [{{name: app, image: app}}]\nstatus:\n  podIP: \"{ip}\"\n"
+    )
+}
+
+/// Joins documents into one multi-document file.
+pub fn documents(docs: &[String]) -> String {
+    docs.join("---\n")
+}
