@@ -380,7 +380,7 @@ where
         match result {
             Ok(()) => tracing::info!(node = %self.node_id, "proxy disconnected"),
             Err(status) => {
-                tracing::warn!(node = %self.node_id, "stream ended: {}", status.message());
+                tracing::info!(node = %self.node_id, "stream ended: {}", status.message());
                 let _ = self.tx.send(Err(status)).await;
             }
         }
