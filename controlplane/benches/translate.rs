@@ -59,7 +59,7 @@ fn service_name(service: usize) -> String {
 }
 
 fn port_of(service: usize) -> ServicePort {
-    if service % TCP_EVERY == 0 {
+    if service.is_multiple_of(TCP_EVERY) {
         ServicePort {
             name: Some("tcp-db".into()),
             port: 5432,
@@ -146,7 +146,9 @@ fn sizes(view: &ProxyView) -> Vec<(Kind, usize, usize)> {
 
 fn report(mesh: &Arc<Mesh>, node: &str) {
     let snapshot = Snapshot::new(1, mesh.clone());
-    let view = snapshot.proxy(node).expect("the proxy's pod is in the mesh");
+    let view = snapshot
+        .proxy(node)
+        .expect("the proxy's pod is in the mesh");
     let sizes = sizes(&view);
     eprintln!(
         "mesh: {} services, {} endpoints, {} workloads; config for proxy {node}:",
@@ -155,7 +157,10 @@ fn report(mesh: &Arc<Mesh>, node: &str) {
         mesh.workloads.len(),
     );
     for (kind, n, bytes) in &sizes {
-        eprintln!("  {:<3} {n:>5} resources {bytes:>10} bytes", kind.short_name());
+        eprintln!(
+            "  {:<3} {n:>5} resources {bytes:>10} bytes",
+            kind.short_name()
+        );
     }
     let (n, bytes) = sizes
         .iter()

@@ -177,8 +177,14 @@ mod tests {
         let mut config = BootstrapConfig::new("shop", "web-0");
         let v = render(&config);
         assert_eq!(v["node"]["id"], "web-0.shop");
-        assert_eq!(v["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
-        assert_eq!(v["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
+        assert_eq!(
+            v["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert_eq!(
+            v["admin"]["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
         config.xds_protocol = XdsProtocol::Sotw;
         config.xds_host = "meshd.meshd-system.svc".into();
         let v = render(&config);

@@ -10,6 +10,6 @@ pub mod bootstrap;
 pub mod debug;
 pub mod discovery;
 pub mod model;
-pub mod translate;
 pub mod server;
+pub mod translate;
 pub mod xds;

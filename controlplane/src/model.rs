@@ -61,7 +61,8 @@ pub enum Protocol {
 
 impl Protocol {
     /// The accepted spellings, for error messages.
-    pub const ACCEPTED: &'static str = "http, http2, grpc, tcp (or a port name prefixed `http-`, `http2-`, `grpc-`, `tcp-`)";
+    pub const ACCEPTED: &'static str =
+        "http, http2, grpc, tcp (or a port name prefixed `http-`, `http2-`, `grpc-`, `tcp-`)";
 
     pub fn is_http(self) -> bool {
         !matches!(self, Protocol::Tcp)

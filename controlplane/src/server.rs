@@ -20,10 +20,7 @@ use crate::xds::{self, Ads, ServerState};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot watch the registry directory {dir}: {source}")]
-    Watch {
-        dir: PathBuf,
-        source: notify::Error,
-    },
+    Watch { dir: PathBuf, source: notify::Error },
     #[error("cannot read a listener's address: {0}")]
     Listener(std::io::Error),
 }

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
 use meshd_proto::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource,
-    HealthStatus, Http2ProtocolOptions, SocketAddress, TrafficDirection, address,
+    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, HealthStatus,
+    Http2ProtocolOptions, SocketAddress, TrafficDirection, address,
     config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
 };
 use meshd_proto::envoy::config::endpoint::v3::{
@@ -194,13 +194,15 @@ impl Snapshot {
     pub fn new(version: u64, mesh: Arc<Mesh>) -> Self {
         let mut clusters = Resources::new();
         let mut endpoints = Resources::new();
-        let mut inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>> =
-            HashMap::new();
+        let mut inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>> = HashMap::new();
         for svc in mesh.services.values() {
             let eps = mesh.endpoints_of(&svc.key);
             for port in &svc.ports {
                 let name = svc.cluster_name(port.port);
-                clusters.insert(name.clone(), Resource::new(name.clone(), &eds_cluster(&name, port.protocol), vec![]));
+                clusters.insert(
+                    name.clone(),
+                    Resource::new(name.clone(), &eds_cluster(&name, port.protocol), vec![]),
+                );
                 let lb_endpoints = eps
                     .iter()
                     // Not-ready endpoints (starting, failing probes,
@@ -268,7 +270,11 @@ impl Snapshot {
             let name = inbound_cluster_name(port);
             local_clusters.insert(
                 name.clone(),
-                Resource::new(name.clone(), &inbound_cluster(&name, port, protocol), vec![]),
+                Resource::new(
+                    name.clone(),
+                    &inbound_cluster(&name, port, protocol),
+                    vec![],
+                ),
             );
         }
         match workload.interception {
@@ -450,7 +456,9 @@ fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
 fn http_filter(stat_prefix: &str, routes: http_connection_manager::RouteSpecifier) -> Filter {
     let router = HttpFilter {
         name: "envoy.filters.http.router".into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Router::default()))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+            &Router::default(),
+        ))),
         ..Default::default()
     };
     let hcm = HttpConnectionManager {
@@ -536,7 +544,9 @@ fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
                 chains.push(FilterChain {
                     name: cluster.clone(),
                     filter_chain_match: Some(FilterChainMatch {
-                        destination_port: Some(UInt32Value { value: port.port.into() }),
+                        destination_port: Some(UInt32Value {
+                            value: port.port.into(),
+                        }),
                         prefix_ranges: vec![cidr(vip)],
                         ..Default::default()
                     }),
@@ -555,7 +565,10 @@ fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
                 prefix_ranges: vips.into_iter().map(cidr).collect(),
                 ..Default::default()
             }),
-            filters: vec![http_filter(&format!("outbound_{port}"), rds(port.to_string()))],
+            filters: vec![http_filter(
+                &format!("outbound_{port}"),
+                rds(port.to_string()),
+            )],
             ..Default::default()
         });
     }
@@ -575,7 +588,10 @@ fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
 /// proxy (`http_proxy=…`), and routing goes by the Host it names.
 fn explicit_outbound_listener(ip: IpAddr) -> Arc<Resource> {
     let chain = FilterChain {
-        filters: vec![http_filter("outbound_http_proxy", rds(HTTP_PROXY_ROUTE.into()))],
+        filters: vec![http_filter(
+            "outbound_http_proxy",
+            rds(HTTP_PROXY_ROUTE.into()),
+        )],
         ..Default::default()
     };
     let l = listener(
@@ -718,12 +734,15 @@ fn outbound_routes(mesh: &Mesh, namespace: &str, mode: Interception) -> Resource
                 }
             }
             let cluster = svc.cluster_name(port.port);
-            by_config.entry(config.clone()).or_default().push(VirtualHost {
-                name: format!("{}:{}", svc.key.fqdn(), port.port),
-                domains,
-                routes: vec![route_to(&cluster)],
-                ..Default::default()
-            });
+            by_config
+                .entry(config.clone())
+                .or_default()
+                .push(VirtualHost {
+                    name: format!("{}:{}", svc.key.fqdn(), port.port),
+                    domains,
+                    routes: vec![route_to(&cluster)],
+                    ..Default::default()
+                });
             refs.entry(config).or_default().push(cluster);
         }
     }
@@ -819,7 +838,8 @@ status: {podIP: 198.18.0.2}
         let snap = snapshot();
         let view = snap.proxy("client-0.other").unwrap();
         let cla: ClusterLoadAssignment = decode(
-            view.get(Kind::Endpoint, "outbound|80||web.shop.svc.cluster.local").unwrap(),
+            view.get(Kind::Endpoint, "outbound|80||web.shop.svc.cluster.local")
+                .unwrap(),
         )
         .unwrap();
         let addrs: Vec<_> = cla.endpoints[0]
@@ -835,7 +855,13 @@ status: {podIP: 198.18.0.2}
                 _ => panic!(),
             })
             .collect();
-        assert_eq!(addrs, [("198.18.0.3".to_string(), Some(PortSpecifier::PortValue(8080)))]);
+        assert_eq!(
+            addrs,
+            [(
+                "198.18.0.3".to_string(),
+                Some(PortSpecifier::PortValue(8080))
+            )]
+        );
     }
 
     #[test]
@@ -865,7 +891,14 @@ status: {podIP: 198.18.0.2}
         let ports: Vec<_> = l
             .filter_chains
             .iter()
-            .map(|c| c.filter_chain_match.as_ref().unwrap().destination_port.unwrap().value)
+            .map(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .unwrap()
+                    .destination_port
+                    .unwrap()
+                    .value
+            })
             .collect();
         assert_eq!(ports, [5432, 8080]);
         assert!(view.get(Kind::Cluster, "inbound|8080||").is_some());
@@ -881,7 +914,10 @@ status: {podIP: 198.18.0.2}
         let res = view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
         let l: Listener = decode(res).unwrap();
         assert_eq!(l.filter_chains.len(), 2);
-        assert!(res.cluster_refs.contains(&"outbound|5432||web.shop.svc.cluster.local".to_string()));
+        assert!(
+            res.cluster_refs
+                .contains(&"outbound|5432||web.shop.svc.cluster.local".to_string())
+        );
         assert!(l.default_filter_chain.is_some());
     }
 

@@ -22,9 +22,13 @@ pub const PROXY_UID: u32 = 1337;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("{field}: `{value}` is not a port; accepted: a comma-separated list of numbers 1-65535")]
+    #[error(
+        "{field}: `{value}` is not a port; accepted: a comma-separated list of numbers 1-65535"
+    )]
     Port { field: &'static str, value: String },
-    #[error("{field}: `{value}` is not a CIDR; accepted: a comma-separated list like 10.0.0.0/8,fd00::/8")]
+    #[error(
+        "{field}: `{value}` is not a CIDR; accepted: a comma-separated list like 10.0.0.0/8,fd00::/8"
+    )]
     Cidr { field: &'static str, value: String },
 }
 
@@ -130,7 +134,12 @@ impl CaptureConfig {
         let mut r = String::new();
         let loopback = if ipv6 { "::1/128" } else { "127.0.0.1/32" };
         let _ = writeln!(r, "*nat");
-        for chain in ["MESHD_INBOUND", "MESHD_IN_REDIRECT", "MESHD_OUTPUT", "MESHD_REDIRECT"] {
+        for chain in [
+            "MESHD_INBOUND",
+            "MESHD_IN_REDIRECT",
+            "MESHD_OUTPUT",
+            "MESHD_REDIRECT",
+        ] {
             let _ = writeln!(r, ":{chain} - [0:0]");
         }
         let _ = writeln!(
@@ -173,7 +182,11 @@ impl CaptureConfig {
             .iter()
             .filter(|c| c.address.is_ipv6() == ipv6)
         {
-            let _ = writeln!(r, "-A MESHD_OUTPUT -d {}/{} -j RETURN", cidr.address, cidr.prefix);
+            let _ = writeln!(
+                r,
+                "-A MESHD_OUTPUT -d {}/{} -j RETURN",
+                cidr.address, cidr.prefix
+            );
         }
         for port in &self.exclude_outbound_ports {
             let _ = writeln!(r, "-A MESHD_OUTPUT -p tcp --dport {port} -j RETURN");
@@ -248,7 +261,8 @@ mod tests {
         let config = CaptureConfig {
             exclude_inbound_ports: parse_ports("inbound", "22, 8081").unwrap(),
             exclude_outbound_ports: parse_ports("outbound", "5432").unwrap(),
-            exclude_outbound_cidrs: parse_cidrs("cidrs", "10.0.0.0/8,fd00::/8,192.168.0.1").unwrap(),
+            exclude_outbound_cidrs: parse_cidrs("cidrs", "10.0.0.0/8,fd00::/8,192.168.0.1")
+                .unwrap(),
             ..Default::default()
         };
         let v4 = config.render(false);
@@ -265,7 +279,9 @@ mod tests {
     #[test]
     fn bad_values_name_the_field() {
         assert_eq!(
-            parse_ports("--exclude-inbound-ports", "80,http").unwrap_err().to_string(),
+            parse_ports("--exclude-inbound-ports", "80,http")
+                .unwrap_err()
+                .to_string(),
             "--exclude-inbound-ports: `http` is not a port; accepted: a comma-separated list of numbers 1-65535"
         );
         assert!(parse_cidrs("--exclude-outbound-cidrs", "10.0.0.0/33").is_err());

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "meshd", version, about = "A lightweight service mesh control plane for Envoy")]
+#[command(
+    name = "meshd",
+    version,
+    about = "A lightweight service mesh control plane for Envoy"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,

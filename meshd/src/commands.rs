@@ -26,7 +26,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for xDS on {}", args.xds_address))?;
     let debug = tokio::net::TcpListener::bind(args.debug_address)
         .await
-        .with_context(|| format!("cannot listen for debug endpoints on {}", args.debug_address))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for debug endpoints on {}",
+                args.debug_address
+            )
+        })?;
     match &args.registry {
         Some(dir) => tracing::info!(registry = %dir.display(), "serving the file registry"),
         None => tracing::info!("serving the embedded default registry"),
@@ -66,7 +71,10 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
         .with_context(|| {
-            format!("--xds-address: `{}` is not valid; accepted: host:port", args.xds_address)
+            format!(
+                "--xds-address: `{}` is not valid; accepted: host:port",
+                args.xds_address
+            )
         })?;
     let mut config = BootstrapConfig::new(args.namespace, args.pod);
     config.xds_host = host.to_string();

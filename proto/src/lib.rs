@@ -16,8 +16,7 @@ pub mod type_url {
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-    pub const SECRET: &str =
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 }
 
 /// Packs a message into a protobuf `Any` under its canonical type URL.
@@ -36,8 +35,14 @@ mod tests {
     #[test]
     fn type_urls_match_the_generated_types() {
         use envoy::config;
-        assert_eq!(type_url::LISTENER, config::listener::v3::Listener::type_url());
-        assert_eq!(type_url::ROUTE, config::route::v3::RouteConfiguration::type_url());
+        assert_eq!(
+            type_url::LISTENER,
+            config::listener::v3::Listener::type_url()
+        );
+        assert_eq!(
+            type_url::ROUTE,
+            config::route::v3::RouteConfiguration::type_url()
+        );
         assert_eq!(type_url::CLUSTER, config::cluster::v3::Cluster::type_url());
         assert_eq!(
             type_url::ENDPOINT,

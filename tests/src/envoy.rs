@@ -120,7 +120,11 @@ impl Envoy {
     /// Fails if the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("envoy {} exited ({status}):\n{}", self.name, self.log_tail());
+            bail!(
+                "envoy {} exited ({status}):\n{}",
+                self.name,
+                self.log_tail()
+            );
         }
         Ok(())
     }
@@ -171,6 +175,12 @@ pub fn admin_get(
 pub fn stat(stats: &str, name: &str) -> u64 {
     stats
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }

@@ -48,7 +48,9 @@ pub fn available() -> Result<(), String> {
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
         if !found {
-            return Err(format!("`{tool}` is not installed (scripts/test installs iproute2 and iptables)"));
+            return Err(format!(
+                "`{tool}` is not installed (scripts/test installs iproute2 and iptables)"
+            ));
         }
     }
     Ok(())
@@ -112,7 +114,15 @@ impl Topology {
         };
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &hub, "addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            &format!("{HUB_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
         Ok(topology)
     }
@@ -132,7 +142,15 @@ impl Topology {
             &pod.ns,
         ])?;
         ip(&["-n", &self.hub, "link", "set", &veth, "master", "br0", "up"])?;
-        ip(&["-n", &pod.ns, "addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &pod.ns,
+            "addr",
+            "add",
+            &format!("{}/24", pod.ip),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &pod.ns, "link", "set", "eth0", "up"])?;
         // Service VIPs are reachable only through capture; without a route
         // connect() would fail before iptables sees the packet.

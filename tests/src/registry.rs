@@ -28,7 +28,11 @@ pub fn slice(
             "- addresses: [\"{ip}\"]\n  targetRef: {{kind: Pod, name: {pod}}}\n"
         ));
     }
-    let family = if endpoints.iter().all(|(_, ip)| ip.is_ipv4()) { "IPv4" } else { "IPv6" };
+    let family = if endpoints.iter().all(|(_, ip)| ip.is_ipv4()) {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\nports: [{{name: http, port: {target_port}}}]\nendpoints:\n{eps}"
     )

@@ -92,8 +92,15 @@ impl Mesh {
         config.admin = SocketAddr::new(ip, 15000);
         config.proxy_address = ip;
         let bootstrap = meshd_tests::write_bootstrap(self.work.path(), &config).unwrap();
-        let proxy = Envoy::start(name, &self.envoy, &bootstrap, config.admin, &[], self.work.path())
-            .unwrap();
+        let proxy = Envoy::start(
+            name,
+            &self.envoy,
+            &bootstrap,
+            config.admin,
+            &[],
+            self.work.path(),
+        )
+        .unwrap();
         self.envoys.push(proxy);
         config.admin
     }
@@ -126,10 +133,12 @@ fn call(client: IpAddr) -> anyhow::Result<http::Response> {
 }
 
 fn call_until_ok(mesh: &Mesh, client: IpAddr) -> http::Response {
-    wait_for("a request through both proxies", WAIT, || match call(client) {
-        Ok(r) if r.status == 200 => Ok(Some(r)),
-        Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
-        Err(e) => Err(format!("{e:#}")),
+    wait_for("a request through both proxies", WAIT, || {
+        match call(client) {
+            Ok(r) if r.status == 200 => Ok(Some(r)),
+            Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
+            Err(e) => Err(format!("{e:#}")),
+        }
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()))
 }
@@ -145,7 +154,13 @@ fn two_pod_registry(b: u8, server_port: u16) -> Vec<(&'static str, String)> {
         registry::documents(&[
             registry::namespace(NS),
             registry::http_service(NS, "server", "198.19.0.10", 80),
-            registry::slice(NS, "server-1", "server", server_port, &[("server-0", server)]),
+            registry::slice(
+                NS,
+                "server-1",
+                "server",
+                server_port,
+                &[("server-0", server)],
+            ),
             registry::pod(NS, "client-0", client, false),
             registry::pod(NS, "server-0", server, false),
         ]),
@@ -163,15 +178,28 @@ fn request_crosses_both_proxies(protocol: XdsProtocol) {
     let server_admin = mesh.proxy("server-0", server, protocol);
 
     let response = call_until_ok(&mesh, client);
-    assert!(response.body.starts_with("hello from server-0"), "{}", response.body);
+    assert!(
+        response.body.starts_with("hello from server-0"),
+        "{}",
+        response.body
+    );
     // Envoy marks the request on the way: the client proxy adds a request
     // id, the app sees it.
-    assert!(response.body.to_ascii_lowercase().contains("x-request-id:"), "{}", response.body);
-
-    let client_stats = admin_get(client_admin, "/stats?filter=upstream_rq_200", &local_get).unwrap();
-    let server_stats = admin_get(server_admin, "/stats?filter=upstream_rq_200", &local_get).unwrap();
     assert!(
-        stat(&client_stats, "cluster.outbound|80||server.e2e.svc.cluster.local.upstream_rq_200") >= 1,
+        response.body.to_ascii_lowercase().contains("x-request-id:"),
+        "{}",
+        response.body
+    );
+
+    let client_stats =
+        admin_get(client_admin, "/stats?filter=upstream_rq_200", &local_get).unwrap();
+    let server_stats =
+        admin_get(server_admin, "/stats?filter=upstream_rq_200", &local_get).unwrap();
+    assert!(
+        stat(
+            &client_stats,
+            "cluster.outbound|80||server.e2e.svc.cluster.local.upstream_rq_200"
+        ) >= 1,
         "client proxy did not route the request:\n{client_stats}"
     );
     let inbound = format!("cluster.inbound|{}||.upstream_rq_200", app.addr.port());
@@ -179,7 +207,13 @@ fn request_crosses_both_proxies(protocol: XdsProtocol) {
         stat(&server_stats, &inbound) >= 1,
         "server proxy did not receive the request:\n{server_stats}"
     );
-    let protocols: Vec<_> = mesh.cp().state.proxies().iter().map(|p| p.protocol).collect();
+    let protocols: Vec<_> = mesh
+        .cp()
+        .state
+        .proxies()
+        .iter()
+        .map(|p| p.protocol)
+        .collect();
     let expected = match protocol {
         XdsProtocol::Delta => "delta",
         XdsProtocol::Sotw => "sotw",
@@ -200,9 +234,10 @@ fn sotw_request_crosses_both_proxies() {
 /// Whether the client proxy's `/clusters` lists `ip` for the server service.
 fn clusters_list(admin: SocketAddr, ip: IpAddr) -> Result<bool, String> {
     let clusters = admin_get(admin, "/clusters", &local_get)?;
-    Ok(clusters
-        .lines()
-        .any(|l| l.starts_with("outbound|80||server.e2e.svc.cluster.local::") && l.contains(&format!("::{ip}:"))))
+    Ok(clusters.lines().any(|l| {
+        l.starts_with("outbound|80||server.e2e.svc.cluster.local::")
+            && l.contains(&format!("::{ip}:"))
+    }))
 }
 
 fn time_until(what: &str, mesh: &Mesh, mut done: impl FnMut() -> Result<bool, String>) -> Duration {
@@ -225,8 +260,20 @@ fn endpoint_changes_reach_envoy_without_restart() {
         registry::pod(NS, "server-a", ip_a, false),
         registry::pod(NS, "server-b", ip_b, false),
     ]);
-    let slice_a = registry::slice(NS, "server-a", "server", app_a.addr.port(), &[("server-a", ip_a)]);
-    let slice_b = registry::slice(NS, "server-b", "server", app_b.addr.port(), &[("server-b", ip_b)]);
+    let slice_a = registry::slice(
+        NS,
+        "server-a",
+        "server",
+        app_a.addr.port(),
+        &[("server-a", ip_a)],
+    );
+    let slice_b = registry::slice(
+        NS,
+        "server-b",
+        "server",
+        app_b.addr.port(),
+        &[("server-b", ip_b)],
+    );
     let Some(mut mesh) = Mesh::start(&[("base.yaml", base), ("slice-a.yaml", slice_a)]) else {
         return;
     };
@@ -237,7 +284,9 @@ fn endpoint_changes_reach_envoy_without_restart() {
 
     // Add server-b's endpoint: it appears in Envoy and takes traffic.
     mesh.write("slice-b.yaml", &slice_b);
-    let added = time_until("server-b in /clusters", &mesh, || clusters_list(admin, ip_b));
+    let added = time_until("server-b in /clusters", &mesh, || {
+        clusters_list(admin, ip_b)
+    });
     println!("endpoint added: in Envoy's /clusters {added:?} after the registry write");
     let before_b = app_b.requests();
     wait_for("traffic to reach server-b", WAIT, || {
@@ -258,7 +307,11 @@ fn endpoint_changes_reach_envoy_without_restart() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-served-by"), Some("server-b"));
     }
-    assert_eq!(app_a.requests(), a_before, "a removed endpoint still received requests");
+    assert_eq!(
+        app_a.requests(),
+        a_before,
+        "a removed endpoint still received requests"
+    );
 }
 
 #[test]
@@ -283,7 +336,12 @@ fn rejected_config_is_recorded_and_the_last_good_one_keeps_serving() {
     mesh.write("mesh.yaml", &moved);
 
     let nack = wait_for("the control plane to record the NACK", WAIT, || {
-        Ok(mesh.cp().state.nacks().into_iter().find(|n| n.node_id == "client-0.e2e"))
+        Ok(mesh
+            .cp()
+            .state
+            .nacks()
+            .into_iter()
+            .find(|n| n.node_id == "client-0.e2e"))
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
     println!("recorded NACK: {nack:?}");
@@ -301,7 +359,11 @@ fn rejected_config_is_recorded_and_the_last_good_one_keeps_serving() {
     let nacks = mesh.cp().state.nacks();
     assert_eq!(nacks.len(), 1, "{nacks:?}");
     let status = mesh.cp().state.proxies();
-    let lds = &status.iter().find(|p| p.node_id == "client-0.e2e").unwrap().types["LDS"];
+    let lds = &status
+        .iter()
+        .find(|p| p.node_id == "client-0.e2e")
+        .unwrap()
+        .types["LDS"];
     assert_ne!(lds.sent_version, lds.acked_version);
     assert!(lds.last_nack.is_some());
 }

@@ -26,9 +26,13 @@ const WAIT: Duration = Duration::from_secs(30);
 fn require_namespaces() -> bool {
     match netns::available() {
         Ok(()) => true,
-        Err(why) if envoy::in_ci() => panic!("network namespaces are required under CI=true: {why}"),
+        Err(why) if envoy::in_ci() => {
+            panic!("network namespaces are required under CI=true: {why}")
+        }
         Err(why) => {
-            eprintln!("network namespace test did not run: {why}. The loopback tests cover the rest.");
+            eprintln!(
+                "network namespace test did not run: {why}. The loopback tests cover the rest."
+            );
             false
         }
     }
@@ -38,7 +42,13 @@ fn require_namespaces() -> bool {
 /// home directory is copied somewhere it can.
 fn envoy_for_proxy_uid(envoy: &Path, work: &Path) -> PathBuf {
     let ok = std::process::Command::new("setpriv")
-        .args(["--reuid", &PROXY_UID.to_string(), "--regid", &PROXY_UID.to_string(), "--clear-groups"])
+        .args([
+            "--reuid",
+            &PROXY_UID.to_string(),
+            "--regid",
+            &PROXY_UID.to_string(),
+            "--clear-groups",
+        ])
         .arg(envoy)
         .arg("--version")
         .output()
@@ -55,7 +65,17 @@ fn envoy_for_proxy_uid(envoy: &Path, work: &Path) -> PathBuf {
 fn proxy_launcher(pod: &NetPod) -> Vec<String> {
     let mut argv = pod.exec();
     let uid = PROXY_UID.to_string();
-    argv.extend(["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups"].map(String::from));
+    argv.extend(
+        [
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+        ]
+        .map(String::from),
+    );
     argv
 }
 
@@ -66,7 +86,9 @@ fn admin_in(pod: &NetPod) -> impl Fn(SocketAddr, &str) -> anyhow::Result<http::R
 #[test]
 fn captured_traffic_crosses_both_proxies() {
     meshd_tests::init_tracing();
-    let Some(envoy_bin) = envoy::require_envoy() else { return };
+    let Some(envoy_bin) = envoy::require_envoy() else {
+        return;
+    };
     if !require_namespaces() {
         return;
     }
@@ -79,7 +101,12 @@ fn captured_traffic_crosses_both_proxies() {
 
     // The server app listens on all addresses of its pod, as apps do.
     let app = server
-        .run(|| App::serve("server-0", TcpListener::bind(("0.0.0.0", APP_PORT)).unwrap()))
+        .run(|| {
+            App::serve(
+                "server-0",
+                TcpListener::bind(("0.0.0.0", APP_PORT)).unwrap(),
+            )
+        })
         .unwrap()
         .unwrap();
 
@@ -89,7 +116,13 @@ fn captured_traffic_crosses_both_proxies() {
         registry::documents(&[
             registry::namespace(NS),
             registry::http_service(NS, "server", VIP, 80),
-            registry::slice(NS, "server-1", "server", APP_PORT, &[("server-0", IpAddr::V4(server.ip))]),
+            registry::slice(
+                NS,
+                "server-1",
+                "server",
+                APP_PORT,
+                &[("server-0", IpAddr::V4(server.ip))],
+            ),
             registry::pod(NS, "client-0", IpAddr::V4(client.ip), true),
             registry::pod(NS, "server-0", IpAddr::V4(server.ip), true),
         ]),
@@ -133,8 +166,15 @@ fn captured_traffic_crosses_both_proxies() {
         config.xds_protocol = protocol;
         let bootstrap = meshd_tests::write_bootstrap(work.path(), &config).unwrap();
         envoys.push(
-            Envoy::start(name, &envoy_bin, &bootstrap, config.admin, &proxy_launcher(pod), work.path())
-                .unwrap(),
+            Envoy::start(
+                name,
+                &envoy_bin,
+                &bootstrap,
+                config.admin,
+                &proxy_launcher(pod),
+                work.path(),
+            )
+            .unwrap(),
         );
     }
     let logs = |envoys: &mut Vec<Envoy>| {
@@ -156,33 +196,64 @@ fn captured_traffic_crosses_both_proxies() {
             .run(|| http::get(vip, "server", "/", false))
             .map_err(|e| format!("{e:#}"))?
             .map_err(|e| format!("{e:#}"))?;
-        if r.status == 200 { Ok(Some(r)) } else { Err(format!("HTTP {}: {}", r.status, r.body)) }
+        if r.status == 200 {
+            Ok(Some(r))
+        } else {
+            Err(format!("HTTP {}: {}", r.status, r.body))
+        }
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&mut envoys)));
-    assert!(response.body.starts_with("hello from server-0"), "{}", response.body);
+    assert!(
+        response.body.starts_with("hello from server-0"),
+        "{}",
+        response.body
+    );
     assert!(app.requests() >= 1);
 
     // Both proxies handled it: the client's outbound cluster and the
     // server's inbound cluster each count the request.
     let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
-    let client_stats = admin_get(admin, "/stats?filter=upstream_rq_200", &admin_in(&client)).unwrap();
-    let server_stats = admin_get(admin, "/stats?filter=upstream_rq_200", &admin_in(&server)).unwrap();
+    let client_stats =
+        admin_get(admin, "/stats?filter=upstream_rq_200", &admin_in(&client)).unwrap();
+    let server_stats =
+        admin_get(admin, "/stats?filter=upstream_rq_200", &admin_in(&server)).unwrap();
     assert!(
-        stat(&client_stats, "cluster.outbound|80||server.e2e.svc.cluster.local.upstream_rq_200") >= 1,
+        stat(
+            &client_stats,
+            "cluster.outbound|80||server.e2e.svc.cluster.local.upstream_rq_200"
+        ) >= 1,
         "{client_stats}"
     );
-    assert!(stat(&server_stats, "cluster.inbound|8080||.upstream_rq_200") >= 1, "{server_stats}");
+    assert!(
+        stat(&server_stats, "cluster.inbound|8080||.upstream_rq_200") >= 1,
+        "{server_stats}"
+    );
 
     // Traffic to a destination the mesh does not know passes through the
     // proxy untouched: the client reaches the server pod's IP directly
     // (captured on both sides, routed by the passthrough cluster).
     let direct = client
-        .run(|| http::get(SocketAddr::new(IpAddr::V4(server.ip), APP_PORT), "direct", "/", false))
+        .run(|| {
+            http::get(
+                SocketAddr::new(IpAddr::V4(server.ip), APP_PORT),
+                "direct",
+                "/",
+                false,
+            )
+        })
         .unwrap()
         .unwrap();
     assert_eq!(direct.status, 200, "{}", direct.body);
-    let client_tcp = admin_get(admin, "/stats?filter=PassthroughCluster.upstream_cx_total", &admin_in(&client)).unwrap();
-    assert!(stat(&client_tcp, "cluster.PassthroughCluster.upstream_cx_total") >= 1, "{client_tcp}");
+    let client_tcp = admin_get(
+        admin,
+        "/stats?filter=PassthroughCluster.upstream_cx_total",
+        &admin_in(&client),
+    )
+    .unwrap();
+    assert!(
+        stat(&client_tcp, "cluster.PassthroughCluster.upstream_cx_total") >= 1,
+        "{client_tcp}"
+    );
 
     drop(envoys);
     rt.block_on(cp.shutdown());

@@ -141,7 +141,9 @@ impl FileRegistry {
                 if let Some(first) = seen.get(&id) {
                     errors.push(FileError {
                         file: file.clone(),
-                        message: format!("duplicate {id}: already defined in {first}; this copy is ignored"),
+                        message: format!(
+                            "duplicate {id}: already defined in {first}; this copy is ignored"
+                        ),
                     });
                     continue;
                 }
@@ -201,7 +203,11 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<String>> {
             Err(e) => errors.push(format!("document {doc}: {e}")),
         }
     }
-    if errors.is_empty() { Ok(objects) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors)
+    }
 }
 
 fn parse_object(value: serde_yaml::Value) -> Result<Object, String> {
@@ -332,15 +338,30 @@ spec:
         let mut registry = FileRegistry::new(dir.path());
         let load = registry.load();
         assert!(load.errors.is_empty());
-        assert!(load.mesh.services.contains_key(&ServiceKey::new("shop", "web")));
+        assert!(
+            load.mesh
+                .services
+                .contains_key(&ServiceKey::new("shop", "web"))
+        );
 
-        write(dir.path(), "web.yaml", &SERVICE.replace("port: 80", "port: 80000"));
+        write(
+            dir.path(),
+            "web.yaml",
+            &SERVICE.replace("port: 80", "port: 80000"),
+        );
         let load = registry.load();
-        assert!(load.mesh.services.contains_key(&ServiceKey::new("shop", "web")));
+        assert!(
+            load.mesh
+                .services
+                .contains_key(&ServiceKey::new("shop", "web"))
+        );
         assert_eq!(load.errors.len(), 1);
         let msg = load.errors[0].to_string();
         assert!(msg.contains("web.yaml"), "{msg}");
-        assert!(msg.contains("Service shop/web: spec.ports[0].port"), "{msg}");
+        assert!(
+            msg.contains("Service shop/web: spec.ports[0].port"),
+            "{msg}"
+        );
         assert!(msg.contains("last good version keeps serving"), "{msg}");
     }
 
@@ -348,8 +369,14 @@ spec:
     fn yaml_errors_unknown_kinds_and_missing_fields_are_reported() {
         for (text, expect) in [
             ("kind: [unclosed", "invalid YAML"),
-            ("{apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}", "unsupported kind `apps/v1 Deployment`; accepted: v1 Namespace"),
-            ("{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {clusterIP: 198.19.0.9, ports: [{name: http}]}}", "Service default/s: spec.ports[0].port: is required; accepted: 1-65535"),
+            (
+                "{apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}",
+                "unsupported kind `apps/v1 Deployment`; accepted: v1 Namespace",
+            ),
+            (
+                "{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {clusterIP: 198.19.0.9, ports: [{name: http}]}}",
+                "Service default/s: spec.ports[0].port: is required; accepted: 1-65535",
+            ),
             ("{kind: Service}", "apiVersion: is required"),
         ] {
             let errors = parse(text).unwrap_err();
@@ -361,23 +388,41 @@ spec:
     fn duplicates_keep_the_first_definition() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.yaml", SERVICE);
-        write(dir.path(), "b.yaml", &SERVICE.replace("198.19.0.1", "198.19.0.2"));
+        write(
+            dir.path(),
+            "b.yaml",
+            &SERVICE.replace("198.19.0.1", "198.19.0.2"),
+        );
         let load = FileRegistry::new(dir.path()).load();
         let svc = &load.mesh.services[&ServiceKey::new("shop", "web")];
         assert_eq!(svc.vip, Some("198.19.0.1".parse().unwrap()));
         assert_eq!(load.errors.len(), 1);
         assert!(load.errors[0].file.ends_with("b.yaml"));
-        assert!(load.errors[0].message.contains("duplicate Service shop/web: already defined in"));
+        assert!(
+            load.errors[0]
+                .message
+                .contains("duplicate Service shop/web: already defined in")
+        );
     }
 
     #[test]
     fn a_cluster_ip_belongs_to_one_service() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a.yaml", SERVICE);
-        write(dir.path(), "b.yaml", &SERVICE.replace("name: web", "name: api"));
+        write(
+            dir.path(),
+            "b.yaml",
+            &SERVICE.replace("name: web", "name: api"),
+        );
         let load = FileRegistry::new(dir.path()).load();
         assert_eq!(load.mesh.services.len(), 1);
-        assert!(load.errors[0].message.contains("spec.clusterIP: 198.19.0.1 is already the address of Service shop/web"), "{:?}", load.errors);
+        assert!(
+            load.errors[0]
+                .message
+                .contains("spec.clusterIP: 198.19.0.1 is already the address of Service shop/web"),
+            "{:?}",
+            load.errors
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Index {
                 .map(|(k, mut v)| {
                     // A stable order keeps resource versions stable across
                     // reloads that only reorder slices.
-                    v.sort_by(|a, b| a.address.cmp(&b.address));
+                    v.sort_by_key(|e| e.address);
                     (k, Arc::new(v))
                 })
                 .collect(),

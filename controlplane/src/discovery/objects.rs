@@ -26,7 +26,8 @@ pub const INTERCEPTION_ANNOTATION: &str = "meshd.io/interception";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The kinds a source accepts, as `apiVersion kind`.
-pub const ACCEPTED_KINDS: &str = "v1 Namespace, v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice";
+pub const ACCEPTED_KINDS: &str =
+    "v1 Namespace, v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice";
 
 /// A problem with one object: which object, which field, what is wrong and
 /// what would be accepted.
@@ -103,12 +104,20 @@ impl Object {
 
 /// Name and namespace from metadata, with the errors a user needs when they
 /// are missing.
-fn identify(kind: &'static str, meta: &ObjectMeta, namespaced: bool) -> Result<ObjectRef, ObjectError> {
-    let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| ObjectError {
-        object: kind.to_string(),
-        field: "metadata.name".into(),
-        message: "is required".into(),
-    })?;
+fn identify(
+    kind: &'static str,
+    meta: &ObjectMeta,
+    namespaced: bool,
+) -> Result<ObjectRef, ObjectError> {
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ObjectError {
+            object: kind.to_string(),
+            field: "metadata.name".into(),
+            message: "is required".into(),
+        })?;
     let namespace = namespaced.then(|| {
         meta.namespace
             .clone()
@@ -191,13 +200,19 @@ pub fn service(svc: &core::Service) -> Result<Service, ObjectError> {
         if let Some(dup) = ports.iter().find(|q| q.port == number) {
             return Err(obj.error(
                 format!("{field}.port"),
-                format!("port {number} is already declared by port {:?}; each port may appear once", dup.name.as_deref().unwrap_or_default()),
+                format!(
+                    "port {number} is already declared by port {:?}; each port may appear once",
+                    dup.name.as_deref().unwrap_or_default()
+                ),
             ));
         }
         if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty())
             && ports.iter().any(|q| q.name.as_deref() == Some(name))
         {
-            return Err(obj.error(format!("{field}.name"), format!("`{name}` is used by another port; names must be unique")));
+            return Err(obj.error(
+                format!("{field}.name"),
+                format!("`{name}` is used by another port; names must be unique"),
+            ));
         }
         ports.push(ServicePort {
             name: p.name.clone().filter(|n| !n.is_empty()),
@@ -238,7 +253,13 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectE
         }
     }
     let mut ports = BTreeMap::new();
-    for (i, p) in slice.ports.as_deref().unwrap_or_default().iter().enumerate() {
+    for (i, p) in slice
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let field = format!("ports[{i}].port");
         let number = p
             .port
@@ -250,33 +271,45 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectE
     }
     let mut endpoints = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
-        let conditions = ep.conditions.as_ref().map_or_else(Conditions::default, |c| {
-            let ready = c.ready.unwrap_or(true);
-            Conditions {
-                ready,
-                serving: c.serving.unwrap_or(ready),
-                terminating: c.terminating.unwrap_or(false),
-            }
-        });
+        let conditions = ep
+            .conditions
+            .as_ref()
+            .map_or_else(Conditions::default, |c| {
+                let ready = c.ready.unwrap_or(true);
+                Conditions {
+                    ready,
+                    serving: c.serving.unwrap_or(ready),
+                    terminating: c.terminating.unwrap_or(false),
+                }
+            });
         let pod = ep
             .target_ref
             .as_ref()
             .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
             .and_then(|r| r.name.clone());
         if ep.addresses.is_empty() {
-            return Err(obj.error(format!("endpoints[{i}].addresses"), "needs at least one address"));
+            return Err(obj.error(
+                format!("endpoints[{i}].addresses"),
+                "needs at least one address",
+            ));
         }
         for (j, address) in ep.addresses.iter().enumerate() {
             let address = address.parse::<IpAddr>().map_err(|_| {
                 obj.error(
                     format!("endpoints[{i}].addresses[{j}]"),
-                    format!("`{address}` is not an IP address; accepted: an {} address", slice.address_type),
+                    format!(
+                        "`{address}` is not an IP address; accepted: an {} address",
+                        slice.address_type
+                    ),
                 )
             })?;
             if address.is_ipv4() != (slice.address_type == "IPv4") {
                 return Err(obj.error(
                     format!("endpoints[{i}].addresses[{j}]"),
-                    format!("`{address}` does not match addressType {}", slice.address_type),
+                    format!(
+                        "`{address}` does not match addressType {}",
+                        slice.address_type
+                    ),
                 ));
             }
             endpoints.push(Endpoint {
@@ -304,14 +337,20 @@ pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
         Some(value) => Interception::parse(value).ok_or_else(|| {
             obj.error(
                 format!("metadata.annotations[{INTERCEPTION_ANNOTATION}]"),
-                format!("`{value}` is not valid; accepted: {}", Interception::ACCEPTED),
+                format!(
+                    "`{value}` is not valid; accepted: {}",
+                    Interception::ACCEPTED
+                ),
             )
         })?,
     };
     let ip = match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
         None | Some("") => None,
         Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
-            obj.error("status.podIP", format!("`{ip}` is not an IP address; accepted: an IPv4 or IPv6 address"))
+            obj.error(
+                "status.podIP",
+                format!("`{ip}` is not an IP address; accepted: an IPv4 or IPv6 address"),
+            )
         })?),
     };
     let service_account = pod
@@ -358,7 +397,11 @@ spec:
         let protocols: Vec<_> = s.ports.iter().map(|p| (p.port, p.protocol)).collect();
         assert_eq!(
             protocols,
-            [(80, Protocol::Http), (9090, Protocol::Grpc), (5432, Protocol::Tcp)]
+            [
+                (80, Protocol::Http),
+                (9090, Protocol::Grpc),
+                (5432, Protocol::Tcp)
+            ]
         );
     }
 
@@ -370,7 +413,9 @@ spec:
         assert_eq!(err.field, "spec.ports[0].port");
         assert!(err.message.contains("accepted: 1-65535"), "{err}");
 
-        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: nope}}").unwrap_err();
+        let err =
+            svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: nope}}")
+                .unwrap_err();
         assert_eq!(err.field, "spec.clusterIP");
 
         let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: 198.19.0.1, ports: [{name: a, port: 80}, {name: b, port: 80}]}}")

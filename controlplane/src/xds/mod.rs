@@ -318,14 +318,18 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open::<Sotw>(request.into_inner())))
+        Ok(tonic::Response::new(
+            self.open::<Sotw>(request.into_inner()),
+        ))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open::<Delta>(request.into_inner())))
+        Ok(tonic::Response::new(
+            self.open::<Delta>(request.into_inner()),
+        ))
     }
 }
 
@@ -350,7 +354,12 @@ impl Ads {
             async move {
                 task.run(requests, shutdown).await;
             }
-            .instrument(tracing::info_span!("ads", stream = stream_id, protocol = W::NAME, node = tracing::field::Empty)),
+            .instrument(tracing::info_span!(
+                "ads",
+                stream = stream_id,
+                protocol = W::NAME,
+                node = tracing::field::Empty
+            )),
         );
         Box::pin(ReceiverStream::new(rx))
     }
@@ -469,7 +478,11 @@ where
         };
         self.publish_status(view.is_some());
         for push in pushes {
-            self.state.metrics.pushes.get_or_create(&labels(push.kind)).inc();
+            self.state
+                .metrics
+                .pushes
+                .get_or_create(&labels(push.kind))
+                .inc();
             tracing::debug!(
                 node = %self.node_id,
                 r#type = push.kind.short_name(),
@@ -478,7 +491,12 @@ where
                 removed = push.removed.len(),
                 "push"
             );
-            if self.tx.send(Ok(W::response(push, snapshot.version))).await.is_err() {
+            if self
+                .tx
+                .send(Ok(W::response(push, snapshot.version)))
+                .await
+                .is_err()
+            {
                 return Err(Status::cancelled("proxy went away"));
             }
         }

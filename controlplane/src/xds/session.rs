@@ -66,7 +66,10 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Ack,
-    Nack { version: String, message: String },
+    Nack {
+        version: String,
+        message: String,
+    },
     /// A request carrying no nonce, or one we no longer track.
     Other,
 }
@@ -164,7 +167,8 @@ impl Session {
         state.requested = true;
         match req.subscribe {
             Subscribe::Replace(names) => {
-                state.wildcard = req.kind.is_wildcard() && (names.is_empty() || names.iter().any(|n| n == "*"));
+                state.wildcard =
+                    req.kind.is_wildcard() && (names.is_empty() || names.iter().any(|n| n == "*"));
                 state.names = names.into_iter().filter(|n| n != "*").collect();
                 if !state.wildcard {
                     // Forget what the proxy no longer asks for, so asking
@@ -236,7 +240,9 @@ impl Session {
     fn desired(&self, kind: Kind, view: &ProxyView) -> SentMap {
         let state = &self.types[&kind];
         let mut desired: SentMap = if state.wildcard {
-            view.all(kind).map(|r| (r.name.clone(), Sent::of(r))).collect()
+            view.all(kind)
+                .map(|r| (r.name.clone(), Sent::of(r)))
+                .collect()
         } else {
             state
                 .names
@@ -285,7 +291,10 @@ impl Session {
         let version = digest(&desired);
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        let all = desired.values().filter_map(|d| d.resource.clone()).collect();
+        let all = desired
+            .values()
+            .filter_map(|d| d.resource.clone())
+            .collect();
         let state = self.state(kind);
         state.sent = desired;
         state.sent_version = version.clone();

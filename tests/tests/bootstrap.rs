@@ -1,0 +1,39 @@
+//! Real Envoy accepts the bootstraps `meshd bootstrap` renders.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+
+use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_tests::envoy;
+
+#[test]
+fn envoy_validates_every_bootstrap_flavour() {
+    let Some(envoy_bin) = envoy::require_envoy() else {
+        return;
+    };
+    let work = meshd_tests::workdir().unwrap();
+
+    let delta = BootstrapConfig::new("shop", "web-0");
+    let mut sotw_dns = BootstrapConfig::new("shop", "web-1");
+    sotw_dns.xds_protocol = XdsProtocol::Sotw;
+    sotw_dns.xds_host = "meshd.meshd-system.svc.cluster.local".into();
+    let mut loopback = BootstrapConfig::new("demo", "client-0");
+    loopback.admin = SocketAddr::from(([127, 0, 10, 1], 15000));
+    loopback.proxy_address = IpAddr::from([127, 0, 10, 1]);
+
+    for config in [delta, sotw_dns, loopback] {
+        let path = meshd_tests::write_bootstrap(work.path(), &config).unwrap();
+        let out = Command::new(&envoy_bin)
+            .args(["--mode", "validate", "--log-level", "error", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "envoy rejected the bootstrap for {}:\n{}\n{}",
+            config.node_id(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
