@@ -102,6 +102,22 @@ impl Object {
     }
 }
 
+/// Whether `name` is a DNS label as Kubernetes requires of namespace and
+/// service names (RFC 1123: lowercase alphanumerics and `-`, at most 63).
+/// Service names become route domains (`name.namespace`), so a dot in one
+/// could collide with another service's domain and make Envoy reject the
+/// whole route configuration.
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+const DNS_LABEL: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+
 /// Name and namespace from metadata, with the errors a user needs when they
 /// are missing.
 fn identify(
@@ -124,11 +140,29 @@ fn identify(
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
     });
-    Ok(ObjectRef {
+    let obj = ObjectRef {
         kind,
         namespace,
         name,
-    })
+    };
+    if let Some(ns) = &obj.namespace
+        && !is_dns_label(ns)
+    {
+        return Err(obj.error(
+            "metadata.namespace",
+            format!("`{ns}` is not a valid namespace name; accepted: {DNS_LABEL}"),
+        ));
+    }
+    if matches!(kind, "Namespace" | "Service") && !is_dns_label(&obj.name) {
+        return Err(obj.error(
+            "metadata.name",
+            format!(
+                "`{}` is not a valid {kind} name; accepted: {DNS_LABEL}",
+                obj.name
+            ),
+        ));
+    }
+    Ok(obj)
 }
 
 fn port_number(obj: &ObjectRef, field: &str, value: i32) -> Result<u16, ObjectError> {
@@ -412,6 +446,10 @@ spec:
         assert_eq!(err.object, "Service default/web");
         assert_eq!(err.field, "spec.ports[0].port");
         assert!(err.message.contains("accepted: 1-65535"), "{err}");
+
+        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web.shop, namespace: x}, spec: {clusterIP: 198.19.0.1}}").unwrap_err();
+        assert_eq!(err.field, "metadata.name");
+        assert!(err.message.contains("not a valid Service name"), "{err}");
 
         let err =
             svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: nope}}")
