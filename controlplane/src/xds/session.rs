@@ -321,3 +321,216 @@ fn digest(set: &SentMap) -> String {
     }
     format!("{:016x}", hasher.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{file, index::Index};
+    use crate::translate::Snapshot;
+
+    const CLIENT: &str = "client-0.shop";
+
+    fn service(name: &str, vip: &str, tcp: bool) -> String {
+        let port = if tcp {
+            "{name: tcp-db, port: 5432}"
+        } else {
+            "{name: http, port: 80}"
+        };
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{clusterIP: {vip}, ports: [{port}]}}\n---\n"
+        )
+    }
+
+    fn snapshot(services: &str) -> Snapshot {
+        let text = format!(
+            "{services}apiVersion: v1\nkind: Pod\nmetadata: {{name: client-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.2}}\n"
+        );
+        let mut index = Index::default();
+        for object in file::parse(&text).unwrap() {
+            index.apply(object);
+        }
+        Snapshot::new(1, std::sync::Arc::new(index.mesh()))
+    }
+
+    fn request(kind: Kind, nonce: &str, names: &[&str]) -> Request {
+        Request {
+            kind,
+            response_nonce: nonce.to_string(),
+            error: None,
+            subscribe: Subscribe::Replace(names.iter().map(|n| n.to_string()).collect()),
+        }
+    }
+
+    fn names(push: &Push) -> Vec<&str> {
+        push.all.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// Subscribes to CDS, LDS and RDS `80` and ACKs everything.
+    fn settle(session: &mut Session, view: &ProxyView) {
+        for (kind, subscription) in [
+            (Kind::Cluster, vec![]),
+            (Kind::Listener, vec![]),
+            (Kind::Route, vec!["80"]),
+        ] {
+            session.on_request(request(kind, "", &subscription));
+        }
+        for push in session.push(view) {
+            let sub: Vec<&str> = if push.kind == Kind::Route {
+                vec!["80"]
+            } else {
+                vec![]
+            };
+            assert_eq!(
+                session.on_request(request(push.kind, &push.nonce, &sub)),
+                Outcome::Ack
+            );
+        }
+        assert!(
+            session.push(view).is_empty(),
+            "settled sessions send nothing"
+        );
+    }
+
+    #[test]
+    fn a_nacked_version_is_not_sent_again() {
+        let snap = snapshot(&service("web", "198.19.0.1", false));
+        let view = snap.proxy(CLIENT).unwrap();
+        let mut session = Session::new(false);
+        session.on_request(request(Kind::Cluster, "", &[]));
+        let push = session.push(&view).pop().unwrap();
+        let mut nack = request(Kind::Cluster, &push.nonce, &[]);
+        nack.error = Some("bad cluster".into());
+        assert_eq!(
+            session.on_request(nack),
+            Outcome::Nack {
+                version: push.version.clone(),
+                message: "bad cluster".into()
+            }
+        );
+        assert!(session.push(&view).is_empty());
+        assert_eq!(session.types[&Kind::Cluster].acked_version, "");
+
+        // The next change is sent as usual.
+        let changed =
+            snapshot(&(service("web", "198.19.0.1", false) + &service("api", "198.19.0.2", false)));
+        let push = session.push(&changed.proxy(CLIENT).unwrap()).pop().unwrap();
+        assert!(names(&push).contains(&"outbound|80||api.shop.svc.cluster.local"));
+    }
+
+    #[test]
+    fn a_stale_nonce_is_ignored() {
+        let snap = snapshot(&service("web", "198.19.0.1", false));
+        let mut session = Session::new(false);
+        session.on_request(request(Kind::Cluster, "", &[]));
+        session.push(&snap.proxy(CLIENT).unwrap());
+        assert_eq!(
+            session.on_request(request(Kind::Cluster, "999", &[])),
+            Outcome::Other
+        );
+        assert_eq!(session.types[&Kind::Cluster].acked_version, "");
+    }
+
+    #[test]
+    fn clusters_leave_only_after_nothing_the_proxy_holds_uses_them() {
+        let both = service("web", "198.19.0.1", false) + &service("db", "198.19.0.3", true);
+        let v1 = snapshot(&both);
+        let mut session = Session::new(false);
+        settle(&mut session, &v1.proxy(CLIENT).unwrap());
+        let db = "outbound|5432||db.shop.svc.cluster.local";
+
+        // db goes away: the listener is updated, but db's cluster stays
+        // while the acknowledged listener still routes to it.
+        let v2 = snapshot(&service("web", "198.19.0.1", false));
+        let view = v2.proxy(CLIENT).unwrap();
+        let pushes = session.push(&view);
+        let kinds: Vec<Kind> = pushes.iter().map(|p| p.kind).collect();
+        assert!(!kinds.contains(&Kind::Cluster), "{kinds:?}");
+        let lds = pushes.iter().find(|p| p.kind == Kind::Listener).unwrap();
+        assert!(session.types[&Kind::Cluster].sent.contains_key(db));
+
+        // Once the proxy ACKs the new listener, the cluster is removed.
+        session.on_request(request(Kind::Listener, &lds.nonce, &[]));
+        let pushes = session.push(&view);
+        let cds = pushes
+            .iter()
+            .find(|p| p.kind == Kind::Cluster)
+            .expect("a CDS push");
+        assert!(!names(cds).contains(&db));
+        assert_eq!(cds.removed, vec![db.to_string()]);
+    }
+
+    #[test]
+    fn a_changed_cluster_gets_its_endpoints_again() {
+        let v1 = snapshot(&service("web", "198.19.0.1", false));
+        let mut session = Session::new(true);
+        let eds = "outbound|80||web.shop.svc.cluster.local";
+        session.on_request(Request {
+            kind: Kind::Cluster,
+            response_nonce: String::new(),
+            error: None,
+            subscribe: Subscribe::Change {
+                subscribe: vec![],
+                unsubscribe: vec![],
+                initial_versions: HashMap::new(),
+            },
+        });
+        session.on_request(Request {
+            kind: Kind::Endpoint,
+            response_nonce: String::new(),
+            error: None,
+            subscribe: Subscribe::Change {
+                subscribe: vec![eds.into()],
+                unsubscribe: vec![],
+                initial_versions: HashMap::new(),
+            },
+        });
+        let pushes = session.push(&v1.proxy(CLIENT).unwrap());
+        assert_eq!(
+            pushes.iter().map(|p| p.kind).collect::<Vec<_>>(),
+            [Kind::Cluster, Kind::Endpoint]
+        );
+        assert!(session.push(&v1.proxy(CLIENT).unwrap()).is_empty());
+
+        // The port's protocol changes the cluster (HTTP/2 options): Envoy
+        // re-warms it, so its unchanged endpoints are sent again.
+        let v2 = snapshot(&service("web", "198.19.0.1", false).replace(
+            "{name: http, port: 80}",
+            "{name: http, port: 80, appProtocol: grpc}",
+        ));
+        let pushes = session.push(&v2.proxy(CLIENT).unwrap());
+        assert_eq!(
+            pushes.iter().map(|p| p.kind).collect::<Vec<_>>(),
+            [Kind::Cluster, Kind::Endpoint]
+        );
+        assert_eq!(
+            pushes[0].changed.len(),
+            1,
+            "delta sends only the changed cluster"
+        );
+    }
+
+    #[test]
+    fn a_reconnecting_delta_proxy_is_not_sent_what_it_holds() {
+        let snap = snapshot(&service("web", "198.19.0.1", false));
+        let view = snap.proxy(CLIENT).unwrap();
+        let held: HashMap<String, String> = view
+            .all(Kind::Cluster)
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        let mut session = Session::new(true);
+        session.on_request(Request {
+            kind: Kind::Cluster,
+            response_nonce: String::new(),
+            error: None,
+            subscribe: Subscribe::Change {
+                subscribe: vec![],
+                unsubscribe: vec![],
+                initial_versions: held,
+            },
+        });
+        let pushes = session.push(&view);
+        // One (empty) answer so Envoy finishes initialising, nothing resent.
+        assert_eq!(pushes.len(), 1);
+        assert!(pushes[0].changed.is_empty() && pushes[0].removed.is_empty());
+    }
+}
