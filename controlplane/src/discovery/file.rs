@@ -258,20 +258,21 @@ pub type Problems = Arc<RwLock<Vec<FileError>>>;
 /// watching: every change is re-read after `settle` and republished.
 /// Returns once the first load is published.
 pub async fn run(
-    mut registry: FileRegistry,
+    registry: FileRegistry,
     mesh_tx: watch::Sender<Arc<Mesh>>,
     problems: Problems,
     settle: Duration,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, notify::Error> {
-    let publish = move |registry: &mut FileRegistry| -> Arc<Mesh> {
+    let publish = move |mut registry: FileRegistry| -> (FileRegistry, Arc<Mesh>) {
         let load = registry.load();
         for e in &load.errors {
             tracing::error!(file = %e.file, "registry: {}", e.message);
         }
         *problems.write().unwrap_or_else(|p| p.into_inner()) = load.errors;
-        Arc::new(load.mesh)
+        (registry, Arc::new(load.mesh))
     };
-    mesh_tx.send_replace(publish(&mut registry));
+    let (mut registry, mesh) = publish(registry);
+    mesh_tx.send_replace(mesh);
     let Some(dir) = registry.dir.clone() else {
         return Ok(None);
     };
@@ -293,7 +294,14 @@ pub async fn run(
             // Editors write a file in several steps: wait for them to settle.
             tokio::time::sleep(settle).await;
             while events.try_recv().is_ok() {}
-            let mesh = tokio::task::block_in_place(|| publish(&mut registry));
+            // Reading and parsing files blocks: keep it off the async workers.
+            let publish = publish.clone();
+            let reloaded = tokio::task::spawn_blocking(move || publish(registry)).await;
+            let Ok((reloaded, mesh)) = reloaded else {
+                tracing::error!("registry reload panicked; the watch stops and the last mesh keeps serving");
+                return;
+            };
+            registry = reloaded;
             tracing::info!(
                 services = mesh.services.len(),
                 workloads = mesh.workloads.len(),
