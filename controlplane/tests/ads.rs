@@ -381,8 +381,9 @@ fn addr(ip: &str, port: u32) -> (String, u32) {
 
 // ---- tests -----------------------------------------------------------------
 
-// The registry watcher reloads with `block_in_place`, which needs the
-// multi-threaded runtime.
+// Every test uses a multi-threaded runtime, as `meshd run` does, so the
+// server's tasks, its blocking reloads and the test's own client run
+// concurrently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_serves_clusters_endpoints_and_listeners() {
     let h = Harness::start(&base()).await;

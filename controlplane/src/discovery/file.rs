@@ -298,7 +298,9 @@ pub async fn run(
             let publish = publish.clone();
             let reloaded = tokio::task::spawn_blocking(move || publish(registry)).await;
             let Ok((reloaded, mesh)) = reloaded else {
-                tracing::error!("registry reload panicked; the watch stops and the last mesh keeps serving");
+                tracing::error!(
+                    "registry reload panicked; the watch stops and the last mesh keeps serving"
+                );
                 return;
             };
             registry = reloaded;

@@ -250,9 +250,17 @@ impl Wire for Sotw {
     }
 
     fn response(push: Push, _: u64) -> DiscoveryResponse {
+        // Listeners and clusters must be sent as a whole set. Routes and
+        // endpoints need not: what a response leaves out stays as it was, so
+        // an endpoint change sends one load assignment, not all of them.
+        let resources = if push.kind.is_wildcard() {
+            &push.all
+        } else {
+            &push.changed
+        };
         DiscoveryResponse {
             version_info: push.version,
-            resources: push.all.iter().map(|r| r.body.clone()).collect(),
+            resources: resources.iter().map(|r| r.body.clone()).collect(),
             type_url: push.kind.type_url().to_string(),
             nonce: push.nonce,
             ..Default::default()
@@ -381,11 +389,10 @@ where
 {
     async fn run(mut self, mut requests: Streaming<W::Req>, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
-        if self.node_id.is_empty() {
-            return;
+        if !self.node_id.is_empty() {
+            lock(&self.state.proxies).remove(&self.stream_id);
+            self.state.metrics.connected_proxies.dec();
         }
-        lock(&self.state.proxies).remove(&self.stream_id);
-        self.state.metrics.connected_proxies.dec();
         match result {
             Ok(()) => tracing::info!(node = %self.node_id, "proxy disconnected"),
             Err(status) => {
