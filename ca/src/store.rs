@@ -1,0 +1,141 @@
+//! Where the CA's own material lives.
+//!
+//! - A generated root is persisted through [`CaStore`]: a directory in local
+//!   mode ([`DirStore`]); a Kubernetes Secret in cluster mode (implemented
+//!   with the Kubernetes source, outside this crate).
+//! - A plug-in CA is read from files ([`PlugInFiles`]), laid out like
+//!   Istio's `cacerts`, so operators can reuse what they have.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, PrivateKey, Result};
+
+/// A root certificate and its key, as persisted.
+#[derive(Clone, Debug)]
+pub struct StoredRoot {
+    pub cert_pem: String,
+    pub key: PrivateKey,
+    /// Roots that are still trusted while a rotation away from them is
+    /// under way (certificates only).
+    pub previous_certs_pem: Vec<String>,
+}
+
+pub trait CaStore: Send + Sync {
+    fn load(&self) -> Result<Option<StoredRoot>>;
+    fn save(&self, root: &StoredRoot) -> Result<()>;
+}
+
+/// A directory holding `root-cert.pem`, `root-key.pem` (mode 0600) and,
+/// during a rotation, `previous-root-cert.pem`.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Write then rename: a crash never leaves half a key behind.
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl CaStore for DirStore {
+    fn load(&self) -> Result<Option<StoredRoot>> {
+        let cert = self.path("root-cert.pem");
+        if !cert.exists() {
+            return Ok(None);
+        }
+        let previous = self.path("previous-root-cert.pem");
+        Ok(Some(StoredRoot {
+            cert_pem: read(&cert)?,
+            key: PrivateKey::from_pem(read(&self.path("root-key.pem"))?),
+            previous_certs_pem: if previous.exists() {
+                vec![read(&previous)?]
+            } else {
+                vec![]
+            },
+        }))
+    }
+
+    fn save(&self, root: &StoredRoot) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        write(&self.path("root-key.pem"), root.key.expose_pem(), 0o600)?;
+        write(&self.path("root-cert.pem"), &root.cert_pem, 0o644)?;
+        let previous = self.path("previous-root-cert.pem");
+        match root.previous_certs_pem.first() {
+            Some(pem) => write(&previous, pem, 0o644)?,
+            None if previous.exists() => {
+                std::fs::remove_file(&previous).map_err(|source| Error::Io {
+                    path: previous,
+                    source,
+                })?
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// A plug-in CA: an intermediate the mesh issues from, chained to the
+/// operator's root.
+#[derive(Clone, Debug)]
+pub struct PlugInFiles {
+    /// The intermediate certificate meshd signs with.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The root that anchors the mesh's trust.
+    pub root: PathBuf,
+    /// The intermediate's chain up to the root (may include the root).
+    pub chain: PathBuf,
+}
+
+impl PlugInFiles {
+    /// The Istio `cacerts` layout in one directory.
+    pub fn in_dir(dir: &Path) -> Self {
+        PlugInFiles {
+            cert: dir.join("ca-cert.pem"),
+            key: dir.join("ca-key.pem"),
+            root: dir.join("root-cert.pem"),
+            chain: dir.join("cert-chain.pem"),
+        }
+    }
+}
