@@ -30,10 +30,10 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use meshd_controlplane::discovery::index::Index;
 use meshd_controlplane::discovery::objects::{Object, Slice};
 use meshd_controlplane::model::{
-    Conditions, Endpoint, Interception, Mesh, Namespace, Protocol, Service, ServiceKey,
+    Conditions, Endpoint, Interception, Mesh, MtlsMode, Namespace, Protocol, Service, ServiceKey,
     ServicePort, Workload,
 };
-use meshd_controlplane::translate::{Kind, ProxyView, Snapshot};
+use meshd_controlplane::translate::{Kind, MtlsOptions, ProxyView, Snapshot, TranslateOptions};
 use prost::Message;
 
 const NAMESPACES: usize = 20;
@@ -44,6 +44,16 @@ const TCP_EVERY: usize = 10;
 const TARGET_PORT: u16 = 8080;
 
 /// The `n`th address (1-based) of a /16.
+/// Translation as `meshd run` does it: with mutual TLS (PERMISSIVE).
+fn options() -> TranslateOptions {
+    TranslateOptions {
+        mtls: Some(MtlsOptions {
+            trust_domain: "cluster.local".into(),
+            default_mode: MtlsMode::Permissive,
+        }),
+    }
+}
+
 fn address(prefix: [u8; 2], n: usize) -> IpAddr {
     let n = u16::try_from(n).expect("the mesh fits in a /16");
     let [hi, lo] = n.to_be_bytes();
@@ -105,6 +115,7 @@ fn mesh() -> Arc<Mesh> {
                 labels: BTreeMap::from([("app".to_string(), name.clone())]),
                 annotations: BTreeMap::new(),
                 interception: Interception::Redirect,
+                mtls: None,
             }));
             endpoints.push(Endpoint {
                 address: ip,
@@ -145,7 +156,7 @@ fn sizes(view: &ProxyView) -> Vec<(Kind, usize, usize)> {
 }
 
 fn report(mesh: &Arc<Mesh>, node: &str) {
-    let snapshot = Snapshot::new(1, mesh.clone());
+    let snapshot = Snapshot::new(1, mesh.clone(), options());
     let view = snapshot
         .proxy(node)
         .expect("the proxy's pod is in the mesh");
@@ -180,18 +191,18 @@ fn translate(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
 
     group.bench_function("snapshot_new", |b| {
-        b.iter(|| Snapshot::new(1, black_box(mesh.clone())));
+        b.iter(|| Snapshot::new(1, black_box(mesh.clone()), options()));
     });
 
     group.bench_function("proxy_first", |b| {
         b.iter_batched_ref(
-            || Snapshot::new(1, mesh.clone()),
+            || Snapshot::new(1, mesh.clone(), options()),
             |snapshot| snapshot.proxy(black_box(&node)).expect("known proxy"),
             BatchSize::PerIteration,
         );
     });
 
-    let warm = Snapshot::new(1, mesh.clone());
+    let warm = Snapshot::new(1, mesh.clone(), options());
     warm.proxy(&node).expect("known proxy");
     group.bench_function("proxy_warm", |b| {
         b.iter(|| warm.proxy(black_box(&node)).expect("known proxy"));
@@ -199,7 +210,7 @@ fn translate(c: &mut Criterion) {
 
     group.bench_function("full_proxy_config", |b| {
         b.iter(|| {
-            let snapshot = Snapshot::new(1, black_box(mesh.clone()));
+            let snapshot = Snapshot::new(1, black_box(mesh.clone()), options());
             let view = snapshot.proxy(&node).expect("known proxy");
             Kind::PUSH_ORDER
                 .into_iter()

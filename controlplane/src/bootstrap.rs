@@ -7,6 +7,7 @@
 //! without exposing the admin interface itself.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -46,6 +47,25 @@ pub struct BootstrapConfig {
     pub admin: SocketAddr,
     /// The address the readiness and stats listeners bind to.
     pub proxy_address: IpAddr,
+    /// Where the proxy's bootstrap identity lives (see [`write_identity`]).
+    /// With it, the proxy talks to the control plane over mutual TLS and
+    /// proves which workload it is; without it, xDS is plaintext (only for
+    /// a control plane without a CA).
+    pub identity_dir: Option<PathBuf>,
+    /// The SPIFFE ID the control plane's certificate must carry.
+    pub control_plane_id: String,
+}
+
+/// The SPIFFE ID of a control plane installed as `meshd` in `meshd-system`.
+pub const DEFAULT_CONTROL_PLANE_ID: &str = "spiffe://cluster.local/ns/meshd-system/sa/meshd";
+
+/// File names inside an identity directory.
+pub mod identity_files {
+    pub const CERT_CHAIN: &str = "cert-chain.pem";
+    pub const KEY: &str = "key.pem";
+    pub const ROOT: &str = "root-cert.pem";
+    pub const CERT_SDS: &str = "identity.sds.yaml";
+    pub const ROOT_SDS: &str = "trust.sds.yaml";
 }
 
 impl BootstrapConfig {
@@ -58,6 +78,8 @@ impl BootstrapConfig {
             xds_protocol: XdsProtocol::default(),
             admin: SocketAddr::from(([127, 0, 0, 1], ports::ADMIN)),
             proxy_address: IpAddr::from([0, 0, 0, 0]),
+            identity_dir: None,
+            control_plane_id: DEFAULT_CONTROL_PLANE_ID.to_string(),
         }
     }
 
@@ -121,12 +143,98 @@ fn admin_path_listener(name: &str, address: IpAddr, port: u16, path: &str, rewri
     })
 }
 
+/// An SDS config source reading a secret from a file Envoy watches, so a
+/// rotated identity (a Kubernetes Secret update swaps the directory) is
+/// picked up without a restart.
+fn file_sds(name: &str, dir: &Path, file: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "path_config_source": {
+                "path": dir.join(file).display().to_string(),
+                "watched_directory": { "path": dir.display().to_string() },
+            },
+            "resource_api_version": "V3",
+        },
+    })
+}
+
+/// The xDS cluster's TLS: the bootstrap identity as client certificate,
+/// and the control plane's SPIFFE ID checked on its certificate.
+fn xds_tls(dir: &Path, control_plane_id: &str) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [file_sds("xds-identity", dir, identity_files::CERT_SDS)],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{ "san_type": "URI", "matcher": { "exact": control_plane_id } }],
+                    },
+                    "validation_context_sds_secret_config": file_sds("xds-trust", dir, identity_files::ROOT_SDS),
+                },
+            },
+        },
+    })
+}
+
+/// Writes a bootstrap identity into `dir`: the certificate chain, the key
+/// (mode 0600: the caller gives it to the proxy's user), the trust bundle,
+/// and the two SDS files the bootstrap points Envoy at.
+pub fn write_identity(
+    dir: &Path,
+    chain_pem: &str,
+    key: &meshd_ca::PrivateKey,
+    bundle_pem: &str,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let write = |name: &str, text: &str, mode: u32| -> std::io::Result<()> {
+        use std::io::Write;
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        std::fs::rename(tmp, path)
+    };
+    let path = |name: &str| dir.join(name).display().to_string();
+    write(identity_files::KEY, key.expose_pem(), 0o600)?;
+    write(identity_files::CERT_CHAIN, chain_pem, 0o644)?;
+    write(identity_files::ROOT, bundle_pem, 0o644)?;
+    let cert_sds = json!({ "resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "xds-identity",
+        "tls_certificate": {
+            "certificate_chain": { "filename": path(identity_files::CERT_CHAIN) },
+            "private_key": { "filename": path(identity_files::KEY) },
+        },
+    }]});
+    let root_sds = json!({ "resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "xds-trust",
+        "validation_context": { "trusted_ca": { "filename": path(identity_files::ROOT) } },
+    }]});
+    write(identity_files::CERT_SDS, &cert_sds.to_string(), 0o644)?;
+    write(identity_files::ROOT_SDS, &root_sds.to_string(), 0o644)
+}
+
 /// Renders the bootstrap as a JSON value.
 pub fn render(config: &BootstrapConfig) -> Value {
     let api_type = match config.xds_protocol {
         XdsProtocol::Delta => "DELTA_GRPC",
         XdsProtocol::Sotw => "GRPC",
     };
+    let mut xds_cluster = static_cluster("xds-grpc", &config.xds_host, config.xds_port, true);
+    if let Some(dir) = &config.identity_dir {
+        xds_cluster["transport_socket"] = xds_tls(dir, &config.control_plane_id);
+    }
     json!({
         "node": {
             "id": config.node_id(),
@@ -152,7 +260,7 @@ pub fn render(config: &BootstrapConfig) -> Value {
         },
         "static_resources": {
             "clusters": [
-                static_cluster("xds-grpc", &config.xds_host, config.xds_port, true),
+                xds_cluster,
                 static_cluster("admin", &config.admin.ip().to_string(), config.admin.port(), false),
             ],
             "listeners": [

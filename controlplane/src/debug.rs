@@ -14,11 +14,13 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 
 use crate::discovery::file::FileError;
+use crate::identity::Identity;
 use crate::xds::ServerState;
 
 #[derive(Clone)]
 pub struct DebugState {
     pub xds: Arc<ServerState>,
+    pub identity: Option<Arc<Identity>>,
     pub registry_problems: Arc<RwLock<Vec<FileError>>>,
     pub metrics: Arc<Registry>,
 }
@@ -26,12 +28,24 @@ pub struct DebugState {
 pub fn router(state: DebugState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/xds/proxies", get(proxies))
         .route("/debug/xds/nacks", get(nacks))
         .route("/debug/registry", get(registry))
         .with_state(state)
+}
+
+/// Ready unless the CA cannot sign (an expired or not-yet-valid issuer):
+/// then the reason, so an operator sees it in the probe's output.
+async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
+    match s.identity.as_ref().and_then(|i| i.ca.status().unready) {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
 }
 
 async fn proxies(State(s): State<DebugState>) -> impl IntoResponse {

@@ -9,7 +9,9 @@
 pub mod bootstrap;
 pub mod debug;
 pub mod discovery;
+pub mod identity;
 pub mod model;
 pub mod server;
+pub mod tls;
 pub mod translate;
 pub mod xds;

@@ -207,6 +207,32 @@ impl Interception {
     }
 }
 
+/// How a workload's inbound side treats TLS, set mesh-wide and overridden
+/// per namespace and per workload with the `meshd.io/mtls` annotation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MtlsMode {
+    /// Only mutual TLS from mesh workloads is accepted.
+    Strict,
+    /// Mutual TLS and plaintext are both accepted (migration).
+    #[default]
+    Permissive,
+    /// Plaintext only; mesh clients do not use TLS towards it.
+    Disable,
+}
+
+impl MtlsMode {
+    pub const ACCEPTED: &'static str = "STRICT, PERMISSIVE, DISABLE";
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_uppercase().as_str() {
+            "STRICT" => Some(MtlsMode::Strict),
+            "PERMISSIVE" => Some(MtlsMode::Permissive),
+            "DISABLE" => Some(MtlsMode::Disable),
+            _ => None,
+        }
+    }
+}
+
 /// A pod that runs (or will run) a proxy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -217,6 +243,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub interception: Interception,
+    /// The workload's own `meshd.io/mtls`, if set.
+    pub mtls: Option<MtlsMode>,
 }
 
 impl Workload {
@@ -235,6 +263,8 @@ pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// The namespace's `meshd.io/mtls`, if set.
+    pub mtls: Option<MtlsMode>,
 }
 
 /// An immutable view of the whole mesh. Sources publish a new one on every
@@ -253,6 +283,15 @@ pub struct Mesh {
 impl Mesh {
     pub fn endpoints_of(&self, key: &ServiceKey) -> &[Endpoint] {
         self.endpoints.get(key).map_or(&[], |e| e.as_slice())
+    }
+
+    /// The mTLS mode in force for a workload: its own annotation, else its
+    /// namespace's, else the mesh default.
+    pub fn mtls_mode(&self, workload: &Workload, default: MtlsMode) -> MtlsMode {
+        workload
+            .mtls
+            .or_else(|| self.namespaces.get(&workload.namespace)?.mtls)
+            .unwrap_or(default)
     }
 }
 

@@ -13,8 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::file::{self, FileRegistry};
+use crate::identity::Identity;
 use crate::model::Mesh;
-use crate::translate::Snapshot;
+use crate::tls::ServerIdentity;
+use crate::translate::{MtlsOptions, Snapshot, TranslateOptions};
 use crate::xds::{self, Ads, ServerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +27,19 @@ pub enum Error {
     Listener(std::io::Error),
 }
 
+/// The CA and the TLS identity of the xDS port.
+pub struct TlsOptions {
+    pub identity: Arc<Identity>,
+    pub server: ServerIdentity,
+}
+
 pub struct Options {
     /// The registry directory; `None` serves the embedded default.
     pub registry: Option<PathBuf>,
+    /// With a CA: xDS over TLS with client certificates, SDS, and mTLS
+    /// between workloads. Without: plaintext xDS and plaintext traffic (for
+    /// tests of the xDS machinery alone).
+    pub tls: Option<TlsOptions>,
     pub xds: TcpListener,
     pub debug: Option<TcpListener>,
     /// Quiet time that ends a burst of changes before a push.
@@ -67,25 +79,54 @@ impl ControlPlane {
         {
             tasks.push(watcher);
         }
-        let snapshots = xds::spawn_publisher(mesh_rx, options.debounce, state.clone());
+        let translate = TranslateOptions {
+            mtls: options.tls.as_ref().map(|tls| MtlsOptions {
+                trust_domain: tls.identity.trust_domain().to_string(),
+                default_mode: tls.identity.config.default_mtls,
+            }),
+        };
+        let snapshots = xds::spawn_publisher(mesh_rx, options.debounce, state.clone(), translate);
 
         let xds_addr = options.xds.local_addr().map_err(Error::Listener)?;
-        let ads = Ads::new(snapshots.clone(), state.clone(), shutdown.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(options.xds);
+        let identity = options.tls.as_ref().map(|t| t.identity.clone());
+        let ads = Ads::new(
+            snapshots.clone(),
+            state.clone(),
+            identity.clone(),
+            shutdown.clone(),
+        );
+        let router = tonic::transport::Server::builder()
+            // Envoy keeps its ADS stream for hours: probe it so a vanished
+            // proxy frees its stream.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(ads.into_service());
         let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                // Envoy keeps its ADS stream for hours: probe it so a
-                // vanished proxy frees its stream.
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(ads.into_service())
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-            if let Err(e) = result {
-                tracing::error!("xDS server failed: {e}");
+        tasks.push(match options.tls {
+            Some(tls) => {
+                let config = crate::tls::server_config(tls.identity, tls.server);
+                let incoming = tls_incoming(options.xds, config, shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                    {
+                        tracing::error!("xDS server failed: {e}");
+                    }
+                })
             }
-        }));
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(options.xds);
+                tokio::spawn(async move {
+                    if let Err(e) = router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                    {
+                        tracing::error!("xDS server failed: {e}");
+                    }
+                })
+            }
+        });
         tracing::info!(address = %xds_addr, "xDS server listening");
 
         let mut debug_addr = None;
@@ -94,6 +135,7 @@ impl ControlPlane {
             state.metrics.register(&mut registry);
             let router = crate::debug::router(crate::debug::DebugState {
                 xds: state.clone(),
+                identity: identity.clone(),
                 registry_problems: registry_problems.clone(),
                 metrics: Arc::new(registry),
             });
@@ -129,4 +171,50 @@ impl ControlPlane {
             let _ = task.await;
         }
     }
+}
+
+/// Accepted TLS connections. Handshakes run concurrently, so a slow or
+/// hostile client cannot hold up the others; clients without a valid
+/// certificate never reach the gRPC layer.
+fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!("xDS accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, "refused an xDS connection: TLS handshake failed: {e}")
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "refused an xDS connection: TLS handshake timed out")
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -138,6 +138,8 @@ impl Harness {
         let debug = TcpListener::bind("127.0.0.1:0").await.expect("bind debug");
         let cp = ControlPlane::start(Options {
             registry: Some(path),
+            // Plaintext: these tests exercise the xDS machinery alone.
+            tls: None,
             xds,
             debug: Some(debug),
             debounce: Duration::from_millis(20),

@@ -48,6 +48,53 @@ pub struct RunArgs {
     /// proxies are updated.
     #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
+
+    #[command(flatten)]
+    pub ca: CaArgs,
+
+    /// The mesh-wide mTLS mode: STRICT, PERMISSIVE or DISABLE. Namespaces
+    /// and pods override it with the `meshd.io/mtls` annotation.
+    #[arg(long, env = "MESHD_MTLS_MODE", default_value = "PERMISSIVE")]
+    pub mtls_mode: String,
+
+    /// Workload certificate lifetime (`90s`, `30m`, `24h`; at least 60s).
+    #[arg(long, env = "MESHD_WORKLOAD_CERT_TTL", default_value = "24h")]
+    pub workload_cert_ttl: String,
+
+    /// When in its lifetime a workload certificate is replaced (0 < f < 1).
+    #[arg(long, env = "MESHD_ROTATION_FRACTION", default_value_t = 0.5)]
+    pub rotation_fraction: f64,
+
+    /// The control plane's own namespace (part of its SPIFFE ID, which
+    /// proxies verify).
+    #[arg(long, env = "MESHD_NAMESPACE", default_value = "meshd-system")]
+    pub namespace: String,
+
+    /// The control plane's service account (part of its SPIFFE ID).
+    #[arg(long, env = "MESHD_SERVICE_ACCOUNT", default_value = "meshd")]
+    pub service_account: String,
+
+    /// DNS names proxies may use to reach the xDS port (comma-separated).
+    #[arg(long, env = "MESHD_XDS_DNS_NAMES", default_value = "localhost")]
+    pub xds_dns_names: String,
+}
+
+/// Where the CA's keys come from.
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    /// Directory of the generated root CA (created on first start; the key
+    /// is written with mode 0600).
+    #[arg(long, env = "MESHD_CA_DIR", default_value = ".meshd/ca")]
+    pub ca_dir: PathBuf,
+
+    /// Issue from an intermediate instead: a directory with ca-cert.pem,
+    /// ca-key.pem, root-cert.pem and cert-chain.pem (Istio's cacerts layout).
+    #[arg(long, env = "MESHD_PLUG_IN_CA")]
+    pub plug_in_ca: Option<PathBuf>,
+
+    /// The SPIFFE trust domain.
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +126,29 @@ pub struct BootstrapArgs {
     /// Write to this file instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+
+    /// The pod's service account: with the namespace, its identity.
+    #[arg(long, env = "MESHD_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+
+    /// The directory holding the proxy's bootstrap identity (certificate,
+    /// key, trust bundle), with which it proves to the control plane who
+    /// it is. In Kubernetes, the injector mounts it from a Secret.
+    #[arg(long, env = "MESHD_IDENTITY_DIR")]
+    pub identity_dir: PathBuf,
+
+    /// Issue the bootstrap identity into --identity-dir from the local CA
+    /// in this directory (local mode; the control plane's --ca-dir).
+    #[arg(long)]
+    pub issue_from_ca_dir: Option<PathBuf>,
+
+    /// The SPIFFE trust domain.
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// The SPIFFE ID the control plane's certificate must carry.
+    #[arg(long, env = "MESHD_CONTROL_PLANE_IDENTITY", default_value = meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID)]
+    pub control_plane_identity: String,
 }
 
 #[derive(Debug, clap::Args)]

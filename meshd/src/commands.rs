@@ -3,11 +3,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use meshd_ca::{Authority, DirStore, PlugInFiles, SpiffeId};
 use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
-use meshd_controlplane::server::{ControlPlane, Options};
+use meshd_controlplane::identity::{Identity, IdentityConfig};
+use meshd_controlplane::model::MtlsMode;
+use meshd_controlplane::server::{ControlPlane, Options, TlsOptions};
+use meshd_controlplane::tls::ServerIdentity;
 use meshd_injector::capture::{self, CaptureConfig};
 
-use crate::args::{Args, BootstrapArgs, CaptureArgs, Command, RunArgs};
+use crate::args::{Args, BootstrapArgs, CaArgs, CaptureArgs, Command, RunArgs};
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
@@ -36,8 +40,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         Some(dir) => tracing::info!(registry = %dir.display(), "serving the file registry"),
         None => tracing::info!("serving the embedded default registry"),
     }
+    let tls = tls_options(&args)?;
     let control_plane = ControlPlane::start(Options {
         registry: args.registry,
+        tls: Some(tls),
         xds,
         debug: Some(debug),
         debounce: Duration::from_millis(args.debounce_ms),
@@ -47,6 +53,97 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     control_plane.shutdown().await;
     Ok(())
+}
+
+/// Parses `90`, `90s`, `30m`, `24h`.
+fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
+    let (number, unit) = value
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((value, "s"), |i| value.split_at(i));
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if scale > 0 => Ok(Duration::from_secs(n * scale)),
+        _ => bail!(
+            "{flag}: `{value}` is not a duration; accepted: a number with s, m or h (e.g. 90s, 30m, 24h)"
+        ),
+    }
+}
+
+fn load_ca(args: &CaArgs) -> anyhow::Result<Authority> {
+    Ok(match &args.plug_in_ca {
+        Some(dir) => Authority::plug_in(&args.trust_domain, &PlugInFiles::in_dir(dir))
+            .with_context(|| format!("--plug-in-ca {}", dir.display()))?,
+        None => Authority::load_or_generate(
+            &args.trust_domain,
+            std::sync::Arc::new(DirStore::new(&args.ca_dir)),
+        )
+        .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?,
+    })
+}
+
+fn tls_options(args: &RunArgs) -> anyhow::Result<TlsOptions> {
+    let Some(default_mtls) = MtlsMode::parse(&args.mtls_mode) else {
+        bail!(
+            "--mtls-mode: `{}` is not valid; accepted: {}",
+            args.mtls_mode,
+            MtlsMode::ACCEPTED
+        );
+    };
+    let workload_ttl = parse_duration("--workload-cert-ttl", &args.workload_cert_ttl)?;
+    if workload_ttl < meshd_ca::MIN_WORKLOAD_TTL {
+        bail!(
+            "--workload-cert-ttl: {} is below the minimum of {}s",
+            args.workload_cert_ttl,
+            meshd_ca::MIN_WORKLOAD_TTL.as_secs()
+        );
+    }
+    if !(args.rotation_fraction > 0.0 && args.rotation_fraction < 1.0) {
+        bail!(
+            "--rotation-fraction: {} is not valid; accepted: a number between 0 and 1 (exclusive)",
+            args.rotation_fraction
+        );
+    }
+    let ca = load_ca(&args.ca)?;
+    if let Some(reason) = ca.status().unready {
+        // Keep serving config (certificates already issued stay valid) but
+        // say loudly why no new ones will be.
+        tracing::error!("the CA cannot sign: {reason}");
+    }
+    let identity = Identity::new(
+        std::sync::Arc::new(ca),
+        IdentityConfig {
+            workload_ttl,
+            rotation_fraction: args.rotation_fraction,
+            default_mtls,
+        },
+    );
+    let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    if !args.xds_address.ip().is_unspecified() && !ips.contains(&args.xds_address.ip()) {
+        ips.push(args.xds_address.ip());
+    }
+    Ok(TlsOptions {
+        identity: std::sync::Arc::new(identity),
+        server: ServerIdentity {
+            id: SpiffeId::new(
+                &args.ca.trust_domain,
+                &args.namespace,
+                &args.service_account,
+            ),
+            dns_names: args
+                .xds_dns_names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+            ips,
+        },
+    })
 }
 
 async fn shutdown_signal() {
@@ -82,6 +179,29 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     config.xds_protocol = xds_protocol;
     config.admin = args.admin_address;
     config.proxy_address = args.proxy_address;
+    config.control_plane_id = args.control_plane_identity;
+    config.identity_dir = Some(args.identity_dir.clone());
+    if let Some(ca_dir) = &args.issue_from_ca_dir {
+        let ca = Authority::load_or_generate(
+            &args.trust_domain,
+            std::sync::Arc::new(DirStore::new(ca_dir)),
+        )
+        .with_context(|| format!("--issue-from-ca-dir {}", ca_dir.display()))?;
+        let id = SpiffeId::new(&args.trust_domain, &config.namespace, &args.service_account);
+        let (issued, key) = ca.issue_with_key(&id, Duration::from_secs(24 * 3600))?;
+        bootstrap::write_identity(
+            &args.identity_dir,
+            &issued.chain_pem,
+            &key,
+            &ca.trust_bundle_pem(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot write the identity into {}",
+                args.identity_dir.display()
+            )
+        })?;
+    }
     let yaml = bootstrap::render_yaml(&config);
     match args.output {
         Some(path) => std::fs::write(&path, yaml)

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the process, chosen before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = args::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

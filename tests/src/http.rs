@@ -31,6 +31,17 @@ impl Response {
 /// `GET path` on `addr`, with `Host: host`. When `absolute` is set the
 /// request line carries the full URL, as clients do through a forward proxy.
 pub fn get(addr: SocketAddr, host: &str, path: &str, absolute: bool) -> anyhow::Result<Response> {
+    get_with(addr, host, path, absolute, &[])
+}
+
+/// [`get`] with extra request headers.
+pub fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    absolute: bool,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -39,9 +50,13 @@ pub fn get(addr: SocketAddr, host: &str, path: &str, absolute: bool) -> anyhow::
     } else {
         path.to_string()
     };
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshd-tests\r\nConnection: close\r\n\r\n"
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshd-tests\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream

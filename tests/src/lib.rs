@@ -5,6 +5,7 @@
 pub mod envoy;
 pub mod http;
 pub mod netns;
+pub mod pki;
 pub mod registry;
 
 use std::os::unix::fs::PermissionsExt;

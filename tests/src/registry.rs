@@ -38,12 +38,28 @@ pub fn slice(
     )
 }
 
-/// A pod; `capture` false marks it `meshd.io/interception: none`.
+/// A pod; `capture` false marks it `meshd.io/interception: none`. Its
+/// service account is named after it.
 pub fn pod(namespace: &str, name: &str, ip: IpAddr, capture: bool) -> String {
-    let annotations = if capture {
+    pod_with(namespace, name, ip, capture, &[])
+}
+
+/// [`pod`] with more annotations (e.g. `meshd.io/mtls`).
+pub fn pod_with(
+    namespace: &str,
+    name: &str,
+    ip: IpAddr,
+    capture: bool,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut pairs: Vec<String> = extra.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    if !capture {
+        pairs.push("meshd.io/interception: none".into());
+    }
+    let annotations = if pairs.is_empty() {
         String::new()
     } else {
-        "\n  annotations: {meshd.io/interception: none}".to_string()
+        format!("\n  annotations: {{{}}}", pairs.join(", "))
     };
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}{annotations}\nspec:\n  serviceAccountName: {name}\n  containers: [{{name: app, image: app}}]\nstatus:\n  podIP: \"{ip}\"\n"

@@ -21,7 +21,13 @@ fn envoy_validates_every_bootstrap_flavour() {
     loopback.admin = SocketAddr::from(([127, 0, 10, 1], 15000));
     loopback.proxy_address = IpAddr::from([127, 0, 10, 1]);
 
-    for config in [delta, sotw_dns, loopback] {
+    // The mTLS flavour: the xDS cluster reads its identity through
+    // file-based SDS.
+    let pki = meshd_tests::pki::Pki::new(Default::default()).unwrap();
+    let mut mtls = BootstrapConfig::new("shop", "web-2");
+    pki.provision(&mut mtls, "web", work.path(), None).unwrap();
+
+    for config in [delta, sotw_dns, loopback, mtls] {
         let path = meshd_tests::write_bootstrap(work.path(), &config).unwrap();
         let out = Command::new(&envoy_bin)
             .args(["--mode", "validate", "--log-level", "error", "-c"])

@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
+use meshd_tests::pki::Pki;
 use meshd_tests::registry;
 
 const NS: &str = "e2e";
@@ -31,6 +33,7 @@ fn pod_ip(block: u8, host: u8) -> IpAddr {
 }
 
 struct Mesh {
+    pki: Pki,
     rt: tokio::runtime::Runtime,
     cp: Option<ControlPlane>,
     registry: tempfile::TempDir,
@@ -49,11 +52,13 @@ impl Mesh {
         for (name, text) in files {
             std::fs::write(registry.path().join(name), text).unwrap();
         }
+        let pki = Pki::new(IdentityConfig::default()).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let cp = rt
             .block_on(async {
                 ControlPlane::start(Options {
                     registry: Some(registry.path().to_path_buf()),
+                    tls: Some(pki.tls(&[IpAddr::from([127, 0, 0, 1])])),
                     xds: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
                     debug: None,
                     debounce: Duration::from_millis(20),
@@ -63,6 +68,7 @@ impl Mesh {
             })
             .unwrap();
         Some(Mesh {
+            pki,
             rt,
             cp: Some(cp),
             registry,
@@ -91,6 +97,9 @@ impl Mesh {
         config.xds_protocol = protocol;
         config.admin = SocketAddr::new(ip, 15000);
         config.proxy_address = ip;
+        self.pki
+            .provision(&mut config, name, self.work.path(), None)
+            .unwrap();
         let bootstrap = meshd_tests::write_bootstrap(self.work.path(), &config).unwrap();
         let proxy = Envoy::start(
             name,
@@ -189,6 +198,36 @@ fn request_crosses_both_proxies(protocol: XdsProtocol) {
         response.body.to_ascii_lowercase().contains("x-request-id:"),
         "{}",
         response.body
+    );
+    // The hop between the proxies is mutual TLS: the server proxy verified
+    // the client's certificate and tells the app who called.
+    assert!(
+        response
+            .body
+            .contains("URI=spiffe://cluster.local/ns/e2e/sa/client-0"),
+        "the server app did not see the client's SPIFFE ID:\n{}",
+        response.body
+    );
+    // A client cannot claim an identity by sending the header itself.
+    let spoofed = http::get_with(
+        SocketAddr::new(client, 15001),
+        SERVER_HOST,
+        "/",
+        true,
+        &[(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/e2e/sa/admin",
+        )],
+    )
+    .unwrap();
+    assert_eq!(spoofed.status, 200);
+    assert!(!spoofed.body.contains("sa/admin"), "{}", spoofed.body);
+    assert!(
+        spoofed
+            .body
+            .contains("URI=spiffe://cluster.local/ns/e2e/sa/client-0"),
+        "{}",
+        spoofed.body
     );
 
     let client_stats =

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
 use meshd_tests::netns::{self, HUB_IP, NetPod, Topology};
+use meshd_tests::pki::Pki;
 use meshd_tests::registry;
 
 const NS: &str = "e2e";
@@ -135,11 +137,13 @@ fn captured_traffic_crosses_both_proxies() {
         .unwrap()
         .unwrap();
     xds_listener.set_nonblocking(true).unwrap();
+    let pki = Pki::new(IdentityConfig::default()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cp = rt
         .block_on(async {
             ControlPlane::start(Options {
                 registry: Some(registry_dir.path().to_path_buf()),
+                tls: Some(pki.tls(&[IpAddr::V4(HUB_IP)])),
                 xds: tokio::net::TcpListener::from_std(xds_listener)?,
                 debug: None,
                 debounce: Duration::from_millis(20),
@@ -164,6 +168,8 @@ fn captured_traffic_crosses_both_proxies() {
         config.xds_host = HUB_IP.to_string();
         config.xds_port = 15010;
         config.xds_protocol = protocol;
+        pki.provision(&mut config, name, work.path(), Some(PROXY_UID))
+            .unwrap();
         let bootstrap = meshd_tests::write_bootstrap(work.path(), &config).unwrap();
         envoys.push(
             Envoy::start(

@@ -14,14 +14,16 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    Conditions, Endpoint, Interception, Namespace, Protocol, Service, ServiceKey, ServicePort,
-    Workload,
+    Conditions, Endpoint, Interception, MtlsMode, Namespace, Protocol, Service, ServiceKey,
+    ServicePort, Workload,
 };
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Pod annotation choosing how the proxy captures traffic.
 pub const INTERCEPTION_ANNOTATION: &str = "meshd.io/interception";
+/// Namespace or Pod annotation setting the mTLS mode.
+pub const MTLS_ANNOTATION: &str = "meshd.io/mtls";
 /// Kubernetes' default namespace for objects that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -187,12 +189,31 @@ fn protocol_of(name: Option<&str>, app_protocol: Option<&str>) -> Protocol {
         .unwrap_or_else(|| Protocol::from_port_name(name.unwrap_or_default()))
 }
 
+fn mtls_annotation(
+    obj: &ObjectRef,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<MtlsMode>, ObjectError> {
+    annotations
+        .get(MTLS_ANNOTATION)
+        .map(|value| {
+            MtlsMode::parse(value).ok_or_else(|| {
+                obj.error(
+                    format!("metadata.annotations[{MTLS_ANNOTATION}]"),
+                    format!("`{value}` is not valid; accepted: {}", MtlsMode::ACCEPTED),
+                )
+            })
+        })
+        .transpose()
+}
+
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, ObjectError> {
     let obj = identify("Namespace", &ns.metadata, false)?;
+    let annotations = ns.metadata.annotations.clone().unwrap_or_default();
     Ok(Namespace {
+        mtls: mtls_annotation(&obj, &annotations)?,
         name: obj.name,
         labels: ns.metadata.labels.clone().unwrap_or_default(),
-        annotations: ns.metadata.annotations.clone().unwrap_or_default(),
+        annotations,
     })
 }
 
@@ -393,7 +414,9 @@ pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
         .and_then(|s| s.service_account_name.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "default".to_string());
+    let mtls = mtls_annotation(&obj, &annotations)?;
     Ok(Workload {
+        mtls,
         namespace: obj.namespace.unwrap_or_default(),
         name: obj.name,
         ip,

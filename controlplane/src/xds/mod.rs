@@ -41,8 +41,10 @@ use tracing::Instrument;
 
 pub use session::{Outcome, Push, Request, Session, Subscribe};
 
+use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
 use crate::model::Mesh;
-use crate::translate::{Kind, Snapshot};
+use crate::translate::{Kind, Snapshot, TranslateOptions};
+use meshd_ca::SpiffeId;
 
 /// How many NACKs the debug endpoint remembers.
 const NACK_HISTORY: usize = 256;
@@ -58,6 +60,10 @@ pub struct Metrics {
     pub pushes: Family<TypeLabels, Counter>,
     pub nacks: Family<TypeLabels, Counter>,
     pub snapshots: Counter,
+    /// Streams refused because the client certificate is not the workload
+    /// the node id names, and SDS requests for secrets not the proxy's own.
+    pub identity_denied: Counter,
+    pub certificates_issued: Counter,
 }
 
 impl Metrics {
@@ -78,6 +84,16 @@ impl Metrics {
             "snapshots",
             "Mesh snapshots translated",
             self.snapshots.clone(),
+        );
+        r.register(
+            "identity_denied",
+            "Requests refused because the proxy asked for an identity not its own",
+            self.identity_denied.clone(),
+        );
+        r.register(
+            "certificates_issued",
+            "Workload certificates issued to proxies over SDS",
+            self.certificates_issued.clone(),
         );
     }
 }
@@ -108,11 +124,22 @@ pub struct TypeStatus {
     pub last_nack: Option<String>,
 }
 
+/// The proxy's current workload certificate (never its key).
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificateStatus {
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after_unix_seconds: i64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ProxyStatus {
     pub node_id: String,
     pub protocol: &'static str,
+    /// The identity the proxy's xDS client certificate proved, if TLS.
+    pub peer_identity: Option<String>,
     pub known_workload: bool,
+    pub certificate: Option<CertificateStatus>,
     pub types: BTreeMap<&'static str, TypeStatus>,
 }
 
@@ -147,8 +174,13 @@ pub fn spawn_publisher(
     mut meshes: watch::Receiver<Arc<Mesh>>,
     debounce: Duration,
     state: Arc<ServerState>,
+    options: TranslateOptions,
 ) -> watch::Receiver<Arc<Snapshot>> {
-    let first = Arc::new(Snapshot::new(1, meshes.borrow_and_update().clone()));
+    let first = Arc::new(Snapshot::new(
+        1,
+        meshes.borrow_and_update().clone(),
+        options.clone(),
+    ));
     state.metrics.snapshots.inc();
     let (tx, rx) = watch::channel(first);
     tokio::spawn(
@@ -168,9 +200,11 @@ pub fn spawn_publisher(
                 }
                 let mesh = meshes.borrow_and_update().clone();
                 version += 1;
-                let snapshot = tokio::task::spawn_blocking(move || Snapshot::new(version, mesh))
-                    .await
-                    .expect("translation does not panic");
+                let options = options.clone();
+                let snapshot =
+                    tokio::task::spawn_blocking(move || Snapshot::new(version, mesh, options))
+                        .await
+                        .expect("translation does not panic");
                 state.metrics.snapshots.inc();
                 tracing::debug!(version, "snapshot published");
                 if tx.send(Arc::new(snapshot)).is_err() {
@@ -188,6 +222,8 @@ pub fn spawn_publisher(
 pub struct Ads {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     state: Arc<ServerState>,
+    /// The CA, when the server runs with TLS and hands out secrets.
+    identity: Option<Arc<Identity>>,
     shutdown: CancellationToken,
 }
 
@@ -195,11 +231,13 @@ impl Ads {
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         state: Arc<ServerState>,
+        identity: Option<Arc<Identity>>,
         shutdown: CancellationToken,
     ) -> Self {
         Ads {
             snapshots,
             state,
+            identity,
             shutdown,
         }
     }
@@ -326,8 +364,9 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = peer_of(&request);
         Ok(tonic::Response::new(
-            self.open::<Sotw>(request.into_inner()),
+            self.open::<Sotw>(request.into_inner(), peer),
         ))
     }
 
@@ -335,14 +374,25 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = peer_of(&request);
         Ok(tonic::Response::new(
-            self.open::<Delta>(request.into_inner()),
+            self.open::<Delta>(request.into_inner(), peer),
         ))
     }
 }
 
+/// The workload identity in the stream's client certificate, if any.
+fn peer_of<T>(request: &tonic::Request<T>) -> Option<SpiffeId> {
+    let certs = request.peer_certs()?;
+    crate::identity::peer_identity(certs.first()?)
+}
+
 impl Ads {
-    fn open<W: Wire>(&self, requests: Streaming<W::Req>) -> ResponseStream<W::Resp>
+    fn open<W: Wire>(
+        &self,
+        requests: Streaming<W::Req>,
+        peer: Option<SpiffeId>,
+    ) -> ResponseStream<W::Resp>
     where
         W::Req: prost::Message + Default,
     {
@@ -354,6 +404,10 @@ impl Ads {
             session: Session::new(std::any::TypeId::of::<W>() == std::any::TypeId::of::<Delta>()),
             snapshots: self.snapshots.clone(),
             state: self.state.clone(),
+            ca_changes: self.identity.as_ref().map(|i| i.subscribe()),
+            identity: self.identity.clone(),
+            peer,
+            cert: None,
             tx,
             _wire: std::marker::PhantomData,
         };
@@ -379,6 +433,12 @@ struct StreamTask<W: Wire> {
     session: Session,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     state: Arc<ServerState>,
+    identity: Option<Arc<Identity>>,
+    ca_changes: Option<watch::Receiver<u64>>,
+    /// Who the client certificate says the proxy is.
+    peer: Option<SpiffeId>,
+    /// The proxy's current workload certificate.
+    cert: Option<WorkloadCert>,
     tx: mpsc::Sender<Result<W::Resp, Status>>,
     _wire: std::marker::PhantomData<W>,
 }
@@ -411,6 +471,13 @@ where
         // channel after the first snapshot; the stream keeps serving it.
         let mut updates = true;
         loop {
+            let rotate_at = self.cert.as_ref().map(|c| c.rotate_at);
+            let ca_changed = async {
+                match self.ca_changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 message = requests.message() => {
@@ -420,6 +487,10 @@ where
                 changed = self.snapshots.changed(), if updates => {
                     updates = changed.is_ok();
                 }
+                // Time to rotate: the push below issues a fresh certificate.
+                () = tokio::time::sleep_until(rotate_at.unwrap_or_else(tokio::time::Instant::now)), if rotate_at.is_some() => {}
+                // The CA changed (root rotation): re-issue and re-send.
+                open = ca_changed => if !open { self.ca_changes = None },
             }
             self.push().await?;
         }
@@ -443,7 +514,10 @@ where
             tracing::debug!(node = %self.node_id, %type_url, "ignoring a request for a type meshd does not serve");
             return Ok(());
         };
-        let request = W::request(req, kind);
+        let mut request = W::request(req, kind);
+        if kind == Kind::Secret {
+            self.refuse_foreign_secrets(&mut request);
+        }
         let nonce = request.response_nonce.clone();
         let outcome = self.session.on_request(request);
         if let Outcome::Nack { version, message } = outcome {
@@ -473,11 +547,83 @@ where
         Ok(())
     }
 
+    /// A proxy may only ask for its own certificate and the trust bundle;
+    /// any other secret name is refused, logged and counted.
+    fn refuse_foreign_secrets(&mut self, request: &mut Request) {
+        let names = match &mut request.subscribe {
+            Subscribe::Replace(names) => names,
+            Subscribe::Change { subscribe, .. } => subscribe,
+        };
+        let (own, foreign): (Vec<String>, Vec<String>) = names
+            .drain(..)
+            .partition(|n| n == DEFAULT_SECRET || n == ROOT_SECRET);
+        *names = own;
+        for name in foreign {
+            self.state.metrics.identity_denied.inc();
+            tracing::warn!(
+                node = %self.node_id,
+                peer = ?self.peer.as_ref().map(ToString::to_string),
+                secret = %name,
+                "denied an SDS request for a secret that is not the proxy's own"
+            );
+        }
+    }
+
+    /// Checks the proxy is the workload its node id names, and returns its
+    /// secrets, issuing or rotating its certificate as needed.
+    fn secrets(
+        &mut self,
+        workload: &crate::model::Workload,
+    ) -> Result<Vec<Arc<crate::translate::Resource>>, Status> {
+        let Some(identity) = self.identity.clone() else {
+            return Ok(Vec::new());
+        };
+        let expected = identity.spiffe_id(workload);
+        if self.peer.as_ref() != Some(&expected) {
+            self.state.metrics.identity_denied.inc();
+            let peer = self
+                .peer
+                .as_ref()
+                .map_or("no identity".to_string(), ToString::to_string);
+            tracing::warn!(node = %self.node_id, %peer, %expected, "denied: the client certificate is not the workload the node id names");
+            return Err(Status::permission_denied(format!(
+                "node {} is workload {expected}, but the client certificate is {peer}",
+                self.node_id
+            )));
+        }
+        let stale = self.cert.as_ref().is_none_or(|c| {
+            c.id != expected
+                || c.generation != identity.generation()
+                || tokio::time::Instant::now() >= c.rotate_at
+        });
+        if stale {
+            match identity.issue(&expected) {
+                Ok(cert) => {
+                    self.state.metrics.certificates_issued.inc();
+                    tracing::info!(node = %self.node_id, serial = %cert.issued.serial_hex, not_after = %cert.issued.not_after, "issued a workload certificate");
+                    self.cert = Some(cert);
+                }
+                Err(e) => {
+                    // Keep the current certificate (if any): it is still
+                    // valid until its NotAfter, and the CA's health says why.
+                    tracing::error!(node = %self.node_id, "cannot issue a workload certificate: {e}");
+                }
+            }
+        }
+        let mut secrets = vec![identity.root_secret()];
+        secrets.extend(self.cert.as_ref().map(|c| c.secret.clone()));
+        Ok(secrets)
+    }
+
     async fn push(&mut self) -> Result<(), Status> {
         let snapshot = self.snapshots.borrow_and_update().clone();
-        let view = snapshot.proxy(&self.node_id);
-        let pushes = match &view {
-            Some(view) => self.session.push(view),
+        let mut view = snapshot.proxy(&self.node_id);
+        let pushes = match &mut view {
+            Some(view) => {
+                let workload = view.workload.clone();
+                view.set_secrets(self.secrets(&workload)?);
+                self.session.push(view)
+            }
             None => {
                 tracing::debug!(node = %self.node_id, "no workload with this node id yet; waiting");
                 Vec::new()
@@ -533,7 +679,13 @@ where
             ProxyStatus {
                 node_id: self.node_id.clone(),
                 protocol: W::NAME,
+                peer_identity: self.peer.as_ref().map(ToString::to_string),
                 known_workload,
+                certificate: self.cert.as_ref().map(|c| CertificateStatus {
+                    spiffe_id: c.id.to_string(),
+                    serial: c.issued.serial_hex.clone(),
+                    not_after_unix_seconds: c.issued.not_after.unix_timestamp(),
+                }),
                 types,
             },
         );

@@ -349,7 +349,7 @@ mod tests {
         for object in file::parse(&text).unwrap() {
             index.apply(object);
         }
-        Snapshot::new(1, std::sync::Arc::new(index.mesh()))
+        Snapshot::new(1, std::sync::Arc::new(index.mesh()), Default::default())
     }
 
     fn request(kind: Kind, nonce: &str, names: &[&str]) -> Request {

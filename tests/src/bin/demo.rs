@@ -40,27 +40,35 @@ fn meshd_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn bootstrap(meshd: &Path, dir: &Path, pod: &str, ip: IpAddr) -> anyhow::Result<PathBuf> {
+fn bootstrap(
+    meshd: &Path,
+    dir: &Path,
+    pod: &str,
+    service_account: &str,
+    ip: IpAddr,
+) -> anyhow::Result<PathBuf> {
     let out = dir.join(format!("{pod}.yaml"));
     let status = Command::new(meshd)
-        .args([
-            "bootstrap",
-            "--namespace",
-            "demo",
-            "--pod",
-            pod,
-            "--xds-address",
-            XDS,
-        ])
+        .args(["bootstrap", "--namespace", "demo", "--pod", pod])
+        .args(["--service-account", service_account, "--xds-address", XDS])
         .arg("--admin-address")
         .arg(format!("{ip}:15000"))
         .arg("--proxy-address")
         .arg(ip.to_string())
+        // The proxy's bootstrap identity, issued from the mesh CA: with it
+        // the sidecar proves to the control plane which workload it is.
+        .arg("--identity-dir")
+        .arg(dir.join(format!("{pod}-identity")))
+        .arg("--issue-from-ca-dir")
+        .arg(dir.join("ca"))
         .arg("--output")
         .arg(&out)
-        .status()?;
-    if !status.success() {
-        bail!("meshd bootstrap failed for {pod}");
+        .output()?;
+    if !status.status.success() {
+        bail!(
+            "meshd bootstrap failed for {pod}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
     }
     Ok(out)
 }
@@ -69,7 +77,17 @@ fn local_get(addr: SocketAddr, path: &str) -> anyhow::Result<http::Response> {
     http::get(addr, &addr.to_string(), path, false)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match demo() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo() -> anyhow::Result<()> {
     let keep_running = std::env::args().any(|a| a == "--keep-running");
     let Some(envoy_bin) = envoy::find_envoy() else {
         bail!(
@@ -90,22 +108,45 @@ fn main() -> anyhow::Result<()> {
     let _control_plane = Process(
         Command::new(&meshd)
             .args(["run", "--xds-address", XDS, "--debug-address", DEBUG])
+            .arg("--ca-dir")
+            .arg(work.path().join("ca"))
             .stdout(Stdio::null())
             .stderr(cp_log)
             .spawn()
             .context("starting meshd run")?,
     );
-    println!("1. control plane   meshd run              xDS on {XDS}, debug on http://{DEBUG}");
+    // The control plane creates the mesh CA as it starts; the sidecars'
+    // bootstrap identities are issued from it.
+    let debug: SocketAddr = DEBUG.parse()?;
+    wait_for(
+        "the control plane to be ready",
+        Duration::from_secs(30),
+        || match local_get(debug, "/readyz") {
+            Ok(r) if r.status == 200 => Ok(Some(())),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    )?;
     println!(
-        "                   (embedded default registry: namespace demo, service server → pod server-0)"
+        "1. control plane   meshd run              xDS (mutual TLS) on {XDS}, debug on http://{DEBUG}"
+    );
+    println!(
+        "                   embedded default registry: namespace demo, service server -> pod server-0"
+    );
+    println!(
+        "                   a new mesh CA in {}",
+        work.path().join("ca").display()
     );
 
     let app = App::serve("server-0", TcpListener::bind(SERVER_APP)?)?;
     println!("2. server app      server-0 on {SERVER_APP}");
 
     let mut envoys = Vec::new();
-    for (pod, ip) in [("client-0", CLIENT), ("server-0", SERVER)] {
-        let file = bootstrap(&meshd, work.path(), pod, ip)?;
+    for (pod, service_account, ip) in [
+        ("client-0", "client", CLIENT),
+        ("server-0", "server", SERVER),
+    ] {
+        let file = bootstrap(&meshd, work.path(), pod, service_account, ip)?;
         let admin = SocketAddr::new(ip, 15000);
         envoys.push(Envoy::start(
             pod,
@@ -141,7 +182,9 @@ fn main() -> anyhow::Result<()> {
         response.status,
         response.header("x-served-by").unwrap_or("?")
     );
-    println!("   what the server app saw:");
+    println!(
+        "   what the server app saw (x-forwarded-client-cert names the caller's SPIFFE ID, proven by mutual TLS):"
+    );
     for line in response.body.lines() {
         println!("     | {line}");
     }

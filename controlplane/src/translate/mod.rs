@@ -41,6 +41,7 @@ use meshd_proto::envoy::config::route::v3::{
 };
 use meshd_proto::envoy::extensions::filters::http::router::v3::Router;
 use meshd_proto::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use meshd_proto::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
@@ -50,7 +51,9 @@ use meshd_proto::envoy::extensions::upstreams::http::v3::{
 };
 use meshd_proto::{Any, BoolValue, Duration, UInt32Value, to_any, type_url};
 
-use crate::model::{Interception, Mesh, Protocol, ServiceKey, Workload};
+use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
+
+mod tls;
 
 /// Ports the sidecar owns inside a pod.
 pub mod ports {
@@ -73,6 +76,7 @@ pub const HTTP_PROXY_ROUTE: &str = "outbound_http_proxy";
 /// points at it; a listener before the routes it names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    Secret,
     Cluster,
     Endpoint,
     Listener,
@@ -80,10 +84,19 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const PUSH_ORDER: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    /// Secrets come first: clusters and listeners that use them wait
+    /// (warm) until they arrive.
+    pub const PUSH_ORDER: [Kind; 5] = [
+        Kind::Secret,
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::Listener,
+        Kind::Route,
+    ];
 
     pub fn type_url(self) -> &'static str {
         match self {
+            Kind::Secret => type_url::SECRET,
             Kind::Cluster => type_url::CLUSTER,
             Kind::Endpoint => type_url::ENDPOINT,
             Kind::Listener => type_url::LISTENER,
@@ -103,6 +116,7 @@ impl Kind {
 
     pub fn short_name(self) -> &'static str {
         match self {
+            Kind::Secret => "SDS",
             Kind::Cluster => "CDS",
             Kind::Endpoint => "EDS",
             Kind::Listener => "LDS",
@@ -123,7 +137,11 @@ pub struct Resource {
 }
 
 impl Resource {
-    fn new<M: prost::Name>(name: String, message: &M, cluster_refs: Vec<String>) -> Arc<Self> {
+    pub(crate) fn new<M: prost::Name>(
+        name: String,
+        message: &M,
+        cluster_refs: Vec<String>,
+    ) -> Arc<Self> {
         let body = to_any(message);
         let mut hasher = std::hash::DefaultHasher::new();
         hasher.write(&body.value);
@@ -147,11 +165,19 @@ pub struct ProxyView {
     local_clusters: Resources,
     listeners: Resources,
     routes: Arc<Resources>,
+    /// The proxy's own secrets; the stream that serves it fills them in.
+    secrets: Resources,
 }
 
 impl ProxyView {
+    /// Sets the proxy's SDS secrets (its certificate and the trust bundle).
+    pub fn set_secrets(&mut self, secrets: impl IntoIterator<Item = Arc<Resource>>) {
+        self.secrets = secrets.into_iter().map(|r| (r.name.clone(), r)).collect();
+    }
+
     pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Resource>> {
         match kind {
+            Kind::Secret => self.secrets.get(name),
             Kind::Cluster => self
                 .local_clusters
                 .get(name)
@@ -165,6 +191,7 @@ impl ProxyView {
     /// Every resource of a kind (what a wildcard subscription receives).
     pub fn all(&self, kind: Kind) -> Box<dyn Iterator<Item = &Arc<Resource>> + '_> {
         match kind {
+            Kind::Secret => Box::new(self.secrets.values()),
             Kind::Cluster => Box::new(
                 self.shared_clusters
                     .values()
@@ -175,6 +202,20 @@ impl ProxyView {
             Kind::Route => Box::new(self.routes.values()),
         }
     }
+}
+
+/// Mesh-wide translation settings.
+#[derive(Clone, Debug, Default)]
+pub struct TranslateOptions {
+    /// Mutual TLS between workloads; `None` when the control plane runs
+    /// without a CA (plaintext xDS, no secrets to hand out).
+    pub mtls: Option<MtlsOptions>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MtlsOptions {
+    pub trust_domain: String,
+    pub default_mode: MtlsMode,
 }
 
 /// The translated mesh at one point in time.
@@ -188,27 +229,61 @@ pub struct Snapshot {
     /// Service ports each pod serves: (namespace, pod) → target port → protocol.
     inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>>,
     routes: Mutex<HashMap<(String, Interception), Arc<Resources>>>,
+    options: TranslateOptions,
 }
 
 impl Snapshot {
-    pub fn new(version: u64, mesh: Arc<Mesh>) -> Self {
+    pub fn new(version: u64, mesh: Arc<Mesh>, options: TranslateOptions) -> Self {
+        // Pods whose sidecars accept mTLS: their endpoints get the TLS
+        // transport socket, and their identities are what clients verify.
+        let mut mtls_pods: HashMap<&str, HashMap<&str, String>> = HashMap::new();
+        if let Some(mtls) = &options.mtls {
+            for w in mesh.workloads.values() {
+                if mesh.mtls_mode(w, mtls.default_mode) != MtlsMode::Disable {
+                    let id = format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        mtls.trust_domain, w.namespace, w.service_account
+                    );
+                    mtls_pods
+                        .entry(w.namespace.as_str())
+                        .or_default()
+                        .insert(w.name.as_str(), id);
+                }
+            }
+        }
+        let mtls_identity = |ns: &str, ep: &crate::model::Endpoint| -> Option<String> {
+            mtls_pods.get(ns)?.get(ep.pod.as_deref()?).cloned()
+        };
         let mut clusters = Resources::new();
         let mut endpoints = Resources::new();
         let mut inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>> = HashMap::new();
         for svc in mesh.services.values() {
             let eps = mesh.endpoints_of(&svc.key);
+            let sans: BTreeSet<String> = eps
+                .iter()
+                .filter_map(|ep| mtls_identity(&svc.key.namespace, ep))
+                .collect();
+            let sans: Vec<String> = sans.into_iter().collect();
             for port in &svc.ports {
                 let name = svc.cluster_name(port.port);
-                clusters.insert(
-                    name.clone(),
-                    Resource::new(name.clone(), &eds_cluster(&name, port.protocol), vec![]),
-                );
+                let mut cluster = eds_cluster(&name, port.protocol);
+                if !sans.is_empty() {
+                    cluster.transport_socket_matches =
+                        vec![tls::upstream_match(&name, port.protocol, &sans)];
+                }
+                clusters.insert(name.clone(), Resource::new(name.clone(), &cluster, vec![]));
                 let lb_endpoints = eps
                     .iter()
                     // Not-ready endpoints (starting, failing probes,
                     // terminating) receive no new requests.
                     .filter(|ep| ep.conditions.ready)
-                    .filter_map(|ep| Some(lb_endpoint(ep.address, ep.port_for(port)?)))
+                    .filter_map(|ep| {
+                        let mut lb = lb_endpoint(ep.address, ep.port_for(port)?);
+                        if mtls_identity(&svc.key.namespace, ep).is_some() {
+                            lb.metadata = Some(tls::mtls_endpoint_metadata());
+                        }
+                        Some(lb)
+                    })
                     .collect();
                 let cla = ClusterLoadAssignment {
                     cluster_name: name.clone(),
@@ -251,6 +326,7 @@ impl Snapshot {
             outbound_listener,
             inbound_ports,
             routes: Mutex::new(HashMap::new()),
+            options,
         }
     }
 
@@ -277,10 +353,15 @@ impl Snapshot {
                 ),
             );
         }
+        let mtls = self
+            .options
+            .mtls
+            .as_ref()
+            .map(|m| self.mesh.mtls_mode(&workload, m.default_mode));
         match workload.interception {
             Interception::Redirect => {
                 listeners.insert(OUTBOUND_LISTENER.into(), self.outbound_listener.clone());
-                let l = redirect_inbound_listener(inbound);
+                let l = redirect_inbound_listener(inbound, mtls);
                 listeners.insert(INBOUND_LISTENER.into(), l);
             }
             Interception::None => {
@@ -288,7 +369,7 @@ impl Snapshot {
                     let l = explicit_outbound_listener(ip);
                     listeners.insert(OUTBOUND_LISTENER.into(), l);
                     for (&port, &protocol) in inbound {
-                        let l = explicit_inbound_listener(ip, port, protocol);
+                        let l = explicit_inbound_listener(ip, port, protocol, mtls);
                         listeners.insert(l.name.clone(), l);
                     }
                 }
@@ -302,6 +383,7 @@ impl Snapshot {
             local_clusters,
             listeners,
             routes,
+            secrets: Resources::new(),
         })
     }
 
@@ -453,13 +535,37 @@ fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
     }
 }
 
-fn http_filter(stat_prefix: &str, routes: http_connection_manager::RouteSpecifier) -> Filter {
+/// What an HTTP connection manager does with `x-forwarded-client-cert`.
+#[derive(Clone, Copy)]
+enum ClientCert {
+    /// Remove whatever the client sent (Envoy's default).
+    Strip,
+    /// Replace it with the verified peer's SPIFFE ID (inbound mTLS).
+    SetFromPeer,
+}
+
+fn http_filter(
+    stat_prefix: &str,
+    routes: http_connection_manager::RouteSpecifier,
+    client_cert: ClientCert,
+) -> Filter {
+    use http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
     let router = HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
             &Router::default(),
         ))),
         ..Default::default()
+    };
+    let (forward, set_current) = match client_cert {
+        ClientCert::Strip => (ForwardClientCertDetails::Sanitize, None),
+        ClientCert::SetFromPeer => (
+            ForwardClientCertDetails::SanitizeSet,
+            Some(SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            }),
+        ),
     };
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
@@ -471,6 +577,9 @@ fn http_filter(stat_prefix: &str, routes: http_connection_manager::RouteSpecifie
         use_remote_address: Some(BoolValue { value: false }),
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
+        // A caller cannot claim an identity by sending the header itself.
+        forward_client_cert_details: forward as i32,
+        set_current_client_cert_details: set_current,
         ..Default::default()
     };
     Filter {
@@ -494,15 +603,33 @@ fn listener(
     filter_chains: Vec<FilterChain>,
     default_filter_chain: Option<FilterChain>,
 ) -> Listener {
+    let mut listener_filters = Vec::new();
+    if capture {
+        listener_filters.push(original_dst_filter());
+    }
+    // PERMISSIVE chains match on TLS or not, which the inspector decides.
+    let inspects_tls = filter_chains.iter().any(|c| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| !m.transport_protocol.is_empty())
+    });
+    if inspects_tls {
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(to_any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
     Listener {
         name: name.to_string(),
         address: Some(address),
         traffic_direction: direction as i32,
-        listener_filters: if capture {
-            vec![original_dst_filter()]
-        } else {
-            vec![]
-        },
+        listener_filters,
+        // A server-speaks-first protocol sends nothing to inspect: after the
+        // timeout, treat the connection as plaintext rather than drop it.
+        continue_on_listener_filters_timeout: inspects_tls,
         filter_chains,
         default_filter_chain,
         ..Default::default()
@@ -568,6 +695,7 @@ fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
             filters: vec![http_filter(
                 &format!("outbound_{port}"),
                 rds(port.to_string()),
+                ClientCert::Strip,
             )],
             ..Default::default()
         });
@@ -591,6 +719,7 @@ fn explicit_outbound_listener(ip: IpAddr) -> Arc<Resource> {
         filters: vec![http_filter(
             "outbound_http_proxy",
             rds(HTTP_PROXY_ROUTE.into()),
+            ClientCert::Strip,
         )],
         ..Default::default()
     };
@@ -605,7 +734,7 @@ fn explicit_outbound_listener(ip: IpAddr) -> Arc<Resource> {
     Resource::new(OUTBOUND_LISTENER.into(), &l, vec![])
 }
 
-fn inbound_chain(port: u16, protocol: Protocol) -> (Vec<Filter>, String) {
+fn inbound_filters(port: u16, protocol: Protocol, client_cert: ClientCert) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     let stat_prefix = format!("inbound_{port}");
     let filter = if protocol.is_http() {
@@ -622,31 +751,62 @@ fn inbound_chain(port: u16, protocol: Protocol) -> (Vec<Filter>, String) {
         http_filter(
             &stat_prefix,
             http_connection_manager::RouteSpecifier::RouteConfig(route),
+            client_cert,
         )
     } else {
         tcp_proxy_filter(&stat_prefix, &cluster)
     };
-    (vec![filter], cluster)
+    vec![filter]
 }
 
-fn redirect_inbound_listener(inbound: &BTreeMap<u16, Protocol>) -> Arc<Resource> {
+/// The filter chains serving one inbound port under an mTLS mode (`None`:
+/// the control plane has no CA, plaintext only). `port_match` restricts
+/// them to the port on a shared capture listener.
+fn inbound_chains(
+    port: u16,
+    protocol: Protocol,
+    mtls: Option<MtlsMode>,
+    port_match: bool,
+) -> Vec<FilterChain> {
+    let name = inbound_cluster_name(port);
+    let chain_match = |transport_protocol: &str| {
+        let m = FilterChainMatch {
+            destination_port: port_match.then_some(UInt32Value { value: port.into() }),
+            transport_protocol: transport_protocol.to_string(),
+            ..Default::default()
+        };
+        (m != FilterChainMatch::default()).then_some(m)
+    };
+    let tls = |transport_protocol: &str| FilterChain {
+        name: format!("{name}tls"),
+        filter_chain_match: chain_match(transport_protocol),
+        filters: inbound_filters(port, protocol, ClientCert::SetFromPeer),
+        transport_socket: Some(tls::downstream(protocol)),
+        ..Default::default()
+    };
+    let plaintext = |transport_protocol: &str| FilterChain {
+        name: format!("{name}plaintext"),
+        filter_chain_match: chain_match(transport_protocol),
+        filters: inbound_filters(port, protocol, ClientCert::Strip),
+        ..Default::default()
+    };
+    match mtls {
+        None | Some(MtlsMode::Disable) => vec![plaintext("")],
+        Some(MtlsMode::Strict) => vec![tls("")],
+        Some(MtlsMode::Permissive) => vec![tls("tls"), plaintext("raw_buffer")],
+    }
+}
+
+fn redirect_inbound_listener(
+    inbound: &BTreeMap<u16, Protocol>,
+    mtls: Option<MtlsMode>,
+) -> Arc<Resource> {
     let mut refs = vec![PASSTHROUGH_CLUSTER.to_string()];
-    let chains = inbound
-        .iter()
-        .map(|(&port, &protocol)| {
-            let (filters, cluster) = inbound_chain(port, protocol);
-            refs.push(cluster.clone());
-            FilterChain {
-                name: cluster,
-                filter_chain_match: Some(FilterChainMatch {
-                    destination_port: Some(UInt32Value { value: port.into() }),
-                    ..Default::default()
-                }),
-                filters,
-                ..Default::default()
-            }
-        })
-        .collect();
+    let mut chains = Vec::new();
+    for (&port, &protocol) in inbound {
+        refs.push(inbound_cluster_name(port));
+        chains.extend(inbound_chains(port, protocol, mtls, true));
+    }
     let l = listener(
         INBOUND_LISTENER,
         socket_address(IpAddr::from([0, 0, 0, 0]), ports::INBOUND),
@@ -658,21 +818,22 @@ fn redirect_inbound_listener(inbound: &BTreeMap<u16, Protocol>) -> Arc<Resource>
     Resource::new(INBOUND_LISTENER.into(), &l, refs)
 }
 
-fn explicit_inbound_listener(ip: IpAddr, port: u16, protocol: Protocol) -> Arc<Resource> {
-    let (filters, cluster) = inbound_chain(port, protocol);
+fn explicit_inbound_listener(
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    mtls: Option<MtlsMode>,
+) -> Arc<Resource> {
     let name = format!("inbound|{port}");
     let l = listener(
         &name,
         socket_address(ip, port),
         TrafficDirection::Inbound,
         false,
-        vec![FilterChain {
-            filters,
-            ..Default::default()
-        }],
+        inbound_chains(port, protocol, mtls, false),
         None,
     );
-    Resource::new(name, &l, vec![cluster])
+    Resource::new(name, &l, vec![inbound_cluster_name(port)])
 }
 
 fn route_to(cluster: &str) -> Route {
@@ -825,7 +986,7 @@ status: {podIP: 198.18.0.2}
         std::fs::write(dir.path().join("r.yaml"), REGISTRY).unwrap();
         let load = FileRegistry::new(dir.path()).load();
         assert!(load.errors.is_empty(), "{:?}", load.errors);
-        Snapshot::new(1, Arc::new(load.mesh))
+        Snapshot::new(1, Arc::new(load.mesh), TranslateOptions::default())
     }
 
     #[test]

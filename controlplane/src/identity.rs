@@ -1,0 +1,185 @@
+//! Workload identity as the control plane serves it: SDS secrets, their
+//! rotation schedule, and who a proxy is.
+//!
+//! ```text
+//! Authority (meshd-ca) ──issue──> WorkloadCert ──> SDS `default` (cert + key)
+//!          └─trust bundle──────────────────────> SDS `ROOTCA`  (validation context)
+//! ```
+//!
+//! A proxy is served secrets only for the identity its workload has in the
+//! registry (`spiffe://<td>/ns/<namespace>/sa/<service account>`), and only
+//! after its xDS client certificate proved it is that workload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshd_ca::{Authority, IssuedCert, SpiffeId};
+use meshd_proto::envoy::config::core::v3::{DataSource, data_source};
+use meshd_proto::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::model::{MtlsMode, Workload};
+use crate::translate::Resource;
+
+/// The SDS name of a proxy's own certificate and key.
+pub const DEFAULT_SECRET: &str = "default";
+/// The SDS name of the trust bundle.
+pub const ROOT_SECRET: &str = "ROOTCA";
+
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    pub workload_ttl: Duration,
+    /// When in a certificate's life it is replaced (0.5 = half-way).
+    pub rotation_fraction: f64,
+    /// The mesh-wide mTLS mode; namespaces and workloads may override it.
+    pub default_mtls: MtlsMode,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            workload_ttl: Duration::from_secs(24 * 3600),
+            rotation_fraction: 0.5,
+            default_mtls: MtlsMode::Permissive,
+        }
+    }
+}
+
+/// The CA and what the control plane needs around it.
+#[derive(Debug)]
+pub struct Identity {
+    pub ca: Arc<Authority>,
+    pub config: IdentityConfig,
+    /// Bumped whenever the signer or the trust bundle changes (root
+    /// rotation), so every stream re-issues and re-sends.
+    generation: watch::Sender<u64>,
+    /// The `ROOTCA` secret of the current generation.
+    root: std::sync::Mutex<Option<(u64, Arc<Resource>)>>,
+}
+
+/// A proxy's current certificate, as an SDS resource, and when to replace it.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub id: SpiffeId,
+    pub issued: IssuedCert,
+    pub secret: Arc<Resource>,
+    pub rotate_at: tokio::time::Instant,
+    pub generation: u64,
+}
+
+impl Identity {
+    pub fn new(ca: Arc<Authority>, config: IdentityConfig) -> Self {
+        Identity {
+            ca,
+            config,
+            generation: watch::Sender::new(0),
+            root: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        self.ca.trust_domain()
+    }
+
+    pub fn spiffe_id(&self, workload: &Workload) -> SpiffeId {
+        SpiffeId::new(
+            self.trust_domain(),
+            &workload.namespace,
+            &workload.service_account,
+        )
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Announces a CA change to every stream.
+    pub fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Issues `id` a certificate and key, packed as the `default` secret.
+    pub fn issue(&self, id: &SpiffeId) -> meshd_ca::Result<WorkloadCert> {
+        let generation = self.generation();
+        let (issued, key) = self.ca.issue_with_key(id, self.config.workload_ttl)?;
+        let secret = Secret {
+            name: DEFAULT_SECRET.into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(issued.chain_pem.clone().into_bytes())),
+                private_key: Some(inline(key.expose_pem().as_bytes().to_vec())),
+                ..Default::default()
+            })),
+        };
+        let rotate_at = self.rotation_instant(&issued);
+        Ok(WorkloadCert {
+            id: id.clone(),
+            secret: Resource::new(DEFAULT_SECRET.into(), &secret, vec![]),
+            issued,
+            rotate_at,
+            generation,
+        })
+    }
+
+    /// The trust bundle as the `ROOTCA` secret.
+    pub fn root_secret(&self) -> Arc<Resource> {
+        let generation = self.generation();
+        let mut cached = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, resource)) = cached.as_ref()
+            && *g == generation
+        {
+            return resource.clone();
+        }
+        let resource = self.build_root_secret();
+        *cached = Some((generation, resource.clone()));
+        resource
+    }
+
+    fn build_root_secret(&self) -> Arc<Resource> {
+        let secret = Secret {
+            name: ROOT_SECRET.into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline(self.ca.trust_bundle_pem().into_bytes())),
+                    ..Default::default()
+                },
+            )),
+        };
+        Resource::new(ROOT_SECRET.into(), &secret, vec![])
+    }
+
+    /// Half-way through the certificate's life (by default), give or take
+    /// 5% of the lifetime so a fleet issued together does not renew together.
+    fn rotation_instant(&self, issued: &IssuedCert) -> tokio::time::Instant {
+        let lifetime = issued.lifetime().as_secs_f64();
+        let jitter = (rand::random::<f64>() - 0.5) * 0.1 * lifetime;
+        let remaining = lifetime * (1.0 - self.config.rotation_fraction) - jitter;
+        let at = issued.not_after - time::Duration::seconds_f64(remaining.max(0.0));
+        let from_now = (at - OffsetDateTime::now_utc()).as_seconds_f64().max(0.0);
+        tokio::time::Instant::now() + Duration::from_secs_f64(from_now)
+    }
+}
+
+fn inline(bytes: Vec<u8>) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(bytes)),
+        ..Default::default()
+    }
+}
+
+/// The workload identity in a client certificate (its first URI SAN that
+/// is a SPIFFE ID).
+pub fn peer_identity(cert_der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => SpiffeId::parse(uri).ok(),
+        _ => None,
+    })
+}
