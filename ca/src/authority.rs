@@ -31,13 +31,16 @@ pub struct IssuedCert {
     /// Leaf followed by intermediates, up to (not including) the root.
     pub chain_pem: String,
     pub serial_hex: String,
+    /// When it was issued (`not_before` is earlier: backdated for skew).
+    pub issued_at: OffsetDateTime,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
 
 impl IssuedCert {
+    /// How long it is useful from issuance: what rotation is scheduled on.
     pub fn lifetime(&self) -> Duration {
-        (self.not_after - self.not_before)
+        (self.not_after - self.issued_at)
             .try_into()
             .unwrap_or_default()
     }
@@ -500,6 +503,7 @@ impl Authority {
             chain_pem: format!("{leaf_pem}{}", signer.intermediates_pem),
             leaf_pem,
             serial_hex,
+            issued_at: now,
             not_before: params.not_before,
             not_after: params.not_after,
         })

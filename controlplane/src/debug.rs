@@ -33,6 +33,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/xds/proxies", get(proxies))
         .route("/debug/xds/nacks", get(nacks))
         .route("/debug/registry", get(registry))
+        .route("/ca/rotate-root", axum::routing::post(rotate_root))
         .with_state(state)
 }
 
@@ -44,6 +45,26 @@ async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+/// Rotates the generated root CA (see [`crate::identity::rotate_root`]);
+/// answers once every step is acknowledged by every proxy, or says which
+/// step stalled and on which proxies.
+async fn rotate_root(State(s): State<DebugState>) -> impl IntoResponse {
+    let Some(identity) = s.identity.clone() else {
+        return (
+            StatusCode::CONFLICT,
+            "this control plane runs without a CA\n".to_string(),
+        );
+    };
+    match crate::identity::rotate_root(&identity, &s.xds, std::time::Duration::from_secs(60)).await
+    {
+        Ok(()) => (StatusCode::OK, "root rotated\n".to_string()),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("root rotation stopped: {e}\n"),
         ),
     }
 }
@@ -66,6 +87,9 @@ async fn registry(State(s): State<DebugState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
+    if let Some(identity) = &s.identity {
+        identity.metrics.refresh(&identity.ca, &s.xds.proxies());
+    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.metrics) {
         Ok(()) => (

@@ -18,6 +18,8 @@ use meshd_proto::envoy::config::core::v3::{DataSource, data_source};
 use meshd_proto::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -58,6 +60,53 @@ pub struct Identity {
     generation: watch::Sender<u64>,
     /// The `ROOTCA` secret of the current generation.
     root: std::sync::Mutex<Option<(u64, Arc<Resource>)>>,
+    pub metrics: CaMetrics,
+}
+
+/// Seconds until expiry, so operators see it coming: refreshed when
+/// scraped.
+#[derive(Debug, Default)]
+pub struct CaMetrics {
+    pub root_expiry_seconds: Gauge,
+    pub issuer_expiry_seconds: Gauge,
+    /// The soonest-expiring certificate held by a connected proxy.
+    pub workload_cert_expiry_seconds: Gauge,
+}
+
+impl CaMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("meshd_ca");
+        r.register(
+            "root_expiry_seconds",
+            "Seconds until the soonest-expiring trusted root expires",
+            self.root_expiry_seconds.clone(),
+        );
+        r.register(
+            "issuer_expiry_seconds",
+            "Seconds until the issuing certificate (root or plug-in intermediate) expires",
+            self.issuer_expiry_seconds.clone(),
+        );
+        r.register(
+            "workload_cert_expiry_seconds",
+            "Seconds until the soonest-expiring workload certificate held by a connected proxy expires",
+            self.workload_cert_expiry_seconds.clone(),
+        );
+    }
+
+    pub fn refresh(&self, ca: &Authority, proxies: &[crate::xds::ProxyStatus]) {
+        let status = ca.status();
+        self.root_expiry_seconds.set(status.root_expiry_seconds);
+        self.issuer_expiry_seconds.set(status.issuer_expiry_seconds);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if let Some(soonest) = proxies
+            .iter()
+            .filter_map(|p| p.certificate.as_ref())
+            .map(|c| c.not_after_unix_seconds - now)
+            .min()
+        {
+            self.workload_cert_expiry_seconds.set(soonest);
+        }
+    }
 }
 
 /// A proxy's current certificate, as an SDS resource, and when to replace it.
@@ -77,6 +126,7 @@ impl Identity {
             config,
             generation: watch::Sender::new(0),
             root: std::sync::Mutex::new(None),
+            metrics: CaMetrics::default(),
         }
     }
 
@@ -155,13 +205,15 @@ impl Identity {
     }
 
     /// Half-way through the certificate's life (by default), give or take
-    /// 5% of the lifetime so a fleet issued together does not renew together.
+    /// 5% of the lifetime so a fleet issued together does not renew
+    /// together; never sooner than a second from now, so a certificate cut
+    /// short (an issuer about to expire) cannot spin the rotation loop.
     fn rotation_instant(&self, issued: &IssuedCert) -> tokio::time::Instant {
         let lifetime = issued.lifetime().as_secs_f64();
         let jitter = (rand::random::<f64>() - 0.5) * 0.1 * lifetime;
         let remaining = lifetime * (1.0 - self.config.rotation_fraction) - jitter;
         let at = issued.not_after - time::Duration::seconds_f64(remaining.max(0.0));
-        let from_now = (at - OffsetDateTime::now_utc()).as_seconds_f64().max(0.0);
+        let from_now = (at - OffsetDateTime::now_utc()).as_seconds_f64().max(1.0);
         tokio::time::Instant::now() + Duration::from_secs_f64(from_now)
     }
 }
@@ -182,4 +234,56 @@ pub fn peer_identity(cert_der: &[u8]) -> Option<SpiffeId> {
         x509_parser::extensions::GeneralName::URI(uri) => SpiffeId::parse(uri).ok(),
         _ => None,
     })
+}
+
+/// Rotates a generated root without breaking a connection:
+///
+/// 1. a new root joins the trust bundle (still signing with the old one),
+///    and every connected proxy acknowledges the bundle;
+/// 2. the new root signs: every proxy is re-issued a certificate from it,
+///    and acknowledges it;
+/// 3. the old root leaves the bundle, once more acknowledged by all.
+///
+/// At no step does a proxy hold a certificate its peers cannot verify.
+/// Bootstrap identities (the xDS client certificates) are refreshed by
+/// whoever provisioned them before step 3 retires their root.
+pub async fn rotate_root(
+    identity: &Identity,
+    xds: &crate::xds::ServerState,
+    step_timeout: Duration,
+) -> Result<(), String> {
+    type Step = fn(&Authority) -> meshd_ca::Result<()>;
+    let steps: [(&str, Step); 3] = [
+        ("stage the new root", Authority::stage_new_root),
+        ("sign with the new root", Authority::activate_staged_root),
+        ("retire the old root", Authority::retire_previous_roots),
+    ];
+    for (what, step) in steps {
+        step(&identity.ca).map_err(|e| format!("{what}: {e}"))?;
+        identity.changed();
+        let generation = identity.generation();
+        tracing::info!(generation, "root rotation: {what}; waiting for every proxy");
+        let deadline = tokio::time::Instant::now() + step_timeout;
+        loop {
+            let pending: Vec<String> = xds
+                .proxies()
+                .into_iter()
+                .filter(|p| p.certificate.is_some() && p.ca_generation_acked < Some(generation))
+                .map(|p| p.node_id)
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{what}: {} proxies did not acknowledge within {step_timeout:?}: {}",
+                    pending.len(),
+                    pending.join(", ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tracing::info!("root rotation complete");
+    Ok(())
 }

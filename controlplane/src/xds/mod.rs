@@ -138,6 +138,9 @@ pub struct ProxyStatus {
     pub protocol: &'static str,
     /// The identity the proxy's xDS client certificate proved, if TLS.
     pub peer_identity: Option<String>,
+    /// The CA generation (bumped at each root rotation step) of the last
+    /// secrets the proxy acknowledged.
+    pub ca_generation_acked: Option<u64>,
     pub known_workload: bool,
     pub certificate: Option<CertificateStatus>,
     pub types: BTreeMap<&'static str, TypeStatus>,
@@ -408,6 +411,9 @@ impl Ads {
             identity: self.identity.clone(),
             peer,
             cert: None,
+            secrets_generation: None,
+            sds_sent: None,
+            sds_acked: None,
             tx,
             _wire: std::marker::PhantomData,
         };
@@ -439,6 +445,12 @@ struct StreamTask<W: Wire> {
     peer: Option<SpiffeId>,
     /// The proxy's current workload certificate.
     cert: Option<WorkloadCert>,
+    /// The CA generation of the secrets computed for the current push.
+    secrets_generation: Option<u64>,
+    /// The last SDS response sent (nonce) and the CA generation it carried.
+    sds_sent: Option<(String, u64)>,
+    /// The CA generation of the last secrets the proxy acknowledged.
+    sds_acked: Option<u64>,
     tx: mpsc::Sender<Result<W::Resp, Status>>,
     _wire: std::marker::PhantomData<W>,
 }
@@ -520,6 +532,13 @@ where
         }
         let nonce = request.response_nonce.clone();
         let outcome = self.session.on_request(request);
+        if kind == Kind::Secret
+            && outcome == Outcome::Ack
+            && let Some((sent_nonce, generation)) = &self.sds_sent
+            && *sent_nonce == nonce
+        {
+            self.sds_acked = Some(*generation);
+        }
         if let Outcome::Nack { version, message } = outcome {
             self.state.metrics.nacks.get_or_create(&labels(kind)).inc();
             tracing::warn!(
@@ -610,6 +629,7 @@ where
                 }
             }
         }
+        self.secrets_generation = Some(identity.generation());
         let mut secrets = vec![identity.root_secret()];
         secrets.extend(self.cert.as_ref().map(|c| c.secret.clone()));
         Ok(secrets)
@@ -631,6 +651,11 @@ where
         };
         self.publish_status(view.is_some());
         for push in pushes {
+            if push.kind == Kind::Secret
+                && let Some(generation) = self.secrets_generation
+            {
+                self.sds_sent = Some((push.nonce.clone(), generation));
+            }
             self.state
                 .metrics
                 .pushes
@@ -680,6 +705,7 @@ where
                 node_id: self.node_id.clone(),
                 protocol: W::NAME,
                 peer_identity: self.peer.as_ref().map(ToString::to_string),
+                ca_generation_acked: self.sds_acked,
                 known_workload,
                 certificate: self.cert.as_ref().map(|c| CertificateStatus {
                     spiffe_id: c.id.to_string(),
