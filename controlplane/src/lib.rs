@@ -7,6 +7,7 @@
 //! ```
 
 pub mod bootstrap;
+pub mod certificates;
 pub mod debug;
 pub mod discovery;
 pub mod identity;

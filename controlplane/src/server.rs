@@ -95,12 +95,20 @@ impl ControlPlane {
             identity.clone(),
             shutdown.clone(),
         );
+        // The CSR service authenticates callers by client certificate, so
+        // it exists only on the TLS listener.
+        let csr_metrics = crate::certificates::CsrMetrics::default();
+        let certificates = identity.clone().map(|identity| {
+            crate::certificates::CertificateService::new(identity, csr_metrics.clone())
+                .into_service()
+        });
         let router = tonic::transport::Server::builder()
             // Envoy keeps its ADS stream for hours: probe it so a vanished
             // proxy frees its stream.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(ads.into_service());
+            .add_service(ads.into_service())
+            .add_optional_service(certificates);
         let stop = shutdown.clone();
         tasks.push(match options.tls {
             Some(tls) => {
@@ -133,6 +141,10 @@ impl ControlPlane {
         if let Some(listener) = options.debug {
             let mut registry = Registry::default();
             state.metrics.register(&mut registry);
+            if let Some(identity) = &identity {
+                csr_metrics.register(&mut registry);
+                identity.metrics.register(&mut registry);
+            }
             let router = crate::debug::router(crate::debug::DebugState {
                 xds: state.clone(),
                 identity: identity.clone(),

@@ -126,7 +126,7 @@ impl Kind {
 }
 
 /// One translated xDS resource.
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 pub struct Resource {
     pub name: String,
     /// A hash of the encoded resource: equal versions mean equal content.
@@ -134,6 +134,18 @@ pub struct Resource {
     pub body: Any,
     /// The clusters this listener or route configuration routes to.
     pub cluster_refs: Vec<String>,
+}
+
+/// Never the body: a secret's body holds its private key.
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("type_url", &self.body.type_url)
+            .field("bytes", &self.body.value.len())
+            .finish()
+    }
 }
 
 impl Resource {
@@ -987,6 +999,19 @@ status: {podIP: 198.18.0.2}
         let load = FileRegistry::new(dir.path()).load();
         assert!(load.errors.is_empty(), "{:?}", load.errors);
         Snapshot::new(1, Arc::new(load.mesh), TranslateOptions::default())
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_resource_body() {
+        let secret = meshd_proto::envoy::extensions::transport_sockets::tls::v3::Secret {
+            name: "default".into(),
+            ..Default::default()
+        };
+        let mut resource = Resource::new("default".into(), &secret, vec![]);
+        Arc::get_mut(&mut resource).unwrap().body.value = b"-----BEGIN PRIVATE KEY-----".to_vec();
+        let shown = format!("{resource:?}");
+        assert!(!shown.contains("PRIVATE"), "{shown}");
+        assert!(shown.contains("default"));
     }
 
     #[test]
