@@ -1,8 +1,12 @@
 //! Sidecar injection.
 //!
-//! Today this crate holds [`capture`], the traffic-capture rules the
-//! injected init container applies (and the end-to-end tests apply in their
-//! network namespaces). The mutating admission webhook and offline
-//! injection land with issue #4 and reuse the same rules.
+//! - [`inject`]: the pure core, Pod → JSON Patch, shared by the webhook and
+//!   `meshd inject`.
+//! - [`capture`]: the traffic-capture rules the injected init container
+//!   applies (`meshd capture`), also applied by the end-to-end tests.
+//! - [`config`]: what gets injected.
 
 pub mod capture;
+pub mod config;
+pub mod identity;
+pub mod inject;
