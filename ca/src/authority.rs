@@ -572,6 +572,15 @@ impl Authority {
     }
 }
 
+/// When the first certificate of a PEM chain expires; `None` if the text
+/// holds no certificate.
+pub fn leaf_expiry(chain_pem: &str) -> Option<OffsetDateTime> {
+    let der = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()?
+        .ok()?;
+    parse_der(der).ok().map(|p| p.not_after)
+}
+
 fn signed_by(child: &Parsed, parent: &Parsed) -> bool {
     let (Ok((_, child)), Ok((_, parent))) = (
         x509_parser::parse_x509_certificate(&child.der),

@@ -15,13 +15,15 @@
 
 mod authority;
 pub mod identity;
+pub mod serving;
 pub mod store;
 
 use std::fmt;
 use std::path::PathBuf;
 
-pub use authority::{Authority, IssuedCert, MIN_WORKLOAD_TTL, Status};
+pub use authority::{Authority, IssuedCert, MIN_WORKLOAD_TTL, Status, leaf_expiry};
 pub use identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
+pub use serving::RenewingServerCert;
 pub use store::{CaStore, DirStore, PlugInFiles, StoredRoot};
 
 #[derive(Debug, thiserror::Error)]

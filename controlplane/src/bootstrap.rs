@@ -180,34 +180,24 @@ fn xds_tls(dir: &Path, control_plane_id: &str) -> Value {
     })
 }
 
-/// Writes a bootstrap identity into `dir`: the certificate chain, the key
-/// (mode 0600: the caller gives it to the proxy's user), the trust bundle,
-/// and the two SDS files the bootstrap points Envoy at.
-pub fn write_identity(
+/// One file of a bootstrap identity.
+pub struct IdentityFile {
+    pub name: &'static str,
+    pub contents: String,
+    /// 0600 for the key, 0644 otherwise.
+    pub mode: u32,
+}
+
+/// The files of a bootstrap identity that will live in `dir`: the
+/// certificate chain, the key, the trust bundle, and the two SDS files the
+/// bootstrap points Envoy at (which name the others by absolute path).
+pub fn identity_files(
     dir: &Path,
     chain_pem: &str,
     key: &meshd_ca::PrivateKey,
     bundle_pem: &str,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    let write = |name: &str, text: &str, mode: u32| -> std::io::Result<()> {
-        use std::io::Write;
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        std::fs::rename(tmp, path)
-    };
+) -> Vec<IdentityFile> {
     let path = |name: &str| dir.join(name).display().to_string();
-    write(identity_files::KEY, key.expose_pem(), 0o600)?;
-    write(identity_files::CERT_CHAIN, chain_pem, 0o644)?;
-    write(identity_files::ROOT, bundle_pem, 0o644)?;
     let cert_sds = json!({ "resources": [{
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         "name": "xds-identity",
@@ -221,8 +211,44 @@ pub fn write_identity(
         "name": "xds-trust",
         "validation_context": { "trusted_ca": { "filename": path(identity_files::ROOT) } },
     }]});
-    write(identity_files::CERT_SDS, &cert_sds.to_string(), 0o644)?;
-    write(identity_files::ROOT_SDS, &root_sds.to_string(), 0o644)
+    let file = |name, contents: String, mode| IdentityFile {
+        name,
+        contents,
+        mode,
+    };
+    vec![
+        file(identity_files::KEY, key.expose_pem().to_string(), 0o600),
+        file(identity_files::CERT_CHAIN, chain_pem.to_string(), 0o644),
+        file(identity_files::ROOT, bundle_pem.to_string(), 0o644),
+        file(identity_files::CERT_SDS, cert_sds.to_string(), 0o644),
+        file(identity_files::ROOT_SDS, root_sds.to_string(), 0o644),
+    ]
+}
+
+/// Writes a bootstrap identity into `dir` (see [`identity_files`]); the key
+/// gets mode 0600: the caller gives it to the proxy's user.
+pub fn write_identity(
+    dir: &Path,
+    chain_pem: &str,
+    key: &meshd_ca::PrivateKey,
+    bundle_pem: &str,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    for file in identity_files(dir, chain_pem, key, bundle_pem) {
+        // Write then rename, so Envoy's file watch never reads half a file.
+        let tmp = dir.join(format!(".{}.tmp", file.name));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(file.mode)
+            .open(&tmp)?;
+        f.write_all(file.contents.as_bytes())?;
+        std::fs::rename(tmp, dir.join(file.name))?;
+    }
+    Ok(())
 }
 
 /// Renders the bootstrap as a JSON value.

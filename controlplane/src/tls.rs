@@ -6,26 +6,19 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use meshd_ca::SpiffeId;
+use meshd_ca::serving::provider;
+use meshd_ca::{RenewingServerCert, SpiffeId};
 use rustls::DistinguishedName;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use time::OffsetDateTime;
 
 use crate::identity::Identity;
 
 /// The serving certificate's lifetime; renewed half-way.
 const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// What the control plane's serving certificate names.
 #[derive(Clone, Debug)]
@@ -33,6 +26,21 @@ pub struct ServerIdentity {
     pub id: SpiffeId,
     pub dns_names: Vec<String>,
     pub ips: Vec<IpAddr>,
+}
+
+/// The xDS port's certificate: issued on first use, renewed half-way
+/// through its life and whenever the CA changes (root rotation).
+fn serving_cert(identity: Arc<Identity>, server: ServerIdentity) -> RenewingServerCert {
+    let ca = identity.ca.clone();
+    RenewingServerCert::new(
+        ca,
+        "xDS",
+        server.id,
+        server.dns_names,
+        server.ips,
+        SERVER_CERT_TTL,
+    )
+    .with_generation(Arc::new(move || identity.generation()))
 }
 
 /// The xDS server's TLS configuration: client certificates required.
@@ -45,73 +53,9 @@ pub fn server_config(identity: Arc<Identity>, server: ServerIdentity) -> Arc<Ser
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(RenewingCert {
-            identity,
-            server,
-            current: RwLock::new(None),
-        }));
+        .with_cert_resolver(Arc::new(serving_cert(identity, server)));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
-}
-
-/// Issues the serving certificate on first use and again half-way through
-/// its life, or when the CA changes.
-#[derive(Debug)]
-struct RenewingCert {
-    identity: Arc<Identity>,
-    server: ServerIdentity,
-    current: RwLock<Option<(Arc<CertifiedKey>, OffsetDateTime, u64)>>,
-}
-
-impl RenewingCert {
-    fn issue(&self) -> Option<(Arc<CertifiedKey>, OffsetDateTime, u64)> {
-        let generation = self.identity.generation();
-        let (issued, key) = match self.identity.ca.issue_server(
-            &self.server.id,
-            &self.server.dns_names,
-            &self.server.ips,
-            SERVER_CERT_TTL,
-        ) {
-            Ok(issued) => issued,
-            Err(e) => {
-                tracing::error!("cannot issue the xDS serving certificate: {e}");
-                return None;
-            }
-        };
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .ok()?;
-        let key = PrivateKeyDer::from_pem_slice(key.expose_pem().as_bytes()).ok()?;
-        let signing_key = provider().key_provider.load_private_key(key).ok()?;
-        let renew_at = issued.not_before + (issued.not_after - issued.not_before) / 2;
-        Some((
-            Arc::new(CertifiedKey::new(chain, signing_key)),
-            renew_at,
-            generation,
-        ))
-    }
-}
-
-impl ResolvesServerCert for RenewingCert {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let now = OffsetDateTime::now_utc();
-        let generation = self.identity.generation();
-        if let Some((key, renew_at, issued_in)) = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            && now < *renew_at
-            && *issued_in == generation
-        {
-            return Some(key.clone());
-        }
-        let fresh = self.issue()?;
-        let key = fresh.0.clone();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
-        Some(key)
-    }
 }
 
 /// Verifies client certificates against whatever the trust bundle holds

@@ -5,10 +5,86 @@
 //! init container, the bootstrap and the identity volume. The webhook and
 //! `meshd inject` both call it, so what `kubectl apply` gets is what
 //! offline injection prints.
+//!
+//! ```text
+//! Pod ─┬─ protected namespace / already injected / opted out / hostNetwork ──> Skipped
+//!      └─ annotations::parse + InjectorConfig ──> Plan ──> mutated Pod ──diff──> Patch
+//! ```
+//!
+//! What a meshed pod gets:
+//!
+//! - `meshd-proxy`: Envoy as UID/GID 1337, bootstrap inline (`--config-yaml`),
+//!   node id `<pod>.<namespace>` from the downward API. Native mode (the
+//!   default): an init container with `restartPolicy: Always` placed right
+//!   after `meshd-init` and before the pod's own init containers, so those
+//!   already have the mesh, the app starts only once the proxy is ready, and
+//!   Jobs complete. Classic mode: the first regular container; `meshd-init`
+//!   then runs *last* among the init containers, so the pod's own init
+//!   containers run before traffic is captured (there is no proxy yet to
+//!   capture it to).
+//! - `meshd-init`: `meshd capture`, the iptables redirection (left out with
+//!   `meshd.io/interception: none`, where nothing is captured).
+//! - `meshd-identity`: the bootstrap identity Secret, mounted in the proxy only.
+//! - the label `meshd.io/proxy: "true"` and the annotation `meshd.io/status`.
 
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
-use crate::config::InjectorConfig;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
+use meshd_controlplane::model::Interception;
+use meshd_controlplane::translate::ports;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::annotations::{self, Overrides, Quantity, Resource};
+use crate::capture::{CaptureConfig, PROXY_UID};
+use crate::config::{IDENTITY_MOUNT, InjectorConfig, identity_secret_name};
+
+/// The injected proxy container.
+pub const PROXY_CONTAINER: &str = "meshd-proxy";
+/// The injected traffic-capture init container.
+pub const INIT_CONTAINER: &str = "meshd-init";
+/// The volume holding the bootstrap identity.
+pub const IDENTITY_VOLUME: &str = "meshd-identity";
+/// Namespaces never injected besides the control plane's own.
+pub const KUBE_SYSTEM: &str = "kube-system";
+/// Environment variables the proxy gets from the downward API. Kubernetes
+/// expands `$(NAME)` in `args`, which is how Envoy learns the pod's name
+/// (not known at admission when the pod uses generateName).
+pub const POD_NAME_ENV: &str = "MESHD_POD_NAME";
+pub const POD_NAMESPACE_ENV: &str = "MESHD_POD_NAMESPACE";
+/// Tells `kubectl logs/exec` which container to pick when the proxy is not
+/// the only one.
+const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// The ports the proxy binds in the pod's network namespace. The admin
+/// port (15000) is bound to 127.0.0.1 only and is not declared as a
+/// containerPort: it is unauthenticated and must not be reachable.
+pub const PROXY_PORTS: [u16; 5] = [
+    ports::ADMIN,
+    ports::OUTBOUND,
+    ports::INBOUND,
+    ports::READINESS,
+    ports::PROMETHEUS,
+];
+/// The declared ports: informational, and so a PodMonitor can name the
+/// stats port.
+const DECLARED_PORTS: [(&str, u16); 4] = [
+    ("meshd-outbound", ports::OUTBOUND),
+    ("meshd-inbound", ports::INBOUND),
+    ("meshd-ready", ports::READINESS),
+    ("meshd-metrics", ports::PROMETHEUS),
+];
+const READY_PATH: &str = "/healthz/ready";
 
 /// Why a pod is left alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +98,19 @@ pub enum Skip {
     AlreadyInjected,
     /// The control plane's own namespace or kube-system.
     ProtectedNamespace(String),
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::OptedOut => write!(f, "opted out ({}: \"false\")", annotations::INJECT),
+            Skip::HostNetwork => write!(f, "uses the host network (spec.hostNetwork)"),
+            Skip::AlreadyInjected => write!(f, "already injected ({})", annotations::STATUS),
+            Skip::ProtectedNamespace(ns) => {
+                write!(f, "namespace {ns} is never injected")
+            }
+        }
+    }
 }
 
 /// What injection decided.
@@ -45,14 +134,1581 @@ pub enum InjectError {
         accepted: String,
     },
     #[error("annotation {annotation} is not a meshd annotation; accepted: {accepted}")]
-    UnknownAnnotation { annotation: String, accepted: String },
+    UnknownAnnotation {
+        annotation: String,
+        accepted: String,
+    },
+    #[error("label {label}: `{value}` is not valid; accepted: {accepted}")]
+    InvalidLabel {
+        label: String,
+        value: String,
+        accepted: String,
+    },
     #[error("the pod cannot be injected: {0}")]
     InvalidPod(String),
+    /// A mesh-wide setting ([`InjectorConfig`], named as the chart names
+    /// it) is invalid; see [`check_config`].
+    #[error("injector setting {setting}: `{value}` is not valid; accepted: {accepted}")]
+    InvalidConfig {
+        setting: String,
+        value: String,
+        accepted: String,
+    },
 }
 
 pub type Result<T, E = InjectError> = std::result::Result<T, E>;
 
+/// The value of `meshd.io/status`: what the injector added, so it can be
+/// recognised (and, one day, removed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub containers: Vec<String>,
+    pub init_containers: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+/// Checks the mesh-wide settings, so a bad configuration is refused when
+/// the control plane starts rather than at its first pod.
+pub fn check_config(config: &InjectorConfig) -> Result<()> {
+    Plan::new(config, &Overrides::default()).map(|_| ())
+}
+
 /// Injects `pod`, created in `namespace`.
-pub fn inject(_pod: &Pod, _namespace: &str, _config: &InjectorConfig) -> Result<Injection> {
-    Err(InjectError::InvalidPod("injection is not implemented yet".into()))
+pub fn inject(pod: &Pod, namespace: &str, config: &InjectorConfig) -> Result<Injection> {
+    if namespace == config.control_plane_namespace || namespace == KUBE_SYSTEM {
+        return Ok(Injection::Skipped(Skip::ProtectedNamespace(
+            namespace.to_string(),
+        )));
+    }
+    let labels = pod.metadata.labels.as_ref();
+    let pod_annotations = pod.metadata.annotations.as_ref();
+    if let Some(status) = pod_annotations.and_then(|a| a.get(annotations::STATUS)) {
+        // Only ever written by the injector; anything but a JSON object is
+        // someone else's doing, and guessing could inject twice.
+        if serde_json::from_str::<serde_json::Map<String, Value>>(status).is_err() {
+            return Err(InjectError::InvalidAnnotation {
+                annotation: annotations::STATUS.into(),
+                value: status.clone(),
+                accepted: "only the injector's JSON object (remove the annotation to inject)"
+                    .into(),
+            });
+        }
+        return Ok(Injection::Skipped(Skip::AlreadyInjected));
+    }
+    if annotations::inject_decision(labels, pod_annotations)? == Some(false) {
+        return Ok(Injection::Skipped(Skip::OptedOut));
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(InjectError::InvalidPod(
+            "spec is missing; accepted: a pod with spec.containers".into(),
+        ));
+    };
+    if spec.host_network == Some(true) {
+        return Ok(Injection::Skipped(Skip::HostNetwork));
+    }
+    let empty = BTreeMap::new();
+    let overrides = annotations::parse(pod_annotations.unwrap_or(&empty))?;
+    let plan = Plan::new(config, &overrides)?;
+    let service_account = service_account(spec)?;
+    check_conflicts(spec, &plan)?;
+
+    let mutated = plan.apply(pod, spec, &service_account);
+    let original = to_json(pod)?;
+    let mutated = to_json(&mutated)?;
+    Ok(Injection::Patched {
+        patch: pod_patch(&original, &mutated),
+        service_account,
+    })
+}
+
+fn to_json(pod: &Pod) -> Result<Value> {
+    serde_json::to_value(pod)
+        .map_err(|e| InjectError::InvalidPod(format!("the pod cannot be serialised: {e}")))
+}
+
+/// The pod's service account: its identity.
+fn service_account(spec: &PodSpec) -> Result<String> {
+    let name = spec
+        .service_account_name
+        .as_deref()
+        .or(spec.service_account.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let secret = identity_secret_name(name);
+    let valid = secret.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(InjectError::InvalidPod(format!(
+            "spec.serviceAccountName `{name}` cannot name the identity Secret `{secret}`; accepted: a DNS subdomain (lowercase letters, digits, '-', '.') of at most {} characters",
+            253 - identity_secret_name("").len()
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// The mesh-wide settings, validated.
+struct MeshDefaults {
+    cpu_request: Quantity,
+    memory_request: Quantity,
+    cpu_limit: Quantity,
+    memory_limit: Quantity,
+    log_level: &'static str,
+    concurrency: u32,
+    bootstrap: String,
+}
+
+fn invalid_setting(setting: &str, value: impl ToString, accepted: impl ToString) -> InjectError {
+    InjectError::InvalidConfig {
+        setting: setting.to_string(),
+        value: value.to_string(),
+        accepted: accepted.to_string(),
+    }
+}
+
+impl MeshDefaults {
+    fn from_config(config: &InjectorConfig) -> Result<MeshDefaults> {
+        let quantity = |setting: &str, value: &str, resource| {
+            let accepted = annotations::doc(match resource {
+                Resource::Cpu => annotations::PROXY_CPU,
+                Resource::Memory => annotations::PROXY_MEMORY,
+            })
+            .map_or("", |d| d.accepted);
+            Quantity::parse(value, resource)
+                .ok_or_else(|| invalid_setting(setting, value, accepted))
+        };
+        for (setting, value) in [
+            ("proxyImage", &config.proxy_image),
+            ("initImage", &config.init_image),
+        ] {
+            if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
+                return Err(invalid_setting(
+                    setting,
+                    value,
+                    "a container image reference",
+                ));
+            }
+        }
+        let log_level = annotations::parse_log_level(&config.proxy_log_level).ok_or_else(|| {
+            invalid_setting(
+                "proxyLogLevel",
+                &config.proxy_log_level,
+                annotations::LOG_LEVELS.join(", "),
+            )
+        })?;
+        if config.proxy_concurrency > annotations::MAX_CONCURRENCY {
+            return Err(invalid_setting(
+                "proxyConcurrency",
+                config.proxy_concurrency,
+                "a whole number 0-64",
+            ));
+        }
+        if config.control_plane_namespace.is_empty() {
+            return Err(invalid_setting(
+                "controlPlaneNamespace",
+                "",
+                "the control plane's namespace",
+            ));
+        }
+        Ok(MeshDefaults {
+            cpu_request: quantity("proxyCpuRequest", &config.proxy_cpu_request, Resource::Cpu)?,
+            memory_request: quantity(
+                "proxyMemoryRequest",
+                &config.proxy_memory_request,
+                Resource::Memory,
+            )?,
+            cpu_limit: quantity("proxyCpuLimit", &config.proxy_cpu_limit, Resource::Cpu)?,
+            memory_limit: quantity(
+                "proxyMemoryLimit",
+                &config.proxy_memory_limit,
+                Resource::Memory,
+            )?,
+            log_level,
+            concurrency: config.proxy_concurrency,
+            bootstrap: proxy_bootstrap(config)?,
+        })
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 addresses).
+fn parse_xds_address(value: &str) -> Option<(String, u16)> {
+    let (host, port) = value.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let v6 = v6.strip_suffix(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            v6
+        }
+        None => host,
+    };
+    let dns_name = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    (host.parse::<IpAddr>().is_ok() || dns_name(host)).then(|| (host.to_string(), port))
+}
+
+/// The Envoy bootstrap as compact JSON, ready to be one element of the
+/// container's `args`. It names the node with the downward-API variables;
+/// Kubernetes substitutes them (and `--service-node` says the same), so every
+/// other `$` is doubled to stay literal.
+/// The sidecar's bootstrap depends on the mesh-wide settings alone, and
+/// rendering it is a sixth of a review's cost: render once per
+/// configuration, not once per pod.
+fn proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
+    static LAST: std::sync::Mutex<Option<(InjectorConfig, String)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((for_config, bootstrap)) = last.as_ref()
+        && for_config == config
+    {
+        return Ok(bootstrap.clone());
+    }
+    let bootstrap = render_proxy_bootstrap(config)?;
+    *last = Some((config.clone(), bootstrap.clone()));
+    Ok(bootstrap)
+}
+
+fn render_proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
+    let (xds_host, xds_port) = parse_xds_address(&config.xds_address).ok_or_else(|| {
+        invalid_setting(
+            "xdsAddress",
+            &config.xds_address,
+            "host:port, the host a DNS name or an IP ([v6]:port), the port 1-65535",
+        )
+    })?;
+    let xds_protocol = XdsProtocol::parse(&config.xds_protocol).ok_or_else(|| {
+        invalid_setting("xdsProtocol", &config.xds_protocol, XdsProtocol::ACCEPTED)
+    })?;
+    meshd_ca::SpiffeId::parse(&config.control_plane_id).map_err(|_| {
+        invalid_setting(
+            "controlPlaneId",
+            &config.control_plane_id,
+            "a SPIFFE ID like spiffe://cluster.local/ns/meshd-system/sa/meshd",
+        )
+    })?;
+    let pod_ref = format!("$({POD_NAME_ENV})");
+    let namespace_ref = format!("$({POD_NAMESPACE_ENV})");
+    let mut bootstrap = BootstrapConfig::new(namespace_ref.clone(), pod_ref.clone());
+    bootstrap.xds_host = xds_host;
+    bootstrap.xds_port = xds_port;
+    bootstrap.xds_protocol = xds_protocol;
+    bootstrap.admin = SocketAddr::from(([127, 0, 0, 1], ports::ADMIN));
+    bootstrap.proxy_address = IpAddr::from([0, 0, 0, 0]);
+    bootstrap.identity_dir = Some(PathBuf::from(IDENTITY_MOUNT));
+    bootstrap.control_plane_id = config.control_plane_id.clone();
+    let json = bootstrap::render(&bootstrap).to_string();
+    Ok(json
+        .replace('$', "$$")
+        .replace(&format!("${pod_ref}"), &pod_ref)
+        .replace(&format!("${namespace_ref}"), &namespace_ref))
+}
+
+/// Everything decided about one pod, before any of it is built.
+struct Plan {
+    native: bool,
+    /// `None` with `meshd.io/interception: none`: no init container.
+    capture: Option<CaptureConfig>,
+    proxy_image: String,
+    init_image: String,
+    cpu_request: Quantity,
+    memory_request: Quantity,
+    cpu_limit: Quantity,
+    memory_limit: Quantity,
+    log_level: String,
+    concurrency: u32,
+    drain_seconds: u32,
+    bootstrap: String,
+}
+
+/// Picks the pod's value over the mesh's and checks request <= limit, as
+/// the API server would (but naming the annotation).
+fn resources(
+    what: &str,
+    (request_annotation, request_setting, request): (&str, &str, (Option<Quantity>, Quantity)),
+    (limit_annotation, limit_setting, limit): (&str, &str, (Option<Quantity>, Quantity)),
+) -> Result<(Quantity, Quantity)> {
+    let (request_override, request_default) = request;
+    let (limit_override, limit_default) = limit;
+    let request_from_pod = request_override.is_some();
+    let limit_from_pod = limit_override.is_some();
+    let request = request_override.unwrap_or(request_default);
+    let limit = limit_override.unwrap_or(limit_default);
+    if request <= limit {
+        return Ok((request, limit));
+    }
+    let limit_source = if limit_from_pod {
+        limit_annotation.to_string()
+    } else {
+        format!("the mesh setting {limit_setting}")
+    };
+    Err(if request_from_pod {
+        InjectError::InvalidAnnotation {
+            annotation: request_annotation.into(),
+            value: request.to_string(),
+            accepted: format!(
+                "a quantity no larger than the proxy's {what} limit {limit} ({limit_source}); raise {limit_annotation} too"
+            ),
+        }
+    } else if limit_from_pod {
+        InjectError::InvalidAnnotation {
+            annotation: limit_annotation.into(),
+            value: limit.to_string(),
+            accepted: format!(
+                "a quantity no smaller than the proxy's {what} request {request} (the mesh setting {request_setting}); lower {request_annotation} too"
+            ),
+        }
+    } else {
+        invalid_setting(
+            request_setting,
+            request,
+            format!("a quantity no larger than {limit_setting} ({limit})"),
+        )
+    })
+}
+
+impl Plan {
+    fn new(config: &InjectorConfig, overrides: &Overrides) -> Result<Plan> {
+        let defaults = MeshDefaults::from_config(config)?;
+        let (cpu_request, cpu_limit) = resources(
+            "CPU",
+            (
+                annotations::PROXY_CPU,
+                "proxyCpuRequest",
+                (overrides.proxy_cpu.clone(), defaults.cpu_request),
+            ),
+            (
+                annotations::PROXY_CPU_LIMIT,
+                "proxyCpuLimit",
+                (overrides.proxy_cpu_limit.clone(), defaults.cpu_limit),
+            ),
+        )?;
+        let (memory_request, memory_limit) = resources(
+            "memory",
+            (
+                annotations::PROXY_MEMORY,
+                "proxyMemoryRequest",
+                (overrides.proxy_memory.clone(), defaults.memory_request),
+            ),
+            (
+                annotations::PROXY_MEMORY_LIMIT,
+                "proxyMemoryLimit",
+                (overrides.proxy_memory_limit.clone(), defaults.memory_limit),
+            ),
+        )?;
+        if overrides.interception == Interception::None {
+            // Exclusions from a capture that is not installed would be
+            // silently ignored: say so instead.
+            let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            let cidrs = overrides
+                .exclude_outbound_cidrs
+                .iter()
+                .map(|c| format!("{}/{}", c.address, c.prefix))
+                .collect::<Vec<_>>()
+                .join(",");
+            for (annotation, value) in [
+                (
+                    annotations::EXCLUDE_INBOUND_PORTS,
+                    ports(&overrides.exclude_inbound_ports),
+                ),
+                (
+                    annotations::EXCLUDE_OUTBOUND_PORTS,
+                    ports(&overrides.exclude_outbound_ports),
+                ),
+                (annotations::EXCLUDE_OUTBOUND_CIDRS, cidrs),
+            ] {
+                if !value.is_empty() {
+                    return Err(InjectError::InvalidAnnotation {
+                        annotation: annotation.into(),
+                        value,
+                        accepted: format!(
+                            "nothing with {}: none, which captures no traffic to exclude from",
+                            annotations::INTERCEPTION
+                        ),
+                    });
+                }
+            }
+        }
+        let capture = (overrides.interception == Interception::Redirect).then(|| CaptureConfig {
+            exclude_inbound_ports: overrides.exclude_inbound_ports.clone(),
+            exclude_outbound_ports: overrides.exclude_outbound_ports.clone(),
+            exclude_outbound_cidrs: overrides.exclude_outbound_cidrs.clone(),
+            ..Default::default()
+        });
+        Ok(Plan {
+            native: overrides.native_sidecar.unwrap_or(config.native_sidecar),
+            capture,
+            proxy_image: config.proxy_image.clone(),
+            init_image: config.init_image.clone(),
+            cpu_request,
+            memory_request,
+            cpu_limit,
+            memory_limit,
+            log_level: overrides
+                .log_level
+                .clone()
+                .unwrap_or_else(|| defaults.log_level.to_string()),
+            concurrency: overrides.concurrency.unwrap_or(defaults.concurrency),
+            drain_seconds: config.drain_seconds,
+            bootstrap: defaults.bootstrap,
+        })
+    }
+
+    /// The pod with everything added.
+    fn apply(&self, pod: &Pod, spec: &PodSpec, service_account: &str) -> Pod {
+        let mut pod = pod.clone();
+        let mut spec = spec.clone();
+        let user_containers: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+        let mut status = Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        };
+
+        let proxy = self.proxy_container();
+        let init = self.init_container();
+        let mut init_containers = spec.init_containers.take().unwrap_or_default();
+        if self.native {
+            // Capture, then the proxy (ready before the next one starts),
+            // then the pod's own init containers, which thus have the mesh.
+            let mut ours = Vec::new();
+            ours.extend(init);
+            ours.push(proxy);
+            status.init_containers = ours.iter().map(|c| c.name.clone()).collect();
+            init_containers.splice(0..0, ours);
+        } else {
+            // The pod's own init containers run before capture is installed:
+            // there is no proxy yet to send their traffic to.
+            if let Some(init) = init {
+                status.init_containers.push(init.name.clone());
+                init_containers.push(init);
+            }
+            status.containers.push(proxy.name.clone());
+            spec.containers.insert(0, proxy);
+        }
+        if !init_containers.is_empty() {
+            spec.init_containers = Some(init_containers);
+        }
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .push(identity_volume(service_account));
+        status.volumes.push(IDENTITY_VOLUME.to_string());
+        pod.spec = Some(spec);
+
+        pod.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                annotations::PROXY_LABEL.into(),
+                annotations::PROXY_LABEL_VALUE.into(),
+            );
+        let pod_annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        if !self.native
+            && let Some(first) = user_containers.first()
+        {
+            pod_annotations
+                .entry(DEFAULT_CONTAINER_ANNOTATION.into())
+                .or_insert_with(|| first.clone());
+        }
+        pod_annotations.insert(
+            annotations::STATUS.into(),
+            serde_json::to_string(&status).unwrap_or_default(),
+        );
+        pod
+    }
+
+    fn proxy_container(&self) -> Container {
+        let mut args: Vec<String> = vec![
+            "--service-node".into(),
+            format!("$({POD_NAME_ENV}).$({POD_NAMESPACE_ENV})"),
+            "--service-cluster".into(),
+            format!("$({POD_NAMESPACE_ENV})"),
+            "--log-level".into(),
+            self.log_level.clone(),
+        ];
+        // 0 means "one worker per CPU", which is Envoy's own default: say
+        // nothing rather than rely on how Envoy reads 0.
+        if self.concurrency > 0 {
+            args.extend(["--concurrency".into(), self.concurrency.to_string()]);
+        }
+        args.extend([
+            "--disable-hot-restart".into(),
+            "--drain-time-s".into(),
+            self.drain_seconds.to_string(),
+            "--config-yaml".into(),
+            self.bootstrap.clone(),
+        ]);
+        let field = |name: &str, path: &str| EnvVar {
+            name: name.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: path.into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ready = |period: i32, failures: i32| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(READY_PATH.into()),
+                port: IntOrString::Int(ports::READINESS.into()),
+                scheme: Some("HTTP".into()),
+                ..Default::default()
+            }),
+            period_seconds: Some(period),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(failures),
+            success_threshold: Some(1),
+            ..Default::default()
+        };
+        let proxy_id = i64::from(PROXY_UID);
+        Container {
+            name: PROXY_CONTAINER.into(),
+            image: Some(self.proxy_image.clone()),
+            command: Some(vec!["envoy".into()]),
+            args: Some(args),
+            env: Some(vec![
+                field(POD_NAME_ENV, "metadata.name"),
+                field(POD_NAMESPACE_ENV, "metadata.namespace"),
+            ]),
+            ports: Some(
+                DECLARED_PORTS
+                    .iter()
+                    .map(|(name, port)| ContainerPort {
+                        name: Some((*name).into()),
+                        container_port: (*port).into(),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".into(), K8sQuantity(self.cpu_request.to_string())),
+                    (
+                        "memory".into(),
+                        K8sQuantity(self.memory_request.to_string()),
+                    ),
+                ])),
+                limits: Some(BTreeMap::from([
+                    ("cpu".into(), K8sQuantity(self.cpu_limit.to_string())),
+                    ("memory".into(), K8sQuantity(self.memory_limit.to_string())),
+                ])),
+                ..Default::default()
+            }),
+            security_context: Some(SecurityContext {
+                run_as_user: Some(proxy_id),
+                run_as_group: Some(proxy_id),
+                run_as_non_root: Some(true),
+                read_only_root_filesystem: Some(true),
+                allow_privilege_escalation: Some(false),
+                privileged: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: None,
+                }),
+                ..Default::default()
+            }),
+            readiness_probe: Some(ready(2, 3)),
+            // Native: the next init container (and the app) starts only
+            // once the proxy is ready; allow it ten minutes to get there.
+            startup_probe: self.native.then(|| ready(1, 600)),
+            restart_policy: self.native.then(|| "Always".into()),
+            // Classic: the proxy gets SIGTERM together with the app; keep it
+            // up while the app drains its own connections. A native sidecar
+            // is stopped only after the app has exited, so waiting would
+            // only delay the pod's end.
+            lifecycle: (!self.native).then(|| Lifecycle {
+                pre_stop: Some(LifecycleHandler {
+                    sleep: Some(SleepAction {
+                        seconds: self.drain_seconds.into(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: IDENTITY_VOLUME.into(),
+                mount_path: IDENTITY_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        }
+    }
+
+    fn init_container(&self) -> Option<Container> {
+        let capture = self.capture.as_ref()?;
+        let mut command: Vec<String> = vec!["meshd".into(), "capture".into()];
+        let join = |items: Vec<String>| items.join(",");
+        let ports = |ports: &[u16]| join(ports.iter().map(u16::to_string).collect());
+        for (flag, value) in [
+            (
+                "--exclude-inbound-ports",
+                ports(&capture.exclude_inbound_ports),
+            ),
+            (
+                "--exclude-outbound-ports",
+                ports(&capture.exclude_outbound_ports),
+            ),
+            (
+                "--exclude-outbound-cidrs",
+                join(
+                    capture
+                        .exclude_outbound_cidrs
+                        .iter()
+                        .map(|c| format!("{}/{}", c.address, c.prefix))
+                        .collect(),
+                ),
+            ),
+        ] {
+            if !value.is_empty() {
+                command.push(format!("{flag}={value}"));
+            }
+        }
+        let quantities = |cpu: &str, memory: &str| {
+            Some(BTreeMap::from([
+                ("cpu".into(), K8sQuantity(cpu.into())),
+                ("memory".into(), K8sQuantity(memory.into())),
+            ]))
+        };
+        Some(Container {
+            name: INIT_CONTAINER.into(),
+            image: Some(self.init_image.clone()),
+            command: Some(command),
+            resources: Some(ResourceRequirements {
+                requests: quantities("10m", "16Mi"),
+                limits: quantities("100m", "64Mi"),
+                ..Default::default()
+            }),
+            // iptables needs root with NET_ADMIN/NET_RAW in the pod's network
+            // namespace: Kubernetes grants added capabilities only to UID 0.
+            // These settings are the container's own, so they hold even when
+            // the pod says runAsNonRoot: that pod-level default is for the
+            // pod's containers, and this one exits before any of them starts.
+            // Nothing else is granted: no privilege escalation, a read-only
+            // root filesystem, every other capability dropped. (Namespaces
+            // enforcing the baseline or restricted Pod Security Standard
+            // refuse NET_ADMIN: meshed namespaces need `privileged`.)
+            security_context: Some(SecurityContext {
+                run_as_user: Some(0),
+                run_as_non_root: Some(false),
+                read_only_root_filesystem: Some(true),
+                allow_privilege_escalation: Some(false),
+                privileged: Some(false),
+                capabilities: Some(Capabilities {
+                    add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                    drop: Some(vec!["ALL".into()]),
+                }),
+                ..Default::default()
+            }),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        })
+    }
+}
+
+fn identity_volume(service_account: &str) -> Volume {
+    Volume {
+        name: IDENTITY_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(identity_secret_name(service_account)),
+            // World-readable inside the volume: Envoy runs as UID 1337,
+            // which is not the files' owner and, without an fsGroup we would
+            // have to impose on the whole pod, not their group either. Only
+            // the proxy container mounts the volume, so no other container
+            // of the pod can read the key.
+            default_mode: Some(0o444),
+            // Without its identity the proxy cannot reach the control plane:
+            // better the pod waits for the Secret than starts unmeshed.
+            optional: Some(false),
+            items: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Refuses pods whose own names, ports or user IDs would collide with what
+/// is injected: the API server would reject them less clearly, or, for the
+/// proxy's UID, the pod would silently bypass its sidecar.
+fn check_conflicts(spec: &PodSpec, plan: &Plan) -> Result<()> {
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let lists = [
+        ("containers", &spec.containers[..]),
+        ("initContainers", init),
+    ];
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| ("ephemeralContainers", c.name.as_str()));
+    let names = lists
+        .iter()
+        .flat_map(|(list, cs)| cs.iter().map(move |c| (*list, c.name.as_str())))
+        .chain(ephemeral);
+    for (list, name) in names {
+        if name == PROXY_CONTAINER || name == INIT_CONTAINER {
+            return Err(InjectError::InvalidPod(format!(
+                "spec.{list}: the name {name} is reserved for the injected containers ({PROXY_CONTAINER}, {INIT_CONTAINER}); accepted: any other container name"
+            )));
+        }
+    }
+    for volume in spec.volumes.iter().flatten() {
+        if volume.name == IDENTITY_VOLUME {
+            return Err(InjectError::InvalidPod(format!(
+                "spec.volumes: the name {IDENTITY_VOLUME} is reserved for the proxy's identity; accepted: any other volume name"
+            )));
+        }
+    }
+    for (list, containers) in lists {
+        for c in containers {
+            for port in c.ports.iter().flatten() {
+                if u16::try_from(port.container_port).is_ok_and(|p| PROXY_PORTS.contains(&p)) {
+                    return Err(InjectError::InvalidPod(format!(
+                        "spec.{list}[{}].ports: port {} is the proxy's; accepted: any port but {}",
+                        c.name,
+                        port.container_port,
+                        PROXY_PORTS.map(|p| p.to_string()).join(", ")
+                    )));
+                }
+                if let Some(name) = &port.name
+                    && DECLARED_PORTS.iter().any(|(ours, _)| ours == name)
+                {
+                    return Err(InjectError::InvalidPod(format!(
+                        "spec.{list}[{}].ports: the port name {name} is the proxy's; accepted: any name but {}",
+                        c.name,
+                        DECLARED_PORTS.map(|(n, _)| n).join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    if plan.capture.is_some() {
+        check_proxy_identity(spec, plan.native)?;
+    }
+    Ok(())
+}
+
+/// Capture lets the proxy's UID and GID through untouched (its own
+/// connections must not loop back into it), so an app running as either
+/// would bypass the mesh, mTLS included. In classic mode the pod's own init
+/// containers run before capture and are not concerned.
+fn check_proxy_identity(spec: &PodSpec, native: bool) -> Result<()> {
+    let pod = spec.security_context.as_ref();
+    let proxy_id = i64::from(PROXY_UID);
+    let mut lists = vec![("containers", &spec.containers[..])];
+    if native {
+        lists.push((
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ));
+    }
+    for (list, containers) in lists {
+        for c in containers {
+            let own = c.security_context.as_ref();
+            let uid = own
+                .and_then(|s| s.run_as_user)
+                .or(pod.and_then(|p| p.run_as_user));
+            let gid = own
+                .and_then(|s| s.run_as_group)
+                .or(pod.and_then(|p| p.run_as_group));
+            for (what, id) in [("runAsUser", uid), ("runAsGroup", gid)] {
+                if id == Some(proxy_id) {
+                    return Err(InjectError::InvalidPod(format!(
+                        "spec.{list}[{}] runs with {what} {proxy_id} (its own securityContext or the pod's), the proxy's, so its traffic would bypass the sidecar; accepted: any other ID, or {}: none",
+                        c.name,
+                        annotations::INTERCEPTION
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The patch from `original` to `mutated`.
+///
+/// `json_patch::diff` compares arrays index by index: inserting the proxy
+/// at the front of a list would come out as a rewrite, field by field, of
+/// every container after it. Applied by the API server to the pod it holds,
+/// such a patch would leave any field this crate's Pod type does not know
+/// (a newer Kubernetes) on the wrong container. So the injected list items
+/// are inserted by index, and `diff` covers the rest.
+fn pod_patch(original: &Value, mutated: &Value) -> json_patch::Patch {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, PatchOperation};
+
+    let mut ops = Vec::new();
+    for list in ["initContainers", "containers", "volumes"] {
+        let pointer = |index: Option<usize>| {
+            let mut p = PointerBuf::from_tokens(["spec", list]);
+            if let Some(i) = index {
+                p.push_back(i);
+            }
+            p
+        };
+        let after = mutated["spec"][list].as_array();
+        let Some(after) = after else { continue };
+        let Some(before) = original["spec"][list].as_array() else {
+            ops.push(PatchOperation::Add(AddOperation {
+                path: pointer(None),
+                value: Value::Array(after.clone()),
+            }));
+            continue;
+        };
+        let mut inserts = Vec::new();
+        let mut kept = 0;
+        for (i, item) in after.iter().enumerate() {
+            if before.get(kept) == Some(item) {
+                kept += 1;
+            } else {
+                inserts.push(PatchOperation::Add(AddOperation {
+                    path: pointer(Some(i)),
+                    value: item.clone(),
+                }));
+            }
+        }
+        // Anything but pure insertions is left to diff.
+        if kept == before.len() {
+            ops.extend(inserts);
+        }
+    }
+    let mut stepped = original.clone();
+    if json_patch::patch(&mut stepped, &ops).is_err() {
+        return json_patch::diff(original, mutated);
+    }
+    ops.extend(json_patch::diff(&stepped, mutated).0);
+    json_patch::Patch(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::{
+        CONCURRENCY, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_CIDRS, EXCLUDE_OUTBOUND_PORTS, INJECT,
+        INTERCEPTION, LOG_LEVEL, NATIVE_SIDECAR, PROXY_CPU, PROXY_CPU_LIMIT, PROXY_MEMORY_LIMIT,
+        STATUS,
+    };
+    use serde_json::json;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn web() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": "web-",
+                "labels": {"app": "web"},
+                "annotations": {"example.com/owner": "team-a"},
+            },
+            "spec": {
+                "serviceAccountName": "web",
+                "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+                "containers": [
+                    {"name": "app", "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}]},
+                    {"name": "logger", "image": "logger:1"},
+                ],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            },
+        })
+    }
+
+    fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).unwrap()[key.replace("~1", "/")] = value;
+        v
+    }
+
+    fn annotate(v: Value, pairs: &[(&str, &str)]) -> Value {
+        let mut v = v;
+        for (k, val) in pairs {
+            v["metadata"]["annotations"][*k] = json!(val);
+        }
+        v
+    }
+
+    fn config() -> InjectorConfig {
+        InjectorConfig {
+            proxy_image: "envoyproxy/envoy:test".into(),
+            init_image: "meshd:test".into(),
+            ..Default::default()
+        }
+    }
+
+    fn classic() -> InjectorConfig {
+        InjectorConfig {
+            native_sidecar: false,
+            ..config()
+        }
+    }
+
+    /// Injects and applies the patch, checking it reproduces the pod
+    /// `inject` built.
+    fn injected(v: Value, config: &InjectorConfig) -> (Pod, String) {
+        let original = pod(v.clone());
+        match inject(&original, "shop", config).unwrap() {
+            Injection::Patched {
+                patch,
+                service_account,
+            } => {
+                let mut doc = v;
+                json_patch::patch(&mut doc, &patch).unwrap();
+                let result: Pod = serde_json::from_value(doc.clone()).unwrap();
+                // The same pod as building it directly.
+                let plan = Plan::new(
+                    config,
+                    &annotations::parse(
+                        original
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .unwrap_or(&BTreeMap::new()),
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+                let built =
+                    plan.apply(&original, original.spec.as_ref().unwrap(), &service_account);
+                assert_eq!(doc, serde_json::to_value(&built).unwrap());
+                (result, service_account)
+            }
+            Injection::Skipped(why) => panic!("skipped: {why}"),
+        }
+    }
+
+    fn skipped(v: Value, namespace: &str, config: &InjectorConfig) -> Skip {
+        match inject(&pod(v), namespace, config).unwrap() {
+            Injection::Skipped(why) => why,
+            Injection::Patched { .. } => panic!("injected"),
+        }
+    }
+
+    fn names(containers: &Option<Vec<Container>>) -> Vec<&str> {
+        containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+        let spec = pod.spec.as_ref().unwrap();
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+            .unwrap()
+    }
+
+    fn arg_after<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
+        let args = c.args.as_ref().unwrap();
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn protected_namespaces_are_never_injected() {
+        let c = config();
+        assert_eq!(
+            skipped(web(), "kube-system", &c),
+            Skip::ProtectedNamespace("kube-system".into())
+        );
+        assert_eq!(
+            skipped(web(), "meshd-system", &c),
+            Skip::ProtectedNamespace("meshd-system".into())
+        );
+        // Even when the pod asks for it.
+        let opted_in = with(web(), "/metadata/labels/meshd.io~1inject", json!("true"));
+        assert_eq!(
+            skipped(opted_in, "kube-system", &c),
+            Skip::ProtectedNamespace("kube-system".into())
+        );
+    }
+
+    #[test]
+    fn pods_opt_out_by_label_or_annotation() {
+        let label = with(web(), "/metadata/labels/meshd.io~1inject", json!("false"));
+        assert_eq!(skipped(label, "shop", &config()), Skip::OptedOut);
+        let annotation = annotate(web(), &[(INJECT, "false")]);
+        assert_eq!(skipped(annotation, "shop", &config()), Skip::OptedOut);
+        // An opted-out pod is not judged on its other annotations.
+        let bad = annotate(web(), &[(INJECT, "false"), (LOG_LEVEL, "loud")]);
+        assert_eq!(skipped(bad, "shop", &config()), Skip::OptedOut);
+        // Opting in changes nothing in a namespace that injects anyway.
+        let label = with(web(), "/metadata/labels/meshd.io~1inject", json!("true"));
+        injected(label, &config());
+        injected(annotate(web(), &[(INJECT, "true")]), &config());
+        // Saying both yes and no is an error, as is anything but true/false.
+        let both = annotate(
+            with(web(), "/metadata/labels/meshd.io~1inject", json!("true")),
+            &[(INJECT, "false")],
+        );
+        assert!(inject(&pod(both), "shop", &config()).is_err());
+        let yes = with(web(), "/metadata/labels/meshd.io~1inject", json!("yes"));
+        assert_eq!(
+            inject(&pod(yes), "shop", &config())
+                .unwrap_err()
+                .to_string(),
+            "label meshd.io/inject: `yes` is not valid; accepted: true, false"
+        );
+    }
+
+    #[test]
+    fn host_network_pods_are_left_alone() {
+        let v = with(web(), "/spec/hostNetwork", json!(true));
+        assert_eq!(skipped(v, "shop", &config()), Skip::HostNetwork);
+    }
+
+    #[test]
+    fn reinvocation_never_injects_twice() {
+        let (once, _) = injected(web(), &config());
+        let again = serde_json::to_value(&once).unwrap();
+        assert_eq!(skipped(again, "shop", &config()), Skip::AlreadyInjected);
+        let (once, _) = injected(web(), &classic());
+        let again = serde_json::to_value(&once).unwrap();
+        assert_eq!(skipped(again, "shop", &classic()), Skip::AlreadyInjected);
+        // A status that is not ours is reported, not guessed at.
+        let forged = annotate(web(), &[(STATUS, "yes")]);
+        assert!(matches!(
+            inject(&pod(forged), "shop", &config()),
+            Err(InjectError::InvalidAnnotation { .. })
+        ));
+    }
+
+    #[test]
+    fn native_mode_orders_capture_proxy_then_the_pods_init_containers() {
+        let (pod, sa) = injected(web(), &config());
+        assert_eq!(sa, "web");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(
+            names(&spec.init_containers),
+            ["meshd-init", "meshd-proxy", "migrate"]
+        );
+        assert_eq!(names(&Some(spec.containers.clone())), ["app", "logger"]);
+        let proxy = container(&pod, PROXY_CONTAINER);
+        assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+        let startup = proxy.startup_probe.as_ref().unwrap();
+        assert_eq!(
+            startup.http_get.as_ref().unwrap().port,
+            IntOrString::Int(15021)
+        );
+        assert_eq!(startup.period_seconds, Some(1));
+        assert_eq!(startup.failure_threshold, Some(600));
+        assert!(proxy.lifecycle.is_none());
+        let status: Status =
+            serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()[STATUS]).unwrap();
+        assert_eq!(status.init_containers, ["meshd-init", "meshd-proxy"]);
+        assert!(status.containers.is_empty());
+        assert_eq!(status.volumes, ["meshd-identity"]);
+        assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn classic_mode_puts_the_proxy_first_and_capture_last() {
+        let (pod, _) = injected(web(), &classic());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(names(&spec.init_containers), ["migrate", "meshd-init"]);
+        assert_eq!(
+            names(&Some(spec.containers.clone())),
+            ["meshd-proxy", "app", "logger"]
+        );
+        let proxy = container(&pod, PROXY_CONTAINER);
+        assert!(proxy.restart_policy.is_none());
+        assert!(proxy.startup_probe.is_none());
+        let sleep = proxy.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(sleep.sleep.as_ref().unwrap().seconds, 5);
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[DEFAULT_CONTAINER_ANNOTATION], "app");
+        let status: Status = serde_json::from_str(&annotations[STATUS]).unwrap();
+        assert_eq!(status.containers, ["meshd-proxy"]);
+        assert_eq!(status.init_containers, ["meshd-init"]);
+        // The pod's annotation choosing native wins over the mesh's.
+        let (pod, _) = injected(annotate(web(), &[(NATIVE_SIDECAR, "true")]), &classic());
+        assert_eq!(
+            names(&pod.spec.unwrap().init_containers),
+            ["meshd-init", "meshd-proxy", "migrate"]
+        );
+        let (pod, _) = injected(annotate(web(), &[(NATIVE_SIDECAR, "false")]), &config());
+        assert_eq!(
+            names(&pod.spec.unwrap().init_containers),
+            ["migrate", "meshd-init"]
+        );
+    }
+
+    #[test]
+    fn the_proxy_runs_unprivileged_and_the_init_container_only_with_net_admin() {
+        let (pod, _) = injected(web(), &config());
+        let proxy = container(&pod, PROXY_CONTAINER);
+        let sc = proxy.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(1337));
+        assert_eq!(sc.run_as_group, Some(1337));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert!(caps.add.is_none());
+
+        let init = container(&pod, INIT_CONTAINER);
+        let sc = init.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.run_as_non_root, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(
+            caps.add.as_deref(),
+            Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+        );
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(init.image.as_deref(), Some("meshd:test"));
+        assert_eq!(
+            init.command.as_deref().unwrap(),
+            ["meshd".to_string(), "capture".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_proxy_is_configured_from_the_mesh_and_the_pod() {
+        let (pod, _) = injected(web(), &config());
+        let proxy = container(&pod, PROXY_CONTAINER);
+        assert_eq!(proxy.image.as_deref(), Some("envoyproxy/envoy:test"));
+        assert_eq!(arg_after(proxy, "--log-level"), Some("warning"));
+        assert_eq!(arg_after(proxy, "--concurrency"), Some("2"));
+        assert_eq!(arg_after(proxy, "--drain-time-s"), Some("5"));
+        assert_eq!(
+            arg_after(proxy, "--service-node"),
+            Some("$(MESHD_POD_NAME).$(MESHD_POD_NAMESPACE)")
+        );
+        assert_eq!(
+            arg_after(proxy, "--service-cluster"),
+            Some("$(MESHD_POD_NAMESPACE)")
+        );
+        assert!(
+            proxy
+                .args
+                .as_ref()
+                .unwrap()
+                .contains(&"--disable-hot-restart".into())
+        );
+        let bootstrap: Value =
+            serde_json::from_str(arg_after(proxy, "--config-yaml").unwrap()).unwrap();
+        assert_eq!(
+            bootstrap["node"]["id"],
+            "$(MESHD_POD_NAME).$(MESHD_POD_NAMESPACE)"
+        );
+        assert_eq!(
+            bootstrap["admin"]["address"]["socket_address"]["address"],
+            "127.0.0.1"
+        );
+        assert_eq!(
+            bootstrap["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        let xds = &bootstrap["static_resources"]["clusters"][0];
+        assert_eq!(
+            xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["address"],
+            "meshd.meshd-system.svc"
+        );
+        assert!(xds["transport_socket"].to_string().contains(IDENTITY_MOUNT));
+        // The admin port is not declared; the others are.
+        let declared: Vec<i32> = proxy
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(declared, [15001, 15006, 15021, 15090]);
+        let env: Vec<_> = proxy
+            .env
+            .iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e.name.as_str(),
+                    e.value_from
+                        .as_ref()
+                        .unwrap()
+                        .field_ref
+                        .as_ref()
+                        .unwrap()
+                        .field_path
+                        .as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("MESHD_POD_NAME", "metadata.name"),
+                ("MESHD_POD_NAMESPACE", "metadata.namespace")
+            ]
+        );
+        let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, IDENTITY_MOUNT);
+        assert_eq!(mount.read_only, Some(true));
+        let readiness = proxy
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(readiness.path.as_deref(), Some("/healthz/ready"));
+        // Only the proxy mounts the identity.
+        for c in &pod.spec.as_ref().unwrap().containers {
+            assert!(c.volume_mounts.is_none(), "{}", c.name);
+        }
+        let volume = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == IDENTITY_VOLUME)
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("meshd-identity-web"));
+        assert_eq!(secret.default_mode, Some(0o444));
+        assert_eq!(secret.optional, Some(false));
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()[annotations::PROXY_LABEL],
+            "true"
+        );
+
+        let tuned = annotate(
+            web(),
+            &[
+                (LOG_LEVEL, "debug"),
+                (CONCURRENCY, "0"),
+                (PROXY_CPU, "250m"),
+                (PROXY_MEMORY_LIMIT, "512Mi"),
+            ],
+        );
+        let (pod, _) = injected(tuned, &config());
+        let proxy = container(&pod, PROXY_CONTAINER);
+        assert_eq!(arg_after(proxy, "--log-level"), Some("debug"));
+        assert_eq!(arg_after(proxy, "--concurrency"), None);
+        let resources = proxy.resources.as_ref().unwrap();
+        assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "250m");
+        assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "128Mi");
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "512Mi");
+        assert_eq!(resources.limits.as_ref().unwrap()["cpu"].0, "2");
+    }
+
+    #[test]
+    fn the_default_service_account_is_used_when_none_is_named() {
+        let v = web();
+        let mut v = v;
+        v["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("serviceAccountName");
+        let (pod, sa) = injected(v, &config());
+        assert_eq!(sa, "default");
+        let volumes = pod.spec.unwrap().volumes.unwrap();
+        assert_eq!(
+            volumes[1].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("meshd-identity-default")
+        );
+    }
+
+    #[test]
+    fn capture_exclusions_reach_the_init_container() {
+        let v = annotate(
+            web(),
+            &[
+                (EXCLUDE_INBOUND_PORTS, "22, 8081"),
+                (EXCLUDE_OUTBOUND_PORTS, "5432"),
+                (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/8, 169.254.169.254"),
+            ],
+        );
+        let (pod, _) = injected(v, &config());
+        let init = container(&pod, INIT_CONTAINER);
+        assert_eq!(
+            init.command.as_deref().unwrap(),
+            [
+                "meshd",
+                "capture",
+                "--exclude-inbound-ports=22,8081",
+                "--exclude-outbound-ports=5432",
+                "--exclude-outbound-cidrs=10.0.0.0/8,169.254.169.254/32",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_interception_means_no_init_container() {
+        let v = annotate(web(), &[(INTERCEPTION, "none")]);
+        let (pod, _) = injected(v.clone(), &config());
+        assert_eq!(
+            names(&pod.spec.as_ref().unwrap().init_containers),
+            ["meshd-proxy", "migrate"]
+        );
+        let (pod, _) = injected(v, &classic());
+        assert_eq!(
+            names(&pod.spec.as_ref().unwrap().init_containers),
+            ["migrate"]
+        );
+        let status: Status =
+            serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()[STATUS]).unwrap();
+        assert!(status.init_containers.is_empty());
+    }
+
+    #[test]
+    fn exclusions_without_capture_are_refused() {
+        let v = annotate(
+            web(),
+            &[(INTERCEPTION, "none"), (EXCLUDE_OUTBOUND_PORTS, "5432")],
+        );
+        assert_eq!(
+            inject(&pod(v), "shop", &config()).unwrap_err().to_string(),
+            "annotation meshd.io/exclude-outbound-ports: `5432` is not valid; accepted: nothing with meshd.io/interception: none, which captures no traffic to exclude from"
+        );
+    }
+
+    #[test]
+    fn bad_annotations_are_errors_naming_the_annotation() {
+        for (name, value) in [
+            (LOG_LEVEL, "loud"),
+            (CONCURRENCY, "100"),
+            (PROXY_CPU, "a lot"),
+            (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/40"),
+            (NATIVE_SIDECAR, "1"),
+        ] {
+            let err =
+                inject(&pod(annotate(web(), &[(name, value)])), "shop", &config()).unwrap_err();
+            assert!(
+                matches!(&err, InjectError::InvalidAnnotation { annotation, .. } if annotation == name),
+                "{err}"
+            );
+        }
+        let err = inject(
+            &pod(annotate(web(), &[("meshd.io/sidecar-image", "x")])),
+            "shop",
+            &config(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, InjectError::UnknownAnnotation { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn requests_above_limits_are_refused_with_both_values() {
+        let err = inject(
+            &pod(annotate(web(), &[(PROXY_CPU, "4")])),
+            "shop",
+            &config(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "annotation meshd.io/proxy-cpu: `4` is not valid; accepted: a quantity no larger than the proxy's CPU limit 2 (the mesh setting proxyCpuLimit); raise meshd.io/proxy-cpu-limit too"
+        );
+        let err = inject(
+            &pod(annotate(web(), &[(PROXY_CPU_LIMIT, "50m")])),
+            "shop",
+            &config(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no smaller than the proxy's CPU request 100m"),
+            "{err}"
+        );
+        injected(
+            annotate(web(), &[(PROXY_CPU, "4"), (PROXY_CPU_LIMIT, "4")]),
+            &config(),
+        );
+    }
+
+    #[test]
+    fn collisions_with_the_injected_names_ports_and_uid_are_refused() {
+        let named = with(web(), "/spec/containers/1/name", json!("meshd-proxy"));
+        assert!(
+            inject(&pod(named), "shop", &config())
+                .unwrap_err()
+                .to_string()
+                .contains("reserved")
+        );
+        let volume = with(web(), "/spec/volumes/0/name", json!("meshd-identity"));
+        assert!(inject(&pod(volume), "shop", &config()).is_err());
+        let port = with(
+            web(),
+            "/spec/containers/0/ports/0/containerPort",
+            json!(15001),
+        );
+        let err = inject(&pod(port), "shop", &config())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.containers[app].ports: port 15001"),
+            "{err}"
+        );
+        let port_name = with(
+            web(),
+            "/spec/containers/0/ports/0/name",
+            json!("meshd-metrics"),
+        );
+        assert!(inject(&pod(port_name), "shop", &config()).is_err());
+
+        let uid = with(web(), "/spec/securityContext", json!({"runAsUser": 1337}));
+        let err = inject(&pod(uid.clone()), "shop", &config())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.containers[app] runs with runAsUser 1337"),
+            "{err}"
+        );
+        // A container's own UID overrides the pod's...
+        let mut own = uid;
+        for i in 0..2 {
+            own["spec"]["containers"][i]["securityContext"] = json!({"runAsUser": 1000});
+        }
+        own["spec"]["initContainers"][0]["securityContext"] = json!({"runAsUser": 1000});
+        injected(own, &config());
+        // ...and without capture there is nothing to bypass.
+        let gid = annotate(
+            with(web(), "/spec/securityContext", json!({"runAsGroup": 1337})),
+            &[(INTERCEPTION, "none")],
+        );
+        injected(gid, &config());
+        // Classic: the pod's init containers run before capture anyway.
+        let init_uid = with(
+            web(),
+            "/spec/initContainers/0/securityContext",
+            json!({"runAsUser": 1337}),
+        );
+        injected(init_uid.clone(), &classic());
+        assert!(inject(&pod(init_uid), "shop", &config()).is_err());
+    }
+
+    #[test]
+    fn bad_mesh_settings_are_reported_by_name() {
+        let bad = [
+            InjectorConfig {
+                xds_address: "meshd".into(),
+                ..config()
+            },
+            InjectorConfig {
+                xds_address: "[::1:15010".into(),
+                ..config()
+            },
+            InjectorConfig {
+                xds_protocol: "rest".into(),
+                ..config()
+            },
+            InjectorConfig {
+                proxy_cpu_request: "fast".into(),
+                ..config()
+            },
+            InjectorConfig {
+                proxy_memory_request: "2Gi".into(),
+                ..config()
+            },
+            InjectorConfig {
+                proxy_log_level: "loud".into(),
+                ..config()
+            },
+            InjectorConfig {
+                proxy_concurrency: 65,
+                ..config()
+            },
+            InjectorConfig {
+                control_plane_id: "meshd".into(),
+                ..config()
+            },
+            InjectorConfig {
+                proxy_image: "".into(),
+                ..config()
+            },
+        ];
+        for c in bad {
+            let err = check_config(&c).unwrap_err();
+            assert!(matches!(err, InjectError::InvalidConfig { .. }), "{err}");
+            assert_eq!(inject(&pod(web()), "shop", &c).unwrap_err(), err);
+        }
+        check_config(&InjectorConfig::default()).unwrap();
+        let v6 = InjectorConfig {
+            xds_address: "[fd00::1]:15010".into(),
+            ..config()
+        };
+        check_config(&v6).unwrap();
+    }
+
+    #[test]
+    fn dollars_in_settings_stay_literal_through_kubernetes_expansion() {
+        // A SPIFFE ID cannot hold `$`, but the bootstrap escapes any it would
+        // get, and leaves the downward-API references alone.
+        let bootstrap = proxy_bootstrap(&config()).unwrap();
+        assert!(!bootstrap.contains("$$"));
+        assert!(bootstrap.contains("\"$(MESHD_POD_NAME).$(MESHD_POD_NAMESPACE)\""));
+    }
+
+    #[test]
+    fn the_patch_inserts_rather_than_rewrites() {
+        let original = pod(web());
+        let Injection::Patched { patch, .. } = inject(&original, "shop", &classic()).unwrap()
+        else {
+            panic!("skipped")
+        };
+        let ops = serde_json::to_value(&patch).unwrap();
+        let paths: Vec<(&str, &str)> = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| (op["op"].as_str().unwrap(), op["path"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("add", "/spec/initContainers/1"),
+                ("add", "/spec/containers/0"),
+                ("add", "/spec/volumes/1"),
+                (
+                    "add",
+                    "/metadata/annotations/kubectl.kubernetes.io~1default-container"
+                ),
+                ("add", "/metadata/annotations/meshd.io~1status"),
+                ("add", "/metadata/labels/meshd.io~1proxy"),
+            ]
+        );
+        // A pod without the lists gets them whole.
+        let bare =
+            pod(json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "app"}]}}));
+        let Injection::Patched { patch, .. } = inject(&bare, "shop", &config()).unwrap() else {
+            panic!("skipped")
+        };
+        let mut doc = serde_json::to_value(&bare).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        let result: Pod = serde_json::from_value(doc).unwrap();
+        assert_eq!(
+            names(&result.spec.unwrap().init_containers),
+            ["meshd-init", "meshd-proxy"]
+        );
+    }
+
+    #[test]
+    fn a_pod_without_spec_is_an_error_not_a_panic() {
+        let err = inject(&pod(json!({"metadata": {"name": "a"}})), "shop", &config()).unwrap_err();
+        assert!(matches!(err, InjectError::InvalidPod(_)));
+    }
 }

@@ -4,9 +4,16 @@
 //!   `meshd inject`.
 //! - [`capture`]: the traffic-capture rules the injected init container
 //!   applies (`meshd capture`), also applied by the end-to-end tests.
+//! - [`annotations`]: the `meshd.io/*` annotations pods may carry, as data.
+//! - [`offline`]: `meshd inject`, the same injection over YAML manifests.
 //! - [`config`]: what gets injected.
+//! - [`webhook`]: the admission webhook serving [`inject`] over HTTPS.
 
+pub mod annotations;
 pub mod capture;
 pub mod config;
 pub mod identity;
 pub mod inject;
+pub mod kube_identity;
+pub mod offline;
+pub mod webhook;

@@ -26,6 +26,39 @@ pub enum Command {
     /// Install the iptables rules that send a pod's traffic through its
     /// sidecar (the init container's job).
     Capture(CaptureArgs),
+    /// Inject sidecars into manifests offline (Pods, Deployments,
+    /// StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs), exactly as the
+    /// webhook would; other kinds pass through untouched.
+    Inject(InjectArgs),
+}
+
+/// What gets injected (shared by the webhook in `meshd run` and `meshd inject`).
+#[derive(Debug, clap::Args)]
+pub struct InjectorArgs {
+    /// The Envoy image of the sidecar.
+    #[arg(long, env = "MESHD_PROXY_IMAGE")]
+    pub proxy_image: Option<String>,
+    /// The meshd image, run as the traffic-capture init container.
+    #[arg(long, env = "MESHD_INIT_IMAGE")]
+    pub init_image: Option<String>,
+    /// Where injected proxies reach the control plane, `host:port`.
+    #[arg(long, env = "MESHD_INJECT_XDS_ADDRESS")]
+    pub inject_xds_address: Option<String>,
+    /// Run proxies as native sidecars (Kubernetes 1.29+): true or false.
+    #[arg(long, env = "MESHD_NATIVE_SIDECAR")]
+    pub native_sidecar: Option<bool>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// The manifests to inject: a file, or `-` for standard input.
+    #[arg(long, short = 'f')]
+    pub filename: PathBuf,
+    /// The namespace of manifests that do not name one.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub injector: InjectorArgs,
 }
 
 #[derive(Debug, clap::Args)]

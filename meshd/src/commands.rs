@@ -10,8 +10,11 @@ use meshd_controlplane::model::MtlsMode;
 use meshd_controlplane::server::{ControlPlane, Options, TlsOptions};
 use meshd_controlplane::tls::ServerIdentity;
 use meshd_injector::capture::{self, CaptureConfig};
+use meshd_injector::config::InjectorConfig;
 
-use crate::args::{Args, BootstrapArgs, CaArgs, CaptureArgs, Command, RunArgs};
+use crate::args::{
+    Args, BootstrapArgs, CaArgs, CaptureArgs, Command, InjectArgs, InjectorArgs, RunArgs,
+};
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
@@ -21,6 +24,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .block_on(serve(args)),
         Command::Bootstrap(args) => render_bootstrap(args),
         Command::Capture(args) => install_capture(args),
+        Command::Inject(args) => offline_inject(args),
     }
 }
 
@@ -238,5 +242,42 @@ fn install_capture(args: CaptureArgs) -> anyhow::Result<()> {
     }
     capture::apply(&config, args.ipv6)?;
     tracing::info!("traffic capture installed");
+    Ok(())
+}
+
+/// The injector's configuration: defaults, overridden by flags.
+fn injector_config(args: &InjectorArgs) -> InjectorConfig {
+    let mut config = InjectorConfig::default();
+    if let Some(image) = &args.proxy_image {
+        config.proxy_image = image.clone();
+    }
+    if let Some(image) = &args.init_image {
+        config.init_image = image.clone();
+    }
+    if let Some(address) = &args.inject_xds_address {
+        config.xds_address = address.clone();
+    }
+    if let Some(native) = args.native_sidecar {
+        config.native_sidecar = native;
+    }
+    config
+}
+
+fn offline_inject(args: InjectArgs) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut text = String::new();
+    if args.filename.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+    } else {
+        text = std::fs::read_to_string(&args.filename)
+            .with_context(|| format!("cannot read {}", args.filename.display()))?;
+    }
+    let config = injector_config(&args.injector);
+    meshd_injector::inject::check_config(&config)?;
+    let injected = meshd_injector::offline::inject_manifests_in(&text, &args.namespace, &config)
+        .with_context(|| format!("{}", args.filename.display()))?;
+    print!("{injected}");
     Ok(())
 }

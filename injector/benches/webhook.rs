@@ -1,0 +1,236 @@
+//! Admission webhook latency under load (issue #4).
+//!
+//! Starts the webhook in-process on 127.0.0.1 (a generated CA in a
+//! temporary directory, the default injector configuration, a provisioner
+//! that answers at once), then runs 64 clients at once, each on its own
+//! keep-alive HTTPS connection that verifies the server as the API server
+//! does, each posting Pod reviews back to back for 10 s after a 1 s
+//! warm-up. Prints the latency of each review as the client sees it
+//! (request written to response read) at p50, p90, p99, p99.9 and max,
+//! and the reviews answered per second.
+//!
+//! Run with `cargo bench -p meshd-injector --bench webhook`. The number of
+//! clients and seconds can be changed with `WEBHOOK_BENCH_CLIENTS` and
+//! `WEBHOOK_BENCH_SECONDS`. Clients and server share the machine's cores.
+
+#[path = "../tests/webhook_support/mod.rs"]
+mod webhook_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use webhook_support::{FakeProvisioner, Server, pod, review_of};
+
+const WARM_UP: Duration = Duration::from_secs(1);
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    allowed_with_patch: u64,
+    other_answers: u64,
+    first_other: Option<String>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let clients = env_or("WEBHOOK_BENCH_CLIENTS", 64) as usize;
+    let seconds = env_or("WEBHOOK_BENCH_SECONDS", 10);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    core_costs();
+    runtime.block_on(run(clients, Duration::from_secs(seconds)));
+}
+
+async fn run(clients: usize, measure: Duration) {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+
+    // One review per client: different apps and service accounts.
+    let reviews: Vec<Vec<u8>> = (0..clients)
+        .map(|i| {
+            let app = format!("app-{:02}", i % 16);
+            let review = review_of(
+                &format!("bench-{i}"),
+                ("", "v1", "Pod"),
+                pod(&app, &app),
+                false,
+            );
+            review.to_string().into_bytes()
+        })
+        .collect();
+    let review_bytes = reviews[0].len();
+
+    let started = Instant::now();
+    let warm_until = started + WARM_UP;
+    let stop_at = warm_until + measure;
+    let mut tasks = Vec::new();
+    for (i, body) in reviews.into_iter().enumerate() {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut patch_bytes = 0;
+            let mut checked = false;
+            loop {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let (status, raw) = client
+                    .request("POST", "/inject", body.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("client {i}: {e}"));
+                let took = sent.elapsed();
+                if sent < warm_until {
+                    continue;
+                }
+                tally.latencies.push(took);
+                // The first answer is checked in full; after that only as
+                // much as needed, so the clients spend the machine's cores
+                // on as little as possible besides the server.
+                let ok = status == 200
+                    && if checked {
+                        contains(&raw, br#""allowed":true"#)
+                            && contains(&raw, br#""patchType":"JSONPatch""#)
+                    } else {
+                        checked = true;
+                        patch_bytes = full_check(&raw);
+                        patch_bytes > 0
+                    };
+                if ok {
+                    tally.allowed_with_patch += 1;
+                } else {
+                    tally.other_answers += 1;
+                    tally.first_other.get_or_insert_with(|| {
+                        format!("HTTP {status}: {}", String::from_utf8_lossy(&raw))
+                    });
+                }
+            }
+            (tally, patch_bytes)
+        }));
+    }
+    let mut all = Tally::default();
+    let mut patch_bytes = 0;
+    for task in tasks {
+        let (tally, bytes) = task.await.expect("a client task");
+        all.latencies.extend(tally.latencies);
+        all.allowed_with_patch += tally.allowed_with_patch;
+        all.other_answers += tally.other_answers;
+        if all.first_other.is_none() {
+            all.first_other = tally.first_other;
+        }
+        patch_bytes = patch_bytes.max(bytes);
+    }
+    all.latencies.sort();
+    let answered = all.latencies.len();
+
+    println!(
+        "admission webhook: {clients} clients, keep-alive HTTPS, {measure:?} after a {WARM_UP:?} warm-up"
+    );
+    println!("review size: {review_bytes} bytes; base64 patch: {patch_bytes} bytes");
+    println!(
+        "reviews: {answered} ({:.0}/s); allowed with a patch: {}; other answers: {}",
+        answered as f64 / measure.as_secs_f64(),
+        all.allowed_with_patch,
+        all.other_answers
+    );
+    if let Some(other) = &all.first_other {
+        println!("first other answer: {other}");
+    }
+    println!(
+        "latency: p50 {}, p90 {}, p99 {}, p99.9 {}, max {}",
+        ms(percentile(&all.latencies, 50.0)),
+        ms(percentile(&all.latencies, 90.0)),
+        ms(percentile(&all.latencies, 99.0)),
+        ms(percentile(&all.latencies, 99.9)),
+        ms(all.latencies.last().copied().unwrap_or_default()),
+    );
+    println!(
+        "identity Secrets ensured: {}",
+        provisioner.calls.lock().map(|c| c.len()).unwrap_or(0)
+    );
+    let _ = server.stop().await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Checks an answer in full: allowed, with a base64 JSON Patch that adds
+/// the proxy to the pod. Returns the encoded patch's length (0: not so).
+fn full_check(raw: &[u8]) -> usize {
+    use base64::Engine;
+    let Ok(answer) = serde_json::from_slice::<Value>(raw) else {
+        return 0;
+    };
+    let response = &answer["response"];
+    let Some(encoded) = response["patch"].as_str() else {
+        return 0;
+    };
+    if response["allowed"] != true {
+        return 0;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return 0;
+    };
+    let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(&decoded) else {
+        return 0;
+    };
+    let mut object = pod("app-00", "app-00");
+    if json_patch::patch(&mut object, &patch).is_err() {
+        return 0;
+    }
+    let proxy = ["containers", "initContainers"].iter().any(|list| {
+        object["spec"][list]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "meshd-proxy"))
+    });
+    if proxy { encoded.len() } else { 0 }
+}
+
+/// Single-threaded cost of the pure core, without HTTP or TLS: decoding
+/// the Pod and `inject` on it.
+fn core_costs() {
+    let config = meshd_injector::config::InjectorConfig::default();
+    let bytes = pod("app-00", "app-00").to_string();
+    let rounds = 2_000;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_str(std::hint::black_box(&bytes)).expect("a Pod");
+        std::hint::black_box(pod);
+    }
+    let decode = started.elapsed() / rounds;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_str(&bytes).expect("a Pod");
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let injection = meshd_injector::inject::inject(std::hint::black_box(&pod), "shop", &config);
+        std::hint::black_box(injection.is_ok());
+    }
+    let inject = started.elapsed() / rounds;
+    println!(
+        "single-threaded core: Pod decode {:.1} µs, inject {:.1} µs (mean of {rounds})",
+        decode.as_secs_f64() * 1e6,
+        inject.as_secs_f64() * 1e6
+    );
+}

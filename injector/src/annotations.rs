@@ -1,0 +1,609 @@
+//! The `meshd.io/*` annotations and labels a pod may carry, as data.
+//!
+//! [`ANNOTATIONS`] and [`LABELS`] are the one source for the README table
+//! ([`markdown_table`]) and for every error message: a value that is not
+//! accepted is reported with the `accepted` text of its row, an unknown
+//! `meshd.io/` annotation with the list of known names.
+//!
+//! ```text
+//! pod annotations ──parse──> Overrides ──(with InjectorConfig)──> what inject() builds
+//!                     └─ unknown meshd.io/* or bad value ──> InjectError
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use meshd_controlplane::model::{Interception, MtlsMode};
+
+use crate::capture::{self, Cidr};
+use crate::inject::InjectError;
+
+/// Every meshd annotation and label starts with this.
+pub const PREFIX: &str = "meshd.io/";
+
+pub const INJECT: &str = "meshd.io/inject";
+pub const STATUS: &str = "meshd.io/status";
+pub const NATIVE_SIDECAR: &str = "meshd.io/native-sidecar";
+pub const PROXY_CPU: &str = "meshd.io/proxy-cpu";
+pub const PROXY_MEMORY: &str = "meshd.io/proxy-memory";
+pub const PROXY_CPU_LIMIT: &str = "meshd.io/proxy-cpu-limit";
+pub const PROXY_MEMORY_LIMIT: &str = "meshd.io/proxy-memory-limit";
+pub const LOG_LEVEL: &str = "meshd.io/log-level";
+pub const CONCURRENCY: &str = "meshd.io/concurrency";
+pub const EXCLUDE_INBOUND_PORTS: &str = "meshd.io/exclude-inbound-ports";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "meshd.io/exclude-outbound-ports";
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "meshd.io/exclude-outbound-cidrs";
+pub const INTERCEPTION: &str = "meshd.io/interception";
+pub const MTLS: &str = "meshd.io/mtls";
+
+/// The label the injector puts on every pod it injects (value
+/// [`PROXY_LABEL_VALUE`]), so meshed pods can be selected: by a
+/// PodMonitor scraping 15090, a NetworkPolicy, or `kubectl get -l`.
+pub const PROXY_LABEL: &str = "meshd.io/proxy";
+pub const PROXY_LABEL_VALUE: &str = "true";
+
+/// Envoy's log levels, as `--log-level` takes them.
+pub const LOG_LEVELS: &[&str] = &[
+    "trace", "debug", "info", "warning", "error", "critical", "off",
+];
+
+/// The largest `meshd.io/concurrency`.
+pub const MAX_CONCURRENCY: u32 = 64;
+
+/// One row of the annotation (or label) table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnotationDoc {
+    pub name: &'static str,
+    /// What values are accepted; also the text of the error message.
+    pub accepted: &'static str,
+    /// What applies without it.
+    pub default: &'static str,
+    pub description: &'static str,
+}
+
+const QUANTITY: &str = "a Kubernetes quantity: digits with an optional decimal part and an optional suffix m, k, M, G, T, Ki, Mi, Gi, Ti (e.g. 100m, 0.5, 2)";
+const MEMORY_QUANTITY: &str = "a Kubernetes quantity: digits with an optional decimal part and an optional suffix k, M, G, T, Ki, Mi, Gi, Ti (e.g. 128Mi, 1Gi); `m` (milli-bytes) is refused as a likely typo for Mi";
+
+/// The pod annotations meshd reads. Any other `meshd.io/` annotation is an
+/// error.
+pub const ANNOTATIONS: &[AnnotationDoc] = &[
+    AnnotationDoc {
+        name: INJECT,
+        accepted: "true, false",
+        default: "true in a namespace labelled meshd-injection=enabled",
+        description: "Opt the pod in or out of injection; the label of the same name does the same (they must agree when both are set).",
+    },
+    AnnotationDoc {
+        name: NATIVE_SIDECAR,
+        accepted: "true, false",
+        default: "the mesh setting (nativeSidecar, default true)",
+        description: "Run the proxy as a native sidecar (an init container with restartPolicy: Always, Kubernetes 1.29+) or as the first regular container.",
+    },
+    AnnotationDoc {
+        name: PROXY_CPU,
+        accepted: QUANTITY,
+        default: "the mesh setting (proxyCpuRequest, default 100m)",
+        description: "The proxy's CPU request.",
+    },
+    AnnotationDoc {
+        name: PROXY_MEMORY,
+        accepted: MEMORY_QUANTITY,
+        default: "the mesh setting (proxyMemoryRequest, default 128Mi)",
+        description: "The proxy's memory request.",
+    },
+    AnnotationDoc {
+        name: PROXY_CPU_LIMIT,
+        accepted: QUANTITY,
+        default: "the mesh setting (proxyCpuLimit, default 2)",
+        description: "The proxy's CPU limit; never below its request.",
+    },
+    AnnotationDoc {
+        name: PROXY_MEMORY_LIMIT,
+        accepted: MEMORY_QUANTITY,
+        default: "the mesh setting (proxyMemoryLimit, default 1Gi)",
+        description: "The proxy's memory limit; never below its request.",
+    },
+    AnnotationDoc {
+        name: LOG_LEVEL,
+        accepted: "trace, debug, info, warning, error, critical, off",
+        default: "the mesh setting (proxyLogLevel, default warning)",
+        description: "Envoy's --log-level.",
+    },
+    AnnotationDoc {
+        name: CONCURRENCY,
+        accepted: "a whole number 0-64 (0: one worker per CPU Envoy sees)",
+        default: "the mesh setting (proxyConcurrency, default 2)",
+        description: "Envoy's worker threads (--concurrency).",
+    },
+    AnnotationDoc {
+        name: EXCLUDE_INBOUND_PORTS,
+        accepted: "a comma-separated list of ports 1-65535 (e.g. 22,8081)",
+        default: "none (15021 and 15090 are always excluded)",
+        description: "Inbound ports that reach the app directly, bypassing the proxy (only with interception redirect).",
+    },
+    AnnotationDoc {
+        name: EXCLUDE_OUTBOUND_PORTS,
+        accepted: "a comma-separated list of ports 1-65535 (e.g. 5432,6379)",
+        default: "none",
+        description: "Destination ports the app reaches directly, bypassing the proxy (only with interception redirect).",
+    },
+    AnnotationDoc {
+        name: EXCLUDE_OUTBOUND_CIDRS,
+        accepted: "a comma-separated list of IPv4/IPv6 CIDRs or addresses (e.g. 10.0.0.0/8,fd00::/8,169.254.169.254)",
+        default: "none",
+        description: "Destinations the app reaches directly, bypassing the proxy (only with interception redirect).",
+    },
+    AnnotationDoc {
+        name: INTERCEPTION,
+        accepted: "redirect, none",
+        default: "redirect",
+        description: "redirect: iptables capture by the meshd-init container; none: no capture and no meshd-init, the app uses the proxy explicitly (read by the control plane too).",
+    },
+    AnnotationDoc {
+        name: MTLS,
+        accepted: "STRICT, PERMISSIVE, DISABLE",
+        default: "the namespace's meshd.io/mtls, else the mesh's --mtls-mode",
+        description: "The workload's inbound mTLS mode (read by the control plane).",
+    },
+    AnnotationDoc {
+        name: STATUS,
+        accepted: "written by the injector only: a JSON object listing what was injected",
+        default: "absent until injected",
+        description: "What the injector added; a pod carrying it is never injected again.",
+    },
+];
+
+/// The pod labels meshd reads or writes.
+pub const LABELS: &[AnnotationDoc] = &[
+    AnnotationDoc {
+        name: INJECT,
+        accepted: "true, false",
+        default: "true in a namespace labelled meshd-injection=enabled",
+        description: "Opt the pod in or out of injection (same as the annotation).",
+    },
+    AnnotationDoc {
+        name: PROXY_LABEL,
+        accepted: "set by the injector: true",
+        default: "absent until injected",
+        description: "Marks a pod that runs the meshd proxy, for selectors.",
+    },
+];
+
+/// The row of a known annotation.
+pub fn doc(name: &str) -> Option<&'static AnnotationDoc> {
+    ANNOTATIONS.iter().find(|d| d.name == name)
+}
+
+fn accepted(name: &str) -> String {
+    doc(name).map_or_else(String::new, |d| d.accepted.to_string())
+}
+
+/// The known annotation names, for the "unknown annotation" message.
+pub fn known_names() -> String {
+    ANNOTATIONS
+        .iter()
+        .map(|d| d.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The annotation and label tables in Markdown, for the README.
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| annotation | accepted | default | what |\n| --- | --- | --- | --- |\n");
+    for d in ANNOTATIONS {
+        out.push_str(&row(d));
+    }
+    out.push_str("\n| label | accepted | default | what |\n| --- | --- | --- | --- |\n");
+    for d in LABELS {
+        out.push_str(&row(d));
+    }
+    out
+}
+
+fn row(d: &AnnotationDoc) -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    format!(
+        "| `{}` | {} | {} | {} |\n",
+        d.name,
+        cell(d.accepted),
+        cell(d.default),
+        cell(d.description)
+    )
+}
+
+fn invalid(annotation: &str, value: &str) -> InjectError {
+    InjectError::InvalidAnnotation {
+        annotation: annotation.to_string(),
+        value: value.to_string(),
+        accepted: accepted(annotation),
+    }
+}
+
+/// A resource quantity in the subset of Kubernetes' syntax meshd accepts:
+/// `<digits>[.<digits>][suffix]`. Kept as written (that is what goes into
+/// the pod) with its value for comparisons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quantity {
+    text: String,
+    /// The value in billionths of the unit, rounded up as Kubernetes does.
+    nanos: u128,
+}
+
+/// Which resource a quantity measures: memory refuses the `m` suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Cpu,
+    Memory,
+}
+
+impl Quantity {
+    /// Parses `100m`, `0.5`, `128Mi`; `None` for anything else.
+    pub fn parse(text: &str, resource: Resource) -> Option<Quantity> {
+        let digits_end = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, suffix) = text.split_at(digits_end);
+        let (whole, fraction) = match number.split_once('.') {
+            Some((w, f)) => (w, f),
+            None => (number, ""),
+        };
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty()
+            || !all_digits(whole)
+            || !all_digits(fraction)
+            || (number.contains('.') && fraction.is_empty())
+            // Beyond this a u128 could overflow; no real resource is this big.
+            || whole.len() + fraction.len() > 17
+        {
+            return None;
+        }
+        const NANO: u128 = 1_000_000_000;
+        const KI: u128 = 1024;
+        let scale: u128 = match suffix {
+            "m" if resource == Resource::Cpu => NANO / 1000,
+            "" => NANO,
+            "k" => NANO * 1_000,
+            "M" => NANO * 1_000_000,
+            "G" => NANO * 1_000_000_000,
+            "T" => NANO * 1_000_000_000_000,
+            "Ki" => NANO * KI,
+            "Mi" => NANO * KI.pow(2),
+            "Gi" => NANO * KI.pow(3),
+            "Ti" => NANO * KI.pow(4),
+            _ => return None,
+        };
+        let mantissa: u128 = format!("{whole}{fraction}").parse().ok()?;
+        let divisor = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+        let nanos = mantissa.checked_mul(scale)?.div_ceil(divisor);
+        Some(Quantity {
+            text: text.to_string(),
+            nanos,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialOrd for Quantity {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Quantity {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.nanos.cmp(&other.nanos)
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// What a pod's annotations override; `None`/empty: the mesh setting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub native_sidecar: Option<bool>,
+    pub proxy_cpu: Option<Quantity>,
+    pub proxy_memory: Option<Quantity>,
+    pub proxy_cpu_limit: Option<Quantity>,
+    pub proxy_memory_limit: Option<Quantity>,
+    pub log_level: Option<String>,
+    pub concurrency: Option<u32>,
+    pub exclude_inbound_ports: Vec<u16>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_cidrs: Vec<Cidr>,
+    pub interception: Interception,
+}
+
+fn parse_bool(annotation: &str, value: &str) -> Result<bool, InjectError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(annotation, value)),
+    }
+}
+
+fn parse_quantity(
+    annotation: &str,
+    value: &str,
+    resource: Resource,
+) -> Result<Quantity, InjectError> {
+    Quantity::parse(value, resource).ok_or_else(|| invalid(annotation, value))
+}
+
+/// Parses a log level as Envoy's `--log-level` takes it.
+pub fn parse_log_level(value: &str) -> Option<&'static str> {
+    LOG_LEVELS.iter().copied().find(|l| *l == value)
+}
+
+/// Parses a worker count 0-64.
+pub fn parse_concurrency(value: &str) -> Option<u32> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= MAX_CONCURRENCY && !value.starts_with('+'))
+}
+
+/// Validates every `meshd.io/` annotation of a pod and returns what they
+/// override. Annotations outside `meshd.io/` are not meshd's business.
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, InjectError> {
+    let mut o = Overrides::default();
+    for (name, value) in annotations {
+        if !name.starts_with(PREFIX) {
+            continue;
+        }
+        let value = value.as_str();
+        match name.as_str() {
+            // Decided before (see [`inject_decision`] and
+            // [`crate::inject::Status`]), or only the control plane's.
+            INJECT | STATUS => {}
+            MTLS => {
+                MtlsMode::parse(value).ok_or_else(|| invalid(name, value))?;
+            }
+            INTERCEPTION => {
+                o.interception = Interception::parse(value).ok_or_else(|| invalid(name, value))?;
+            }
+            NATIVE_SIDECAR => o.native_sidecar = Some(parse_bool(name, value)?),
+            PROXY_CPU => o.proxy_cpu = Some(parse_quantity(name, value, Resource::Cpu)?),
+            PROXY_CPU_LIMIT => {
+                o.proxy_cpu_limit = Some(parse_quantity(name, value, Resource::Cpu)?);
+            }
+            PROXY_MEMORY => {
+                o.proxy_memory = Some(parse_quantity(name, value, Resource::Memory)?);
+            }
+            PROXY_MEMORY_LIMIT => {
+                o.proxy_memory_limit = Some(parse_quantity(name, value, Resource::Memory)?);
+            }
+            LOG_LEVEL => {
+                let level = parse_log_level(value).ok_or_else(|| invalid(name, value))?;
+                o.log_level = Some(level.to_string());
+            }
+            CONCURRENCY => {
+                o.concurrency = Some(parse_concurrency(value).ok_or_else(|| invalid(name, value))?);
+            }
+            EXCLUDE_INBOUND_PORTS => {
+                o.exclude_inbound_ports = capture::parse_ports(EXCLUDE_INBOUND_PORTS, value)
+                    .map_err(|_| invalid(name, value))?;
+            }
+            EXCLUDE_OUTBOUND_PORTS => {
+                o.exclude_outbound_ports = capture::parse_ports(EXCLUDE_OUTBOUND_PORTS, value)
+                    .map_err(|_| invalid(name, value))?;
+            }
+            EXCLUDE_OUTBOUND_CIDRS => {
+                o.exclude_outbound_cidrs = capture::parse_cidrs(EXCLUDE_OUTBOUND_CIDRS, value)
+                    .map_err(|_| invalid(name, value))?;
+            }
+            _ => {
+                return Err(InjectError::UnknownAnnotation {
+                    annotation: name.clone(),
+                    accepted: known_names(),
+                });
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// What the pod says about injection: `Some(false)` opts out, `Some(true)`
+/// opts in, `None` leaves it to the namespace. The label and the annotation
+/// `meshd.io/inject` mean the same; when both are set they must agree, as
+/// there is no good reason for a pod to say both yes and no.
+pub fn inject_decision(
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<Option<bool>, InjectError> {
+    let label = match labels.and_then(|l| l.get(INJECT)) {
+        None => None,
+        Some(v) => Some(
+            parse_bool(INJECT, v).map_err(|_| InjectError::InvalidLabel {
+                label: INJECT.to_string(),
+                value: v.clone(),
+                accepted: "true, false".to_string(),
+            })?,
+        ),
+    };
+    let annotation = match annotations.and_then(|a| a.get(INJECT)) {
+        None => None,
+        Some(v) => Some(parse_bool(INJECT, v)?),
+    };
+    match (label, annotation) {
+        (Some(l), Some(a)) if l != a => Err(InjectError::InvalidAnnotation {
+            annotation: INJECT.to_string(),
+            value: a.to_string(),
+            accepted: format!(
+                "the same value as the pod's label {INJECT} (`{l}`), or no annotation"
+            ),
+        }),
+        (l, a) => Ok(l.or(a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_subset() {
+        let cpu = |s| Quantity::parse(s, Resource::Cpu);
+        let mem = |s| Quantity::parse(s, Resource::Memory);
+        for ok in ["100m", "0.5", "2", "1.25", "128Mi", "1Gi", "1k", "3T", "0"] {
+            assert!(cpu(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "", "m", "1.", ".5", "-1", "+1", "1e3", "1 Gi", "1mi", "1Ei", "1.2.3", "0x10", "100 m",
+            "1m1",
+        ] {
+            assert!(cpu(bad).is_none(), "{bad}");
+        }
+        assert!(mem("100m").is_none(), "milli-bytes are refused for memory");
+        assert!(mem("128Mi").is_some());
+        assert!(cpu("123456789012345678").is_none(), "too many digits");
+        // Comparisons are by value, whatever the notation.
+        assert_eq!(
+            cpu("0.5").unwrap().cmp(&cpu("500m").unwrap()),
+            std::cmp::Ordering::Equal
+        );
+        assert!(cpu("100m").unwrap() < cpu("1").unwrap());
+        assert!(mem("1Gi").unwrap() > mem("1G").unwrap());
+        assert_eq!(
+            mem("1Ki").unwrap().cmp(&mem("1024").unwrap()),
+            std::cmp::Ordering::Equal
+        );
+        assert_eq!(cpu("0.5").unwrap().as_str(), "0.5");
+    }
+
+    #[test]
+    fn every_override_is_parsed() {
+        let o = parse(&map(&[
+            (NATIVE_SIDECAR, "false"),
+            (PROXY_CPU, "200m"),
+            (PROXY_MEMORY, "64Mi"),
+            (PROXY_CPU_LIMIT, "1"),
+            (PROXY_MEMORY_LIMIT, "256Mi"),
+            (LOG_LEVEL, "debug"),
+            (CONCURRENCY, "4"),
+            (EXCLUDE_INBOUND_PORTS, "22, 8081"),
+            (EXCLUDE_OUTBOUND_PORTS, "5432"),
+            (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/8,fd00::/8"),
+            (INTERCEPTION, "none"),
+            (MTLS, "STRICT"),
+            (INJECT, "true"),
+            ("example.com/other", "anything"),
+        ]))
+        .unwrap();
+        assert_eq!(o.native_sidecar, Some(false));
+        assert_eq!(o.proxy_cpu.unwrap().as_str(), "200m");
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+        assert_eq!(o.concurrency, Some(4));
+        assert_eq!(o.exclude_inbound_ports, vec![22, 8081]);
+        assert_eq!(o.exclude_outbound_ports, vec![5432]);
+        assert_eq!(o.exclude_outbound_cidrs.len(), 2);
+        assert_eq!(o.interception, Interception::None);
+        assert_eq!(parse(&map(&[])).unwrap(), Overrides::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_annotation_and_what_is_accepted() {
+        let cases = [
+            (NATIVE_SIDECAR, "yes"),
+            (PROXY_CPU, "lots"),
+            (PROXY_MEMORY, "128m"),
+            (PROXY_CPU_LIMIT, "-1"),
+            (PROXY_MEMORY_LIMIT, "1GB"),
+            (LOG_LEVEL, "verbose"),
+            (LOG_LEVEL, "INFO"),
+            (CONCURRENCY, "65"),
+            (CONCURRENCY, "-1"),
+            (CONCURRENCY, "+2"),
+            (EXCLUDE_INBOUND_PORTS, "22,ssh"),
+            (EXCLUDE_OUTBOUND_PORTS, "70000"),
+            (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33"),
+            (INTERCEPTION, "tproxy"),
+            (MTLS, "ON"),
+        ];
+        for (name, value) in cases {
+            let err = parse(&map(&[(name, value)])).unwrap_err();
+            assert_eq!(
+                err,
+                InjectError::InvalidAnnotation {
+                    annotation: name.into(),
+                    value: value.into(),
+                    accepted: doc(name).unwrap().accepted.into(),
+                },
+                "{name}={value}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(name) && text.contains(value), "{text}");
+        }
+        assert_eq!(
+            parse(&map(&[(LOG_LEVEL, "verbose")]))
+                .unwrap_err()
+                .to_string(),
+            "annotation meshd.io/log-level: `verbose` is not valid; accepted: trace, debug, info, warning, error, critical, off"
+        );
+    }
+
+    #[test]
+    fn unknown_meshd_annotations_are_refused_with_the_known_list() {
+        let err = parse(&map(&[("meshd.io/proxy-cpus", "1")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("meshd.io/proxy-cpus"), "{text}");
+        assert!(text.contains("meshd.io/proxy-cpu,"), "{text}");
+        assert!(text.contains(STATUS), "{text}");
+        // Other prefixes are someone else's.
+        assert!(parse(&map(&[("sidecar.meshd.io/x", "1"), ("meshd.iox", "1")])).is_ok());
+    }
+
+    #[test]
+    fn label_and_annotation_decide_injection_together() {
+        let l = |v| map(&[(INJECT, v)]);
+        assert_eq!(inject_decision(None, None), Ok(None));
+        assert_eq!(inject_decision(Some(&l("false")), None), Ok(Some(false)));
+        assert_eq!(inject_decision(None, Some(&l("false"))), Ok(Some(false)));
+        assert_eq!(inject_decision(Some(&l("true")), None), Ok(Some(true)));
+        assert_eq!(
+            inject_decision(Some(&l("true")), Some(&l("true"))),
+            Ok(Some(true))
+        );
+        let conflict = inject_decision(Some(&l("true")), Some(&l("false"))).unwrap_err();
+        assert!(
+            conflict
+                .to_string()
+                .contains("label meshd.io/inject (`true`)")
+        );
+        assert!(matches!(
+            inject_decision(Some(&l("yes")), None),
+            Err(InjectError::InvalidLabel { .. })
+        ));
+        assert!(matches!(
+            inject_decision(None, Some(&l("False"))),
+            Err(InjectError::InvalidAnnotation { .. })
+        ));
+    }
+
+    #[test]
+    fn the_table_covers_every_annotation_once() {
+        let table = markdown_table();
+        for d in ANNOTATIONS.iter().chain(LABELS) {
+            assert!(table.contains(&format!("| `{}` |", d.name)), "{}", d.name);
+        }
+        let mut names: Vec<_> = ANNOTATIONS.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ANNOTATIONS.len());
+        assert!(names.iter().all(|n| n.starts_with(PREFIX)));
+    }
+}

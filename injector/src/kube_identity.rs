@@ -1,0 +1,271 @@
+//! Bootstrap identities as Kubernetes Secrets.
+//!
+//! One Secret per service account and namespace,
+//! `meshd-identity-<service-account>`, holding the files of
+//! [`meshd_controlplane::bootstrap::identity_files`] for the sidecar's mount
+//! point. It is written with server-side apply (field manager `meshd`), and
+//! rewritten when its certificate has used half its life or the trust
+//! bundle changed; Envoy picks the new files up through file-based SDS.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
+use meshd_ca::{Authority, SpiffeId};
+use meshd_controlplane::bootstrap::{identity_files, identity_files as files};
+
+use crate::config::{IDENTITY_MOUNT, identity_secret_name};
+use crate::identity::IdentityProvisioner;
+
+const FIELD_MANAGER: &str = "meshd";
+const SERVICE_ACCOUNT_LABEL: &str = "meshd.io/service-account";
+
+/// Keeps identity Secrets current through the Kubernetes API.
+pub struct SecretProvisioner {
+    client: kube::Client,
+    ca: Arc<Authority>,
+    ttl: Duration,
+}
+
+impl SecretProvisioner {
+    /// `ttl` is the bootstrap certificates' lifetime; a Secret is renewed
+    /// once less than half of it remains.
+    pub fn new(client: kube::Client, ca: Arc<Authority>, ttl: Duration) -> Self {
+        SecretProvisioner { client, ca, ttl }
+    }
+
+    /// Whether `secret` still serves: its certificate has more than half
+    /// its lifetime left and it carries the current trust bundle.
+    fn is_current(&self, secret: &Secret, bundle: &str) -> bool {
+        let data = secret.data.clone().unwrap_or_default();
+        let text = |name: &str| {
+            data.get(name)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        };
+        let Some(chain) = text(files::CERT_CHAIN) else {
+            return false;
+        };
+        let fresh = meshd_ca::leaf_expiry(&chain).is_some_and(|not_after| {
+            let left = not_after - time::OffsetDateTime::now_utc();
+            left > self.ttl / 2
+        });
+        fresh && text(files::ROOT).as_deref() == Some(bundle) && text(files::KEY).is_some()
+    }
+
+    fn desired(&self, namespace: &str, service_account: &str) -> Result<Secret, String> {
+        let id = SpiffeId::new(self.ca.trust_domain(), namespace, service_account);
+        let (issued, key) = self
+            .ca
+            .issue_with_key(&id, self.ttl)
+            .map_err(|e| format!("cannot issue the identity of {id}: {e}"))?;
+        let data: BTreeMap<String, ByteString> = identity_files(
+            Path::new(IDENTITY_MOUNT),
+            &issued.chain_pem,
+            &key,
+            &self.ca.trust_bundle_pem(),
+        )
+        .into_iter()
+        .map(|f| (f.name.to_string(), ByteString(f.contents.into_bytes())))
+        .collect();
+        Ok(Secret {
+            metadata: ObjectMeta {
+                name: Some(identity_secret_name(service_account)),
+                namespace: Some(namespace.to_string()),
+                labels: Some(BTreeMap::from([
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "meshd".to_string(),
+                    ),
+                    (
+                        SERVICE_ACCOUNT_LABEL.to_string(),
+                        service_account.to_string(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Default::default()
+        })
+    }
+}
+
+impl IdentityProvisioner for SecretProvisioner {
+    fn ensure<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let name = identity_secret_name(service_account);
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+            let bundle = self.ca.trust_bundle_pem();
+            if existing
+                .as_ref()
+                .is_some_and(|s| self.is_current(s, &bundle))
+            {
+                return Ok(());
+            }
+            let secret = self.desired(namespace, service_account)?;
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(|e| format!("cannot write Secret {namespace}/{name}: {e}"))?;
+            tracing::info!(%namespace, secret = %name, "wrote a bootstrap identity");
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    fn ca() -> (tempfile::TempDir, Arc<Authority>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::load_or_generate(
+            "cluster.local",
+            Arc::new(meshd_ca::DirStore::new(dir.path())),
+        )
+        .unwrap();
+        (dir, Arc::new(ca))
+    }
+
+    async fn body_of(request: Request<Body>) -> (http::request::Parts, Vec<u8>) {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        (parts, bytes.to_vec())
+    }
+
+    fn json_response(status: u16, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    fn not_found(name: &str) -> Response<Body> {
+        json_response(
+            404,
+            serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("secrets \"{name}\" not found"), "reason": "NotFound", "code": 404
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_applied_with_the_identity_files() {
+        let (_dir, ca) = ca();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let provisioner = SecretProvisioner::new(
+            kube::Client::new(service, "default"),
+            ca.clone(),
+            Duration::from_secs(3600),
+        );
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(request.method(), http::Method::GET);
+            assert_eq!(
+                request.uri().path(),
+                "/api/v1/namespaces/shop/secrets/meshd-identity-web"
+            );
+            send.send_response(not_found("meshd-identity-web"));
+
+            let (request, send) = handle.next_request().await.expect("an apply");
+            let (parts, body) = body_of(request).await;
+            assert_eq!(parts.method, http::Method::PATCH);
+            assert_eq!(
+                parts.headers["content-type"],
+                "application/apply-patch+yaml"
+            );
+            assert!(parts.uri.query().unwrap().contains("fieldManager=meshd"));
+            let secret: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            send.send_response(json_response(200, secret.clone()));
+            secret
+        });
+        tokio::time::timeout(Duration::from_secs(5), provisioner.ensure("shop", "web"))
+            .await
+            .unwrap()
+            .unwrap();
+        let secret = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(secret["metadata"]["labels"][SERVICE_ACCOUNT_LABEL], "web");
+        let data = secret["data"].as_object().unwrap();
+        for name in [
+            files::KEY,
+            files::CERT_CHAIN,
+            files::ROOT,
+            files::CERT_SDS,
+            files::ROOT_SDS,
+        ] {
+            assert!(data.contains_key(name), "{name} missing");
+        }
+        // The SDS files point at the sidecar's mount.
+        let sds: Secret = serde_json::from_value(secret).unwrap();
+        let cert_sds = String::from_utf8(sds.data.unwrap()[files::CERT_SDS].0.clone()).unwrap();
+        assert!(
+            cert_sds.contains("/etc/meshd/identity/cert-chain.pem"),
+            "{cert_sds}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_current_secret_is_left_alone_and_api_errors_are_reported() {
+        let (_dir, ca) = ca();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let provisioner = SecretProvisioner::new(
+            kube::Client::new(service, "default"),
+            ca.clone(),
+            Duration::from_secs(3600),
+        );
+        let current = provisioner.desired("shop", "web").unwrap();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.expect("a GET");
+            send.send_response(json_response(200, serde_json::to_value(&current).unwrap()));
+            // Nothing else may follow: a second request would be a write.
+            let (_, send) = handle.next_request().await.expect("a GET");
+            send.send_response(json_response(
+                403,
+                serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "secrets is forbidden", "reason": "Forbidden", "code": 403
+                }),
+            ));
+        });
+        tokio::time::timeout(Duration::from_secs(5), provisioner.ensure("shop", "web"))
+            .await
+            .unwrap()
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(5), provisioner.ensure("shop", "web"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.contains("cannot read Secret shop/meshd-identity-web") && err.contains("forbidden"),
+            "{err}"
+        );
+        assert!(!err.contains("PRIVATE"), "{err}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,767 @@
+//! The sidecar-injection admission webhook: HTTPS on rustls with a serving
+//! certificate from the mesh CA that renews itself without a restart.
+//!
+//! ```text
+//! API server ──POST /inject (AdmissionReview, Pod)──> decode ──> inject::inject ──┐
+//!            <──AdmissionReview (allowed + base64 JSONPatch, or denied)───────────┘
+//!                                          Patched, not dry-run:
+//!                                          IdentityProvisioner::ensure(ns, sa) first
+//! ```
+//!
+//! The handler only decodes, calls [`crate::inject::inject`] and encodes.
+//! Problems with the envelope (not JSON, not an `admission.k8s.io/v1
+//! AdmissionReview`, no request, no uid, a body over [`MAX_BODY_BYTES`])
+//! are answered with an HTTP error and a plain-text message, since there
+//! is no request to answer; everything wrong inside a readable request
+//! (another kind, a Pod that does not decode, an injection error, a Secret
+//! that cannot be provisioned) is a denial whose message says what and why.
+//! Dry-run reviews never cause side effects: they are answered with the
+//! same patch, without provisioning.
+//!
+//! The API server verifies the certificate against the `caBundle` of the
+//! MutatingWebhookConfiguration by the Service's DNS name, so the serving
+//! certificate names [`service_dns_name`] (`<service>.<namespace>.svc`).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND, Operation,
+};
+use kube::core::{GroupVersionKind, Status, TypeMeta};
+use meshd_ca::serving::provider;
+use meshd_ca::{Authority, RenewingServerCert, SpiffeId};
+use rustls::ServerConfig;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::{InjectorConfig, identity_secret_name};
+use crate::identity::IdentityProvisioner;
+use crate::inject::{Injection, inject};
+
+/// Where the API server posts Pod reviews.
+pub const INJECT_PATH: &str = "/inject";
+/// The largest review accepted. A review carries one Pod (the API server
+/// caps objects at about 1.5 MiB), so this only stops abuse.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The serving certificate's lifetime; renewed half-way.
+pub const SERVING_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default bound on provisioning an identity Secret: below the API
+/// server's default webhook timeout (10 s), so a slow API answers with a
+/// denial that says why instead of a bare timeout.
+pub const DEFAULT_PROVISION_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The DNS name the API server dials and verifies for a webhook behind
+/// Service `service` in `namespace`.
+pub fn service_dns_name(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc")
+}
+
+/// The webhook's serving certificate for `id` (the control plane's own
+/// SPIFFE ID), naming `dns_names` (at least [`service_dns_name`]) and
+/// `ips`. Chain [`RenewingServerCert::with_generation`] to re-issue when
+/// the CA changes.
+pub fn serving_cert(
+    ca: Arc<Authority>,
+    id: SpiffeId,
+    dns_names: Vec<String>,
+    ips: Vec<IpAddr>,
+) -> RenewingServerCert {
+    RenewingServerCert::new(ca, "webhook", id, dns_names, ips, SERVING_CERT_TTL)
+}
+
+/// TLS for the webhook port: the renewing certificate, no client
+/// certificates (the API server authenticates us, not the other way
+/// round), HTTP/1.1.
+pub fn tls_config(cert: Arc<RenewingServerCert>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub config: Arc<InjectorConfig>,
+    /// Readiness: the CA must be able to sign.
+    pub ca: Arc<Authority>,
+    /// Readiness: there must be a certificate to serve.
+    pub cert: Arc<RenewingServerCert>,
+    /// Creates the identity Secret an injected pod mounts. Without one the
+    /// webhook only patches (the Secrets are managed elsewhere).
+    pub provisioner: Option<Arc<dyn IdentityProvisioner>>,
+    /// How long provisioning may take before the pod is denied; keep it
+    /// below the webhook's `timeoutSeconds`.
+    pub provision_timeout: Duration,
+}
+
+impl WebhookState {
+    pub fn new(config: InjectorConfig, ca: Arc<Authority>, cert: Arc<RenewingServerCert>) -> Self {
+        WebhookState {
+            config: Arc::new(config),
+            ca,
+            cert,
+            provisioner: None,
+            provision_timeout: DEFAULT_PROVISION_TIMEOUT,
+        }
+    }
+
+    pub fn with_provisioner(mut self, provisioner: Arc<dyn IdentityProvisioner>) -> Self {
+        self.provisioner = Some(provisioner);
+        self
+    }
+}
+
+impl std::fmt::Debug for WebhookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookState")
+            .field("cert", &self.cert)
+            .field("provisioner", &self.provisioner.is_some())
+            .field("provision_timeout", &self.provision_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The webhook's routes, without TLS (what [`serve`] serves).
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route(INJECT_PATH, post(inject_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such path; the webhook serves POST {INJECT_PATH}, GET /healthz and GET /readyz"
+                ),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method not allowed; the webhook serves POST {INJECT_PATH}, GET /healthz and GET /readyz"
+                ),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the webhook on `listener` over TLS until `shutdown` completes,
+/// then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: WebhookState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TlsListener::new(listener, tls)?;
+    tracing::info!(address = %listener.local_addr, "admission webhook listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(state): State<WebhookState>) -> Response {
+    if let Some(reason) = state.ca.status().unready {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the CA cannot sign: {reason}"),
+        );
+    }
+    if state.cert.current().is_none() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no serving certificate (the log says why the CA could not issue one)"
+                .into(),
+        );
+    }
+    text(StatusCode::OK, "ready".into())
+}
+
+fn text(status: StatusCode, mut message: String) -> Response {
+    message.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+async fn inject_handler(
+    State(state): State<WebhookState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            tracing::info!("rejected an admission review: body over {MAX_BODY_BYTES} bytes");
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} MiB; an AdmissionReview carries one Pod and is far smaller",
+                    MAX_BODY_BYTES / (1024 * 1024)
+                ),
+            );
+        }
+        Err(rejection) => {
+            tracing::info!("rejected an admission review: {}", rejection.body_text());
+            return text(
+                rejection.status(),
+                format!("cannot read the request body: {}", rejection.body_text()),
+            );
+        }
+    };
+    match review(&state, &body).await {
+        Ok(response) => encode(response),
+        Err(BadReview(message)) => {
+            tracing::info!("rejected an admission review: {message}");
+            text(StatusCode::BAD_REQUEST, message)
+        }
+    }
+}
+
+/// A body that is not a review we can answer: HTTP 400 with this message.
+struct BadReview(String);
+
+/// What the review's request names, for log lines.
+struct Subject<'a> {
+    uid: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A decoding error, naming the field under `prefix` (`request`,
+/// `request.object`) unless the problem is with the whole object.
+fn field_error<E: std::fmt::Display>(prefix: &str, e: &serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        e.inner().to_string()
+    } else {
+        format!("{prefix}.{path}: {}", e.inner())
+    }
+}
+
+/// A value from the request as quoted in a message: never more than a
+/// line, whatever the client sent.
+fn short(value: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 63;
+    match value.char_indices().nth(MAX) {
+        None => value.into(),
+        Some((end, _)) => format!("{}…", &value[..end]).into(),
+    }
+}
+
+fn gvk_name(gvk: &GroupVersionKind) -> String {
+    if gvk.group.is_empty() {
+        format!("{} {}", short(&gvk.version), short(&gvk.kind))
+    } else {
+        format!(
+            "{}/{} {}",
+            short(&gvk.group),
+            short(&gvk.version),
+            short(&gvk.kind)
+        )
+    }
+}
+
+fn deny(
+    mut response: AdmissionResponse,
+    code: u16,
+    reason: &str,
+    message: String,
+) -> AdmissionResponse {
+    response.allowed = false;
+    response.result = Status::failure(&message, reason).with_code(code);
+    response
+}
+
+fn log_denial(subject: &Subject<'_>, response: &AdmissionResponse) {
+    tracing::info!(
+        uid = %short(subject.uid),
+        namespace = %short(subject.namespace),
+        pod = %short(subject.pod),
+        "denied: {}",
+        response.result.message
+    );
+}
+
+/// Decodes a review, decides, and provisions when the pod is injected.
+async fn review(state: &WebhookState, body: &[u8]) -> Result<AdmissionResponse, BadReview> {
+    const EXPECTED: &str = "expected an admission.k8s.io/v1 AdmissionReview";
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BadReview(format!("the request body is empty; {EXPECTED}")));
+    }
+    // The common case in one typed pass. Whatever that cannot read is
+    // decoded again step by step, for a message that says what is wrong.
+    if let Ok(Envelope {
+        api_version,
+        kind,
+        request: Some(mut request),
+    }) = serde_json::from_slice::<Envelope>(body)
+        && api_version == META_API_VERSION_V1
+        && kind == META_KIND
+        && !request.uid.is_empty()
+    {
+        request.types = review_type();
+        let object = request.object.take().map(Box::new);
+        return Ok(decide(state, &request, Object::Decoded(object)).await);
+    }
+    let review: Value = serde_json::from_slice(body).map_err(|e| {
+        BadReview(format!(
+            "the request body is not valid JSON ({e}); {EXPECTED}"
+        ))
+    })?;
+    let Value::Object(mut review) = review else {
+        return Err(BadReview(format!(
+            "the request body is a JSON {}, not an object; {EXPECTED}",
+            json_type(&review)
+        )));
+    };
+    let field = |name: &str| match review.get(name) {
+        Some(Value::String(s)) => format!("`{}`", short(s)),
+        Some(other) => format!("a {}", json_type(other)),
+        None => "missing".to_string(),
+    };
+    let (api_version, kind) = (
+        review.get("apiVersion").and_then(Value::as_str),
+        review.get("kind").and_then(Value::as_str),
+    );
+    if api_version != Some(META_API_VERSION_V1) || kind != Some(META_KIND) {
+        return Err(BadReview(format!(
+            "apiVersion is {} and kind is {}; accepted: apiVersion {META_API_VERSION_V1}, kind {META_KIND} \
+             (list only v1 in the webhook's admissionReviewVersions)",
+            field("apiVersion"),
+            field("kind"),
+        )));
+    }
+    let mut request = match review.remove("request") {
+        None | Some(Value::Null) => {
+            return Err(BadReview(
+                "the AdmissionReview has no request; the API server sends one in every review"
+                    .into(),
+            ));
+        }
+        Some(Value::Object(request)) => request,
+        Some(other) => {
+            return Err(BadReview(format!(
+                "request is a JSON {}, not an object; {EXPECTED}",
+                json_type(&other)
+            )));
+        }
+    };
+    let uid = match request.get("uid") {
+        Some(Value::String(uid)) if !uid.is_empty() => uid.clone(),
+        _ => {
+            return Err(BadReview(
+                "request.uid is missing or not a string; the response must echo it".into(),
+            ));
+        }
+    };
+    // Decoded separately, so a bad Pod is a denial that names its field.
+    let object = request.remove("object");
+    request.remove("oldObject");
+    let request: AdmissionRequest<Pod> = match serde_path_to_error::deserialize::<
+        _,
+        AdmissionRequest<Pod>,
+    >(Value::Object(request))
+    {
+        Ok(mut request) => {
+            request.types = review_type();
+            request
+        }
+        Err(e) => {
+            let mut response = AdmissionResponse::invalid("");
+            response.uid = uid.clone();
+            let response = deny(
+                response,
+                400,
+                "BadRequest",
+                format!(
+                    "the AdmissionReview's request is not valid: {}",
+                    field_error("request", &e)
+                ),
+            );
+            log_denial(
+                &Subject {
+                    uid: &uid,
+                    namespace: "",
+                    pod: "",
+                },
+                &response,
+            );
+            return Ok(response);
+        }
+    };
+    Ok(decide(state, &request, Object::Raw(object)).await)
+}
+
+/// The typed shape of a review (kube's `AdmissionReview` flattens its type
+/// fields, which makes serde buffer the whole Pod before decoding it).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<AdmissionRequest<Pod>>,
+}
+
+fn review_type() -> TypeMeta {
+    TypeMeta {
+        api_version: META_API_VERSION_V1.into(),
+        kind: META_KIND.into(),
+    }
+}
+
+/// The request's object: decoded with the request, or still JSON (when
+/// the typed pass failed) to be decoded with a precise message.
+enum Object {
+    Decoded(Option<Box<Pod>>),
+    Raw(Option<Value>),
+}
+
+async fn decide(
+    state: &WebhookState,
+    request: &AdmissionRequest<Pod>,
+    object: Object,
+) -> AdmissionResponse {
+    let allowed = AdmissionResponse::from(request);
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let mut subject = Subject {
+        uid: &request.uid,
+        namespace,
+        pod: &request.name,
+    };
+    let denied = |response: AdmissionResponse, subject: &Subject<'_>| {
+        log_denial(subject, &response);
+        response
+    };
+
+    if (
+        request.kind.group.as_str(),
+        request.kind.version.as_str(),
+        request.kind.kind.as_str(),
+    ) != ("", "v1", "Pod")
+    {
+        let message = format!(
+            "request.kind is {}; this webhook injects only v1 Pod (match only the `pods` resource, \
+             without subresources, in the MutatingWebhookConfiguration's rules)",
+            gvk_name(&request.kind)
+        );
+        return denied(deny(allowed, 400, "BadRequest", message), &subject);
+    }
+    if request.operation != Operation::Create || request.sub_resource.is_some() {
+        // Only a Pod being created can get a sidecar (a pod's containers are
+        // immutable afterwards): anything else passes untouched.
+        tracing::debug!(
+            uid = subject.uid,
+            namespace = subject.namespace,
+            pod = subject.pod,
+            operation = ?request.operation,
+            subresource = ?request.sub_resource,
+            "allowed without injection: not a Pod creation"
+        );
+        return allowed;
+    }
+    let pod: Pod = match object {
+        Object::Decoded(Some(pod)) => *pod,
+        Object::Decoded(None) | Object::Raw(None | Some(Value::Null)) => {
+            let message =
+                "request.object is missing; a CREATE review carries the Pod being created".into();
+            return denied(deny(allowed, 400, "BadRequest", message), &subject);
+        }
+        Object::Raw(Some(object)) => {
+            let type_field = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or("");
+            let (api_version, kind) = (type_field("apiVersion"), type_field("kind"));
+            // An object that says what it is gets a plainer message than
+            // whatever field of a Pod it happens to trip over.
+            if (!api_version.is_empty() || !kind.is_empty()) && (api_version, kind) != ("v1", "Pod")
+            {
+                let message = format!(
+                    "request.object is {} {}, not a v1 Pod; this webhook injects only Pods",
+                    short(api_version),
+                    short(kind)
+                );
+                return denied(deny(allowed, 400, "BadRequest", message), &subject);
+            }
+            match serde_path_to_error::deserialize(object) {
+                Ok(pod) => pod,
+                Err(e) => {
+                    let message = format!(
+                        "request.object is not a valid v1 Pod: {}",
+                        field_error("request.object", &e)
+                    );
+                    return denied(deny(allowed, 400, "BadRequest", message), &subject);
+                }
+            }
+        }
+    };
+    let generated;
+    if subject.pod.is_empty() {
+        subject.pod = match (&pod.metadata.name, &pod.metadata.generate_name) {
+            (Some(name), _) => name,
+            (None, Some(prefix)) => {
+                generated = format!("{prefix}<generated>");
+                &generated
+            }
+            (None, None) => "",
+        };
+    }
+    let namespace = match namespace {
+        "" => pod.metadata.namespace.as_deref().unwrap_or_default(),
+        namespace => namespace,
+    };
+    subject.namespace = namespace;
+    if namespace.is_empty() {
+        let message =
+            "request.namespace is missing and the Pod names no metadata.namespace; a Pod is always created in a namespace".into();
+        return denied(deny(allowed, 400, "BadRequest", message), &subject);
+    }
+
+    match inject(&pod, namespace, &state.config) {
+        Ok(Injection::Skipped(why)) => {
+            tracing::debug!(
+                uid = subject.uid,
+                namespace = subject.namespace,
+                pod = subject.pod,
+                "allowed without injection: {why:?}"
+            );
+            allowed
+        }
+        Ok(Injection::Patched {
+            patch,
+            service_account,
+        }) => {
+            if !request.dry_run
+                && let Some(provisioner) = &state.provisioner
+            {
+                let secret = identity_secret_name(&service_account);
+                let outcome = tokio::time::timeout(
+                    state.provision_timeout,
+                    provisioner.ensure(namespace, &service_account),
+                )
+                .await;
+                let problem = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some(format!(
+                        "no answer within {} s",
+                        state.provision_timeout.as_secs_f64()
+                    )),
+                };
+                if let Some(problem) = problem {
+                    let message = format!(
+                        "cannot provision Secret {namespace}/{secret}, the bootstrap identity of \
+                         service account {service_account} that the sidecar mounts: {problem}"
+                    );
+                    return denied(deny(allowed, 500, "InternalError", message), &subject);
+                }
+            }
+            let operations = patch.0.len();
+            match allowed.with_patch(patch) {
+                Ok(response) => {
+                    tracing::debug!(
+                        uid = subject.uid,
+                        namespace = subject.namespace,
+                        pod = subject.pod,
+                        service_account,
+                        dry_run = request.dry_run,
+                        operations,
+                        "injected"
+                    );
+                    response
+                }
+                Err(e) => {
+                    let message = format!("cannot encode the injection patch: {e}");
+                    denied(
+                        deny(
+                            AdmissionResponse::from(request),
+                            500,
+                            "InternalError",
+                            message,
+                        ),
+                        &subject,
+                    )
+                }
+            }
+        }
+        Err(e) => denied(deny(allowed, 400, "BadRequest", e.to_string()), &subject),
+    }
+}
+
+/// The response review as JSON. Kubernetes defines `response.patch` as
+/// base64 (Go's `[]byte`); kube-core serialises the bytes as an array of
+/// numbers, which the API server happens to accept, so the documented form
+/// is written instead.
+fn encode(mut response: AdmissionResponse) -> Response {
+    let patch = response.patch.take();
+    let mut review = match serde_json::to_value(response.into_review()) {
+        Ok(review) => review,
+        Err(e) => {
+            tracing::error!("cannot encode an admission response: {e}");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the admission response: {e}"),
+            );
+        }
+    };
+    if let Some(patch) = patch
+        && let Some(Value::Object(response)) = review.get_mut("response")
+    {
+        response.insert(
+            "patch".into(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
+        );
+    }
+    match serde_json::to_vec(&review) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("cannot encode an admission response: {e}");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the admission response: {e}"),
+            )
+        }
+    }
+}
+
+/// TLS connections for `axum::serve`. Handshakes run in their own tasks
+/// with a deadline, so a slow or hostile client never holds up the accept
+/// loop or other clients.
+struct TlsListener {
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+    /// Stops accepting (and closes the socket) when the server is done.
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (tx, accepted) = mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!("webhook accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Small request/response exchanges: never wait for Nagle.
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, "webhook TLS handshake failed: {e}")
+                        }
+                        Err(_) => tracing::info!(%peer, "webhook TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            accepted,
+            local_addr,
+            accept_loop,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => connection,
+            // The accept loop only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_stay_short_and_split_on_character_boundaries() {
+        assert_eq!(short("apps"), "apps");
+        let long = "é".repeat(100);
+        let quoted = short(&long);
+        assert_eq!(quoted.chars().count(), 64, "63 characters and an ellipsis");
+        assert!(quoted.ends_with('…'));
+    }
+
+    #[test]
+    fn kinds_are_named_as_users_write_them() {
+        let gvk = |group: &str, version: &str, kind: &str| GroupVersionKind {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+        };
+        assert_eq!(gvk_name(&gvk("", "v1", "Pod")), "v1 Pod");
+        assert_eq!(
+            gvk_name(&gvk("apps", "v1", "Deployment")),
+            "apps/v1 Deployment"
+        );
+    }
+}

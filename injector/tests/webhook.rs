@@ -1,0 +1,400 @@
+//! The admission webhook over real HTTPS: a server on 127.0.0.1:0 with a
+//! CA in a temporary directory, and a client that trusts only that CA and
+//! dials the Service's DNS name, as the API server does.
+
+mod webhook_support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine;
+use meshd_injector::webhook::MAX_BODY_BYTES;
+use serde_json::{Value, json};
+use webhook_support::{
+    Client, FakeProvisioner, SERVICE_DNS, Server, authority, pod, pod_review, review_of,
+};
+
+/// A generous bound on any one exchange: never a performance assertion.
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn post(client: &mut Client, review: &Value) -> (u16, String) {
+    let (status, body) = tokio::time::timeout(WAIT, client.post_review(review))
+        .await
+        .expect("an answer in time")
+        .expect("an HTTP answer");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Posts `review`, expects HTTP 200 with a v1 AdmissionReview answering
+/// `uid`, and returns its `response`.
+async fn answer(client: &mut Client, review: &Value) -> Value {
+    let uid = review["request"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string();
+    let (status, body) = post(client, review).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("a JSON answer");
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
+    assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+    assert!(answer.get("request").is_none(), "{answer}");
+    let response = answer["response"].clone();
+    assert_eq!(response["uid"], uid.as_str(), "{answer}");
+    response
+}
+
+fn denial_message(response: &Value) -> String {
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["status"], "Failure", "{response}");
+    response["status"]["message"]
+        .as_str()
+        .expect("a message")
+        .to_string()
+}
+
+/// The patch of an allowed response, applied to `object`.
+fn apply_patch(response: &Value, mut object: Value) -> Value {
+    assert_eq!(response["allowed"], true, "{response}");
+    assert_eq!(response["patchType"], "JSONPatch", "{response}");
+    let encoded = response["patch"]
+        .as_str()
+        .expect("the patch is a base64 string");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("valid base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&decoded).expect("a JSON Patch");
+    json_patch::patch(&mut object, &patch).expect("the patch applies to the pod");
+    object
+}
+
+fn has_proxy(pod: &Value) -> bool {
+    ["containers", "initContainers"].iter().any(|list| {
+        pod["spec"][list]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "meshd-proxy"))
+    })
+}
+
+#[tokio::test]
+async fn a_pod_review_is_answered_with_a_patch_that_adds_the_sidecar() {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    let response = answer(&mut client, &pod_review("uid-create", false)).await;
+    let patched = apply_patch(&response, pod("web", "web"));
+    assert!(has_proxy(&patched), "no meshd-proxy in {patched}");
+    assert_eq!(
+        provisioner.calls(),
+        vec![("shop".to_string(), "web".to_string())],
+        "the identity Secret is provisioned once, for the pod's service account"
+    );
+
+    // The same keep-alive connection serves the next review.
+    let response = answer(&mut client, &pod_review("uid-again", false)).await;
+    assert!(has_proxy(&apply_patch(&response, pod("web", "web"))));
+    assert_eq!(provisioner.calls().len(), 2);
+    server.stop().await.expect("a clean shutdown");
+}
+
+#[tokio::test]
+async fn a_dry_run_review_is_patched_without_provisioning() {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    let response = answer(&mut client, &pod_review("uid-dry", true)).await;
+    assert!(has_proxy(&apply_patch(&response, pod("web", "web"))));
+    assert!(
+        provisioner.calls().is_empty(),
+        "a dry run must cause no side effects: {:?}",
+        provisioner.calls()
+    );
+
+    answer(&mut client, &pod_review("uid-real", false)).await;
+    assert_eq!(provisioner.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_provisioning_failure_denies_the_pod_naming_the_secret() {
+    let provisioner = Arc::new(FakeProvisioner::failing(
+        "secrets is forbidden: User \"system:serviceaccount:meshd-system:meshd\" cannot create resource \"secrets\"",
+    ));
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    let response = answer(&mut client, &pod_review("uid-fail", false)).await;
+    let message = denial_message(&response);
+    assert!(
+        message.contains("shop/meshd-identity-web"),
+        "the message names the Secret: {message}"
+    );
+    assert!(
+        message.contains("secrets is forbidden"),
+        "the message carries the error: {message}"
+    );
+    assert!(response.get("patch").is_none(), "{response}");
+    assert_eq!(provisioner.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn an_opted_out_pod_is_allowed_untouched() {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    let mut opted_out = pod("batch", "batch");
+    opted_out["metadata"]["annotations"]["meshd.io/inject"] = json!("false");
+    let review = review_of("uid-skip", ("", "v1", "Pod"), opted_out, false);
+    let response = answer(&mut client, &review).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(response.get("patch").is_none(), "{response}");
+    assert!(response.get("patchType").is_none(), "{response}");
+    assert!(provisioner.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_injection_error_is_a_denial_with_its_message() {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    let mut bad = pod("web", "web");
+    bad["metadata"]["annotations"]["meshd.io/no-such-setting"] = json!("1");
+    let review = review_of("uid-bad-annotation", ("", "v1", "Pod"), bad, false);
+    let response = answer(&mut client, &review).await;
+    let message = denial_message(&response);
+    assert!(message.contains("meshd.io/no-such-setting"), "{message}");
+    assert_eq!(response["status"]["code"], 400, "{response}");
+    assert!(provisioner.calls().is_empty());
+}
+
+#[tokio::test]
+async fn other_kinds_and_undecodable_pods_are_denied_naming_what_is_wrong() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"spec": {"containers": []}}}
+    });
+    let review = review_of(
+        "uid-deploy",
+        ("apps", "v1", "Deployment"),
+        deployment.clone(),
+        false,
+    );
+    let message = denial_message(&answer(&mut client, &review).await);
+    assert!(message.contains("apps/v1 Deployment"), "{message}");
+    assert!(
+        message.contains("v1 Pod"),
+        "says what is accepted: {message}"
+    );
+
+    // Claims to be a Pod, carries a Deployment.
+    let review = review_of("uid-disguised", ("", "v1", "Pod"), deployment, false);
+    let message = denial_message(&answer(&mut client, &review).await);
+    assert!(message.contains("request.object"), "{message}");
+    assert!(message.contains("Deployment"), "{message}");
+
+    // A Pod whose field has the wrong type: the message names the field.
+    let mut broken = pod("web", "web");
+    broken["spec"]["containers"][0]["ports"][0]["containerPort"] = json!("eighty");
+    let review = review_of("uid-broken", ("", "v1", "Pod"), broken, false);
+    let message = denial_message(&answer(&mut client, &review).await);
+    assert!(
+        message.contains("request.object.spec.containers[0].ports[0].containerPort"),
+        "{message}"
+    );
+
+    // A request missing a required field is denied, still answering its uid.
+    let mut review = pod_review("uid-no-user", false);
+    review["request"]
+        .as_object_mut()
+        .expect("a request")
+        .remove("userInfo");
+    let message = denial_message(&answer(&mut client, &review).await);
+    assert!(message.contains("userInfo"), "{message}");
+}
+
+#[tokio::test]
+async fn updates_pass_untouched() {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    let mut review = pod_review("uid-update", false);
+    review["request"]["operation"] = json!("UPDATE");
+    review["request"]["oldObject"] = pod("web", "web");
+    let response = answer(&mut client, &review).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(response.get("patch").is_none(), "{response}");
+    assert!(provisioner.calls().is_empty());
+}
+
+#[tokio::test]
+async fn bad_envelopes_are_http_400_with_a_message() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+    let send = |body: &str| body.as_bytes().to_vec();
+
+    let cases: Vec<(Vec<u8>, &[&str])> = vec![
+        (
+            send("{\"apiVersion\": "),
+            &["not valid JSON", "AdmissionReview"],
+        ),
+        (send(""), &["empty", "AdmissionReview"]),
+        (send("[1, 2]"), &["array", "AdmissionReview"]),
+        (
+            pod_review("u", false)
+                .as_object()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.insert("apiVersion".into(), json!("admission.k8s.io/v1beta1"));
+                    Value::Object(r).to_string().into_bytes()
+                })
+                .expect("a review"),
+            &[
+                "`admission.k8s.io/v1beta1`",
+                "accepted: apiVersion admission.k8s.io/v1",
+            ],
+        ),
+        (
+            {
+                let mut r = pod_review("u", false);
+                r["kind"] = json!("ConversionReview");
+                r.to_string().into_bytes()
+            },
+            &["`ConversionReview`", "kind AdmissionReview"],
+        ),
+        (
+            send("{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionReview\"}"),
+            &["has no request"],
+        ),
+        (
+            {
+                let mut r = pod_review("u", false);
+                r["request"]
+                    .as_object_mut()
+                    .expect("a request")
+                    .remove("uid");
+                r.to_string().into_bytes()
+            },
+            &["request.uid"],
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = tokio::time::timeout(WAIT, client.request("POST", "/inject", body))
+            .await
+            .expect("an answer in time")
+            .expect("an HTTP answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 400, "{answer}");
+        for fragment in expected {
+            assert!(
+                answer.contains(fragment),
+                "expected {fragment:?} in {answer:?}"
+            );
+        }
+    }
+
+    let (status, answer) = client
+        .request("GET", "/inject", vec![])
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(status, 405);
+    assert!(String::from_utf8_lossy(&answer).contains("POST /inject"));
+    let (status, _) = client
+        .request("GET", "/nowhere", vec![])
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_a_message() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+
+    // Just over the limit: a JSON string inside an otherwise valid review.
+    let mut review = pod_review("uid-huge", false);
+    review["request"]["object"]["metadata"]["annotations"]["padding"] =
+        json!("x".repeat(MAX_BODY_BYTES));
+    let (status, body) = post(&mut client, &review).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than 4 MiB"), "{body}");
+
+    // The server is still serving.
+    let mut client = server.client().await;
+    answer(&mut client, &pod_review("uid-after", true)).await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = client
+            .request("GET", path, vec![])
+            .await
+            .expect("an HTTP answer");
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+#[tokio::test]
+async fn clients_that_do_not_trust_the_ca_or_dial_another_name_cannot_connect() {
+    let server = Server::start(None).await;
+
+    let other_dir = tempfile::tempdir().expect("a temporary directory");
+    let other_ca = authority(other_dir.path());
+    let refused = Client::connect(server.addr, &other_ca.trust_anchors(), SERVICE_DNS).await;
+    let error = refused.err().expect("an untrusted CA is refused");
+    assert!(error.contains("TLS handshake"), "{error}");
+
+    let refused = Client::connect(
+        server.addr,
+        &server.ca.trust_anchors(),
+        "meshd.other-namespace.svc",
+    )
+    .await;
+    let error = refused
+        .err()
+        .expect("a name the certificate does not carry is refused");
+    assert!(error.contains("TLS handshake"), "{error}");
+
+    // A failed handshake does not disturb the server.
+    let mut client = server.client().await;
+    answer(&mut client, &pod_review("uid-ok", true)).await;
+}
+
+#[tokio::test]
+async fn the_serving_certificate_is_reissued_after_a_ca_change_without_a_restart() {
+    let server = Server::start(None).await;
+    let before = server.client().await.server_cert;
+    let again = server.client().await.server_cert;
+    assert_eq!(before, again, "a current certificate is reused");
+
+    server.generation.fetch_add(1, Ordering::SeqCst);
+    let mut client = server.client().await;
+    assert_ne!(
+        before, client.server_cert,
+        "new connections get a new certificate"
+    );
+    answer(&mut client, &pod_review("uid-rotated", true)).await;
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_does_not_hold_up_other_clients() {
+    let server = Server::start(None).await;
+    // Connects and never says a word.
+    let _silent = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("a TCP connection");
+    let mut client = tokio::time::timeout(WAIT, server.client())
+        .await
+        .expect("the next client is served while the silent one waits");
+    answer(&mut client, &pod_review("uid-next", true)).await;
+}
