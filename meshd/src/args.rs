@@ -110,6 +110,18 @@ pub struct RunArgs {
     /// DNS names proxies may use to reach the xDS port (comma-separated).
     #[arg(long, env = "MESHD_XDS_DNS_NAMES", default_value = "localhost")]
     pub xds_dns_names: String,
+
+    /// Serve the sidecar injection webhook (HTTPS) here; off when unset.
+    #[arg(long, env = "MESHD_WEBHOOK_ADDRESS")]
+    pub webhook_address: Option<SocketAddr>,
+
+    /// The Service the API server calls the webhook through; its
+    /// `<service>.<namespace>.svc` name is in the webhook's certificate.
+    #[arg(long, env = "MESHD_WEBHOOK_SERVICE", default_value = "meshd")]
+    pub webhook_service: String,
+
+    #[command(flatten)]
+    pub injector: InjectorArgs,
 }
 
 /// Where the CA's keys come from.

@@ -45,6 +45,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         None => tracing::info!("serving the embedded default registry"),
     }
     let tls = tls_options(&args)?;
+    let webhook = match args.webhook_address {
+        Some(address) => Some(start_webhook(&args, address, &tls).await?),
+        None => None,
+    };
     let control_plane = ControlPlane::start(Options {
         registry: args.registry,
         tls: Some(tls),
@@ -55,8 +59,71 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some((stop, task)) = webhook {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     control_plane.shutdown().await;
     Ok(())
+}
+
+type WebhookHandle = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Starts the injection webhook on the mesh CA. In a cluster, identity
+/// Secrets are written through the Kubernetes API; elsewhere (local tries
+/// with `meshd inject`) there is no API to write them to.
+async fn start_webhook(
+    args: &RunArgs,
+    address: std::net::SocketAddr,
+    tls: &TlsOptions,
+) -> anyhow::Result<WebhookHandle> {
+    use meshd_injector::webhook;
+    let config = injector_config(&args.injector);
+    meshd_injector::inject::check_config(&config)?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for the webhook on {address}"))?;
+    let identity = tls.identity.clone();
+    let generation = identity.clone();
+    let cert = std::sync::Arc::new(
+        webhook::serving_cert(
+            identity.ca.clone(),
+            tls.server.id.clone(),
+            vec![webhook::service_dns_name(&args.webhook_service, &args.namespace)],
+            vec![],
+        )
+        .with_generation(std::sync::Arc::new(move || generation.generation())),
+    );
+    let mut state = webhook::WebhookState::new(config, identity.ca.clone(), cert.clone());
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach the Kubernetes API for identity Secrets")?;
+        state = state.with_provisioner(std::sync::Arc::new(
+            meshd_injector::kube_identity::SecretProvisioner::new(
+                client,
+                identity.ca.clone(),
+                Duration::from_secs(24 * 3600),
+            ),
+        ));
+    } else {
+        tracing::warn!(
+            "not in a cluster: the webhook injects, but cannot write identity Secrets; create meshd-identity-<service-account> Secrets yourself"
+        );
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = webhook::serve(listener, webhook::tls_config(cert), state, shutdown).await {
+            tracing::error!("the webhook stopped: {e}");
+        }
+    });
+    Ok((stop, task))
 }
 
 /// Parses `90`, `90s`, `30m`, `24h`.
