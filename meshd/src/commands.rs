@@ -92,7 +92,10 @@ async fn start_webhook(
         webhook::serving_cert(
             identity.ca.clone(),
             tls.server.id.clone(),
-            vec![webhook::service_dns_name(&args.webhook_service, &args.namespace)],
+            vec![webhook::service_dns_name(
+                &args.webhook_service,
+                &args.namespace,
+            )],
             vec![],
         )
         .with_generation(std::sync::Arc::new(move || generation.generation())),

@@ -3,7 +3,8 @@
 
 #[test]
 fn the_readme_lists_every_injection_annotation() {
-    let readme = std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap();
     let table = meshd_injector::annotations::markdown_table();
     assert!(
         readme.contains(table.trim()),

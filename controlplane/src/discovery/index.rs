@@ -66,6 +66,29 @@ impl Index {
         }
     }
 
+    /// Replaces every object of `kind` with `objects` (a re-list), except
+    /// the objects named in `keep`, whose current versions stay: they
+    /// failed to parse this time, and their last good versions keep serving.
+    pub fn reset(&mut self, kind: &str, objects: Vec<Object>, keep: &[ObjectRef]) {
+        let kept = |namespace: &str, name: &str| {
+            keep.iter().any(|r| {
+                r.kind == kind
+                    && r.name == name
+                    && r.namespace.as_deref().unwrap_or_default() == namespace
+            })
+        };
+        match kind {
+            "Namespace" => self.namespaces.retain(|name, _| kept("", name)),
+            "Service" => self.services.retain(|k, _| kept(&k.namespace, &k.name)),
+            "EndpointSlice" => self.slices.retain(|(ns, name), _| kept(ns, name)),
+            "Pod" => self.pods.retain(|(ns, name), _| kept(ns, name)),
+            _ => {}
+        }
+        for object in objects {
+            self.apply(object);
+        }
+    }
+
     /// Whether a service with this key is indexed.
     pub fn has_service(&self, key: &ServiceKey) -> bool {
         self.services.contains_key(key)

@@ -4,10 +4,12 @@
 //! - [`index`]: accepted objects by kind, joined into a [`crate::model::Mesh`].
 //! - [`file`]: the file registry source (a directory of manifests, or the
 //!   embedded default).
+//! - [`kubernetes`]: the API server, through kube-rs watchers.
 //!
 //! A source publishes whole [`crate::model::Mesh`] snapshots on a
 //! `tokio::sync::watch` channel; the xDS server subscribes to it.
 
 pub mod file;
 pub mod index;
+pub mod kubernetes;
 pub mod objects;

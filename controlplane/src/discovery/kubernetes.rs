@@ -1,0 +1,336 @@
+//! The Kubernetes source: Namespaces, Services, EndpointSlices and Pods from
+//! the API server, through kube-rs watchers, into the same [`Index`] the file
+//! registry fills.
+//!
+//! ```text
+//! watcher(Namespace) ─┐
+//! watcher(Service) ───┤ Update ──> KubeIndex (Index + last-good) ──> Mesh ──> watch channel
+//! watcher(EndpointSlice)┤                    (published once every kind listed,
+//! watcher(Pod) ───────┘                      then at most every `publish_interval`)
+//! ```
+//!
+//! A watch that fails is retried with backoff by kube-rs; a re-list (after a
+//! 410 Gone or a reconnect) replaces that kind's objects wholesale, so
+//! nothing is lost or duplicated. An object that fails to parse is logged
+//! and its last good version keeps serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use super::index::Index;
+use super::objects::{self, Object, ObjectError, ObjectRef};
+use crate::model::Mesh;
+
+/// The kinds the source watches; the mesh is published once each has been
+/// listed, so proxies never see services without their endpoints.
+pub const KINDS: [&str; 4] = ["Namespace", "Service", "EndpointSlice", "Pod"];
+
+/// One change from a watcher.
+#[derive(Debug)]
+pub enum Update {
+    Apply(Object),
+    Delete(ObjectRef),
+    /// A bad object: logged, and its last good version (if any) stays.
+    Rejected(ObjectRef, ObjectError),
+    /// A complete (re-)list of one kind; the objects in `rejected` failed to
+    /// parse and keep their last good versions.
+    Reset {
+        kind: &'static str,
+        objects: Vec<Object>,
+        rejected: Vec<(ObjectRef, ObjectError)>,
+    },
+}
+
+/// The index as the Kubernetes source keeps it.
+#[derive(Debug, Default)]
+pub struct KubeIndex {
+    index: Index,
+    listed: BTreeSet<&'static str>,
+    dirty: bool,
+    /// Objects whose current version was rejected, with why.
+    problems: BTreeMap<ObjectRef, ObjectError>,
+}
+
+impl KubeIndex {
+    pub fn update(&mut self, update: Update) {
+        self.dirty = true;
+        match update {
+            Update::Apply(object) => {
+                self.problems.remove(&object.object_ref());
+                self.index.apply(object);
+            }
+            Update::Delete(object) => {
+                self.problems.remove(&object);
+                self.index.delete(&object);
+            }
+            Update::Rejected(object, error) => {
+                tracing::error!(object = %object, "rejected: {error}; its last good version keeps serving");
+                self.problems.insert(object, error);
+                self.dirty = false;
+            }
+            Update::Reset {
+                kind,
+                objects,
+                rejected,
+            } => {
+                self.problems.retain(|r, _| r.kind != kind);
+                let keep: Vec<ObjectRef> = rejected.iter().map(|(r, _)| r.clone()).collect();
+                for (object, error) in rejected {
+                    tracing::error!(object = %object, "rejected: {error}; its last good version keeps serving");
+                    self.problems.insert(object, error);
+                }
+                self.index.reset(kind, objects, &keep);
+                self.listed.insert(kind);
+            }
+        }
+    }
+
+    /// Whether every kind has been listed at least once.
+    pub fn ready(&self) -> bool {
+        KINDS.iter().all(|k| self.listed.contains(k))
+    }
+
+    /// The mesh, when ready and changed since the last call.
+    pub fn take_mesh(&mut self) -> Option<Mesh> {
+        if !self.ready() || !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(self.index.mesh())
+    }
+
+    pub fn problems(&self) -> &BTreeMap<ObjectRef, ObjectError> {
+        &self.problems
+    }
+}
+
+fn object_ref<K: Resource>(kind: &'static str, obj: &K) -> ObjectRef {
+    let meta = obj.meta();
+    ObjectRef {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Watches one kind and sends its updates until the channel closes.
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: &'static str,
+    parse: fn(&K) -> Result<Object, ObjectError>,
+    tx: mpsc::Sender<Update>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut events = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut listing: Vec<Object> = Vec::new();
+    let mut rejected: Vec<(ObjectRef, ObjectError)> = Vec::new();
+    while let Some(event) = events.next().await {
+        let update = match event {
+            Ok(Event::Init) => {
+                listing.clear();
+                rejected.clear();
+                continue;
+            }
+            Ok(Event::InitApply(obj)) => {
+                match parse(&obj) {
+                    Ok(object) => listing.push(object),
+                    Err(e) => rejected.push((object_ref(kind, &obj), e)),
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => Update::Reset {
+                kind,
+                objects: std::mem::take(&mut listing),
+                rejected: std::mem::take(&mut rejected),
+            },
+            Ok(Event::Apply(obj)) => match parse(&obj) {
+                Ok(object) => Update::Apply(object),
+                Err(e) => Update::Rejected(object_ref(kind, &obj), e),
+            },
+            Ok(Event::Delete(obj)) => Update::Delete(object_ref(kind, &obj)),
+            Err(e) => {
+                // kube-rs retries with backoff; a 410 Gone leads to a re-list.
+                tracing::warn!(%kind, "watch error: {e}; retrying");
+                continue;
+            }
+        };
+        if tx.send(update).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the source: four watchers and the index, publishing meshes on
+/// `mesh_tx`. Returns when `mesh_tx` has no receivers left.
+pub async fn run(
+    client: kube::Client,
+    mesh_tx: watch::Sender<Arc<Mesh>>,
+    publish_interval: Duration,
+) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    tokio::spawn(watch_kind(
+        Api::<core::Namespace>::all(client.clone()),
+        "Namespace",
+        namespace,
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<core::Service>::all(client.clone()),
+        "Service",
+        service,
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<discovery::EndpointSlice>::all(client.clone()),
+        "EndpointSlice",
+        endpoint_slice,
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(Api::<core::Pod>::all(client), "Pod", pod, tx));
+
+    let mut index = KubeIndex::default();
+    let mut tick = tokio::time::interval(publish_interval);
+    loop {
+        tokio::select! {
+            update = rx.recv() => match update {
+                Some(update) => index.update(update),
+                None => return,
+            },
+            _ = tick.tick() => {
+                if let Some(mesh) = index.take_mesh()
+                    && mesh_tx.send(Arc::new(mesh)).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn namespace(ns: &core::Namespace) -> Result<Object, ObjectError> {
+    objects::namespace(ns).map(Object::Namespace)
+}
+
+fn service(svc: &core::Service) -> Result<Object, ObjectError> {
+    objects::service(svc).map(Object::Service)
+}
+
+fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Object, ObjectError> {
+    objects::endpoint_slice(slice).map(Object::EndpointSlice)
+}
+
+fn pod(pod: &core::Pod) -> Result<Object, ObjectError> {
+    objects::pod(pod).map(Object::Pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServiceKey;
+
+    fn svc(name: &str, vip: &str) -> core::Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"clusterIP": vip, "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    fn list_all(index: &mut KubeIndex, services: Vec<Object>) {
+        for kind in KINDS {
+            let objects = if kind == "Service" {
+                services.clone()
+            } else {
+                vec![]
+            };
+            index.update(Update::Reset {
+                kind,
+                objects,
+                rejected: vec![],
+            });
+        }
+    }
+
+    #[test]
+    fn nothing_is_published_until_every_kind_is_listed() {
+        let mut index = KubeIndex::default();
+        index.update(Update::Apply(service(&svc("web", "198.19.0.1")).unwrap()));
+        assert!(index.take_mesh().is_none());
+        list_all(
+            &mut index,
+            vec![service(&svc("web", "198.19.0.1")).unwrap()],
+        );
+        let mesh = index.take_mesh().unwrap();
+        assert!(mesh.services.contains_key(&ServiceKey::new("shop", "web")));
+        assert!(index.take_mesh().is_none(), "nothing changed since");
+    }
+
+    #[test]
+    fn a_relist_replaces_without_losing_or_duplicating() {
+        let mut index = KubeIndex::default();
+        list_all(
+            &mut index,
+            vec![
+                service(&svc("web", "198.19.0.1")).unwrap(),
+                service(&svc("api", "198.19.0.2")).unwrap(),
+            ],
+        );
+        index.take_mesh();
+        // After a 410 Gone, the watcher lists again: api was deleted while
+        // the watch was down, db was added.
+        index.update(Update::Reset {
+            kind: "Service",
+            objects: vec![
+                service(&svc("web", "198.19.0.1")).unwrap(),
+                service(&svc("db", "198.19.0.3")).unwrap(),
+            ],
+            rejected: vec![],
+        });
+        let mesh = index.take_mesh().unwrap();
+        let names: Vec<_> = mesh.services.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+    }
+
+    #[test]
+    fn a_bad_object_keeps_its_last_good_version() {
+        let mut index = KubeIndex::default();
+        list_all(
+            &mut index,
+            vec![service(&svc("web", "198.19.0.1")).unwrap()],
+        );
+        index.take_mesh();
+        let bad = svc("web", "not-an-ip");
+        let err = service(&bad).unwrap_err();
+        index.update(Update::Rejected(object_ref("Service", &bad), err.clone()));
+        assert!(index.take_mesh().is_none(), "a rejection changes nothing");
+        // Also across a re-list.
+        index.update(Update::Reset {
+            kind: "Service",
+            objects: vec![],
+            rejected: vec![(object_ref("Service", &bad), err)],
+        });
+        let mesh = index.take_mesh().unwrap();
+        let web = &mesh.services[&ServiceKey::new("shop", "web")];
+        assert_eq!(web.vip, Some("198.19.0.1".parse().unwrap()));
+        assert_eq!(index.problems().len(), 1);
+        // Fixed: the problem clears.
+        index.update(Update::Apply(service(&svc("web", "198.19.0.5")).unwrap()));
+        assert!(index.problems().is_empty());
+    }
+}
