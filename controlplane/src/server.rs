@@ -33,9 +33,18 @@ pub struct TlsOptions {
     pub server: ServerIdentity,
 }
 
+/// Where the mesh model comes from.
+pub enum Source {
+    /// The registry compiled into the binary (the local demo).
+    Embedded,
+    /// A directory of Kubernetes manifests, watched for changes.
+    Files(PathBuf),
+    /// The Kubernetes API.
+    Kubernetes(kube::Client),
+}
+
 pub struct Options {
-    /// The registry directory; `None` serves the embedded default.
-    pub registry: Option<PathBuf>,
+    pub source: Source,
     /// With a CA: xDS over TLS with client certificates, SDS, and mTLS
     /// between workloads. Without: plaintext xDS and plaintext traffic (for
     /// tests of the xDS machinery alone).
@@ -64,18 +73,24 @@ impl ControlPlane {
         let registry_problems: file::Problems = Arc::new(RwLock::new(Vec::new()));
         let (mesh_tx, mesh_rx) = watch::channel(Arc::new(Mesh::default()));
 
-        let registry = match &options.registry {
-            Some(dir) => FileRegistry::new(dir),
-            None => FileRegistry::embedded(),
-        };
         let settle = options.debounce.min(Duration::from_millis(100));
         let mut tasks = Vec::new();
-        if let Some(watcher) = file::run(registry, mesh_tx, registry_problems.clone(), settle)
-            .await
-            .map_err(|source| Error::Watch {
-                dir: options.registry.clone().unwrap_or_default(),
-                source,
-            })?
+        let registry = match options.source {
+            Source::Embedded => Some((FileRegistry::embedded(), PathBuf::new())),
+            Source::Files(dir) => Some((FileRegistry::new(&dir), dir)),
+            Source::Kubernetes(client) => {
+                tasks.push(tokio::spawn(crate::discovery::kubernetes::run(
+                    client,
+                    mesh_tx.clone(),
+                    settle,
+                )));
+                None
+            }
+        };
+        if let Some((registry, dir)) = registry
+            && let Some(watcher) = file::run(registry, mesh_tx, registry_problems.clone(), settle)
+                .await
+                .map_err(|source| Error::Watch { dir, source })?
         {
             tasks.push(watcher);
         }

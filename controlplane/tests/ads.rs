@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meshd_controlplane::server::{ControlPlane, Options};
+use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_proto::envoy::config::cluster::v3::Cluster;
 use meshd_proto::envoy::config::core::v3::{Node, address, socket_address::PortSpecifier};
 use meshd_proto::envoy::config::endpoint::v3::{
@@ -137,7 +137,7 @@ impl Harness {
         let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind xDS");
         let debug = TcpListener::bind("127.0.0.1:0").await.expect("bind debug");
         let cp = ControlPlane::start(Options {
-            registry: Some(path),
+            source: Source::Files(path),
             // Plaintext: these tests exercise the xDS machinery alone.
             tls: None,
             xds,

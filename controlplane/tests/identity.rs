@@ -21,7 +21,7 @@ use std::time::Duration;
 use meshd_ca::{Authority, DirStore, SpiffeId};
 use meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
-use meshd_controlplane::server::{ControlPlane, Options, TlsOptions};
+use meshd_controlplane::server::{ControlPlane, Options, Source, TlsOptions};
 use meshd_controlplane::tls::ServerIdentity;
 use meshd_proto::ca::v1::CreateCertificateRequest;
 use meshd_proto::ca::v1::certificate_service_client::CertificateServiceClient;
@@ -124,7 +124,7 @@ impl Harness {
         let registry = tempfile::tempdir().expect("a temporary directory");
         std::fs::write(registry.path().join("mesh.yaml"), REGISTRY).expect("write the registry");
         let cp = ControlPlane::start(Options {
-            registry: Some(registry.path().to_path_buf()),
+            source: Source::Files(registry.path().to_path_buf()),
             tls,
             xds: TcpListener::bind("127.0.0.1:0").await.expect("bind xDS"),
             debug: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind debug")),

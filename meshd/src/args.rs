@@ -66,8 +66,13 @@ pub struct RunArgs {
     /// A directory of Kubernetes manifests (Namespace, Service,
     /// EndpointSlice, Pod) to serve, watched for changes. Without it, the
     /// embedded default registry (the local demo) is served.
-    #[arg(long, env = "MESHD_REGISTRY")]
+    #[arg(long, env = "MESHD_REGISTRY", conflicts_with = "kubernetes")]
     pub registry: Option<PathBuf>,
+
+    /// Discover the mesh from the Kubernetes API (in-cluster configuration,
+    /// or the current kubeconfig context) instead of a registry.
+    #[arg(long, env = "MESHD_KUBERNETES")]
+    pub kubernetes: bool,
 
     /// Where the xDS (ADS) gRPC server listens.
     #[arg(long, env = "MESHD_XDS_ADDRESS", default_value = "127.0.0.1:15010")]

@@ -7,7 +7,7 @@ use meshd_ca::{Authority, DirStore, PlugInFiles, SpiffeId};
 use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::model::MtlsMode;
-use meshd_controlplane::server::{ControlPlane, Options, TlsOptions};
+use meshd_controlplane::server::{ControlPlane, Options, Source, TlsOptions};
 use meshd_controlplane::tls::ServerIdentity;
 use meshd_injector::capture::{self, CaptureConfig};
 use meshd_injector::config::InjectorConfig;
@@ -40,17 +40,26 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 args.debug_address
             )
         })?;
-    match &args.registry {
-        Some(dir) => tracing::info!(registry = %dir.display(), "serving the file registry"),
-        None => tracing::info!("serving the embedded default registry"),
-    }
+    let source = if args.kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("--kubernetes: cannot reach the Kubernetes API")?;
+        tracing::info!("discovering the mesh from the Kubernetes API");
+        Source::Kubernetes(client)
+    } else if let Some(dir) = &args.registry {
+        tracing::info!(registry = %dir.display(), "serving the file registry");
+        Source::Files(dir.clone())
+    } else {
+        tracing::info!("serving the embedded default registry");
+        Source::Embedded
+    };
     let tls = tls_options(&args)?;
     let webhook = match args.webhook_address {
         Some(address) => Some(start_webhook(&args, address, &tls).await?),
         None => None,
     };
     let control_plane = ControlPlane::start(Options {
-        registry: args.registry,
+        source,
         tls: Some(tls),
         xds,
         debug: Some(debug),

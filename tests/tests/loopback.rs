@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
-use meshd_controlplane::server::{ControlPlane, Options};
+use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
 use meshd_tests::pki::Pki;
@@ -57,7 +57,7 @@ impl Mesh {
         let cp = rt
             .block_on(async {
                 ControlPlane::start(Options {
-                    registry: Some(registry.path().to_path_buf()),
+                    source: Source::Files(registry.path().to_path_buf()),
                     tls: Some(pki.tls(&[IpAddr::from([127, 0, 0, 1])])),
                     xds: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
                     debug: None,

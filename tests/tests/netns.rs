@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
-use meshd_controlplane::server::{ControlPlane, Options};
+use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
@@ -144,7 +144,7 @@ impl NetMesh {
         let cp = rt
             .block_on(async {
                 ControlPlane::start(Options {
-                    registry: Some(registry.path().to_path_buf()),
+                    source: Source::Files(registry.path().to_path_buf()),
                     tls: Some(pki.tls(&[IpAddr::V4(HUB_IP)])),
                     xds: tokio::net::TcpListener::from_std(xds_listener)?,
                     debug: None,
