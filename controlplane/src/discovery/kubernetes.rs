@@ -65,20 +65,22 @@ pub struct KubeIndex {
 
 impl KubeIndex {
     pub fn update(&mut self, update: Update) {
-        self.dirty = true;
         match update {
             Update::Apply(object) => {
                 self.problems.remove(&object.object_ref());
                 self.index.apply(object);
+                self.dirty = true;
             }
             Update::Delete(object) => {
                 self.problems.remove(&object);
                 self.index.delete(&object);
+                self.dirty = true;
             }
             Update::Rejected(object, error) => {
+                // Nothing changes in the index; changes before it still
+                // count as unpublished.
                 tracing::error!(object = %object, "rejected: {error}; its last good version keeps serving");
                 self.problems.insert(object, error);
-                self.dirty = false;
             }
             Update::Reset {
                 kind,
@@ -93,6 +95,7 @@ impl KubeIndex {
                 }
                 self.index.reset(kind, objects, &keep);
                 self.listed.insert(kind);
+                self.dirty = true;
             }
         }
     }
