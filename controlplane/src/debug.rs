@@ -1,5 +1,6 @@
 //! The control plane's HTTP endpoints: health, Prometheus metrics, and JSON
-//! debug views of connected proxies, rejected config and registry problems.
+//! debug views of connected proxies, rejected config, registry problems and
+//! rejected routing annotations.
 //!
 //! Bind it to loopback (the default) or a port only operators reach: it
 //! reveals topology, though never key material.
@@ -33,6 +34,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/xds/proxies", get(proxies))
         .route("/debug/xds/nacks", get(nacks))
         .route("/debug/registry", get(registry))
+        .route("/debug/routing", get(routing))
         .route("/ca/rotate-root", axum::routing::post(rotate_root))
         .with_state(state)
 }
@@ -84,6 +86,12 @@ async fn registry(State(s): State<DebugState>) -> impl IntoResponse {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     Json(serde_json::json!({ "errors": problems }))
+}
+
+/// Routing annotations currently rejected: object, annotation, value and
+/// what is accepted. Their services keep their last good routing.
+async fn routing(State(s): State<DebugState>) -> impl IntoResponse {
+    Json(s.xds.routing_errors())
 }
 
 async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {

@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! discovery source ──Mesh──> xds::Publisher ──Snapshot──> ADS streams ──> Envoy
-//!  (file registry)            (debounce, translate)       (SotW / Delta)
+//!  (file registry)            (debounce, routing,         (SotW / Delta)
+//!                              translate)
 //! ```
+//!
+//! `routing` reads the traffic annotations (timeouts, retries, splits,
+//! faults, load balancing, circuit breaking, egress scopes) and keeps each
+//! service's last good routing across snapshots.
 
 pub mod bootstrap;
 pub mod certificates;
@@ -12,6 +17,7 @@ pub mod debug;
 pub mod discovery;
 pub mod identity;
 pub mod model;
+pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod translate;

@@ -109,7 +109,7 @@ impl Object {
 /// Service names become route domains (`name.namespace`), so a dot in one
 /// could collide with another service's domain and make Envoy reject the
 /// whole route configuration.
-fn is_dns_label(name: &str) -> bool {
+pub(crate) fn is_dns_label(name: &str) -> bool {
     name.len() <= 63
         && name
             .bytes()
@@ -118,7 +118,7 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-const DNS_LABEL: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+pub(crate) const DNS_LABEL: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
 
 /// Name and namespace from metadata, with the errors a user needs when they
 /// are missing.

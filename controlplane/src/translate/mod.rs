@@ -1,11 +1,15 @@
 //! Mesh model → Envoy resources, per proxy.
 //!
-//! A [`Snapshot`] is built once per mesh change. What every proxy shares is
-//! translated once, up front: outbound clusters and their endpoints, and the
-//! outbound listener. What varies is translated when a proxy first asks and
-//! then cached: route configurations per namespace (short service names only
-//! resolve within the caller's namespace). What belongs to one proxy alone,
-//! its inbound listener and clusters, is built per proxy and is small.
+//! A [`Snapshot`] is built once per mesh change, from the mesh and the
+//! routing in force ([`crate::routing::MeshRouting`]). What every proxy
+//! shares is translated once, up front: outbound clusters and their
+//! endpoints, and the outbound listener. What varies is translated when a
+//! proxy first asks and then cached: the outbound side per egress scope
+//! (proxies with `meshd.io/egress` get only the clusters, endpoints and
+//! filter chains of the services in scope; equal scopes share one copy),
+//! and route configurations per namespace and scope (short service names
+//! only resolve within the caller's namespace). What belongs to one proxy
+//! alone, its inbound listener and clusters, is built per proxy and is small.
 //!
 //! ```text
 //!                 outbound (15001)                       inbound (15006)
@@ -52,7 +56,9 @@ use meshd_proto::envoy::extensions::upstreams::http::v3::{
 use meshd_proto::{Any, BoolValue, Duration, UInt32Value, to_any, type_url};
 
 use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
+use crate::routing::{Egress, MeshRouting, RoutingIndex};
 
+mod routing;
 mod tls;
 
 /// Ports the sidecar owns inside a pod.
@@ -230,22 +236,57 @@ pub struct MtlsOptions {
     pub default_mode: MtlsMode,
 }
 
+/// The outbound side of the proxies of one egress scope.
+#[derive(Debug)]
+struct Outbound {
+    clusters: Arc<Resources>,
+    endpoints: Arc<Resources>,
+    listener: Arc<Resource>,
+}
+
+/// Route configurations are shared by the proxies of a namespace, an
+/// interception mode and an egress scope (`None`: the whole mesh).
+type RouteKey = (String, Interception, Option<Arc<Egress>>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The translated mesh at one point in time.
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
     pub mesh: Arc<Mesh>,
+    /// The routing in force, and the annotation errors of this mesh.
+    pub routing: Arc<MeshRouting>,
+    /// Every outbound cluster and load assignment of the mesh.
     clusters: Arc<Resources>,
-    endpoints: Arc<Resources>,
-    outbound_listener: Arc<Resource>,
+    /// What proxies without an egress scope share.
+    mesh_wide: Arc<Outbound>,
+    /// The same per egress scope, built when a proxy of the scope asks.
+    scoped: Mutex<HashMap<Arc<Egress>, Arc<Outbound>>>,
     /// Service ports each pod serves: (namespace, pod) → target port → protocol.
     inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>>,
-    routes: Mutex<HashMap<(String, Interception), Arc<Resources>>>,
+    routes: Mutex<HashMap<RouteKey, Arc<Resources>>>,
     options: TranslateOptions,
 }
 
 impl Snapshot {
+    /// Translates `mesh` with the routing its annotations ask for, without
+    /// history: a service with an invalid annotation gets default routing.
+    /// The publisher keeps a [`RoutingIndex`] across snapshots instead and
+    /// calls [`Snapshot::with_routing`].
     pub fn new(version: u64, mesh: Arc<Mesh>, options: TranslateOptions) -> Self {
+        let routing = Arc::new(RoutingIndex::default().update(&mesh));
+        Self::with_routing(version, mesh, options, routing)
+    }
+
+    pub fn with_routing(
+        version: u64,
+        mesh: Arc<Mesh>,
+        options: TranslateOptions,
+        routing: Arc<MeshRouting>,
+    ) -> Self {
         // Pods whose sidecars accept mTLS: their endpoints get the TLS
         // transport socket, and their identities are what clients verify.
         let mut mtls_pods: HashMap<&str, HashMap<&str, String>> = HashMap::new();
@@ -279,6 +320,7 @@ impl Snapshot {
             for port in &svc.ports {
                 let name = svc.cluster_name(port.port);
                 let mut cluster = eds_cluster(&name, port.protocol);
+                routing::configure_cluster(&mut cluster, routing.service(&svc.key), port.protocol);
                 if !sans.is_empty() {
                     cluster.transport_socket_matches =
                         vec![tls::upstream_match(&name, port.protocol, &sans)];
@@ -329,16 +371,71 @@ impl Snapshot {
             PASSTHROUGH_CLUSTER.into(),
             Resource::new(PASSTHROUGH_CLUSTER.into(), &passthrough, vec![]),
         );
-        let outbound_listener = redirect_outbound_listener(&mesh);
+        let clusters = Arc::new(clusters);
+        let mesh_wide = Arc::new(Outbound {
+            clusters: clusters.clone(),
+            endpoints: Arc::new(endpoints),
+            listener: redirect_outbound_listener(&mesh, |_| true),
+        });
         Snapshot {
             version,
             mesh,
-            clusters: Arc::new(clusters),
-            endpoints: Arc::new(endpoints),
-            outbound_listener,
+            routing,
+            clusters,
+            mesh_wide,
+            scoped: Mutex::new(HashMap::new()),
             inbound_ports,
             routes: Mutex::new(HashMap::new()),
             options,
+        }
+    }
+
+    /// The outbound side for an egress scope (`None`: the whole mesh).
+    fn outbound(&self, scope: Option<&Arc<Egress>>) -> Arc<Outbound> {
+        let Some(scope) = scope else {
+            return self.mesh_wide.clone();
+        };
+        lock(&self.scoped)
+            .entry(scope.clone())
+            .or_insert_with(|| Arc::new(self.scope(scope)))
+            .clone()
+    }
+
+    /// The clusters and endpoints of the services in scope and of the
+    /// services their routes send to (split targets, route backends, on
+    /// the same ports), and a listener for the services in scope.
+    fn scope(&self, egress: &Egress) -> Outbound {
+        let mut names = BTreeSet::from([PASSTHROUGH_CLUSTER.to_string()]);
+        for svc in self
+            .mesh
+            .services
+            .values()
+            .filter(|s| egress.allows(&s.key))
+        {
+            names.extend(svc.ports.iter().map(|p| svc.cluster_name(p.port)));
+            for target in self.routing.service(&svc.key).targets() {
+                let key = ServiceKey::new(svc.key.namespace.clone(), target);
+                if let Some(target) = self.mesh.services.get(&key) {
+                    names.extend(
+                        target
+                            .ports
+                            .iter()
+                            .filter(|p| svc.ports.iter().any(|q| q.port == p.port))
+                            .map(|p| target.cluster_name(p.port)),
+                    );
+                }
+            }
+        }
+        let pick = |all: &Resources| -> Resources {
+            names
+                .iter()
+                .filter_map(|n| Some((n.clone(), all.get(n)?.clone())))
+                .collect()
+        };
+        Outbound {
+            clusters: Arc::new(pick(&self.mesh_wide.clusters)),
+            endpoints: Arc::new(pick(&self.mesh_wide.endpoints)),
+            listener: redirect_outbound_listener(&self.mesh, |k| egress.allows(k)),
         }
     }
 
@@ -346,6 +443,8 @@ impl Snapshot {
     /// the mesh does not know the workload.
     pub fn proxy(&self, node_id: &str) -> Option<ProxyView> {
         let workload = self.mesh.workloads.get(node_id)?.clone();
+        let scope = self.routing.egress(node_id);
+        let outbound = self.outbound(scope);
         let inbound = self
             .inbound_ports
             .get(&(workload.namespace.clone(), workload.name.clone()));
@@ -372,7 +471,7 @@ impl Snapshot {
             .map(|m| self.mesh.mtls_mode(&workload, m.default_mode));
         match workload.interception {
             Interception::Redirect => {
-                listeners.insert(OUTBOUND_LISTENER.into(), self.outbound_listener.clone());
+                listeners.insert(OUTBOUND_LISTENER.into(), outbound.listener.clone());
                 let l = redirect_inbound_listener(inbound, mtls);
                 listeners.insert(INBOUND_LISTENER.into(), l);
             }
@@ -387,11 +486,11 @@ impl Snapshot {
                 }
             }
         }
-        let routes = self.routes(&workload.namespace, workload.interception);
+        let routes = self.routes(&workload.namespace, workload.interception, scope);
         Some(ProxyView {
             workload,
-            shared_clusters: self.clusters.clone(),
-            shared_endpoints: self.endpoints.clone(),
+            shared_clusters: outbound.clusters.clone(),
+            shared_endpoints: outbound.endpoints.clone(),
             local_clusters,
             listeners,
             routes,
@@ -399,12 +498,19 @@ impl Snapshot {
         })
     }
 
-    fn routes(&self, namespace: &str, mode: Interception) -> Arc<Resources> {
-        let key = (namespace.to_string(), mode);
-        let mut cache = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        cache
+    fn routes(
+        &self,
+        namespace: &str,
+        mode: Interception,
+        scope: Option<&Arc<Egress>>,
+    ) -> Arc<Resources> {
+        let key = (namespace.to_string(), mode, scope.cloned());
+        lock(&self.routes)
             .entry(key)
-            .or_insert_with(|| Arc::new(outbound_routes(&self.mesh, namespace, mode)))
+            .or_insert_with(|| {
+                let visible = |k: &ServiceKey| scope.is_none_or(|e| e.allows(k));
+                Arc::new(outbound_routes(self, namespace, mode, visible))
+            })
             .clone()
     }
 }
@@ -556,10 +662,19 @@ enum ClientCert {
     SetFromPeer,
 }
 
+/// Which HTTP filters a connection manager runs before the router.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// The caller's side: fault injection (per service, by route config).
+    Outbound,
+    Inbound,
+}
+
 fn http_filter(
     stat_prefix: &str,
     routes: http_connection_manager::RouteSpecifier,
     client_cert: ClientCert,
+    side: Side,
 ) -> Filter {
     use http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
     let router = HttpFilter {
@@ -579,10 +694,15 @@ fn http_filter(
             }),
         ),
     };
+    let mut http_filters = Vec::with_capacity(2);
+    if side == Side::Outbound {
+        http_filters.push(routing::fault_filter());
+    }
+    http_filters.push(router);
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
-        http_filters: vec![router],
+        http_filters,
         route_specifier: Some(routes),
         // The client's address as seen by the app is the caller's, not the
         // sidecar's: trust nothing a caller put in X-Forwarded-For.
@@ -665,15 +785,16 @@ fn cidr(ip: IpAddr) -> CidrRange {
     }
 }
 
-/// The capture listener every redirected proxy shares: each service VIP and
-/// port gets a filter chain; HTTP ports of a number share one chain and one
-/// route configuration named after the port, as Kubernetes users think of
+/// The capture listener redirected proxies share (all of them, or those of
+/// an egress scope): each `visible` service VIP and port gets a filter
+/// chain; HTTP ports of a number share one chain and one route
+/// configuration named after the port, as Kubernetes users think of
 /// "port 80".
-fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
+fn redirect_outbound_listener(mesh: &Mesh, visible: impl Fn(&ServiceKey) -> bool) -> Arc<Resource> {
     let mut http_vips: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
     let mut chains = Vec::new();
     let mut refs = BTreeSet::new();
-    for svc in mesh.services.values() {
+    for svc in mesh.services.values().filter(|s| visible(&s.key)) {
         let Some(vip) = svc.vip else { continue };
         for port in &svc.ports {
             if port.protocol.is_http() {
@@ -708,6 +829,7 @@ fn redirect_outbound_listener(mesh: &Mesh) -> Arc<Resource> {
                 &format!("outbound_{port}"),
                 rds(port.to_string()),
                 ClientCert::Strip,
+                Side::Outbound,
             )],
             ..Default::default()
         });
@@ -732,6 +854,7 @@ fn explicit_outbound_listener(ip: IpAddr) -> Arc<Resource> {
             "outbound_http_proxy",
             rds(HTTP_PROXY_ROUTE.into()),
             ClientCert::Strip,
+            Side::Outbound,
         )],
         ..Default::default()
     };
@@ -764,6 +887,7 @@ fn inbound_filters(port: u16, protocol: Protocol, client_cert: ClientCert) -> Ve
             &stat_prefix,
             http_connection_manager::RouteSpecifier::RouteConfig(route),
             client_cert,
+            Side::Inbound,
         )
     } else {
         tcp_proxy_filter(&stat_prefix, &cluster)
@@ -885,10 +1009,15 @@ fn service_hosts(key: &ServiceKey, vip: Option<IpAddr>, caller_namespace: &str) 
     hosts
 }
 
-fn outbound_routes(mesh: &Mesh, namespace: &str, mode: Interception) -> Resources {
+fn outbound_routes(
+    snapshot: &Snapshot,
+    namespace: &str,
+    mode: Interception,
+    visible: impl Fn(&ServiceKey) -> bool,
+) -> Resources {
     let mut by_config: BTreeMap<String, Vec<VirtualHost>> = BTreeMap::new();
-    let mut refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for svc in mesh.services.values() {
+    let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for svc in snapshot.mesh.services.values().filter(|s| visible(&s.key)) {
         for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
             let hosts = service_hosts(&svc.key, svc.vip, namespace);
             let (config, bare) = match mode {
@@ -906,17 +1035,19 @@ fn outbound_routes(mesh: &Mesh, namespace: &str, mode: Interception) -> Resource
                     domains.push(host);
                 }
             }
-            let cluster = svc.cluster_name(port.port);
+            let routes =
+                routing::service_routes(&snapshot.routing, &snapshot.clusters, svc, port.port);
             by_config
                 .entry(config.clone())
                 .or_default()
                 .push(VirtualHost {
                     name: format!("{}:{}", svc.key.fqdn(), port.port),
                     domains,
-                    routes: vec![route_to(&cluster)],
+                    routes: routes.routes,
+                    typed_per_filter_config: routes.typed_per_filter_config,
                     ..Default::default()
                 });
-            refs.entry(config).or_default().push(cluster);
+            refs.entry(config).or_default().extend(routes.clusters);
         }
     }
     if mode == Interception::Redirect {
@@ -939,8 +1070,9 @@ fn outbound_routes(mesh: &Mesh, namespace: &str, mode: Interception) -> Resource
         .map(|(name, virtual_hosts)| {
             let mut cluster_refs = refs.remove(&name).unwrap_or_default();
             if mode == Interception::Redirect {
-                cluster_refs.push(PASSTHROUGH_CLUSTER.into());
+                cluster_refs.insert(PASSTHROUGH_CLUSTER.into());
             }
+            let cluster_refs: Vec<String> = cluster_refs.into_iter().collect();
             let config = RouteConfiguration {
                 name: name.clone(),
                 virtual_hosts,

@@ -1,7 +1,7 @@
 //! The xDS server: ADS over gRPC, State-of-the-World and Delta.
 //!
 //! ```text
-//! watch<Mesh> ──> publisher (debounce, Snapshot::new) ──> watch<Snapshot>
+//! watch<Mesh> ──> publisher (debounce, RoutingIndex, Snapshot) ──> watch<Snapshot>
 //!                                                            │ each stream subscribes
 //! Envoy ──DiscoveryRequest──> stream task ── Session ────────┘
 //!       <──DiscoveryResponse─┘   (subscriptions, ACK/NACK, push order)
@@ -43,6 +43,7 @@ pub use session::{Outcome, Push, Request, Session, Subscribe};
 
 use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
 use crate::model::Mesh;
+use crate::routing::{AnnotationError, RoutingIndex};
 use crate::translate::{Kind, Snapshot, TranslateOptions};
 use meshd_ca::SpiffeId;
 
@@ -64,6 +65,10 @@ pub struct Metrics {
     /// the node id names, and SDS requests for secrets not the proxy's own.
     pub identity_denied: Counter,
     pub certificates_issued: Counter,
+    /// Routing annotation problems in the current mesh.
+    pub routing_annotation_errors: Gauge,
+    /// Routing annotation problems as they appear (each distinct one once).
+    pub routing_annotation_rejections: Counter,
 }
 
 impl Metrics {
@@ -94,6 +99,17 @@ impl Metrics {
             "certificates_issued",
             "Workload certificates issued to proxies over SDS",
             self.certificates_issued.clone(),
+        );
+        let r = registry.sub_registry_with_prefix("meshd_routing");
+        r.register(
+            "annotation_errors",
+            "Routing annotations currently rejected (their services keep their last good routing)",
+            self.routing_annotation_errors.clone(),
+        );
+        r.register(
+            "annotation_rejections",
+            "Routing annotation values rejected, each distinct problem counted when it appears",
+            self.routing_annotation_rejections.clone(),
         );
     }
 }
@@ -152,6 +168,7 @@ pub struct ServerState {
     pub metrics: Metrics,
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     nacks: Mutex<VecDeque<NackRecord>>,
+    routing_errors: Mutex<Vec<AnnotationError>>,
     next_stream: AtomicU64,
 }
 
@@ -167,23 +184,66 @@ impl ServerState {
     pub fn nacks(&self) -> Vec<NackRecord> {
         lock(&self.nacks).iter().cloned().collect()
     }
+
+    /// The routing annotation problems of the current snapshot.
+    pub fn routing_errors(&self) -> Vec<AnnotationError> {
+        lock(&self.routing_errors).clone()
+    }
+
+    /// Replaces the current routing problems (sorted), logging and counting
+    /// those that are new and logging those that are gone.
+    fn set_routing_errors(&self, errors: &[AnnotationError]) {
+        let mut current = lock(&self.routing_errors);
+        for e in errors {
+            if current.binary_search(e).is_err() {
+                self.metrics.routing_annotation_rejections.inc();
+                tracing::warn!(object = %e.object, annotation = %e.annotation, value = %e.value, "routing annotation rejected, the last good routing stays: {}", e.message);
+            }
+        }
+        for e in current.iter() {
+            if errors.binary_search(e).is_err() {
+                tracing::info!(object = %e.object, annotation = %e.annotation, "routing annotation problem resolved");
+            }
+        }
+        *current = errors.to_vec();
+        self.metrics
+            .routing_annotation_errors
+            .set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// Translates a mesh with the routing the index keeps across snapshots.
+fn translate(
+    version: u64,
+    mesh: Arc<Mesh>,
+    options: TranslateOptions,
+    routing: &mut RoutingIndex,
+) -> Snapshot {
+    let in_force = Arc::new(routing.update(&mesh));
+    Snapshot::with_routing(version, mesh, options, in_force)
 }
 
 /// Turns mesh changes into translated snapshots. Changes arriving within
 /// `debounce` of each other are coalesced into one snapshot, so a burst
 /// (a rollout, a registry rewrite) costs one translation and one push; a
 /// steady stream of changes still publishes at least every 10 windows.
+///
+/// The publisher owns the [`RoutingIndex`]: a service whose routing
+/// annotations turn invalid keeps the routing of an earlier snapshot.
 pub fn spawn_publisher(
     mut meshes: watch::Receiver<Arc<Mesh>>,
     debounce: Duration,
     state: Arc<ServerState>,
     options: TranslateOptions,
 ) -> watch::Receiver<Arc<Snapshot>> {
-    let first = Arc::new(Snapshot::new(
+    let mut routing = RoutingIndex::default();
+    let first = Arc::new(translate(
         1,
         meshes.borrow_and_update().clone(),
         options.clone(),
+        &mut routing,
     ));
+    state.set_routing_errors(&first.routing.errors);
     state.metrics.snapshots.inc();
     let (tx, rx) = watch::channel(first);
     tokio::spawn(
@@ -204,10 +264,15 @@ pub fn spawn_publisher(
                 let mesh = meshes.borrow_and_update().clone();
                 version += 1;
                 let options = options.clone();
-                let snapshot =
-                    tokio::task::spawn_blocking(move || Snapshot::new(version, mesh, options))
-                        .await
-                        .expect("translation does not panic");
+                let mut index = std::mem::take(&mut routing);
+                let (snapshot, index) = tokio::task::spawn_blocking(move || {
+                    let snapshot = translate(version, mesh, options, &mut index);
+                    (snapshot, index)
+                })
+                .await
+                .expect("translation does not panic");
+                routing = index;
+                state.set_routing_errors(&snapshot.routing.errors);
                 state.metrics.snapshots.inc();
                 tracing::debug!(version, "snapshot published");
                 if tx.send(Arc::new(snapshot)).is_err() {

@@ -1,0 +1,188 @@
+//! Real Envoy accepts what routing annotations translate to: every
+//! annotation at once, on the outbound side of a mesh-wide and of a scoped
+//! proxy, checked with `envoy --mode validate`.
+//!
+//! The proxy's xDS resources become a static bootstrap (binary protobuf):
+//! route configurations are inlined into their connection managers and EDS
+//! clusters carry their load assignments, so Envoy validates exactly the
+//! messages the control plane would stream.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use meshd_controlplane::discovery::{file, index::Index};
+use meshd_controlplane::translate::{Kind, ProxyView, Snapshot, TranslateOptions, decode};
+use meshd_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
+use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
+use meshd_proto::envoy::config::core::v3::Node;
+use meshd_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use meshd_proto::envoy::config::listener::v3::{Listener, filter};
+use meshd_proto::envoy::config::route::v3::RouteConfiguration;
+use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use meshd_proto::to_any;
+use meshd_tests::envoy;
+use prost::Message;
+
+const REGISTRY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, annotations: {meshd.io/timeout: 2s, meshd.io/fault-delay: 100ms@0.5}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: shop
+  annotations:
+    meshd.io/retries: "3"
+    meshd.io/retry-per-try-timeout: 500ms
+    meshd.io/retry-on: 5xx,gateway-error,reset,connect-failure,retriable-4xx,refused-stream,503
+    meshd.io/traffic-split: reviews-v1=90,reviews-v2=10
+    meshd.io/routes: '[{"pathPrefix":"/api","headers":{"end-user":"jason"},"backend":"reviews-v2"},{"headers":{"x-canary":"1"},"backend":"reviews-v1"}]'
+    meshd.io/fault-delay: 5s@50
+    meshd.io/fault-abort: 503@12.5
+    meshd.io/max-connections: "100"
+    meshd.io/max-pending-requests: "10"
+    meshd.io/max-requests: "1000"
+    meshd.io/max-retries: "5"
+    meshd.io/outlier-consecutive-5xx: "3"
+    meshd.io/outlier-interval: 5s
+    meshd.io/outlier-base-ejection-time: 1m
+    meshd.io/outlier-max-ejection-percent: "50"
+spec: {clusterIP: 198.19.0.1, ports: [{name: http, port: 80}, {name: grpc-api, port: 9090}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1, namespace: shop, annotations: {meshd.io/load-balancer: "ring-hash:x-user"}}
+spec: {clusterIP: 198.19.0.2, ports: [{name: http, port: 80}, {name: grpc-api, port: 9090}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop, annotations: {meshd.io/load-balancer: least-request}}
+spec: {clusterIP: 198.19.0.3, ports: [{name: http, port: 80}, {name: grpc-api, port: 9090}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop, annotations: {meshd.io/load-balancer: random, meshd.io/fault-abort: 500@100}}
+spec: {clusterIP: 198.19.0.4, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: postgres, namespace: shop, annotations: {meshd.io/load-balancer: "ring-hash:x-user", meshd.io/max-connections: "5"}}
+spec: {clusterIP: 198.19.0.5, ports: [{name: tcp-pg, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-v1, namespace: shop, labels: {kubernetes.io/service-name: reviews-v1}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: grpc-api, port: 9090}]
+endpoints: [{addresses: [198.18.0.10]}, {addresses: [198.18.0.11]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: shop}
+status: {podIP: 198.18.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: scoped-0, namespace: shop, annotations: {meshd.io/egress: "./reviews"}}
+status: {podIP: 198.18.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: explicit-0, namespace: shop, annotations: {meshd.io/interception: none}}
+status: {podIP: 198.18.0.4}
+"#;
+
+/// A proxy's resources as one static bootstrap.
+fn bootstrap(node_id: &str, view: &ProxyView) -> Bootstrap {
+    let listeners = view
+        .all(Kind::Listener)
+        .map(|r| {
+            let mut listener: Listener = decode(r).unwrap();
+            for chain in &mut listener.filter_chains {
+                for f in &mut chain.filters {
+                    let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                        continue;
+                    };
+                    let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                        continue;
+                    };
+                    if let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+                        let routes: RouteConfiguration = view
+                            .get(Kind::Route, &rds.route_config_name)
+                            .map(|r| decode(r).unwrap())
+                            .unwrap_or_default();
+                        hcm.route_specifier = Some(RouteSpecifier::RouteConfig(routes));
+                        *any = to_any(&hcm);
+                    }
+                }
+            }
+            listener
+        })
+        .collect();
+    let clusters = view
+        .all(Kind::Cluster)
+        .map(|r| {
+            let mut c: Cluster = decode(r).unwrap();
+            if c.eds_cluster_config.take().is_some() {
+                let cla: ClusterLoadAssignment =
+                    decode(view.get(Kind::Endpoint, &c.name).unwrap()).unwrap();
+                c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::Static as i32,
+                ));
+                c.load_assignment = Some(cla);
+            }
+            c
+        })
+        .collect();
+    Bootstrap {
+        node: Some(Node {
+            id: node_id.to_string(),
+            cluster: "shop".into(),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::StaticResources {
+            listeners,
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn envoy_accepts_every_routing_annotation() {
+    let Some(envoy_bin) = envoy::require_envoy() else {
+        return;
+    };
+    let mut index = Index::default();
+    for object in file::parse(REGISTRY).unwrap() {
+        index.apply(object);
+    }
+    let snapshot = Snapshot::new(1, Arc::new(index.mesh()), TranslateOptions::default());
+    assert!(
+        snapshot.routing.errors.is_empty(),
+        "{:?}",
+        snapshot.routing.errors
+    );
+    let work = meshd_tests::workdir().unwrap();
+    for node in ["client-0.shop", "scoped-0.shop", "explicit-0.shop"] {
+        let view = snapshot.proxy(node).unwrap();
+        let path = work.path().join(format!("{node}.pb"));
+        std::fs::write(&path, bootstrap(node, &view).encode_to_vec()).unwrap();
+        let out = Command::new(&envoy_bin)
+            .args(["--mode", "validate", "--log-level", "error", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "envoy rejected the configuration of {node}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
