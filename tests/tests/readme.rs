@@ -11,3 +11,14 @@ fn the_readme_lists_every_injection_annotation() {
         "README.md's annotation table is out of date; replace it with:\n{table}"
     );
 }
+
+#[test]
+fn the_readme_lists_every_routing_annotation() {
+    let readme =
+        std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap();
+    let table = meshd_controlplane::routing::markdown_table();
+    assert!(
+        readme.contains(table.trim()),
+        "README.md's routing table is out of date; replace it with:\n{table}"
+    );
+}
