@@ -18,6 +18,8 @@ const DEBUG: &str = "127.0.0.1:15014";
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 1));
 const SERVER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 2));
 const SERVER_APP: &str = "127.0.0.1:18080";
+const SERVER_V2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 3));
+const SERVER_V2_APP: &str = "127.0.0.1:18081";
 
 struct Process(Child);
 
@@ -98,7 +100,7 @@ fn demo() -> anyhow::Result<()> {
     let work = meshd_tests::workdir()?;
     println!("meshd demo: a control plane, two sidecars and two apps on loopback\n");
 
-    for addr in [XDS, DEBUG, SERVER_APP] {
+    for addr in [XDS, DEBUG, SERVER_APP, SERVER_V2_APP] {
         TcpListener::bind(addr).with_context(|| {
             format!("{addr} is in use: is another demo or meshd running? Stop it and retry")
         })?;
@@ -139,12 +141,14 @@ fn demo() -> anyhow::Result<()> {
     );
 
     let app = App::serve("server-0", TcpListener::bind(SERVER_APP)?)?;
-    println!("2. server app      server-0 on {SERVER_APP}");
+    let app_v2 = App::serve("server-v2-0", TcpListener::bind(SERVER_V2_APP)?)?;
+    println!("2. server apps     server-0 on {SERVER_APP}, server-v2-0 on {SERVER_V2_APP}");
 
     let mut envoys = Vec::new();
     for (pod, service_account, ip) in [
         ("client-0", "client", CLIENT),
         ("server-0", "server", SERVER),
+        ("server-v2-0", "server", SERVER_V2),
     ] {
         let file = bootstrap(&meshd, work.path(), pod, service_account, ip)?;
         let admin = SocketAddr::new(ip, 15000);
@@ -201,9 +205,36 @@ fn demo() -> anyhow::Result<()> {
         stat(&server_stats, "cluster.inbound|18080||.upstream_rq_200"),
         app.requests(),
     );
+    // The embedded registry annotates `server` with
+    // meshd.io/routes: requests carrying `x-version: v2` go to server-v2.
+    println!(
+        "\n6. routing by annotation (meshd.io/routes on service server): the same request with x-version: v2"
+    );
+    let routed = wait_for(
+        "the header route to reach server-v2",
+        Duration::from_secs(30),
+        || match http::get_with(proxy, "server.demo", "/", true, &[("x-version", "v2")]) {
+            Ok(r) if r.status == 200 && r.header("x-served-by") == Some("server-v2-0") => {
+                Ok(Some(r))
+            }
+            Ok(r) => Err(format!(
+                "HTTP {} from {:?}",
+                r.status,
+                r.header("x-served-by")
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    )?;
+    println!(
+        "   HTTP {} from {} (server-v2 app requests: {})",
+        routed.status,
+        routed.header("x-served-by").unwrap_or("?"),
+        app_v2.requests()
+    );
+
     let proxies = local_get(DEBUG.parse()?, "/debug/xds/proxies")?;
     let proxies: serde_json::Value = serde_json::from_str(&proxies.body)?;
-    println!("\n6. the control plane's view (http://{DEBUG}/debug/xds/proxies):");
+    println!("\n7. the control plane's view (http://{DEBUG}/debug/xds/proxies):");
     for p in proxies.as_array().into_iter().flatten() {
         let acked: Vec<String> = p["types"]
             .as_object()
