@@ -293,10 +293,12 @@ impl Snapshot {
         if let Some(mtls) = &options.mtls {
             for w in mesh.workloads.values() {
                 if mesh.mtls_mode(w, mtls.default_mode) != MtlsMode::Disable {
-                    let id = format!(
-                        "spiffe://{}/ns/{}/sa/{}",
-                        mtls.trust_domain, w.namespace, w.service_account
-                    );
+                    let id = meshd_ca::SpiffeId::new(
+                        &mtls.trust_domain,
+                        &w.namespace,
+                        &w.service_account,
+                    )
+                    .to_string();
                     mtls_pods
                         .entry(w.namespace.as_str())
                         .or_default()
