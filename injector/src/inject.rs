@@ -8,8 +8,17 @@
 //!
 //! ```text
 //! Pod ─┬─ protected namespace / already injected / opted out / hostNetwork ──> Skipped
-//!      └─ annotations::parse + InjectorConfig ──> Plan ──> mutated Pod ──diff──> Patch
+//!      └─ annotations::parse + InjectorConfig ──> Plan ──> add operations at known paths ──> Patch
+//!                                                   └─ containers rendered once per configuration and Plan
 //! ```
+//!
+//! The patch is built directly, never by diffing the pod before and after:
+//! the injected list items are inserted by index (a list the pod lacks is
+//! added whole), and so are the label and annotations. What the injected
+//! containers look like depends only on the mesh settings and the pod's
+//! `meshd.io/*` overrides, so they are built and serialised once for each
+//! such combination and shared by every pod that has it: a review costs
+//! little beyond decoding its pod and writing the patch.
 //!
 //! What a meshed pod gets:
 //!
@@ -31,7 +40,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
     LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements,
@@ -113,14 +124,15 @@ impl fmt::Display for Skip {
     }
 }
 
-/// What injection decided.
+/// What injection decided. The patch is a `json_patch::Patch` from
+/// [`inject`], a [`PodPatch`] from [`inject_patch`].
 #[derive(Debug)]
-pub enum Injection {
+pub enum Injection<P = json_patch::Patch> {
     Skipped(Skip),
     /// The patch, and the service account whose identity Secret the pod
     /// mounts (the webhook makes sure it exists).
     Patched {
-        patch: json_patch::Patch,
+        patch: P,
         service_account: String,
     },
 }
@@ -172,11 +184,32 @@ pub struct Status {
 /// Checks the mesh-wide settings, so a bad configuration is refused when
 /// the control plane starts rather than at its first pod.
 pub fn check_config(config: &InjectorConfig) -> Result<()> {
-    Plan::new(config, &Overrides::default()).map(|_| ())
+    let prepared = Prepared::for_config(config)?;
+    Plan::new(config, &prepared.defaults, &Overrides::default()).map(|_| ())
 }
 
 /// Injects `pod`, created in `namespace`.
 pub fn inject(pod: &Pod, namespace: &str, config: &InjectorConfig) -> Result<Injection> {
+    Ok(match inject_patch(pod, namespace, config)? {
+        Injection::Skipped(why) => Injection::Skipped(why),
+        Injection::Patched {
+            patch,
+            service_account,
+        } => Injection::Patched {
+            patch: patch.to_patch(),
+            service_account,
+        },
+    })
+}
+
+/// [`inject`], with the patch as a [`PodPatch`]: what the webhook sends,
+/// written as JSON straight from the containers rendered for the pod's
+/// settings, without building a `json_patch::Patch` first.
+pub fn inject_patch(
+    pod: &Pod,
+    namespace: &str,
+    config: &InjectorConfig,
+) -> Result<Injection<PodPatch>> {
     if namespace == config.control_plane_namespace || namespace == KUBE_SYSTEM {
         return Ok(Injection::Skipped(Skip::ProtectedNamespace(
             namespace.to_string(),
@@ -210,22 +243,16 @@ pub fn inject(pod: &Pod, namespace: &str, config: &InjectorConfig) -> Result<Inj
     }
     let empty = BTreeMap::new();
     let overrides = annotations::parse(pod_annotations.unwrap_or(&empty))?;
-    let plan = Plan::new(config, &overrides)?;
+    let prepared = Prepared::for_config(config)?;
+    let plan = Plan::new(config, &prepared.defaults, &overrides)?;
     let service_account = service_account(spec)?;
     check_conflicts(spec, &plan)?;
 
-    let mutated = plan.apply(pod, spec, &service_account);
-    let original = to_json(pod)?;
-    let mutated = to_json(&mutated)?;
+    let rendered = prepared.rendered(plan)?;
     Ok(Injection::Patched {
-        patch: pod_patch(&original, &mutated),
+        patch: PodPatch::build(pod, spec, &rendered, &service_account)?,
         service_account,
     })
-}
-
-fn to_json(pod: &Pod) -> Result<Value> {
-    serde_json::to_value(pod)
-        .map_err(|e| InjectError::InvalidPod(format!("the pod cannot be serialised: {e}")))
 }
 
 /// The pod's service account: its identity.
@@ -359,27 +386,68 @@ fn parse_xds_address(value: &str) -> Option<(String, u16)> {
     (host.parse::<IpAddr>().is_ok() || dns_name(host)).then(|| (host.to_string(), port))
 }
 
+/// What injection needs from one configuration, worked out once: the
+/// validated settings (the bootstrap among them, a sixth of a review's
+/// cost when it was rendered for every pod) and the containers rendered for
+/// each [`Plan`] seen.
+struct Prepared {
+    config: InjectorConfig,
+    defaults: MeshDefaults,
+    /// The most recent plans first. Bounded: pods choose their overrides,
+    /// and an unusual combination is only rendered again.
+    rendered: Mutex<Vec<Arc<Rendered>>>,
+}
+
+/// How many plans a configuration keeps rendered.
+const RENDERED_PLANS: usize = 16;
+
+impl Prepared {
+    /// The preparation for `config`: the last one when the configuration
+    /// has not changed (the webhook and `meshd inject` use one at a time).
+    fn for_config(config: &InjectorConfig) -> Result<Arc<Prepared>> {
+        static LAST: Mutex<Option<Arc<Prepared>>> = Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(prepared) = last.as_ref()
+            && prepared.config == *config
+        {
+            return Ok(prepared.clone());
+        }
+        let prepared = Arc::new(Prepared {
+            config: config.clone(),
+            defaults: MeshDefaults::from_config(config)?,
+            rendered: Mutex::default(),
+        });
+        *last = Some(prepared.clone());
+        Ok(prepared)
+    }
+
+    /// The containers of `plan`, rendered on first use.
+    fn rendered(&self, plan: Plan) -> Result<Arc<Rendered>> {
+        let lock = || self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut cache = lock();
+            if let Some(i) = cache.iter().position(|r| r.plan == plan) {
+                let found = cache[i].clone();
+                if i > 0 {
+                    // Keep the plans in use at the front.
+                    cache[..=i].rotate_right(1);
+                }
+                return Ok(found);
+            }
+        }
+        let rendered = Arc::new(Rendered::new(plan, &self.config, &self.defaults.bootstrap)?);
+        let mut cache = lock();
+        cache.insert(0, rendered.clone());
+        cache.truncate(RENDERED_PLANS);
+        Ok(rendered)
+    }
+}
+
 /// The Envoy bootstrap as compact JSON, ready to be one element of the
 /// container's `args`. It names the node with the downward-API variables;
 /// Kubernetes substitutes them (and `--service-node` says the same), so every
 /// other `$` is doubled to stay literal.
-/// The sidecar's bootstrap depends on the mesh-wide settings alone, and
-/// rendering it is a sixth of a review's cost: render once per
-/// configuration, not once per pod.
 fn proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
-    static LAST: std::sync::Mutex<Option<(InjectorConfig, String)>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((for_config, bootstrap)) = last.as_ref()
-        && for_config == config
-    {
-        return Ok(bootstrap.clone());
-    }
-    let bootstrap = render_proxy_bootstrap(config)?;
-    *last = Some((config.clone(), bootstrap.clone()));
-    Ok(bootstrap)
-}
-
-fn render_proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
     let (xds_host, xds_port) = parse_xds_address(&config.xds_address).ok_or_else(|| {
         invalid_setting(
             "xdsAddress",
@@ -414,21 +482,21 @@ fn render_proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
         .replace(&format!("${namespace_ref}"), &namespace_ref))
 }
 
-/// Everything decided about one pod, before any of it is built.
+/// Everything decided about one pod's sidecar, before any of it is built:
+/// what the pod's overrides make of the mesh settings. With the
+/// configuration, it determines the injected containers entirely, so it is
+/// also what their rendering is cached by.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Plan {
     native: bool,
     /// `None` with `meshd.io/interception: none`: no init container.
     capture: Option<CaptureConfig>,
-    proxy_image: String,
-    init_image: String,
     cpu_request: Quantity,
     memory_request: Quantity,
     cpu_limit: Quantity,
     memory_limit: Quantity,
     log_level: String,
     concurrency: u32,
-    drain_seconds: u32,
-    bootstrap: String,
 }
 
 /// Picks the pod's value over the mesh's and checks request <= limit, as
@@ -478,19 +546,25 @@ fn resources(
 }
 
 impl Plan {
-    fn new(config: &InjectorConfig, overrides: &Overrides) -> Result<Plan> {
-        let defaults = MeshDefaults::from_config(config)?;
+    fn new(
+        config: &InjectorConfig,
+        defaults: &MeshDefaults,
+        overrides: &Overrides,
+    ) -> Result<Plan> {
         let (cpu_request, cpu_limit) = resources(
             "CPU",
             (
                 annotations::PROXY_CPU,
                 "proxyCpuRequest",
-                (overrides.proxy_cpu.clone(), defaults.cpu_request),
+                (overrides.proxy_cpu.clone(), defaults.cpu_request.clone()),
             ),
             (
                 annotations::PROXY_CPU_LIMIT,
                 "proxyCpuLimit",
-                (overrides.proxy_cpu_limit.clone(), defaults.cpu_limit),
+                (
+                    overrides.proxy_cpu_limit.clone(),
+                    defaults.cpu_limit.clone(),
+                ),
             ),
         )?;
         let (memory_request, memory_limit) = resources(
@@ -498,12 +572,18 @@ impl Plan {
             (
                 annotations::PROXY_MEMORY,
                 "proxyMemoryRequest",
-                (overrides.proxy_memory.clone(), defaults.memory_request),
+                (
+                    overrides.proxy_memory.clone(),
+                    defaults.memory_request.clone(),
+                ),
             ),
             (
                 annotations::PROXY_MEMORY_LIMIT,
                 "proxyMemoryLimit",
-                (overrides.proxy_memory_limit.clone(), defaults.memory_limit),
+                (
+                    overrides.proxy_memory_limit.clone(),
+                    defaults.memory_limit.clone(),
+                ),
             ),
         )?;
         if overrides.interception == Interception::None {
@@ -548,8 +628,6 @@ impl Plan {
         Ok(Plan {
             native: overrides.native_sidecar.unwrap_or(config.native_sidecar),
             capture,
-            proxy_image: config.proxy_image.clone(),
-            init_image: config.init_image.clone(),
             cpu_request,
             memory_request,
             cpu_limit,
@@ -559,74 +637,10 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| defaults.log_level.to_string()),
             concurrency: overrides.concurrency.unwrap_or(defaults.concurrency),
-            drain_seconds: config.drain_seconds,
-            bootstrap: defaults.bootstrap,
         })
     }
 
-    /// The pod with everything added.
-    fn apply(&self, pod: &Pod, spec: &PodSpec, service_account: &str) -> Pod {
-        let mut pod = pod.clone();
-        let mut spec = spec.clone();
-        let user_containers: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
-        let mut status = Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..Default::default()
-        };
-
-        let proxy = self.proxy_container();
-        let init = self.init_container();
-        let mut init_containers = spec.init_containers.take().unwrap_or_default();
-        if self.native {
-            // Capture, then the proxy (ready before the next one starts),
-            // then the pod's own init containers, which thus have the mesh.
-            let mut ours = Vec::new();
-            ours.extend(init);
-            ours.push(proxy);
-            status.init_containers = ours.iter().map(|c| c.name.clone()).collect();
-            init_containers.splice(0..0, ours);
-        } else {
-            // The pod's own init containers run before capture is installed:
-            // there is no proxy yet to send their traffic to.
-            if let Some(init) = init {
-                status.init_containers.push(init.name.clone());
-                init_containers.push(init);
-            }
-            status.containers.push(proxy.name.clone());
-            spec.containers.insert(0, proxy);
-        }
-        if !init_containers.is_empty() {
-            spec.init_containers = Some(init_containers);
-        }
-        spec.volumes
-            .get_or_insert_with(Vec::new)
-            .push(identity_volume(service_account));
-        status.volumes.push(IDENTITY_VOLUME.to_string());
-        pod.spec = Some(spec);
-
-        pod.metadata
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(
-                annotations::PROXY_LABEL.into(),
-                annotations::PROXY_LABEL_VALUE.into(),
-            );
-        let pod_annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-        if !self.native
-            && let Some(first) = user_containers.first()
-        {
-            pod_annotations
-                .entry(DEFAULT_CONTAINER_ANNOTATION.into())
-                .or_insert_with(|| first.clone());
-        }
-        pod_annotations.insert(
-            annotations::STATUS.into(),
-            serde_json::to_string(&status).unwrap_or_default(),
-        );
-        pod
-    }
-
-    fn proxy_container(&self) -> Container {
+    fn proxy_container(&self, config: &InjectorConfig, bootstrap: &str) -> Container {
         let mut args: Vec<String> = vec![
             "--service-node".into(),
             format!("$({POD_NAME_ENV}).$({POD_NAMESPACE_ENV})"),
@@ -643,9 +657,9 @@ impl Plan {
         args.extend([
             "--disable-hot-restart".into(),
             "--drain-time-s".into(),
-            self.drain_seconds.to_string(),
+            config.drain_seconds.to_string(),
             "--config-yaml".into(),
-            self.bootstrap.clone(),
+            bootstrap.to_string(),
         ]);
         let field = |name: &str, path: &str| EnvVar {
             name: name.into(),
@@ -674,7 +688,7 @@ impl Plan {
         let proxy_id = i64::from(PROXY_UID);
         Container {
             name: PROXY_CONTAINER.into(),
-            image: Some(self.proxy_image.clone()),
+            image: Some(config.proxy_image.clone()),
             command: Some(vec!["envoy".into()]),
             args: Some(args),
             env: Some(vec![
@@ -731,7 +745,7 @@ impl Plan {
             lifecycle: (!self.native).then(|| Lifecycle {
                 pre_stop: Some(LifecycleHandler {
                     sleep: Some(SleepAction {
-                        seconds: self.drain_seconds.into(),
+                        seconds: config.drain_seconds.into(),
                     }),
                     ..Default::default()
                 }),
@@ -748,7 +762,7 @@ impl Plan {
         }
     }
 
-    fn init_container(&self) -> Option<Container> {
+    fn init_container(&self, config: &InjectorConfig) -> Option<Container> {
         let capture = self.capture.as_ref()?;
         let mut command: Vec<String> = vec!["meshd".into(), "capture".into()];
         let join = |items: Vec<String>| items.join(",");
@@ -785,7 +799,7 @@ impl Plan {
         };
         Some(Container {
             name: INIT_CONTAINER.into(),
-            image: Some(self.init_image.clone()),
+            image: Some(config.init_image.clone()),
             command: Some(command),
             resources: Some(ResourceRequirements {
                 requests: quantities("10m", "16Mi"),
@@ -937,59 +951,371 @@ fn check_proxy_identity(spec: &PodSpec, native: bool) -> Result<()> {
     Ok(())
 }
 
-/// The patch from `original` to `mutated`.
-///
-/// `json_patch::diff` compares arrays index by index: inserting the proxy
-/// at the front of a list would come out as a rewrite, field by field, of
-/// every container after it. Applied by the API server to the pod it holds,
-/// such a patch would leave any field this crate's Pod type does not know
-/// (a newer Kubernetes) on the wrong container. So the injected list items
-/// are inserted by index, and `diff` covers the rest.
-fn pod_patch(original: &Value, mutated: &Value) -> json_patch::Patch {
-    use json_patch::jsonptr::PointerBuf;
-    use json_patch::{AddOperation, PatchOperation};
+/// The injected containers of one [`Plan`], serialised once and shared
+/// by every pod with that plan (under one configuration).
+#[derive(Debug)]
+struct Rendered {
+    plan: Plan,
+    proxy: Arc<RenderedJson>,
+    /// `None` without capture.
+    init: Option<Arc<RenderedJson>>,
+    /// The value of `meshd.io/status`.
+    status: String,
+}
 
-    let mut ops = Vec::new();
-    for list in ["initContainers", "containers", "volumes"] {
-        let pointer = |index: Option<usize>| {
-            let mut p = PointerBuf::from_tokens(["spec", list]);
-            if let Some(i) = index {
-                p.push_back(i);
-            }
-            p
+/// A JSON value with its compact serialisation.
+#[derive(Debug)]
+struct RenderedJson {
+    value: Value,
+    json: String,
+}
+
+impl RenderedJson {
+    fn new(what: &str, item: &impl Serialize) -> Result<RenderedJson> {
+        let cannot = |e: serde_json::Error| {
+            InjectError::InvalidPod(format!("the {what} cannot be serialised: {e}"))
         };
-        let after = mutated["spec"][list].as_array();
-        let Some(after) = after else { continue };
-        let Some(before) = original["spec"][list].as_array() else {
-            ops.push(PatchOperation::Add(AddOperation {
-                path: pointer(None),
-                value: Value::Array(after.clone()),
-            }));
-            continue;
+        // Through a `Value`, whose object keys are sorted: the same text a
+        // `json_patch::Patch` holding the value serialises to.
+        let value = serde_json::to_value(item).map_err(cannot)?;
+        let json = serde_json::to_string(&value).map_err(cannot)?;
+        Ok(RenderedJson { value, json })
+    }
+}
+
+impl Rendered {
+    fn new(plan: Plan, config: &InjectorConfig, bootstrap: &str) -> Result<Rendered> {
+        let proxy = plan.proxy_container(config, bootstrap);
+        let init = plan.init_container(config);
+        let mut status = Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
         };
-        let mut inserts = Vec::new();
-        let mut kept = 0;
-        for (i, item) in after.iter().enumerate() {
-            if before.get(kept) == Some(item) {
-                kept += 1;
-            } else {
-                inserts.push(PatchOperation::Add(AddOperation {
-                    path: pointer(Some(i)),
-                    value: item.clone(),
-                }));
-            }
+        // In the order `PodPatch::build` adds them.
+        status
+            .init_containers
+            .extend(init.as_ref().map(|c| c.name.clone()));
+        if plan.native {
+            status.init_containers.push(proxy.name.clone());
+        } else {
+            status.containers.push(proxy.name.clone());
         }
-        // Anything but pure insertions is left to diff.
-        if kept == before.len() {
-            ops.extend(inserts);
+        status.volumes.push(IDENTITY_VOLUME.to_string());
+        let status = serde_json::to_string(&status).map_err(|e| {
+            InjectError::InvalidPod(format!(
+                "the {} annotation cannot be serialised: {e}",
+                annotations::STATUS
+            ))
+        })?;
+        Ok(Rendered {
+            proxy: Arc::new(RenderedJson::new("proxy container", &proxy)?),
+            init: init
+                .map(|init| RenderedJson::new("init container", &init).map(Arc::new))
+                .transpose()?,
+            status,
+            plan,
+        })
+    }
+}
+
+/// The JSON Patch that injects a pod: `add` operations at known paths,
+/// built without serialising the pod. Its values are either built for the
+/// pod (the identity volume, labels, annotations) or the containers
+/// rendered for its plan, shared and written out as already-serialised
+/// JSON.
+///
+/// What it adds, in this order:
+///
+/// - `spec.initContainers`: native, `meshd-init` and `meshd-proxy` at the
+///   front; classic, `meshd-init` at the end (the pod's own init containers
+///   run before capture). A pod without the list gets it whole.
+/// - `spec.containers`: classic, `meshd-proxy` at the front.
+/// - `spec.volumes`: the identity volume at the end (or the list whole).
+/// - `metadata.annotations`: `kubectl.kubernetes.io/default-container`
+///   (classic, naming the pod's first container, unless the pod says which
+///   already), then `meshd.io/status` (or the map whole).
+/// - `metadata.labels`: `meshd.io/proxy: "true"`, replacing another value
+///   (or the map whole).
+/// - classic without capture, a pod's empty `spec.initContainers` is
+///   removed.
+///
+/// Inserting by index matters: applied by the API server to the pod it
+/// holds, a patch that rewrote the lists field by field would leave any
+/// field this crate's Pod type does not know (a newer Kubernetes) on the
+/// wrong container.
+#[derive(Clone, Debug)]
+pub struct PodPatch {
+    operations: Vec<Operation>,
+}
+
+#[derive(Clone, Debug)]
+struct Operation {
+    op: Op,
+    path: PointerBuf,
+    /// `None` for `remove`.
+    value: Option<PatchValue>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Add,
+    Replace,
+    Remove,
+}
+
+/// Where in a list items are inserted.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    Front,
+    End,
+}
+
+#[derive(Clone, Debug)]
+enum PatchValue {
+    Value(Value),
+    Rendered(Arc<RenderedJson>),
+    Array(Vec<PatchValue>),
+}
+
+impl PatchValue {
+    fn to_value(&self) -> Value {
+        match self {
+            PatchValue::Value(value) => value.clone(),
+            PatchValue::Rendered(rendered) => rendered.value.clone(),
+            PatchValue::Array(items) => Value::Array(items.iter().map(Self::to_value).collect()),
         }
     }
-    let mut stepped = original.clone();
-    if json_patch::patch(&mut stepped, &ops).is_err() {
-        return json_patch::diff(original, mutated);
+
+    /// The length of the already-serialised JSON it holds.
+    fn rendered_len(&self) -> usize {
+        match self {
+            PatchValue::Value(_) => 0,
+            PatchValue::Rendered(rendered) => rendered.json.len(),
+            PatchValue::Array(items) => items.iter().map(Self::rendered_len).sum(),
+        }
     }
-    ops.extend(json_patch::diff(&stepped, mutated).0);
-    json_patch::Patch(ops)
+
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            PatchValue::Value(value) => serde_json::to_writer(&mut *out, value)?,
+            PatchValue::Rendered(rendered) => out.extend_from_slice(rendered.json.as_bytes()),
+            PatchValue::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write_json(out)?;
+                }
+                out.push(b']');
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PodPatch {
+    fn build(
+        pod: &Pod,
+        spec: &PodSpec,
+        rendered: &Rendered,
+        service_account: &str,
+    ) -> Result<PodPatch> {
+        let mut patch = PodPatch {
+            operations: Vec::with_capacity(8),
+        };
+        let proxy = || PatchValue::Rendered(rendered.proxy.clone());
+        let init = rendered
+            .init
+            .as_ref()
+            .map(|init| PatchValue::Rendered(init.clone()));
+        let init_containers = spec.init_containers.as_ref().map(Vec::len);
+        let mut remove_init_containers = false;
+        if rendered.plan.native {
+            // Capture, then the proxy (ready before the next one starts),
+            // then the pod's own init containers, which thus have the mesh.
+            let ours = init.into_iter().chain([proxy()]).collect();
+            patch.insert("initContainers", init_containers, At::Front, ours);
+        } else {
+            // The pod's own init containers run before capture is installed:
+            // there is no proxy yet to send their traffic to.
+            match init {
+                Some(init) => patch.insert("initContainers", init_containers, At::End, vec![init]),
+                // Without capture nothing is added, but an empty list is
+                // removed, as it always was (the patch used to be a diff
+                // with the pod as built, which had no list rather than an
+                // empty one). Harmless: an empty list is no list.
+                None => remove_init_containers = init_containers == Some(0),
+            }
+            let containers = Some(spec.containers.len());
+            patch.insert("containers", containers, At::Front, vec![proxy()]);
+        }
+        let volume = serde_json::to_value(identity_volume(service_account)).map_err(|e| {
+            InjectError::InvalidPod(format!("the identity volume cannot be serialised: {e}"))
+        })?;
+        let volumes = spec.volumes.as_ref().map(Vec::len);
+        patch.insert("volumes", volumes, At::End, vec![PatchValue::Value(volume)]);
+
+        // The metadata after the spec, the annotations before the label and
+        // keys in order: the order of the operations has not changed since
+        // they came from a diff, which walks objects key by key.
+        let default_container = spec
+            .containers
+            .first()
+            .filter(|_| !rendered.plan.native)
+            .map(|first| (DEFAULT_CONTAINER_ANNOTATION, first.name.as_str()));
+        let mut added = Vec::with_capacity(2);
+        match &pod.metadata.annotations {
+            None => {
+                added.extend(default_container);
+                added.push((annotations::STATUS, rendered.status.as_str()));
+                patch.add_map("annotations", &added);
+            }
+            Some(existing) => {
+                if let Some((key, value)) = default_container
+                    && !existing.contains_key(key)
+                {
+                    patch.add_key("annotations", key, value);
+                }
+                patch.add_key("annotations", annotations::STATUS, &rendered.status);
+            }
+        }
+        let label = (annotations::PROXY_LABEL, annotations::PROXY_LABEL_VALUE);
+        match pod.metadata.labels.as_ref().map(|l| l.get(label.0)) {
+            None => patch.add_map("labels", &[label]),
+            Some(None) => patch.add_key("labels", label.0, label.1),
+            Some(Some(value)) if value == label.1 => {}
+            Some(Some(_)) => patch.operations.push(Operation {
+                op: Op::Replace,
+                path: PointerBuf::from_tokens(["metadata", "labels", label.0]),
+                value: Some(PatchValue::Value(label.1.into())),
+            }),
+        }
+        if remove_init_containers {
+            patch.operations.push(Operation {
+                op: Op::Remove,
+                path: PointerBuf::from_tokens(["spec", "initContainers"]),
+                value: None,
+            });
+        }
+        Ok(patch)
+    }
+
+    /// Inserts `items` into the pod's `spec.<list>`, which holds `len`
+    /// items, at its front or end. A pod without the list (`None`) gets it
+    /// whole.
+    fn insert(&mut self, list: &str, len: Option<usize>, at: At, items: Vec<PatchValue>) {
+        let Some(len) = len else {
+            self.operations.push(Operation {
+                op: Op::Add,
+                path: PointerBuf::from_tokens(["spec", list]),
+                value: Some(PatchValue::Array(items)),
+            });
+            return;
+        };
+        let first = match at {
+            At::Front => 0,
+            At::End => len,
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let mut path = PointerBuf::from_tokens(["spec", list]);
+            path.push_back(first + i);
+            self.operations.push(Operation {
+                op: Op::Add,
+                path,
+                value: Some(item),
+            });
+        }
+    }
+
+    /// Adds `metadata.<map>`, which the pod lacks, holding `entries`.
+    fn add_map(&mut self, map: &str, entries: &[(&str, &str)]) {
+        let object = entries
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
+            .collect();
+        self.operations.push(Operation {
+            op: Op::Add,
+            path: PointerBuf::from_tokens(["metadata", map]),
+            value: Some(PatchValue::Value(Value::Object(object))),
+        });
+    }
+
+    /// Adds `key` to the pod's `metadata.<map>`.
+    fn add_key(&mut self, map: &str, key: &str, value: &str) {
+        self.operations.push(Operation {
+            op: Op::Add,
+            path: PointerBuf::from_tokens(["metadata", map, key]),
+            value: Some(PatchValue::Value(value.into())),
+        });
+    }
+
+    /// How many operations the patch has.
+    pub fn len(&self) -> usize {
+        self.operations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    /// The patch as a `json_patch::Patch`, its values built out.
+    pub fn to_patch(&self) -> json_patch::Patch {
+        use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+        let operations = self.operations.iter().map(|operation| {
+            let path = operation.path.clone();
+            let value = || {
+                operation
+                    .value
+                    .as_ref()
+                    .map_or(Value::Null, PatchValue::to_value)
+            };
+            match operation.op {
+                Op::Add => PatchOperation::Add(AddOperation {
+                    path,
+                    value: value(),
+                }),
+                Op::Replace => PatchOperation::Replace(ReplaceOperation {
+                    path,
+                    value: value(),
+                }),
+                Op::Remove => PatchOperation::Remove(RemoveOperation { path }),
+            }
+        });
+        json_patch::Patch(operations.collect())
+    }
+
+    /// The patch as JSON: the same text as `serde_json::to_vec` of
+    /// [`Self::to_patch`], with the rendered containers copied in as they
+    /// are.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let rendered: usize = self
+            .operations
+            .iter()
+            .filter_map(|o| o.value.as_ref())
+            .map(PatchValue::rendered_len)
+            .sum();
+        let mut out = Vec::with_capacity(rendered + 128 * self.operations.len());
+        out.push(b'[');
+        for (i, operation) in self.operations.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(match operation.op {
+                Op::Add => br#"{"op":"add","path":"#,
+                Op::Replace => br#"{"op":"replace","path":"#,
+                Op::Remove => br#"{"op":"remove","path":"#,
+            });
+            serde_json::to_writer(&mut out, operation.path.as_str())?;
+            if let Some(value) = &operation.value {
+                out.extend_from_slice(br#","value":"#);
+                value.write_json(&mut out)?;
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -1056,6 +1382,167 @@ mod tests {
         }
     }
 
+    /// How the patch was computed before it was built directly: the whole
+    /// mutated pod, serialised with the original, the injected list items
+    /// inserted by index and `json_patch::diff` for the rest. The direct
+    /// patch must equal it operation for operation.
+    mod reference {
+        use super::*;
+
+        /// The pod with everything added, for `config`.
+        pub fn mutated(pod: &Pod, config: &InjectorConfig, service_account: &str) -> Pod {
+            let defaults = MeshDefaults::from_config(config).unwrap();
+            let empty = BTreeMap::new();
+            let overrides =
+                annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)).unwrap();
+            let plan = Plan::new(config, &defaults, &overrides).unwrap();
+            apply(
+                &plan,
+                config,
+                &defaults.bootstrap,
+                pod,
+                pod.spec.as_ref().unwrap(),
+                service_account,
+            )
+        }
+
+        /// The patch as it was computed.
+        pub fn patch(
+            pod: &Pod,
+            config: &InjectorConfig,
+            service_account: &str,
+        ) -> json_patch::Patch {
+            let original = serde_json::to_value(pod).unwrap();
+            let mutated = serde_json::to_value(mutated(pod, config, service_account)).unwrap();
+            pod_patch(&original, &mutated)
+        }
+
+        /// The pod with everything added.
+        fn apply(
+            plan: &Plan,
+            config: &InjectorConfig,
+            bootstrap: &str,
+            pod: &Pod,
+            spec: &PodSpec,
+            service_account: &str,
+        ) -> Pod {
+            let mut pod = pod.clone();
+            let mut spec = spec.clone();
+            let user_containers: Vec<String> =
+                spec.containers.iter().map(|c| c.name.clone()).collect();
+            let mut status = Status {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
+            };
+
+            let proxy = plan.proxy_container(config, bootstrap);
+            let init = plan.init_container(config);
+            let mut init_containers = spec.init_containers.take().unwrap_or_default();
+            if plan.native {
+                // Capture, then the proxy (ready before the next one starts),
+                // then the pod's own init containers, which thus have the mesh.
+                let mut ours = Vec::new();
+                ours.extend(init);
+                ours.push(proxy);
+                status.init_containers = ours.iter().map(|c| c.name.clone()).collect();
+                init_containers.splice(0..0, ours);
+            } else {
+                // The pod's own init containers run before capture is installed:
+                // there is no proxy yet to send their traffic to.
+                if let Some(init) = init {
+                    status.init_containers.push(init.name.clone());
+                    init_containers.push(init);
+                }
+                status.containers.push(proxy.name.clone());
+                spec.containers.insert(0, proxy);
+            }
+            if !init_containers.is_empty() {
+                spec.init_containers = Some(init_containers);
+            }
+            spec.volumes
+                .get_or_insert_with(Vec::new)
+                .push(identity_volume(service_account));
+            status.volumes.push(IDENTITY_VOLUME.to_string());
+            pod.spec = Some(spec);
+
+            pod.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(
+                    annotations::PROXY_LABEL.into(),
+                    annotations::PROXY_LABEL_VALUE.into(),
+                );
+            let pod_annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            if !plan.native
+                && let Some(first) = user_containers.first()
+            {
+                pod_annotations
+                    .entry(DEFAULT_CONTAINER_ANNOTATION.into())
+                    .or_insert_with(|| first.clone());
+            }
+            pod_annotations.insert(
+                annotations::STATUS.into(),
+                serde_json::to_string(&status).unwrap_or_default(),
+            );
+            pod
+        }
+
+        /// The patch from `original` to `mutated`.
+        ///
+        /// `json_patch::diff` compares arrays index by index: inserting the proxy
+        /// at the front of a list would come out as a rewrite, field by field, of
+        /// every container after it. Applied by the API server to the pod it holds,
+        /// such a patch would leave any field this crate's Pod type does not know
+        /// (a newer Kubernetes) on the wrong container. So the injected list items
+        /// are inserted by index, and `diff` covers the rest.
+        pub fn pod_patch(original: &Value, mutated: &Value) -> json_patch::Patch {
+            use json_patch::jsonptr::PointerBuf;
+            use json_patch::{AddOperation, PatchOperation};
+
+            let mut ops = Vec::new();
+            for list in ["initContainers", "containers", "volumes"] {
+                let pointer = |index: Option<usize>| {
+                    let mut p = PointerBuf::from_tokens(["spec", list]);
+                    if let Some(i) = index {
+                        p.push_back(i);
+                    }
+                    p
+                };
+                let after = mutated["spec"][list].as_array();
+                let Some(after) = after else { continue };
+                let Some(before) = original["spec"][list].as_array() else {
+                    ops.push(PatchOperation::Add(AddOperation {
+                        path: pointer(None),
+                        value: Value::Array(after.clone()),
+                    }));
+                    continue;
+                };
+                let mut inserts = Vec::new();
+                let mut kept = 0;
+                for (i, item) in after.iter().enumerate() {
+                    if before.get(kept) == Some(item) {
+                        kept += 1;
+                    } else {
+                        inserts.push(PatchOperation::Add(AddOperation {
+                            path: pointer(Some(i)),
+                            value: item.clone(),
+                        }));
+                    }
+                }
+                // Anything but pure insertions is left to diff.
+                if kept == before.len() {
+                    ops.extend(inserts);
+                }
+            }
+            let mut stepped = original.clone();
+            if json_patch::patch(&mut stepped, &ops).is_err() {
+                return json_patch::diff(original, mutated);
+            }
+            ops.extend(json_patch::diff(&stepped, mutated).0);
+            json_patch::Patch(ops)
+        }
+    }
+
     /// Injects and applies the patch, checking it reproduces the pod
     /// `inject` built.
     fn injected(v: Value, config: &InjectorConfig) -> (Pod, String) {
@@ -1068,21 +1555,10 @@ mod tests {
                 let mut doc = v;
                 json_patch::patch(&mut doc, &patch).unwrap();
                 let result: Pod = serde_json::from_value(doc.clone()).unwrap();
-                // The same pod as building it directly.
-                let plan = Plan::new(
-                    config,
-                    &annotations::parse(
-                        original
-                            .metadata
-                            .annotations
-                            .as_ref()
-                            .unwrap_or(&BTreeMap::new()),
-                    )
-                    .unwrap(),
-                )
-                .unwrap();
-                let built =
-                    plan.apply(&original, original.spec.as_ref().unwrap(), &service_account);
+                // The same pod as building it whole, and the same patch as
+                // diffing with it.
+                let built = reference::mutated(&original, config, &service_account);
+                assert_eq!(patch, reference::patch(&original, config, &service_account));
                 assert_eq!(doc, serde_json::to_value(&built).unwrap());
                 (result, service_account)
             }
@@ -1704,6 +2180,155 @@ mod tests {
             names(&result.spec.unwrap().init_containers),
             ["meshd-init", "meshd-proxy"]
         );
+    }
+
+    /// Pods of every shape the patch treats differently.
+    fn shapes() -> Vec<(&'static str, Value)> {
+        let remove = |mut v: Value, pointer: &str, key: &str| {
+            v.pointer_mut(pointer)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove(key);
+            v
+        };
+        let no_maps = remove(
+            remove(web(), "/metadata", "labels"),
+            "/metadata",
+            "annotations",
+        );
+        let empty_lists = with(
+            with(
+                with(
+                    with(web(), "/spec/initContainers", json!([])),
+                    "/spec/volumes",
+                    json!([]),
+                ),
+                "/metadata/labels",
+                json!({}),
+            ),
+            "/metadata/annotations",
+            json!({}),
+        );
+        vec![
+            ("web", web()),
+            (
+                "bare",
+                json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "app"}]}}),
+            ),
+            (
+                "no metadata",
+                json!({"spec": {"containers": [{"name": "app"}]}}),
+            ),
+            ("no containers", json!({"spec": {"containers": []}})),
+            ("no labels or annotations", no_maps),
+            ("empty lists and maps", empty_lists),
+            ("no volumes", remove(web(), "/spec", "volumes")),
+            (
+                "no init containers",
+                remove(web(), "/spec", "initContainers"),
+            ),
+            (
+                "already labelled",
+                with(web(), "/metadata/labels/meshd.io~1proxy", json!("true")),
+            ),
+            (
+                "labelled otherwise",
+                with(web(), "/metadata/labels/meshd.io~1proxy", json!("false")),
+            ),
+            (
+                "default container named",
+                annotate(web(), &[(DEFAULT_CONTAINER_ANNOTATION, "logger")]),
+            ),
+            ("no capture", annotate(web(), &[(INTERCEPTION, "none")])),
+            (
+                "no capture, empty init containers",
+                annotate(
+                    with(web(), "/spec/initContainers", json!([])),
+                    &[(INTERCEPTION, "none")],
+                ),
+            ),
+            (
+                "no capture, no init containers",
+                annotate(
+                    remove(web(), "/spec", "initContainers"),
+                    &[(INTERCEPTION, "none")],
+                ),
+            ),
+            ("native", annotate(web(), &[(NATIVE_SIDECAR, "true")])),
+            ("classic", annotate(web(), &[(NATIVE_SIDECAR, "false")])),
+            (
+                "overrides",
+                annotate(
+                    web(),
+                    &[
+                        (PROXY_CPU, "250m"),
+                        (PROXY_MEMORY_LIMIT, "512Mi"),
+                        (LOG_LEVEL, "debug"),
+                        (CONCURRENCY, "0"),
+                        (EXCLUDE_INBOUND_PORTS, "22"),
+                        (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/8"),
+                    ],
+                ),
+            ),
+            (
+                "odd keys",
+                annotate(
+                    with(web(), "/metadata/labels/a~1b", json!("~")),
+                    &[("x/~y", "\"\\\u{1}")],
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_direct_patch_is_the_diff_of_the_mutated_pod() {
+        for config in [config(), classic()] {
+            for (shape, v) in shapes() {
+                let what = format!("{shape} (native: {})", config.native_sidecar);
+                let original = pod(v);
+                let Injection::Patched {
+                    patch,
+                    service_account,
+                } = inject_patch(&original, "shop", &config).unwrap()
+                else {
+                    panic!("{what}: skipped")
+                };
+                let expected = reference::patch(&original, &config, &service_account);
+                assert_eq!(patch.to_patch(), expected, "{what}");
+                assert_eq!(patch.len(), expected.0.len(), "{what}");
+                // Written out, the very text of the patch serialised.
+                assert_eq!(
+                    String::from_utf8(patch.to_json().unwrap()).unwrap(),
+                    serde_json::to_string(&expected).unwrap(),
+                    "{what}"
+                );
+                // Applied to the pod, the mutated pod.
+                let mut doc = serde_json::to_value(&original).unwrap();
+                json_patch::patch(&mut doc, &patch.to_patch()).unwrap();
+                let mutated = reference::mutated(&original, &config, &service_account);
+                assert_eq!(doc, serde_json::to_value(&mutated).unwrap(), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn containers_rendered_for_other_plans_are_never_mixed_up() {
+        // More plans than are kept rendered, twice over, interleaved with
+        // the common one.
+        for _ in 0..2 {
+            for n in 0..=(RENDERED_PLANS as u32 + 4) {
+                for concurrency in [n, 2] {
+                    let v = annotate(web(), &[(CONCURRENCY, &concurrency.to_string())]);
+                    let (pod, _) = injected(v, &config());
+                    let expected = (concurrency > 0).then(|| concurrency.to_string());
+                    assert_eq!(
+                        arg_after(container(&pod, PROXY_CONTAINER), "--concurrency"),
+                        expected.as_deref()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

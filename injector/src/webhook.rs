@@ -50,7 +50,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::{InjectorConfig, identity_secret_name};
 use crate::identity::IdentityProvisioner;
-use crate::inject::{Injection, inject};
+use crate::inject::{Injection, inject_patch};
 
 /// Where the API server posts Pod reviews.
 pub const INJECT_PATH: &str = "/inject";
@@ -326,11 +326,13 @@ async fn review(state: &WebhookState, body: &[u8]) -> Result<AdmissionResponse, 
     }
     // The common case in one typed pass. Whatever that cannot read is
     // decoded again step by step, for a message that says what is wrong.
-    if let Ok(Envelope {
-        api_version,
-        kind,
-        request: Some(mut request),
-    }) = serde_json::from_slice::<Envelope>(body)
+    // (UTF-8 is checked once for the whole body, not string by string.)
+    if let Ok(text) = std::str::from_utf8(body)
+        && let Ok(Envelope {
+            api_version,
+            kind,
+            request: Some(mut request),
+        }) = serde_json::from_str::<Envelope>(text)
         && api_version == META_API_VERSION_V1
         && kind == META_KIND
         && !request.uid.is_empty()
@@ -552,7 +554,7 @@ async fn decide(
         return denied(deny(allowed, 400, "BadRequest", message), &subject);
     }
 
-    match inject(&pod, namespace, &state.config) {
+    match inject_patch(&pod, namespace, &state.config) {
         Ok(Injection::Skipped(why)) => {
             tracing::debug!(
                 uid = subject.uid,
@@ -591,9 +593,9 @@ async fn decide(
                     return denied(deny(allowed, 500, "InternalError", message), &subject);
                 }
             }
-            let operations = patch.0.len();
-            match allowed.with_patch(patch) {
-                Ok(response) => {
+            let operations = patch.len();
+            match patch.to_json() {
+                Ok(patch) => {
                     tracing::debug!(
                         uid = subject.uid,
                         namespace = subject.namespace,
@@ -603,19 +605,14 @@ async fn decide(
                         operations,
                         "injected"
                     );
+                    // `encode` says it is a JSONPatch, the only type there is.
+                    let mut response = allowed;
+                    response.patch = Some(patch);
                     response
                 }
                 Err(e) => {
                     let message = format!("cannot encode the injection patch: {e}");
-                    denied(
-                        deny(
-                            AdmissionResponse::from(request),
-                            500,
-                            "InternalError",
-                            message,
-                        ),
-                        &subject,
-                    )
+                    denied(deny(allowed, 500, "InternalError", message), &subject)
                 }
             }
         }
@@ -626,28 +623,11 @@ async fn decide(
 /// The response review as JSON. Kubernetes defines `response.patch` as
 /// base64 (Go's `[]byte`); kube-core serialises the bytes as an array of
 /// numbers, which the API server happens to accept, so the documented form
-/// is written instead.
+/// is written instead. A response with a patch (a JSON Patch, already
+/// serialised) says `patchType: JSONPatch`.
 fn encode(mut response: AdmissionResponse) -> Response {
     let patch = response.patch.take();
-    let mut review = match serde_json::to_value(response.into_review()) {
-        Ok(review) => review,
-        Err(e) => {
-            tracing::error!("cannot encode an admission response: {e}");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the admission response: {e}"),
-            );
-        }
-    };
-    if let Some(patch) = patch
-        && let Some(Value::Object(response)) = review.get_mut("response")
-    {
-        response.insert(
-            "patch".into(),
-            Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
-    }
-    match serde_json::to_vec(&review) {
+    match review_json(response, patch.as_deref()) {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -662,6 +642,79 @@ fn encode(mut response: AdmissionResponse) -> Response {
             )
         }
     }
+}
+
+/// `response` (without its patch) in its review, with `patch` as
+/// `response.patch`, as JSON: what `serde_json` writes for the review as a
+/// `Value` holding the base64 string (object keys sorted). The patch is
+/// most of an answer, so its base64 text is written straight into the body
+/// rather than held in a `Value` and copied out through JSON string
+/// escaping, which it never needs (the alphabet is letters, digits, `+`,
+/// `/` and `=`).
+fn review_json(response: AdmissionResponse, patch: Option<&[u8]>) -> serde_json::Result<Vec<u8>> {
+    let review = serde_json::to_value(response.into_review())?;
+    let Some(patch) = patch else {
+        return serde_json::to_vec(&review);
+    };
+    let Value::Object(mut review) = review else {
+        return Err(serde::ser::Error::custom("the review is not a JSON object"));
+    };
+    let Some(Value::Object(fields)) = review.get_mut("response") else {
+        return Err(serde::ser::Error::custom("the review has no response"));
+    };
+    fields.insert("patchType".into(), "JSONPatch".into());
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let encoded_len = base64::encoded_len(patch.len(), true)
+        .ok_or_else(|| serde::ser::Error::custom("the patch is too large to encode"))?;
+    let mut out = Vec::with_capacity(encoded_len + 512);
+    let write_patch = |out: &mut Vec<u8>| -> serde_json::Result<()> {
+        out.extend_from_slice(br#""patch":""#);
+        let start = out.len();
+        out.resize(start + encoded_len, 0);
+        engine
+            .encode_slice(patch, &mut out[start..])
+            .map_err(serde::ser::Error::custom)?;
+        out.push(b'"');
+        Ok(())
+    };
+    out.push(b'{');
+    for (i, (key, value)) in review.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key)?;
+        out.push(b':');
+        let (Value::Object(fields), "response") = (value, key.as_str()) else {
+            serde_json::to_writer(&mut out, value)?;
+            continue;
+        };
+        // In key order, as a map is written: `patch` before the first
+        // key that sorts after it (`patchType`).
+        out.push(b'{');
+        let mut patch_written = false;
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if !patch_written && key.as_str() > "patch" {
+                write_patch(&mut out)?;
+                patch_written = true;
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, key)?;
+            out.push(b':');
+            serde_json::to_writer(&mut out, value)?;
+        }
+        if !patch_written {
+            if !fields.is_empty() {
+                out.push(b',');
+            }
+            write_patch(&mut out)?;
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 /// TLS connections for `axum::serve`. Handshakes run in their own tasks
@@ -749,6 +802,55 @@ mod tests {
         let quoted = short(&long);
         assert_eq!(quoted.chars().count(), 64, "63 characters and an ellipsis");
         assert!(quoted.ends_with('…'));
+    }
+
+    /// The review as it was written before the patch was spliced in: a
+    /// `Value` with the base64 string, serialised.
+    fn review_json_through_a_value(response: AdmissionResponse, patch: Option<&[u8]>) -> Vec<u8> {
+        let mut review = serde_json::to_value(response.into_review()).unwrap();
+        if let Some(patch) = patch {
+            let fields = review["response"].as_object_mut().unwrap();
+            fields.insert(
+                "patch".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(patch)
+                    .into(),
+            );
+            fields.insert("patchType".into(), "JSONPatch".into());
+        }
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    #[test]
+    fn the_patch_is_written_into_the_review_as_serde_json_would() {
+        let mut responses = Vec::new();
+        for uid in ["", "a", "uid-\"quoted\"\\ \u{1} é"] {
+            let mut response = AdmissionResponse::invalid("");
+            response.uid = uid.into();
+            response.allowed = true;
+            response.result = Status::default();
+            responses.push(response.clone());
+            response.warnings = Some(vec!["careful".into()]);
+            response.audit_annotations = [("x".to_string(), "y".to_string())].into();
+            responses.push(response.clone());
+            responses.push(deny(response, 400, "BadRequest", "no".into()));
+        }
+        for response in responses {
+            for patch in [
+                None,
+                Some(&b""[..]),
+                Some(b"["),
+                Some(b"[]"),
+                Some(br#"[{"op":"add","path":"/a","value":"\u00ff"}]"#),
+            ] {
+                let expected = review_json_through_a_value(response.clone(), patch);
+                let actual = review_json(response.clone(), patch).unwrap();
+                assert_eq!(
+                    String::from_utf8(actual).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
+        }
     }
 
     #[test]
