@@ -60,7 +60,7 @@ pub struct BootstrapConfig {
 pub const DEFAULT_CONTROL_PLANE_ID: &str = "spiffe://cluster.local/ns/meshd-system/sa/meshd";
 
 /// File names inside an identity directory.
-pub mod identity_files {
+pub mod identity_file_names {
     pub const CERT_CHAIN: &str = "cert-chain.pem";
     pub const KEY: &str = "key.pem";
     pub const ROOT: &str = "root-cert.pem";
@@ -168,12 +168,12 @@ fn xds_tls(dir: &Path, control_plane_id: &str) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
-                "tls_certificate_sds_secret_configs": [file_sds("xds-identity", dir, identity_files::CERT_SDS)],
+                "tls_certificate_sds_secret_configs": [file_sds("xds-identity", dir, identity_file_names::CERT_SDS)],
                 "combined_validation_context": {
                     "default_validation_context": {
                         "match_typed_subject_alt_names": [{ "san_type": "URI", "matcher": { "exact": control_plane_id } }],
                     },
-                    "validation_context_sds_secret_config": file_sds("xds-trust", dir, identity_files::ROOT_SDS),
+                    "validation_context_sds_secret_config": file_sds("xds-trust", dir, identity_file_names::ROOT_SDS),
                 },
             },
         },
@@ -202,14 +202,14 @@ pub fn identity_files(
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         "name": "xds-identity",
         "tls_certificate": {
-            "certificate_chain": { "filename": path(identity_files::CERT_CHAIN) },
-            "private_key": { "filename": path(identity_files::KEY) },
+            "certificate_chain": { "filename": path(identity_file_names::CERT_CHAIN) },
+            "private_key": { "filename": path(identity_file_names::KEY) },
         },
     }]});
     let root_sds = json!({ "resources": [{
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         "name": "xds-trust",
-        "validation_context": { "trusted_ca": { "filename": path(identity_files::ROOT) } },
+        "validation_context": { "trusted_ca": { "filename": path(identity_file_names::ROOT) } },
     }]});
     let file = |name, contents: String, mode| IdentityFile {
         name,
@@ -217,11 +217,19 @@ pub fn identity_files(
         mode,
     };
     vec![
-        file(identity_files::KEY, key.expose_pem().to_string(), 0o600),
-        file(identity_files::CERT_CHAIN, chain_pem.to_string(), 0o644),
-        file(identity_files::ROOT, bundle_pem.to_string(), 0o644),
-        file(identity_files::CERT_SDS, cert_sds.to_string(), 0o644),
-        file(identity_files::ROOT_SDS, root_sds.to_string(), 0o644),
+        file(
+            identity_file_names::KEY,
+            key.expose_pem().to_string(),
+            0o600,
+        ),
+        file(
+            identity_file_names::CERT_CHAIN,
+            chain_pem.to_string(),
+            0o644,
+        ),
+        file(identity_file_names::ROOT, bundle_pem.to_string(), 0o644),
+        file(identity_file_names::CERT_SDS, cert_sds.to_string(), 0o644),
+        file(identity_file_names::ROOT_SDS, root_sds.to_string(), 0o644),
     ]
 }
 

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use meshd_ca::{Authority, SpiffeId};
-use meshd_controlplane::bootstrap::{identity_files, identity_files as files};
+use meshd_controlplane::bootstrap::{identity_file_names as files, identity_files};
 
 use crate::config::{IDENTITY_MOUNT, identity_secret_name};
 use crate::identity::IdentityProvisioner;
@@ -159,12 +159,13 @@ mod tests {
             .unwrap()
     }
 
-    fn not_found(name: &str) -> Response<Body> {
+    /// A Kubernetes `Status` error as the API server sends it.
+    fn api_error(code: u16, reason: &str, message: &str) -> Response<Body> {
         json_response(
-            404,
+            code,
             serde_json::json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("secrets \"{name}\" not found"), "reason": "NotFound", "code": 404
+                "message": message, "reason": reason, "code": code
             }),
         )
     }
@@ -185,7 +186,11 @@ mod tests {
                 request.uri().path(),
                 "/api/v1/namespaces/shop/secrets/meshd-identity-web"
             );
-            send.send_response(not_found("meshd-identity-web"));
+            send.send_response(api_error(
+                404,
+                "NotFound",
+                "secrets \"meshd-identity-web\" not found",
+            ));
 
             let (request, send) = handle.next_request().await.expect("an apply");
             let (parts, body) = body_of(request).await;
@@ -242,13 +247,7 @@ mod tests {
             send.send_response(json_response(200, serde_json::to_value(&current).unwrap()));
             // Nothing else may follow: a second request would be a write.
             let (_, send) = handle.next_request().await.expect("a GET");
-            send.send_response(json_response(
-                403,
-                serde_json::json!({
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": "secrets is forbidden", "reason": "Forbidden", "code": 403
-                }),
-            ));
+            send.send_response(api_error(403, "Forbidden", "secrets is forbidden"));
         });
         tokio::time::timeout(Duration::from_secs(5), provisioner.ensure("shop", "web"))
             .await

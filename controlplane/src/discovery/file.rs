@@ -220,35 +220,30 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, String> {
         .and_then(|n| n.as_str())
         .unwrap_or("<unnamed>")
         .to_string();
-    let shape_error = |e: serde_path_to_error::Error<serde_yaml::Error>| {
-        format!("{kind} {name}: {}: {}", e.path(), e.inner())
-    };
-    let object = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(objects::namespace(
-            &serde_path_to_error::deserialize(value).map_err(shape_error)?,
-        )?),
-        ("v1", "Service") => Object::Service(objects::service(
-            &serde_path_to_error::deserialize(value).map_err(shape_error)?,
-        )?),
-        ("v1", "Pod") => Object::Pod(objects::pod(
-            &serde_path_to_error::deserialize(value).map_err(shape_error)?,
-        )?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(objects::endpoint_slice(
-            &serde_path_to_error::deserialize(value).map_err(shape_error)?,
-        )?),
-        _ => {
-            return Err(format!(
-                "{kind} {name}: unsupported kind `{api_version} {kind}`; accepted: {ACCEPTED_KINDS}"
-            ));
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => decode_as(value, &kind, &name, Object::from_namespace),
+        ("v1", "Service") => decode_as(value, &kind, &name, Object::from_service),
+        ("v1", "Pod") => decode_as(value, &kind, &name, Object::from_pod),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            decode_as(value, &kind, &name, Object::from_endpoint_slice)
         }
-    };
-    Ok(object)
+        _ => Err(format!(
+            "{kind} {name}: unsupported kind `{api_version} {kind}`; accepted: {ACCEPTED_KINDS}"
+        )),
+    }
 }
 
-impl From<objects::ObjectError> for String {
-    fn from(e: objects::ObjectError) -> String {
-        e.to_string()
-    }
+/// Decodes `value` as `K`, naming the path of a bad field, then validates
+/// it into the model.
+fn decode_as<K: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    kind: &str,
+    name: &str,
+    convert: fn(&K) -> Result<Object, objects::ObjectError>,
+) -> Result<Object, String> {
+    let typed: K = serde_path_to_error::deserialize(value)
+        .map_err(|e| format!("{kind} {name}: {}: {}", e.path(), e.inner()))?;
+    convert(&typed).map_err(|e| e.to_string())
 }
 
 /// The registry's current problems, shared with the debug endpoint.

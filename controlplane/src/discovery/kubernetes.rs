@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use super::index::Index;
-use super::objects::{self, Object, ObjectError, ObjectRef};
+use super::objects::{Object, ObjectError, ObjectRef};
 use crate::model::Mesh;
 
 /// The kinds the source watches; the mesh is published once each has been
@@ -189,22 +189,27 @@ pub async fn run(
     tokio::spawn(watch_kind(
         Api::<core::Namespace>::all(client.clone()),
         "Namespace",
-        namespace,
+        Object::from_namespace,
         tx.clone(),
     ));
     tokio::spawn(watch_kind(
         Api::<core::Service>::all(client.clone()),
         "Service",
-        service,
+        Object::from_service,
         tx.clone(),
     ));
     tokio::spawn(watch_kind(
         Api::<discovery::EndpointSlice>::all(client.clone()),
         "EndpointSlice",
-        endpoint_slice,
+        Object::from_endpoint_slice,
         tx.clone(),
     ));
-    tokio::spawn(watch_kind(Api::<core::Pod>::all(client), "Pod", pod, tx));
+    tokio::spawn(watch_kind(
+        Api::<core::Pod>::all(client),
+        "Pod",
+        Object::from_pod,
+        tx,
+    ));
 
     let mut index = KubeIndex::default();
     let mut tick = tokio::time::interval(publish_interval);
@@ -223,22 +228,6 @@ pub async fn run(
             }
         }
     }
-}
-
-fn namespace(ns: &core::Namespace) -> Result<Object, ObjectError> {
-    objects::namespace(ns).map(Object::Namespace)
-}
-
-fn service(svc: &core::Service) -> Result<Object, ObjectError> {
-    objects::service(svc).map(Object::Service)
-}
-
-fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Object, ObjectError> {
-    objects::endpoint_slice(slice).map(Object::EndpointSlice)
-}
-
-fn pod(pod: &core::Pod) -> Result<Object, ObjectError> {
-    objects::pod(pod).map(Object::Pod)
 }
 
 #[cfg(test)]
@@ -273,11 +262,13 @@ mod tests {
     #[test]
     fn nothing_is_published_until_every_kind_is_listed() {
         let mut index = KubeIndex::default();
-        index.update(Update::Apply(service(&svc("web", "198.19.0.1")).unwrap()));
+        index.update(Update::Apply(
+            Object::from_service(&svc("web", "198.19.0.1")).unwrap(),
+        ));
         assert!(index.take_mesh().is_none());
         list_all(
             &mut index,
-            vec![service(&svc("web", "198.19.0.1")).unwrap()],
+            vec![Object::from_service(&svc("web", "198.19.0.1")).unwrap()],
         );
         let mesh = index.take_mesh().unwrap();
         assert!(mesh.services.contains_key(&ServiceKey::new("shop", "web")));
@@ -290,8 +281,8 @@ mod tests {
         list_all(
             &mut index,
             vec![
-                service(&svc("web", "198.19.0.1")).unwrap(),
-                service(&svc("api", "198.19.0.2")).unwrap(),
+                Object::from_service(&svc("web", "198.19.0.1")).unwrap(),
+                Object::from_service(&svc("api", "198.19.0.2")).unwrap(),
             ],
         );
         index.take_mesh();
@@ -300,8 +291,8 @@ mod tests {
         index.update(Update::Reset {
             kind: "Service",
             objects: vec![
-                service(&svc("web", "198.19.0.1")).unwrap(),
-                service(&svc("db", "198.19.0.3")).unwrap(),
+                Object::from_service(&svc("web", "198.19.0.1")).unwrap(),
+                Object::from_service(&svc("db", "198.19.0.3")).unwrap(),
             ],
             rejected: vec![],
         });
@@ -315,11 +306,11 @@ mod tests {
         let mut index = KubeIndex::default();
         list_all(
             &mut index,
-            vec![service(&svc("web", "198.19.0.1")).unwrap()],
+            vec![Object::from_service(&svc("web", "198.19.0.1")).unwrap()],
         );
         index.take_mesh();
         let bad = svc("web", "not-an-ip");
-        let err = service(&bad).unwrap_err();
+        let err = Object::from_service(&bad).unwrap_err();
         index.update(Update::Rejected(object_ref("Service", &bad), err.clone()));
         assert!(index.take_mesh().is_none(), "a rejection changes nothing");
         // Also across a re-list.
@@ -333,7 +324,9 @@ mod tests {
         assert_eq!(web.vip, Some("198.19.0.1".parse().unwrap()));
         assert_eq!(index.problems().len(), 1);
         // Fixed: the problem clears.
-        index.update(Update::Apply(service(&svc("web", "198.19.0.5")).unwrap()));
+        index.update(Update::Apply(
+            Object::from_service(&svc("web", "198.19.0.5")).unwrap(),
+        ));
         assert!(index.problems().is_empty());
     }
 }

@@ -89,6 +89,22 @@ pub enum Object {
 }
 
 impl Object {
+    pub fn from_namespace(ns: &core::Namespace) -> Result<Self, ObjectError> {
+        namespace(ns).map(Object::Namespace)
+    }
+
+    pub fn from_service(svc: &core::Service) -> Result<Self, ObjectError> {
+        service(svc).map(Object::Service)
+    }
+
+    pub fn from_endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Self, ObjectError> {
+        endpoint_slice(slice).map(Object::EndpointSlice)
+    }
+
+    pub fn from_pod(p: &core::Pod) -> Result<Self, ObjectError> {
+        pod(p).map(Object::Pod)
+    }
+
     pub fn object_ref(&self) -> ObjectRef {
         let (kind, namespace, name) = match self {
             Object::Namespace(ns) => ("Namespace", None, &ns.name),
