@@ -1,0 +1,667 @@
+#!/usr/bin/env python3
+"""Checks the Helm chart without a cluster and without a helm binary.
+
+For every value set in charts/meshd/ci/*-values.yaml (Helm's convention):
+
+  lint      Helm's own linter, strict (warnings fail), through helm-python-sdk,
+            which binds Helm's Go SDK as a shared library bundled in its wheel;
+            values.schema.json is enforced here too.
+  render    the templates, as `helm install meshd -n meshd-system` would.
+  validate  every rendered object against the OpenAPI schemas of each
+            Kubernetes version in KUBERNETES_VERSIONS, strictly (an unknown
+            field is an error), with kubernetes-validate. A kind it has no
+            schema for is an error too (its command line only warns).
+  check     the properties the chart promises (see check_render): the
+            injection webhook's selectors and policies, the hardened pod, the
+            names meshd is told agreeing with the objects and RBAC rules that
+            carry them, and RBAC without wildcards and with Secrets restricted
+            as designed.
+
+Then it proves each stage can fail: a schema-violating value, a grace period
+shorter than the drain, an unknown field, and broken RBAC and webhook objects
+must each be reported.
+
+Exits 1 on any finding; the last line is the summary.
+Usage: scripts/check_chart.py CHART_DIR (run by scripts/check-chart).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import helm_python as helm
+import yaml
+from kubernetes_validate import utils as kubernetes_validate
+
+RELEASE = "meshd"
+NAMESPACE = "meshd-system"
+# The oldest Kubernetes the chart supports (native sidecars, Chart.yaml's
+# kubeVersion) and the newest kubernetes-validate 1.37.0 knows.
+KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
+LINT_KUBE_VERSION = "v1.29.0"
+
+# Helm severities (helm_python.lint): 1 info, 2 warning, 3 error.
+LINT_WARNING = 2
+
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+}
+
+
+class Findings:
+    """Collects what is wrong, each with where it was found."""
+
+    def __init__(self, context: str) -> None:
+        self.context = context
+        self.problems: list[str] = []
+        self.checked = 0
+
+    def expect(self, ok: bool, message: str) -> bool:
+        self.checked += 1
+        if not ok:
+            self.problems.append(f"{self.context}: {message}")
+        return ok
+
+
+def lint(chart: Path, values: dict[str, Any]) -> list[str]:
+    """Helm lint findings at warning level or above."""
+    report = helm.lint(
+        chart, values, strict=True, namespace=NAMESPACE, kube_version=LINT_KUBE_VERSION
+    )
+    problems = [
+        f"lint {m.get('path', '')}: {str(m.get('error', '')).strip()}"
+        for m in report.get("messages", [])
+        if m.get("severity", 0) >= LINT_WARNING
+    ]
+    problems += [f"lint: {e}" for e in report.get("errors", []) or []]
+    return problems
+
+
+def render(chart: Path, values: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The merged values and the rendered objects (NOTES.txt left out)."""
+    with helm.Chart.load(chart) as loaded:
+        merged = loaded.merge_values(values)
+        manifests = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                objects.append(document)
+    return merged, objects
+
+
+def describe(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj.get('kind')} {where}{meta.get('name')}"
+
+
+def validate(objects: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for obj in objects:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                problems.append(
+                    f"{describe(obj)} is invalid for Kubernetes {e.version}: {path}: {e.message}"
+                )
+            except (
+                kubernetes_validate.SchemaNotFoundError,
+                kubernetes_validate.InvalidSchemaError,
+                kubernetes_validate.VersionNotSupportedError,
+            ) as e:
+                problems.append(f"{describe(obj)} cannot be validated for {version}: {e.message}")
+    return problems
+
+
+# --- properties of a render ------------------------------------------------
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o.get("kind") == kind]
+
+
+def seconds(duration: str) -> float | None:
+    """Whole seconds of a meshd duration such as 10s or 1m30s; None if not one."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, number = 0.0, ""
+    i = 0
+    while i < len(duration):
+        c = duration[i]
+        if c.isdigit():
+            number += c
+            i += 1
+            continue
+        unit = "ms" if duration.startswith("ms", i) else c
+        if not number or unit not in units:
+            return None
+        total += int(number) * units[unit]
+        number = ""
+        i += len(unit)
+    return None if number else total
+
+
+def port_number(container: dict[str, Any], port: Any) -> Any:
+    """A probe's or Service's target port, by name or number."""
+    for p in container.get("ports", []):
+        if port in (p.get("name"), p.get("containerPort")):
+            return p.get("containerPort")
+    return None
+
+
+def has_wildcard(rule: dict[str, Any]) -> bool:
+    return any(
+        "*" in str(item)
+        for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs")
+        for item in rule.get(key, []) or []
+    )
+
+
+def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) -> None:
+    """The chart's promises, for the merged values `v`."""
+    identity_namespaces = v["identitySecrets"]["namespaces"] or []
+    plugin_ca = v["pluginCA"]["secretName"]
+
+    # Every namespaced object states its namespace (Helm does not add it).
+    for obj in objects:
+        ns = obj.get("metadata", {}).get("namespace")
+        if obj["kind"] in CLUSTER_SCOPED:
+            f.expect(ns is None, f"{describe(obj)} is cluster-scoped but names a namespace")
+        elif obj["kind"] == "RoleBinding" and ns in identity_namespaces:
+            pass
+        else:
+            f.expect(ns == NAMESPACE, f"{describe(obj)} is not in the release namespace")
+
+    services = one(objects, "Service")
+    deployments = one(objects, "Deployment")
+    accounts = one(objects, "ServiceAccount")
+    mutating = one(objects, "MutatingWebhookConfiguration")
+    validating = one(objects, "ValidatingWebhookConfiguration")
+    if not (
+        f.expect(len(services) == 1, f"expected one Service, found {len(services)}")
+        and f.expect(len(deployments) == 1, f"expected one Deployment, found {len(deployments)}")
+        and f.expect(len(accounts) == 1, f"expected one ServiceAccount, found {len(accounts)}")
+        and f.expect(len(mutating) == 1, "expected one MutatingWebhookConfiguration")
+    ):
+        return
+    service, deployment, account = services[0], deployments[0], accounts[0]
+    svc = service["metadata"]["name"]
+    host = f"{svc}.{NAMESPACE}.svc"
+    mutating_name = mutating[0]["metadata"]["name"]
+    validating_name = validating[0]["metadata"]["name"] if validating else None
+    f.expect(
+        bool(validating) == bool(v["validator"]["enabled"]),
+        "the ValidatingWebhookConfiguration must exist exactly when validator.enabled",
+    )
+
+    # --- the Deployment ---
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    pod_labels = spec["template"]["metadata"].get("labels", {})
+    f.expect(spec.get("replicas") == v["replicaCount"], "replicas differ from replicaCount")
+    f.expect(
+        pod_labels.get("meshd.io/inject") == "false",
+        "meshd's own pods must carry meshd.io/inject: \"false\"",
+    )
+    f.expect(pod.get("automountServiceAccountToken") is True, "meshd needs its token mounted")
+    f.expect(
+        pod.get("serviceAccountName") == account["metadata"]["name"] == v["serviceAccount"]["name"],
+        "the pod must run as the chart's service account (serviceAccount.name)",
+    )
+    psc = pod.get("securityContext", {})
+    f.expect(psc.get("runAsNonRoot") is True, "pod securityContext.runAsNonRoot must be true")
+    f.expect(psc.get("runAsUser") == 65532, "pod securityContext.runAsUser must be 65532")
+    f.expect(
+        psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+        "pod seccompProfile must be RuntimeDefault",
+    )
+    f.expect(
+        pod.get("priorityClassName") == (v["priorityClassName"] or None),
+        "priorityClassName differs from the value",
+    )
+    containers = pod.get("containers", [])
+    if not f.expect(len(containers) == 1, "expected one container"):
+        return
+    c = containers[0]
+    sc = c.get("securityContext", {})
+    f.expect(sc.get("runAsNonRoot") is True, "container runAsNonRoot must be true")
+    f.expect(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem must be true")
+    f.expect(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation must be false")
+    f.expect(sc.get("privileged") in (None, False), "the container must not be privileged")
+    caps = sc.get("capabilities", {})
+    f.expect(caps.get("drop") == ["ALL"], "capabilities must drop ALL")
+    f.expect(not caps.get("add"), "no capability may be added")
+    f.expect(
+        sc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+        "container seccompProfile must be RuntimeDefault",
+    )
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = c.get(probe, {}).get("httpGet", {})
+        f.expect(
+            get.get("path") == path and port_number(c, get.get("port")) == 15014,
+            f"{probe} must be GET {path} on 15014",
+        )
+    f.expect(
+        ("startupProbe" in c) == bool(v["startupProbe"]["enabled"]),
+        "startupProbe must be present exactly when startupProbe.enabled",
+    )
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    f.expect(
+        ports == {"grpc-xds": 15010, "https-webhook": 15017, "http-monitoring": 15014},
+        f"container ports are {ports}",
+    )
+
+    env = {e["name"]: e for e in c.get("env", [])}
+    values_of = {name: e.get("value") for name, e in env.items()}
+
+    def env_is(name: str, expected: Any) -> None:
+        f.expect(values_of.get(name) == expected, f"{name} is {values_of.get(name)!r}, expected {expected!r}")
+
+    def env_from_field(name: str, field: str) -> None:
+        got = env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        f.expect(got == field, f"{name} must come from the downward API field {field}")
+
+    env_is("MESHD_KUBERNETES", "true")
+    env_is("MESHD_XDS_ADDRESS", "0.0.0.0:15010")
+    env_is("MESHD_WEBHOOK_ADDRESS", "0.0.0.0:15017")
+    env_is("MESHD_DEBUG_ADDRESS", "0.0.0.0:15014")
+    env_is("MESHD_WEBHOOK_SERVICE", svc)
+    env_from_field("MESHD_NAMESPACE", "metadata.namespace")
+    env_from_field("MESHD_POD_NAME", "metadata.name")
+    env_from_field("MESHD_SERVICE_ACCOUNT", "spec.serviceAccountName")
+    env_is("MESHD_XDS_DNS_NAMES", f"{host},{host}.cluster.local")
+    env_is("MESHD_INJECT_XDS_ADDRESS", f"{host}:15010")
+    env_is("MESHD_TRUST_DOMAIN", v["mesh"]["trustDomain"])
+    env_is("MESHD_MTLS_MODE", v["mesh"]["mtlsMode"])
+    env_is("MESHD_WORKLOAD_CERT_TTL", v["mesh"]["workloadCertTTL"])
+    env_is("MESHD_DEBOUNCE_MS", str(v["debounceMs"]))
+    env_is("MESHD_PROXY_IMAGE", v["proxy"]["image"])
+    env_is("MESHD_INIT_IMAGE", c.get("image"))
+    env_is("MESHD_NATIVE_SIDECAR", "true" if v["mesh"]["nativeSidecar"] else "false")
+    env_is("MESHD_MUTATING_WEBHOOK_CONFIGURATION", mutating_name)
+    env_is("MESHD_VALIDATING_WEBHOOK_CONFIGURATION", validating_name)
+    env_is("MESHD_DRAIN_PERIOD", v["drainPeriod"])
+    env_is("MESHD_LOG", v["logLevel"])
+    drain = seconds(v["drainPeriod"])
+    f.expect(
+        drain is not None and pod.get("terminationGracePeriodSeconds", 30) >= drain + 5,
+        "terminationGracePeriodSeconds must exceed the drain period by 5 seconds or more",
+    )
+
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    volumes = {vol["name"]: vol for vol in pod.get("volumes", [])}
+    if plugin_ca:
+        f.expect("MESHD_CA_SECRET" not in env, "MESHD_CA_SECRET must be unset with a plug-in CA")
+        mounted = [
+            m for name, m in mounts.items()
+            if volumes.get(name, {}).get("secret", {}).get("secretName") == plugin_ca
+        ]
+        f.expect(
+            len(mounted) == 1
+            and mounted[0].get("readOnly") is True
+            and values_of.get("MESHD_PLUG_IN_CA") == mounted[0]["mountPath"],
+            "the plug-in CA Secret must be mounted read-only where MESHD_PLUG_IN_CA points",
+        )
+    else:
+        f.expect("MESHD_PLUG_IN_CA" not in env, "MESHD_PLUG_IN_CA must be unset without a plug-in CA")
+        f.expect(
+            not any("secret" in vol for vol in volumes.values()),
+            "no Secret is mounted without a plug-in CA",
+        )
+
+    if not v["affinity"]:
+        terms = (
+            pod.get("affinity", {})
+            .get("podAntiAffinity", {})
+            .get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        )
+        f.expect(
+            any(
+                t["podAffinityTerm"].get("topologyKey") == "kubernetes.io/hostname"
+                and t["podAffinityTerm"].get("labelSelector", {}).get("matchLabels", {}).items()
+                <= pod_labels.items()
+                for t in terms
+            ),
+            "replicas must prefer different nodes (anti-affinity on kubernetes.io/hostname)",
+        )
+
+    # --- the Service ---
+    selector = service["spec"].get("selector", {})
+    f.expect(
+        bool(selector) and selector.items() <= pod_labels.items(),
+        "the Service must select the meshd pods",
+    )
+    f.expect(
+        spec["selector"]["matchLabels"].items() <= pod_labels.items(),
+        "the Deployment's selector must match its pods",
+    )
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    expected_ports = {"grpc-xds": (15010, 15010), "https-webhook": (443, 15017), "http-monitoring": (15014, 15014)}
+    for name, (port, target) in expected_ports.items():
+        p = service_ports.get(name, {})
+        f.expect(
+            p.get("port") == port and port_number(c, p.get("targetPort")) == target,
+            f"Service port {name} must be {port} -> {target}",
+        )
+    f.expect(service_ports.get("grpc-xds", {}).get("appProtocol") == "grpc", "grpc-xds needs appProtocol grpc")
+
+    # --- the webhooks ---
+    def check_client(w: dict[str, Any], path: str) -> None:
+        client = w.get("clientConfig", {})
+        ref = client.get("service", {})
+        f.expect(
+            ref.get("name") == svc
+            and ref.get("namespace") == NAMESPACE
+            and ref.get("path") == path
+            and ref.get("port") == service_ports.get("https-webhook", {}).get("port"),
+            f"webhook {w.get('name')} must call the Service's https-webhook port at {path}",
+        )
+        f.expect(
+            "caBundle" not in client,
+            f"webhook {w.get('name')}: caBundle must be left out (meshd writes it; Helm would wipe it)",
+        )
+        f.expect(w.get("admissionReviewVersions") == ["v1"], "admissionReviewVersions must be [v1]")
+
+    hooks = mutating[0].get("webhooks", [])
+    if f.expect(len(hooks) == 1, "the injector configuration must hold one webhook"):
+        w = hooks[0]
+        check_client(w, "/inject")
+        f.expect(
+            w.get("rules") == [{
+                "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods"], "scope": "Namespaced",
+            }],
+            "the injector must see Pod CREATE only",
+        )
+        ns_selector = w.get("namespaceSelector", {})
+        f.expect(
+            ns_selector.get("matchLabels") == {"meshd-injection": "enabled"},
+            "the injector's namespaceSelector must match meshd-injection=enabled",
+        )
+        expressions = ns_selector.get("matchExpressions", [])
+        f.expect(
+            any(
+                e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"
+                and {"kube-system", NAMESPACE} <= set(e["values"])
+                for e in expressions
+            ),
+            "the injector must exclude kube-system and the release namespace",
+        )
+        limited = [
+            e for e in expressions
+            if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "In"
+        ]
+        if identity_namespaces:
+            f.expect(
+                len(limited) == 1 and sorted(limited[0]["values"]) == sorted(identity_namespaces),
+                "the injector must be limited to identitySecrets.namespaces",
+            )
+        else:
+            f.expect(not limited, "the injector must not be limited to namespaces")
+        f.expect(
+            w.get("objectSelector") == {"matchExpressions": [
+                {"key": "meshd.io/inject", "operator": "NotIn", "values": ["false"]}
+            ]},
+            "the injector's objectSelector must pass over pods labelled meshd.io/inject=false",
+        )
+        f.expect(w.get("sideEffects") == "NoneOnDryRun", "the injector's sideEffects must be NoneOnDryRun")
+        f.expect(w.get("reinvocationPolicy") == "IfNeeded", "the injector's reinvocationPolicy must be IfNeeded")
+        f.expect(w.get("failurePolicy") == v["injector"]["failurePolicy"], "injector failurePolicy differs from the value")
+        f.expect(w.get("timeoutSeconds") == v["injector"]["timeoutSeconds"], "injector timeoutSeconds differs from the value")
+
+    if validating:
+        hooks = validating[0].get("webhooks", [])
+        if f.expect(len(hooks) == 1, "the validator configuration must hold one webhook"):
+            w = hooks[0]
+            check_client(w, "/validate")
+            rules = w.get("rules", [])
+            f.expect(
+                len(rules) == 1
+                and sorted(rules[0]["operations"]) == ["CREATE", "UPDATE"]
+                and sorted(rules[0]["resources"]) == ["namespaces", "services"]
+                and rules[0]["apiGroups"] == [""],
+                "the validator must see Service and Namespace CREATE and UPDATE",
+            )
+            f.expect(w.get("sideEffects") == "None", "the validator's sideEffects must be None")
+            f.expect(w.get("failurePolicy") == v["validator"]["failurePolicy"], "validator failurePolicy differs from the value")
+
+    # --- RBAC ---
+    sa = account["metadata"]["name"]
+    roles = {("Role", o["metadata"]["name"]): o for o in one(objects, "Role")}
+    roles.update({("ClusterRole", o["metadata"]["name"]): o for o in one(objects, "ClusterRole")})
+    bindings = one(objects, "RoleBinding") + one(objects, "ClusterRoleBinding")
+    for role in roles.values():
+        for rule in role.get("rules", []):
+            f.expect(not has_wildcard(rule), f"{describe(role)} has a wildcard rule {rule}")
+    bound: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+    for b in bindings:
+        ref = b["roleRef"]
+        f.expect(
+            (ref["kind"], ref["name"]) in roles,
+            f"{describe(b)} refers to {ref['kind']} {ref['name']}, which the chart does not create",
+        )
+        f.expect(
+            b.get("subjects") == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}],
+            f"{describe(b)} must bind meshd's service account only",
+        )
+        bound.setdefault((ref["kind"], ref["name"]), []).append((b["kind"], b["metadata"].get("namespace")))
+
+    def rules_for(resource: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        return [
+            (role, rule)
+            for role in roles.values()
+            for rule in role.get("rules", [])
+            if resource in rule.get("resources", [])
+        ]
+
+    # Secrets: identity Secrets get/create/patch in a ClusterRole, bound as designed.
+    for role, rule in rules_for("secrets"):
+        verbs = set(rule["verbs"])
+        if role["kind"] == "ClusterRole":
+            f.expect(
+                verbs == {"get", "create", "patch"} and not rule.get("resourceNames"),
+                f"{describe(role)}: identity Secret rules must be exactly get, create, patch",
+            )
+            key = ("ClusterRole", role["metadata"]["name"])
+            places = bound.get(key, [])
+            if identity_namespaces:
+                f.expect(
+                    sorted(places) == sorted(("RoleBinding", ns) for ns in identity_namespaces),
+                    f"{describe(role)} must be bound only in {identity_namespaces}, is bound as {places}",
+                )
+            else:
+                f.expect(
+                    places == [("ClusterRoleBinding", None)],
+                    f"{describe(role)} must be bound cluster-wide once, is bound as {places}",
+                )
+        else:
+            f.expect(not plugin_ca, f"{describe(role)}: no Secret access in the release namespace with a plug-in CA")
+            if rule.get("resourceNames"):
+                f.expect(
+                    rule["resourceNames"] == [values_of.get("MESHD_CA_SECRET")],
+                    f"{describe(role)}: named Secret rules must name MESHD_CA_SECRET only",
+                )
+            else:
+                f.expect(verbs == {"create"}, f"{describe(role)}: unnamed Secret rules may only create")
+    secret_roles = {role["kind"] for role, _ in rules_for("secrets")}
+    f.expect("ClusterRole" in secret_roles, "the identity Secret ClusterRole is missing")
+    f.expect(
+        ("Role" in secret_roles) != bool(plugin_ca),
+        "the root CA Secret rules must exist exactly when no plug-in CA is set",
+    )
+
+    for role, rule in rules_for("leases"):
+        f.expect(role["kind"] == "Role", "Lease rules belong in the release namespace's Role")
+        if rule.get("resourceNames"):
+            f.expect(
+                rule["resourceNames"] == [values_of.get("MESHD_LEADER_ELECTION_LEASE")]
+                and set(rule["verbs"]) == {"get", "update", "patch"},
+                "the named Lease rule must be get/update/patch on MESHD_LEADER_ELECTION_LEASE",
+            )
+        else:
+            f.expect(rule["verbs"] == ["create"], "unnamed Lease rules may only create")
+
+    for kind, name in (
+        ("mutatingwebhookconfigurations", mutating_name),
+        ("validatingwebhookconfigurations", validating_name),
+    ):
+        found = rules_for(kind)
+        f.expect(len(found) == (1 if name else 0), f"expected one rule for {kind}")
+        for _, rule in found:
+            f.expect(
+                rule.get("resourceNames") == [name] and set(rule["verbs"]) == {"get", "patch"},
+                f"{kind}: get and patch on {name} only",
+            )
+    for kind in ("namespaces", "services", "pods"):
+        found = rules_for(kind)
+        f.expect(
+            bool(found) and all(set(rule["verbs"]) == {"get", "list", "watch"} for _, rule in found),
+            f"{kind}: read only (get, list, watch)",
+        )
+    found = rules_for("endpointslices")
+    f.expect(
+        bool(found) and all(set(rule["verbs"]) == {"list", "watch"} for _, rule in found),
+        "endpointslices: list and watch only",
+    )
+    for _, rule in rules_for("events"):
+        f.expect(rule["verbs"] == ["create"], "events: create only")
+
+    # --- the PodDisruptionBudget ---
+    pdbs = one(objects, "PodDisruptionBudget")
+    wanted = v["podDisruptionBudget"]["enabled"] and v["replicaCount"] > 1
+    f.expect(len(pdbs) == (1 if wanted else 0), "a PodDisruptionBudget exactly when enabled with replicas > 1")
+    for pdb in pdbs:
+        f.expect(pdb["spec"].get("minAvailable") == v["podDisruptionBudget"]["minAvailable"], "PDB minAvailable differs")
+        f.expect(
+            pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),
+            "the PodDisruptionBudget must select the meshd pods",
+        )
+
+
+# --- the checks must be able to fail ----------------------------------------
+
+
+def self_tests(chart: Path, default_values: dict[str, Any], default_objects: list[dict[str, Any]]) -> list[str]:
+    """Each stage, fed something wrong, must say so."""
+    problems = []
+
+    def expect_failure(what: str, found: list[str]) -> None:
+        if found:
+            first = " ".join(found[0].split())
+            print(f"  ok   {what}: reported ({first[:110]})")
+        else:
+            problems.append(f"self-test: {what} went unreported")
+
+    expect_failure(
+        "lint of injector.failurePolicy=Sometimes",
+        lint(chart, {"injector": {"failurePolicy": "Sometimes"}}),
+    )
+    try:
+        render(chart, {"drainPeriod": "60s", "terminationGracePeriodSeconds": 30})
+        refused: list[str] = []
+    except helm.HelmError as e:
+        refused = [str(e)]
+    expect_failure("render with a grace period shorter than the drain", refused)
+
+    def broken(change: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+        objects = copy.deepcopy(default_objects)
+        change(objects)
+        return objects
+
+    def unknown_field(objects: list[dict[str, Any]]) -> None:
+        one(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["readinessGate"] = True
+
+    expect_failure("strict validation of an unknown container field", validate(broken(unknown_field)))
+
+    cases: list[tuple[str, Callable[[list[dict[str, Any]]], None]]] = [
+        ("a wildcard verb", lambda o: one(o, "ClusterRole")[0]["rules"][0]["verbs"].append("*")),
+        ("list on identity Secrets", lambda o: [
+            r["verbs"].append("list")
+            for role in one(o, "ClusterRole") for r in role["rules"] if "secrets" in r["resources"]
+        ]),
+        ("an unnamed get on Secrets in the release namespace", lambda o: one(o, "Role")[0]["rules"].append(
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+        )),
+        ("a caBundle in the template", lambda o: one(o, "MutatingWebhookConfiguration")[0]["webhooks"][0][
+            "clientConfig"].update({"caBundle": ""})),
+        ("a writable root filesystem", lambda o: one(o, "Deployment")[0]["spec"]["template"]["spec"][
+            "containers"][0]["securityContext"].update({"readOnlyRootFilesystem": False})),
+        ("sideEffects None on the injector", lambda o: one(o, "MutatingWebhookConfiguration")[0]["webhooks"][0]
+            .update({"sideEffects": "None"})),
+        ("a renamed Service", lambda o: one(o, "Service")[0]["metadata"].update({"name": "other"})),
+    ]
+    for what, change in cases:
+        f = Findings("self-test")
+        check_render(f, default_values, broken(change))
+        expect_failure(f"property check of {what}", f.problems)
+    return problems
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: check_chart.py CHART_DIR", file=sys.stderr)
+        return 2
+    chart = Path(sys.argv[1])
+    value_files = sorted((chart / "ci").glob("*-values.yaml"))
+    if not value_files:
+        print(f"no value sets in {chart / 'ci'} (files named *-values.yaml)", file=sys.stderr)
+        return 1
+    print(
+        f"helm SDK {helm.helm_sdk_version()} (helm-c {helm.helm_c_version()}), "
+        f"kubernetes-validate against {', '.join(KUBERNETES_VERSIONS)} (strict)"
+    )
+    problems: list[str] = []
+    total_objects = 0
+    total_checks = 0
+    defaults: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+    for file in value_files:
+        name = f"ci/{file.name}"
+        values = yaml.safe_load(file.read_text()) or {}
+        found = lint(chart, values)
+        try:
+            merged, objects = render(chart, values)
+        except helm.HelmError as e:
+            problems += [f"{name}: {p}" for p in found] + [f"{name}: render: {e}"]
+            print(f"  FAIL {name}: does not render")
+            continue
+        found += validate(objects)
+        f = Findings(name)
+        check_render(f, merged, objects)
+        found = [f"{name}: {p}" for p in found] + f.problems
+        problems += found
+        total_objects += len(objects)
+        total_checks += f.checked
+        status = "ok  " if not found else "FAIL"
+        print(
+            f"  {status} {name}: lint clean, {len(objects)} objects valid, "
+            f"{f.checked - len(f.problems)}/{f.checked} properties hold"
+            if not found
+            else f"  {status} {name}: {len(found)} problems"
+        )
+        if file.name == "default-values.yaml":
+            defaults = (merged, objects)
+    if defaults is None:
+        problems.append("ci/default-values.yaml is missing: the self-tests need the default render")
+    else:
+        problems += self_tests(chart, *defaults)
+    for p in problems:
+        print(f"ERROR {p}")
+    print(
+        f"chart checks: {len(value_files)} value sets, {total_objects} objects, "
+        f"{total_checks} properties, {len(problems)} problems"
+    )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
