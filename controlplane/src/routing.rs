@@ -172,7 +172,7 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
             percent_syntax!()
         ),
         default: "none",
-        description: "Delays this share of the requests to the Service (fault injection, by the caller's proxy).",
+        description: "Delays this share of the requests to the Service (fault injection, by the proxies of the pods that receive them, so the caller's timeout counts the delay).",
     },
     AnnotationDoc {
         name: FAULT_ABORT,
@@ -182,7 +182,7 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
             percent_syntax!()
         ),
         default: "none",
-        description: "Answers this share of the requests to the Service with the status, without calling it (fault injection).",
+        description: "Answers this share of the requests to the Service with the status, without calling the app (fault injection, by the proxies of the pods that receive them, so the caller's retries apply).",
     },
     AnnotationDoc {
         name: LOAD_BALANCER,
@@ -296,6 +296,22 @@ pub struct AnnotationError {
     pub value: String,
     /// What is wrong, and what is accepted.
     pub message: String,
+}
+
+impl AnnotationError {
+    /// The object as (kind, namespace, name): `Namespace shop` is
+    /// `("Namespace", None, "shop")`. `None` for a string this module did
+    /// not write.
+    pub fn object_ref(&self) -> Option<(&str, Option<&str>, &str)> {
+        match self.object.split_once(' ')? {
+            ("Namespace", name) if !name.contains('/') => Some(("Namespace", None, name)),
+            (kind @ ("Service" | "Pod"), key) => {
+                let (namespace, name) = key.split_once('/')?;
+                Some((kind, Some(namespace), name))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A share of requests, in millionths (Envoy's finest denominator).
@@ -1220,6 +1236,18 @@ impl MeshRouting {
     /// The egress scope of a proxy; `None`: every service.
     pub fn egress(&self, node_id: &str) -> Option<&Arc<Egress>> {
         self.egress.get(node_id)
+    }
+
+    /// Whether `other` routes every service and scopes every proxy the
+    /// same way (the errors aside).
+    pub fn same_routes(&self, other: &MeshRouting) -> bool {
+        fn same<K: Eq, V: Eq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+        }
+        same(&self.services, &other.services) && same(&self.egress, &other.egress)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod envoy;
 pub mod http;
+pub mod mesh;
 pub mod netns;
 pub mod pki;
 pub mod registry;

@@ -8,8 +8,27 @@ pub fn namespace(name: &str) -> String {
 
 /// A service with one HTTP port.
 pub fn http_service(namespace: &str, name: &str, vip: &str, port: u16) -> String {
+    http_service_with(namespace, name, vip, port, &[])
+}
+
+/// [`http_service`] with annotations (routing: `meshd.io/timeout`, …).
+/// Values are single-quoted, so JSON and commas pass through as written.
+pub fn http_service_with(
+    namespace: &str,
+    name: &str,
+    vip: &str,
+    port: u16,
+    annotations: &[(&str, &str)],
+) -> String {
+    let mut metadata = format!("metadata:\n  name: {name}\n  namespace: {namespace}\n");
+    if !annotations.is_empty() {
+        metadata.push_str("  annotations:\n");
+        for (key, value) in annotations {
+            metadata.push_str(&format!("    {key}: '{}'\n", value.replace('\'', "''")));
+        }
+    }
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: {port}}}]\n"
+        "apiVersion: v1\nkind: Service\n{metadata}spec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: {port}}}]\n"
     )
 }
 

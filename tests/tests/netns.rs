@@ -10,8 +10,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +20,7 @@ use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
+use meshd_tests::mesh::{envoy_for_proxy_uid, proxy_launcher, require_namespaces};
 use meshd_tests::netns::{self, HUB_IP, NetPod, Topology};
 use meshd_tests::pki::Pki;
 use meshd_tests::registry;
@@ -31,59 +30,6 @@ const VIP: &str = "198.19.0.10";
 const APP_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(30);
 const CLIENT_ID: &str = "URI=spiffe://cluster.local/ns/e2e/sa/client-0";
-
-/// Namespaces, or a clear account of why they are unavailable. Under
-/// `CI=true` that fails the test.
-fn require_namespaces() -> bool {
-    match netns::available() {
-        Ok(()) => true,
-        Err(why) if envoy::in_ci() => {
-            panic!("network namespaces are required under CI=true: {why}")
-        }
-        Err(why) => {
-            eprintln!(
-                "network namespace test did not run: {why}. The loopback tests cover the rest."
-            );
-            false
-        }
-    }
-}
-
-/// The proxy UID must be able to execute Envoy; a binary under a private
-/// home directory is copied somewhere it can.
-fn envoy_for_proxy_uid(envoy: &Path, work: &Path) -> PathBuf {
-    let uid = PROXY_UID.to_string();
-    let ok = std::process::Command::new("setpriv")
-        .args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
-        .arg(envoy)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return envoy.to_path_buf();
-    }
-    let copy = work.join("envoy");
-    std::fs::copy(envoy, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
-
-fn proxy_launcher(pod: &NetPod) -> Vec<String> {
-    let mut argv = pod.exec();
-    let uid = PROXY_UID.to_string();
-    argv.extend(
-        [
-            "setpriv",
-            "--reuid",
-            &uid,
-            "--regid",
-            &uid,
-            "--clear-groups",
-        ]
-        .map(String::from),
-    );
-    argv
-}
 
 /// Two meshed pods and an outsider, a control plane on the hub, and the
 /// server app; everything torn down on drop (namespaces last).

@@ -1,6 +1,7 @@
 //! Real Envoy accepts what routing annotations translate to: every
 //! annotation at once, on the outbound side of a mesh-wide and of a scoped
-//! proxy, checked with `envoy --mode validate`.
+//! proxy, and faults on the inbound side of the pods that serve them (with
+//! capture and without), checked with `envoy --mode validate`.
 //!
 //! The proxy's xDS resources become a static bootstrap (binary protobuf):
 //! route configurations are inlined into their connection managers and EDS
@@ -14,7 +15,7 @@ use meshd_controlplane::discovery::{file, index::Index};
 use meshd_controlplane::translate::{Kind, ProxyView, Snapshot, TranslateOptions, decode};
 use meshd_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
 use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
-use meshd_proto::envoy::config::core::v3::Node;
+use meshd_proto::envoy::config::core::v3::{Node, TrafficDirection};
 use meshd_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshd_proto::envoy::config::listener::v3::{Listener, filter};
 use meshd_proto::envoy::config::route::v3::RouteConfiguration;
@@ -78,7 +79,31 @@ kind: EndpointSlice
 metadata: {name: reviews-v1, namespace: shop, labels: {kubernetes.io/service-name: reviews-v1}}
 addressType: IPv4
 ports: [{name: http, port: 8080}, {name: grpc-api, port: 9090}]
-endpoints: [{addresses: [198.18.0.10]}, {addresses: [198.18.0.11]}]
+endpoints:
+- {addresses: [198.18.0.10], targetRef: {kind: Pod, name: reviews-v1-0}}
+- {addresses: [198.18.0.11], targetRef: {kind: Pod, name: reviews-v1-1}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ratings, namespace: shop, labels: {kubernetes.io/service-name: ratings}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [198.18.0.12], targetRef: {kind: Pod, name: ratings-0}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1-0, namespace: shop}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1-1, namespace: shop, annotations: {meshd.io/interception: none}}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-0, namespace: shop}
+status: {podIP: 198.18.0.12}
 ---
 apiVersion: v1
 kind: Pod
@@ -169,8 +194,17 @@ fn envoy_accepts_every_routing_annotation() {
         snapshot.routing.errors
     );
     let work = meshd_tests::workdir().unwrap();
-    for node in ["client-0.shop", "scoped-0.shop", "explicit-0.shop"] {
+    let mut fault_filters = 0;
+    for node in [
+        "client-0.shop",
+        "scoped-0.shop",
+        "explicit-0.shop",
+        "reviews-v1-0.shop",
+        "reviews-v1-1.shop",
+        "ratings-0.shop",
+    ] {
         let view = snapshot.proxy(node).unwrap();
+        fault_filters += count_fault_filters(&view);
         let path = work.path().join(format!("{node}.pb"));
         std::fs::write(&path, bootstrap(node, &view).encode_to_vec()).unwrap();
         let out = Command::new(&envoy_bin)
@@ -185,4 +219,40 @@ fn envoy_accepts_every_routing_annotation() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The serving pods' inbound listeners carried faults to validate: both
+    // ports of each reviews-v1 pod (reviews' and the namespace's faults)
+    // and ratings' one port.
+    assert_eq!(fault_filters, 5);
+}
+
+/// Inbound connection managers that run the fault filter.
+fn count_fault_filters(view: &ProxyView) -> usize {
+    let mut count = 0;
+    for r in view.all(Kind::Listener) {
+        let listener: Listener = decode(r).unwrap();
+        if listener.traffic_direction != TrafficDirection::Inbound as i32 {
+            continue;
+        }
+        // Per port, the first chain (with mTLS, PERMISSIVE has two).
+        let mut ports = std::collections::BTreeSet::new();
+        for chain in &listener.filter_chains {
+            for f in &chain.filters {
+                let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    continue;
+                };
+                let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                    continue;
+                };
+                if hcm
+                    .http_filters
+                    .iter()
+                    .any(|f| f.name == "envoy.filters.http.fault")
+                {
+                    ports.insert(hcm.stat_prefix.clone());
+                }
+            }
+        }
+        count += ports.len();
+    }
+    count
 }

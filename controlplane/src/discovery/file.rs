@@ -273,7 +273,16 @@ pub async fn run(
     };
 
     let (event_tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the registry opens and closes its files (access events
+        // on Linux): reacting to those would reload forever. A file closed
+        // after writing is a change.
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        if event.as_ref().is_ok_and(|e| {
+            matches!(e.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
+        }) {
+            return;
+        }
         let _ = event_tx.send(event);
     })?;
     notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)?;

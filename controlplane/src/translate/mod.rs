@@ -57,7 +57,10 @@ use meshd_proto::{Any, BoolValue, Duration, UInt32Value, to_any, type_url};
 
 use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
 use crate::routing::{Egress, MeshRouting, RoutingIndex};
+pub use outbound::SharedChanges;
 
+mod inbound;
+mod outbound;
 mod routing;
 mod tls;
 
@@ -185,12 +188,37 @@ pub struct ProxyView {
     routes: Arc<Resources>,
     /// The proxy's own secrets; the stream that serves it fills them in.
     secrets: Resources,
+    /// The version of the snapshot this view is of.
+    version: u64,
+    changes: Option<Arc<SharedChanges>>,
 }
 
 impl ProxyView {
     /// Sets the proxy's SDS secrets (its certificate and the trust bundle).
     pub fn set_secrets(&mut self, secrets: impl IntoIterator<Item = Arc<Resource>>) {
         self.secrets = secrets.into_iter().map(|r| (r.name.clone(), r)).collect();
+    }
+
+    /// The version of the snapshot this view is of.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// What changed in the shared resources since the previous snapshot
+    /// (`None`: more than clusters and load assignments did). A proxy's
+    /// own resources ([`ProxyView::local`]) are not included.
+    pub fn changes(&self) -> Option<&SharedChanges> {
+        self.changes.as_deref()
+    }
+
+    /// The resources of a kind that belong to this proxy alone (its
+    /// inbound clusters); the rest of the clusters and load assignments
+    /// are shared.
+    pub fn local(&self, kind: Kind) -> Box<dyn Iterator<Item = &Arc<Resource>> + '_> {
+        match kind {
+            Kind::Cluster => Box::new(self.local_clusters.values()),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Resource>> {
@@ -267,8 +295,26 @@ pub struct Snapshot {
     scoped: Mutex<HashMap<Arc<Egress>, Arc<Outbound>>>,
     /// Service ports each pod serves: (namespace, pod) → target port → protocol.
     inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>>,
+    /// The faults each pod's inbound ports inject (pods serving a service
+    /// with a fault only).
+    inbound_faults: inbound::Faults,
     routes: Mutex<HashMap<RouteKey, Arc<Resources>>>,
     options: TranslateOptions,
+    /// Each service's outbound resources with what they were made from,
+    /// for the next snapshot to reuse.
+    entries: outbound::Entries,
+    /// What changed since the previous snapshot, when only clusters and
+    /// load assignments did.
+    changes: Option<Arc<SharedChanges>>,
+}
+
+/// Whether two meshes have the same services (endpoints aside).
+fn same_services(a: &Mesh, b: &Mesh) -> bool {
+    a.services.len() == b.services.len()
+        && a.services
+            .iter()
+            .zip(&b.services)
+            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
 }
 
 impl Snapshot {
@@ -281,75 +327,43 @@ impl Snapshot {
         Self::with_routing(version, mesh, options, routing)
     }
 
+    /// The snapshot after `previous`: what did not change is reused
+    /// rather than translated and encoded again.
+    pub fn next(
+        version: u64,
+        mesh: Arc<Mesh>,
+        options: TranslateOptions,
+        routing: Arc<MeshRouting>,
+        previous: &Snapshot,
+    ) -> Self {
+        Self::build(version, mesh, options, routing, Some(previous))
+    }
+
     pub fn with_routing(
         version: u64,
         mesh: Arc<Mesh>,
         options: TranslateOptions,
         routing: Arc<MeshRouting>,
     ) -> Self {
-        // Pods whose sidecars accept mTLS: their endpoints get the TLS
-        // transport socket, and their identities are what clients verify.
-        let mut mtls_pods: HashMap<&str, HashMap<&str, String>> = HashMap::new();
-        if let Some(mtls) = &options.mtls {
-            for w in mesh.workloads.values() {
-                if mesh.mtls_mode(w, mtls.default_mode) != MtlsMode::Disable {
-                    let id = meshd_ca::SpiffeId::new(
-                        &mtls.trust_domain,
-                        &w.namespace,
-                        &w.service_account,
-                    )
-                    .to_string();
-                    mtls_pods
-                        .entry(w.namespace.as_str())
-                        .or_default()
-                        .insert(w.name.as_str(), id);
-                }
-            }
-        }
-        let mtls_identity = |ns: &str, ep: &crate::model::Endpoint| -> Option<String> {
-            mtls_pods.get(ns)?.get(ep.pod.as_deref()?).cloned()
-        };
-        let mut clusters = Resources::new();
-        let mut endpoints = Resources::new();
+        Self::build(version, mesh, options, routing, None)
+    }
+
+    fn build(
+        version: u64,
+        mesh: Arc<Mesh>,
+        options: TranslateOptions,
+        routing: Arc<MeshRouting>,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let outbound::Translated {
+            entries,
+            mut clusters,
+            endpoints,
+        } = outbound::translate(&mesh, &routing, &options, previous.map(|p| &p.entries));
         let mut inbound_ports: HashMap<(String, String), BTreeMap<u16, Protocol>> = HashMap::new();
         for svc in mesh.services.values() {
             let eps = mesh.endpoints_of(&svc.key);
-            let sans: BTreeSet<String> = eps
-                .iter()
-                .filter_map(|ep| mtls_identity(&svc.key.namespace, ep))
-                .collect();
-            let sans: Vec<String> = sans.into_iter().collect();
             for port in &svc.ports {
-                let name = svc.cluster_name(port.port);
-                let mut cluster = eds_cluster(&name, port.protocol);
-                routing::configure_cluster(&mut cluster, routing.service(&svc.key), port.protocol);
-                if !sans.is_empty() {
-                    cluster.transport_socket_matches =
-                        vec![tls::upstream_match(&name, port.protocol, &sans)];
-                }
-                clusters.insert(name.clone(), Resource::new(name.clone(), &cluster, vec![]));
-                let lb_endpoints = eps
-                    .iter()
-                    // Not-ready endpoints (starting, failing probes,
-                    // terminating) receive no new requests.
-                    .filter(|ep| ep.conditions.ready)
-                    .filter_map(|ep| {
-                        let mut lb = lb_endpoint(ep.address, ep.port_for(port)?);
-                        if mtls_identity(&svc.key.namespace, ep).is_some() {
-                            lb.metadata = Some(tls::mtls_endpoint_metadata());
-                        }
-                        Some(lb)
-                    })
-                    .collect();
-                let cla = ClusterLoadAssignment {
-                    cluster_name: name.clone(),
-                    endpoints: vec![LocalityLbEndpoints {
-                        lb_endpoints,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                };
-                endpoints.insert(name.clone(), Resource::new(name, &cla, vec![]));
                 for ep in eps {
                     if let (Some(pod), Some(target)) = (&ep.pod, ep.port_for(port)) {
                         inbound_ports
@@ -368,27 +382,79 @@ impl Snapshot {
                 }
             }
         }
-        let passthrough = passthrough_cluster();
-        clusters.insert(
-            PASSTHROUGH_CLUSTER.into(),
-            Resource::new(PASSTHROUGH_CLUSTER.into(), &passthrough, vec![]),
-        );
+        let passthrough = match previous {
+            Some(p) => p.clusters[PASSTHROUGH_CLUSTER].clone(),
+            None => Resource::new(PASSTHROUGH_CLUSTER.into(), &passthrough_cluster(), vec![]),
+        };
+        clusters.insert(PASSTHROUGH_CLUSTER.into(), passthrough);
         let clusters = Arc::new(clusters);
+        let endpoints = Arc::new(endpoints);
+        // Listeners, routes and egress scopes follow from the services and
+        // their routing alone: when neither changed (endpoints did, say),
+        // they carry over as they are, and proxies can be told precisely
+        // which clusters and load assignments changed.
+        let same_structure = previous.filter(|p| {
+            p.options
+                .mtls
+                .as_ref()
+                .map(|m| (&m.trust_domain, m.default_mode))
+                == options
+                    .mtls
+                    .as_ref()
+                    .map(|m| (&m.trust_domain, m.default_mode))
+                && same_services(&p.mesh, &mesh)
+                && p.routing.same_routes(&routing)
+        });
+        let listener = match same_structure {
+            Some(p) => p.mesh_wide.listener.clone(),
+            None => redirect_outbound_listener(&mesh, |_| true),
+        };
         let mesh_wide = Arc::new(Outbound {
             clusters: clusters.clone(),
-            endpoints: Arc::new(endpoints),
-            listener: redirect_outbound_listener(&mesh, |_| true),
+            endpoints: endpoints.clone(),
+            listener,
         });
+        let (scoped, routes, changes) = match same_structure {
+            Some(p) => {
+                let scoped = lock(&p.scoped)
+                    .iter()
+                    .map(|(scope, old)| {
+                        let pick = |all: &Resources, old: &Resources| -> Resources {
+                            old.keys()
+                                .filter_map(|n| Some((n.clone(), all.get(n)?.clone())))
+                                .collect()
+                        };
+                        let outbound = Outbound {
+                            clusters: Arc::new(pick(&clusters, &old.clusters)),
+                            endpoints: Arc::new(pick(&endpoints, &old.endpoints)),
+                            listener: old.listener.clone(),
+                        };
+                        (scope.clone(), Arc::new(outbound))
+                    })
+                    .collect();
+                let changes = SharedChanges {
+                    since: p.version,
+                    clusters: outbound::differences(&p.clusters, &clusters),
+                    endpoints: outbound::differences(&p.mesh_wide.endpoints, &endpoints),
+                };
+                (scoped, lock(&p.routes).clone(), Some(Arc::new(changes)))
+            }
+            None => (HashMap::new(), HashMap::new(), None),
+        };
+        let inbound_faults = inbound::faults(&mesh, &routing);
         Snapshot {
             version,
             mesh,
             routing,
             clusters,
             mesh_wide,
-            scoped: Mutex::new(HashMap::new()),
+            scoped: Mutex::new(scoped),
             inbound_ports,
-            routes: Mutex::new(HashMap::new()),
+            inbound_faults,
+            routes: Mutex::new(routes),
             options,
+            entries,
+            changes,
         }
     }
 
@@ -452,6 +518,11 @@ impl Snapshot {
             .get(&(workload.namespace.clone(), workload.name.clone()));
         let empty = BTreeMap::new();
         let inbound = inbound.unwrap_or(&empty);
+        let no_faults = inbound::PortFaults::new();
+        let faults = self
+            .inbound_faults
+            .get(&(workload.namespace.clone(), workload.name.clone()))
+            .unwrap_or(&no_faults);
 
         let mut listeners = Resources::new();
         let mut local_clusters = Resources::new();
@@ -474,7 +545,7 @@ impl Snapshot {
         match workload.interception {
             Interception::Redirect => {
                 listeners.insert(OUTBOUND_LISTENER.into(), outbound.listener.clone());
-                let l = redirect_inbound_listener(inbound, mtls);
+                let l = redirect_inbound_listener(inbound, faults, mtls);
                 listeners.insert(INBOUND_LISTENER.into(), l);
             }
             Interception::None => {
@@ -482,7 +553,8 @@ impl Snapshot {
                     let l = explicit_outbound_listener(ip);
                     listeners.insert(OUTBOUND_LISTENER.into(), l);
                     for (&port, &protocol) in inbound {
-                        let l = explicit_inbound_listener(ip, port, protocol, mtls);
+                        let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
+                        let l = explicit_inbound_listener(ip, port, protocol, faults, mtls);
                         listeners.insert(l.name.clone(), l);
                     }
                 }
@@ -497,6 +569,8 @@ impl Snapshot {
             listeners,
             routes,
             secrets: Resources::new(),
+            version: self.version,
+            changes: self.changes.clone(),
         })
     }
 
@@ -667,9 +741,12 @@ enum ClientCert {
 /// Which HTTP filters a connection manager runs before the router.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
-    /// The caller's side: fault injection (per service, by route config).
     Outbound,
-    Inbound,
+    /// The serving side; `faults`: the fault filter, configured per virtual
+    /// host ([`inbound`]), runs before the router.
+    Inbound {
+        faults: bool,
+    },
 }
 
 fn http_filter(
@@ -697,7 +774,7 @@ fn http_filter(
         ),
     };
     let mut http_filters = Vec::with_capacity(2);
-    if side == Side::Outbound {
+    if side == (Side::Inbound { faults: true }) {
         http_filters.push(routing::fault_filter());
     }
     http_filters.push(router);
@@ -871,25 +948,36 @@ fn explicit_outbound_listener(ip: IpAddr) -> Arc<Resource> {
     Resource::new(OUTBOUND_LISTENER.into(), &l, vec![])
 }
 
-fn inbound_filters(port: u16, protocol: Protocol, client_cert: ClientCert) -> Vec<Filter> {
+/// `faults`: the virtual hosts of the services whose faults this port
+/// injects ([`inbound`]); none for most ports.
+fn inbound_filters(
+    port: u16,
+    protocol: Protocol,
+    client_cert: ClientCert,
+    faults: &[VirtualHost],
+) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     let stat_prefix = format!("inbound_{port}");
     let filter = if protocol.is_http() {
+        let mut virtual_hosts = faults.to_vec();
+        virtual_hosts.push(VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![route_to(&cluster)],
+            ..Default::default()
+        });
         let route = RouteConfiguration {
             name: format!("inbound|{port}"),
-            virtual_hosts: vec![VirtualHost {
-                name: format!("inbound|http|{port}"),
-                domains: vec!["*".into()],
-                routes: vec![route_to(&cluster)],
-                ..Default::default()
-            }],
+            virtual_hosts,
             ..Default::default()
         };
         http_filter(
             &stat_prefix,
             http_connection_manager::RouteSpecifier::RouteConfig(route),
             client_cert,
-            Side::Inbound,
+            Side::Inbound {
+                faults: !faults.is_empty(),
+            },
         )
     } else {
         tcp_proxy_filter(&stat_prefix, &cluster)
@@ -903,6 +991,7 @@ fn inbound_filters(port: u16, protocol: Protocol, client_cert: ClientCert) -> Ve
 fn inbound_chains(
     port: u16,
     protocol: Protocol,
+    faults: &[VirtualHost],
     mtls: Option<MtlsMode>,
     port_match: bool,
 ) -> Vec<FilterChain> {
@@ -918,14 +1007,14 @@ fn inbound_chains(
     let tls = |transport_protocol: &str| FilterChain {
         name: format!("{name}tls"),
         filter_chain_match: chain_match(transport_protocol),
-        filters: inbound_filters(port, protocol, ClientCert::SetFromPeer),
+        filters: inbound_filters(port, protocol, ClientCert::SetFromPeer, faults),
         transport_socket: Some(tls::downstream(protocol)),
         ..Default::default()
     };
     let plaintext = |transport_protocol: &str| FilterChain {
         name: format!("{name}plaintext"),
         filter_chain_match: chain_match(transport_protocol),
-        filters: inbound_filters(port, protocol, ClientCert::Strip),
+        filters: inbound_filters(port, protocol, ClientCert::Strip, faults),
         ..Default::default()
     };
     match mtls {
@@ -937,13 +1026,15 @@ fn inbound_chains(
 
 fn redirect_inbound_listener(
     inbound: &BTreeMap<u16, Protocol>,
+    faults: &inbound::PortFaults,
     mtls: Option<MtlsMode>,
 ) -> Arc<Resource> {
     let mut refs = vec![PASSTHROUGH_CLUSTER.to_string()];
     let mut chains = Vec::new();
     for (&port, &protocol) in inbound {
         refs.push(inbound_cluster_name(port));
-        chains.extend(inbound_chains(port, protocol, mtls, true));
+        let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
+        chains.extend(inbound_chains(port, protocol, faults, mtls, true));
     }
     let l = listener(
         INBOUND_LISTENER,
@@ -960,6 +1051,7 @@ fn explicit_inbound_listener(
     ip: IpAddr,
     port: u16,
     protocol: Protocol,
+    faults: &[VirtualHost],
     mtls: Option<MtlsMode>,
 ) -> Arc<Resource> {
     let name = format!("inbound|{port}");
@@ -968,7 +1060,7 @@ fn explicit_inbound_listener(
         socket_address(ip, port),
         TrafficDirection::Inbound,
         false,
-        inbound_chains(port, protocol, mtls, false),
+        inbound_chains(port, protocol, faults, mtls, false),
         None,
     );
     Resource::new(name, &l, vec![inbound_cluster_name(port)])
@@ -1046,7 +1138,6 @@ fn outbound_routes(
                     name: format!("{}:{}", svc.key.fqdn(), port.port),
                     domains,
                     routes: routes.routes,
-                    typed_per_filter_config: routes.typed_per_filter_config,
                     ..Default::default()
                 });
             refs.entry(config).or_default().extend(routes.clusters);

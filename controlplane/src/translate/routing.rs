@@ -1,20 +1,19 @@
-//! Routing annotations ([`crate::routing`]) in Envoy terms, all on the
-//! caller's side:
+//! Routing annotations ([`crate::routing`]) in Envoy terms, on the
+//! caller's side except faults, which the serving side injects:
 //!
 //! ```text
-//! virtual host of reviews:80 ── typed_per_filter_config[fault]   (delay / abort)
+//! caller's virtual host of reviews:80
 //!   ├─ route: pathPrefix + headers ─> reviews-v2      ┐ timeout, retry_policy,
 //!   └─ route: /  ─> weighted_clusters (or reviews)    ┘ hash_policy (ring hash)
 //! cluster outbound|80||reviews… ── lb_policy, circuit_breakers, outlier_detection
+//! serving pods' inbound route config ── vhost of reviews: typed_per_filter_config[fault]
 //! ```
 //!
-//! The fault filter sits, unconfigured, in every outbound HTTP connection
-//! manager before the router; a service's fault is per-route config on its
-//! virtual host, so it only affects calls to that service. Adding the
-//! filter only while some fault is set would change the listener, and
-//! Envoy drains a listener's connections when it changes.
+//! Faults are per-virtual-host config of the fault filter in the *inbound*
+//! connection managers of the pods that receive the service's requests
+//! (see [`super::inbound`] for why, and for which requests they apply to).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use meshd_proto::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
@@ -45,8 +44,8 @@ use crate::routing::{LoadBalancer, MeshRouting, Percent, Retries, RouteRule, Rou
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
-/// The fault filter of outbound connection managers: it does nothing
-/// unless a route's virtual host configures it.
+/// The fault filter of inbound connection managers that inject faults: it
+/// does nothing unless a virtual host configures it.
 pub(super) fn fault_filter() -> HttpFilter {
     HttpFilter {
         name: FAULT_FILTER.into(),
@@ -117,9 +116,6 @@ pub(super) struct ServiceRoutes {
     pub routes: Vec<Route>,
     /// Every cluster the routes use.
     pub clusters: Vec<String>,
-    /// The virtual host's per-filter config: at most one entry (the fault
-    /// filter's), so its encoding stays deterministic.
-    pub typed_per_filter_config: HashMap<String, Any>,
 }
 
 /// The routes for calls to `service` on `port`: its `meshd.io/routes`
@@ -199,14 +195,9 @@ pub(super) fn service_routes(
         action: Some(route::Action::Route(default)),
         ..Default::default()
     });
-    let mut typed_per_filter_config = HashMap::new();
-    if let Some(fault) = fault(routing) {
-        typed_per_filter_config.insert(FAULT_FILTER.to_string(), to_any(&fault));
-    }
     ServiceRoutes {
         routes,
         clusters: used.into_iter().collect(),
-        typed_per_filter_config,
     }
 }
 
@@ -289,11 +280,13 @@ fn retry_policy(retries: &Retries) -> RetryPolicy {
     }
 }
 
-fn fault(routing: &Routing) -> Option<HttpFault> {
+/// The fault filter's per-virtual-host config for a service's faults;
+/// `None` when it has none.
+pub(super) fn fault_config(routing: &Routing) -> Option<Any> {
     if !routing.has_fault() {
         return None;
     }
-    Some(HttpFault {
+    Some(to_any(&HttpFault {
         delay: routing.fault_delay.map(|d| EnvoyFaultDelay {
             percentage: Some(fraction(d.percent)),
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(
@@ -306,7 +299,7 @@ fn fault(routing: &Routing) -> Option<HttpFault> {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -315,7 +308,9 @@ mod tests {
 
     use meshd_proto::envoy::config::listener::v3::{Listener, filter};
     use meshd_proto::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
-    use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_connection_manager,
+    };
     use prost::Message;
 
     use super::super::{
@@ -555,13 +550,125 @@ status: {podIP: 198.18.0.4}
         assert!(!refs.contains(&REVIEWS.to_string()), "split away: {refs:?}");
     }
 
+    /// Pods behind reviews' split targets and behind ratings, one of them
+    /// without capture.
+    const SERVING_PODS: &str = r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v1, namespace: shop, labels: {kubernetes.io/service-name: reviews-v1}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [198.18.0.11], targetRef: {kind: Pod, name: reviews-v1-0}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v2, namespace: shop, labels: {kubernetes.io/service-name: reviews-v2}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: [198.18.0.12], targetRef: {kind: Pod, name: reviews-v2-0}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ratings, namespace: shop, labels: {kubernetes.io/service-name: ratings}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [198.18.0.13], targetRef: {kind: Pod, name: ratings-0}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1-0, namespace: shop}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2-0, namespace: shop, annotations: {meshd.io/interception: none}}
+status: {podIP: 198.18.0.12}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-0, namespace: shop}
+status: {podIP: 198.18.0.13}
+"#;
+
+    /// The connection manager of an inbound listener's first chain, and
+    /// the names of its HTTP filters.
+    fn inbound_hcm(view: &ProxyView, listener: &str) -> (HttpConnectionManager, Vec<String>) {
+        let l: Listener = decode(view.get(Kind::Listener, listener).unwrap()).unwrap();
+        let hcm = hcm(&l.filter_chains[0]);
+        let names = hcm.http_filters.iter().map(|f| f.name.clone()).collect();
+        (hcm, names)
+    }
+
+    fn inline_routes(hcm: &HttpConnectionManager) -> &RouteConfiguration {
+        match &hcm.route_specifier {
+            Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => rc,
+            other => panic!("not inline routes: {other:?}"),
+        }
+    }
+
     #[test]
-    fn faults_are_per_service_and_the_filter_runs_before_the_router() {
-        let snap = snapshot(REGISTRY);
-        let view = snap.proxy("client-0.shop").unwrap();
-        let rc = route_config(&view, "80");
-        let reviews = vhost(&rc, "reviews");
-        assert_eq!(reviews.typed_per_filter_config.len(), 1);
+    fn faults_are_injected_by_the_serving_pods_before_their_router() {
+        let snap = snapshot(&format!("{REGISTRY}{SERVING_PODS}"));
+
+        // The caller only routes: its router sees the serving side's delay
+        // (against its timeout) and aborts (which it retries).
+        let client = snap.proxy("client-0.shop").unwrap();
+        let rc = route_config(&client, "80");
+        assert!(
+            rc.virtual_hosts
+                .iter()
+                .all(|v| v.typed_per_filter_config.is_empty())
+        );
+        let l: Listener = decode(client.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let http = l
+            .filter_chains
+            .iter()
+            .find(|c| c.name == "outbound|80|http")
+            .unwrap();
+        let names: Vec<_> = hcm(http)
+            .http_filters
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        assert_eq!(names, ["envoy.filters.http.router"]);
+
+        // reviews' split sends to reviews-v1: its pod injects reviews'
+        // fault for requests addressed to reviews, before its router.
+        let v1 = snap.proxy("reviews-v1-0.shop").unwrap();
+        let (hcm_v1, names) = inbound_hcm(&v1, INBOUND_LISTENER);
+        assert_eq!(names, [FAULT_FILTER, "envoy.filters.http.router"]);
+        let rc = inline_routes(&hcm_v1);
+        let vhosts: Vec<_> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            vhosts,
+            [
+                "inbound|http|9080|reviews.shop.svc.cluster.local",
+                "inbound|http|9080"
+            ]
+        );
+        let reviews = &rc.virtual_hosts[0];
+        assert_eq!(
+            reviews.domains,
+            [
+                "reviews:80",
+                "reviews",
+                "reviews.shop:80",
+                "reviews.shop",
+                "reviews.shop.svc:80",
+                "reviews.shop.svc",
+                "reviews.shop.svc.cluster.local:80",
+                "reviews.shop.svc.cluster.local",
+                "198.19.0.1:80",
+                "198.19.0.1",
+            ]
+        );
+        assert_eq!(
+            route_action(&reviews.routes[0]).cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                "inbound|9080||".into()
+            ))
+        );
         let any = &reviews.typed_per_filter_config[FAULT_FILTER];
         let fault = HttpFault::decode(any.value.as_slice()).unwrap();
         let delay = fault.delay.unwrap();
@@ -585,33 +692,116 @@ status: {podIP: 198.18.0.4}
             Some(fault_abort::ErrorType::HttpStatus(503))
         );
         assert_eq!(abort.percentage.unwrap().numerator, 125_000);
-        assert!(vhost(&rc, "reviews-v1").typed_per_filter_config.is_empty());
+        // Any other Host (reviews-v1 by name, the pod IP): no fault.
+        let default = &rc.virtual_hosts[1];
+        assert_eq!(default.domains, ["*"]);
+        assert!(default.typed_per_filter_config.is_empty());
 
-        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
-        let http = l
-            .filter_chains
-            .iter()
-            .find(|c| c.name == "outbound|80|http")
-            .unwrap();
-        let names: Vec<_> = hcm(http)
-            .http_filters
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        // The same on a pod without capture (its explicit inbound
+        // listener), which reviews' header route reaches.
+        let v2 = snap.proxy("reviews-v2-0.shop").unwrap();
+        let (hcm_v2, names) = inbound_hcm(&v2, "inbound|9080");
         assert_eq!(names, [FAULT_FILTER, "envoy.filters.http.router"]);
+        assert_eq!(inline_routes(&hcm_v2).virtual_hosts.len(), 2);
 
-        // The inbound side injects nothing.
-        let server = snapshot(&format!(
-            "{REGISTRY}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: r, namespace: shop, labels: {{kubernetes.io/service-name: reviews}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [198.18.0.2], targetRef: {{kind: Pod, name: client-0}}}}]\n"
-        ));
-        let view = server.proxy("client-0.shop").unwrap();
-        let l: Listener = decode(view.get(Kind::Listener, INBOUND_LISTENER).unwrap()).unwrap();
-        let names: Vec<_> = hcm(&l.filter_chains[0])
-            .http_filters
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        // ratings has no fault: its pod's inbound side is as ever.
+        let ratings = snap.proxy("ratings-0.shop").unwrap();
+        let (hcm_r, names) = inbound_hcm(&ratings, INBOUND_LISTENER);
         assert_eq!(names, ["envoy.filters.http.router"]);
+        let rc = inline_routes(&hcm_r);
+        assert_eq!(rc.virtual_hosts.len(), 1);
+        assert_eq!(rc.virtual_hosts[0].domains, ["*"]);
+    }
+
+    #[test]
+    fn a_namespace_fault_is_injected_for_every_service_a_pod_serves() {
+        let yaml = format!("{REGISTRY}{SERVING_PODS}").replace(
+            "meshd.io/timeout: 2s}",
+            "meshd.io/timeout: 2s, meshd.io/fault-abort: 500@1}",
+        );
+        let snap = snapshot(&yaml);
+        let ratings = snap.proxy("ratings-0.shop").unwrap();
+        let (hcm, names) = inbound_hcm(&ratings, INBOUND_LISTENER);
+        assert_eq!(names, [FAULT_FILTER, "envoy.filters.http.router"]);
+        let rc = inline_routes(&hcm);
+        let ratings_vhost = &rc.virtual_hosts[0];
+        assert_eq!(
+            ratings_vhost.name,
+            "inbound|http|8080|ratings.shop.svc.cluster.local"
+        );
+        let fault = HttpFault::decode(
+            ratings_vhost.typed_per_filter_config[FAULT_FILTER]
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(
+            fault.abort.unwrap().error_type,
+            Some(fault_abort::ErrorType::HttpStatus(500))
+        );
+        // reviews-v1's pod now injects both reviews' own fault and
+        // reviews-v1's (the namespace's), each for its own Host.
+        let v1 = snap.proxy("reviews-v1-0.shop").unwrap();
+        let (hcm, _) = inbound_hcm(&v1, INBOUND_LISTENER);
+        let names: Vec<_> = inline_routes(&hcm)
+            .virtual_hosts
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "inbound|http|9080|reviews.shop.svc.cluster.local",
+                "inbound|http|9080|reviews-v1.shop.svc.cluster.local",
+                "inbound|http|9080"
+            ]
+        );
+    }
+
+    #[test]
+    fn two_services_given_one_vip_never_claim_a_domain_twice() {
+        // ratings given reviews-v1's VIP by mistake, both with faults and
+        // both selecting reviews-v1-0: Envoy refuses a route configuration
+        // listing a domain twice, so the first service keeps the VIP.
+        let yaml = format!("{REGISTRY}{SERVING_PODS}")
+            .replace(
+                "metadata: {name: ratings, namespace: shop}\nspec: {clusterIP: 198.19.0.4,",
+                "metadata: {name: ratings, namespace: shop, annotations: {meshd.io/fault-abort: 500@1}}\nspec: {clusterIP: 198.19.0.2,",
+            )
+            .replace(
+                "annotations: {meshd.io/load-balancer: \"ring-hash:x-user\"}}\nspec: {clusterIP: 198.19.0.2",
+                "annotations: {meshd.io/load-balancer: \"ring-hash:x-user\", meshd.io/fault-delay: 1s@1}}\nspec: {clusterIP: 198.19.0.2",
+            )
+            .replace(
+                "ports: [{name: http, port: 8080}]\nendpoints: [{addresses: [198.18.0.13], targetRef: {kind: Pod, name: ratings-0}}]",
+                "ports: [{name: http, port: 9080}]\nendpoints: [{addresses: [198.18.0.11], targetRef: {kind: Pod, name: reviews-v1-0}}]",
+            );
+        let snap = snapshot(&yaml);
+        let v1 = snap.proxy("reviews-v1-0.shop").unwrap();
+        let (hcm, _) = inbound_hcm(&v1, INBOUND_LISTENER);
+        let rc = inline_routes(&hcm);
+        let mut seen = std::collections::BTreeSet::new();
+        for domain in rc.virtual_hosts.iter().flat_map(|v| &v.domains) {
+            assert!(seen.insert(domain), "{domain} listed twice");
+        }
+        let owner = |domain: &str| {
+            rc.virtual_hosts
+                .iter()
+                .find(|v| v.domains.iter().any(|d| d == domain))
+                .map(|v| v.name.as_str())
+        };
+        assert_eq!(
+            owner("198.19.0.2"),
+            Some("inbound|http|9080|ratings.shop.svc.cluster.local")
+        );
+        assert_eq!(
+            owner("reviews-v1"),
+            Some("inbound|http|9080|reviews-v1.shop.svc.cluster.local")
+        );
+        assert_eq!(
+            owner("ratings"),
+            Some("inbound|http|9080|ratings.shop.svc.cluster.local")
+        );
     }
 
     #[test]

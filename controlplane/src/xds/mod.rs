@@ -169,6 +169,9 @@ pub struct ServerState {
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     nacks: Mutex<VecDeque<NackRecord>>,
     routing_errors: Mutex<Vec<AnnotationError>>,
+    /// The same errors for subscribers (the Kubernetes Event recorder);
+    /// changes only when the set does.
+    routing_error_updates: watch::Sender<Vec<AnnotationError>>,
     next_stream: AtomicU64,
 }
 
@@ -190,6 +193,11 @@ impl ServerState {
         lock(&self.routing_errors).clone()
     }
 
+    /// The routing annotation problems (sorted) now and at every change.
+    pub fn watch_routing_errors(&self) -> watch::Receiver<Vec<AnnotationError>> {
+        self.routing_error_updates.subscribe()
+    }
+
     /// Replaces the current routing problems (sorted), logging and counting
     /// those that are new and logging those that are gone.
     fn set_routing_errors(&self, errors: &[AnnotationError]) {
@@ -206,21 +214,33 @@ impl ServerState {
             }
         }
         *current = errors.to_vec();
+        self.routing_error_updates.send_if_modified(|published| {
+            let changed = published.as_slice() != errors;
+            if changed {
+                *published = errors.to_vec();
+            }
+            changed
+        });
         self.metrics
             .routing_annotation_errors
             .set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
     }
 }
 
-/// Translates a mesh with the routing the index keeps across snapshots.
+/// Translates a mesh with the routing the index keeps across snapshots,
+/// reusing what did not change since the previous snapshot.
 fn translate(
     version: u64,
     mesh: Arc<Mesh>,
     options: TranslateOptions,
     routing: &mut RoutingIndex,
+    previous: Option<&Snapshot>,
 ) -> Snapshot {
     let in_force = Arc::new(routing.update(&mesh));
-    Snapshot::with_routing(version, mesh, options, in_force)
+    match previous {
+        Some(previous) => Snapshot::next(version, mesh, options, in_force, previous),
+        None => Snapshot::with_routing(version, mesh, options, in_force),
+    }
 }
 
 /// Turns mesh changes into translated snapshots. Changes arriving within
@@ -242,9 +262,11 @@ pub fn spawn_publisher(
         meshes.borrow_and_update().clone(),
         options.clone(),
         &mut routing,
+        None,
     ));
     state.set_routing_errors(&first.routing.errors);
     state.metrics.snapshots.inc();
+    let mut last = first.clone();
     let (tx, rx) = watch::channel(first);
     tokio::spawn(
         async move {
@@ -265,8 +287,9 @@ pub fn spawn_publisher(
                 version += 1;
                 let options = options.clone();
                 let mut index = std::mem::take(&mut routing);
+                let previous = last.clone();
                 let (snapshot, index) = tokio::task::spawn_blocking(move || {
-                    let snapshot = translate(version, mesh, options, &mut index);
+                    let snapshot = translate(version, mesh, options, &mut index, Some(&previous));
                     (snapshot, index)
                 })
                 .await
@@ -275,7 +298,8 @@ pub fn spawn_publisher(
                 state.set_routing_errors(&snapshot.routing.errors);
                 state.metrics.snapshots.inc();
                 tracing::debug!(version, "snapshot published");
-                if tx.send(Arc::new(snapshot)).is_err() {
+                last = Arc::new(snapshot);
+                if tx.send(last.clone()).is_err() {
                     return;
                 }
             }

@@ -12,6 +12,13 @@
 //! A rejected (NACKed) response is recorded and not sent again: the proxy
 //! keeps its last accepted config, and the next change to that type is sent
 //! as usual.
+//!
+//! Clusters and endpoints are most of a proxy's config (one of each per
+//! service port) and change a few at a time. A session that is up to date
+//! with one snapshot therefore checks, on the next, only the names that
+//! snapshot says changed ([`ProxyView::changes`]), instead of comparing
+//! every resource: with thousands of proxies, an endpoint change costs each
+//! of them a few lookups rather than a walk over the whole mesh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
@@ -81,7 +88,8 @@ pub struct Push {
     pub nonce: String,
     /// State-of-the-World version: a digest of every resource in the set.
     pub version: String,
-    /// Every resource in the subscription (State-of-the-World).
+    /// Every resource in the subscription (State-of-the-World listeners
+    /// and clusters only: the other kinds are sent as `changed`).
     pub all: Vec<Arc<Resource>>,
     /// Resources new or changed since the last push (Delta).
     pub changed: Vec<Arc<Resource>>,
@@ -105,6 +113,19 @@ pub struct TypeState {
     /// The response awaiting an answer: nonce and the set it carried.
     inflight: Option<(String, SentMap)>,
     pub last_nack: Option<(String, String)>,
+    /// `sent` is what the view of this snapshot version asks for, and
+    /// neither the subscription nor anything else `sent` depends on has
+    /// changed since (clusters and endpoints only).
+    synced: Option<Synced>,
+    /// [`digest`] of `sent` as of the last push.
+    digest: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Synced {
+    version: u64,
+    /// The proxy's own resources of the type (inbound clusters) then.
+    local: usize,
 }
 
 #[derive(Debug)]
@@ -133,6 +154,11 @@ impl Session {
     /// Applies a request: ACK/NACK bookkeeping, then subscription changes.
     pub fn on_request(&mut self, req: Request) -> Outcome {
         let delta = self.delta;
+        if !req.response_nonce.is_empty() && matches!(req.kind, Kind::Listener | Kind::Route) {
+            // Which clusters are kept depends on the listeners and routes
+            // the proxy acknowledged.
+            self.state(Kind::Cluster).synced = None;
+        }
         let state = self.state(req.kind);
         let mut outcome = Outcome::Other;
         if !req.response_nonce.is_empty() {
@@ -167,9 +193,16 @@ impl Session {
         state.requested = true;
         match req.subscribe {
             Subscribe::Replace(names) => {
-                state.wildcard =
+                let wildcard =
                     req.kind.is_wildcard() && (names.is_empty() || names.iter().any(|n| n == "*"));
-                state.names = names.into_iter().filter(|n| n != "*").collect();
+                let names: BTreeSet<String> = names.into_iter().filter(|n| n != "*").collect();
+                // State-of-the-World repeats the whole subscription in every
+                // ACK; only a different one invalidates what was synced.
+                if wildcard != state.wildcard || names != state.names {
+                    state.synced = None;
+                }
+                state.wildcard = wildcard;
+                state.names = names;
                 if !state.wildcard {
                     // Forget what the proxy no longer asks for, so asking
                     // again gets it again.
@@ -182,6 +215,10 @@ impl Session {
                 unsubscribe,
                 initial_versions,
             } => {
+                if !(subscribe.is_empty() && unsubscribe.is_empty() && initial_versions.is_empty())
+                {
+                    state.synced = None;
+                }
                 let first = !state.wildcard && state.names.is_empty() && state.sent.is_empty();
                 if first && req.kind.is_wildcard() && subscribe.is_empty() {
                     state.wildcard = true;
@@ -221,20 +258,110 @@ impl Session {
             if !self.types[&kind].requested {
                 continue;
             }
-            let desired = self.desired(kind, view);
-            if let Some(push) = self.plan(kind, desired) {
-                if kind == Kind::Cluster {
-                    // Envoy re-warms a changed cluster and waits for its
-                    // endpoints: make sure they are sent again.
-                    let eds = self.state(Kind::Endpoint);
-                    for r in &push.changed {
-                        eds.sent.remove(&r.name);
+            let push = match self.incremental(kind, view) {
+                Some(push) => push,
+                None => {
+                    let desired = self.desired(kind, view);
+                    let push = self.plan(kind, desired);
+                    if matches!(kind, Kind::Cluster | Kind::Endpoint) {
+                        self.state(kind).synced = Some(Synced {
+                            version: view.version(),
+                            local: view.local(kind).count(),
+                        });
                     }
+                    push
+                }
+            };
+            if let Some(push) = push {
+                match kind {
+                    Kind::Cluster => {
+                        // Envoy re-warms a changed cluster and waits for its
+                        // endpoints: make sure they are sent again.
+                        let eds = self.state(Kind::Endpoint);
+                        eds.synced = None;
+                        for r in &push.changed {
+                            eds.sent.remove(&r.name);
+                        }
+                    }
+                    Kind::Listener | Kind::Route => self.state(Kind::Cluster).synced = None,
+                    _ => {}
                 }
                 pushes.push(push);
             }
         }
         pushes
+    }
+
+    /// The push for `kind` worked out from only what `view`'s snapshot
+    /// changed since the one this session is synced with: `Some(None)` when
+    /// nothing is to be sent, `None` when it cannot be told that way (the
+    /// full comparison runs then).
+    fn incremental(&mut self, kind: Kind, view: &ProxyView) -> Option<Option<Push>> {
+        let state = &self.types[&kind];
+        let (synced, changes) = (state.synced?, view.changes()?);
+        if synced.version != changes.since || state.sent_version.is_empty() {
+            return None;
+        }
+        let names = match kind {
+            Kind::Endpoint => &changes.endpoints,
+            Kind::Cluster => &changes.clusters,
+            _ => return None,
+        };
+        let mut updates: Vec<(&String, Option<&Arc<Resource>>)> = Vec::new();
+        for name in names {
+            let wanted = state.wildcard || state.names.contains(name);
+            let now = view.get(kind, name).filter(|_| wanted);
+            match (now, state.sent.get(name)) {
+                (None, None) => {}
+                (Some(now), Some(sent)) if now.version == sent.version => {}
+                // Whether a cluster leaves depends on what still refers
+                // to it: the full comparison knows.
+                (None, Some(_)) if kind == Kind::Cluster => return None,
+                (now, _) => updates.push((name, now)),
+            }
+        }
+        if kind == Kind::Cluster {
+            let local = view.local(kind);
+            if view.local(kind).count() != synced.local {
+                return None;
+            }
+            for r in local {
+                if state
+                    .sent
+                    .get(&r.name)
+                    .is_none_or(|s| s.version != r.version)
+                {
+                    return None;
+                }
+            }
+        }
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        let state = self.state(kind);
+        state.synced = Some(Synced {
+            version: view.version(),
+            ..synced
+        });
+        for (name, now) in updates {
+            let old = match now {
+                Some(r) => {
+                    state.digest ^= entry_digest(name, &r.version);
+                    changed.push(r.clone());
+                    state.sent.insert(name.clone(), Sent::of(r))
+                }
+                None => {
+                    removed.push(name.clone());
+                    state.sent.remove(name)
+                }
+            };
+            if let Some(old) = old {
+                state.digest ^= entry_digest(name, &old.version);
+            }
+        }
+        if changed.is_empty() && removed.is_empty() {
+            return Some(None);
+        }
+        Some(Some(self.send(kind, changed, removed)))
     }
 
     fn desired(&self, kind: Kind, view: &ProxyView) -> SentMap {
@@ -288,38 +415,65 @@ impl Session {
         if changed.is_empty() && removed.is_empty() && !never_sent {
             return None;
         }
-        let version = digest(&desired);
+        let state = self.state(kind);
+        state.digest = digest(&desired);
+        state.sent = desired;
+        Some(self.send(kind, changed, removed))
+    }
+
+    /// The response that brings the proxy to `sent` for `kind`.
+    fn send(&mut self, kind: Kind, changed: Vec<Arc<Resource>>, removed: Vec<String>) -> Push {
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        let all = desired
-            .values()
-            .filter_map(|d| d.resource.clone())
-            .collect();
+        let whole_set = !self.delta && kind.is_wildcard();
         let state = self.state(kind);
-        state.sent = desired;
+        let version = format!("{:016x}", state.digest);
+        // Only State-of-the-World listeners and clusters go as a whole set.
+        let all = if whole_set {
+            state
+                .sent
+                .values()
+                .filter_map(|d| d.resource.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         state.sent_version = version.clone();
-        state.inflight = Some((nonce.clone(), state.sent.clone()));
-        Some(Push {
+        // Only what listeners and routes the proxy acknowledged matters
+        // later (clusters they use stay); for the large kinds, remembering
+        // the nonce is enough.
+        let set = if matches!(kind, Kind::Listener | Kind::Route) {
+            state.sent.clone()
+        } else {
+            SentMap::new()
+        };
+        state.inflight = Some((nonce.clone(), set));
+        Push {
             kind,
             nonce,
             version,
             all,
             changed,
             removed,
-        })
+        }
     }
 }
 
 /// A digest of a set of resources' names and versions.
-fn digest(set: &SentMap) -> String {
+/// The digest is the XOR of one hash per resource, so a push that changes
+/// a few resources of a large set updates it without walking the set.
+fn digest(set: &SentMap) -> u64 {
+    set.iter().fold(0, |acc, (name, sent)| {
+        acc ^ entry_digest(name, &sent.version)
+    })
+}
+
+fn entry_digest(name: &str, version: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
-    for (name, sent) in set {
-        hasher.write(name.as_bytes());
-        hasher.write_u8(0);
-        hasher.write(sent.version.as_bytes());
-        hasher.write_u8(0);
-    }
-    format!("{:016x}", hasher.finish())
+    hasher.write(name.as_bytes());
+    hasher.write_u8(0);
+    hasher.write(version.as_bytes());
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -532,5 +686,88 @@ mod tests {
         // One (empty) answer so Envoy finishes initialising, nothing resent.
         assert_eq!(pushes.len(), 1);
         assert!(pushes[0].changed.is_empty() && pushes[0].removed.is_empty());
+    }
+
+    /// Snapshots in which the web service's second endpoint flaps.
+    fn flapping(ready: &[bool]) -> Vec<Snapshot> {
+        let mut snapshots: Vec<Snapshot> = Vec::new();
+        for (i, ready) in ready.iter().enumerate() {
+            let text = format!(
+                "{}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [198.18.0.3]\n- addresses: [198.18.0.4]\n  conditions: {{ready: {ready}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.2}}\n",
+                service("web", "198.19.0.1", false) + &service("db", "198.19.0.2", true)
+            );
+            let mut index = Index::default();
+            for object in file::parse(&text).unwrap() {
+                index.apply(object);
+            }
+            let mesh = std::sync::Arc::new(index.mesh());
+            let routing =
+                std::sync::Arc::new(crate::routing::RoutingIndex::default().update(&mesh));
+            let next = match snapshots.last() {
+                Some(p) => Snapshot::next(i as u64 + 1, mesh, Default::default(), routing, p),
+                None => Snapshot::with_routing(1, mesh, Default::default(), routing),
+            };
+            snapshots.push(next);
+        }
+        snapshots
+    }
+
+    #[test]
+    fn pushes_worked_out_from_changes_equal_full_comparisons() {
+        let snapshots = flapping(&[true, false, false, true, false]);
+        for delta in [true, false] {
+            let mut incremental = Session::new(delta);
+            let mut full = Session::new(delta);
+            let first = snapshots[0].proxy(CLIENT).unwrap();
+            let eds: Vec<&str> = vec![
+                "outbound|80||web.shop.svc.cluster.local",
+                "outbound|5432||db.shop.svc.cluster.local",
+            ];
+            for session in [&mut incremental, &mut full] {
+                settle(session, &first);
+                session.on_request(request(Kind::Endpoint, "", &eds));
+                for push in session.push(&first) {
+                    session.on_request(request(push.kind, &push.nonce, &eds));
+                }
+            }
+            let mut sent_something = 0;
+            for snapshot in &snapshots[1..] {
+                let view = snapshot.proxy(CLIENT).unwrap();
+                assert!(view.changes().is_some());
+                // The full comparison: forget what the session was synced with.
+                for state in full.types.values_mut() {
+                    state.synced = None;
+                }
+                let a = incremental.push(&view);
+                let b = full.push(&view);
+                fn summary(pushes: &[Push]) -> Vec<(Kind, Vec<&str>, &[String], &str)> {
+                    pushes
+                        .iter()
+                        .map(|p| (p.kind, names_changed(p), &p.removed[..], &p.version[..]))
+                        .collect()
+                }
+                assert_eq!(summary(&a), summary(&b), "delta: {delta}");
+                sent_something += a.len();
+                for (session, pushes) in [(&mut incremental, a), (&mut full, b)] {
+                    for push in pushes {
+                        session.on_request(request(push.kind, &push.nonce, &eds));
+                    }
+                }
+                let sent = |s: &Session| -> Vec<(String, String)> {
+                    s.types[&Kind::Endpoint]
+                        .sent
+                        .iter()
+                        .map(|(n, v)| (n.clone(), v.version.clone()))
+                        .collect()
+                };
+                assert_eq!(sent(&incremental), sent(&full));
+            }
+            // Three of the four snapshots change the endpoint's readiness.
+            assert_eq!(sent_something, 3, "delta: {delta}");
+        }
+    }
+
+    fn names_changed(push: &Push) -> Vec<&str> {
+        push.changed.iter().map(|r| r.name.as_str()).collect()
     }
 }

@@ -1,0 +1,502 @@
+//! Every service's outbound clusters and load assignments, translated
+//! incrementally.
+//!
+//! A snapshot keeps, per service, what its resources were made from (the
+//! Service, its endpoints, its routing and the identities of its pods) next
+//! to the resources themselves. The next snapshot reuses the resources of
+//! every service whose inputs are equal, so an endpoint change re-encodes
+//! one load assignment instead of the whole mesh, and the unchanged
+//! resources stay the very same `Arc`s: the xDS sessions and
+//! [`SharedChanges`] tell what changed by pointer, not by content.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use meshd_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+
+use super::{
+    MtlsOptions, Resource, Resources, TranslateOptions, eds_cluster, lb_endpoint, routing, tls,
+};
+use crate::model::{Endpoint, Mesh, MtlsMode, Service, ServiceKey};
+use crate::routing::{MeshRouting, Routing};
+
+/// One service's outbound resources and what they were made from.
+#[derive(Debug)]
+pub(super) struct ServiceEntry {
+    service: Arc<Service>,
+    routing: Routing,
+    endpoints: Option<Arc<Vec<Endpoint>>>,
+    /// Per endpoint, the service account clients verify (`None`: the pod
+    /// does not take mTLS).
+    identities: Vec<Option<String>>,
+    clusters: Vec<Arc<Resource>>,
+    load_assignments: Vec<Arc<Resource>>,
+}
+
+pub(super) type Entries = HashMap<ServiceKey, Arc<ServiceEntry>>;
+
+/// The shared outbound resources of one snapshot.
+pub(super) struct Translated {
+    pub entries: Entries,
+    pub clusters: Resources,
+    pub endpoints: Resources,
+}
+
+/// What changed in the shared resources since the previous snapshot: the
+/// names of the outbound clusters and load assignments that were added,
+/// removed or changed. Set only when nothing else a proxy receives from
+/// the shared part (listeners, routes, egress scopes) changed.
+#[derive(Debug)]
+pub struct SharedChanges {
+    /// The version of the previous snapshot.
+    pub since: u64,
+    pub clusters: BTreeSet<String>,
+    pub endpoints: BTreeSet<String>,
+}
+
+/// The pods whose sidecars take mTLS, by (namespace, pod), with their
+/// service accounts: their endpoints get the TLS transport socket, and
+/// their identities are what clients verify.
+fn mtls_pods<'m>(
+    mesh: &'m Mesh,
+    options: &TranslateOptions,
+) -> HashMap<(&'m str, &'m str), &'m str> {
+    let Some(mtls) = &options.mtls else {
+        return HashMap::new();
+    };
+    mesh.workloads
+        .values()
+        .filter(|w| mesh.mtls_mode(w, mtls.default_mode) != MtlsMode::Disable)
+        .map(|w| {
+            (
+                (w.namespace.as_str(), w.name.as_str()),
+                w.service_account.as_str(),
+            )
+        })
+        .collect()
+}
+
+pub(super) fn translate(
+    mesh: &Mesh,
+    routing: &MeshRouting,
+    options: &TranslateOptions,
+    previous: Option<&Entries>,
+) -> Translated {
+    let pods = mtls_pods(mesh, options);
+    let mut translated = Translated {
+        entries: HashMap::with_capacity(mesh.services.len()),
+        clusters: Resources::new(),
+        endpoints: Resources::new(),
+    };
+    for svc in mesh.services.values() {
+        let endpoints = mesh.endpoints.get(&svc.key);
+        let eps = endpoints.map_or(&[][..], |e| e.as_slice());
+        let identity = |ep: &Endpoint| -> Option<&str> {
+            pods.get(&(svc.key.namespace.as_str(), ep.pod.as_deref()?))
+                .copied()
+        };
+        let service_routing = routing.service(&svc.key);
+        let old = previous.and_then(|p| p.get(&svc.key));
+        let same_service = old.is_some_and(|o| Arc::ptr_eq(&o.service, svc) || o.service == *svc);
+        let same_identities = old.is_some_and(|o| {
+            o.identities.len() == eps.len()
+                && o.identities
+                    .iter()
+                    .zip(eps)
+                    .all(|(a, ep)| a.as_deref() == identity(ep))
+        });
+        let same_endpoints = old.is_some_and(|o| match (&o.endpoints, endpoints) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        });
+        let entry = match old {
+            Some(old) if same_service && same_identities && same_endpoints => {
+                if old.routing == *service_routing {
+                    old.clone()
+                } else {
+                    Arc::new(ServiceEntry {
+                        routing: service_routing.clone(),
+                        clusters: clusters(
+                            svc,
+                            service_routing,
+                            eps,
+                            &identity,
+                            options,
+                            Some(old),
+                        ),
+                        load_assignments: old.load_assignments.clone(),
+                        service: svc.clone(),
+                        endpoints: endpoints.cloned(),
+                        identities: old.identities.clone(),
+                    })
+                }
+            }
+            _ => {
+                let keep_clusters = old.filter(|o| {
+                    same_service && o.routing == *service_routing && same_sans(o, eps, &identity)
+                });
+                Arc::new(ServiceEntry {
+                    service: svc.clone(),
+                    routing: service_routing.clone(),
+                    endpoints: endpoints.cloned(),
+                    identities: eps
+                        .iter()
+                        .map(|ep| identity(ep).map(str::to_string))
+                        .collect(),
+                    clusters: match keep_clusters {
+                        Some(o) => o.clusters.clone(),
+                        None => clusters(svc, service_routing, eps, &identity, options, old),
+                    },
+                    load_assignments: load_assignments(svc, eps, &identity, old),
+                })
+            }
+        };
+        for r in &entry.clusters {
+            translated.clusters.insert(r.name.clone(), r.clone());
+        }
+        for r in &entry.load_assignments {
+            translated.endpoints.insert(r.name.clone(), r.clone());
+        }
+        translated.entries.insert(svc.key.clone(), entry);
+    }
+    translated
+}
+
+/// Whether the identities clients verify for a service stay the same
+/// (endpoints came or went, but no service account did).
+fn same_sans<'e>(
+    old: &ServiceEntry,
+    eps: &'e [Endpoint],
+    identity: &impl Fn(&'e Endpoint) -> Option<&'e str>,
+) -> bool {
+    let now: BTreeSet<&str> = eps.iter().filter_map(identity).collect();
+    let then: BTreeSet<&str> = old
+        .identities
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    now == then
+}
+
+fn spiffe_ids<'e>(
+    svc: &Service,
+    eps: &'e [Endpoint],
+    identity: &impl Fn(&'e Endpoint) -> Option<&'e str>,
+    mtls: &MtlsOptions,
+) -> Vec<String> {
+    let accounts: BTreeSet<&str> = eps.iter().filter_map(identity).collect();
+    accounts
+        .into_iter()
+        .map(|sa| meshd_ca::SpiffeId::new(&mtls.trust_domain, &svc.key.namespace, sa).to_string())
+        .collect()
+}
+
+fn clusters<'e>(
+    svc: &Service,
+    service_routing: &Routing,
+    eps: &'e [Endpoint],
+    identity: &impl Fn(&'e Endpoint) -> Option<&'e str>,
+    options: &TranslateOptions,
+    old: Option<&Arc<ServiceEntry>>,
+) -> Vec<Arc<Resource>> {
+    let sans = match &options.mtls {
+        Some(mtls) => spiffe_ids(svc, eps, identity, mtls),
+        None => Vec::new(),
+    };
+    svc.ports
+        .iter()
+        .map(|port| {
+            let name = svc.cluster_name(port.port);
+            let mut cluster = eds_cluster(&name, port.protocol);
+            routing::configure_cluster(&mut cluster, service_routing, port.protocol);
+            if !sans.is_empty() {
+                cluster.transport_socket_matches =
+                    vec![tls::upstream_match(&name, port.protocol, &sans)];
+            }
+            keep_if_equal(
+                Resource::new(name, &cluster, vec![]),
+                old.map(|o| &o.clusters),
+            )
+        })
+        .collect()
+}
+
+fn load_assignments<'e>(
+    svc: &Service,
+    eps: &'e [Endpoint],
+    identity: &impl Fn(&'e Endpoint) -> Option<&'e str>,
+    old: Option<&Arc<ServiceEntry>>,
+) -> Vec<Arc<Resource>> {
+    svc.ports
+        .iter()
+        .map(|port| {
+            let name = svc.cluster_name(port.port);
+            let lb_endpoints = eps
+                .iter()
+                // Not-ready endpoints (starting, failing probes,
+                // terminating) receive no new requests.
+                .filter(|ep| ep.conditions.ready)
+                .filter_map(|ep| {
+                    let mut lb = lb_endpoint(ep.address, ep.port_for(port)?);
+                    if identity(ep).is_some() {
+                        lb.metadata = Some(tls::mtls_endpoint_metadata());
+                    }
+                    Some(lb)
+                })
+                .collect();
+            let cla = ClusterLoadAssignment {
+                cluster_name: name.clone(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            // Equal content (say, an endpoint that is not ready came or
+            // went) keeps the old resource, so nothing is pushed for it.
+            keep_if_equal(
+                Resource::new(name, &cla, vec![]),
+                old.map(|o| &o.load_assignments),
+            )
+        })
+        .collect()
+}
+
+/// The old resource when it has the fresh one's name and content.
+fn keep_if_equal(fresh: Arc<Resource>, old: Option<&Vec<Arc<Resource>>>) -> Arc<Resource> {
+    old.into_iter()
+        .flatten()
+        .find(|r| r.name == fresh.name && r.version == fresh.version)
+        .cloned()
+        .unwrap_or(fresh)
+}
+
+/// The names whose resources differ (by pointer) between two maps.
+pub(super) fn differences(before: &Resources, after: &Resources) -> BTreeSet<String> {
+    let mut changed = BTreeSet::new();
+    let mut b = before.iter().peekable();
+    let mut a = after.iter().peekable();
+    loop {
+        match (b.peek(), a.peek()) {
+            (None, None) => return changed,
+            (Some((name, _)), None) => {
+                changed.insert((*name).clone());
+                b.next();
+            }
+            (None, Some((name, _))) => {
+                changed.insert((*name).clone());
+                a.next();
+            }
+            (Some((bn, br)), Some((an, ar))) => match bn.cmp(an) {
+                std::cmp::Ordering::Less => {
+                    changed.insert((*bn).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changed.insert((*an).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(br, ar) {
+                        changed.insert((*an).clone());
+                    }
+                    b.next();
+                    a.next();
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{file, index::Index};
+    use crate::model::MtlsMode;
+    use crate::routing::RoutingIndex;
+    use crate::translate::{Kind, Snapshot};
+
+    fn objects(ready: &str, reviews_annotations: &str) -> String {
+        format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: shop, annotations: {{{reviews_annotations}}}}}
+spec: {{clusterIP: 198.19.0.1, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings, namespace: shop}}
+spec: {{clusterIP: 198.19.0.2, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: reviews-1, namespace: shop, labels: {{kubernetes.io/service-name: reviews}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- addresses: [198.18.0.3]
+  targetRef: {{kind: Pod, name: reviews-0}}
+- addresses: [198.18.0.4]
+  targetRef: {{kind: Pod, name: reviews-1}}
+  conditions: {{ready: {ready}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: ratings-1, namespace: shop, labels: {{kubernetes.io/service-name: ratings}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- addresses: [198.18.0.5]
+  targetRef: {{kind: Pod, name: ratings-0}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-0, namespace: shop}}
+spec: {{serviceAccountName: reviews, containers: []}}
+status: {{podIP: 198.18.0.3}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-1, namespace: shop}}
+spec: {{serviceAccountName: reviews, containers: []}}
+status: {{podIP: 198.18.0.4}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ratings-0, namespace: shop}}
+spec: {{serviceAccountName: ratings, containers: []}}
+status: {{podIP: 198.18.0.5}}
+"#
+        )
+    }
+
+    fn options() -> TranslateOptions {
+        TranslateOptions {
+            mtls: Some(MtlsOptions {
+                trust_domain: "cluster.local".into(),
+                default_mode: MtlsMode::Permissive,
+            }),
+        }
+    }
+
+    /// The publisher's steps: mesh, routing, snapshot after `previous`.
+    fn publish(text: &str, routing: &mut RoutingIndex, previous: Option<&Snapshot>) -> Snapshot {
+        let mut index = Index::default();
+        for object in file::parse(text).unwrap() {
+            index.apply(object);
+        }
+        let mesh = Arc::new(index.mesh());
+        let in_force = Arc::new(routing.update(&mesh));
+        match previous {
+            Some(p) => Snapshot::next(p.version + 1, mesh, options(), in_force, p),
+            None => Snapshot::with_routing(1, mesh, options(), in_force),
+        }
+    }
+
+    const REVIEWS: &str = "outbound|80||reviews.shop.svc.cluster.local";
+    const RATINGS: &str = "outbound|80||ratings.shop.svc.cluster.local";
+
+    #[test]
+    fn an_endpoint_change_reuses_everything_but_one_load_assignment() {
+        let mut routing = RoutingIndex::default();
+        let first = publish(&objects("true", ""), &mut routing, None);
+        let before = first.proxy("ratings-0.shop").unwrap();
+        let second = publish(&objects("false", ""), &mut routing, Some(&first));
+        let after = second.proxy("ratings-0.shop").unwrap();
+
+        let changes = after.changes().expect("only endpoints changed");
+        assert_eq!(changes.since, 1);
+        assert_eq!(changes.endpoints, BTreeSet::from([REVIEWS.to_string()]));
+        assert!(changes.clusters.is_empty(), "{:?}", changes.clusters);
+
+        let same = |kind, name| {
+            Arc::ptr_eq(
+                before.get(kind, name).unwrap(),
+                after.get(kind, name).unwrap(),
+            )
+        };
+        assert!(!same(Kind::Endpoint, REVIEWS));
+        assert!(same(Kind::Endpoint, RATINGS));
+        assert!(
+            same(Kind::Cluster, REVIEWS),
+            "the identities did not change"
+        );
+        assert!(same(Kind::Cluster, RATINGS));
+        assert!(same(Kind::Listener, "outbound"));
+        assert!(same(Kind::Route, "80"), "routes carry over");
+
+        // Back to ready: the content is what the first snapshot had.
+        let third = publish(&objects("true", ""), &mut routing, Some(&second));
+        let changes = third.changes.as_deref().unwrap();
+        assert_eq!(changes.endpoints, BTreeSet::from([REVIEWS.to_string()]));
+        assert_eq!(
+            third.mesh_wide.endpoints[REVIEWS].version,
+            first.mesh_wide.endpoints[REVIEWS].version
+        );
+    }
+
+    #[test]
+    fn a_routing_change_is_not_an_endpoint_change() {
+        let mut routing = RoutingIndex::default();
+        let first = publish(&objects("true", ""), &mut routing, None);
+        let second = publish(
+            &objects("true", "meshd.io/load-balancer: random"),
+            &mut routing,
+            Some(&first),
+        );
+        assert!(second.changes.is_none(), "routes and listeners are rebuilt");
+        assert!(!Arc::ptr_eq(
+            &first.clusters[REVIEWS],
+            &second.clusters[REVIEWS]
+        ));
+        assert!(Arc::ptr_eq(
+            &first.clusters[RATINGS],
+            &second.clusters[RATINGS]
+        ));
+        assert!(Arc::ptr_eq(
+            &first.mesh_wide.endpoints[REVIEWS],
+            &second.mesh_wide.endpoints[REVIEWS]
+        ));
+    }
+
+    #[test]
+    fn reused_resources_equal_a_fresh_translation() {
+        let mut routing = RoutingIndex::default();
+        let mut previous = publish(&objects("true", ""), &mut routing, None);
+        for (ready, annotations) in [
+            ("false", ""),
+            ("false", "meshd.io/load-balancer: random"),
+            ("true", "meshd.io/load-balancer: random"),
+            ("true", ""),
+        ] {
+            let next = publish(&objects(ready, annotations), &mut routing, Some(&previous));
+            let fresh = publish(
+                &objects(ready, annotations),
+                &mut RoutingIndex::default(),
+                None,
+            );
+            for kind in [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route] {
+                let a = next.proxy("reviews-0.shop").unwrap();
+                let b = fresh.proxy("reviews-0.shop").unwrap();
+                let versions = |v: &crate::translate::ProxyView| -> Vec<(String, String)> {
+                    v.all(kind)
+                        .map(|r| (r.name.clone(), r.version.clone()))
+                        .collect()
+                };
+                assert_eq!(
+                    versions(&a),
+                    versions(&b),
+                    "{kind:?} after {ready} {annotations}"
+                );
+            }
+            previous = next;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! A mesh in network namespaces: pods with captured traffic, each with its
+//! own Envoy (as the proxy UID, with the iptables rules `meshd capture`
+//! installs, mTLS between them) and optionally an app; the control plane
+//! on the hub, reading a registry directory the test rewrites.
+//!
+//! ```text
+//! test ──writes──> registry dir ──> control plane (hub 198.18.0.1:15010) ──xDS──> every pod's Envoy
+//! pod 198.18.0.<host>: app ──iptables──> Envoy ──mTLS──> Envoy ──> app   (pod per PodSpec)
+//! ```
+//!
+//! Everything is torn down on drop, namespaces last, also when a test
+//! panics.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_controlplane::identity::IdentityConfig;
+use meshd_controlplane::server::{ControlPlane, Options, Source};
+use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
+
+use crate::envoy::{self, Envoy, admin_get};
+use crate::http::{self, App};
+use crate::netns::{self, HUB_IP, NetPod, Topology};
+use crate::pki::Pki;
+
+/// Namespaces, or a clear account of why they are unavailable. Under
+/// `CI=true` that fails the test.
+pub fn require_namespaces() -> bool {
+    match netns::available() {
+        Ok(()) => true,
+        Err(why) if envoy::in_ci() => {
+            panic!("network namespaces are required under CI=true: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "network namespace test did not run: {why}. The loopback tests cover the rest."
+            );
+            false
+        }
+    }
+}
+
+/// The proxy UID must be able to execute Envoy; a binary under a private
+/// home directory is copied somewhere it can.
+pub fn envoy_for_proxy_uid(envoy: &Path, work: &Path) -> PathBuf {
+    let uid = PROXY_UID.to_string();
+    let ok = std::process::Command::new("setpriv")
+        .args(["--reuid", &uid, "--regid", &uid, "--clear-groups"])
+        .arg(envoy)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return envoy.to_path_buf();
+    }
+    let copy = work.join("envoy");
+    std::fs::copy(envoy, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+/// The argv prefix that runs Envoy in `pod` as the proxy UID (whose
+/// traffic capture lets through).
+pub fn proxy_launcher(pod: &NetPod) -> Vec<String> {
+    let mut argv = pod.exec();
+    let uid = PROXY_UID.to_string();
+    argv.extend(
+        [
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+        ]
+        .map(String::from),
+    );
+    argv
+}
+
+/// The address [`Topology::add_pod`] gives the pod at `host`.
+pub fn pod_ip(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, host)
+}
+
+/// One meshed pod: a namespace at `198.18.0.<host>` with traffic capture
+/// and an Envoy for node `<name>.<namespace>` (service account `name`),
+/// and, with `app_port`, an app answering as `name` on that port.
+#[derive(Clone, Copy, Debug)]
+pub struct PodSpec<'a> {
+    pub name: &'a str,
+    pub host: u8,
+    pub app_port: Option<u16>,
+}
+
+/// The running mesh.
+pub struct TestMesh {
+    // Fields drop in order: Envoys and the control plane before the
+    // namespaces they live in.
+    envoys: Vec<Envoy>,
+    cp: Option<ControlPlane>,
+    rt: tokio::runtime::Runtime,
+    pub pki: Pki,
+    pub apps: Vec<App>,
+    registry: tempfile::TempDir,
+    pods: Vec<(String, NetPod)>,
+    _work: tempfile::TempDir,
+    _topology: Topology,
+}
+
+impl TestMesh {
+    /// Starts the control plane on `registry` (the registry file's text)
+    /// and the pods; `None` (after saying why) when Envoy or namespaces
+    /// are missing outside CI.
+    pub fn start(
+        namespace: &str,
+        pods: &[PodSpec<'_>],
+        registry: &str,
+        identity: IdentityConfig,
+    ) -> Option<TestMesh> {
+        crate::init_tracing();
+        let envoy_bin = envoy::require_envoy()?;
+        if !require_namespaces() {
+            return None;
+        }
+        let work = crate::workdir().unwrap();
+        let envoy_bin = envoy_for_proxy_uid(&envoy_bin, work.path());
+
+        let mut topology = Topology::new().unwrap();
+        let mut net_pods = Vec::new();
+        let mut apps = Vec::new();
+        for spec in pods {
+            let pod = topology.add_pod(spec.name, spec.host).unwrap();
+            assert_eq!(pod.ip, pod_ip(spec.host));
+            if let Some(port) = spec.app_port {
+                // Apps listen on all addresses of their pod, as apps do.
+                let name = spec.name.to_string();
+                let app = pod
+                    .run(move || App::serve(&name, TcpListener::bind(("0.0.0.0", port))?))
+                    .unwrap()
+                    .unwrap();
+                apps.push(app);
+            }
+            net_pods.push((spec.name.to_string(), pod));
+        }
+
+        let registry_dir = tempfile::tempdir().unwrap();
+        std::fs::write(registry_dir.path().join("mesh.yaml"), registry).unwrap();
+
+        // The control plane listens on the hub, the only address pods
+        // share; its debug endpoints on this process's loopback.
+        let xds_listener = topology
+            .hub_run(|| TcpListener::bind((HUB_IP, 15010)))
+            .unwrap()
+            .unwrap();
+        xds_listener.set_nonblocking(true).unwrap();
+        let debug_listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        debug_listener.set_nonblocking(true).unwrap();
+        let pki = Pki::new(identity).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cp = rt
+            .block_on(async {
+                ControlPlane::start(Options {
+                    source: Source::Files(registry_dir.path().to_path_buf()),
+                    tls: Some(pki.tls(&[IpAddr::V4(HUB_IP)])),
+                    xds: tokio::net::TcpListener::from_std(xds_listener)?,
+                    debug: Some(tokio::net::TcpListener::from_std(debug_listener)?),
+                    debounce: Duration::from_millis(20),
+                })
+                .await
+                .map_err(anyhow::Error::from)
+            })
+            .unwrap();
+
+        // The same rules the injected init container installs.
+        let rules = CaptureConfig::default();
+        for (_, pod) in &net_pods {
+            pod.run(|| capture::apply(&rules, false)).unwrap().unwrap();
+        }
+
+        let mut envoys = Vec::new();
+        for (name, pod) in &net_pods {
+            let mut config = BootstrapConfig::new(namespace, name.as_str());
+            config.xds_host = HUB_IP.to_string();
+            config.xds_port = 15010;
+            config.xds_protocol = XdsProtocol::Delta;
+            pki.provision(&mut config, name, work.path(), Some(PROXY_UID))
+                .unwrap();
+            let bootstrap = crate::write_bootstrap(work.path(), &config).unwrap();
+            envoys.push(
+                Envoy::start(
+                    name,
+                    &envoy_bin,
+                    &bootstrap,
+                    config.admin,
+                    &proxy_launcher(pod),
+                    work.path(),
+                )
+                .unwrap(),
+            );
+        }
+        Some(TestMesh {
+            envoys,
+            cp: Some(cp),
+            rt,
+            pki,
+            apps,
+            registry: registry_dir,
+            pods: net_pods,
+            _work: work,
+            _topology: topology,
+        })
+    }
+
+    pub fn pod(&self, name: &str) -> &NetPod {
+        self.pods
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Replaces the registry file at once (the watcher never sees half a
+    /// file).
+    pub fn write_registry(&self, text: &str) {
+        let tmp = self.registry.path().join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.registry.path().join("mesh.yaml")).unwrap();
+    }
+
+    /// A path of the control plane's debug endpoints (`/debug/routing`).
+    pub fn debug_get(&self, path: &str) -> anyhow::Result<http::Response> {
+        let addr = self
+            .cp
+            .as_ref()
+            .and_then(|cp| cp.debug_addr)
+            .ok_or_else(|| anyhow::anyhow!("the control plane serves no debug endpoints"))?;
+        http::get(addr, "localhost", path, false)
+    }
+
+    /// An admin path of the Envoy in pod `name`.
+    pub fn admin(&self, name: &str, path: &str) -> String {
+        let pod = self.pod(name);
+        let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+        let get =
+            |addr: SocketAddr, path: &str| pod.run(|| http::get(addr, "localhost", path, false))?;
+        admin_get(admin, path, &get).unwrap_or_else(|e| panic!("admin {path} of {name}: {e}"))
+    }
+
+    /// Every Envoy's state and log tail, for failure messages.
+    pub fn logs(&mut self) -> String {
+        self.envoys
+            .iter_mut()
+            .map(|e| {
+                let exited = e.check_alive().err();
+                format!("--- {} ({exited:?}) ---\n{}", e.name, e.log_tail())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        self.envoys.clear();
+        if let Some(cp) = self.cp.take() {
+            self.rt.block_on(cp.shutdown());
+        }
+    }
+}
