@@ -8,6 +8,8 @@
 //! - [`offline`]: `meshd inject`, the same injection over YAML manifests.
 //! - [`config`]: what gets injected.
 //! - [`webhook`]: the admission webhook serving [`inject`] over HTTPS.
+//! - [`validate`]: the validating webhook's decision on the routing
+//!   annotations of Services and Namespaces.
 
 pub mod annotations;
 pub mod capture;
@@ -16,4 +18,5 @@ pub mod identity;
 pub mod inject;
 pub mod kube_identity;
 pub mod offline;
+pub mod validate;
 pub mod webhook;

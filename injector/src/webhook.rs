@@ -6,9 +6,12 @@
 //!            <──AdmissionReview (allowed + base64 JSONPatch, or denied)───────────┘
 //!                                          Patched, not dry-run:
 //!                                          IdentityProvisioner::ensure(ns, sa) first
+//! API server ──POST /validate (Service, Namespace)──> decode ──> validate::review ─┐
+//!            <──AdmissionReview (allowed, or denied naming every bad annotation)──┘
 //! ```
 //!
-//! The handler only decodes, calls [`crate::inject::inject`] and encodes.
+//! The handlers only decode, call [`crate::inject::inject`] or
+//! [`crate::validate::review`], and encode; both share the decoding below.
 //! Problems with the envelope (not JSON, not an `admission.k8s.io/v1
 //! AdmissionReview`, no request, no uid, a body over [`MAX_BODY_BYTES`])
 //! are answered with an HTTP error and a plain-text message, since there
@@ -39,10 +42,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND, Operation,
 };
-use kube::core::{GroupVersionKind, Status, TypeMeta};
+use kube::core::{GroupVersionKind, Resource, Status, TypeMeta};
 use meshd_ca::serving::provider;
 use meshd_ca::{Authority, RenewingServerCert, SpiffeId};
 use rustls::ServerConfig;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -51,9 +55,13 @@ use tokio_rustls::server::TlsStream;
 use crate::config::{InjectorConfig, identity_secret_name};
 use crate::identity::IdentityProvisioner;
 use crate::inject::{Injection, inject_patch};
+use crate::validate::{self, ObjectMetadata};
 
 /// Where the API server posts Pod reviews.
 pub const INJECT_PATH: &str = "/inject";
+/// Where the API server posts Service and Namespace reviews, to check their
+/// routing annotations.
+pub const VALIDATE_PATH: &str = "/validate";
 /// The largest review accepted. A review carries one Pod (the API server
 /// caps objects at about 1.5 MiB), so this only stops abuse.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -145,13 +153,14 @@ impl std::fmt::Debug for WebhookState {
 pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route(INJECT_PATH, post(inject_handler))
+        .route(VALIDATE_PATH, post(validate_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such path; the webhook serves POST {INJECT_PATH}, GET /healthz and GET /readyz"
+                    "no such path; the webhook serves POST {INJECT_PATH}, POST {VALIDATE_PATH}, GET /healthz and GET /readyz"
                 ),
             )
         })
@@ -159,7 +168,7 @@ pub fn router(state: WebhookState) -> Router {
             text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!(
-                    "method not allowed; the webhook serves POST {INJECT_PATH}, GET /healthz and GET /readyz"
+                    "method not allowed; the webhook serves POST {INJECT_PATH}, POST {VALIDATE_PATH}, GET /healthz and GET /readyz"
                 ),
             )
         })
@@ -209,36 +218,96 @@ fn text(status: StatusCode, mut message: String) -> Response {
         .into_response()
 }
 
+/// The body, or the HTTP status and message that answer a body we cannot
+/// read.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, (StatusCode, String)> {
+    match body {
+        Ok(body) => Ok(body),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            tracing::info!("rejected an admission review: body over {MAX_BODY_BYTES} bytes");
+            Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} MiB; an AdmissionReview carries one object and is far smaller",
+                    MAX_BODY_BYTES / (1024 * 1024)
+                ),
+            ))
+        }
+        Err(rejection) => {
+            tracing::info!("rejected an admission review: {}", rejection.body_text());
+            Err((
+                rejection.status(),
+                format!("cannot read the request body: {}", rejection.body_text()),
+            ))
+        }
+    }
+}
+
+fn bad_review(BadReview(message): BadReview) -> Response {
+    tracing::info!("rejected an admission review: {message}");
+    text(StatusCode::BAD_REQUEST, message)
+}
+
 async fn inject_handler(
     State(state): State<WebhookState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match read_body(body) {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            tracing::info!("rejected an admission review: body over {MAX_BODY_BYTES} bytes");
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {} MiB; an AdmissionReview carries one Pod and is far smaller",
-                    MAX_BODY_BYTES / (1024 * 1024)
-                ),
-            );
-        }
-        Err(rejection) => {
-            tracing::info!("rejected an admission review: {}", rejection.body_text());
-            return text(
-                rejection.status(),
-                format!("cannot read the request body: {}", rejection.body_text()),
-            );
-        }
+        Err((status, message)) => return text(status, message),
     };
-    match review(&state, &body).await {
-        Ok(response) => encode(response),
-        Err(BadReview(message)) => {
-            tracing::info!("rejected an admission review: {message}");
-            text(StatusCode::BAD_REQUEST, message)
+    match decode_review::<Pod>(&body) {
+        Ok(Decoded::Request {
+            request, object, ..
+        }) => encode(decide(&state, &request, object).await),
+        Ok(Decoded::Denied(response)) => encode(response),
+        Err(bad) => bad_review(bad),
+    }
+}
+
+/// `POST /validate`: the routing annotations of a Service or Namespace,
+/// checked by [`crate::validate`]. It has no side effects, so dry runs
+/// need no special care.
+async fn validate_handler(body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err((status, message)) => return text(status, message),
+    };
+    match decode_review::<ObjectMetadata>(&body) {
+        Ok(Decoded::Request {
+            mut request,
+            object,
+            old_object,
+        }) => {
+            let decoded = resolve_object(object, "request.object")
+                .and_then(|object| Ok((object, resolve_object(old_object, "request.oldObject")?)));
+            let response = match decoded {
+                Ok((object, old_object)) => {
+                    request.object = object;
+                    request.old_object = old_object;
+                    validate::review(&request)
+                }
+                Err(message) => deny(
+                    AdmissionResponse::from(&request),
+                    400,
+                    "BadRequest",
+                    message,
+                ),
+            };
+            if !response.allowed {
+                log_denial(
+                    &Subject {
+                        uid: &request.uid,
+                        namespace: request.namespace.as_deref().unwrap_or_default(),
+                        name: &request.name,
+                    },
+                    &response,
+                );
+            }
+            encode(response)
         }
+        Ok(Decoded::Denied(response)) => encode(response),
+        Err(bad) => bad_review(bad),
     }
 }
 
@@ -249,7 +318,8 @@ struct BadReview(String);
 struct Subject<'a> {
     uid: &'a str,
     namespace: &'a str,
-    pod: &'a str,
+    /// The object's name (a Pod's, in injection reviews).
+    name: &'a str,
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -276,7 +346,7 @@ fn field_error<E: std::fmt::Display>(prefix: &str, e: &serde_path_to_error::Erro
 
 /// A value from the request as quoted in a message: never more than a
 /// line, whatever the client sent.
-fn short(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn short(value: &str) -> std::borrow::Cow<'_, str> {
     const MAX: usize = 63;
     match value.char_indices().nth(MAX) {
         None => value.into(),
@@ -284,7 +354,7 @@ fn short(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn gvk_name(gvk: &GroupVersionKind) -> String {
+pub(crate) fn gvk_name(gvk: &GroupVersionKind) -> String {
     if gvk.group.is_empty() {
         format!("{} {}", short(&gvk.version), short(&gvk.kind))
     } else {
@@ -297,7 +367,7 @@ fn gvk_name(gvk: &GroupVersionKind) -> String {
     }
 }
 
-fn deny(
+pub(crate) fn deny(
     mut response: AdmissionResponse,
     code: u16,
     reason: &str,
@@ -312,14 +382,33 @@ fn log_denial(subject: &Subject<'_>, response: &AdmissionResponse) {
     tracing::info!(
         uid = %short(subject.uid),
         namespace = %short(subject.namespace),
-        pod = %short(subject.pod),
+        name = %short(subject.name),
         "denied: {}",
         response.result.message
     );
 }
 
-/// Decodes a review, decides, and provisions when the pod is injected.
-async fn review(state: &WebhookState, body: &[u8]) -> Result<AdmissionResponse, BadReview> {
+/// A review decoded as far as the webhook can answer it.
+// Moved once per review; boxing the request would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Decoded<K: Resource> {
+    /// A request to decide on, its objects still to be checked.
+    Request {
+        request: AdmissionRequest<K>,
+        object: Object<K>,
+        old_object: Object<K>,
+    },
+    /// A readable request that is not valid, answered with this denial.
+    Denied(AdmissionResponse),
+}
+
+/// Decodes a review whose objects are `K`s. An envelope we cannot answer
+/// is a [`BadReview`]; a request that is readable enough to echo its uid
+/// but not valid is a denial naming the field.
+fn decode_review<K>(body: &[u8]) -> Result<Decoded<K>, BadReview>
+where
+    K: Resource + DeserializeOwned,
+{
     const EXPECTED: &str = "expected an admission.k8s.io/v1 AdmissionReview";
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BadReview(format!("the request body is empty; {EXPECTED}")));
@@ -332,14 +421,19 @@ async fn review(state: &WebhookState, body: &[u8]) -> Result<AdmissionResponse, 
             api_version,
             kind,
             request: Some(mut request),
-        }) = serde_json::from_str::<Envelope>(text)
+        }) = serde_json::from_str::<Envelope<K>>(text)
         && api_version == META_API_VERSION_V1
         && kind == META_KIND
         && !request.uid.is_empty()
     {
         request.types = review_type();
-        let object = request.object.take().map(Box::new);
-        return Ok(decide(state, &request, Object::Decoded(object)).await);
+        let object = Object::Decoded(request.object.take().map(Box::new));
+        let old_object = Object::Decoded(request.old_object.take().map(Box::new));
+        return Ok(Decoded::Request {
+            request,
+            object,
+            old_object,
+        });
     }
     let review: Value = serde_json::from_slice(body).map_err(|e| {
         BadReview(format!(
@@ -392,17 +486,17 @@ async fn review(state: &WebhookState, body: &[u8]) -> Result<AdmissionResponse, 
             ));
         }
     };
-    // Decoded separately, so a bad Pod is a denial that names its field.
+    // Decoded separately, so a bad object is a denial that names its field.
     let object = request.remove("object");
-    request.remove("oldObject");
-    let request: AdmissionRequest<Pod> = match serde_path_to_error::deserialize::<
-        _,
-        AdmissionRequest<Pod>,
-    >(Value::Object(request))
-    {
+    let old_object = request.remove("oldObject");
+    match serde_path_to_error::deserialize::<_, AdmissionRequest<K>>(Value::Object(request)) {
         Ok(mut request) => {
             request.types = review_type();
-            request
+            Ok(Decoded::Request {
+                request,
+                object: Object::Raw(object),
+                old_object: Object::Raw(old_object),
+            })
         }
         Err(e) => {
             let mut response = AdmissionResponse::invalid("");
@@ -420,26 +514,25 @@ async fn review(state: &WebhookState, body: &[u8]) -> Result<AdmissionResponse, 
                 &Subject {
                     uid: &uid,
                     namespace: "",
-                    pod: "",
+                    name: "",
                 },
                 &response,
             );
-            return Ok(response);
+            Ok(Decoded::Denied(response))
         }
-    };
-    Ok(decide(state, &request, Object::Raw(object)).await)
+    }
 }
 
 /// The typed shape of a review (kube's `AdmissionReview` flattens its type
-/// fields, which makes serde buffer the whole Pod before decoding it).
+/// fields, which makes serde buffer the whole object before decoding it).
 #[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope {
+#[serde(rename_all = "camelCase", bound = "K: DeserializeOwned")]
+struct Envelope<K: Resource> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<AdmissionRequest<Pod>>,
+    request: Option<AdmissionRequest<K>>,
 }
 
 fn review_type() -> TypeMeta {
@@ -449,24 +542,39 @@ fn review_type() -> TypeMeta {
     }
 }
 
-/// The request's object: decoded with the request, or still JSON (when
-/// the typed pass failed) to be decoded with a precise message.
-enum Object {
-    Decoded(Option<Box<Pod>>),
+/// One of the request's objects: decoded with the request, or still JSON
+/// (when the typed pass failed) to be decoded with a precise message.
+enum Object<K> {
+    Decoded(Option<Box<K>>),
     Raw(Option<Value>),
+}
+
+/// The object, decoded; a message naming the field under `field` (such as
+/// `request.object`) when it is not a `K`. Absent and `null` are `None`.
+fn resolve_object<K: DeserializeOwned>(
+    object: Object<K>,
+    field: &str,
+) -> Result<Option<K>, String> {
+    match object {
+        Object::Decoded(object) => Ok(object.map(|o| *o)),
+        Object::Raw(None | Some(Value::Null)) => Ok(None),
+        Object::Raw(Some(object)) => serde_path_to_error::deserialize(object)
+            .map(Some)
+            .map_err(|e| format!("{field} is not valid: {}", field_error(field, &e))),
+    }
 }
 
 async fn decide(
     state: &WebhookState,
     request: &AdmissionRequest<Pod>,
-    object: Object,
+    object: Object<Pod>,
 ) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let mut subject = Subject {
         uid: &request.uid,
         namespace,
-        pod: &request.name,
+        name: &request.name,
     };
     let denied = |response: AdmissionResponse, subject: &Subject<'_>| {
         log_denial(subject, &response);
@@ -492,7 +600,7 @@ async fn decide(
         tracing::debug!(
             uid = subject.uid,
             namespace = subject.namespace,
-            pod = subject.pod,
+            pod = subject.name,
             operation = ?request.operation,
             subresource = ?request.sub_resource,
             "allowed without injection: not a Pod creation"
@@ -533,8 +641,8 @@ async fn decide(
         }
     };
     let generated;
-    if subject.pod.is_empty() {
-        subject.pod = match (&pod.metadata.name, &pod.metadata.generate_name) {
+    if subject.name.is_empty() {
+        subject.name = match (&pod.metadata.name, &pod.metadata.generate_name) {
             (Some(name), _) => name,
             (None, Some(prefix)) => {
                 generated = format!("{prefix}<generated>");
@@ -559,7 +667,7 @@ async fn decide(
             tracing::debug!(
                 uid = subject.uid,
                 namespace = subject.namespace,
-                pod = subject.pod,
+                pod = subject.name,
                 "allowed without injection: {why:?}"
             );
             allowed
@@ -599,7 +707,7 @@ async fn decide(
                     tracing::debug!(
                         uid = subject.uid,
                         namespace = subject.namespace,
-                        pod = subject.pod,
+                        pod = subject.name,
                         service_account,
                         dry_run = request.dry_run,
                         operations,

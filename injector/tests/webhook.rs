@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine;
-use meshd_injector::webhook::MAX_BODY_BYTES;
+use meshd_injector::webhook::{MAX_BODY_BYTES, VALIDATE_PATH};
 use serde_json::{Value, json};
 use webhook_support::{
     Client, FakeProvisioner, SERVICE_DNS, Server, authority, pod, pod_review, review_of,
@@ -397,4 +397,195 @@ async fn a_stalled_handshake_does_not_hold_up_other_clients() {
         .await
         .expect("the next client is served while the silent one waits");
     answer(&mut client, &pod_review("uid-next", true)).await;
+}
+
+// --- the validating webhook for routing annotations -----------------------
+
+/// Posts `review` to `/validate` and returns its `response` (HTTP 200, a
+/// v1 AdmissionReview answering its uid).
+async fn validation(client: &mut Client, review: &Value) -> Value {
+    let uid = review["request"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string();
+    let (status, body) = tokio::time::timeout(
+        WAIT,
+        client.request("POST", VALIDATE_PATH, review.to_string().into_bytes()),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("an HTTP answer");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("a JSON answer");
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
+    assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+    let response = answer["response"].clone();
+    assert_eq!(response["uid"], uid.as_str(), "{answer}");
+    assert!(response.get("patch").is_none(), "{response}");
+    response
+}
+
+fn service(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "shop", "annotations": annotations,
+                     "labels": {"app": "reviews"}},
+        "spec": {"clusterIP": "198.19.0.20", "clusterIPs": ["198.19.0.20"], "type": "ClusterIP",
+                 "selector": {"app": "reviews"},
+                 "ports": [{"name": "http", "port": 9080, "protocol": "TCP", "targetPort": 9080}]},
+        "status": {"loadBalancer": {}}
+    })
+}
+
+#[tokio::test]
+async fn a_service_with_a_bad_routing_annotation_is_refused_with_what_is_accepted() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+
+    let review = review_of(
+        "uid-svc-bad",
+        ("", "v1", "Service"),
+        service(json!({"meshd.io/retries": "3", "meshd.io/timeout": "fast"})),
+        false,
+    );
+    let response = validation(&mut client, &review).await;
+    let message = denial_message(&response);
+    assert!(
+        message.starts_with(
+            "invalid meshd routing annotation: Service shop/reviews: annotation meshd.io/timeout = \"fast\": \
+             `fast` is not a duration; accepted: a duration: whole numbers with a unit ms, s, m or h"
+        ),
+        "{message}"
+    );
+    assert_eq!(response["status"]["code"], 400, "{response}");
+
+    // A dry run gets the same answer: validation has no side effects.
+    let mut dry = review.clone();
+    dry["request"]["dryRun"] = json!(true);
+    dry["request"]["uid"] = json!("uid-svc-dry");
+    assert_eq!(
+        denial_message(&validation(&mut client, &dry).await),
+        message
+    );
+
+    let review = review_of(
+        "uid-svc-good",
+        ("", "v1", "Service"),
+        service(json!({"meshd.io/retries": "3", "meshd.io/timeout": "5s",
+                       "meshd.io/traffic-split": "reviews-v1=90,reviews-v2=10"})),
+        false,
+    );
+    let response = validation(&mut client, &review).await;
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[tokio::test]
+async fn a_namespace_with_a_bad_default_is_refused_and_a_good_one_allowed() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+    let namespace = |annotations: Value| {
+        let mut review = review_of(
+            "uid-ns",
+            ("", "v1", "Namespace"),
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": "shop", "annotations": annotations},
+                   "spec": {"finalizers": ["kubernetes"]}}),
+            false,
+        );
+        review["request"]["namespace"] = Value::Null;
+        review["request"]["name"] = json!("shop");
+        review
+    };
+
+    let response = validation(
+        &mut client,
+        &namespace(json!({"meshd.io/load-balancer": "fastest", "meshd.io/egress": "shop"})),
+    )
+    .await;
+    let message = denial_message(&response);
+    assert!(
+        message.starts_with("2 invalid meshd routing annotations:\n"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "Namespace shop: annotation meshd.io/egress = \"shop\": `shop` is not namespace/service"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("Namespace shop: annotation meshd.io/load-balancer = \"fastest\""),
+        "{message}"
+    );
+
+    let response = validation(
+        &mut client,
+        &namespace(json!({"meshd.io/load-balancer": "least-request", "meshd.io/mtls": "STRICT"})),
+    )
+    .await;
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[tokio::test]
+async fn validation_allows_deletes_and_unchanged_problems_and_names_undecodable_fields() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+    let bad = service(json!({"meshd.io/timeout": "fast"}));
+
+    let mut delete = review_of("uid-del", ("", "v1", "Service"), Value::Null, false);
+    delete["request"]["operation"] = json!("DELETE");
+    delete["request"]["oldObject"] = bad.clone();
+    let response = validation(&mut client, &delete).await;
+    assert_eq!(response["allowed"], true, "{response}");
+
+    // Relabelling a Service stored with a bad value before the webhook
+    // existed: allowed, with a warning kubectl prints.
+    let mut relabelled = bad.clone();
+    relabelled["metadata"]["labels"]["team"] = json!("books");
+    let mut update = review_of("uid-upd", ("", "v1", "Service"), relabelled, false);
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = bad.clone();
+    let response = validation(&mut client, &update).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let warning = response["warnings"][0].as_str().expect("a warning");
+    assert!(warning.contains("meshd.io/timeout = \"fast\""), "{warning}");
+
+    // An annotation value that is not a string: a denial naming the field.
+    let mut broken = bad;
+    broken["metadata"]["annotations"]["meshd.io/retries"] = json!(3);
+    let review = review_of("uid-broken", ("", "v1", "Service"), broken, false);
+    let message = denial_message(&validation(&mut client, &review).await);
+    assert!(
+        message.contains("request.object.metadata.annotations.meshd.io/retries"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn validation_answers_bad_envelopes_like_injection() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+    for (body, expected) in [
+        ("", "empty"),
+        ("{\"apiVersion\": ", "not valid JSON"),
+        (
+            "{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionReview\"}",
+            "has no request",
+        ),
+    ] {
+        let (status, answer) = client
+            .request("POST", VALIDATE_PATH, body.as_bytes().to_vec())
+            .await
+            .expect("an HTTP answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.contains(expected), "{expected:?} in {answer:?}");
+    }
+    let (status, answer) = client
+        .request("GET", VALIDATE_PATH, vec![])
+        .await
+        .expect("an HTTP answer");
+    assert_eq!(status, 405);
+    assert!(String::from_utf8_lossy(&answer).contains("POST /validate"));
 }

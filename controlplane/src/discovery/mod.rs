@@ -5,10 +5,13 @@
 //! - [`file`]: the file registry source (a directory of manifests, or the
 //!   embedded default).
 //! - [`kubernetes`]: the API server, through kube-rs watchers.
+//! - [`events`]: Kubernetes Events on objects whose routing annotations
+//!   are rejected.
 //!
 //! A source publishes whole [`crate::model::Mesh`] snapshots on a
 //! `tokio::sync::watch` channel; the xDS server subscribes to it.
 
+pub mod events;
 pub mod file;
 pub mod index;
 pub mod kubernetes;

@@ -134,6 +134,13 @@ impl Server {
             .expect("a TLS connection to the webhook")
     }
 
+    /// A [`RawClient`] (the benchmark's) that trusts this server's CA.
+    pub async fn raw_client(&self) -> RawClient {
+        RawClient::connect(self.addr, &self.ca.trust_anchors(), SERVICE_DNS)
+            .await
+            .expect("a TLS connection to the webhook")
+    }
+
     /// Stops the server and waits until it has.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -334,4 +341,123 @@ pub fn review_of(uid: &str, kind: (&str, &str, &str), object: Value, dry_run: bo
 /// A review of creating [`pod`] `web` with service account `web`.
 pub fn pod_review(uid: &str, dry_run: bool) -> Value {
     review_of(uid, ("", "v1", "Pod"), pod("web", "web"), dry_run)
+}
+
+/// One keep-alive HTTPS connection for the benchmark's load: requests are
+/// encoded once ([`RawClient::encode`]) and written whole, and answers are
+/// read into one reused buffer by their `content-length`. It does only
+/// what the webhook's answers need (no chunked bodies, no 1xx), so the
+/// clients cost the shared cores as little as possible; the tests use
+/// hyper's client ([`Client`]).
+pub struct RawClient {
+    tls: TlsStream<TcpStream>,
+    buffer: Vec<u8>,
+}
+
+/// An answer read by [`RawClient::round_trip`]: the status and the body,
+/// borrowed from the client's buffer.
+pub struct RawAnswer<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+}
+
+impl RawClient {
+    pub async fn connect(
+        addr: SocketAddr,
+        roots: &[CertificateDer<'static>],
+        server_name: &str,
+    ) -> Result<RawClient, String> {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root.clone()).map_err(|e| e.to_string())?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        Ok(RawClient {
+            tls,
+            buffer: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// A `POST` of `body` to `path` as HTTP/1.1 bytes, headers and body.
+    pub fn encode(path: &str, body: &[u8]) -> Vec<u8> {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {SERVICE_DNS}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    }
+
+    /// Writes `request` (from [`RawClient::encode`]) and reads its answer.
+    pub async fn round_trip(&mut self, request: &[u8]) -> Result<RawAnswer<'_>, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.tls
+            .write_all(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.buffer.clear();
+        let mut head_end = None;
+        let mut total = usize::MAX;
+        while self.buffer.len() < total {
+            if self.buffer.len() == self.buffer.capacity() {
+                self.buffer.reserve(self.buffer.capacity());
+            }
+            let read = self
+                .tls
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Err("the server closed the connection".into());
+            }
+            if head_end.is_none()
+                && let Some(end) = find(&self.buffer, b"\r\n\r\n")
+            {
+                let length = content_length(&self.buffer[..end])
+                    .ok_or("an answer without content-length")?;
+                head_end = Some(end + 4);
+                total = end + 4 + length;
+            }
+        }
+        let head_end = head_end.ok_or("an answer without headers")?;
+        let status = self
+            .buffer
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok())
+            .ok_or("an answer without a status line")?;
+        Ok(RawAnswer {
+            status,
+            body: &self.buffer[head_end..total],
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `content-length` of a response head.
+fn content_length(head: &[u8]) -> Option<usize> {
+    let head = std::str::from_utf8(head).ok()?;
+    head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }

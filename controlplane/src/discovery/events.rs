@@ -1,0 +1,360 @@
+//! Kubernetes Events for rejected routing annotations: `kubectl describe`
+//! of the Service, Namespace or Pod shows what is wrong with its
+//! annotation, the value and what is accepted.
+//!
+//! ```text
+//! publisher ── ServerState::set_routing_errors ──watch<Vec<AnnotationError>>──> recorder
+//!                                                                                 │ new error:
+//!   GET the object's metadata (its uid, so `kubectl describe` finds the Event) <──┤ Warning
+//!   POST events.k8s.io/v1 Event (regarding: the object) <─────────────────────────┘ resolved:
+//!                                                                                   Normal
+//! ```
+//!
+//! Each error is reported once, when it appears; it is reported again only
+//! after it has gone away and come back. When the last error on an
+//! annotation goes away, a Normal event says the value is accepted again.
+//! The rest (logging, metrics, `/debug/routing`) is the publisher's.
+//!
+//! kube-rs's `Recorder` is not used: it folds every event with the same
+//! reason on one object into a series that keeps the first note, so a
+//! second bad annotation on a Service would never be named.
+//!
+//! Failing to post an event is logged and not retried: the error is still
+//! logged, counted and listed by the control plane.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::routing::AnnotationError;
+
+/// `reportingController` of every event.
+pub const REPORTING_CONTROLLER: &str = "meshd";
+/// The reason of the Warning for a rejected annotation.
+pub const REASON_INVALID: &str = "InvalidRoutingAnnotation";
+/// The reason of the Normal event when an annotation is accepted again.
+pub const REASON_RESOLVED: &str = "RoutingAnnotationAccepted";
+/// What meshd did: it validated the object's annotations.
+pub const ACTION: &str = "Validate";
+/// Kubernetes refuses notes over 1 kB.
+const MAX_NOTE_BYTES: usize = 1024;
+/// The longest annotation value quoted in a note.
+const MAX_QUOTED_VALUE: usize = 200;
+/// Events about cluster-scoped objects (Namespaces) live here: the API
+/// server accepts them only in `default` or `kube-system`.
+const CLUSTER_SCOPED_EVENT_NAMESPACE: &str = "default";
+
+/// Posts an event for every routing annotation error as it appears, until
+/// `errors` closes. `instance` is the `reportingInstance` (the pod's name
+/// where meshd runs in a cluster).
+pub fn spawn_event_recorder(
+    client: Client,
+    errors: watch::Receiver<Vec<AnnotationError>>,
+    instance: String,
+) -> JoinHandle<()> {
+    let recorder = EventRecorder::new(client, instance);
+    tokio::spawn(
+        recorder
+            .run(errors)
+            .instrument(tracing::info_span!("routing_events")),
+    )
+}
+
+/// Remembers what has been reported, so each error is reported once.
+pub struct EventRecorder {
+    client: Client,
+    instance: String,
+    reported: BTreeSet<AnnotationError>,
+}
+
+impl EventRecorder {
+    pub fn new(client: Client, instance: String) -> Self {
+        EventRecorder {
+            client,
+            instance,
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// Reports the current errors, then every change.
+    pub async fn run(mut self, mut errors: watch::Receiver<Vec<AnnotationError>>) {
+        loop {
+            let current = errors.borrow_and_update().clone();
+            self.observe(&current).await;
+            if errors.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Posts a Warning for each error not reported yet and a Normal event
+    /// for each annotation whose errors are all gone; `current` becomes
+    /// what has been reported.
+    pub async fn observe(&mut self, current: &[AnnotationError]) {
+        let current: BTreeSet<AnnotationError> = current.iter().cloned().collect();
+        for error in current.difference(&self.reported) {
+            self.publish(error, Kind::Invalid).await;
+        }
+        let still_wrong: BTreeSet<(&str, &str)> = current
+            .iter()
+            .map(|e| (e.object.as_str(), e.annotation.as_str()))
+            .collect();
+        let mut resolved = BTreeSet::new();
+        for error in self.reported.difference(&current) {
+            let key = (error.object.as_str(), error.annotation.as_str());
+            if !still_wrong.contains(&key) && resolved.insert(key) {
+                self.publish(error, Kind::Resolved).await;
+            }
+        }
+        self.reported = current;
+    }
+
+    async fn publish(&self, error: &AnnotationError, kind: Kind) {
+        let Some((object_kind, namespace, name)) = error.object_ref() else {
+            tracing::warn!(object = %error.object, "no Kubernetes object to attach a routing event to");
+            return;
+        };
+        let regarding = match self.reference(object_kind, namespace, name).await {
+            Ok(Some(reference)) => reference,
+            // Deleted since: nobody is left to read the event.
+            Ok(None) => {
+                tracing::debug!(object = %error.object, "no event: the object is gone");
+                return;
+            }
+            Err(e) => {
+                // Still worth posting: `kubectl get events` lists it, only
+                // `kubectl describe` (which matches the uid) will not.
+                tracing::info!(object = %error.object, "cannot read the object's uid for its event: {e}");
+                ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some(object_kind.into()),
+                    namespace: namespace.map(str::to_string),
+                    name: Some(name.into()),
+                    ..ObjectReference::default()
+                }
+            }
+        };
+        let event = event(error, kind, regarding, &self.instance);
+        let namespace = event.metadata.namespace.clone().unwrap_or_default();
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        match events.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                tracing::debug!(object = %error.object, annotation = %error.annotation, ?kind, "event posted")
+            }
+            Err(e) => tracing::warn!(
+                object = %error.object,
+                annotation = %error.annotation,
+                "cannot post the routing annotation event: {e}"
+            ),
+        }
+    }
+
+    /// The object's reference with its uid; `None` if it does not exist.
+    async fn reference(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> kube::Result<Option<ObjectReference>> {
+        let client = self.client.clone();
+        let meta = match (kind, namespace) {
+            ("Namespace", _) => metadata(Api::<Namespace>::all(client), name).await?,
+            ("Service", Some(ns)) => metadata(Api::<Service>::namespaced(client, ns), name).await?,
+            ("Pod", Some(ns)) => metadata(Api::<Pod>::namespaced(client, ns), name).await?,
+            _ => None,
+        };
+        Ok(meta.map(|meta| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(kind.into()),
+            namespace: namespace.map(str::to_string),
+            name: Some(name.into()),
+            uid: meta.uid,
+            resource_version: meta.resource_version,
+            field_path: None,
+        }))
+    }
+}
+
+async fn metadata<K>(api: Api<K>, name: &str) -> kube::Result<Option<ObjectMeta>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .map(|m: PartialObjectMeta<K>| m.metadata))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Invalid,
+    Resolved,
+}
+
+/// The event for `error` on the object `regarding` names.
+fn event(error: &AnnotationError, kind: Kind, regarding: ObjectReference, instance: &str) -> Event {
+    let namespace = regarding
+        .namespace
+        .clone()
+        .unwrap_or_else(|| CLUSTER_SCOPED_EVENT_NAMESPACE.into());
+    let (type_, reason, note) = match kind {
+        Kind::Invalid => (
+            "Warning",
+            REASON_INVALID,
+            format!(
+                "annotation {} = {:?} is rejected, the last good routing stays: {}",
+                error.annotation,
+                quoted(&error.value),
+                error.message
+            ),
+        ),
+        Kind::Resolved => (
+            "Normal",
+            REASON_RESOLVED,
+            format!("annotation {} is accepted again", error.annotation),
+        ),
+    };
+    Event {
+        metadata: ObjectMeta {
+            // The server picks a unique suffix: two events on one object
+            // in the same instant must not collide.
+            generate_name: Some(format!("{}.", regarding.name.as_deref().unwrap_or("meshd"))),
+            namespace: Some(namespace),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        type_: Some(type_.into()),
+        reason: Some(reason.into()),
+        action: Some(ACTION.into()),
+        note: Some(truncate(note, MAX_NOTE_BYTES)),
+        regarding: Some(regarding),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(instance.into()),
+        ..Event::default()
+    }
+}
+
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(MAX_QUOTED_VALUE) {
+        None => value.to_string(),
+        Some((end, _)) => format!("{}…", &value[..end]),
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServiceKey;
+    use crate::routing::{self, Annotations};
+
+    fn ann(pairs: &[(&str, &str)]) -> Annotations {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn errors_name_the_objects_they_are_on() {
+        let errors = routing::parse(
+            &ServiceKey::new("shop", "reviews"),
+            &ann(&[("meshd.io/timeout", "fast")]),
+            &ann(&[("meshd.io/retries", "many")]),
+        )
+        .unwrap_err();
+        let refs: Vec<_> = errors.iter().map(AnnotationError::object_ref).collect();
+        assert!(refs.contains(&Some(("Service", Some("shop"), "reviews"))));
+        assert!(refs.contains(&Some(("Namespace", None, "shop"))));
+        let pod =
+            routing::pod_egress("shop", "web-0", &ann(&[("meshd.io/egress", "x")])).unwrap_err();
+        assert_eq!(pod.object_ref(), Some(("Pod", Some("shop"), "web-0")));
+        let mut odd = pod;
+        odd.object = "Deployment shop/web".into();
+        assert_eq!(odd.object_ref(), None);
+    }
+
+    fn error(object: &str, value: &str) -> AnnotationError {
+        AnnotationError {
+            object: object.into(),
+            annotation: "meshd.io/routes".into(),
+            value: value.into(),
+            message: "not JSON; accepted: a JSON list".into(),
+        }
+    }
+
+    fn reference(namespace: Option<&str>, kind: &str, name: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(kind.into()),
+            namespace: namespace.map(str::to_string),
+            name: Some(name.into()),
+            uid: Some("uid-1".into()),
+            ..ObjectReference::default()
+        }
+    }
+
+    #[test]
+    fn a_warning_names_annotation_value_and_what_is_accepted() {
+        let e = error("Service shop/reviews", "[");
+        let event = event(
+            &e,
+            Kind::Invalid,
+            reference(Some("shop"), "Service", "reviews"),
+            "meshd-0",
+        );
+        assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(event.metadata.generate_name.as_deref(), Some("reviews."));
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.reason.as_deref(), Some(REASON_INVALID));
+        assert_eq!(
+            event.note.as_deref(),
+            Some(
+                "annotation meshd.io/routes = \"[\" is rejected, the last good routing stays: \
+                 not JSON; accepted: a JSON list"
+            )
+        );
+        assert_eq!(event.reporting_instance.as_deref(), Some("meshd-0"));
+    }
+
+    #[test]
+    fn events_on_namespaces_live_in_default_and_notes_stay_under_1kb() {
+        let e = error("Namespace shop", &"é".repeat(5000));
+        let event = event(
+            &e,
+            Kind::Invalid,
+            reference(None, "Namespace", "shop"),
+            "meshd",
+        );
+        assert_eq!(event.metadata.namespace.as_deref(), Some("default"));
+        let note = event.note.expect("a note");
+        assert!(note.len() <= MAX_NOTE_BYTES, "{}", note.len());
+        assert!(note.ends_with("not JSON; accepted: a JSON list"), "{note}");
+        assert_eq!(truncate("x".repeat(2000), 10).len(), 10);
+        assert_eq!(
+            truncate("é".repeat(2000), 10),
+            format!("{}…", "é".repeat(3))
+        );
+    }
+}

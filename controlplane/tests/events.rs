@@ -1,0 +1,312 @@
+//! Kubernetes Events for rejected routing annotations, through
+//! `kube::Client` against a scripted API server.
+//!
+//! ```text
+//! errors (watch) ──> event recorder ── kube::Client ── tower_test::mock::pair
+//!                                                          │ GET the object's metadata
+//!                                                          │ POST events.k8s.io/v1 events
+//!                                                          v
+//!                                          Api: the test answers each request in turn
+//! ```
+//!
+//! The test expects the requests one by one: "no event for an error
+//! already reported" shows as the next request being about the next
+//! error, not as waiting for silence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use meshd_controlplane::discovery::events::{self, REASON_INVALID, REASON_RESOLVED};
+use meshd_controlplane::discovery::file;
+use meshd_controlplane::discovery::index::Index;
+use meshd_controlplane::model::Mesh;
+use meshd_controlplane::routing::AnnotationError;
+use meshd_controlplane::translate::TranslateOptions;
+use meshd_controlplane::xds::{ServerState, spawn_publisher};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tower_test::mock;
+
+type Handle = mock::Handle<Request<kube::client::Body>, Response<Full<Bytes>>>;
+
+/// A generous bound on any one exchange: never a performance assertion.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The API server side: each request is taken and answered by the test.
+struct Api {
+    handle: Handle,
+}
+
+fn client() -> (kube::Client, Api) {
+    let (service, handle) = mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
+    (kube::Client::new(service, "default"), Api { handle })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+impl Api {
+    async fn next(
+        &mut self,
+    ) -> (
+        Request<kube::client::Body>,
+        mock::SendResponse<Response<Full<Bytes>>>,
+    ) {
+        timeout(WAIT, self.handle.next_request())
+            .await
+            .expect("a request in time")
+            .expect("the client is alive")
+    }
+
+    /// Expects a metadata GET of `path`; answers with `uid`, or 404 when
+    /// `None`.
+    async fn expect_get(&mut self, path: &str, uid: Option<&str>) {
+        let (request, respond) = self.next().await;
+        assert_eq!(request.method(), Method::GET, "{}", request.uri());
+        assert_eq!(request.uri().path(), path);
+        let accept = request.headers()[header::ACCEPT]
+            .to_str()
+            .unwrap_or_default();
+        assert!(accept.contains("as=PartialObjectMetadata"), "{accept}");
+        let name = path.rsplit('/').next().unwrap_or_default();
+        respond.send_response(match uid {
+            Some(uid) => json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": name, "uid": uid, "resourceVersion": "42"}}),
+            ),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": format!("{name} not found")}),
+            ),
+        });
+    }
+
+    /// Expects an event POSTed in `namespace`; answers 201 and returns it.
+    async fn expect_event(&mut self, namespace: &str) -> Value {
+        let (request, respond) = self.next().await;
+        assert_eq!(request.method(), Method::POST, "{}", request.uri());
+        assert_eq!(
+            request.uri().path(),
+            format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events")
+        );
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .expect("the request body")
+            .to_bytes();
+        let mut event: Value = serde_json::from_slice(&body).expect("a JSON event");
+        let mut created = event.clone();
+        created["metadata"]["name"] = json!("created.1");
+        respond.send_response(json_response(StatusCode::CREATED, &created));
+        event
+            .as_object_mut()
+            .expect("an object")
+            .remove("eventTime")
+            .expect("eventTime is set (required for events.k8s.io/v1)");
+        event
+    }
+}
+
+fn timeout_error(object: &str, value: &str) -> AnnotationError {
+    AnnotationError {
+        object: object.into(),
+        annotation: "meshd.io/timeout".into(),
+        value: value.into(),
+        message: format!("`{value}` is not a duration; accepted: a duration"),
+    }
+}
+
+fn regarding(kind: &str, namespace: Option<&str>, name: &str, uid: &str) -> Value {
+    let mut reference = json!({"apiVersion": "v1", "kind": kind, "name": name,
+                               "uid": uid, "resourceVersion": "42"});
+    if let Some(namespace) = namespace {
+        reference["namespace"] = json!(namespace);
+    }
+    reference
+}
+
+#[tokio::test]
+async fn a_new_error_is_one_warning_on_its_object_and_is_not_repeated() {
+    let (client, mut api) = client();
+    let (errors, rx) = watch::channel(vec![timeout_error("Service shop/reviews", "fast")]);
+    let recorder = events::spawn_event_recorder(client, rx, "meshd-0".into());
+
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(
+        event,
+        json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": "reviews.", "namespace": "shop"},
+            "type": "Warning",
+            "reason": REASON_INVALID,
+            "action": "Validate",
+            "reportingController": "meshd",
+            "reportingInstance": "meshd-0",
+            "regarding": regarding("Service", Some("shop"), "reviews", "svc-uid"),
+            "note": "annotation meshd.io/timeout = \"fast\" is rejected, the last good routing stays: \
+                     `fast` is not a duration; accepted: a duration",
+        })
+    );
+
+    // The same error again (a new snapshot with the same problem): nothing.
+    // Then a second error: the next request is about it alone.
+    errors.send_replace(vec![timeout_error("Service shop/reviews", "fast")]);
+    tokio::task::yield_now().await;
+    errors.send_replace(vec![
+        timeout_error("Service shop/ratings", "slow"),
+        timeout_error("Service shop/reviews", "fast"),
+    ]);
+    api.expect_get(
+        "/api/v1/namespaces/shop/services/ratings",
+        Some("ratings-uid"),
+    )
+    .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(
+        event["regarding"],
+        regarding("Service", Some("shop"), "ratings", "ratings-uid")
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"slow\""),
+        "{event}"
+    );
+
+    // Gone: one Normal event; back again: a Warning again.
+    errors.send_replace(vec![timeout_error("Service shop/ratings", "slow")]);
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(event["type"], "Normal", "{event}");
+    assert_eq!(event["reason"], REASON_RESOLVED, "{event}");
+    assert_eq!(
+        event["note"],
+        "annotation meshd.io/timeout is accepted again"
+    );
+
+    errors.send_replace(vec![
+        timeout_error("Service shop/ratings", "slow"),
+        timeout_error("Service shop/reviews", "fast"),
+    ]);
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(event["type"], "Warning", "{event}");
+
+    drop(errors);
+    timeout(WAIT, recorder)
+        .await
+        .expect("the recorder ends with its channel")
+        .expect("no panic");
+}
+
+#[tokio::test]
+async fn namespace_events_go_to_default_and_deleted_objects_get_none() {
+    let (client, mut api) = client();
+    let (errors, rx) = watch::channel(vec![]);
+    let _recorder = events::spawn_event_recorder(client, rx, "meshd-0".into());
+
+    // Sorted, as the publisher keeps them: the Namespace before the Pod.
+    let mut egress = timeout_error("Namespace shop", "x");
+    egress.annotation = "meshd.io/egress".into();
+    let mut pod_egress = timeout_error("Pod shop/web-0", "y");
+    pod_egress.annotation = "meshd.io/egress".into();
+    errors.send_replace(vec![egress, pod_egress]);
+
+    api.expect_get("/api/v1/namespaces/shop", Some("ns-uid"))
+        .await;
+    let event = api.expect_event("default").await;
+    assert_eq!(
+        event["regarding"],
+        regarding("Namespace", None, "shop", "ns-uid")
+    );
+    assert_eq!(event["metadata"]["generateName"], "shop.");
+
+    // The Pod is already gone: no event for it.
+    api.expect_get("/api/v1/namespaces/shop/pods/web-0", None)
+        .await;
+    errors.send_replace(vec![timeout_error("Service shop/reviews", "z")]);
+    // Within one change, new problems first: the Service's.
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(event["reason"], REASON_INVALID, "{event}");
+    // Then the resolved ones: the Namespace's gets a Normal event...
+    api.expect_get("/api/v1/namespaces/shop", Some("ns-uid"))
+        .await;
+    let event = api.expect_event("default").await;
+    assert_eq!(event["reason"], REASON_RESOLVED, "{event}");
+    // ...and the Pod's none, as the Pod does not exist.
+    api.expect_get("/api/v1/namespaces/shop/pods/web-0", None)
+        .await;
+}
+
+/// The wiring the server uses: the publisher's routing errors, through
+/// `ServerState::watch_routing_errors`, become events.
+#[tokio::test]
+async fn the_publishers_routing_errors_become_events() {
+    let manifests = |timeout: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\n\
+             apiVersion: v1\nkind: Service\n\
+             metadata: {{name: reviews, namespace: shop, annotations: {{meshd.io/timeout: '{timeout}'}}}}\n\
+             spec: {{clusterIP: 198.19.0.20, ports: [{{name: http, port: 9080}}]}}\n"
+        )
+    };
+    let mesh = |timeout: &str| -> Arc<Mesh> {
+        let mut index = Index::default();
+        for object in file::parse(&manifests(timeout)).expect("valid manifests") {
+            index.apply(object);
+        }
+        Arc::new(index.mesh())
+    };
+    let (meshes, rx) = watch::channel(mesh("fast"));
+    let state = Arc::new(ServerState::default());
+    let _snapshots = spawn_publisher(
+        rx,
+        Duration::from_millis(10),
+        state.clone(),
+        TranslateOptions::default(),
+    );
+    let (client, mut api) = client();
+    let _recorder =
+        events::spawn_event_recorder(client, state.watch_routing_errors(), "meshd-0".into());
+
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(event["reason"], REASON_INVALID, "{event}");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("annotation meshd.io/timeout = \"fast\" is rejected"),
+        "{note}"
+    );
+    assert!(
+        note.contains("accepted: a duration: whole numbers"),
+        "{note}"
+    );
+
+    // Fixed: the problem is resolved, and said so.
+    meshes.send_replace(mesh("5s"));
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(event["reason"], REASON_RESOLVED, "{event}");
+}
