@@ -5,7 +5,8 @@
 //! Bind it to loopback (the default) or a port only operators reach: it
 //! reveals topology, though never key material.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -13,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 
 use crate::discovery::file::FileError;
 use crate::identity::Identity;
@@ -24,6 +26,58 @@ pub struct DebugState {
     pub identity: Option<Arc<Identity>>,
     pub registry_problems: Arc<RwLock<Vec<FileError>>>,
     pub metrics: Arc<Registry>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// What readiness depends on besides the CA: a first full view of the
+/// mesh, not draining; and, in a cluster, whether this replica leads.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    synced: AtomicBool,
+    draining: AtomicBool,
+    leader: Mutex<Option<watch::Receiver<bool>>>,
+}
+
+impl Lifecycle {
+    /// The first full view of the mesh is served.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// Shutdown began: readiness turns false for good, so the Service
+    /// stops sending new proxies here.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Report leadership (leader election in a cluster).
+    pub fn set_leadership(&self, leading: watch::Receiver<bool>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(leading);
+    }
+
+    /// `Some(leading)` when leader election runs.
+    pub fn is_leader(&self) -> Option<bool> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| *l.borrow())
+    }
+
+    /// Why this replica should get no new proxies, if it should not.
+    fn unready(&self) -> Option<String> {
+        if self.is_draining() {
+            Some("draining".into())
+        } else if !self.synced.load(Ordering::Relaxed) {
+            Some("waiting for the first full view of the mesh".into())
+        } else {
+            None
+        }
+    }
 }
 
 pub fn router(state: DebugState) -> Router {
@@ -39,16 +93,26 @@ pub fn router(state: DebugState) -> Router {
         .with_state(state)
 }
 
-/// Ready unless the CA cannot sign (an expired or not-yet-valid issuer):
-/// then the reason, so an operator sees it in the probe's output.
+/// Ready unless draining, still waiting for the first view of the mesh,
+/// or the CA cannot sign (an expired or not-yet-valid issuer): then the
+/// reason, so an operator sees it in the probe's output. With leader
+/// election, a `leader: true|false` line follows.
 async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
-    match s.identity.as_ref().and_then(|i| i.ca.status().unready) {
+    let unready = s
+        .lifecycle
+        .unready()
+        .or_else(|| s.identity.as_ref().and_then(|i| i.ca.status().unready));
+    let (status, mut body) = match unready {
         None => (StatusCode::OK, "ok\n".to_string()),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         ),
+    };
+    if let Some(leading) = s.lifecycle.is_leader() {
+        body.push_str(&format!("leader: {leading}\n"));
     }
+    (status, body)
 }
 
 /// Rotates the generated root CA (see [`crate::identity::rotate_root`]);
@@ -61,6 +125,15 @@ async fn rotate_root(State(s): State<DebugState>) -> impl IntoResponse {
             "this control plane runs without a CA\n".to_string(),
         );
     };
+    // The root lives in a Secret shared by every replica: only the leader
+    // may replace it.
+    if s.lifecycle.is_leader() == Some(false) {
+        return (
+            StatusCode::CONFLICT,
+            "this replica is not the leader; rotate the root on the leader (see /readyz: leader: true)\n"
+                .to_string(),
+        );
+    }
     match crate::identity::rotate_root(&identity, &s.xds, std::time::Duration::from_secs(60)).await
     {
         Ok(()) => (StatusCode::OK, "root rotated\n".to_string()),

@@ -12,13 +12,20 @@
 //! service's last good routing across snapshots.
 
 pub mod bootstrap;
+pub mod ca_secret;
 pub mod certificates;
 pub mod debug;
 pub mod discovery;
 pub mod identity;
+pub mod leader;
 pub mod model;
 pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod translate;
+pub mod webhook_ca;
 pub mod xds;
+
+/// The shutdown signal the long-running tasks take (leader election, the
+/// caBundle patcher), re-exported so the binary needs no tokio-util of its own.
+pub use tokio_util::sync::CancellationToken;

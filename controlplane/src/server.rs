@@ -1,6 +1,17 @@
 //! Wires a discovery source, the publisher, the xDS server and the debug
 //! endpoints together: what `meshd run` starts, and what tests start
 //! in-process on listeners they bound themselves.
+//!
+//! Graceful shutdown ([`ControlPlane::shutdown_gracefully`]) goes in steps,
+//! so proxies move to another replica without a gap:
+//!
+//! ```text
+//! draining ──> /readyz 503 "draining"        (the Service stops routing new proxies here)
+//!          ──> xDS listener closed, GOAWAY   (new connections refused, no new streams)
+//!          ──> open ADS streams served      (pushes go on for the drain period)
+//!          ──> streams closed               (Envoy reconnects elsewhere)
+//!          ──> debug endpoints stop
+//! ```
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -12,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::debug::Lifecycle;
 use crate::discovery::file::{self, FileRegistry};
 use crate::identity::Identity;
 use crate::model::Mesh;
@@ -62,19 +74,37 @@ pub struct ControlPlane {
     pub state: Arc<ServerState>,
     pub registry_problems: file::Problems,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Readiness beyond the CA (draining, first view) and leadership.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Stops accepting xDS connections and streams (the first drain step).
+    accepting: CancellationToken,
+    /// Ends the open ADS streams (the last drain step).
+    streams: CancellationToken,
+    /// Stops everything else.
     shutdown: CancellationToken,
+    /// The xDS server: finishes once its listener is closed and every
+    /// connection has ended.
+    xds_server: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long closed streams get to say goodbye before the xDS server is
+/// stopped outright.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 impl ControlPlane {
     pub async fn start(options: Options) -> Result<Self, Error> {
         let shutdown = CancellationToken::new();
+        let accepting = CancellationToken::new();
+        let streams = CancellationToken::new();
+        let lifecycle = Arc::new(Lifecycle::default());
         let state = Arc::new(ServerState::default());
         let registry_problems: file::Problems = Arc::new(RwLock::new(Vec::new()));
         let (mesh_tx, mesh_rx) = watch::channel(Arc::new(Mesh::default()));
 
         let settle = options.debounce.min(Duration::from_millis(100));
         let mut tasks = Vec::new();
+        let registry_source = !matches!(options.source, Source::Kubernetes(_));
         let registry = match options.source {
             Source::Embedded => Some((FileRegistry::embedded(), PathBuf::new())),
             Source::Files(dir) => Some((FileRegistry::new(&dir), dir)),
@@ -101,6 +131,20 @@ impl ControlPlane {
             }),
         };
         let snapshots = xds::spawn_publisher(mesh_rx, options.debounce, state.clone(), translate);
+        if registry_source {
+            // The registry was read before the first snapshot.
+            lifecycle.set_synced();
+        } else {
+            // The Kubernetes source publishes once every kind is listed;
+            // until then the first snapshot is an empty mesh.
+            let mut first_view = snapshots.clone();
+            let lifecycle = lifecycle.clone();
+            tasks.push(tokio::spawn(async move {
+                if first_view.changed().await.is_ok() {
+                    lifecycle.set_synced();
+                }
+            }));
+        }
 
         let xds_addr = options.xds.local_addr().map_err(Error::Listener)?;
         let identity = options.tls.as_ref().map(|t| t.identity.clone());
@@ -108,7 +152,7 @@ impl ControlPlane {
             snapshots.clone(),
             state.clone(),
             identity.clone(),
-            shutdown.clone(),
+            streams.clone(),
         );
         // The CSR service authenticates callers by client certificate, so
         // it exists only on the TLS listener.
@@ -124,11 +168,13 @@ impl ControlPlane {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(ads.into_service())
             .add_optional_service(certificates);
-        let stop = shutdown.clone();
-        tasks.push(match options.tls {
+        // On `accepting`, tonic drops the listener and sends every
+        // connection a GOAWAY: open streams go on, new ones are refused.
+        let stop = accepting.clone();
+        let xds_server = Some(match options.tls {
             Some(tls) => {
                 let config = crate::tls::server_config(tls.identity, tls.server);
-                let incoming = tls_incoming(options.xds, config, shutdown.clone());
+                let incoming = tls_incoming(options.xds, config, accepting.clone());
                 tokio::spawn(async move {
                     if let Err(e) = router
                         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
@@ -165,17 +211,10 @@ impl ControlPlane {
                 identity: identity.clone(),
                 registry_problems: registry_problems.clone(),
                 metrics: Arc::new(registry),
+                lifecycle: lifecycle.clone(),
             });
             debug_addr = Some(listener.local_addr().map_err(Error::Listener)?);
-            let stop = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!("debug server failed: {e}");
-                }
-            }));
+            tasks.push(serve_debug(listener, router, shutdown.clone()));
             tracing::info!(address = ?debug_addr, "debug endpoints listening");
         }
 
@@ -185,18 +224,126 @@ impl ControlPlane {
             state,
             registry_problems,
             snapshots,
+            lifecycle,
+            accepting,
+            streams,
             shutdown,
+            xds_server,
             tasks,
         })
     }
 
-    /// Stops serving: open streams end, listeners close.
-    pub async fn shutdown(self) {
+    /// Reports this replica's leadership on `/readyz` and gates root
+    /// rotation to the leader.
+    pub fn set_leadership(&self, leading: watch::Receiver<bool>) {
+        self.lifecycle.set_leadership(leading);
+    }
+
+    /// Stops serving at once: open streams end, listeners close.
+    pub async fn shutdown(mut self) {
+        self.accepting.cancel();
+        self.streams.cancel();
         self.shutdown.cancel();
+        if let Some(task) = self.xds_server.take() {
+            self.tasks.push(task);
+        }
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// Stops serving without dropping proxies on the floor: readiness goes
+    /// false at once, no new connections or streams are accepted, open ADS
+    /// streams are served (pushes included) for `drain`, or until they
+    /// have all gone, then closed so their proxies reconnect elsewhere.
+    pub async fn shutdown_gracefully(mut self, drain: Duration) {
+        self.lifecycle.set_draining();
+        tracing::info!(
+            ?drain,
+            "draining: not ready, refusing new xDS connections, serving open streams"
+        );
+        self.accepting.cancel();
+        if let Some(mut server) = self.xds_server.take() {
+            // The server finishes early once every connection has ended.
+            if tokio::time::timeout(drain, &mut server).await.is_err() {
+                tracing::info!("drain period over: closing the open xDS streams");
+                self.streams.cancel();
+                if tokio::time::timeout(CLOSE_GRACE, &mut server)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("xDS connections still open after closing their streams");
+                    server.abort();
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+}
+
+fn serve_debug(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!("debug server failed: {e}");
+        }
+    })
+}
+
+/// The debug endpoints without xDS, for a deployment that runs only the
+/// injector: health, readiness (the CA, draining) and the CA's metrics.
+pub struct DebugEndpoints {
+    pub debug_addr: std::net::SocketAddr,
+    pub lifecycle: Arc<Lifecycle>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl DebugEndpoints {
+    pub async fn start(
+        listener: TcpListener,
+        identity: Option<Arc<Identity>>,
+    ) -> Result<Self, Error> {
+        let lifecycle = Arc::new(Lifecycle::default());
+        // Nothing to discover: there is no mesh view to wait for.
+        lifecycle.set_synced();
+        let mut registry = Registry::default();
+        if let Some(identity) = &identity {
+            identity.metrics.register(&mut registry);
+        }
+        let router = crate::debug::router(crate::debug::DebugState {
+            xds: Arc::new(ServerState::default()),
+            identity,
+            registry_problems: Arc::new(RwLock::new(Vec::new())),
+            metrics: Arc::new(registry),
+            lifecycle: lifecycle.clone(),
+        });
+        let debug_addr = listener.local_addr().map_err(Error::Listener)?;
+        let shutdown = CancellationToken::new();
+        let task = serve_debug(listener, router, shutdown.clone());
+        tracing::info!(address = %debug_addr, "debug endpoints listening (xDS off)");
+        Ok(DebugEndpoints {
+            debug_addr,
+            lifecycle,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn set_leadership(&self, leading: watch::Receiver<bool>) {
+        self.lifecycle.set_leadership(leading);
+    }
+
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
     }
 }
 

@@ -6,8 +6,13 @@
 //! point. It is written with server-side apply (field manager `meshd`), and
 //! rewritten when its certificate has used half its life or the trust
 //! bundle changed; Envoy picks the new files up through file-based SDS.
+//!
+//! Admission writes a Secret when a pod of the account is created;
+//! [`keep_current`] renews the existing ones of the accounts whose pods are
+//! in the mesh, periodically and after every CA change (root rotation), so
+//! long-running pods keep a bootstrap certificate that reaches xDS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use meshd_ca::{Authority, SpiffeId};
+use meshd_controlplane::CancellationToken;
 use meshd_controlplane::bootstrap::{identity_file_names as files, identity_files};
+use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::{IDENTITY_MOUNT, identity_secret_name};
 use crate::identity::IdentityProvisioner;
@@ -95,6 +103,98 @@ impl SecretProvisioner {
     }
 }
 
+impl SecretProvisioner {
+    /// Renews the account's identity Secret if it exists and is no longer
+    /// current; a missing one is left to admission (the account may have
+    /// no injected pod). Returns whether it was rewritten.
+    pub async fn refresh(&self, namespace: &str, service_account: &str) -> Result<bool, String> {
+        let name = identity_secret_name(service_account);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let Some(existing) = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?
+        else {
+            return Ok(false);
+        };
+        if self.is_current(&existing, &self.ca.trust_bundle_pem()) {
+            return Ok(false);
+        }
+        self.apply(&api, namespace, service_account).await?;
+        Ok(true)
+    }
+
+    async fn apply(
+        &self,
+        api: &Api<Secret>,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<(), String> {
+        let name = identity_secret_name(service_account);
+        let secret = self.desired(namespace, service_account)?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|e| format!("cannot write Secret {namespace}/{name}: {e}"))?;
+        tracing::info!(%namespace, secret = %name, "wrote a bootstrap identity");
+        Ok(())
+    }
+}
+
+/// While `leading`, renews the identity Secrets of `accounts()`
+/// ((namespace, service account) pairs, e.g. those of the mesh's pods):
+/// every `period` and whenever `ca_changes` moves (a root rotation changes
+/// the trust bundle, and then the signer). Failures are logged and retried
+/// at the next pass.
+pub async fn keep_current(
+    provisioner: Arc<SecretProvisioner>,
+    accounts: impl Fn() -> BTreeSet<(String, String)> + Send,
+    mut leading: watch::Receiver<bool>,
+    mut ca_changes: watch::Receiver<u64>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = leading.wait_for(|l| *l) => if led.is_err() { return },
+            }
+            ca_changes.borrow_and_update();
+            let (mut renewed, mut failed) = (0, 0);
+            for (namespace, service_account) in accounts() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match provisioner.refresh(&namespace, &service_account).await {
+                    Ok(true) => renewed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+            if renewed > 0 || failed > 0 {
+                tracing::info!(renewed, failed, "refreshed bootstrap identities");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = leading.changed() => {}
+                changed = ca_changes.changed() => if changed.is_err() {
+                    tokio::time::sleep(period).await;
+                },
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+    .instrument(tracing::info_span!("identity_secret_refresh"))
+    .await
+}
+
 impl IdentityProvisioner for SecretProvisioner {
     fn ensure<'a>(
         &'a self,
@@ -115,16 +215,7 @@ impl IdentityProvisioner for SecretProvisioner {
             {
                 return Ok(());
             }
-            let secret = self.desired(namespace, service_account)?;
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .map_err(|e| format!("cannot write Secret {namespace}/{name}: {e}"))?;
-            tracing::info!(%namespace, secret = %name, "wrote a bootstrap identity");
-            Ok(())
+            self.apply(&api, namespace, service_account).await
         })
     }
 }
@@ -266,5 +357,136 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn refresh_renews_a_stale_secret_and_leaves_others_alone() {
+        let (_old_dir, old_ca) = ca();
+        let (_dir, ca) = ca();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let provisioner =
+            SecretProvisioner::new(client.clone(), ca.clone(), Duration::from_secs(3600));
+        // Issued by a CA whose root is no longer the trust bundle.
+        let stale = SecretProvisioner::new(client, old_ca, Duration::from_secs(3600))
+            .desired("shop", "web")
+            .unwrap();
+        let current = provisioner.desired("shop", "api").unwrap();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a GET");
+            assert_eq!(
+                request.uri().path(),
+                "/api/v1/namespaces/shop/secrets/meshd-identity-web"
+            );
+            send.send_response(json_response(200, serde_json::to_value(&stale).unwrap()));
+            let (request, send) = handle.next_request().await.expect("an apply");
+            let (parts, body) = body_of(request).await;
+            assert_eq!(parts.method, http::Method::PATCH);
+            let secret: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            send.send_response(json_response(200, secret.clone()));
+
+            let (_, send) = handle.next_request().await.expect("a GET");
+            send.send_response(json_response(200, serde_json::to_value(&current).unwrap()));
+            let (_, send) = handle.next_request().await.expect("a GET");
+            send.send_response(api_error(
+                404,
+                "NotFound",
+                "secrets \"meshd-identity-db\" not found",
+            ));
+            secret
+        });
+        let wait = |f| tokio::time::timeout(Duration::from_secs(5), f);
+        assert!(
+            wait(provisioner.refresh("shop", "web"))
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert!(
+            !wait(provisioner.refresh("shop", "api"))
+                .await
+                .unwrap()
+                .unwrap(),
+            "current"
+        );
+        assert!(
+            !wait(provisioner.refresh("shop", "db"))
+                .await
+                .unwrap()
+                .unwrap(),
+            "missing: left to admission"
+        );
+        let written = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        let root = String::from_utf8(
+            serde_json::from_value::<Secret>(written)
+                .unwrap()
+                .data
+                .unwrap()[files::ROOT]
+                .0
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            root,
+            ca.trust_bundle_pem(),
+            "renewed with the current trust bundle"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_current_runs_only_while_leading_and_after_ca_changes() {
+        let (_dir, ca) = ca();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let provisioner = Arc::new(SecretProvisioner::new(
+            kube::Client::new(service, "default"),
+            ca,
+            Duration::from_secs(3600),
+        ));
+        let (leading_tx, leading) = watch::channel(false);
+        let (ca_tx, ca_changes) = watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let period = Duration::from_secs(24 * 3600);
+        let task = tokio::spawn(keep_current(
+            provisioner,
+            || BTreeSet::from([("shop".to_string(), "web".to_string())]),
+            leading,
+            ca_changes,
+            period,
+            stop.clone(),
+        ));
+        let hour = Duration::from_secs(3600);
+        assert!(
+            tokio::time::timeout(hour, handle.next_request())
+                .await
+                .is_err(),
+            "a follower sends nothing"
+        );
+        leading_tx.send_replace(true);
+        let (request, send) = tokio::time::timeout(hour, handle.next_request())
+            .await
+            .expect("the leader checks")
+            .expect("a request");
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/shop/secrets/meshd-identity-web"
+        );
+        send.send_response(api_error(404, "NotFound", "not found"));
+        assert!(
+            tokio::time::timeout(hour, handle.next_request())
+                .await
+                .is_err(),
+            "nothing more before the period"
+        );
+        ca_tx.send_replace(1);
+        let (_, send) = tokio::time::timeout(hour, handle.next_request())
+            .await
+            .expect("a CA change triggers a pass")
+            .expect("a request");
+        send.send_response(api_error(404, "NotFound", "not found"));
+        stop.cancel();
+        tokio::time::timeout(hour, task).await.unwrap().unwrap();
     }
 }

@@ -20,7 +20,8 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane: service discovery and the xDS server.
-    Run(RunArgs),
+    // Boxed: the run flags dwarf the other commands'.
+    Run(Box<RunArgs>),
     /// Print the Envoy bootstrap for a workload's sidecar.
     Bootstrap(BootstrapArgs),
     /// Install the iptables rules that send a pod's traffic through its
@@ -78,6 +79,18 @@ pub struct RunArgs {
     #[arg(long, env = "MESHD_XDS_ADDRESS", default_value = "127.0.0.1:15010")]
     pub xds_address: SocketAddr,
 
+    /// Serve xDS (and SDS, and the CSR service): true or false. Turn it off
+    /// for an injector-only deployment (with --webhook-address); the debug
+    /// endpoints (health, readiness, metrics) stay on either way.
+    #[arg(
+        long,
+        env = "MESHD_XDS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub xds: bool,
+
     /// Where health, metrics and debug endpoints listen.
     #[arg(long, env = "MESHD_DEBUG_ADDRESS", default_value = "127.0.0.1:15014")]
     pub debug_address: SocketAddr,
@@ -127,6 +140,52 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub injector: InjectorArgs,
+
+    #[command(flatten)]
+    pub ha: HaArgs,
+}
+
+/// Running several replicas in a cluster (with --kubernetes).
+#[derive(Debug, clap::Args)]
+pub struct HaArgs {
+    /// This replica's name, the holder identity in the leader Lease (the
+    /// pod name; defaults to the hostname, else a random id).
+    #[arg(long, env = "MESHD_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The coordination.k8s.io Lease, in --namespace, that elects the
+    /// leader (lease 15s, renew deadline 10s, retry 2s). Only the leader
+    /// creates the root CA Secret and patches webhook caBundles; every
+    /// replica serves xDS, SDS and the webhook.
+    #[arg(
+        long,
+        env = "MESHD_LEADER_ELECTION_LEASE",
+        default_value = "meshd-leader"
+    )]
+    pub leader_election_lease: String,
+
+    /// The Secret, in --namespace, holding the generated root CA
+    /// (root-cert.pem, root-key.pem) with --kubernetes and no --plug-in-ca;
+    /// created by the leader on first start. Without --kubernetes, --ca-dir
+    /// is the store.
+    #[arg(long, env = "MESHD_CA_SECRET", default_value = "meshd-ca")]
+    pub ca_secret: String,
+
+    /// A MutatingWebhookConfiguration whose webhooks' clientConfig.caBundle
+    /// the leader keeps equal to the mesh trust bundle (at start and after
+    /// a root rotation).
+    #[arg(long, env = "MESHD_MUTATING_WEBHOOK_CONFIGURATION")]
+    pub mutating_webhook_configuration: Option<String>,
+
+    /// The same for a ValidatingWebhookConfiguration.
+    #[arg(long, env = "MESHD_VALIDATING_WEBHOOK_CONFIGURATION")]
+    pub validating_webhook_configuration: Option<String>,
+
+    /// On SIGTERM or SIGINT: how long open xDS streams are still served
+    /// (readiness already false, new connections refused) before they are
+    /// closed so proxies reconnect to another replica (`90`, `10s`, `1m`).
+    #[arg(long, env = "MESHD_DRAIN_PERIOD", default_value = "10s")]
+    pub drain_period: String,
 }
 
 /// Where the CA's keys come from.

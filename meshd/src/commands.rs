@@ -4,16 +4,21 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use meshd_ca::{Authority, DirStore, PlugInFiles, SpiffeId};
+use meshd_controlplane::CancellationToken;
 use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
+use meshd_controlplane::ca_secret;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
+use meshd_controlplane::leader::{LeaderElection, LeaseConfig};
 use meshd_controlplane::model::MtlsMode;
-use meshd_controlplane::server::{ControlPlane, Options, Source, TlsOptions};
+use meshd_controlplane::server::{ControlPlane, DebugEndpoints, Options, Source, TlsOptions};
 use meshd_controlplane::tls::ServerIdentity;
+use meshd_controlplane::webhook_ca::{self, WebhookConfigurations};
 use meshd_injector::capture::{self, CaptureConfig};
 use meshd_injector::config::InjectorConfig;
+use meshd_injector::kube_identity::{self, SecretProvisioner};
 
 use crate::args::{
-    Args, BootstrapArgs, CaArgs, CaptureArgs, Command, InjectArgs, InjectorArgs, RunArgs,
+    Args, BootstrapArgs, CaArgs, CaptureArgs, Command, HaArgs, InjectArgs, InjectorArgs, RunArgs,
 };
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -21,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve(args)),
+            .block_on(serve(*args)),
         Command::Bootstrap(args) => render_bootstrap(args),
         Command::Capture(args) => install_capture(args),
         Command::Inject(args) => offline_inject(args),
@@ -29,9 +34,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
-    let xds = tokio::net::TcpListener::bind(args.xds_address)
-        .await
-        .with_context(|| format!("cannot listen for xDS on {}", args.xds_address))?;
+    let drain = parse_duration("--drain-period", &args.ha.drain_period)?;
+    // Installed first: a SIGTERM while starting (say, waiting for the
+    // leader's CA Secret) still releases the Lease.
+    let mut signals = Signals::install()?;
+    let xds = match args.xds {
+        true => Some(
+            tokio::net::TcpListener::bind(args.xds_address)
+                .await
+                .with_context(|| format!("cannot listen for xDS on {}", args.xds_address))?,
+        ),
+        false => None,
+    };
     let debug = tokio::net::TcpListener::bind(args.debug_address)
         .await
         .with_context(|| {
@@ -40,46 +54,206 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 args.debug_address
             )
         })?;
-    let source = if args.kubernetes {
-        let client = kube::Client::try_default()
-            .await
-            .context("--kubernetes: cannot reach the Kubernetes API")?;
-        tracing::info!("discovering the mesh from the Kubernetes API");
-        Source::Kubernetes(client)
-    } else if let Some(dir) = &args.registry {
-        tracing::info!(registry = %dir.display(), "serving the file registry");
-        Source::Files(dir.clone())
-    } else {
-        tracing::info!("serving the embedded default registry");
-        Source::Embedded
+    let client = match args.kubernetes {
+        true => Some(
+            kube::Client::try_default()
+                .await
+                .context("--kubernetes: cannot reach the Kubernetes API")?,
+        ),
+        false => None,
     };
-    let tls = tls_options(&args)?;
+
+    // In a cluster, replicas elect a leader for the writes that must
+    // happen once (the CA Secret, webhook caBundles). Stopped first on
+    // shutdown, so leadership moves while this replica drains.
+    let leadership = CancellationToken::new();
+    let mut election = None;
+    let leading = match &client {
+        Some(client) => {
+            let identity = pod_name(&args.ha);
+            let config =
+                LeaseConfig::new(&args.namespace, &args.ha.leader_election_lease, &identity);
+            tracing::info!(lease = %format!("{}/{}", args.namespace, args.ha.leader_election_lease), %identity, "joining leader election");
+            let campaign = LeaderElection::new(client.clone(), config);
+            let leading = campaign.subscribe();
+            election = Some(tokio::spawn(campaign.run(leadership.clone())));
+            Some(leading)
+        }
+        None => None,
+    };
+
+    let ca = tokio::select! {
+        ca = load_ca(&args, client.as_ref(), leading.clone()) => ca?,
+        () = signals.recv() => {
+            tracing::info!("stopped while starting");
+            leadership.cancel();
+            if let Some(election) = election {
+                let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+            }
+            return Ok(());
+        }
+    };
+    let tls = tls_options(&args, ca)?;
+    let identity = tls.identity.clone();
     let webhook = match args.webhook_address {
         Some(address) => Some(start_webhook(&args, address, &tls).await?),
         None => None,
     };
-    let control_plane = ControlPlane::start(Options {
-        source,
-        tls: Some(tls),
-        xds,
-        debug: Some(debug),
-        debounce: Duration::from_millis(args.debounce_ms),
-    })
-    .await?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    if let Some((stop, task)) = webhook {
+    // Leader-only tasks, stopped with the election.
+    let mut background = Vec::new();
+    if let (Some(client), Some(leading)) = (&client, &leading) {
+        let configs = WebhookConfigurations {
+            mutating: args.ha.mutating_webhook_configuration.clone(),
+            validating: args.ha.validating_webhook_configuration.clone(),
+        };
+        if !configs.is_empty() {
+            background.push(tokio::spawn(webhook_ca::run(
+                client.clone(),
+                configs,
+                identity.clone(),
+                leading.clone(),
+                leadership.clone(),
+            )));
+        }
+    }
+
+    let serving = match xds {
+        Some(xds) => {
+            let source = match client {
+                Some(client) => {
+                    tracing::info!("discovering the mesh from the Kubernetes API");
+                    Source::Kubernetes(client)
+                }
+                None => match &args.registry {
+                    Some(dir) => {
+                        tracing::info!(registry = %dir.display(), "serving the file registry");
+                        Source::Files(dir.clone())
+                    }
+                    None => {
+                        tracing::info!("serving the embedded default registry");
+                        Source::Embedded
+                    }
+                },
+            };
+            let control_plane = ControlPlane::start(Options {
+                source,
+                tls: Some(tls),
+                xds,
+                debug: Some(debug),
+                debounce: Duration::from_millis(args.debounce_ms),
+            })
+            .await?;
+            if let Some(leading) = &leading {
+                control_plane.set_leadership(leading.clone());
+                // Renew the bootstrap identities of the mesh's service
+                // accounts, so long-lived pods keep reaching xDS.
+                if let Some((_, _, Some(provisioner))) = &webhook {
+                    let snapshots = control_plane.snapshots.clone();
+                    let accounts = move || {
+                        snapshots
+                            .borrow()
+                            .mesh
+                            .workloads
+                            .values()
+                            .map(|w| (w.namespace.clone(), w.service_account.clone()))
+                            .collect()
+                    };
+                    background.push(tokio::spawn(kube_identity::keep_current(
+                        provisioner.clone(),
+                        accounts,
+                        leading.clone(),
+                        identity.subscribe(),
+                        IDENTITY_REFRESH_PERIOD,
+                        leadership.clone(),
+                    )));
+                }
+            }
+            Serving::ControlPlane(control_plane)
+        }
+        None => {
+            tracing::info!("xDS is off (--xds=false)");
+            let endpoints = DebugEndpoints::start(debug, Some(identity)).await?;
+            if let Some(leading) = &leading {
+                endpoints.set_leadership(leading.clone());
+            }
+            Serving::DebugOnly(endpoints)
+        }
+    };
+    signals.recv().await;
+
+    tracing::info!(?drain, "shutting down");
+    leadership.cancel();
+    match serving {
+        Serving::ControlPlane(control_plane) => control_plane.shutdown_gracefully(drain).await,
+        Serving::DebugOnly(endpoints) => {
+            endpoints.lifecycle.set_draining();
+            // The API server may still call the webhook until the Endpoints
+            // drop this pod: keep answering for the drain period.
+            if webhook.is_some() {
+                tokio::time::sleep(drain).await;
+            }
+            endpoints.shutdown().await;
+        }
+    }
+    // The webhook finishes its in-flight reviews and stops last: admission
+    // requests may reach this pod until its endpoint is gone.
+    if let Some((stop, task, _)) = webhook {
         let _ = stop.send(());
         let _ = task.await;
     }
-    control_plane.shutdown().await;
+    if let Some(election) = election
+        && tokio::time::timeout(Duration::from_secs(5), election)
+            .await
+            .is_err()
+    {
+        tracing::warn!("leader election did not finish releasing the Lease in time");
+    }
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
+/// What `meshd run` serves: the control plane, or (with --xds=false) only
+/// the debug endpoints beside the webhook.
+enum Serving {
+    ControlPlane(ControlPlane),
+    DebugOnly(DebugEndpoints),
+}
+
+/// The Lease holder identity: --pod-name, else the hostname (the pod name
+/// in Kubernetes), else an id unique to this process.
+fn pod_name(args: &HaArgs) -> String {
+    if let Some(name) = args.pod_name.as_deref().filter(|n| !n.is_empty()) {
+        return name.to_string();
+    }
+    let hostname = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    hostname.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("meshd-{}-{nanos:08x}", std::process::id())
+    })
+}
+
+/// Stops the webhook; its task; the identity Secret writer (in a cluster).
 type WebhookHandle = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
+    Option<std::sync::Arc<SecretProvisioner>>,
 );
+
+/// The lifetime of bootstrap identities (the injector's Secrets).
+const BOOTSTRAP_IDENTITY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often the leader looks for identity Secrets to renew (they are
+/// renewed at half their lifetime, and at once after a CA change).
+const IDENTITY_REFRESH_PERIOD: Duration = Duration::from_secs(600);
 
 /// Starts the injection webhook on the mesh CA. In a cluster, identity
 /// Secrets are written through the Kubernetes API; elsewhere (local tries
@@ -90,7 +264,7 @@ async fn start_webhook(
     tls: &TlsOptions,
 ) -> anyhow::Result<WebhookHandle> {
     use meshd_injector::webhook;
-    let config = injector_config(&args.injector);
+    let config = run_injector_config(args);
     meshd_injector::inject::check_config(&config)?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -110,17 +284,18 @@ async fn start_webhook(
         .with_generation(std::sync::Arc::new(move || generation.generation())),
     );
     let mut state = webhook::WebhookState::new(config, identity.ca.clone(), cert.clone());
+    let mut provisioner = None;
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         let client = kube::Client::try_default()
             .await
             .context("cannot reach the Kubernetes API for identity Secrets")?;
-        state = state.with_provisioner(std::sync::Arc::new(
-            meshd_injector::kube_identity::SecretProvisioner::new(
-                client,
-                identity.ca.clone(),
-                Duration::from_secs(24 * 3600),
-            ),
+        let secrets = std::sync::Arc::new(SecretProvisioner::new(
+            client,
+            identity.ca.clone(),
+            BOOTSTRAP_IDENTITY_TTL,
         ));
+        state = state.with_provisioner(secrets.clone());
+        provisioner = Some(secrets);
     } else {
         tracing::warn!(
             "not in a cluster: the webhook injects, but cannot write identity Secrets; create meshd-identity-<service-account> Secrets yourself"
@@ -135,7 +310,7 @@ async fn start_webhook(
             tracing::error!("the webhook stopped: {e}");
         }
     });
-    Ok((stop, task))
+    Ok((stop, task, provisioner))
 }
 
 /// Parses `90`, `90s`, `30m`, `24h`.
@@ -157,19 +332,35 @@ fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
     }
 }
 
-fn load_ca(args: &CaArgs) -> anyhow::Result<Authority> {
-    Ok(match &args.plug_in_ca {
-        Some(dir) => Authority::plug_in(&args.trust_domain, &PlugInFiles::in_dir(dir))
+/// The CA: a plug-in intermediate; in a cluster, the generated root
+/// shared through a Secret; locally, the generated root in --ca-dir.
+async fn load_ca(
+    args: &RunArgs,
+    client: Option<&kube::Client>,
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<Authority> {
+    let ca: &CaArgs = &args.ca;
+    Ok(match (&ca.plug_in_ca, client, leading) {
+        (Some(dir), _, _) => Authority::plug_in(&ca.trust_domain, &PlugInFiles::in_dir(dir))
             .with_context(|| format!("--plug-in-ca {}", dir.display()))?,
-        None => Authority::load_or_generate(
-            &args.trust_domain,
-            std::sync::Arc::new(DirStore::new(&args.ca_dir)),
+        (None, Some(client), Some(leading)) => ca_secret::load_or_create(
+            client.clone(),
+            &args.namespace,
+            &args.ha.ca_secret,
+            &ca.trust_domain,
+            leading,
         )
-        .with_context(|| format!("--ca-dir {}", args.ca_dir.display()))?,
+        .await
+        .context("--ca-secret")?,
+        _ => Authority::load_or_generate(
+            &ca.trust_domain,
+            std::sync::Arc::new(DirStore::new(&ca.ca_dir)),
+        )
+        .with_context(|| format!("--ca-dir {}", ca.ca_dir.display()))?,
     })
 }
 
-fn tls_options(args: &RunArgs) -> anyhow::Result<TlsOptions> {
+fn tls_options(args: &RunArgs, ca: Authority) -> anyhow::Result<TlsOptions> {
     let Some(default_mtls) = MtlsMode::parse(&args.mtls_mode) else {
         bail!(
             "--mtls-mode: `{}` is not valid; accepted: {}",
@@ -191,7 +382,6 @@ fn tls_options(args: &RunArgs) -> anyhow::Result<TlsOptions> {
             args.rotation_fraction
         );
     }
-    let ca = load_ca(&args.ca)?;
     if let Some(reason) = ca.status().unready {
         // Keep serving config (certificates already issued stay valid) but
         // say loudly why no new ones will be.
@@ -229,12 +419,27 @@ fn tls_options(args: &RunArgs) -> anyhow::Result<TlsOptions> {
     })
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM (the kubelet) and SIGINT (Ctrl-C): both start a graceful
+/// shutdown.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
@@ -325,6 +530,29 @@ fn install_capture(args: CaptureArgs) -> anyhow::Result<()> {
 }
 
 /// The injector's configuration: defaults, overridden by flags.
+/// What the webhook of this control plane injects: proxies that verify
+/// this control plane's own SPIFFE ID, reach it through its Service unless
+/// told otherwise, and never a sidecar in its own namespace.
+fn run_injector_config(args: &RunArgs) -> InjectorConfig {
+    let mut config = injector_config(&args.injector);
+    config.control_plane_id = SpiffeId::new(
+        &args.ca.trust_domain,
+        &args.namespace,
+        &args.service_account,
+    )
+    .to_string();
+    config.control_plane_namespace = args.namespace.clone();
+    if args.injector.inject_xds_address.is_none() {
+        config.xds_address = format!(
+            "{}.{}.svc:{}",
+            args.webhook_service,
+            args.namespace,
+            args.xds_address.port()
+        );
+    }
+    config
+}
+
 fn injector_config(args: &InjectorArgs) -> InjectorConfig {
     let mut config = InjectorConfig::default();
     if let Some(image) = &args.proxy_image {
@@ -359,4 +587,46 @@ fn offline_inject(args: InjectArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}", args.filename.display()))?;
     print!("{injected}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let argv = ["meshd", "run"].iter().chain(argv);
+        match Args::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn injected_proxies_trust_this_control_plane_and_reach_its_service() {
+        let config = run_injector_config(&run_args(&[
+            "--namespace",
+            "mesh",
+            "--service-account",
+            "control",
+            "--trust-domain",
+            "example.org",
+            "--webhook-service",
+            "meshd-cp",
+        ]));
+        assert_eq!(
+            config.control_plane_id,
+            "spiffe://example.org/ns/mesh/sa/control"
+        );
+        assert_eq!(config.control_plane_namespace, "mesh");
+        assert_eq!(config.xds_address, "meshd-cp.mesh.svc:15010");
+
+        let config = run_injector_config(&run_args(&["--inject-xds-address", "cp.example:443"]));
+        assert_eq!(config.xds_address, "cp.example:443");
+        assert_eq!(
+            config.control_plane_id,
+            meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID
+        );
+    }
 }
