@@ -472,3 +472,89 @@ fn reissued_certificates_reach_envoy_over_sds() {
         latencies[latencies.len() - 1]
     );
 }
+
+/// The control plane drains (as on SIGTERM) and a new one takes its
+/// address, as a rolling update of the Deployment does behind its Service:
+/// traffic between the proxies never notices, and both proxies reconnect.
+#[test]
+fn a_control_plane_restart_drops_no_request() {
+    let b = block();
+    let (client, server) = (pod_ip(b, 1), pod_ip(b, 2));
+    let app = app("server-0");
+    let Some(mut mesh) = Mesh::start(&two_pod_registry(b, app.addr.port())) else {
+        return;
+    };
+    let client_admin = mesh.proxy("client-0", client, XdsProtocol::Delta);
+    mesh.proxy("server-0", server, XdsProtocol::Sotw);
+    call_until_ok(&mesh, client);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match call(client) {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("HTTP {}", r.status)),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+
+    let xds = mesh.cp().xds_addr;
+    let old = mesh.cp.take().unwrap();
+    mesh.rt
+        .block_on(old.shutdown_gracefully(Duration::from_millis(300)));
+    // No control plane at all for a while: the proxies keep their config.
+    std::thread::sleep(Duration::from_secs(1));
+    let tls = mesh.pki.tls(&[IpAddr::from([127, 0, 0, 1])]);
+    let replacement = mesh
+        .rt
+        .block_on(async {
+            ControlPlane::start(Options {
+                source: Source::Files(mesh.registry.path().to_path_buf()),
+                tls: Some(tls),
+                xds: tokio::net::TcpListener::bind(xds).await?,
+                debug: None,
+                debounce: Duration::from_millis(20),
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        })
+        .unwrap();
+    mesh.cp = Some(replacement);
+    wait_for("both proxies to reconnect", WAIT, || {
+        match mesh.cp().state.proxies().len() {
+            2 => Ok(Some(())),
+            n => Err(format!("{n} connected")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    // The new control plane's changes reach the proxies.
+    let mut files = two_pod_registry(b, app.addr.port());
+    files[0].1 += &registry::documents(&[
+        String::new(),
+        registry::http_service(NS, "other", "198.19.0.11", 80),
+    ]);
+    mesh.write(files[0].0, &files[0].1);
+    time_until("a new service to reach the client proxy", &mesh, || {
+        let clusters = admin_get(client_admin, "/clusters", &local_get)?;
+        Ok(clusters.contains("outbound|80||other.e2e.svc.cluster.local::"))
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 100, "only {ok} requests went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {:?}\n{}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)],
+        mesh.logs()
+    );
+}
