@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
-use crate::store::{CaStore, PlugInFiles, StoredRoot, read};
+use crate::store::{CaStore, PlugInFiles, StagedRoot, StoredRoot, read};
 use crate::{Error, PrivateKey, Result, SpiffeId};
 
 /// The shortest workload certificate lifetime meshd issues.
@@ -198,6 +198,56 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// The CA state a stored root describes, checked: each key matches its
+/// certificate.
+fn state_of(stored: &StoredRoot) -> Result<State> {
+    let signer = |cert_pem: &str, key: &PrivateKey, what: &str| -> Result<Signer> {
+        let path = format!("stored {what} certificate");
+        let cert = parse_certs(cert_pem, std::path::Path::new(&path))?.remove(0);
+        let key = parse_key(key, std::path::Path::new(&format!("stored {what} key")))?;
+        if key.public_key_raw() != cert.public_key.as_slice() {
+            return Err(Error::File {
+                path: path.into(),
+                problem: format!("does not match the stored {what} key"),
+            });
+        }
+        Ok(root_signer(cert, key))
+    };
+    let current = signer(&stored.cert_pem, &stored.key, "root")?;
+    let mut roots = vec![Arc::new(
+        parse_der(current.cert.der.clone()).map_err(Error::Generate)?,
+    )];
+    for pem in &stored.previous_certs_pem {
+        roots.extend(
+            parse_certs(pem, std::path::Path::new("previous root certificate"))?
+                .into_iter()
+                .map(Arc::new),
+        );
+    }
+    let staged = match &stored.staged {
+        Some(s) => Some((
+            Arc::new(signer(&s.cert_pem, &s.key, "staged root")?),
+            s.key.clone(),
+        )),
+        None => None,
+    };
+    Ok(State {
+        signer: Arc::new(current),
+        roots,
+        staged,
+        self_signed: true,
+    })
+}
+
+/// Whether two stored roots describe the same CA state (keys follow from
+/// certificates).
+fn same_root(a: &StoredRoot, b: &StoredRoot) -> bool {
+    a.cert_pem.trim() == b.cert_pem.trim()
+        && a.previous_certs_pem.concat().trim() == b.previous_certs_pem.concat().trim()
+        && a.staged.as_ref().map(|s| s.cert_pem.trim())
+            == b.staged.as_ref().map(|s| s.cert_pem.trim())
+}
+
 fn root_signer(cert: Parsed, key: KeyPair) -> Signer {
     Signer {
         cert,
@@ -210,27 +260,11 @@ impl Authority {
     /// A self-signed root: loaded from `store`, or generated (ECDSA P-256)
     /// and saved on first start.
     pub fn load_or_generate(trust_domain: &str, store: Arc<dyn CaStore>) -> Result<Self> {
-        let (signer, roots) = match store.load()? {
+        let state = match store.load()? {
             Some(stored) => {
-                let what = std::path::Path::new("stored root certificate");
-                let cert = parse_certs(&stored.cert_pem, what)?.remove(0);
-                let key = parse_key(&stored.key, std::path::Path::new("stored root key"))?;
-                if key.public_key_raw() != cert.public_key.as_slice() {
-                    return Err(Error::File {
-                        path: what.into(),
-                        problem: "does not match the stored root key".into(),
-                    });
-                }
-                let mut roots = vec![];
-                for pem in &stored.previous_certs_pem {
-                    roots.extend(parse_certs(
-                        pem,
-                        std::path::Path::new("previous root certificate"),
-                    )?);
-                }
-                roots.insert(0, parse_der(cert.der.clone()).map_err(Error::Generate)?);
-                tracing::info!(not_after = %cert.not_after, "loaded the mesh root CA");
-                (root_signer(cert, key), roots)
+                let state = state_of(&stored)?;
+                tracing::info!(not_after = %state.signer.cert.not_after, "loaded the mesh root CA");
+                state
             }
             None => {
                 let (cert, key, key_pem) = new_root(trust_domain)?;
@@ -238,22 +272,60 @@ impl Authority {
                     cert_pem: cert.pem.clone(),
                     key: key_pem,
                     previous_certs_pem: vec![],
+                    staged: None,
                 })?;
                 tracing::info!(not_after = %cert.not_after, "generated a new mesh root CA");
                 let root = parse_der(cert.der.clone()).map_err(Error::Generate)?;
-                (root_signer(cert, key), vec![root])
+                State {
+                    signer: Arc::new(root_signer(cert, key)),
+                    roots: vec![Arc::new(root)],
+                    staged: None,
+                    self_signed: true,
+                }
             }
         };
         Ok(Authority {
             trust_domain: trust_domain.to_string(),
             store: Some(store),
-            state: RwLock::new(State {
-                signer: Arc::new(signer),
-                roots: roots.into_iter().map(Arc::new).collect(),
-                staged: None,
-                self_signed: true,
-            }),
+            state: RwLock::new(state),
         })
+    }
+
+    /// Takes over the root (and any rotation in progress) that another
+    /// replica stored, when it differs from this one's: what a replica that
+    /// is not the leader does when the leader rotates the root. Returns
+    /// whether anything changed. Nothing is saved: it came from the store.
+    pub fn adopt(&self, stored: &StoredRoot) -> Result<bool> {
+        if !self.state().self_signed {
+            return Err(Error::Rotation(
+                "a plug-in CA rotates by replacing its files".into(),
+            ));
+        }
+        if same_root(&self.stored(&self.state()), stored) {
+            return Ok(false);
+        }
+        let state = state_of(stored)?;
+        tracing::info!(
+            not_after = %state.signer.cert.not_after,
+            staged = state.staged.is_some(),
+            trusted = state.roots.len(),
+            "adopted the mesh root CA another replica stored"
+        );
+        *self.state_mut() = state;
+        Ok(true)
+    }
+
+    /// What the store should hold for `state`.
+    fn stored(&self, state: &State) -> StoredRoot {
+        StoredRoot {
+            cert_pem: state.signer.cert.pem.clone(),
+            key: PrivateKey::from_pem(state.signer.key.serialize_pem()),
+            previous_certs_pem: state.roots.iter().skip(1).map(|r| r.pem.clone()).collect(),
+            staged: state.staged.as_ref().map(|(signer, key)| StagedRoot {
+                cert_pem: signer.cert.pem.clone(),
+                key: key.clone(),
+            }),
+        }
     }
 
     /// A plug-in CA from the operator's files. Every problem is reported
@@ -524,6 +596,10 @@ impl Authority {
         let (cert, key, key_pem) = new_root(&self.trust_domain)?;
         tracing::info!(not_after = %cert.not_after, "staged a new root CA");
         state.staged = Some((Arc::new(root_signer(cert, key)), key_pem));
+        if let Some(store) = &self.store {
+            // Other replicas trust it from the store before it signs.
+            store.save(&self.stored(&state))?;
+        }
         Ok(())
     }
 
@@ -540,6 +616,7 @@ impl Authority {
                 cert_pem: signer.cert.pem.clone(),
                 key: key_pem,
                 previous_certs_pem: previous,
+                staged: None,
             })?;
         }
         let root = parse_der(signer.cert.der.clone()).map_err(Error::Generate)?;
@@ -560,12 +637,7 @@ impl Authority {
         }
         state.roots.truncate(1);
         if let Some(store) = &self.store {
-            let current = &state.signer;
-            store.save(&StoredRoot {
-                cert_pem: current.cert.pem.clone(),
-                key: PrivateKey::from_pem(current.key.serialize_pem()),
-                previous_certs_pem: vec![],
-            })?;
+            store.save(&self.stored(&state))?;
         }
         tracing::info!("retired the previous root CA");
         Ok(())
@@ -734,6 +806,75 @@ mod tests {
         assert_eq!(ca.trust_anchors().len(), 1);
         assert!(!ca.trust_bundle_pem().contains(old_bundle.trim()));
         assert!(!dir.path().join("previous-root-cert.pem").exists());
+    }
+
+    /// A second replica on the same store follows each step of a rotation
+    /// the first one takes: same trust bundle, same signing root.
+    #[test]
+    fn a_replica_adopts_every_rotation_step_from_the_store() {
+        let (dir, leader) = authority();
+        let store = DirStore::new(dir.path());
+        let follower =
+            Authority::load_or_generate("cluster.local", Arc::new(store.clone())).unwrap();
+        assert!(!follower.adopt(&store.load().unwrap().unwrap()).unwrap());
+        let id = SpiffeId::new("cluster.local", "a", "b");
+        let steps: [fn(&Authority) -> Result<()>; 3] = [
+            Authority::stage_new_root,
+            Authority::activate_staged_root,
+            Authority::retire_previous_roots,
+        ];
+        for (i, step) in steps.into_iter().enumerate() {
+            step(&leader).unwrap();
+            assert_ne!(follower.trust_bundle_pem(), leader.trust_bundle_pem());
+            let stored = store.load().unwrap().unwrap();
+            assert_eq!(stored.staged.is_some(), i == 0, "step {i}");
+            assert!(follower.adopt(&stored).unwrap(), "step {i}");
+            assert!(
+                !follower.adopt(&stored).unwrap(),
+                "adopting twice changes nothing"
+            );
+            assert_eq!(
+                follower.trust_bundle_pem(),
+                leader.trust_bundle_pem(),
+                "step {i}"
+            );
+            // Both sign with the same root: the leader's current root
+            // verifies the follower's certificate.
+            let (issued, _) = follower
+                .issue_with_key(&id, Duration::from_secs(60))
+                .unwrap();
+            let current = parse(&leader.trust_bundle_pem());
+            let current = current.parse_x509().unwrap();
+            if i > 0 {
+                assert!(
+                    parse(&issued.leaf_pem)
+                        .parse_x509()
+                        .unwrap()
+                        .verify_signature(Some(current.public_key()))
+                        .is_ok(),
+                    "step {i}"
+                );
+            }
+        }
+        // A restart mid-rotation keeps the staged root.
+        leader.stage_new_root().unwrap();
+        let restarted = Authority::load_or_generate("cluster.local", Arc::new(store)).unwrap();
+        assert_eq!(restarted.trust_bundle_pem(), leader.trust_bundle_pem());
+        assert_eq!(restarted.trust_anchors().len(), 2);
+    }
+
+    #[test]
+    fn a_stored_root_whose_key_does_not_match_is_refused() {
+        let (dir, ca) = authority();
+        let store = DirStore::new(dir.path());
+        let mut stored = store.load().unwrap().unwrap();
+        // Another CA's root certificate with this CA's key.
+        let (_other_dir, other) = authority();
+        stored.cert_pem = other.trust_bundle_pem();
+        let err = ca.adopt(&stored).unwrap_err().to_string();
+        assert!(err.contains("does not match the stored root key"), "{err}");
+        // The CA keeps what it had.
+        assert_eq!(ca.trust_anchors().len(), 1);
     }
 
     /// Writes a plug-in CA (root → intermediate) into `dir`, with the root

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 pub use authority::{Authority, IssuedCert, MIN_WORKLOAD_TTL, Status, leaf_expiry};
 pub use identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 pub use serving::RenewingServerCert;
-pub use store::{CaStore, DirStore, PlugInFiles, StoredRoot};
+pub use store::{CaStore, DirStore, PlugInFiles, StagedRoot, StoredRoot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

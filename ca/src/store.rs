@@ -18,6 +18,17 @@ pub struct StoredRoot {
     /// Roots that are still trusted while a rotation away from them is
     /// under way (certificates only).
     pub previous_certs_pem: Vec<String>,
+    /// A new root that is trusted but does not sign yet (the first step of
+    /// a rotation), so every replica's proxies trust it before any
+    /// certificate from it exists.
+    pub staged: Option<StagedRoot>,
+}
+
+/// A staged root: its certificate and key.
+#[derive(Clone, Debug)]
+pub struct StagedRoot {
+    pub cert_pem: String,
+    pub key: PrivateKey,
 }
 
 pub trait CaStore: Send + Sync {
@@ -26,7 +37,8 @@ pub trait CaStore: Send + Sync {
 }
 
 /// A directory holding `root-cert.pem`, `root-key.pem` (mode 0600) and,
-/// during a rotation, `previous-root-cert.pem`.
+/// during a rotation, `previous-root-cert.pem` or `staged-root-cert.pem`
+/// and `staged-root-key.pem` (mode 0600).
 #[derive(Clone, Debug)]
 pub struct DirStore {
     dir: PathBuf,
@@ -74,6 +86,16 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl CaStore for DirStore {
     fn load(&self) -> Result<Option<StoredRoot>> {
         let cert = self.path("root-cert.pem");
@@ -81,6 +103,7 @@ impl CaStore for DirStore {
             return Ok(None);
         }
         let previous = self.path("previous-root-cert.pem");
+        let staged = self.path("staged-root-cert.pem");
         Ok(Some(StoredRoot {
             cert_pem: read(&cert)?,
             key: PrivateKey::from_pem(read(&self.path("root-key.pem"))?),
@@ -88,6 +111,14 @@ impl CaStore for DirStore {
                 vec![read(&previous)?]
             } else {
                 vec![]
+            },
+            staged: if staged.exists() {
+                Some(StagedRoot {
+                    cert_pem: read(&staged)?,
+                    key: PrivateKey::from_pem(read(&self.path("staged-root-key.pem"))?),
+                })
+            } else {
+                None
             },
         }))
     }
@@ -99,6 +130,20 @@ impl CaStore for DirStore {
         })?;
         write(&self.path("root-key.pem"), root.key.expose_pem(), 0o600)?;
         write(&self.path("root-cert.pem"), &root.cert_pem, 0o644)?;
+        match &root.staged {
+            Some(staged) => {
+                write(
+                    &self.path("staged-root-key.pem"),
+                    staged.key.expose_pem(),
+                    0o600,
+                )?;
+                write(&self.path("staged-root-cert.pem"), &staged.cert_pem, 0o644)?;
+            }
+            None => {
+                remove_if_present(&self.path("staged-root-cert.pem"))?;
+                remove_if_present(&self.path("staged-root-key.pem"))?;
+            }
+        }
         let previous = self.path("previous-root-cert.pem");
         match root.previous_certs_pem.first() {
             Some(pem) => write(&previous, pem, 0o644)?,

@@ -12,8 +12,13 @@
 //! ```
 //!
 //! The Secret is `Opaque` with `root-cert.pem`, `root-key.pem` and, while a
-//! root rotation is under way, `previous-root-cert.pem` (the layout of
-//! `--ca-dir`). `meshd-ca` knows nothing of Kubernetes: it sees a
+//! root rotation is under way, `staged-root-cert.pem` and
+//! `staged-root-key.pem` (step 1: trusted, not signing) or
+//! `previous-root-cert.pem` (step 2: still trusted) — the layout of
+//! `--ca-dir`. Replicas that are not the leader re-read it every
+//! [`FOLLOW_INTERVAL`] and adopt each step ([`follow`]), so proxies
+//! connected to any replica trust a new root before any replica signs with
+//! it, and keep trusting the old one until every replica has moved on. `meshd-ca` knows nothing of Kubernetes: it sees a
 //! [`CaStore`] whose `load` answers from memory.
 //!
 //! Why `save` does not write the Secret itself: [`CaStore`] is synchronous
@@ -36,7 +41,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use meshd_ca::{Authority, CaStore, PrivateKey, StoredRoot};
+use meshd_ca::{Authority, CaStore, PrivateKey, StagedRoot, StoredRoot};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -48,6 +53,17 @@ pub const ROOT_CERT: &str = "root-cert.pem";
 pub const ROOT_KEY: &str = "root-key.pem";
 /// Roots still trusted during a rotation away from them, PEM.
 pub const PREVIOUS_ROOT_CERT: &str = "previous-root-cert.pem";
+/// The next root, trusted but not yet signing (first step of a rotation).
+pub const STAGED_ROOT_CERT: &str = "staged-root-cert.pem";
+/// The next root's private key.
+pub const STAGED_ROOT_KEY: &str = "staged-root-key.pem";
+
+/// How often a replica that is not the leader re-reads the Secret to
+/// follow the leader's root rotations. The leader waits
+/// [`REPLICA_SETTLE`] after each rotation step so every replica has
+/// followed (and pushed to its proxies) before the next.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
+pub const REPLICA_SETTLE: Duration = Duration::from_secs(12);
 
 /// How often a follower looks for the Secret the leader creates.
 pub const FOLLOWER_POLL: Duration = Duration::from_secs(2);
@@ -196,6 +212,16 @@ fn secret_data(root: &StoredRoot) -> BTreeMap<String, ByteString> {
             ByteString(root.previous_certs_pem.concat().into_bytes()),
         );
     }
+    if let Some(staged) = &root.staged {
+        data.insert(
+            STAGED_ROOT_CERT.to_string(),
+            ByteString(staged.cert_pem.clone().into_bytes()),
+        );
+        data.insert(
+            STAGED_ROOT_KEY.to_string(),
+            ByteString(staged.key.expose_pem().as_bytes().to_vec()),
+        );
+    }
     data
 }
 
@@ -258,7 +284,27 @@ pub fn stored_root(secret_name: &str, secret: &Secret) -> Result<StoredRoot> {
         ));
     }
     let previous = text(PREVIOUS_ROOT_CERT)?;
+    let staged = match (text(STAGED_ROOT_CERT)?, text(STAGED_ROOT_KEY)?) {
+        (None, None) => None,
+        (Some(cert_pem), Some(key)) => Some(StagedRoot {
+            cert_pem,
+            key: PrivateKey::from_pem(key),
+        }),
+        (Some(_), None) => {
+            return Err(problem(
+                STAGED_ROOT_KEY,
+                "is missing while staged-root-cert.pem is set; accepted: both or neither",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(problem(
+                STAGED_ROOT_CERT,
+                "is missing while staged-root-key.pem is set; accepted: both or neither",
+            ));
+        }
+    };
     Ok(StoredRoot {
+        staged,
         cert_pem,
         key: PrivateKey::from_pem(key),
         previous_certs_pem: previous
@@ -276,6 +322,8 @@ fn authority(trust_domain: &str, store: Arc<SecretStore>, secret: &str) -> Resul
             let key = match path.to_str() {
                 Some("stored root key") => ROOT_KEY,
                 Some("previous root certificate") => PREVIOUS_ROOT_CERT,
+                Some("stored staged root key") => STAGED_ROOT_KEY,
+                Some("stored staged root certificate") => STAGED_ROOT_CERT,
                 _ => ROOT_CERT,
             };
             Error::Content {
@@ -359,4 +407,65 @@ pub async fn load_or_create(
             () = tokio::time::sleep(FOLLOWER_POLL) => {}
         }
     }
+}
+
+/// While this replica is not the leader, keeps its CA in step with the
+/// Secret the leader writes: each rotation step the leader takes is adopted
+/// within [`FOLLOW_INTERVAL`] and announced to this replica's streams, which
+/// push the new trust bundle (and, once the new root signs, new
+/// certificates) to their proxies. A Secret that cannot be read or parsed
+/// is logged and the CA keeps what it has.
+pub fn follow(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    identity: Arc<crate::identity::Identity>,
+    leading: watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let secret = format!("{namespace}/{name}");
+    let name = name.to_string();
+    let span = tracing::info_span!("ca_follower", secret = %secret);
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                }
+                // The leader is the one writing; it follows no one.
+                if *leading.borrow() {
+                    continue;
+                }
+                match follow_once(&api, &secret, &name, &identity).await {
+                    Ok(true) => identity.changed(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot follow the root CA Secret: {e}"),
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// One look at the Secret: whether the CA adopted something new.
+pub async fn follow_once(
+    api: &Api<Secret>,
+    secret: &str,
+    name: &str,
+    identity: &crate::identity::Identity,
+) -> Result<bool> {
+    let found = api.get_opt(name).await.map_err(|source| Error::Read {
+        secret: secret.to_string(),
+        source,
+    })?;
+    let Some(found) = found else {
+        return Ok(false);
+    };
+    let root = stored_root(secret, &found)?;
+    identity.ca.adopt(&root).map_err(|source| Error::Ca {
+        secret: secret.to_string(),
+        source,
+    })
 }

@@ -61,6 +61,9 @@ pub struct Identity {
     /// The `ROOTCA` secret of the current generation.
     root: std::sync::Mutex<Option<(u64, Arc<Resource>)>>,
     pub metrics: CaMetrics,
+    /// How long a root rotation step waits, after this replica's proxies
+    /// acknowledged it, for the other replicas to follow (zero: alone).
+    replica_settle: std::sync::Mutex<Duration>,
 }
 
 /// Seconds until expiry, so operators see it coming: refreshed when
@@ -127,7 +130,25 @@ impl Identity {
             generation: watch::Sender::new(0),
             root: std::sync::Mutex::new(None),
             metrics: CaMetrics::default(),
+            replica_settle: std::sync::Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// Other replicas serve proxies from the same root and follow this
+    /// one's rotations within `settle`: each rotation step waits that long
+    /// for them.
+    pub fn set_replica_settle(&self, settle: Duration) {
+        *self
+            .replica_settle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = settle;
+    }
+
+    fn replica_settle(&self) -> Duration {
+        *self
+            .replica_settle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -282,6 +303,14 @@ pub async fn rotate_root(
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let settle = identity.replica_settle();
+        if !settle.is_zero() {
+            tracing::info!(
+                ?settle,
+                "root rotation: {what}; waiting for the other replicas to follow"
+            );
+            tokio::time::sleep(settle).await;
         }
     }
     tracing::info!("root rotation complete");

@@ -313,3 +313,79 @@ async fn api_errors_name_the_secret() {
         "{err}"
     );
 }
+
+/// A replica that is not the leader adopts each step of the leader's root
+/// rotation from the Secret: its trust bundle and signing root follow.
+#[tokio::test]
+async fn a_follower_adopts_each_rotation_step_from_the_secret() {
+    let api = FakeApi::new();
+    let leader = load(&api, true).await.expect("the leader's CA");
+    let follower = load(&api, false).await.expect("the follower's CA");
+    let identity = meshd_controlplane::identity::Identity::new(
+        Arc::new(follower),
+        meshd_controlplane::identity::IdentityConfig::default(),
+    );
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(api.client(), "meshd-system");
+    let follow =
+        || ca_secret::follow_once(&secrets, "meshd-system/meshd-ca", "meshd-ca", &identity);
+    assert!(!follow().await.expect("read"), "nothing to adopt yet");
+
+    type Step = fn(&Authority) -> meshd_ca::Result<()>;
+    let steps: [(&str, Step); 3] = [
+        ("stage", Authority::stage_new_root),
+        ("activate", Authority::activate_staged_root),
+        ("retire", Authority::retire_previous_roots),
+    ];
+    for (what, step) in steps {
+        let before = stored(&api, "root-cert.pem");
+        let staged_before = stored(&api, "staged-root-cert.pem");
+        let previous_before = stored(&api, "previous-root-cert.pem");
+        step(&leader).expect(what);
+        // The leader's writer task puts the step into the Secret.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while stored(&api, "root-cert.pem") == before
+                && stored(&api, "staged-root-cert.pem") == staged_before
+                && stored(&api, "previous-root-cert.pem") == previous_before
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} reaches the Secret"));
+        assert_ne!(
+            identity.ca.trust_bundle_pem(),
+            leader.trust_bundle_pem(),
+            "{what}"
+        );
+        assert!(follow().await.expect("read"), "{what}: adopted");
+        assert!(!follow().await.expect("read"), "{what}: adopted once");
+        assert_eq!(
+            identity.ca.trust_bundle_pem(),
+            leader.trust_bundle_pem(),
+            "{what}"
+        );
+    }
+    assert_eq!(identity.ca.trust_anchors().len(), 1);
+}
+
+#[tokio::test]
+async fn a_staged_root_without_its_key_is_refused_by_key() {
+    let (cert, key) = a_root();
+    let (staged, _) = a_root();
+    let api = FakeApi::new();
+    api.insert(
+        SECRET,
+        secret(&[
+            ("root-cert.pem", &cert),
+            ("root-key.pem", &key),
+            ("staged-root-cert.pem", &staged),
+        ]),
+    );
+    let err = load(&api, false).await.expect_err("refused").to_string();
+    assert!(
+        err.contains("meshd-system/meshd-ca") && err.contains("staged-root-key.pem"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+}

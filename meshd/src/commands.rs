@@ -101,6 +101,19 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
     // Leader-only tasks, stopped with the election.
     let mut background = Vec::new();
+    if let (Some(client), Some(leading), None) = (&client, &leading, &args.ca.plug_in_ca) {
+        // Every replica issues from the root in the Secret: the others
+        // follow the leader's rotations, and the leader gives them time to.
+        identity.set_replica_settle(ca_secret::REPLICA_SETTLE);
+        background.push(ca_secret::follow(
+            client.clone(),
+            &args.namespace,
+            &args.ha.ca_secret,
+            identity.clone(),
+            leading.clone(),
+            leadership.clone(),
+        ));
+    }
     if let (Some(client), Some(leading)) = (&client, &leading) {
         let configs = WebhookConfigurations {
             mutating: args.ha.mutating_webhook_configuration.clone(),
