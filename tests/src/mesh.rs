@@ -26,6 +26,41 @@ use crate::http::{self, App};
 use crate::netns::{self, HUB_IP, NetPod, Topology};
 use crate::pki::Pki;
 
+/// The sidecar of a pod in a namespace e2e: its Envoy, as the proxy UID,
+/// bootstrapped to reach the control plane on the hub.
+pub struct Sidecar<'a> {
+    pub namespace: &'a str,
+    /// The pod's name (with the namespace, the node id).
+    pub name: &'a str,
+    pub protocol: XdsProtocol,
+}
+
+impl Sidecar<'_> {
+    /// Provisions the bootstrap identity from `pki` and starts Envoy in `pod`.
+    pub fn start(
+        &self,
+        pod: &NetPod,
+        pki: &Pki,
+        envoy: &Path,
+        work: &Path,
+    ) -> anyhow::Result<Envoy> {
+        let mut config = BootstrapConfig::new(self.namespace, self.name);
+        config.xds_host = HUB_IP.to_string();
+        config.xds_port = 15010;
+        config.xds_protocol = self.protocol;
+        pki.provision(&mut config, self.name, work, Some(PROXY_UID))?;
+        let bootstrap = crate::write_bootstrap(work, &config)?;
+        Envoy::start(
+            self.name,
+            envoy,
+            &bootstrap,
+            config.admin,
+            &proxy_launcher(pod),
+            work,
+        )
+    }
+}
+
 /// Namespaces, or a clear account of why they are unavailable. Under
 /// `CI=true` that fails the test.
 pub fn require_namespaces() -> bool {
@@ -183,24 +218,12 @@ impl TestMesh {
 
         let mut envoys = Vec::new();
         for (name, pod) in &net_pods {
-            let mut config = BootstrapConfig::new(namespace, name.as_str());
-            config.xds_host = HUB_IP.to_string();
-            config.xds_port = 15010;
-            config.xds_protocol = XdsProtocol::Delta;
-            pki.provision(&mut config, name, work.path(), Some(PROXY_UID))
-                .unwrap();
-            let bootstrap = crate::write_bootstrap(work.path(), &config).unwrap();
-            envoys.push(
-                Envoy::start(
-                    name,
-                    &envoy_bin,
-                    &bootstrap,
-                    config.admin,
-                    &proxy_launcher(pod),
-                    work.path(),
-                )
-                .unwrap(),
-            );
+            let sidecar = Sidecar {
+                namespace,
+                name,
+                protocol: XdsProtocol::Delta,
+            };
+            envoys.push(sidecar.start(pod, &pki, &envoy_bin, work.path()).unwrap());
         }
         Some(TestMesh {
             envoys,

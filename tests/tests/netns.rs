@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_controlplane::bootstrap::XdsProtocol;
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
-use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
+use meshd_injector::capture::{self, CaptureConfig};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
-use meshd_tests::mesh::{envoy_for_proxy_uid, proxy_launcher, require_namespaces};
+use meshd_tests::mesh::{Sidecar, envoy_for_proxy_uid, require_namespaces};
 use meshd_tests::netns::{self, HUB_IP, NetPod, Topology};
 use meshd_tests::pki::Pki;
 use meshd_tests::registry;
@@ -112,24 +112,12 @@ impl NetMesh {
             (&client, "client-0", XdsProtocol::Delta),
             (&server, "server-0", XdsProtocol::Sotw),
         ] {
-            let mut config = BootstrapConfig::new(NS, name);
-            config.xds_host = HUB_IP.to_string();
-            config.xds_port = 15010;
-            config.xds_protocol = protocol;
-            pki.provision(&mut config, name, work.path(), Some(PROXY_UID))
-                .unwrap();
-            let bootstrap = meshd_tests::write_bootstrap(work.path(), &config).unwrap();
-            envoys.push(
-                Envoy::start(
-                    name,
-                    &envoy_bin,
-                    &bootstrap,
-                    config.admin,
-                    &proxy_launcher(pod),
-                    work.path(),
-                )
-                .unwrap(),
-            );
+            let sidecar = Sidecar {
+                namespace: NS,
+                name,
+                protocol,
+            };
+            envoys.push(sidecar.start(pod, &pki, &envoy_bin, work.path()).unwrap());
         }
         Some(NetMesh {
             envoys,

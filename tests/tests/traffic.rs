@@ -278,7 +278,13 @@ fn a_fault_delay_longer_than_the_timeout_is_a_504() {
         let took = started.elapsed();
         assert_eq!(tally.status(200), 1, "{tally:?}");
         // A lower bound, not a performance check: the delay was injected.
-        assert!(took >= DELAY, "answered in {took:?}, before the delay");
+        // Envoy arms its timers from the event loop's cached clock, so one
+        // may fire a millisecond or so before the full delay has passed.
+        let slack = Duration::from_millis(20);
+        assert!(
+            took >= DELAY - slack,
+            "answered in {took:?}, before the delay"
+        );
     }
 }
 
