@@ -121,13 +121,31 @@ pub struct ServicePort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub key: ServiceKey,
-    /// The cluster IP; `None` for headless services.
+    /// The cluster IP (`spec.clusterIP`); `None` for headless and
+    /// ExternalName services.
     pub vip: Option<IpAddr>,
+    /// The service's other cluster IPs (the rest of `spec.clusterIPs`): the
+    /// other IP family's on a dual-stack service.
+    pub secondary_vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub annotations: BTreeMap<String, String>,
+    /// The DNS name an ExternalName service stands for (`spec.externalName`,
+    /// without a trailing dot): outside the mesh, reached by resolving it.
+    pub external_name: Option<String>,
 }
 
 impl Service {
+    /// Every cluster IP of the service, the primary first.
+    pub fn vips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.vip.iter().chain(&self.secondary_vips).copied()
+    }
+
+    /// A headless service (`clusterIP: None`): clients resolve its name to
+    /// pod IPs and connect to them directly.
+    pub fn is_headless(&self) -> bool {
+        self.vip.is_none() && self.external_name.is_none()
+    }
+
     /// The Envoy cluster name for one of this service's ports, in the
     /// `outbound|port||fqdn` form Istio operators already read fluently.
     pub fn cluster_name(&self, port: u16) -> String {

@@ -1828,6 +1828,8 @@ mod tests {
         Arc::new(Service {
             key: ServiceKey::new("shop", name),
             vip: None,
+            secondary_vips: Vec::new(),
+            external_name: None,
             ports: ports
                 .iter()
                 .map(|&port| ServicePort {

@@ -1,7 +1,8 @@
 //! Real Envoy accepts what routing annotations translate to: every
 //! annotation at once, on the outbound side of a mesh-wide and of a scoped
 //! proxy, and faults on the inbound side of the pods that serve them (with
-//! capture and without), checked with `envoy --mode validate`.
+//! capture and without), checked with `envoy --mode validate`; and what
+//! ExternalName and headless services translate to, with mTLS.
 //!
 //! The proxy's xDS resources become a static bootstrap (binary protobuf):
 //! route configurations are inlined into their connection managers and EDS
@@ -11,19 +12,29 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use meshd_ca::SpiffeId;
 use meshd_controlplane::discovery::{file, index::Index};
-use meshd_controlplane::translate::{Kind, ProxyView, Snapshot, TranslateOptions, decode};
+use meshd_controlplane::model::MtlsMode;
+use meshd_controlplane::translate::{
+    Kind, MtlsOptions, ProxyView, Snapshot, TranslateOptions, decode,
+};
 use meshd_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
 use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
-use meshd_proto::envoy::config::core::v3::{Node, TrafficDirection};
+use meshd_proto::envoy::config::core::v3::{
+    Node, TrafficDirection, TransportSocket, transport_socket,
+};
 use meshd_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshd_proto::envoy::config::listener::v3::{Listener, filter};
 use meshd_proto::envoy::config::route::v3::RouteConfiguration;
 use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
+use meshd_proto::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext, common_tls_context,
+};
 use meshd_proto::to_any;
 use meshd_tests::envoy;
+use meshd_tests::pki::{Pki, TRUST_DOMAIN};
 use prost::Message;
 
 const REGISTRY: &str = r#"
@@ -223,6 +234,196 @@ fn envoy_accepts_every_routing_annotation() {
     // ports of each reviews-v1 pod (reviews' and the namespace's faults)
     // and ratings' one port.
     assert_eq!(fault_filters, 5);
+}
+
+/// ExternalName and headless services, with mTLS on: the external name's
+/// DNS cluster (every routing annotation that applies to a cluster), the
+/// catch-all HTTP chain of its port, and the headless service's per-pod
+/// chains and original-destination clusters, plaintext and with mTLS.
+const OUTSIDE_AND_HEADLESS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: payments
+  namespace: shop
+  annotations:
+    meshd.io/timeout: 2s
+    meshd.io/retries: "2"
+    meshd.io/load-balancer: "ring-hash:x-user"
+    meshd.io/max-connections: "100"
+    meshd.io/outlier-consecutive-5xx: "3"
+spec:
+  type: ExternalName
+  externalName: api.example.com
+  ports: [{name: http, port: 80}, {name: grpc-api, port: 9090}, {name: tcp-db, port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 198.19.0.1, ports: [{name: http, port: 80}, {name: tcp-db, port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop, annotations: {meshd.io/load-balancer: least-request, meshd.io/max-connections: "5"}}
+spec: {clusterIP: None, ports: [{name: tcp-pg, port: 5432}, {name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: shop}
+spec: {clusterIP: None, ports: [{name: tcp-redis, port: 6379}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: tcp-pg, port: 5432}, {name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.0.20], targetRef: {kind: Pod, name: db-0}}
+- {addresses: [198.18.0.21], targetRef: {kind: Pod, name: db-1}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cache, namespace: shop, labels: {kubernetes.io/service-name: cache}}
+addressType: IPv4
+ports: [{name: tcp-redis, port: 6379}]
+endpoints: [{addresses: [198.18.0.30]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop}
+spec: {serviceAccountName: db, containers: []}
+status: {podIP: 198.18.0.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: shop}
+spec: {serviceAccountName: db, containers: []}
+status: {podIP: 198.18.0.21}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: shop}
+status: {podIP: 198.18.0.2}
+"#;
+
+#[test]
+fn envoy_accepts_external_name_and_headless_services() {
+    let Some(envoy_bin) = envoy::require_envoy() else {
+        return;
+    };
+    let mut index = Index::default();
+    for object in file::parse(OUTSIDE_AND_HEADLESS).unwrap() {
+        index.apply(object);
+    }
+    let options = TranslateOptions {
+        mtls: Some(MtlsOptions {
+            trust_domain: "cluster.local".into(),
+            default_mode: MtlsMode::Permissive,
+        }),
+    };
+    let snapshot = Snapshot::new(1, Arc::new(index.mesh()), options);
+    assert!(
+        snapshot.routing.errors.is_empty(),
+        "{:?}",
+        snapshot.routing.errors
+    );
+    let work = meshd_tests::workdir().unwrap();
+    let pki = Pki::new(Default::default()).unwrap();
+    for node in ["client-0.shop", "db-0.shop"] {
+        let view = snapshot.proxy(node).unwrap();
+        let clusters: Vec<Cluster> = view
+            .all(Kind::Cluster)
+            .map(|r| decode(r).unwrap())
+            .collect();
+        let kinds = |t: cluster::DiscoveryType| {
+            clusters
+                .iter()
+                .filter(|c| {
+                    c.cluster_discovery_type == Some(cluster::ClusterDiscoveryType::Type(t as i32))
+                })
+                .count()
+        };
+        // payments' HTTP and gRPC ports; db's two and cache's one port, and
+        // the passthrough.
+        assert_eq!(kinds(cluster::DiscoveryType::LogicalDns), 2, "{node}");
+        assert_eq!(kinds(cluster::DiscoveryType::OriginalDst), 4, "{node}");
+        let with_tls = clusters
+            .iter()
+            .filter(|c| c.transport_socket.is_some())
+            .count();
+        assert_eq!(
+            with_tls, 2,
+            "db's two ports take mTLS, cache's pod has no sidecar"
+        );
+
+        let mut bootstrap = bootstrap(node, &view);
+        static_secrets(&mut bootstrap, &pki);
+        let path = work.path().join(format!("{node}.pb"));
+        std::fs::write(&path, bootstrap.encode_to_vec()).unwrap();
+        let out = Command::new(&envoy_bin)
+            .args(["--mode", "validate", "--log-level", "error", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "envoy rejected the configuration of {node}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Envoy cannot validate secrets that would come over ADS: the proxy's
+/// certificate and the trust bundle become static secrets of the same
+/// names, and every TLS context refers to them without a config source.
+fn static_secrets(bootstrap: &mut Bootstrap, pki: &Pki) {
+    let id = SpiffeId::new(TRUST_DOMAIN, "shop", "db");
+    let secrets = [
+        pki.identity.issue(&id).unwrap().secret,
+        pki.identity.root_secret(),
+    ];
+    let resources = bootstrap.static_resources.as_mut().unwrap();
+    resources.secrets = secrets.iter().map(|r| decode(r).unwrap()).collect();
+    let unsourced = |common: &mut Option<CommonTlsContext>| {
+        let common = common.as_mut().unwrap();
+        for sds in &mut common.tls_certificate_sds_secret_configs {
+            sds.sds_config = None;
+        }
+        if let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+            &mut common.validation_context_type
+        {
+            v.validation_context_sds_secret_config
+                .as_mut()
+                .unwrap()
+                .sds_config = None;
+        }
+    };
+    let rewrite = |socket: &mut TransportSocket| {
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &mut socket.config_type else {
+            return;
+        };
+        if let Ok(mut tls) = UpstreamTlsContext::decode(any.value.as_slice())
+            && any.type_url.ends_with("UpstreamTlsContext")
+        {
+            unsourced(&mut tls.common_tls_context);
+            *any = to_any(&tls);
+        } else if let Ok(mut tls) = DownstreamTlsContext::decode(any.value.as_slice()) {
+            unsourced(&mut tls.common_tls_context);
+            *any = to_any(&tls);
+        }
+    };
+    for cluster in &mut resources.clusters {
+        cluster.transport_socket.iter_mut().for_each(rewrite);
+        for m in &mut cluster.transport_socket_matches {
+            m.transport_socket.iter_mut().for_each(rewrite);
+        }
+    }
+    for listener in &mut resources.listeners {
+        for chain in &mut listener.filter_chains {
+            chain.transport_socket.iter_mut().for_each(rewrite);
+        }
+    }
 }
 
 /// Inbound connection managers that run the fault filter.

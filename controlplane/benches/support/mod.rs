@@ -125,6 +125,8 @@ pub fn index_with(namespace_annotations: &[(&str, &str)]) -> Index {
         index.apply(Object::Service(Service {
             key: ServiceKey::new(&namespace, &name),
             vip: Some(address([198, 19], i + 1)),
+            secondary_vips: Vec::new(),
+            external_name: None,
             ports: vec![port_of(i)],
             annotations: BTreeMap::new(),
         }));

@@ -148,13 +148,19 @@ impl FileRegistry {
                     continue;
                 }
                 if let Object::Service(svc) = object
-                    && let Some(vip) = svc.vip
-                    && let Some(owner) = index.service_with_vip(vip)
+                    && let Some((vip, owner)) = svc
+                        .vips()
+                        .find_map(|vip| Some((vip, index.service_with_vip(vip)?)))
                 {
+                    let field = if svc.vip == Some(vip) {
+                        "spec.clusterIP"
+                    } else {
+                        "spec.clusterIPs"
+                    };
                     errors.push(FileError {
                         file: file.clone(),
                         message: format!(
-                            "{id}: spec.clusterIP: {vip} is already the address of Service {owner}; each service needs its own cluster IP, this service is ignored"
+                            "{id}: {field}: {vip} is already the address of Service {owner}; each service needs its own cluster IPs, this service is ignored"
                         ),
                     });
                     continue;
@@ -434,6 +440,35 @@ spec:
             load.errors[0]
                 .message
                 .contains("spec.clusterIP: 198.19.0.1 is already the address of Service shop/web"),
+            "{:?}",
+            load.errors
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_service_claims_both_its_cluster_ips() {
+        let dir = tempfile::tempdir().unwrap();
+        let dual = |name: &str, v4: &str| {
+            format!(
+                "{{apiVersion: v1, kind: Service, metadata: {{name: {name}, namespace: shop}}, spec: {{clusterIPs: ['{v4}', 'fd00::1'], ports: [{{name: http, port: 80}}]}}}}"
+            )
+        };
+        write(dir.path(), "a.yaml", &dual("web", "198.19.0.1"));
+        write(dir.path(), "b.yaml", &dual("api", "198.19.0.2"));
+        let load = FileRegistry::new(dir.path()).load();
+        assert_eq!(load.mesh.services.len(), 1);
+        let web = &load.mesh.services[&ServiceKey::new("shop", "web")];
+        assert_eq!(
+            web.vips().collect::<Vec<_>>(),
+            [
+                "198.19.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]
+        );
+        assert!(
+            load.errors[0].message.contains(
+                "Service shop/api: spec.clusterIPs: fd00::1 is already the address of Service shop/web"
+            ),
             "{:?}",
             load.errors
         );

@@ -94,11 +94,12 @@ impl Index {
         self.services.contains_key(key)
     }
 
-    /// The service that already claims `vip`, if any.
+    /// The service that already claims `vip` (as any of its cluster IPs),
+    /// if any.
     pub fn service_with_vip(&self, vip: std::net::IpAddr) -> Option<&ServiceKey> {
         self.services
             .values()
-            .find(|s| s.vip == Some(vip))
+            .find(|s| s.vips().any(|v| v == vip))
             .map(|s| &s.key)
     }
 

@@ -239,20 +239,16 @@ pub fn service(svc: &core::Service) -> Result<Service, ObjectError> {
         .spec
         .as_ref()
         .ok_or_else(|| obj.error("spec", "is required"))?;
-    let vip = match spec.cluster_ip.as_deref() {
-        Some("None") => None,
-        Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
-            obj.error(
-                "spec.clusterIP",
-                format!("`{ip}` is not an IP address; accepted: an IPv4 or IPv6 address, or None for a headless service"),
-            )
-        })?),
-        None => {
-            return Err(obj.error(
-                "spec.clusterIP",
-                "is required (the file registry has no IP allocator); accepted: an IPv4 or IPv6 address, or None for a headless service",
-            ));
-        }
+    let external_name = if spec.type_.as_deref() == Some("ExternalName") {
+        Some(external_name(&obj, spec)?)
+    } else {
+        None
+    };
+    let (vip, secondary_vips) = match external_name {
+        // Kubernetes allocates no cluster IP to an ExternalName service:
+        // its name resolves to a CNAME, not to a VIP.
+        Some(_) => (None, Vec::new()),
+        None => cluster_ips(&obj, spec)?,
     };
     let all_ports = spec.ports.as_deref().unwrap_or_default();
     let mut ports: Vec<ServicePort> = Vec::with_capacity(all_ports.len());
@@ -294,9 +290,111 @@ pub fn service(svc: &core::Service) -> Result<Service, ObjectError> {
     Ok(Service {
         key: ServiceKey::new(obj.namespace.unwrap_or_default(), obj.name),
         vip,
+        secondary_vips,
         ports,
         annotations: svc.metadata.annotations.clone().unwrap_or_default(),
+        external_name,
     })
+}
+
+/// The cluster IPs of a service: `spec.clusterIPs` (one per IP family on
+/// a dual-stack service, the primary first), falling back to
+/// `spec.clusterIP`, which Kubernetes keeps equal to the first.
+fn cluster_ips(
+    obj: &ObjectRef,
+    spec: &core::ServiceSpec,
+) -> Result<(Option<IpAddr>, Vec<IpAddr>), ObjectError> {
+    const ACCEPTED: &str = "an IPv4 or IPv6 address, or None for a headless service";
+    let listed = spec.cluster_ips.as_deref().unwrap_or_default();
+    let single = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
+    let (field, primary) = match (single, listed.first()) {
+        (Some(ip), Some(first)) if ip != first => {
+            return Err(obj.error(
+                "spec.clusterIPs[0]",
+                format!(
+                    "`{first}` differs from spec.clusterIP `{ip}`; accepted: spec.clusterIP repeated as the first of spec.clusterIPs"
+                ),
+            ));
+        }
+        (Some(ip), _) => ("spec.clusterIP", ip),
+        (None, Some(first)) => ("spec.clusterIPs[0]", first.as_str()),
+        (None, None) => {
+            return Err(obj.error(
+                "spec.clusterIP",
+                format!(
+                    "is required (the file registry has no IP allocator); accepted: {ACCEPTED}"
+                ),
+            ));
+        }
+    };
+    let parse = |field: &str, ip: &str| {
+        ip.parse::<IpAddr>().map_err(|_| {
+            obj.error(
+                field,
+                format!("`{ip}` is not an IP address; accepted: {ACCEPTED}"),
+            )
+        })
+    };
+    if primary == "None" {
+        if listed.len() > 1 {
+            return Err(obj.error(
+                "spec.clusterIPs",
+                "a headless service has no cluster IPs; accepted: [None]",
+            ));
+        }
+        return Ok((None, Vec::new()));
+    }
+    let vip = parse(field, primary)?;
+    let mut secondary = Vec::new();
+    for (i, ip) in listed.iter().enumerate().skip(1) {
+        let field = format!("spec.clusterIPs[{i}]");
+        let ip = parse(&field, ip)?;
+        if i > 1 || ip.is_ipv4() == vip.is_ipv4() {
+            return Err(obj.error(
+                field,
+                format!(
+                    "`{ip}` is a second address of one IP family; accepted: at most one IPv4 and one IPv6 address"
+                ),
+            ));
+        }
+        secondary.push(ip);
+    }
+    Ok((Some(vip), secondary))
+}
+
+/// `spec.externalName` of an ExternalName service: a DNS name, as
+/// Kubernetes validates it (an RFC 1123 subdomain, a trailing dot allowed).
+fn external_name(obj: &ObjectRef, spec: &core::ServiceSpec) -> Result<String, ObjectError> {
+    const ACCEPTED: &str = "a DNS name such as api.example.com: dot-separated labels of lowercase letters, digits and '-', each starting and ending with a letter or digit, at most 63 characters each and 253 in all";
+    let assigned = |ip: &str| !ip.is_empty() && ip != "None";
+    if spec.cluster_ip.as_deref().is_some_and(assigned)
+        || spec.cluster_ips.iter().flatten().any(|ip| assigned(ip))
+    {
+        return Err(obj.error(
+            "spec.clusterIP",
+            "must be empty for an ExternalName service: its name resolves to spec.externalName, not to a cluster IP",
+        ));
+    }
+    let name = spec.external_name.as_deref().unwrap_or_default();
+    if name.is_empty() {
+        return Err(obj.error(
+            "spec.externalName",
+            format!("is required for a service of type ExternalName; accepted: {ACCEPTED}"),
+        ));
+    }
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty()
+        || trimmed.len() > 253
+        || !trimmed
+            .split('.')
+            .all(|label| !label.is_empty() && is_dns_label(label))
+    {
+        return Err(obj.error(
+            "spec.externalName",
+            format!("`{name}` is not a DNS name; accepted: {ACCEPTED}"),
+        ));
+    }
+    Ok(trimmed.to_string())
 }
 
 pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectError> {
@@ -502,6 +600,122 @@ spec:
         let err = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: 198.19.0.1, ports: [{name: a, port: 80}, {port: 81}]}}")
             .unwrap_err();
         assert_eq!(err.field, "spec.ports[1].name");
+    }
+
+    #[test]
+    fn external_name_services_need_no_cluster_ip() {
+        let s = svc(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: shop}
+spec:
+  type: ExternalName
+  externalName: api.example.com.
+  ports: [{name: http, port: 80}, {name: tcp-db, port: 5432}]
+"#)
+        .unwrap();
+        assert_eq!(s.external_name.as_deref(), Some("api.example.com"));
+        assert_eq!(s.vip, None);
+        assert!(!s.is_headless());
+        assert_eq!(s.ports.len(), 2);
+
+        // Other service types keep their cluster IP and no external name.
+        let s = svc("{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {type: ClusterIP, clusterIP: 198.19.0.1, externalName: ignored.example.com}}").unwrap();
+        assert_eq!(s.external_name, None);
+        assert_eq!(s.vip, Some("198.19.0.1".parse().unwrap()));
+        let s =
+            svc("{apiVersion: v1, kind: Service, metadata: {name: db}, spec: {clusterIP: None}}")
+                .unwrap();
+        assert!(s.is_headless());
+    }
+
+    #[test]
+    fn dual_stack_services_keep_every_cluster_ip() {
+        let v4: IpAddr = "198.19.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        for spec in [
+            "{clusterIP: 198.19.0.1, clusterIPs: [198.19.0.1, 'fd00::1']}",
+            "{clusterIPs: [198.19.0.1, 'fd00::1']}",
+        ] {
+            let s = svc(&format!(
+                "{{apiVersion: v1, kind: Service, metadata: {{name: web}}, spec: {spec}}}"
+            ))
+            .unwrap();
+            assert_eq!(s.vip, Some(v4), "{spec}");
+            assert_eq!(s.secondary_vips, [v6], "{spec}");
+        }
+        let s = svc(
+            "{apiVersion: v1, kind: Service, metadata: {name: web}, spec: {clusterIP: 'fd00::1'}}",
+        )
+        .unwrap();
+        assert_eq!(s.vips().collect::<Vec<_>>(), [v6]);
+        let s = svc("{apiVersion: v1, kind: Service, metadata: {name: db}, spec: {clusterIP: None, clusterIPs: [None]}}").unwrap();
+        assert!(s.is_headless());
+
+        for (spec, field, shown) in [
+            (
+                "{clusterIP: 198.19.0.1, clusterIPs: [198.19.0.2]}",
+                "spec.clusterIPs[0]",
+                "differs from spec.clusterIP",
+            ),
+            (
+                "{clusterIPs: [198.19.0.1, 198.19.0.2]}",
+                "spec.clusterIPs[1]",
+                "accepted: at most one IPv4 and one IPv6 address",
+            ),
+            (
+                "{clusterIPs: [198.19.0.1, 'fd00::1', 'fd00::2']}",
+                "spec.clusterIPs[2]",
+                "accepted: at most one IPv4 and one IPv6 address",
+            ),
+            (
+                "{clusterIPs: [198.19.0.1, nope]}",
+                "spec.clusterIPs[1]",
+                "`nope` is not an IP address",
+            ),
+            (
+                "{clusterIPs: [None, 198.19.0.1]}",
+                "spec.clusterIPs",
+                "accepted: [None]",
+            ),
+            ("{clusterIPs: []}", "spec.clusterIP", "is required"),
+        ] {
+            let err = svc(&format!(
+                "{{apiVersion: v1, kind: Service, metadata: {{name: web}}, spec: {spec}}}"
+            ))
+            .unwrap_err();
+            assert_eq!(err.field, field, "{spec}");
+            assert!(err.message.contains(shown), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn external_name_errors_name_the_field_and_what_is_accepted() {
+        for (name, shown) in [
+            ("", "is required for a service of type ExternalName"),
+            ("API.example.com", "`API.example.com` is not a DNS name"),
+            ("api_v1.example.com", "is not a DNS name"),
+            ("-api.example.com", "is not a DNS name"),
+            ("api..example.com", "is not a DNS name"),
+            (".", "is not a DNS name"),
+            ("http://api.example.com", "is not a DNS name"),
+        ] {
+            let err = svc(&format!("{{apiVersion: v1, kind: Service, metadata: {{name: payments, namespace: shop}}, spec: {{type: ExternalName, externalName: '{name}'}}}}"))
+                .unwrap_err();
+            assert_eq!(err.object, "Service shop/payments");
+            assert_eq!(err.field, "spec.externalName", "{name}");
+            assert!(err.message.contains(shown), "{name}: {err}");
+            assert!(err.message.contains("accepted: a DNS name"), "{err}");
+        }
+        let long = format!("{}.com", vec!["a".repeat(63); 4].join("."));
+        let err = svc(&format!("{{apiVersion: v1, kind: Service, metadata: {{name: p}}, spec: {{type: ExternalName, externalName: {long}}}}}"))
+            .unwrap_err();
+        assert_eq!(err.field, "spec.externalName");
+
+        let err = svc("{apiVersion: v1, kind: Service, metadata: {name: p}, spec: {type: ExternalName, externalName: api.example.com, clusterIP: 198.19.0.1}}")
+            .unwrap_err();
+        assert_eq!(err.field, "spec.clusterIP");
+        assert!(err.message.contains("must be empty"), "{err}");
     }
 
     #[test]

@@ -119,10 +119,14 @@ fn virtual_hosts(
         let Some(fault) = routing::fault_config(mesh_routing.service(&key)) else {
             continue;
         };
-        let vip = mesh.services.get(&key).and_then(|s| s.vip);
+        let vips: Vec<_> = mesh
+            .services
+            .get(&key)
+            .map(|s| s.vips().collect())
+            .unwrap_or_default();
         let mut domains = Vec::new();
         // The pod's own namespace: short names resolve to this service.
-        for host in service_hosts(&key, vip, &key.namespace) {
+        for host in service_hosts(&key, vips, &key.namespace) {
             // A caller may leave the port out of Host (capture) or must
             // (a forward proxy on port 80).
             for domain in ports

@@ -22,7 +22,7 @@
 //! the clusters it refers to, so clusters are never removed while a listener
 //! or route Envoy still holds points at them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -317,6 +317,18 @@ fn same_services(a: &Mesh, b: &Mesh) -> bool {
             .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
 }
 
+/// Whether the endpoints of every headless service are the same: the
+/// outbound listener has a filter chain per ready pod IP of each.
+fn same_headless_endpoints(a: &Mesh, b: &Mesh) -> bool {
+    b.services.values().filter(|s| s.is_headless()).all(|s| {
+        match (a.endpoints.get(&s.key), b.endpoints.get(&s.key)) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+            (None, None) => true,
+            _ => false,
+        }
+    })
+}
+
 impl Snapshot {
     /// Translates `mesh` with the routing its annotations ask for, without
     /// history: a service with an invalid annotation gets default routing.
@@ -403,6 +415,7 @@ impl Snapshot {
                     .as_ref()
                     .map(|m| (&m.trust_domain, m.default_mode))
                 && same_services(&p.mesh, &mesh)
+                && same_headless_endpoints(&p.mesh, &mesh)
                 && p.routing.same_routes(&routing)
         });
         let listener = match same_structure {
@@ -673,6 +686,65 @@ fn eds_cluster(name: &str, protocol: Protocol) -> Cluster {
     }
 }
 
+/// The cluster of an ExternalName service's port: Envoy resolves the
+/// external name itself and connects to the first address of the latest
+/// answer (LOGICAL_DNS), as the application would without the mesh. The
+/// name is outside the mesh, so the connection is plaintext and there is
+/// no load assignment to wait for over EDS.
+fn dns_cluster(name: &str, host: &str, port: u16, protocol: Protocol) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::LogicalDns as i32,
+        )),
+        // Pods and the capture listener are IPv4 today; a name with both
+        // A and AAAA records must not make Envoy pick an unreachable IPv6
+        // address.
+        dns_lookup_family: cluster::DnsLookupFamily::V4Preferred as i32,
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(
+                        meshd_proto::envoy::config::endpoint::v3::Endpoint {
+                            address: Some(Address {
+                                address: Some(address::Address::SocketAddress(SocketAddress {
+                                    address: host.to_string(),
+                                    port_specifier: Some(PortSpecifier::PortValue(port.into())),
+                                    ..Default::default()
+                                })),
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        connect_timeout: duration(10),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        typed_extension_protocol_options: protocol_options(protocol),
+        ..Default::default()
+    }
+}
+
+/// A cluster that connects to the address the application asked for: the
+/// passthrough, and the ports of headless services, whose clients address
+/// pods directly.
+fn original_dst_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: duration(10),
+        ..Default::default()
+    }
+}
+
 fn inbound_cluster(name: &str, port: u16, protocol: Protocol) -> Cluster {
     Cluster {
         name: name.to_string(),
@@ -696,15 +768,7 @@ fn inbound_cluster(name: &str, port: u16, protocol: Protocol) -> Cluster {
 /// Where traffic to unknown destinations goes: on to the address the
 /// application asked for, untouched.
 fn passthrough_cluster() -> Cluster {
-    Cluster {
-        name: PASSTHROUGH_CLUSTER.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::OriginalDst as i32,
-        )),
-        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
-        connect_timeout: duration(10),
-        ..Default::default()
-    }
+    original_dst_cluster(PASSTHROUGH_CLUSTER)
 }
 
 fn original_dst_filter() -> ListenerFilter {
@@ -869,15 +933,58 @@ fn cidr(ip: IpAddr) -> CidrRange {
 /// chain; HTTP ports of a number share one chain and one route
 /// configuration named after the port, as Kubernetes users think of
 /// "port 80".
+///
+/// - ExternalName services have no VIP: their clients connect to whatever
+///   the external name resolves to. An HTTP port of one makes the HTTP
+///   chain of that port number match every destination (the route
+///   configuration tells services apart by Host, and sends unknown Hosts
+///   on through the passthrough), so all traffic to that port number is
+///   parsed as HTTP. Their TCP ports cannot be told apart from any other
+///   destination and leave through the passthrough, outside the mesh.
+/// - Headless services have no VIP either: their clients connect to pod
+///   IPs. Each ready endpoint's (IP, target port) gets a TCP chain to the
+///   service port's original-destination cluster, which carries mTLS when
+///   the pods take it. L7 routing does not apply to them.
 fn redirect_outbound_listener(mesh: &Mesh, visible: impl Fn(&ServiceKey) -> bool) -> Arc<Resource> {
     let mut http_vips: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+    let mut http_any_destination = BTreeSet::new();
+    let mut pod_chains: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
+    let mut vip_destinations = HashSet::new();
     let mut chains = Vec::new();
     let mut refs = BTreeSet::new();
     for svc in mesh.services.values().filter(|s| visible(&s.key)) {
-        let Some(vip) = svc.vip else { continue };
+        if svc.external_name.is_some() {
+            http_any_destination.extend(
+                svc.ports
+                    .iter()
+                    .filter(|p| p.protocol.is_http())
+                    .map(|p| p.port),
+            );
+            continue;
+        }
+        if svc.is_headless() {
+            for port in &svc.ports {
+                for ep in mesh.endpoints_of(&svc.key) {
+                    if let (true, Some(target)) = (ep.conditions.ready, ep.port_for(port)) {
+                        // A pod behind two headless services on one target
+                        // port: the first service (by name) takes the chain.
+                        pod_chains
+                            .entry((ep.address, target))
+                            .or_insert_with(|| svc.cluster_name(port.port));
+                    }
+                }
+            }
+            continue;
+        }
+        // Every cluster IP: a dual-stack service has one per family.
+        let vips: Vec<IpAddr> = svc.vips().collect();
+        if vips.is_empty() {
+            continue;
+        }
         for port in &svc.ports {
+            vip_destinations.extend(vips.iter().map(|&vip| (vip, port.port)));
             if port.protocol.is_http() {
-                http_vips.entry(port.port).or_default().push(vip);
+                http_vips.entry(port.port).or_default().extend(&vips);
             } else {
                 let cluster = svc.cluster_name(port.port);
                 chains.push(FilterChain {
@@ -886,7 +993,7 @@ fn redirect_outbound_listener(mesh: &Mesh, visible: impl Fn(&ServiceKey) -> bool
                         destination_port: Some(UInt32Value {
                             value: port.port.into(),
                         }),
-                        prefix_ranges: vec![cidr(vip)],
+                        prefix_ranges: vips.iter().copied().map(cidr).collect(),
                         ..Default::default()
                     }),
                     filters: vec![tcp_proxy_filter(&cluster, &cluster)],
@@ -896,12 +1003,37 @@ fn redirect_outbound_listener(mesh: &Mesh, visible: impl Fn(&ServiceKey) -> bool
             }
         }
     }
+    for ((ip, port), cluster) in pod_chains {
+        // Envoy refuses two chains with one match: a VIP chain keeps it.
+        if vip_destinations.contains(&(ip, port)) {
+            continue;
+        }
+        chains.push(FilterChain {
+            name: format!("{cluster}|{}", std::net::SocketAddr::new(ip, port)),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port.into() }),
+                prefix_ranges: vec![cidr(ip)],
+                ..Default::default()
+            }),
+            filters: vec![tcp_proxy_filter(&cluster, &cluster)],
+            ..Default::default()
+        });
+        refs.insert(cluster);
+    }
+    for port in &http_any_destination {
+        http_vips.entry(*port).or_default();
+    }
     for (port, vips) in http_vips {
+        let prefix_ranges = if http_any_destination.contains(&port) {
+            Vec::new()
+        } else {
+            vips.into_iter().map(cidr).collect()
+        };
         chains.push(FilterChain {
             name: format!("outbound|{port}|http"),
             filter_chain_match: Some(FilterChainMatch {
                 destination_port: Some(UInt32Value { value: port.into() }),
-                prefix_ranges: vips.into_iter().map(cidr).collect(),
+                prefix_ranges,
                 ..Default::default()
             }),
             filters: vec![http_filter(
@@ -1085,8 +1217,12 @@ fn route_to(cluster: &str) -> Route {
 
 /// The names a pod may use for a service, as DNS search paths make them
 /// resolve: `name` (same namespace only), `name.ns`, `name.ns.svc`, the
-/// FQDN, and the VIP.
-fn service_hosts(key: &ServiceKey, vip: Option<IpAddr>, caller_namespace: &str) -> Vec<String> {
+/// FQDN, and the VIPs.
+fn service_hosts(
+    key: &ServiceKey,
+    vips: impl IntoIterator<Item = IpAddr>,
+    caller_namespace: &str,
+) -> Vec<String> {
     let mut hosts = Vec::with_capacity(5);
     if key.namespace == caller_namespace {
         hosts.push(key.name.clone());
@@ -1094,7 +1230,7 @@ fn service_hosts(key: &ServiceKey, vip: Option<IpAddr>, caller_namespace: &str) 
     hosts.push(format!("{}.{}", key.name, key.namespace));
     hosts.push(format!("{}.{}.svc", key.name, key.namespace));
     hosts.push(key.fqdn());
-    if let Some(vip) = vip {
+    for vip in vips {
         hosts.push(match vip {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("[{v6}]"),
@@ -1111,9 +1247,16 @@ fn outbound_routes(
 ) -> Resources {
     let mut by_config: BTreeMap<String, Vec<VirtualHost>> = BTreeMap::new();
     let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for svc in snapshot.mesh.services.values().filter(|s| visible(&s.key)) {
+    // Clients of a headless service connect to pod IPs, which the outbound
+    // listener forwards as TCP: there is no VIP chain to route them from.
+    for svc in snapshot
+        .mesh
+        .services
+        .values()
+        .filter(|s| visible(&s.key) && !s.is_headless())
+    {
         for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
-            let hosts = service_hosts(&svc.key, svc.vip, namespace);
+            let hosts = service_hosts(&svc.key, svc.vips(), namespace);
             let (config, bare) = match mode {
                 // With capture the chain already matched the port, so the
                 // Host header may or may not carry it.
@@ -1129,8 +1272,13 @@ fn outbound_routes(
                     domains.push(host);
                 }
             }
-            let routes =
-                routing::service_routes(&snapshot.routing, &snapshot.clusters, svc, port.port);
+            let routes = routing::service_routes(
+                &snapshot.mesh,
+                &snapshot.routing,
+                &snapshot.clusters,
+                svc,
+                port.port,
+            );
             by_config
                 .entry(config.clone())
                 .or_default()
@@ -1185,6 +1333,12 @@ pub fn decode<M: prost::Message + Default>(resource: &Resource) -> Result<M, pro
 mod tests {
     use super::*;
     use crate::discovery::file::FileRegistry;
+    use meshd_proto::envoy::config::core::v3::transport_socket;
+    use meshd_proto::envoy::extensions::transport_sockets::tls::v3::{
+        UpstreamTlsContext, common_tls_context,
+    };
+    use meshd_proto::envoy::r#type::matcher::v3::string_matcher;
+    use prost::Message;
 
     const REGISTRY: &str = r#"
 apiVersion: v1
@@ -1330,6 +1484,415 @@ status: {podIP: 198.18.0.2}
                 .contains(&"outbound|5432||web.shop.svc.cluster.local".to_string())
         );
         assert!(l.default_filter_chain.is_some());
+    }
+
+    /// An ExternalName service (HTTP and TCP ports), a headless one whose
+    /// third pod is not ready, and an ordinary one; `db_1_mtls` is db-1's
+    /// `meshd.io/mtls`.
+    fn outside_and_headless(db_1_mtls: &str) -> String {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: payments, namespace: shop, annotations: {{meshd.io/max-connections: "7", meshd.io/timeout: 3s}}}}
+spec: {{type: ExternalName, externalName: api.example.com, ports: [{{name: http, port: 80}}, {{name: tcp-db, port: 5432}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{clusterIP: 198.19.0.1, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec: {{clusterIP: None, ports: [{{name: tcp-pg, port: 5432}}, {{name: http, port: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: db-1, namespace: shop, labels: {{kubernetes.io/service-name: db}}}}
+addressType: IPv4
+ports: [{{name: tcp-pg, port: 5433}}, {{name: http, port: 8081}}]
+endpoints:
+- {{addresses: [198.18.0.20], targetRef: {{kind: Pod, name: db-0}}}}
+- {{addresses: [198.18.0.21], targetRef: {{kind: Pod, name: db-1}}}}
+- {{addresses: [198.18.0.22], targetRef: {{kind: Pod, name: db-2}}, conditions: {{ready: false}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-0, namespace: shop}}
+spec: {{serviceAccountName: db, containers: []}}
+status: {{podIP: 198.18.0.20}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-1, namespace: shop, annotations: {{meshd.io/mtls: {db_1_mtls}}}}}
+spec: {{serviceAccountName: db, containers: []}}
+status: {{podIP: 198.18.0.21}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client-0, namespace: shop}}
+status: {{podIP: 198.18.0.2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: scoped-0, namespace: shop, annotations: {{meshd.io/egress: "./web"}}}}
+status: {{podIP: 198.18.0.3}}
+"#
+        )
+    }
+
+    fn mtls_snapshot(registry: &str) -> Snapshot {
+        let mut index = crate::discovery::index::Index::default();
+        for object in crate::discovery::file::parse(registry).unwrap() {
+            index.apply(object);
+        }
+        let options = TranslateOptions {
+            mtls: Some(MtlsOptions {
+                trust_domain: "cluster.local".into(),
+                default_mode: MtlsMode::Permissive,
+            }),
+        };
+        let snap = Snapshot::new(1, Arc::new(index.mesh()), options);
+        assert!(snap.routing.errors.is_empty(), "{:?}", snap.routing.errors);
+        snap
+    }
+
+    /// Per outbound filter chain: name, destination port, prefixes.
+    fn outbound_chains(view: &ProxyView) -> Vec<(String, u32, Vec<String>)> {
+        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        l.filter_chains
+            .iter()
+            .map(|c| {
+                let m = c.filter_chain_match.as_ref().unwrap();
+                (
+                    c.name.clone(),
+                    m.destination_port.unwrap().value,
+                    m.prefix_ranges
+                        .iter()
+                        .map(|r| r.address_prefix.clone())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    const PAYMENTS: &str = "outbound|80||payments.shop.svc.cluster.local";
+    const DB_PG: &str = "outbound|5432||db.shop.svc.cluster.local";
+    const DB_HTTP: &str = "outbound|8080||db.shop.svc.cluster.local";
+
+    #[test]
+    fn external_name_ports_are_dns_clusters_outside_the_mesh() {
+        let snap = mtls_snapshot(&outside_and_headless("STRICT"));
+        let view = snap.proxy("client-0.shop").unwrap();
+        let c: Cluster = decode(view.get(Kind::Cluster, PAYMENTS).unwrap()).unwrap();
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::LogicalDns as i32
+            ))
+        );
+        assert!(c.eds_cluster_config.is_none());
+        let lb = &c.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints;
+        let Some(HostIdentifier::Endpoint(ep)) = &lb[0].host_identifier else {
+            panic!("{lb:?}")
+        };
+        assert_eq!(
+            ep.address,
+            Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "api.example.com".into(),
+                    port_specifier: Some(PortSpecifier::PortValue(80)),
+                    ..Default::default()
+                }))
+            })
+        );
+        // Outside the mesh: no mTLS; circuit breaking still applies.
+        assert!(c.transport_socket.is_none() && c.transport_socket_matches.is_empty());
+        let limits = &c.circuit_breakers.unwrap().thresholds[0];
+        assert_eq!(limits.max_connections, Some(UInt32Value { value: 7 }));
+        // Envoy waits for no load assignment, and the TCP port has no cluster.
+        assert!(view.get(Kind::Endpoint, PAYMENTS).is_none());
+        assert!(
+            view.get(
+                Kind::Cluster,
+                "outbound|5432||payments.shop.svc.cluster.local"
+            )
+            .is_none()
+        );
+
+        // Port 80's HTTP chain takes any destination; nothing else does.
+        let chains = outbound_chains(&view);
+        let http: Vec<_> = chains.iter().filter(|c| c.1 == 80).collect();
+        assert_eq!(http.len(), 1);
+        assert_eq!(http[0].0, "outbound|80|http");
+        assert!(http[0].2.is_empty(), "{chains:?}");
+        assert!(
+            chains.iter().all(|c| !c.0.contains("payments")),
+            "{chains:?}"
+        );
+
+        // Its names route to it, with its routing; unknown Hosts still pass.
+        let rc: RouteConfiguration = decode(view.get(Kind::Route, "80").unwrap()).unwrap();
+        let vhost = rc
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == "payments.shop.svc.cluster.local:80")
+            .unwrap();
+        for domain in [
+            "payments",
+            "payments:80",
+            "payments.shop",
+            "payments.shop.svc",
+            "payments.shop.svc.cluster.local:80",
+        ] {
+            assert!(vhost.domains.contains(&domain.to_string()), "{domain}");
+        }
+        let Some(route::Action::Route(action)) = &vhost.routes[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(PAYMENTS.into()))
+        );
+        assert_eq!(action.timeout, duration(3));
+        assert_eq!(rc.virtual_hosts.last().unwrap().name, "allow_any");
+        assert!(
+            view.get(Kind::Route, "80")
+                .unwrap()
+                .cluster_refs
+                .contains(&PAYMENTS.to_string())
+        );
+
+        // A proxy whose egress scope leaves it out keeps port 80 to VIPs.
+        let scoped = snap.proxy("scoped-0.shop").unwrap();
+        let http: Vec<_> = outbound_chains(&scoped)
+            .into_iter()
+            .filter(|c| c.1 == 80)
+            .collect();
+        assert_eq!(
+            http,
+            [("outbound|80|http".into(), 80, vec!["198.19.0.1".into()])]
+        );
+        assert!(scoped.get(Kind::Cluster, PAYMENTS).is_none());
+        let rc: RouteConfiguration = decode(scoped.get(Kind::Route, "80").unwrap()).unwrap();
+        assert!(
+            rc.virtual_hosts
+                .iter()
+                .all(|v| !v.name.contains("payments"))
+        );
+    }
+
+    #[test]
+    fn headless_pods_get_a_tcp_chain_to_an_original_destination_cluster() {
+        let snap = mtls_snapshot(&outside_and_headless("STRICT"));
+        let view = snap.proxy("client-0.shop").unwrap();
+        let chains = outbound_chains(&view);
+        let pods: Vec<_> = chains
+            .iter()
+            .filter(|c| c.0.contains("db.shop"))
+            .map(|c| (c.0.as_str(), c.1, c.2.join(",")))
+            .collect();
+        // Ready endpoints only, at their target ports, TCP whatever the
+        // port's protocol.
+        assert_eq!(
+            pods,
+            [
+                (
+                    format!("{DB_PG}|198.18.0.20:5433").as_str(),
+                    5433,
+                    "198.18.0.20".into()
+                ),
+                (
+                    format!("{DB_HTTP}|198.18.0.20:8081").as_str(),
+                    8081,
+                    "198.18.0.20".into()
+                ),
+                (
+                    format!("{DB_PG}|198.18.0.21:5433").as_str(),
+                    5433,
+                    "198.18.0.21".into()
+                ),
+                (
+                    format!("{DB_HTTP}|198.18.0.21:8081").as_str(),
+                    8081,
+                    "198.18.0.21".into()
+                ),
+            ]
+        );
+        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let chain = l
+            .filter_chains
+            .iter()
+            .find(|c| c.name.starts_with(DB_HTTP))
+            .unwrap();
+        assert_eq!(chain.filters[0].name, "envoy.filters.network.tcp_proxy");
+        let refs = &view
+            .get(Kind::Listener, OUTBOUND_LISTENER)
+            .unwrap()
+            .cluster_refs;
+        assert!(refs.contains(&DB_PG.to_string()) && refs.contains(&DB_HTTP.to_string()));
+
+        for name in [DB_PG, DB_HTTP] {
+            let c: Cluster = decode(view.get(Kind::Cluster, name).unwrap()).unwrap();
+            assert_eq!(
+                c.cluster_discovery_type,
+                Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::OriginalDst as i32
+                ))
+            );
+            assert_eq!(c.lb_policy, cluster::LbPolicy::ClusterProvided as i32);
+            assert!(view.get(Kind::Endpoint, name).is_none());
+            // Every ready pod takes mTLS: the cluster verifies db's identity.
+            let socket = c.transport_socket.expect("mTLS to the pods");
+            let Some(transport_socket::ConfigType::TypedConfig(any)) = socket.config_type else {
+                panic!()
+            };
+            let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+            let common = tls.common_tls_context.unwrap();
+            assert!(common.alpn_protocols.is_empty());
+            let Some(common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+                common.validation_context_type
+            else {
+                panic!()
+            };
+            let sans: Vec<_> = v
+                .default_validation_context
+                .unwrap()
+                .match_typed_subject_alt_names
+                .into_iter()
+                .map(|m| match m.matcher.unwrap().match_pattern {
+                    Some(string_matcher::MatchPattern::Exact(s)) => s,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(sans, ["spiffe://cluster.local/ns/shop/sa/db"]);
+        }
+        // L7 routing does not apply: no virtual host, no route configuration.
+        assert!(view.get(Kind::Route, "8080").is_none());
+
+        // One ready pod without mTLS: plaintext to all of them.
+        let snap = mtls_snapshot(&outside_and_headless("DISABLE"));
+        let view = snap.proxy("client-0.shop").unwrap();
+        let c: Cluster = decode(view.get(Kind::Cluster, DB_PG).unwrap()).unwrap();
+        assert!(c.transport_socket.is_none());
+    }
+
+    #[test]
+    fn a_pod_behind_two_headless_services_gets_one_chain() {
+        let mut registry = String::new();
+        for name in ["db", "db-peers"] {
+            registry.push_str(&format!(
+                r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec: {{clusterIP: None, ports: [{{name: tcp-pg, port: 5432}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: tcp-pg, port: 5432}}]
+endpoints: [{{addresses: [198.18.0.20], targetRef: {{kind: Pod, name: db-0}}}}]
+---
+"#
+            ));
+        }
+        registry.push_str(
+            "{apiVersion: v1, kind: Pod, metadata: {name: db-0, namespace: shop}, status: {podIP: 198.18.0.20}}",
+        );
+        let snap = mtls_snapshot(&registry);
+        let view = snap.proxy("db-0.shop").unwrap();
+        assert_eq!(
+            outbound_chains(&view),
+            [(
+                format!("{DB_PG}|198.18.0.20:5432"),
+                5432,
+                vec!["198.18.0.20".into()]
+            )]
+        );
+        // Both clusters exist, for either name's clients.
+        assert!(
+            view.get(
+                Kind::Cluster,
+                "outbound|5432||db-peers.shop.svc.cluster.local"
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn dual_stack_services_match_and_reach_both_families() {
+        let snap = mtls_snapshot(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIPs: [198.19.0.1, "fd00::1"], ports: [{name: http, port: 80}, {name: tcp-db, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: tcp-db, port: 5432}]
+endpoints: [{addresses: [198.18.0.3], targetRef: {kind: Pod, name: web-0}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}, {name: tcp-db, port: 5432}]
+endpoints: [{addresses: ["fd00:18::3"], targetRef: {kind: Pod, name: web-0}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop}
+spec: {serviceAccountName: web, containers: []}
+status: {podIP: 198.18.0.3}
+"#,
+        );
+        let view = snap.proxy("web-0.shop").unwrap();
+        let both = vec!["198.19.0.1".to_string(), "fd00::1".to_string()];
+        assert_eq!(
+            outbound_chains(&view),
+            [
+                (
+                    "outbound|5432||web.shop.svc.cluster.local".into(),
+                    5432,
+                    both.clone()
+                ),
+                ("outbound|80|http".into(), 80, both),
+            ]
+        );
+        let rc: RouteConfiguration = decode(view.get(Kind::Route, "80").unwrap()).unwrap();
+        let domains = &rc.virtual_hosts[0].domains;
+        for host in ["198.19.0.1", "198.19.0.1:80", "[fd00::1]", "[fd00::1]:80"] {
+            assert!(domains.contains(&host.to_string()), "{host}: {domains:?}");
+        }
+        // The pod's two addresses both take traffic, both with mTLS.
+        let cla: ClusterLoadAssignment = decode(
+            view.get(Kind::Endpoint, "outbound|80||web.shop.svc.cluster.local")
+                .unwrap(),
+        )
+        .unwrap();
+        let addresses: Vec<_> = cla.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .map(|lb| {
+                assert!(lb.metadata.is_some(), "mTLS metadata");
+                let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                    panic!()
+                };
+                let Some(address::Address::SocketAddress(sa)) =
+                    &ep.address.as_ref().unwrap().address
+                else {
+                    panic!()
+                };
+                sa.address.clone()
+            })
+            .collect();
+        assert_eq!(addresses, ["198.18.0.3", "fd00:18::3"]);
     }
 
     #[test]

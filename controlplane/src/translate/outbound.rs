@@ -8,6 +8,12 @@
 //! one load assignment instead of the whole mesh, and the unchanged
 //! resources stay the very same `Arc`s: the xDS sessions and
 //! [`SharedChanges`] tell what changed by pointer, not by content.
+//!
+//! Service ports become EDS clusters with a load assignment each, except
+//! for two kinds of service without a VIP: an ExternalName service's HTTP
+//! ports become DNS clusters carrying their one address inline, and a
+//! headless service's ports become original-destination clusters (their
+//! clients pick the pod), whose TLS follows the readiness of the pods.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,9 +21,10 @@ use std::sync::Arc;
 use meshd_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 
 use super::{
-    MtlsOptions, Resource, Resources, TranslateOptions, eds_cluster, lb_endpoint, routing, tls,
+    MtlsOptions, Resource, Resources, TranslateOptions, dns_cluster, eds_cluster, lb_endpoint,
+    original_dst_cluster, routing, tls,
 };
-use crate::model::{Endpoint, Mesh, MtlsMode, Service, ServiceKey};
+use crate::model::{Endpoint, Mesh, MtlsMode, Protocol, Service, ServiceKey};
 use crate::routing::{MeshRouting, Routing};
 
 /// One service's outbound resources and what they were made from.
@@ -133,8 +140,14 @@ pub(super) fn translate(
                 }
             }
             _ => {
+                // A headless service's clusters also follow which of its
+                // endpoints are ready (TLS or not): translate them again,
+                // keeping the old resources when equal.
                 let keep_clusters = old.filter(|o| {
-                    same_service && o.routing == *service_routing && same_sans(o, eps, &identity)
+                    same_service
+                        && !svc.is_headless()
+                        && o.routing == *service_routing
+                        && same_sans(o, eps, &identity)
                 });
                 Arc::new(ServiceEntry {
                     service: svc.clone(),
@@ -205,16 +218,46 @@ fn clusters<'e>(
         Some(mtls) => spiffe_ids(svc, eps, identity, mtls),
         None => Vec::new(),
     };
+    // A headless cluster has no endpoints to label for mTLS, so it is all
+    // or nothing: TLS when every ready pod takes it.
+    let mut ready = eps.iter().filter(|ep| ep.conditions.ready).peekable();
+    let headless_mtls =
+        !sans.is_empty() && ready.peek().is_some() && ready.all(|ep| identity(ep).is_some());
     svc.ports
         .iter()
+        // Traffic to an ExternalName service's TCP port cannot be told from
+        // other traffic to that port and leaves through the passthrough: no
+        // cluster to resolve the name for nothing.
+        .filter(|port| svc.external_name.is_none() || port.protocol.is_http())
         .map(|port| {
             let name = svc.cluster_name(port.port);
-            let mut cluster = eds_cluster(&name, port.protocol);
-            routing::configure_cluster(&mut cluster, service_routing, port.protocol);
-            if !sans.is_empty() {
-                cluster.transport_socket_matches =
-                    vec![tls::upstream_match(&name, port.protocol, &sans)];
-            }
+            let cluster = if let Some(host) = &svc.external_name {
+                // Outside the mesh: no mTLS.
+                let mut cluster = dns_cluster(&name, host, port.port, port.protocol);
+                routing::configure_cluster(&mut cluster, service_routing, port.protocol);
+                cluster
+            } else if svc.is_headless() {
+                let mut cluster = original_dst_cluster(&name);
+                // Load balancing means nothing when the client picked the
+                // pod; circuit breaking and outlier detection still apply.
+                routing::configure_cluster(&mut cluster, service_routing, port.protocol);
+                cluster.lb_policy = original_dst_cluster(&name).lb_policy;
+                if headless_mtls {
+                    // The client's bytes pass through as TCP, whatever the
+                    // port's protocol: no ALPN, so the server's connection
+                    // manager detects the HTTP version itself.
+                    cluster.transport_socket = Some(tls::upstream(&name, Protocol::Tcp, &sans));
+                }
+                cluster
+            } else {
+                let mut cluster = eds_cluster(&name, port.protocol);
+                routing::configure_cluster(&mut cluster, service_routing, port.protocol);
+                if !sans.is_empty() {
+                    cluster.transport_socket_matches =
+                        vec![tls::upstream_match(&name, port.protocol, &sans)];
+                }
+                cluster
+            };
             keep_if_equal(
                 Resource::new(name, &cluster, vec![]),
                 old.map(|o| &o.clusters),
@@ -229,6 +272,11 @@ fn load_assignments<'e>(
     identity: &impl Fn(&'e Endpoint) -> Option<&'e str>,
     old: Option<&Arc<ServiceEntry>>,
 ) -> Vec<Arc<Resource>> {
+    // ExternalName clusters carry their one address inline and headless
+    // clusters connect where the client asked: neither waits for EDS.
+    if svc.external_name.is_some() || svc.is_headless() {
+        return Vec::new();
+    }
     svc.ports
         .iter()
         .map(|port| {
@@ -464,6 +512,122 @@ status: {{podIP: 198.18.0.5}}
             &first.mesh_wide.endpoints[REVIEWS],
             &second.mesh_wide.endpoints[REVIEWS]
         ));
+    }
+
+    /// A headless service `db` and an ordinary one, `web`, each with a
+    /// second pod whose readiness is given.
+    fn with_headless(db_ready: &str, web_ready: &str) -> String {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec: {{clusterIP: None, ports: [{{name: tcp-pg, port: 5432}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{clusterIP: 198.19.0.1, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: db-1, namespace: shop, labels: {{kubernetes.io/service-name: db}}}}
+addressType: IPv4
+ports: [{{name: tcp-pg, port: 5432}}]
+endpoints:
+- {{addresses: [198.18.0.20], targetRef: {{kind: Pod, name: db-0}}}}
+- {{addresses: [198.18.0.21], targetRef: {{kind: Pod, name: db-1}}, conditions: {{ready: {db_ready}}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- {{addresses: [198.18.0.30], targetRef: {{kind: Pod, name: web-0}}}}
+- {{addresses: [198.18.0.31], targetRef: {{kind: Pod, name: web-1}}, conditions: {{ready: {web_ready}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-0, namespace: shop}}
+spec: {{serviceAccountName: db, containers: []}}
+status: {{podIP: 198.18.0.20}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-0, namespace: shop}}
+spec: {{serviceAccountName: web, containers: []}}
+status: {{podIP: 198.18.0.30}}
+"#
+        )
+    }
+
+    const DB: &str = "outbound|5432||db.shop.svc.cluster.local";
+    const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+
+    #[test]
+    fn a_headless_endpoint_change_rebuilds_the_listener() {
+        let mut routing = RoutingIndex::default();
+        let first = publish(&with_headless("true", "true"), &mut routing, None);
+        let before = first.proxy("web-0.shop").unwrap();
+
+        // An ordinary service's endpoint: the listener carries over.
+        let second = publish(&with_headless("true", "false"), &mut routing, Some(&first));
+        let after = second.proxy("web-0.shop").unwrap();
+        let changes = after.changes().expect("only endpoints changed");
+        assert_eq!(changes.endpoints, BTreeSet::from([WEB.to_string()]));
+        assert!(changes.clusters.is_empty(), "{:?}", changes.clusters);
+        assert!(Arc::ptr_eq(
+            before.get(Kind::Listener, "outbound").unwrap(),
+            after.get(Kind::Listener, "outbound").unwrap()
+        ));
+
+        // A headless service's endpoint: its pod's chain goes, so the
+        // listener is rebuilt; db-1 has no pod (no mTLS) and leaving makes
+        // every ready pod take mTLS, so db's cluster changes too.
+        let third = publish(
+            &with_headless("false", "false"),
+            &mut routing,
+            Some(&second),
+        );
+        assert!(third.changes.is_none(), "listeners are rebuilt");
+        let view = third.proxy("web-0.shop").unwrap();
+        let listener = view.get(Kind::Listener, "outbound").unwrap();
+        assert_ne!(
+            listener.version,
+            after.get(Kind::Listener, "outbound").unwrap().version
+        );
+        let l: meshd_proto::envoy::config::listener::v3::Listener =
+            crate::translate::decode(listener).unwrap();
+        let db_chains: Vec<_> = l
+            .filter_chains
+            .iter()
+            .filter(|c| c.name.starts_with(DB))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(db_chains, [format!("{DB}|198.18.0.20:5432")]);
+        assert!(!Arc::ptr_eq(&second.clusters[DB], &third.clusters[DB]));
+        assert!(Arc::ptr_eq(&second.clusters[WEB], &third.clusters[WEB]));
+        assert!(Arc::ptr_eq(
+            &second.mesh_wide.endpoints[WEB],
+            &third.mesh_wide.endpoints[WEB]
+        ));
+        assert!(third.mesh_wide.endpoints.get(DB).is_none(), "no EDS");
+
+        // Whatever was reused, the result is what a fresh translation gives.
+        for (snap, db, web) in [(&second, "true", "false"), (&third, "false", "false")] {
+            let fresh = publish(&with_headless(db, web), &mut RoutingIndex::default(), None);
+            for kind in [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route] {
+                let versions = |s: &Snapshot| -> Vec<(String, String)> {
+                    s.proxy("web-0.shop")
+                        .unwrap()
+                        .all(kind)
+                        .map(|r| (r.name.clone(), r.version.clone()))
+                        .collect()
+                };
+                assert_eq!(versions(snap), versions(&fresh), "{kind:?} {db} {web}");
+            }
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ use meshd_proto::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use meshd_proto::{Any, Duration, UInt32Value, to_any};
 
 use super::Resources;
-use crate::model::{Protocol, Service, ServiceKey, outbound_cluster_name};
+use crate::model::{Mesh, Protocol, Service, ServiceKey, outbound_cluster_name};
 use crate::routing::{LoadBalancer, MeshRouting, Percent, Retries, RouteRule, Routing};
 
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -121,8 +121,11 @@ pub(super) struct ServiceRoutes {
 /// The routes for calls to `service` on `port`: its `meshd.io/routes`
 /// rules, then its split (or itself). Targets whose cluster does not exist
 /// are left out: a last good routing may name a service deleted since,
-/// and a route to a missing cluster fails every request it takes.
+/// and a route to a missing cluster fails every request it takes. So are
+/// headless targets: their clusters connect to the address the client
+/// asked for, which here is the routed service's VIP, not their pods.
 pub(super) fn service_routes(
+    mesh: &Mesh,
     mesh_routing: &MeshRouting,
     clusters: &Resources,
     service: &Service,
@@ -132,9 +135,8 @@ pub(super) fn service_routes(
     let target = |name: &str| {
         let key = ServiceKey::new(service.key.namespace.clone(), name);
         let cluster = outbound_cluster_name(&key, port);
-        clusters
-            .contains_key(&cluster)
-            .then(|| (cluster, mesh_routing.service(&key)))
+        let routable = mesh.services.get(&key).is_some_and(|s| !s.is_headless());
+        (routable && clusters.contains_key(&cluster)).then(|| (cluster, mesh_routing.service(&key)))
     };
     let mut used = BTreeSet::new();
     let mut routes = Vec::with_capacity(routing.routes.len() + 1);

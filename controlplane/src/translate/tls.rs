@@ -5,6 +5,9 @@
 //!   (`envoy.transport_socket_match`), so calls to pods without a sidecar
 //!   or with mTLS disabled stay plaintext. The server's certificate must
 //!   carry the SPIFFE ID of one of the service's service accounts.
+//!   Headless services' clusters connect to the pod the client addressed
+//!   (original destination), with no endpoint to label: they use TLS when
+//!   every ready pod behind the service takes mTLS, plaintext otherwise.
 //! - Inbound: STRICT serves TLS only and requires a client certificate;
 //!   PERMISSIVE tells TLS from plaintext with the TLS inspector; DISABLE
 //!   serves plaintext.
@@ -97,22 +100,28 @@ fn tls_mode_struct() -> Struct {
     }
 }
 
-/// The transport socket an outbound cluster uses for mTLS endpoints,
-/// verifying the server is one of `sans` (SPIFFE IDs).
-pub(super) fn upstream_match(
-    sni: &str,
-    protocol: Protocol,
-    sans: &[String],
-) -> TransportSocketMatch {
+/// The mTLS transport socket of an outbound connection, verifying the
+/// server is one of `sans` (SPIFFE IDs).
+pub(super) fn upstream(sni: &str, protocol: Protocol, sans: &[String]) -> TransportSocket {
     let context = UpstreamTlsContext {
         common_tls_context: Some(common(alpn(protocol), sans)),
         sni: sni.to_string(),
         ..Default::default()
     };
+    tls_socket(to_any(&context))
+}
+
+/// The transport socket an outbound cluster uses for mTLS endpoints
+/// ([`upstream`]).
+pub(super) fn upstream_match(
+    sni: &str,
+    protocol: Protocol,
+    sans: &[String],
+) -> TransportSocketMatch {
     TransportSocketMatch {
         name: "mtls".into(),
         r#match: Some(tls_mode_struct()),
-        transport_socket: Some(tls_socket(to_any(&context))),
+        transport_socket: Some(upstream(sni, protocol, sans)),
     }
 }
 
