@@ -4,24 +4,87 @@
 //! then ask for a [`Mesh`] snapshot. The join happens here: EndpointSlices
 //! are grouped under their Service, and each endpoint learns the service
 //! account of the pod behind it so clients can verify the right identity.
+//!
+//! The join is kept between snapshots: only the services whose slices
+//! changed, or whose pods came, went or changed service account, are joined
+//! again, and every other service keeps its very `Arc` of endpoints (which
+//! translation then recognises as unchanged without comparing them).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use super::objects::{Object, ObjectRef, Slice};
-use crate::model::{Mesh, Namespace, Service, ServiceKey, Workload, node_id};
+use crate::model::{Endpoint, Mesh, Namespace, Service, ServiceKey, Workload, node_id};
 
 type NamespacedName = (String, String);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Index {
     namespaces: BTreeMap<String, Arc<Namespace>>,
     services: BTreeMap<ServiceKey, Arc<Service>>,
     slices: BTreeMap<NamespacedName, Slice>,
     pods: BTreeMap<NamespacedName, Arc<Workload>>,
+    /// The endpoints of each service as last joined, and what to join
+    /// again. Behind a lock so [`Index::mesh`] can refresh it through `&self`.
+    joined: Mutex<Joined>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Joined {
+    endpoints: BTreeMap<ServiceKey, Arc<Vec<Endpoint>>>,
+    dirty: BTreeSet<ServiceKey>,
+    /// Everything is to be joined again (a re-list, or too many changes
+    /// for one by one to pay).
+    all: bool,
+}
+
+/// Beyond this many changed services a snapshot joins everything again.
+const JOIN_ONE_BY_ONE: usize = 64;
+
+impl Clone for Index {
+    fn clone(&self) -> Self {
+        Index {
+            namespaces: self.namespaces.clone(),
+            services: self.services.clone(),
+            slices: self.slices.clone(),
+            pods: self.pods.clone(),
+            joined: Mutex::new(self.joined().clone()),
+        }
+    }
 }
 
 impl Index {
+    fn joined(&self) -> std::sync::MutexGuard<'_, Joined> {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&mut self, service: &ServiceKey) {
+        let joined = self.joined.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !joined.all {
+            joined.dirty.insert(service.clone());
+        }
+    }
+
+    /// A pod's service account is part of its endpoints: the services
+    /// with slices in its namespace that name it are joined again.
+    fn touch_pod(&mut self, namespace: &str, pod: &str) {
+        let services: Vec<ServiceKey> = self
+            .slices
+            .range((namespace.to_string(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .filter(|(_, slice)| {
+                slice
+                    .endpoints
+                    .iter()
+                    .any(|ep| ep.pod.as_deref() == Some(pod))
+            })
+            .map(|(_, slice)| slice.service.clone())
+            .collect();
+        for service in &services {
+            self.touch(service);
+        }
+    }
+
     pub fn apply(&mut self, object: Object) {
         match object {
             Object::Namespace(ns) => {
@@ -31,12 +94,25 @@ impl Index {
                 self.services.insert(svc.key.clone(), Arc::new(svc));
             }
             Object::EndpointSlice(slice) => {
-                self.slices
-                    .insert((slice.namespace.clone(), slice.name.clone()), slice);
+                let service = slice.service.clone();
+                self.touch(&service);
+                let key = (slice.namespace.clone(), slice.name.clone());
+                if let Some(old) = self.slices.insert(key, slice)
+                    && old.service != service
+                {
+                    self.touch(&old.service);
+                }
             }
             Object::Pod(pod) => {
-                self.pods
-                    .insert((pod.namespace.clone(), pod.name.clone()), Arc::new(pod));
+                let key = (pod.namespace.clone(), pod.name.clone());
+                let account_changed = self
+                    .pods
+                    .get(&key)
+                    .is_none_or(|old| old.service_account != pod.service_account);
+                self.pods.insert(key.clone(), Arc::new(pod));
+                if account_changed {
+                    self.touch_pod(&key.0, &key.1);
+                }
             }
         }
     }
@@ -57,10 +133,19 @@ impl Index {
                 self.services.remove(&ServiceKey { namespace, name });
             }
             "EndpointSlice" => {
-                self.slices.remove(&key());
+                if let Some(old) = self.slices.remove(&key()) {
+                    self.touch(&old.service);
+                }
             }
             "Pod" => {
-                self.pods.remove(&key());
+                let (namespace, name) = key();
+                if self
+                    .pods
+                    .remove(&(namespace.clone(), name.clone()))
+                    .is_some()
+                {
+                    self.touch_pod(&namespace, &name);
+                }
             }
             _ => {}
         }
@@ -84,6 +169,9 @@ impl Index {
             "Pod" => self.pods.retain(|(ns, name), _| kept(ns, name)),
             _ => {}
         }
+        if matches!(kind, "EndpointSlice" | "Pod") {
+            self.joined.get_mut().unwrap_or_else(|p| p.into_inner()).all = true;
+        }
         for object in objects {
             self.apply(object);
         }
@@ -103,11 +191,12 @@ impl Index {
             .map(|s| &s.key)
     }
 
-    /// Joins the index into a mesh snapshot.
-    pub fn mesh(&self) -> Mesh {
-        let mut endpoints: BTreeMap<ServiceKey, Vec<_>> = BTreeMap::new();
-        for slice in self.slices.values() {
-            let list = endpoints.entry(slice.service.clone()).or_default();
+    /// The endpoints of one service's slices, each with its pod's service
+    /// account, in a stable order (so resource versions stay stable across
+    /// reloads that only reorder slices).
+    fn join<'s>(&self, slices: impl Iterator<Item = &'s Slice>) -> Vec<Endpoint> {
+        let mut list = Vec::new();
+        for slice in slices {
             for ep in &slice.endpoints {
                 let mut ep = ep.clone();
                 ep.service_account = ep.pod.as_ref().and_then(|pod| {
@@ -118,17 +207,48 @@ impl Index {
                 list.push(ep);
             }
         }
+        list.sort_by_key(|e| e.address);
+        list
+    }
+
+    /// Joins the index into a mesh snapshot.
+    pub fn mesh(&self) -> Mesh {
+        let mut joined = self.joined();
+        if joined.all || joined.dirty.len() > JOIN_ONE_BY_ONE {
+            let mut by_service: BTreeMap<&ServiceKey, Vec<&Slice>> = BTreeMap::new();
+            for slice in self.slices.values() {
+                by_service.entry(&slice.service).or_default().push(slice);
+            }
+            let fresh: BTreeMap<ServiceKey, Arc<Vec<Endpoint>>> = by_service
+                .into_iter()
+                .map(|(key, slices)| {
+                    let endpoints = self.join(slices.into_iter());
+                    // Unchanged services keep their Arc.
+                    let endpoints = match joined.endpoints.get(key) {
+                        Some(old) if **old == endpoints => old.clone(),
+                        _ => Arc::new(endpoints),
+                    };
+                    (key.clone(), endpoints)
+                })
+                .collect();
+            joined.endpoints = fresh;
+        } else {
+            for key in std::mem::take(&mut joined.dirty) {
+                let endpoints = self.join(self.slices.values().filter(|s| s.service == key));
+                if endpoints.is_empty() && !self.slices.values().any(|s| s.service == key) {
+                    joined.endpoints.remove(&key);
+                } else {
+                    joined.endpoints.insert(key, Arc::new(endpoints));
+                }
+            }
+        }
+        joined.all = false;
+        joined.dirty.clear();
+        let endpoints = joined.endpoints.clone();
+        drop(joined);
         Mesh {
             services: self.services.clone(),
-            endpoints: endpoints
-                .into_iter()
-                .map(|(k, mut v)| {
-                    // A stable order keeps resource versions stable across
-                    // reloads that only reorder slices.
-                    v.sort_by_key(|e| e.address);
-                    (k, Arc::new(v))
-                })
-                .collect(),
+            endpoints,
             workloads: self
                 .pods
                 .values()
@@ -136,5 +256,127 @@ impl Index {
                 .collect(),
             namespaces: self.namespaces.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Conditions;
+
+    fn slice(name: &str, service: &str, pods: &[(&str, [u8; 4])]) -> Object {
+        Object::EndpointSlice(Slice {
+            namespace: "shop".into(),
+            name: name.into(),
+            service: ServiceKey::new("shop", service),
+            endpoints: pods
+                .iter()
+                .map(|(pod, ip)| Endpoint {
+                    address: std::net::IpAddr::from(*ip),
+                    ports: BTreeMap::from([("http".to_string(), 8080)]),
+                    conditions: Conditions::default(),
+                    pod: Some(pod.to_string()),
+                    service_account: None,
+                })
+                .collect(),
+        })
+    }
+
+    fn pod(name: &str, account: &str) -> Object {
+        Object::Pod(Workload {
+            namespace: "shop".into(),
+            name: name.into(),
+            ip: None,
+            service_account: account.into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            interception: Default::default(),
+            mtls: None,
+        })
+    }
+
+    /// The same objects in a fresh index: what the kept join must equal.
+    fn fresh(index: &Index) -> Index {
+        let mut fresh = Index::default();
+        for slice in index.slices.values() {
+            fresh.apply(Object::EndpointSlice(slice.clone()));
+        }
+        for pod in index.pods.values() {
+            fresh.apply(Object::Pod((**pod).clone()));
+        }
+        fresh
+    }
+
+    #[test]
+    fn the_kept_join_equals_a_fresh_one_and_reuses_what_did_not_change() {
+        let mut index = Index::default();
+        index.apply(slice(
+            "reviews-1",
+            "reviews",
+            &[("reviews-0", [198, 18, 0, 3])],
+        ));
+        index.apply(slice(
+            "ratings-1",
+            "ratings",
+            &[("ratings-0", [198, 18, 0, 5])],
+        ));
+        let first = index.mesh();
+        let ratings = ServiceKey::new("shop", "ratings");
+        let reviews = ServiceKey::new("shop", "reviews");
+        assert_eq!(first.endpoints[&reviews][0].service_account, None);
+
+        // Each step: the join equals a fresh index's; untouched services
+        // keep their Arc.
+        type Step = Box<dyn Fn(&mut Index)>;
+        let steps: Vec<Step> = vec![
+            // The pod arrives after its endpoint: the account joins in.
+            Box::new(|i| i.apply(pod("reviews-0", "reviews"))),
+            // Another slice of the same service.
+            Box::new(|i| {
+                i.apply(slice(
+                    "reviews-2",
+                    "reviews",
+                    &[("reviews-1", [198, 18, 0, 4])],
+                ))
+            }),
+            // A pod's account changes.
+            Box::new(|i| i.apply(pod("reviews-0", "reviews-v2"))),
+            // A slice goes.
+            Box::new(|i| {
+                i.delete(&ObjectRef {
+                    kind: "EndpointSlice",
+                    namespace: Some("shop".into()),
+                    name: "reviews-1".into(),
+                })
+            }),
+            // A pod goes.
+            Box::new(|i| {
+                i.delete(&ObjectRef {
+                    kind: "Pod",
+                    namespace: Some("shop".into()),
+                    name: "reviews-0".into(),
+                })
+            }),
+            // The service's last slice goes.
+            Box::new(|i| {
+                i.delete(&ObjectRef {
+                    kind: "EndpointSlice",
+                    namespace: Some("shop".into()),
+                    name: "reviews-2".into(),
+                })
+            }),
+        ];
+        let mut before = first;
+        for (n, step) in steps.iter().enumerate() {
+            step(&mut index);
+            let mesh = index.mesh();
+            assert_eq!(mesh.endpoints, fresh(&index).mesh().endpoints, "step {n}");
+            assert!(
+                Arc::ptr_eq(&before.endpoints[&ratings], &mesh.endpoints[&ratings]),
+                "step {n}: ratings was joined again"
+            );
+            before = mesh;
+        }
+        assert!(!before.endpoints.contains_key(&reviews));
     }
 }
