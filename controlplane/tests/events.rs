@@ -310,3 +310,55 @@ async fn the_publishers_routing_errors_become_events() {
     let event = api.expect_event("shop").await;
     assert_eq!(event["reason"], REASON_RESOLVED, "{event}");
 }
+
+/// Several replicas publish the same errors; only the leader posts events.
+#[tokio::test]
+async fn only_the_leader_posts_events() {
+    let (client, mut api) = client();
+    let (errors, rx) = watch::channel(vec![timeout_error("Service shop/reviews", "fast")]);
+    let (leading, leading_rx) = watch::channel(false);
+    let _recorder = events::spawn_leader_event_recorder(client, rx, "meshd-1".into(), leading_rx);
+
+    // A follower says nothing. (Absence, bounded by a short wait.)
+    let quiet = Duration::from_millis(300);
+    assert!(
+        timeout(quiet, api.handle.next_request()).await.is_err(),
+        "a follower posted an event"
+    );
+
+    leading.send_replace(true);
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(event["reportingInstance"], "meshd-1", "{event}");
+
+    // Stepped down: a new error is left to the new leader.
+    leading.send_replace(false);
+    errors.send_replace(vec![
+        timeout_error("Service shop/ratings", "slow"),
+        timeout_error("Service shop/reviews", "fast"),
+    ]);
+    assert!(
+        timeout(quiet, api.handle.next_request()).await.is_err(),
+        "a replica that stepped down posted an event"
+    );
+
+    // Leading again: what is current is reported, each error once.
+    leading.send_replace(true);
+    api.expect_get(
+        "/api/v1/namespaces/shop/services/ratings",
+        Some("ratings-uid"),
+    )
+    .await;
+    api.expect_event("shop").await;
+    api.expect_get("/api/v1/namespaces/shop/services/reviews", Some("svc-uid"))
+        .await;
+    api.expect_event("shop").await;
+    errors.send_replace(vec![
+        timeout_error("Service shop/ratings", "slow"),
+        timeout_error("Service shop/reviews", "fast"),
+        timeout_error("Service shop/stock", "never"),
+    ]);
+    api.expect_get("/api/v1/namespaces/shop/services/stock", Some("stock-uid"))
+        .await;
+}

@@ -255,6 +255,192 @@ pub fn inject_patch(
     })
 }
 
+/// A Pod holding only what [`inject_patch`] reads, which is what the
+/// webhook decodes from each review: the metadata names, labels and
+/// annotations; the spec's containers (names, ports, run-as IDs), init and
+/// ephemeral container names, volume names, host network, service account
+/// and pod run-as IDs. The rest of the Pod (most of its bytes: images,
+/// env, probes, the managed fields' trees) is parsed past without being
+/// built, and so never costs an allocation.
+///
+/// The fields kept are decoded as [`Pod`] decodes them (missing lists and
+/// names default the same way), so `inject_patch` on this Pod gives what
+/// it gives on the whole one, and a bad value in a field it reads is
+/// reported with the same path. A bad value in a field injection does not
+/// read is not looked at: the API server has decoded the Pod into its own
+/// types before it asks, and validates it after the patch.
+///
+/// A field injection starts to read must be added to [`read`] too; a test
+/// injects every pod shape of this module's tests both ways and compares.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(try_from = "read::Pod")]
+pub struct PodForInjection(pub Pod);
+
+impl kube::core::Resource for PodForInjection {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
+/// The fields of a Pod that injection reads, by their JSON names, for
+/// [`PodForInjection`].
+mod read {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Pod {
+        api_version: Option<String>,
+        kind: Option<String>,
+        metadata: Option<Metadata>,
+        spec: Option<Spec>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Metadata {
+        name: Option<String>,
+        generate_name: Option<String>,
+        namespace: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        annotations: Option<BTreeMap<String, String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Spec {
+        containers: Option<Vec<Container>>,
+        init_containers: Option<Vec<Container>>,
+        ephemeral_containers: Option<Vec<Named>>,
+        volumes: Option<Vec<Named>>,
+        host_network: Option<bool>,
+        security_context: Option<RunAs>,
+        service_account_name: Option<String>,
+        service_account: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Container {
+        name: Option<String>,
+        ports: Option<Vec<core::ContainerPort>>,
+        security_context: Option<RunAs>,
+    }
+
+    #[derive(Deserialize)]
+    struct Named {
+        name: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RunAs {
+        run_as_user: Option<i64>,
+        run_as_group: Option<i64>,
+    }
+
+    impl From<Container> for core::Container {
+        fn from(c: Container) -> Self {
+            core::Container {
+                name: c.name.unwrap_or_default(),
+                ports: c.ports,
+                security_context: c.security_context.map(|s| core::SecurityContext {
+                    run_as_user: s.run_as_user,
+                    run_as_group: s.run_as_group,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        }
+    }
+
+    fn containers(list: Option<Vec<Container>>) -> Option<Vec<core::Container>> {
+        list.map(|cs| cs.into_iter().map(Into::into).collect())
+    }
+
+    impl TryFrom<Pod> for super::PodForInjection {
+        type Error = String;
+
+        /// Refuses another type, as [`core::Pod`] does.
+        fn try_from(pod: Pod) -> Result<Self, String> {
+            for (field, value, expected) in [
+                ("apiVersion", &pod.api_version, "v1"),
+                ("kind", &pod.kind, "Pod"),
+            ] {
+                if let Some(value) = value.as_deref().filter(|v| *v != expected) {
+                    return Err(format!("{field} is `{value}`, expected `{expected}`"));
+                }
+            }
+            let metadata = pod
+                .metadata
+                .map_or_else(ObjectMeta::default, |m| ObjectMeta {
+                    name: m.name,
+                    generate_name: m.generate_name,
+                    namespace: m.namespace,
+                    labels: m.labels,
+                    annotations: m.annotations,
+                    ..Default::default()
+                });
+            let spec = pod.spec.map(|s| core::PodSpec {
+                containers: containers(s.containers).unwrap_or_default(),
+                init_containers: containers(s.init_containers),
+                ephemeral_containers: s.ephemeral_containers.map(|cs| {
+                    cs.into_iter()
+                        .map(|c| core::EphemeralContainer {
+                            name: c.name.unwrap_or_default(),
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                volumes: s.volumes.map(|vs| {
+                    vs.into_iter()
+                        .map(|v| core::Volume {
+                            name: v.name.unwrap_or_default(),
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                host_network: s.host_network,
+                security_context: s.security_context.map(|s| core::PodSecurityContext {
+                    run_as_user: s.run_as_user,
+                    run_as_group: s.run_as_group,
+                    ..Default::default()
+                }),
+                service_account_name: s.service_account_name,
+                service_account: s.service_account,
+                ..Default::default()
+            });
+            Ok(super::PodForInjection(core::Pod {
+                metadata,
+                spec,
+                status: None,
+            }))
+        }
+    }
+}
+
 /// The pod's service account: its identity.
 fn service_account(spec: &PodSpec) -> Result<String> {
     let name = spec
@@ -2328,6 +2514,172 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// What injecting `pod` gives, comparable: the patch as JSON, or why
+    /// there is none.
+    fn outcome(pod: &Pod, config: &InjectorConfig) -> String {
+        match inject_patch(pod, "shop", config) {
+            Ok(Injection::Patched {
+                patch,
+                service_account,
+            }) => format!(
+                "{service_account}: {}",
+                String::from_utf8(patch.to_json().unwrap()).unwrap()
+            ),
+            Ok(Injection::Skipped(why)) => format!("not injected: {why}"),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_webhooks_view_of_a_pod_injects_as_the_whole_pod() {
+        let realistic = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "generateName": "web-7d4b9c8f6-", "namespace": "shop",
+                "labels": {"app": "web", "pod-template-hash": "7d4b9c8f6"},
+                "annotations": {"kubectl.kubernetes.io/restartedAt": "2025-05-01T10:00:00Z"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c8f6",
+                                     "uid": "5b7e1f0a", "controller": true}],
+                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
+                                   "apiVersion": "v1", "fieldsType": "FieldsV1",
+                                   "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}}}]
+            },
+            "spec": {
+                "serviceAccount": "web",
+                "securityContext": {"fsGroup": 2000, "runAsNonRoot": true},
+                "containers": [{
+                    "name": "app", "image": "web:1", "args": ["--port=8080"],
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "resources": {"requests": {"cpu": "250m"}},
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+                    "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": true}
+                }],
+                "volumes": [{"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
+                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}]
+            },
+            "status": {"phase": "Pending"}
+        });
+        let mut cases = shapes();
+        cases.extend([
+            ("realistic", realistic.clone()),
+            (
+                "null lists",
+                with(
+                    with(web(), "/spec/volumes", Value::Null),
+                    "/spec/initContainers",
+                    Value::Null,
+                ),
+            ),
+            (
+                "host network",
+                with(web(), "/spec/hostNetwork", json!(true)),
+            ),
+            ("already injected", annotate(web(), &[(STATUS, "{}")])),
+            ("bad status", annotate(web(), &[(STATUS, "yes")])),
+            (
+                "opted out",
+                with(web(), "/metadata/labels/meshd.io~1inject", json!("false")),
+            ),
+            ("bad annotation", annotate(web(), &[(PROXY_CPU, "lots")])),
+            (
+                "bad service account",
+                with(web(), "/spec/serviceAccountName", json!("Web_1")),
+            ),
+            ("no spec", json!({"metadata": {"name": "a"}})),
+            (
+                "reserved container",
+                with(web(), "/spec/containers/1/name", json!(PROXY_CONTAINER)),
+            ),
+            (
+                "reserved init container",
+                with(web(), "/spec/initContainers/0/name", json!(INIT_CONTAINER)),
+            ),
+            (
+                "reserved ephemeral container",
+                with(
+                    web(),
+                    "/spec/ephemeralContainers",
+                    json!([{"name": INIT_CONTAINER, "image": "x"}]),
+                ),
+            ),
+            (
+                "reserved volume",
+                with(web(), "/spec/volumes/0/name", json!(IDENTITY_VOLUME)),
+            ),
+            (
+                "proxy port",
+                with(
+                    web(),
+                    "/spec/containers/0/ports/0/containerPort",
+                    json!(15001),
+                ),
+            ),
+            (
+                "proxy port name",
+                with(
+                    web(),
+                    "/spec/containers/0/ports/0/name",
+                    json!("meshd-inbound"),
+                ),
+            ),
+            (
+                "proxy uid",
+                with(
+                    web(),
+                    "/spec/containers/1/securityContext",
+                    json!({"runAsUser": 1337}),
+                ),
+            ),
+            (
+                "proxy gid for the pod",
+                with(realistic, "/spec/securityContext/runAsGroup", json!(1337)),
+            ),
+        ]);
+        let mut distinct = std::collections::BTreeSet::new();
+        for config in [config(), classic()] {
+            for (shape, v) in &cases {
+                let whole: Pod = serde_json::from_value(v.clone()).unwrap();
+                let view: PodForInjection = serde_json::from_value(v.clone()).unwrap();
+                let expected = outcome(&whole, &config);
+                assert_eq!(outcome(&view.0, &config), expected, "{shape}");
+                distinct.insert(expected);
+            }
+        }
+        // The cases differ: each exercises what it says.
+        assert!(distinct.len() > 40, "{}", distinct.len());
+    }
+
+    #[test]
+    fn the_webhooks_view_of_a_pod_names_bad_fields_as_the_whole_pod_does() {
+        for (pointer, value) in [
+            ("/spec/containers/0/ports/0/containerPort", json!("eighty")),
+            ("/spec/containers/0/name", json!(7)),
+            ("/spec/hostNetwork", json!("yes")),
+            ("/metadata/annotations/a", json!(1)),
+            ("/spec/volumes", json!({})),
+            ("/kind", json!("Deployment")),
+        ] {
+            let v = with(web(), pointer, value);
+            let whole = serde_path_to_error::deserialize::<_, Pod>(v.clone()).unwrap_err();
+            let view = serde_path_to_error::deserialize::<_, PodForInjection>(v).unwrap_err();
+            if pointer == "/kind" {
+                assert!(view.inner().to_string().contains("`Deployment`"), "{view}");
+                continue;
+            }
+            assert_eq!(
+                view.path().to_string(),
+                whole.path().to_string(),
+                "{pointer}"
+            );
+            assert_eq!(
+                view.inner().to_string(),
+                whole.inner().to_string(),
+                "{pointer}"
+            );
         }
     }
 

@@ -12,6 +12,8 @@
 //!
 //! The handlers only decode, call [`crate::inject::inject`] or
 //! [`crate::validate::review`], and encode; both share the decoding below.
+//! A Pod is decoded as [`PodForInjection`], only the fields injection
+//! reads, which is most of what a review costs otherwise.
 //! Problems with the envelope (not JSON, not an `admission.k8s.io/v1
 //! AdmissionReview`, no request, no uid, a body over [`MAX_BODY_BYTES`])
 //! are answered with an HTTP error and a plain-text message, since there
@@ -54,7 +56,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::{InjectorConfig, identity_secret_name};
 use crate::identity::IdentityProvisioner;
-use crate::inject::{Injection, inject_patch};
+use crate::inject::{Injection, PodForInjection, inject_patch};
 use crate::validate::{self, ObjectMetadata};
 
 /// Where the API server posts Pod reviews.
@@ -256,7 +258,7 @@ async fn inject_handler(
         Ok(body) => body,
         Err((status, message)) => return text(status, message),
     };
-    match decode_review::<Pod>(&body) {
+    match decode_review::<PodForInjection>(&body) {
         Ok(Decoded::Request {
             request, object, ..
         }) => encode(decide(&state, &request, object).await),
@@ -566,8 +568,8 @@ fn resolve_object<K: DeserializeOwned>(
 
 async fn decide(
     state: &WebhookState,
-    request: &AdmissionRequest<Pod>,
-    object: Object<Pod>,
+    request: &AdmissionRequest<PodForInjection>,
+    object: Object<PodForInjection>,
 ) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     let namespace = request.namespace.as_deref().unwrap_or_default();
@@ -608,7 +610,7 @@ async fn decide(
         return allowed;
     }
     let pod: Pod = match object {
-        Object::Decoded(Some(pod)) => *pod,
+        Object::Decoded(Some(pod)) => pod.0,
         Object::Decoded(None) | Object::Raw(None | Some(Value::Null)) => {
             let message =
                 "request.object is missing; a CREATE review carries the Pod being created".into();
@@ -628,8 +630,8 @@ async fn decide(
                 );
                 return denied(deny(allowed, 400, "BadRequest", message), &subject);
             }
-            match serde_path_to_error::deserialize(object) {
-                Ok(pod) => pod,
+            match serde_path_to_error::deserialize::<_, PodForInjection>(object) {
+                Ok(pod) => pod.0,
                 Err(e) => {
                     let message = format!(
                         "request.object is not a valid v1 Pod: {}",

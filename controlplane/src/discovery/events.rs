@@ -14,6 +14,8 @@
 //! after it has gone away and come back. When the last error on an
 //! annotation goes away, a Normal event says the value is accepted again.
 //! The rest (logging, metrics, `/debug/routing`) is the publisher's.
+//! With several replicas, [`spawn_leader_event_recorder`] posts from the
+//! leader only.
 //!
 //! kube-rs's `Recorder` is not used: it folds every event with the same
 //! reason on one object into a series that keeps the first note, so a
@@ -66,6 +68,38 @@ pub fn spawn_event_recorder(
         recorder
             .run(errors)
             .instrument(tracing::info_span!("routing_events")),
+    )
+}
+
+/// [`spawn_event_recorder`] for one replica among several: events are
+/// posted only while `leading` is true, so the replicas (each of which
+/// publishes the same errors) do not each post them. A replica that
+/// becomes the leader reports the errors current then once more: it cannot
+/// know which its predecessor reported, and one repeat beats a gap.
+pub fn spawn_leader_event_recorder(
+    client: Client,
+    errors: watch::Receiver<Vec<AnnotationError>>,
+    instance: String,
+    mut leading: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            loop {
+                if leading.wait_for(|leader| *leader).await.is_err() {
+                    return;
+                }
+                let recorder = EventRecorder::new(client.clone(), instance.clone());
+                tokio::select! {
+                    () = recorder.run(errors.clone()) => return,
+                    stepped_down = leading.wait_for(|leader| !*leader) => {
+                        if stepped_down.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("routing_events")),
     )
 }
 
