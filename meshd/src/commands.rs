@@ -7,6 +7,7 @@ use meshd_ca::{Authority, DirStore, PlugInFiles, SpiffeId};
 use meshd_controlplane::CancellationToken;
 use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
 use meshd_controlplane::ca_secret;
+use meshd_controlplane::discovery::events;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::leader::{LeaderElection, LeaseConfig};
 use meshd_controlplane::model::MtlsMode;
@@ -132,6 +133,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     let serving = match xds {
         Some(xds) => {
+            let kube_client = client.clone();
             let source = match client {
                 Some(client) => {
                     tracing::info!("discovering the mesh from the Kubernetes API");
@@ -156,6 +158,17 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 debounce: Duration::from_millis(args.debounce_ms),
             })
             .await?;
+            if let (Some(client), Some(leading)) = (&kube_client, &leading) {
+                // A Kubernetes Event on each object whose routing
+                // annotation is rejected (from the leader only: every
+                // replica sees the same errors).
+                background.push(events::spawn_leader_event_recorder(
+                    client.clone(),
+                    control_plane.state.watch_routing_errors(),
+                    pod_name(&args.ha),
+                    leading.clone(),
+                ));
+            }
             if let Some(leading) = &leading {
                 control_plane.set_leadership(leading.clone());
                 // Renew the bootstrap identities of the mesh's service
