@@ -133,6 +133,20 @@ impl Proxy {
     }
 }
 
+/// This process's resident set (Linux), to see what sessions cost.
+fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    Some(kib << 10)
+}
+
 fn fleet(snapshot: &Snapshot) -> Vec<Proxy> {
     (0..SERVICES)
         .flat_map(|s| (0..PODS_WITH_PROXIES).map(move |k| node_id(s, k)))
@@ -185,8 +199,20 @@ fn endpoint_change(c: &mut Criterion) {
     );
     drop(scoped_proxies);
 
+    let before = resident_bytes();
     let mut publisher = Publisher::new(&[]);
+    let after_mesh = resident_bytes();
     let mut proxies = fleet(&publisher.snapshot);
+    let after_sessions = resident_bytes();
+    if let (Some(a), Some(b), Some(c)) = (before, after_mesh, after_sessions) {
+        eprintln!(
+            "resident memory: mesh + snapshot {} MiB, {} sessions {} MiB ({} KiB each)",
+            b.saturating_sub(a) >> 20,
+            proxies.len(),
+            c.saturating_sub(b) >> 20,
+            (c.saturating_sub(b) / proxies.len()) >> 10,
+        );
+    }
     report("mesh-wide", &mut publisher, &mut proxies);
 
     let mut group = c.benchmark_group("endpoint_change");
