@@ -505,8 +505,8 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
         if rule.get("resourceNames"):
             f.expect(
                 rule["resourceNames"] == [values_of.get("MESHD_LEADER_ELECTION_LEASE")]
-                and set(rule["verbs"]) == {"get", "update", "patch"},
-                "the named Lease rule must be get/update/patch on MESHD_LEADER_ELECTION_LEASE",
+                and set(rule["verbs"]) == {"get", "update"},
+                "the named Lease rule must be get/update on MESHD_LEADER_ELECTION_LEASE",
             )
         else:
             f.expect(rule["verbs"] == ["create"], "unnamed Lease rules may only create")

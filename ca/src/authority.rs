@@ -581,6 +581,21 @@ impl Authority {
         })
     }
 
+    /// How far a root rotation has come: 0 none under way, 1 a new root
+    /// is staged (trusted, not signing), 2 the new root signs and the old
+    /// one is still trusted. A rotation interrupted (a proxy that did not
+    /// acknowledge, a restart) resumes from here.
+    pub fn rotation_step(&self) -> usize {
+        let state = self.state();
+        if state.staged.is_some() {
+            1
+        } else if state.roots.len() > 1 {
+            2
+        } else {
+            0
+        }
+    }
+
     /// Root rotation, step 1: a new root joins the trust bundle, but does
     /// not sign yet. Push the bundle to every proxy before step 2.
     pub fn stage_new_root(&self) -> Result<()> {
@@ -824,6 +839,11 @@ mod tests {
             Authority::retire_previous_roots,
         ];
         for (i, step) in steps.into_iter().enumerate() {
+            assert_eq!(
+                leader.rotation_step(),
+                i,
+                "an interrupted rotation resumes here"
+            );
             step(&leader).unwrap();
             assert_ne!(follower.trust_bundle_pem(), leader.trust_bundle_pem());
             let stored = store.load().unwrap().unwrap();
@@ -856,11 +876,13 @@ mod tests {
                 );
             }
         }
+        assert_eq!(leader.rotation_step(), 0);
         // A restart mid-rotation keeps the staged root.
         leader.stage_new_root().unwrap();
         let restarted = Authority::load_or_generate("cluster.local", Arc::new(store)).unwrap();
         assert_eq!(restarted.trust_bundle_pem(), leader.trust_bundle_pem());
         assert_eq!(restarted.trust_anchors().len(), 2);
+        assert_eq!(restarted.rotation_step(), 1);
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl SecretStore {
 
     /// From now on, every save is written to the Secret. The writer ends
     /// when the store is dropped.
-    fn persist_saves(self: &Arc<Self>) {
+    fn persist_saves(self: &Arc<Self>, leading: watch::Receiver<bool>) {
         let mut saves = self.saves.subscribe();
         saves.mark_unchanged();
         let store: Weak<SecretStore> = Arc::downgrade(self);
@@ -141,6 +141,13 @@ impl SecretStore {
                     loop {
                         let Some(store) = store.upgrade() else { return };
                         let Some(root) = store.current() else { break };
+                        // Only the leader writes the root: a replica that
+                        // lost the lease while retrying must not overwrite
+                        // its successor's.
+                        if !*leading.borrow() {
+                            tracing::warn!("not the leader any more: the root CA is not written");
+                            break;
+                        }
                         match store.write(&root).await {
                             Ok(()) => {
                                 tracing::info!("wrote the root CA to its Secret");
@@ -363,7 +370,7 @@ pub async fn load_or_create(
             let root = stored_root(&secret, &found)?;
             let store = Arc::new(SecretStore::new(client, namespace, name, Some(root)));
             let ca = authority(trust_domain, store.clone(), &secret)?;
-            store.persist_saves();
+            store.persist_saves(leading.clone());
             tracing::info!("loaded the root CA from its Secret");
             return Ok(ca);
         }
@@ -385,7 +392,7 @@ pub async fn load_or_create(
                 .await
             {
                 Ok(_) => {
-                    store.persist_saves();
+                    store.persist_saves(leading.clone());
                     tracing::info!("generated the root CA and created its Secret");
                     return Ok(ca);
                 }
@@ -420,7 +427,7 @@ pub fn follow(
     namespace: &str,
     name: &str,
     identity: Arc<crate::identity::Identity>,
-    leading: watch::Receiver<bool>,
+    mut leading: watch::Receiver<bool>,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
@@ -429,18 +436,29 @@ pub fn follow(
     let span = tracing::info_span!("ca_follower", secret = %secret);
     tokio::spawn(
         async move {
+            let mut caught_up = false;
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                    changed = leading.changed() => if changed.is_err() {
+                        // The election is over (shutting down): poll.
+                        tokio::time::sleep(FOLLOW_INTERVAL).await;
+                    },
                 }
-                // The leader is the one writing; it follows no one.
-                if *leading.borrow() {
+                // The leader is the one writing and follows no one, once it
+                // has caught up with what its predecessor wrote last.
+                let leader = *leading.borrow_and_update();
+                if leader && caught_up {
                     continue;
                 }
                 match follow_once(&api, &secret, &name, &identity).await {
-                    Ok(true) => identity.changed(),
-                    Ok(false) => {}
+                    Ok(adopted) => {
+                        if adopted {
+                            identity.changed();
+                        }
+                        caught_up = leader;
+                    }
                     Err(e) => tracing::warn!("cannot follow the root CA Secret: {e}"),
                 }
             }

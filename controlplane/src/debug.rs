@@ -59,6 +59,14 @@ impl Lifecycle {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(leading);
     }
 
+    /// The leadership watch, when leader election runs.
+    fn leadership(&self) -> Option<watch::Receiver<bool>> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// `Some(leading)` when leader election runs.
     pub fn is_leader(&self) -> Option<bool> {
         self.leader
@@ -118,7 +126,22 @@ async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
 /// Rotates the generated root CA (see [`crate::identity::rotate_root`]);
 /// answers once every step is acknowledged by every proxy, or says which
 /// step stalled and on which proxies.
-async fn rotate_root(State(s): State<DebugState>) -> impl IntoResponse {
+async fn rotate_root(
+    State(s): State<DebugState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> impl IntoResponse {
+    // The debug port is reachable from the cluster (metrics); replacing
+    // the mesh's root is for an operator on the pod itself (kubectl
+    // port-forward or exec arrive over loopback).
+    if peer
+        .is_some_and(|axum::Extension(axum::extract::ConnectInfo(addr))| !addr.ip().is_loopback())
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /ca/rotate-root is accepted from loopback only; use kubectl port-forward to this pod\n"
+                .to_string(),
+        );
+    }
     let Some(identity) = s.identity.clone() else {
         return (
             StatusCode::CONFLICT,
@@ -134,8 +157,9 @@ async fn rotate_root(State(s): State<DebugState>) -> impl IntoResponse {
                 .to_string(),
         );
     }
-    match crate::identity::rotate_root(&identity, &s.xds, std::time::Duration::from_secs(60)).await
-    {
+    let leading = s.lifecycle.leadership();
+    let step_timeout = std::time::Duration::from_secs(60);
+    match crate::identity::rotate_root(&identity, &s.xds, step_timeout, leading.as_ref()).await {
         Ok(()) => (StatusCode::OK, "root rotated\n".to_string()),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -61,6 +61,8 @@ pub struct Identity {
     /// The `ROOTCA` secret of the current generation.
     root: std::sync::Mutex<Option<(u64, Arc<Resource>)>>,
     pub metrics: CaMetrics,
+    /// Held while a root rotation runs.
+    rotating: tokio::sync::Mutex<()>,
     /// How long a root rotation step waits, after this replica's proxies
     /// acknowledged it, for the other replicas to follow (zero: alone).
     replica_settle: std::sync::Mutex<Duration>,
@@ -131,6 +133,7 @@ impl Identity {
             root: std::sync::Mutex::new(None),
             metrics: CaMetrics::default(),
             replica_settle: std::sync::Mutex::new(Duration::ZERO),
+            rotating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -272,6 +275,7 @@ pub async fn rotate_root(
     identity: &Identity,
     xds: &crate::xds::ServerState,
     step_timeout: Duration,
+    leading: Option<&tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(), String> {
     type Step = fn(&Authority) -> meshd_ca::Result<()>;
     let steps: [(&str, Step); 3] = [
@@ -279,7 +283,21 @@ pub async fn rotate_root(
         ("sign with the new root", Authority::activate_staged_root),
         ("retire the old root", Authority::retire_previous_roots),
     ];
-    for (what, step) in steps {
+    // One rotation at a time; a second request waits for the first.
+    let _rotating = identity.rotating.lock().await;
+    // An interrupted rotation resumes where it stopped.
+    let from = identity.ca.rotation_step();
+    if from > 0 {
+        tracing::info!(
+            step = from + 1,
+            "root rotation: resuming an interrupted rotation"
+        );
+    }
+    for (what, step) in steps.into_iter().skip(from) {
+        // A replica that lost the lease stops: the new leader owns the root.
+        if leading.is_some_and(|l| !*l.borrow()) {
+            return Err(format!("{what}: this replica is no longer the leader"));
+        }
         step(&identity.ca).map_err(|e| format!("{what}: {e}"))?;
         identity.changed();
         let generation = identity.generation();

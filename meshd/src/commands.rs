@@ -102,17 +102,20 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
     // Leader-only tasks, stopped with the election.
     let mut background = Vec::new();
+    let following = CancellationToken::new();
     if let (Some(client), Some(leading), None) = (&client, &leading, &args.ca.plug_in_ca) {
         // Every replica issues from the root in the Secret: the others
         // follow the leader's rotations, and the leader gives them time to.
         identity.set_replica_settle(ca_secret::REPLICA_SETTLE);
+        // Its own stop: a draining replica still serves its proxies and
+        // must keep up with rotations until its streams are closed.
         background.push(ca_secret::follow(
             client.clone(),
             &args.namespace,
             &args.ha.ca_secret,
             identity.clone(),
             leading.clone(),
-            leadership.clone(),
+            following.clone(),
         ));
     }
     if let (Some(client), Some(leading)) = (&client, &leading) {
@@ -227,6 +230,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         let _ = stop.send(());
         let _ = task.await;
     }
+    following.cancel();
     if let Some(election) = election
         && tokio::time::timeout(Duration::from_secs(5), election)
             .await

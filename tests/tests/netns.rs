@@ -482,6 +482,7 @@ fn root_rotation_drops_no_request() {
             &identity,
             &state,
             Duration::from_secs(30),
+            None,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
     println!("root rotated in {:?}", started.elapsed());
