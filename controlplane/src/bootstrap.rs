@@ -5,9 +5,19 @@
 //! cluster, the admin interface, and two small static listeners that expose
 //! readiness (15021, for kubelet probes) and Prometheus stats (15090)
 //! without exposing the admin interface itself.
+//!
+//! The readiness listener also serves the app's own HTTP probes, which the
+//! injector rewrites to it: under STRICT mTLS the inbound listener refuses
+//! kubelet's plaintext, so kubelet asks `15021/app-health/<container>/<kind>`
+//! and the proxy forwards to the app on loopback, as the original path.
+//!
+//! ```text
+//! kubelet ──GET :15021/app-health/web/readyz──> readiness listener ──GET /ready──> 127.0.0.1:8080 (cluster app-probe|8080)
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -54,6 +64,33 @@ pub struct BootstrapConfig {
     pub identity_dir: Option<PathBuf>,
     /// The SPIFFE ID the control plane's certificate must carry.
     pub control_plane_id: String,
+    /// The app's HTTP probes served on the readiness port (see the module
+    /// documentation).
+    pub app_probes: Vec<AppProbe>,
+}
+
+/// One app HTTP probe that kubelet sends to the proxy's readiness port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AppProbe {
+    /// The path kubelet asks for on the readiness port, matched exactly:
+    /// `/app-health/<container>/<livez|readyz|startupz>`.
+    pub path: String,
+    /// The app's port, reached on 127.0.0.1.
+    pub port: u16,
+    /// The path the app serves the probe on, as the pod spec wrote it
+    /// (it may carry a query).
+    pub original_path: String,
+    /// How long the proxy waits for the app: the probe's own timeout, after
+    /// which kubelet has given up anyway.
+    pub timeout: Duration,
+}
+
+/// The prefix of every rewritten probe path.
+pub const APP_HEALTH_PREFIX: &str = "/app-health/";
+
+/// The static cluster that reaches the app's `port` for its probes.
+pub fn app_probe_cluster(port: u16) -> String {
+    format!("app-probe|{port}")
 }
 
 /// The SPIFFE ID of a control plane installed as `meshd` in `meshd-system`.
@@ -80,6 +117,7 @@ impl BootstrapConfig {
             proxy_address: IpAddr::from([0, 0, 0, 0]),
             identity_dir: None,
             control_plane_id: DEFAULT_CONTROL_PLANE_ID.to_string(),
+            app_probes: Vec::new(),
         }
     }
 
@@ -118,6 +156,23 @@ fn static_cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
 
 /// A listener that serves one admin path (and nothing else) on `port`.
 fn admin_path_listener(name: &str, address: IpAddr, port: u16, path: &str, rewrite: &str) -> Value {
+    admin_path_listener_with(name, address, port, path, rewrite, Vec::new())
+}
+
+/// [`admin_path_listener`], with `extra_routes` after the admin path's.
+fn admin_path_listener_with(
+    name: &str,
+    address: IpAddr,
+    port: u16,
+    path: &str,
+    rewrite: &str,
+    extra_routes: Vec<Value>,
+) -> Value {
+    let mut routes = vec![json!({
+        "match": { "path": path },
+        "route": { "cluster": "admin", "prefix_rewrite": rewrite },
+    })];
+    routes.extend(extra_routes);
     json!({
         "name": name,
         "address": socket_address(address, port),
@@ -129,10 +184,7 @@ fn admin_path_listener(name: &str, address: IpAddr, port: u16, path: &str, rewri
                 "route_config": { "virtual_hosts": [{
                     "name": name,
                     "domains": ["*"],
-                    "routes": [{
-                        "match": { "path": path },
-                        "route": { "cluster": "admin", "prefix_rewrite": rewrite },
-                    }],
+                    "routes": routes,
                 }] },
                 "http_filters": [{
                     "name": "envoy.filters.http.router",
@@ -141,6 +193,33 @@ fn admin_path_listener(name: &str, address: IpAddr, port: u16, path: &str, rewri
             },
         }] }],
     })
+}
+
+/// The route of one app probe: an exact path match (the query is not part
+/// of the match and is kept), its whole path replaced by the original one.
+fn app_probe_route(probe: &AppProbe) -> Value {
+    let timeout = format!(
+        "{}.{:03}s",
+        probe.timeout.as_secs(),
+        probe.timeout.subsec_millis()
+    );
+    json!({
+        "match": { "path": probe.path },
+        "route": {
+            "cluster": app_probe_cluster(probe.port),
+            "prefix_rewrite": probe.original_path,
+            "timeout": timeout,
+        },
+    })
+}
+
+/// A plaintext HTTP/1.1 cluster per distinct app port, in port order.
+fn app_probe_clusters(probes: &[AppProbe]) -> Vec<Value> {
+    let ports: std::collections::BTreeSet<u16> = probes.iter().map(|p| p.port).collect();
+    ports
+        .into_iter()
+        .map(|port| static_cluster(&app_probe_cluster(port), "127.0.0.1", port, false))
+        .collect()
 }
 
 /// An SDS config source reading a secret from a file Envoy watches, so a
@@ -269,6 +348,17 @@ pub fn render(config: &BootstrapConfig) -> Value {
     if let Some(dir) = &config.identity_dir {
         xds_cluster["transport_socket"] = xds_tls(dir, &config.control_plane_id);
     }
+    let mut clusters = vec![
+        xds_cluster,
+        static_cluster(
+            "admin",
+            &config.admin.ip().to_string(),
+            config.admin.port(),
+            false,
+        ),
+    ];
+    clusters.extend(app_probe_clusters(&config.app_probes));
+    let probe_routes = config.app_probes.iter().map(app_probe_route).collect();
     json!({
         "node": {
             "id": config.node_id(),
@@ -293,12 +383,9 @@ pub fn render(config: &BootstrapConfig) -> Value {
             "lds_config": { "ads": {}, "resource_api_version": "V3" },
         },
         "static_resources": {
-            "clusters": [
-                xds_cluster,
-                static_cluster("admin", &config.admin.ip().to_string(), config.admin.port(), false),
-            ],
+            "clusters": clusters,
             "listeners": [
-                admin_path_listener("readiness", config.proxy_address, ports::READINESS, "/healthz/ready", "/ready"),
+                admin_path_listener_with("readiness", config.proxy_address, ports::READINESS, "/healthz/ready", "/ready", probe_routes),
                 admin_path_listener("prometheus", config.proxy_address, ports::PROMETHEUS, "/stats/prometheus", "/stats/prometheus"),
             ],
         },
@@ -332,5 +419,63 @@ mod tests {
         let v = render(&config);
         assert_eq!(v["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
         assert_eq!(v["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+        // No probes: the two static clusters only.
+        assert_eq!(
+            v["static_resources"]["clusters"].as_array().unwrap().len(),
+            2
+        );
+    }
+
+    #[test]
+    fn app_probes_are_routed_on_the_readiness_listener_to_the_app() {
+        let mut config = BootstrapConfig::new("shop", "web-0");
+        let probe = |path: &str, port, original: &str| AppProbe {
+            path: path.into(),
+            port,
+            original_path: original.into(),
+            timeout: Duration::from_millis(1500),
+        };
+        config.app_probes = vec![
+            probe("/app-health/web/readyz", 8080, "/ready?full=1"),
+            probe("/app-health/web/livez", 8080, "/live"),
+            probe("/app-health/admin/livez", 9090, "/"),
+        ];
+        let v = render(&config);
+        let listener = &v["static_resources"]["listeners"][0];
+        assert_eq!(listener["name"], "readiness");
+        let routes = &listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
+            [0]["routes"];
+        let routes = routes.as_array().unwrap();
+        assert_eq!(routes.len(), 4);
+        // Envoy's own readiness first, unchanged.
+        assert_eq!(routes[0]["match"]["path"], "/healthz/ready");
+        assert_eq!(routes[0]["route"]["cluster"], "admin");
+        assert_eq!(routes[1]["match"]["path"], "/app-health/web/readyz");
+        assert_eq!(routes[1]["route"]["cluster"], "app-probe|8080");
+        assert_eq!(routes[1]["route"]["prefix_rewrite"], "/ready?full=1");
+        assert_eq!(routes[1]["route"]["timeout"], "1.500s");
+        assert_eq!(routes[3]["route"]["cluster"], "app-probe|9090");
+        // One cluster per distinct port, to the app on loopback.
+        let clusters = v["static_resources"]["clusters"].as_array().unwrap();
+        let names: Vec<&str> = clusters
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["xds-grpc", "admin", "app-probe|8080", "app-probe|9090"]
+        );
+        let address = &clusters[3]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"];
+        assert_eq!(address["address"], "127.0.0.1");
+        assert_eq!(address["port_value"], 9090);
+        assert_eq!(clusters[3]["type"], "STATIC");
+        // Plain HTTP/1.1: no protocol options, no TLS.
+        assert!(
+            clusters[3]
+                .get("typed_extension_protocol_options")
+                .is_none()
+        );
+        assert!(clusters[3].get("transport_socket").is_none());
     }
 }

@@ -35,6 +35,7 @@ pub const EXCLUDE_OUTBOUND_PORTS: &str = "meshd.io/exclude-outbound-ports";
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "meshd.io/exclude-outbound-cidrs";
 pub const INTERCEPTION: &str = "meshd.io/interception";
 pub const MTLS: &str = "meshd.io/mtls";
+pub const REWRITE_APP_PROBES: &str = "meshd.io/rewrite-app-probes";
 
 /// The label the injector puts on every pod it injects (value
 /// [`PROXY_LABEL_VALUE`]), so meshed pods can be selected: by a
@@ -144,6 +145,12 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         accepted: "STRICT, PERMISSIVE, DISABLE",
         default: "the namespace's meshd.io/mtls, else the mesh's --mtls-mode",
         description: "The workload's inbound mTLS mode (read by the control plane).",
+    },
+    AnnotationDoc {
+        name: REWRITE_APP_PROBES,
+        accepted: "true, false",
+        default: "true",
+        description: "Send the app containers' HTTP liveness, readiness and startup probes through the proxy's port 15021 (`/app-health/<container>/livez`, `readyz`, `startupz`), so they pass under STRICT mTLS; HTTPS, TCP, gRPC and exec probes are left as they are.",
     },
     AnnotationDoc {
         name: STATUS,
@@ -319,6 +326,7 @@ pub struct Overrides {
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_outbound_cidrs: Vec<Cidr>,
     pub interception: Interception,
+    pub rewrite_app_probes: Option<bool>,
 }
 
 fn parse_bool(annotation: &str, value: &str) -> Result<bool, InjectError> {
@@ -370,6 +378,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Inject
                 o.interception = Interception::parse(value).ok_or_else(|| invalid(name, value))?;
             }
             NATIVE_SIDECAR => o.native_sidecar = Some(parse_bool(name, value)?),
+            REWRITE_APP_PROBES => o.rewrite_app_probes = Some(parse_bool(name, value)?),
             PROXY_CPU => o.proxy_cpu = Some(parse_quantity(name, value, Resource::Cpu)?),
             PROXY_CPU_LIMIT => {
                 o.proxy_cpu_limit = Some(parse_quantity(name, value, Resource::Cpu)?);
@@ -500,6 +509,7 @@ mod tests {
             (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/8,fd00::/8"),
             (INTERCEPTION, "none"),
             (MTLS, "STRICT"),
+            (REWRITE_APP_PROBES, "false"),
             (INJECT, "true"),
             ("example.com/other", "anything"),
         ]))
@@ -512,6 +522,7 @@ mod tests {
         assert_eq!(o.exclude_outbound_ports, vec![5432]);
         assert_eq!(o.exclude_outbound_cidrs.len(), 2);
         assert_eq!(o.interception, Interception::None);
+        assert_eq!(o.rewrite_app_probes, Some(false));
         assert_eq!(parse(&map(&[])).unwrap(), Overrides::default());
     }
 
@@ -533,6 +544,8 @@ mod tests {
             (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33"),
             (INTERCEPTION, "tproxy"),
             (MTLS, "ON"),
+            (REWRITE_APP_PROBES, "no"),
+            (REWRITE_APP_PROBES, "False"),
         ];
         for (name, value) in cases {
             let err = parse(&map(&[(name, value)])).unwrap_err();

@@ -35,12 +35,25 @@
 //!   `meshd.io/interception: none`, where nothing is captured).
 //! - `meshd-identity`: the bootstrap identity Secret, mounted in the proxy only.
 //! - the label `meshd.io/proxy: "true"` and the annotation `meshd.io/status`.
+//! - the app containers' HTTP probes pointed at the proxy's readiness port
+//!   (unless `meshd.io/rewrite-app-probes: "false"`): under STRICT mTLS the
+//!   inbound listener refuses kubelet's plaintext, so kubelet asks
+//!   `15021/app-health/<container>/<livez|readyz|startupz>` and the proxy's
+//!   bootstrap routes that to the app's port and original path. Only
+//!   `spec.containers` are rewritten, only `httpGet` probes with scheme HTTP
+//!   and no `host`: HTTPS would need the proxy to originate TLS to the app;
+//!   a TCP probe is answered by the proxy's inbound listener anyway, which
+//!   accepts the connection whatever the mTLS mode; gRPC probes and exec
+//!   probes do not go through the proxy (exec does not use the network). A
+//!   probe whose port names no port of its container, or whose path is not
+//!   plain printable ASCII, is left as it is.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{
@@ -50,7 +63,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
+use meshd_controlplane::bootstrap::{
+    self, APP_HEALTH_PREFIX, AppProbe, BootstrapConfig, XdsProtocol,
+};
 use meshd_controlplane::model::Interception;
 use meshd_controlplane::translate::ports;
 use serde::{Deserialize, Serialize};
@@ -179,13 +194,22 @@ pub struct Status {
     pub containers: Vec<String>,
     pub init_containers: Vec<String>,
     pub volumes: Vec<String>,
+    /// The probe paths the proxy serves for the app (`/app-health/…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_probes: Vec<String>,
 }
 
 /// Checks the mesh-wide settings, so a bad configuration is refused when
 /// the control plane starts rather than at its first pod.
 pub fn check_config(config: &InjectorConfig) -> Result<()> {
     let prepared = Prepared::for_config(config)?;
-    Plan::new(config, &prepared.defaults, &Overrides::default()).map(|_| ())
+    Plan::new(
+        config,
+        &prepared.defaults,
+        &Overrides::default(),
+        Vec::new(),
+    )
+    .map(|_| ())
 }
 
 /// Injects `pod`, created in `namespace`.
@@ -244,20 +268,27 @@ pub fn inject_patch(
     let empty = BTreeMap::new();
     let overrides = annotations::parse(pod_annotations.unwrap_or(&empty))?;
     let prepared = Prepared::for_config(config)?;
-    let plan = Plan::new(config, &prepared.defaults, &overrides)?;
+    let rewrites = if overrides.rewrite_app_probes.unwrap_or(true) {
+        probe_rewrites(spec)
+    } else {
+        Vec::new()
+    };
+    let app_probes = rewrites.iter().map(|r| r.app.clone()).collect();
+    let plan = Plan::new(config, &prepared.defaults, &overrides, app_probes)?;
     let service_account = service_account(spec)?;
     check_conflicts(spec, &plan)?;
 
     let rendered = prepared.rendered(plan)?;
     Ok(Injection::Patched {
-        patch: PodPatch::build(pod, spec, &rendered, &service_account)?,
+        patch: PodPatch::build(pod, spec, &rendered, &service_account, &rewrites)?,
         service_account,
     })
 }
 
 /// A Pod holding only what [`inject_patch`] reads, which is what the
 /// webhook decodes from each review: the metadata names, labels and
-/// annotations; the spec's containers (names, ports, run-as IDs), init and
+/// annotations; the spec's containers (names, ports, run-as IDs, the
+/// probes' `httpGet` and timeout), init and
 /// ephemeral container names, volume names, host network, service account
 /// and pod run-as IDs. The rest of the Pod (most of its bytes: images,
 /// env, probes, the managed fields' trees) is parsed past without being
@@ -347,6 +378,27 @@ mod read {
         name: Option<String>,
         ports: Option<Vec<core::ContainerPort>>,
         security_context: Option<RunAs>,
+        liveness_probe: Option<Probe>,
+        readiness_probe: Option<Probe>,
+        startup_probe: Option<Probe>,
+    }
+
+    /// What probe rewriting reads of a probe.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        http_get: Option<core::HTTPGetAction>,
+        timeout_seconds: Option<i32>,
+    }
+
+    impl From<Probe> for core::Probe {
+        fn from(p: Probe) -> Self {
+            core::Probe {
+                http_get: p.http_get,
+                timeout_seconds: p.timeout_seconds,
+                ..Default::default()
+            }
+        }
     }
 
     #[derive(Deserialize)]
@@ -371,6 +423,9 @@ mod read {
                     run_as_group: s.run_as_group,
                     ..Default::default()
                 }),
+                liveness_probe: c.liveness_probe.map(Into::into),
+                readiness_probe: c.readiness_probe.map(Into::into),
+                startup_probe: c.startup_probe.map(Into::into),
                 ..Default::default()
             }
         }
@@ -471,7 +526,10 @@ struct MeshDefaults {
     memory_limit: Quantity,
     log_level: &'static str,
     concurrency: u32,
+    /// The bootstrap of a pod without rewritten probes, rendered.
     bootstrap: String,
+    /// What it was rendered from, for pods with probes.
+    bootstrap_config: BootstrapConfig,
 }
 
 fn invalid_setting(setting: &str, value: impl ToString, accepted: impl ToString) -> InjectError {
@@ -519,6 +577,7 @@ impl MeshDefaults {
                 "a whole number 0-64",
             ));
         }
+        let bootstrap_config = proxy_bootstrap_config(config)?;
         if config.control_plane_namespace.is_empty() {
             return Err(invalid_setting(
                 "controlPlaneNamespace",
@@ -541,7 +600,8 @@ impl MeshDefaults {
             )?,
             log_level,
             concurrency: config.proxy_concurrency,
-            bootstrap: proxy_bootstrap(config)?,
+            bootstrap: render_bootstrap(&bootstrap_config),
+            bootstrap_config,
         })
     }
 }
@@ -584,8 +644,9 @@ struct Prepared {
     rendered: Mutex<Vec<Arc<Rendered>>>,
 }
 
-/// How many plans a configuration keeps rendered.
-const RENDERED_PLANS: usize = 16;
+/// How many plans a configuration keeps rendered. Pods with probes have a
+/// plan per probe set, so about one per workload.
+const RENDERED_PLANS: usize = 64;
 
 impl Prepared {
     /// The preparation for `config`: the last one when the configuration
@@ -621,7 +682,7 @@ impl Prepared {
                 return Ok(found);
             }
         }
-        let rendered = Arc::new(Rendered::new(plan, &self.config, &self.defaults.bootstrap)?);
+        let rendered = Arc::new(Rendered::new(plan, &self.config, &self.defaults)?);
         let mut cache = lock();
         cache.insert(0, rendered.clone());
         cache.truncate(RENDERED_PLANS);
@@ -629,11 +690,8 @@ impl Prepared {
     }
 }
 
-/// The Envoy bootstrap as compact JSON, ready to be one element of the
-/// container's `args`. It names the node with the downward-API variables;
-/// Kubernetes substitutes them (and `--service-node` says the same), so every
-/// other `$` is doubled to stay literal.
-fn proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
+/// The Envoy bootstrap's settings, checked, without app probes.
+fn proxy_bootstrap_config(config: &InjectorConfig) -> Result<BootstrapConfig> {
     let (xds_host, xds_port) = parse_xds_address(&config.xds_address).ok_or_else(|| {
         invalid_setting(
             "xdsAddress",
@@ -653,7 +711,7 @@ fn proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
     })?;
     let pod_ref = format!("$({POD_NAME_ENV})");
     let namespace_ref = format!("$({POD_NAMESPACE_ENV})");
-    let mut bootstrap = BootstrapConfig::new(namespace_ref.clone(), pod_ref.clone());
+    let mut bootstrap = BootstrapConfig::new(namespace_ref, pod_ref);
     bootstrap.xds_host = xds_host;
     bootstrap.xds_port = xds_port;
     bootstrap.xds_protocol = xds_protocol;
@@ -661,11 +719,135 @@ fn proxy_bootstrap(config: &InjectorConfig) -> Result<String> {
     bootstrap.proxy_address = IpAddr::from([0, 0, 0, 0]);
     bootstrap.identity_dir = Some(PathBuf::from(IDENTITY_MOUNT));
     bootstrap.control_plane_id = config.control_plane_id.clone();
-    let json = bootstrap::render(&bootstrap).to_string();
-    Ok(json
+    Ok(bootstrap)
+}
+
+/// The Envoy bootstrap as compact JSON, ready to be one element of the
+/// container's `args`. It names the node with the downward-API variables;
+/// Kubernetes substitutes them (and `--service-node` says the same), so every
+/// other `$` (a probe path may hold one) is doubled to stay literal.
+fn render_bootstrap(bootstrap: &BootstrapConfig) -> String {
+    let pod_ref = format!("$({POD_NAME_ENV})");
+    let namespace_ref = format!("$({POD_NAMESPACE_ENV})");
+    bootstrap::render(bootstrap)
+        .to_string()
         .replace('$', "$$")
         .replace(&format!("${pod_ref}"), &pod_ref)
-        .replace(&format!("${namespace_ref}"), &namespace_ref))
+        .replace(&format!("${namespace_ref}"), &namespace_ref)
+}
+
+/// One app probe the injector points at the proxy.
+#[derive(Clone, Debug)]
+struct ProbeRewrite {
+    /// The index of the container in `spec.containers`.
+    container: usize,
+    /// The probe's field: `livenessProbe`, `readinessProbe`, `startupProbe`.
+    field: &'static str,
+    /// The probe's `httpGet` as the pod has it.
+    http_get: HTTPGetAction,
+    app: AppProbe,
+}
+
+/// The probe fields rewritten, in the order of their JSON names (which is
+/// the order of the patch operations), with the last part of their path.
+const PROBE_FIELDS: [(&str, &str); 3] = [
+    ("livenessProbe", "livez"),
+    ("readinessProbe", "readyz"),
+    ("startupProbe", "startupz"),
+];
+
+/// The app probes of `spec.containers` the proxy can serve.
+fn probe_rewrites(spec: &PodSpec) -> Vec<ProbeRewrite> {
+    let mut rewrites = Vec::new();
+    for (index, c) in spec.containers.iter().enumerate() {
+        // Container names are DNS labels once the API server has validated
+        // the pod; anything else would make a path Envoy might refuse.
+        let plain_name = !c.name.is_empty()
+            && c.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !plain_name {
+            continue;
+        }
+        let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+        for ((field, kind), probe) in PROBE_FIELDS.into_iter().zip(probes) {
+            let Some(probe) = probe else { continue };
+            let Some(http_get) = &probe.http_get else {
+                continue;
+            };
+            let Some(app) = app_probe(c, kind, http_get, probe.timeout_seconds) else {
+                continue;
+            };
+            rewrites.push(ProbeRewrite {
+                container: index,
+                field,
+                http_get: http_get.clone(),
+                app,
+            });
+        }
+    }
+    rewrites
+}
+
+/// The probe as the proxy serves it, or `None` when it stays as it is.
+fn app_probe(
+    c: &Container,
+    kind: &str,
+    http_get: &HTTPGetAction,
+    timeout_seconds: Option<i32>,
+) -> Option<AppProbe> {
+    // A probe of another host is not the app's.
+    if http_get.host.as_deref().is_some_and(|h| !h.is_empty()) {
+        return None;
+    }
+    // HTTPS would need the proxy to originate TLS to the app.
+    if !matches!(http_get.scheme.as_deref(), None | Some("HTTP")) {
+        return None;
+    }
+    let port = probe_port(c, &http_get.port)?;
+    if PROXY_PORTS.contains(&port) {
+        return None;
+    }
+    // Kubelet asks for `/` without a path and adds the leading slash.
+    let path = http_get.path.as_deref().unwrap_or_default();
+    let original_path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    // Printable ASCII only, without a fragment: what a request line carries
+    // as it is.
+    if !original_path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'#')
+    {
+        return None;
+    }
+    let timeout = u64::try_from(timeout_seconds.unwrap_or(1))
+        .unwrap_or(1)
+        .max(1);
+    Some(AppProbe {
+        path: format!("{APP_HEALTH_PREFIX}{}/{kind}", c.name),
+        port,
+        original_path,
+        timeout: Duration::from_secs(timeout),
+    })
+}
+
+/// The port a probe reaches, as kubelet resolves it: a number, or the name
+/// of one of the container's ports (else a number written as a string).
+fn probe_port(c: &Container, port: &IntOrString) -> Option<u16> {
+    let number = match port {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port)
+            .or_else(|| name.parse().ok())?,
+    };
+    u16::try_from(number).ok().filter(|p| *p > 0)
 }
 
 /// Everything decided about one pod's sidecar, before any of it is built:
@@ -683,6 +865,8 @@ struct Plan {
     memory_limit: Quantity,
     log_level: String,
     concurrency: u32,
+    /// The app probes the proxy serves; they are part of its bootstrap.
+    app_probes: Vec<AppProbe>,
 }
 
 /// Picks the pod's value over the mesh's and checks request <= limit, as
@@ -736,6 +920,7 @@ impl Plan {
         config: &InjectorConfig,
         defaults: &MeshDefaults,
         overrides: &Overrides,
+        app_probes: Vec<AppProbe>,
     ) -> Result<Plan> {
         let (cpu_request, cpu_limit) = resources(
             "CPU",
@@ -823,6 +1008,7 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| defaults.log_level.to_string()),
             concurrency: overrides.concurrency.unwrap_or(defaults.concurrency),
+            app_probes,
         })
     }
 
@@ -1170,8 +1356,14 @@ impl RenderedJson {
 }
 
 impl Rendered {
-    fn new(plan: Plan, config: &InjectorConfig, bootstrap: &str) -> Result<Rendered> {
-        let proxy = plan.proxy_container(config, bootstrap);
+    fn new(plan: Plan, config: &InjectorConfig, defaults: &MeshDefaults) -> Result<Rendered> {
+        let proxy = if plan.app_probes.is_empty() {
+            plan.proxy_container(config, &defaults.bootstrap)
+        } else {
+            let mut bootstrap = defaults.bootstrap_config.clone();
+            bootstrap.app_probes = plan.app_probes.clone();
+            plan.proxy_container(config, &render_bootstrap(&bootstrap))
+        };
         let init = plan.init_container(config);
         let mut status = Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1187,6 +1379,7 @@ impl Rendered {
             status.containers.push(proxy.name.clone());
         }
         status.volumes.push(IDENTITY_VOLUME.to_string());
+        status.app_probes = plan.app_probes.iter().map(|p| p.path.clone()).collect();
         let status = serde_json::to_string(&status).map_err(|e| {
             InjectError::InvalidPod(format!(
                 "the {} annotation cannot be serialised: {e}",
@@ -1222,6 +1415,9 @@ impl Rendered {
 ///   already), then `meshd.io/status` (or the map whole).
 /// - `metadata.labels`: `meshd.io/proxy: "true"`, replacing another value
 ///   (or the map whole).
+/// - `spec.containers[i].<probe>.httpGet`: `path`, `port` and `scheme` of
+///   each rewritten app probe, field by field (the rest of the probe, its
+///   headers and timings, is the pod's).
 /// - classic without capture, a pod's empty `spec.initContainers` is
 ///   removed.
 ///
@@ -1306,9 +1502,10 @@ impl PodPatch {
         spec: &PodSpec,
         rendered: &Rendered,
         service_account: &str,
+        rewrites: &[ProbeRewrite],
     ) -> Result<PodPatch> {
         let mut patch = PodPatch {
-            operations: Vec::with_capacity(8),
+            operations: Vec::with_capacity(8 + 3 * rewrites.len()),
         };
         let proxy = || PatchValue::Rendered(rendered.proxy.clone());
         let init = rendered
@@ -1377,6 +1574,11 @@ impl PodPatch {
                 value: Some(PatchValue::Value(label.1.into())),
             }),
         }
+        // Classic mode put the proxy in front of the pod's containers.
+        let shift = usize::from(!rendered.plan.native);
+        for rewrite in rewrites {
+            patch.rewrite_probe(rewrite, rewrite.container + shift);
+        }
         if remove_init_containers {
             patch.operations.push(Operation {
                 op: Op::Remove,
@@ -1410,6 +1612,50 @@ impl PodPatch {
                 op: Op::Add,
                 path,
                 value: Some(item),
+            });
+        }
+    }
+
+    /// Points the probe of `rewrite` at the proxy: its `httpGet` path, port
+    /// and scheme, each added or replaced only when it differs.
+    fn rewrite_probe(&mut self, rewrite: &ProbeRewrite, index: usize) {
+        let original = &rewrite.http_get;
+        let port = Value::from(ports::READINESS);
+        let fields = [
+            (
+                "path",
+                original.path.as_deref().map(Value::from),
+                Value::from(rewrite.app.path.as_str()),
+            ),
+            (
+                "port",
+                Some(match &original.port {
+                    IntOrString::Int(n) => Value::from(*n),
+                    IntOrString::String(s) => Value::from(s.as_str()),
+                }),
+                port,
+            ),
+            (
+                "scheme",
+                original.scheme.as_deref().map(Value::from),
+                Value::from("HTTP"),
+            ),
+        ];
+        for (key, before, after) in fields {
+            let op = match before {
+                None => Op::Add,
+                Some(before) if before != after => Op::Replace,
+                Some(_) => continue,
+            };
+            let mut path = PointerBuf::from_tokens(["spec", "containers"]);
+            path.push_back(index);
+            path.push_back(rewrite.field);
+            path.push_back("httpGet");
+            path.push_back(key);
+            self.operations.push(Operation {
+                op,
+                path,
+                value: Some(PatchValue::Value(after)),
             });
         }
     }
@@ -1510,7 +1756,7 @@ mod tests {
     use crate::annotations::{
         CONCURRENCY, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_CIDRS, EXCLUDE_OUTBOUND_PORTS, INJECT,
         INTERCEPTION, LOG_LEVEL, NATIVE_SIDECAR, PROXY_CPU, PROXY_CPU_LIMIT, PROXY_MEMORY_LIMIT,
-        STATUS,
+        REWRITE_APP_PROBES, STATUS,
     };
     use serde_json::json;
 
@@ -1581,11 +1827,24 @@ mod tests {
             let empty = BTreeMap::new();
             let overrides =
                 annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)).unwrap();
-            let plan = Plan::new(config, &defaults, &overrides).unwrap();
+            let spec = pod.spec.as_ref().unwrap();
+            let app_probes = if overrides.rewrite_app_probes.unwrap_or(true) {
+                probe_rewrites(spec).into_iter().map(|r| r.app).collect()
+            } else {
+                Vec::new()
+            };
+            let plan = Plan::new(config, &defaults, &overrides, app_probes).unwrap();
+            let bootstrap = if plan.app_probes.is_empty() {
+                defaults.bootstrap.clone()
+            } else {
+                let mut bootstrap = defaults.bootstrap_config.clone();
+                bootstrap.app_probes = plan.app_probes.clone();
+                render_bootstrap(&bootstrap)
+            };
             apply(
                 &plan,
                 config,
-                &defaults.bootstrap,
+                &bootstrap,
                 pod,
                 pod.spec.as_ref().unwrap(),
                 service_account,
@@ -1616,6 +1875,25 @@ mod tests {
             let mut spec = spec.clone();
             let user_containers: Vec<String> =
                 spec.containers.iter().map(|c| c.name.clone()).collect();
+            // The app probes of the plan, pointed at the proxy.
+            for c in &mut spec.containers {
+                let name = c.name.clone();
+                let probes = [
+                    (&mut c.liveness_probe, "livez"),
+                    (&mut c.readiness_probe, "readyz"),
+                    (&mut c.startup_probe, "startupz"),
+                ];
+                for (probe, kind) in probes {
+                    let path = format!("/app-health/{name}/{kind}");
+                    if !plan.app_probes.iter().any(|p| p.path == path) {
+                        continue;
+                    }
+                    let get = probe.as_mut().unwrap().http_get.as_mut().unwrap();
+                    get.path = Some(path);
+                    get.port = IntOrString::Int(15021);
+                    get.scheme = Some("HTTP".into());
+                }
+            }
             let mut status = Status {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 ..Default::default()
@@ -1649,6 +1927,7 @@ mod tests {
                 .get_or_insert_with(Vec::new)
                 .push(identity_volume(service_account));
             status.volumes.push(IDENTITY_VOLUME.to_string());
+            status.app_probes = plan.app_probes.iter().map(|p| p.path.clone()).collect();
             pod.spec = Some(spec);
 
             pod.metadata
@@ -1705,8 +1984,11 @@ mod tests {
                 };
                 let mut inserts = Vec::new();
                 let mut kept = 0;
+                // Items are told apart by name: the pod's containers keep
+                // theirs, though their probes may change.
+                let name = |item: &Value| item.get("name").cloned();
                 for (i, item) in after.iter().enumerate() {
-                    if before.get(kept) == Some(item) {
+                    if before.get(kept).map(name) == Some(name(item)) {
                         kept += 1;
                     } else {
                         inserts.push(PatchOperation::Add(AddOperation {
@@ -2320,7 +2602,7 @@ mod tests {
     fn dollars_in_settings_stay_literal_through_kubernetes_expansion() {
         // A SPIFFE ID cannot hold `$`, but the bootstrap escapes any it would
         // get, and leaves the downward-API references alone.
-        let bootstrap = proxy_bootstrap(&config()).unwrap();
+        let bootstrap = render_bootstrap(&proxy_bootstrap_config(&config()).unwrap());
         assert!(!bootstrap.contains("$$"));
         assert!(bootstrap.contains("\"$(MESHD_POD_NAME).$(MESHD_POD_NAMESPACE)\""));
     }
@@ -2366,6 +2648,35 @@ mod tests {
             names(&result.spec.unwrap().init_containers),
             ["meshd-init", "meshd-proxy"]
         );
+    }
+
+    /// `web()` with a probe of every kind: the app's HTTP readiness (named
+    /// port) and liveness (numbered port, a query, a header, its own
+    /// timings) and an HTTPS startup probe, the logger's HTTP probe on a
+    /// port it does not name, a TCP and an exec probe, and an HTTP probe on
+    /// the init container.
+    fn probed() -> Value {
+        let mut v = web();
+        v["spec"]["containers"][0]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "admin", "containerPort": 9090}));
+        v["spec"]["containers"][0]["readinessProbe"] =
+            json!({"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5});
+        v["spec"]["containers"][0]["livenessProbe"] = json!({
+            "httpGet": {"path": "/live?full=1", "port": 9090, "scheme": "HTTP",
+                        "httpHeaders": [{"name": "x-probe", "value": "kubelet"}]},
+            "initialDelaySeconds": 10, "timeoutSeconds": 3, "failureThreshold": 5,
+        });
+        v["spec"]["containers"][0]["startupProbe"] =
+            json!({"httpGet": {"path": "/started", "port": 8443, "scheme": "HTTPS"}});
+        v["spec"]["containers"][1]["readinessProbe"] =
+            json!({"httpGet": {"path": "/ready", "port": "metrics"}});
+        v["spec"]["containers"][1]["livenessProbe"] = json!({"tcpSocket": {"port": 9102}});
+        v["spec"]["containers"][1]["startupProbe"] = json!({"exec": {"command": ["true"]}});
+        v["spec"]["initContainers"][0]["readinessProbe"] =
+            json!({"httpGet": {"path": "/ready", "port": 8081}});
+        v
     }
 
     /// Pods of every shape the patch treats differently.
@@ -2457,6 +2768,15 @@ mod tests {
                     ],
                 ),
             ),
+            ("probes", probed()),
+            (
+                "probes, not rewritten",
+                annotate(probed(), &[(REWRITE_APP_PROBES, "false")]),
+            ),
+            (
+                "probes, no capture",
+                annotate(probed(), &[(INTERCEPTION, "none")]),
+            ),
             (
                 "odd keys",
                 annotate(
@@ -2504,13 +2824,25 @@ mod tests {
         // the common one.
         for _ in 0..2 {
             for n in 0..=(RENDERED_PLANS as u32 + 4) {
-                for concurrency in [n, 2] {
-                    let v = annotate(web(), &[(CONCURRENCY, &concurrency.to_string())]);
+                // Plans differ by concurrency and by the app's probe.
+                for (concurrency, probe) in [(n % 65, Some(n)), (2, None)] {
+                    let mut v = annotate(web(), &[(CONCURRENCY, &concurrency.to_string())]);
+                    if let Some(probe) = probe {
+                        v["spec"]["containers"][0]["readinessProbe"] =
+                            json!({"httpGet": {"path": format!("/ready/{probe}"), "port": "http"}});
+                    }
                     let (pod, _) = injected(v, &config());
+                    let proxy = container(&pod, PROXY_CONTAINER);
                     let expected = (concurrency > 0).then(|| concurrency.to_string());
+                    assert_eq!(arg_after(proxy, "--concurrency"), expected.as_deref());
+                    let bootstrap = arg_after(proxy, "--config-yaml").unwrap();
+                    let routed = probe.map(|p| format!("\"/ready/{p}\""));
                     assert_eq!(
-                        arg_after(container(&pod, PROXY_CONTAINER), "--concurrency"),
-                        expected.as_deref()
+                        routed
+                            .as_ref()
+                            .is_some_and(|r| bootstrap.contains(r.as_str())),
+                        probe.is_some(),
+                        "{bootstrap}"
                     );
                 }
             }
@@ -2585,6 +2917,50 @@ mod tests {
                 with(web(), "/metadata/labels/meshd.io~1inject", json!("false")),
             ),
             ("bad annotation", annotate(web(), &[(PROXY_CPU, "lots")])),
+            (
+                "bad probe annotation",
+                annotate(probed(), &[(REWRITE_APP_PROBES, "no")]),
+            ),
+            (
+                "probe of another host",
+                with(
+                    probed(),
+                    "/spec/containers/0/readinessProbe/httpGet/host",
+                    json!("10.0.0.1"),
+                ),
+            ),
+            (
+                "probe port as a numeric string",
+                with(
+                    probed(),
+                    "/spec/containers/0/readinessProbe/httpGet/port",
+                    json!("8080"),
+                ),
+            ),
+            (
+                "probe without a path",
+                with(
+                    probed(),
+                    "/spec/containers/0/readinessProbe/httpGet",
+                    json!({"port": 8080}),
+                ),
+            ),
+            (
+                "probe on the proxy's port",
+                with(
+                    probed(),
+                    "/spec/containers/0/readinessProbe/httpGet/port",
+                    json!(15090),
+                ),
+            ),
+            (
+                "grpc probe",
+                with(
+                    probed(),
+                    "/spec/containers/0/readinessProbe",
+                    json!({"grpc": {"port": 8080}}),
+                ),
+            ),
             (
                 "bad service account",
                 with(web(), "/spec/serviceAccountName", json!("Web_1")),
@@ -2661,9 +3037,15 @@ mod tests {
             ("/spec/hostNetwork", json!("yes")),
             ("/metadata/annotations/a", json!(1)),
             ("/spec/volumes", json!({})),
+            ("/spec/containers/0/readinessProbe/httpGet/port", json!({})),
+            (
+                "/spec/containers/0/livenessProbe/timeoutSeconds",
+                json!("x"),
+            ),
+            ("/spec/containers/0/livenessProbe/httpGet/path", json!(1)),
             ("/kind", json!("Deployment")),
         ] {
-            let v = with(web(), pointer, value);
+            let v = with(probed(), pointer, value);
             let whole = serde_path_to_error::deserialize::<_, Pod>(v.clone()).unwrap_err();
             let view = serde_path_to_error::deserialize::<_, PodForInjection>(v).unwrap_err();
             if pointer == "/kind" {
@@ -2681,6 +3063,150 @@ mod tests {
                 "{pointer}"
             );
         }
+    }
+
+    fn probe<'a>(pod: &'a Pod, container: usize, field: &str) -> Option<&'a Probe> {
+        let c = &pod.spec.as_ref().unwrap().containers[container];
+        match field {
+            "livenessProbe" => c.liveness_probe.as_ref(),
+            "readinessProbe" => c.readiness_probe.as_ref(),
+            _ => c.startup_probe.as_ref(),
+        }
+    }
+
+    #[test]
+    fn app_http_probes_go_through_the_proxy_and_the_others_stay() {
+        for config in [config(), classic()] {
+            let (pod, _) = injected(probed(), &config);
+            let original = self::pod(probed());
+            // In classic mode the proxy is the first container.
+            let shift = usize::from(!config.native_sidecar);
+            let app = |field| probe(&pod, shift, field).unwrap();
+            let get = |field| app(field).http_get.as_ref().unwrap();
+            assert_eq!(get("readinessProbe").port, IntOrString::Int(15021));
+            assert_eq!(
+                get("readinessProbe").path.as_deref(),
+                Some("/app-health/app/readyz")
+            );
+            assert_eq!(get("readinessProbe").scheme.as_deref(), Some("HTTP"));
+            assert_eq!(app("readinessProbe").period_seconds, Some(5));
+            let live = app("livenessProbe");
+            assert_eq!(
+                live.http_get.as_ref().unwrap().path.as_deref(),
+                Some("/app-health/app/livez")
+            );
+            // Headers and timings are the pod's.
+            assert_eq!(
+                live.http_get.as_ref().unwrap().http_headers,
+                probe(&original, 0, "livenessProbe")
+                    .unwrap()
+                    .http_get
+                    .as_ref()
+                    .unwrap()
+                    .http_headers
+            );
+            assert_eq!(live.initial_delay_seconds, Some(10));
+            assert_eq!(live.timeout_seconds, Some(3));
+            assert_eq!(live.failure_threshold, Some(5));
+            // HTTPS, a port the container does not name, TCP, exec and the
+            // init container's probe are left alone.
+            assert_eq!(
+                probe(&pod, shift, "startupProbe"),
+                probe(&original, 0, "startupProbe")
+            );
+            for field in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                assert_eq!(
+                    probe(&pod, shift + 1, field),
+                    probe(&original, 1, field),
+                    "{field}"
+                );
+            }
+            let init = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+            let migrate = init.iter().find(|c| c.name == "migrate").unwrap();
+            assert_eq!(
+                migrate.readiness_probe,
+                original
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .init_containers
+                    .as_ref()
+                    .unwrap()[0]
+                    .readiness_probe
+            );
+
+            // The proxy's bootstrap routes both to the app, by port and path.
+            let proxy = container(&pod, PROXY_CONTAINER);
+            let bootstrap: Value =
+                serde_json::from_str(arg_after(proxy, "--config-yaml").unwrap()).unwrap();
+            let routes = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+                [0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+            let routes: Vec<(&str, &str, &str, &str)> = routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["match"]["path"].as_str().unwrap(),
+                        r["route"]["cluster"].as_str().unwrap(),
+                        r["route"]["prefix_rewrite"].as_str().unwrap(),
+                        r["route"]["timeout"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                routes,
+                [
+                    ("/healthz/ready", "admin", "/ready", ""),
+                    (
+                        "/app-health/app/livez",
+                        "app-probe|9090",
+                        "/live?full=1",
+                        "3.000s"
+                    ),
+                    (
+                        "/app-health/app/readyz",
+                        "app-probe|8080",
+                        "/ready",
+                        "1.000s"
+                    ),
+                ]
+            );
+            let status: Status =
+                serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()[STATUS]).unwrap();
+            assert_eq!(
+                status.app_probes,
+                ["/app-health/app/livez", "/app-health/app/readyz"]
+            );
+
+            // Opted out: the probes are the pod's, the bootstrap has none.
+            let v = annotate(probed(), &[(REWRITE_APP_PROBES, "false")]);
+            let (pod, _) = injected(v, &config);
+            for field in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                assert_eq!(
+                    probe(&pod, shift, field),
+                    probe(&original, 0, field),
+                    "{field}"
+                );
+            }
+            let proxy = container(&pod, PROXY_CONTAINER);
+            assert!(
+                !arg_after(proxy, "--config-yaml")
+                    .unwrap()
+                    .contains("app-health")
+            );
+            let status = &pod.metadata.annotations.as_ref().unwrap()[STATUS];
+            assert!(!status.contains("appProbes"), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_bad_probe_annotation_names_what_is_accepted() {
+        let v = annotate(probed(), &[(REWRITE_APP_PROBES, "off")]);
+        assert_eq!(
+            inject(&pod(v), "shop", &config()).unwrap_err().to_string(),
+            "annotation meshd.io/rewrite-app-probes: `off` is not valid; accepted: true, false"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_controlplane::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
@@ -44,10 +44,24 @@ impl Sidecar<'_> {
         envoy: &Path,
         work: &Path,
     ) -> anyhow::Result<Envoy> {
+        self.start_with_probes(pod, pki, envoy, work, &[])
+    }
+
+    /// [`Self::start`], the bootstrap serving the app's `probes` on the
+    /// readiness port, as the injector renders it for a pod with probes.
+    pub fn start_with_probes(
+        &self,
+        pod: &NetPod,
+        pki: &Pki,
+        envoy: &Path,
+        work: &Path,
+        probes: &[AppProbe],
+    ) -> anyhow::Result<Envoy> {
         let mut config = BootstrapConfig::new(self.namespace, self.name);
         config.xds_host = HUB_IP.to_string();
         config.xds_port = 15010;
         config.xds_protocol = self.protocol;
+        config.app_probes = probes.to_vec();
         pki.provision(&mut config, self.name, work, Some(PROXY_UID))?;
         let bootstrap = crate::write_bootstrap(work, &config)?;
         Envoy::start(
@@ -131,6 +145,16 @@ pub struct PodSpec<'a> {
     pub app_port: Option<u16>,
 }
 
+/// What some tests add to a [`TestMesh`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras<'a> {
+    /// App probes for a pod's sidecar bootstrap: (pod name, probe).
+    pub probes: &'a [(&'a str, AppProbe)],
+    /// Pods without capture or sidecar, like kubelet or a client outside
+    /// the mesh: (name, host), at `198.18.0.<host>`.
+    pub outsiders: &'a [(&'a str, u8)],
+}
+
 /// The running mesh.
 pub struct TestMesh {
     // Fields drop in order: Envoys and the control plane before the
@@ -141,6 +165,7 @@ pub struct TestMesh {
     pub pki: Pki,
     pub apps: Vec<App>,
     registry: tempfile::TempDir,
+    /// Meshed pods, then outsiders.
     pods: Vec<(String, NetPod)>,
     _work: tempfile::TempDir,
     _topology: Topology,
@@ -155,6 +180,17 @@ impl TestMesh {
         pods: &[PodSpec<'_>],
         registry: &str,
         identity: IdentityConfig,
+    ) -> Option<TestMesh> {
+        Self::start_with(namespace, pods, registry, identity, Extras::default())
+    }
+
+    /// [`Self::start`] with [`Extras`].
+    pub fn start_with(
+        namespace: &str,
+        pods: &[PodSpec<'_>],
+        registry: &str,
+        identity: IdentityConfig,
+        extras: Extras<'_>,
     ) -> Option<TestMesh> {
         crate::init_tracing();
         let envoy_bin = envoy::require_envoy()?;
@@ -180,6 +216,11 @@ impl TestMesh {
                 apps.push(app);
             }
             net_pods.push((spec.name.to_string(), pod));
+        }
+        let mut outsiders = Vec::new();
+        for (name, host) in extras.outsiders {
+            let pod = topology.add_pod(name, *host).unwrap();
+            outsiders.push((name.to_string(), pod));
         }
 
         let registry_dir = tempfile::tempdir().unwrap();
@@ -223,8 +264,19 @@ impl TestMesh {
                 name,
                 protocol: XdsProtocol::Delta,
             };
-            envoys.push(sidecar.start(pod, &pki, &envoy_bin, work.path()).unwrap());
+            let probes: Vec<AppProbe> = extras
+                .probes
+                .iter()
+                .filter(|(pod, _)| pod == name)
+                .map(|(_, probe)| probe.clone())
+                .collect();
+            envoys.push(
+                sidecar
+                    .start_with_probes(pod, &pki, &envoy_bin, work.path(), &probes)
+                    .unwrap(),
+            );
         }
+        net_pods.extend(outsiders);
         Some(TestMesh {
             envoys,
             cp: Some(cp),

@@ -3,7 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
-use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use std::time::Duration;
+
+use meshd_controlplane::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
 use meshd_tests::envoy;
 
 #[test]
@@ -27,7 +29,30 @@ fn envoy_validates_every_bootstrap_flavour() {
     let mut mtls = BootstrapConfig::new("shop", "web-2");
     pki.provision(&mut mtls, "web", work.path(), None).unwrap();
 
-    for config in [delta, sotw_dns, loopback, mtls] {
+    // The app's probes on the readiness listener: two ports, a query kept.
+    let mut probes = BootstrapConfig::new("shop", "web-3");
+    probes.app_probes = vec![
+        AppProbe {
+            path: "/app-health/web/readyz".into(),
+            port: 8080,
+            original_path: "/ready?full=1".into(),
+            timeout: Duration::from_secs(1),
+        },
+        AppProbe {
+            path: "/app-health/web/livez".into(),
+            port: 8080,
+            original_path: "/live".into(),
+            timeout: Duration::from_secs(10),
+        },
+        AppProbe {
+            path: "/app-health/admin/startupz".into(),
+            port: 9090,
+            original_path: "/".into(),
+            timeout: Duration::from_millis(2500),
+        },
+    ];
+
+    for config in [delta, sotw_dns, loopback, mtls, probes] {
         let path = meshd_tests::write_bootstrap(work.path(), &config).unwrap();
         let out = Command::new(&envoy_bin)
             .args(["--mode", "validate", "--log-level", "error", "-c"])
