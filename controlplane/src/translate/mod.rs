@@ -190,6 +190,7 @@ pub struct ProxyView {
     secrets: Resources,
     /// The version of the snapshot this view is of.
     version: u64,
+    snapshot_id: u64,
     changes: Option<Arc<SharedChanges>>,
 }
 
@@ -202,6 +203,12 @@ impl ProxyView {
     /// The version of the snapshot this view is of.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Which snapshot this view is of: unique in the process, unlike
+    /// versions, which every publisher (and test) counts on its own.
+    pub fn snapshot_id(&self) -> u64 {
+        self.snapshot_id
     }
 
     /// What changed in the shared resources since the previous snapshot
@@ -284,6 +291,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
+    /// Unique in the process (see [`ProxyView::snapshot_id`]).
+    id: u64,
     pub mesh: Arc<Mesh>,
     /// The routing in force, and the annotation errors of this mesh.
     pub routing: Arc<MeshRouting>,
@@ -446,7 +455,7 @@ impl Snapshot {
                     })
                     .collect();
                 let changes = SharedChanges {
-                    since: p.version,
+                    since: p.id,
                     clusters: outbound::differences(&p.clusters, &clusters),
                     endpoints: outbound::differences(&p.mesh_wide.endpoints, &endpoints),
                 };
@@ -455,8 +464,10 @@ impl Snapshot {
             None => (HashMap::new(), HashMap::new(), None),
         };
         let inbound_faults = inbound::faults(&mesh, &routing);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Snapshot {
             version,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             mesh,
             routing,
             clusters,
@@ -583,6 +594,7 @@ impl Snapshot {
             routes,
             secrets: Resources::new(),
             version: self.version,
+            snapshot_id: self.id,
             changes: self.changes.clone(),
         })
     }

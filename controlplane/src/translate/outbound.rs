@@ -55,7 +55,7 @@ pub(super) struct Translated {
 /// the shared part (listeners, routes, egress scopes) changed.
 #[derive(Debug)]
 pub struct SharedChanges {
-    /// The version of the previous snapshot.
+    /// The previous snapshot ([`super::ProxyView::snapshot_id`]).
     pub since: u64,
     pub clusters: BTreeSet<String>,
     pub endpoints: BTreeSet<String>,
@@ -460,7 +460,7 @@ status: {{podIP: 198.18.0.5}}
         let after = second.proxy("ratings-0.shop").unwrap();
 
         let changes = after.changes().expect("only endpoints changed");
-        assert_eq!(changes.since, 1);
+        assert_eq!(changes.since, first.id);
         assert_eq!(changes.endpoints, BTreeSet::from([REVIEWS.to_string()]));
         assert!(changes.clusters.is_empty(), "{:?}", changes.clusters);
 

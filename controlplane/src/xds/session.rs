@@ -123,6 +123,7 @@ pub struct TypeState {
 
 #[derive(Clone, Copy, Debug)]
 struct Synced {
+    /// The snapshot ([`ProxyView::snapshot_id`]).
     version: u64,
     /// The proxy's own resources of the type (inbound clusters) then.
     local: usize,
@@ -265,7 +266,7 @@ impl Session {
                     let push = self.plan(kind, desired);
                     if matches!(kind, Kind::Cluster | Kind::Endpoint) {
                         self.state(kind).synced = Some(Synced {
-                            version: view.version(),
+                            version: view.snapshot_id(),
                             local: view.local(kind).count(),
                         });
                     }
@@ -298,8 +299,17 @@ impl Session {
     /// full comparison runs then).
     fn incremental(&mut self, kind: Kind, view: &ProxyView) -> Option<Option<Push>> {
         let state = &self.types[&kind];
-        let (synced, changes) = (state.synced?, view.changes()?);
-        if synced.version != changes.since || state.sent_version.is_empty() {
+        let synced = state.synced?;
+        if state.sent_version.is_empty() || !matches!(kind, Kind::Cluster | Kind::Endpoint) {
+            return None;
+        }
+        // Synced with this very snapshot (the proxy is acknowledging what
+        // it was sent): nothing `sent` depends on has changed since.
+        if synced.version == view.snapshot_id() {
+            return Some(None);
+        }
+        let changes = view.changes()?;
+        if synced.version != changes.since {
             return None;
         }
         let names = match kind {
@@ -339,7 +349,7 @@ impl Session {
         let mut removed = Vec::new();
         let state = self.state(kind);
         state.synced = Some(Synced {
-            version: view.version(),
+            version: view.snapshot_id(),
             ..synced
         });
         for (name, now) in updates {
@@ -412,12 +422,14 @@ impl Session {
         // The first answer goes out even when empty: Envoy waits for it
         // before it finishes initialising.
         let never_sent = state.sent_version.is_empty();
-        if changed.is_empty() && removed.is_empty() && !never_sent {
-            return None;
-        }
+        // `sent` may have lost entries since the last push (unsubscribed,
+        // or endpoints to send again): the digest follows it either way.
         let state = self.state(kind);
         state.digest = digest(&desired);
         state.sent = desired;
+        if changed.is_empty() && removed.is_empty() && !never_sent {
+            return None;
+        }
         Some(self.send(kind, changed, removed))
     }
 
@@ -765,6 +777,44 @@ mod tests {
             // Three of the four snapshots change the endpoint's readiness.
             assert_eq!(sent_something, 3, "delta: {delta}");
         }
+    }
+
+    /// Reviewer's case: a State-of-the-World proxy narrows its EDS
+    /// subscription (nothing to send), then an endpoint changes: the
+    /// version it is sent is the digest of what it holds, by either path.
+    #[test]
+    fn the_version_follows_a_narrowed_subscription() {
+        let snapshots = flapping(&[true, true, false]);
+        let web = "outbound|80||web.shop.svc.cluster.local";
+        let db = "outbound|5432||db.shop.svc.cluster.local";
+        let mut versions = Vec::new();
+        for fast in [true, false] {
+            let mut session = Session::new(false);
+            let first = snapshots[0].proxy(CLIENT).unwrap();
+            settle(&mut session, &first);
+            session.on_request(request(Kind::Endpoint, "", &[web, db]));
+            for push in session.push(&first) {
+                session.on_request(request(push.kind, &push.nonce, &[web, db]));
+            }
+            // Narrowed: nothing to send, but `sent` shrinks.
+            session.on_request(request(Kind::Endpoint, "", &[web]));
+            assert!(
+                session
+                    .push(&snapshots[1].proxy(CLIENT).unwrap())
+                    .is_empty()
+            );
+            if !fast {
+                for state in session.types.values_mut() {
+                    state.synced = None;
+                }
+            }
+            let pushes = session.push(&snapshots[2].proxy(CLIENT).unwrap());
+            assert_eq!(pushes.len(), 1, "{pushes:?}");
+            let expected = format!("{:016x}", digest(&session.types[&Kind::Endpoint].sent));
+            assert_eq!(pushes[0].version, expected, "fast path: {fast}");
+            versions.push(pushes[0].version.clone());
+        }
+        assert_eq!(versions[0], versions[1]);
     }
 
     fn names_changed(push: &Push) -> Vec<&str> {
