@@ -184,6 +184,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                             .mesh
                             .workloads
                             .values()
+                            // Only injected pods hold an identity Secret.
+                            .filter(|w| {
+                                w.annotations
+                                    .contains_key(meshd_injector::annotations::STATUS)
+                            })
                             .map(|w| (w.namespace.clone(), w.service_account.clone()))
                             .collect()
                     };
