@@ -425,11 +425,12 @@ impl Snapshot {
                     .map(|m| (&m.trust_domain, m.default_mode))
                 && same_services(&p.mesh, &mesh)
                 && same_headless_endpoints(&p.mesh, &mesh)
+                && outbound::same_headless_identities(&p.entries, &entries, &mesh)
                 && p.routing.same_routes(&routing)
         });
         let listener = match same_structure {
             Some(p) => p.mesh_wide.listener.clone(),
-            None => redirect_outbound_listener(&mesh, |_| true),
+            None => redirect_outbound_listener(&mesh, &entries, |_| true),
         };
         let mesh_wide = Arc::new(Outbound {
             clusters: clusters.clone(),
@@ -505,6 +506,14 @@ impl Snapshot {
             .filter(|s| egress.allows(&s.key))
         {
             names.extend(svc.ports.iter().map(|p| svc.cluster_name(p.port)));
+            if svc.is_headless() {
+                // Picked below only where it exists.
+                names.extend(
+                    svc.ports
+                        .iter()
+                        .map(|p| outbound::plaintext_cluster_name(svc, p.port)),
+                );
+            }
             for target in self.routing.service(&svc.key).targets() {
                 let key = ServiceKey::new(svc.key.namespace.clone(), target);
                 if let Some(target) = self.mesh.services.get(&key) {
@@ -527,7 +536,7 @@ impl Snapshot {
         Outbound {
             clusters: Arc::new(pick(&self.mesh_wide.clusters)),
             endpoints: Arc::new(pick(&self.mesh_wide.endpoints)),
-            listener: redirect_outbound_listener(&self.mesh, |k| egress.allows(k)),
+            listener: redirect_outbound_listener(&self.mesh, &self.entries, |k| egress.allows(k)),
         }
     }
 
@@ -957,7 +966,11 @@ fn cidr(ip: IpAddr) -> CidrRange {
 ///   IPs. Each ready endpoint's (IP, target port) gets a TCP chain to the
 ///   service port's original-destination cluster, which carries mTLS when
 ///   the pods take it. L7 routing does not apply to them.
-fn redirect_outbound_listener(mesh: &Mesh, visible: impl Fn(&ServiceKey) -> bool) -> Arc<Resource> {
+fn redirect_outbound_listener(
+    mesh: &Mesh,
+    entries: &outbound::Entries,
+    visible: impl Fn(&ServiceKey) -> bool,
+) -> Arc<Resource> {
     let mut http_vips: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
     let mut http_any_destination = BTreeSet::new();
     let mut pod_chains: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
@@ -976,13 +989,17 @@ fn redirect_outbound_listener(mesh: &Mesh, visible: impl Fn(&ServiceKey) -> bool
         }
         if svc.is_headless() {
             for port in &svc.ports {
-                for ep in mesh.endpoints_of(&svc.key) {
+                for (i, ep) in mesh.endpoints_of(&svc.key).iter().enumerate() {
                     if let (true, Some(target)) = (ep.conditions.ready, ep.port_for(port)) {
                         // A pod behind two headless services on one target
                         // port: the first service (by name) takes the chain.
-                        pod_chains
-                            .entry((ep.address, target))
-                            .or_insert_with(|| svc.cluster_name(port.port));
+                        pod_chains.entry((ep.address, target)).or_insert_with(|| {
+                            if outbound::reached_in_plaintext(entries, &svc.key, i) {
+                                outbound::plaintext_cluster_name(svc, port.port)
+                            } else {
+                                svc.cluster_name(port.port)
+                            }
+                        });
                     }
                 }
             }
@@ -1783,11 +1800,60 @@ status: {{podIP: 198.18.0.3}}
         // L7 routing does not apply: no virtual host, no route configuration.
         assert!(view.get(Kind::Route, "8080").is_none());
 
-        // One ready pod without mTLS: plaintext to all of them.
+        // One ready pod without mTLS (a migration in progress): it alone is
+        // reached in plaintext, through the TLS cluster's plaintext twin;
+        // the other keeps mTLS.
         let snap = mtls_snapshot(&outside_and_headless("DISABLE"));
         let view = snap.proxy("client-0.shop").unwrap();
         let c: Cluster = decode(view.get(Kind::Cluster, DB_PG).unwrap()).unwrap();
-        assert!(c.transport_socket.is_none());
+        assert!(c.transport_socket.is_some());
+        let twin = "outbound|5432|plaintext|db.shop.svc.cluster.local";
+        let plain: Cluster = decode(view.get(Kind::Cluster, twin).unwrap()).unwrap();
+        assert!(plain.transport_socket.is_none());
+        let chains = outbound_chains(&view);
+        let target = |ip: &str| {
+            chains
+                .iter()
+                .find(|c| c.0.contains(&format!("|{ip}:5433")))
+                .map(|c| c.0.clone())
+                .unwrap()
+        };
+        assert!(target("198.18.0.20").starts_with(DB_PG), "{chains:?}");
+        assert!(target("198.18.0.21").starts_with(twin), "{chains:?}");
+        let refs = &view
+            .get(Kind::Listener, OUTBOUND_LISTENER)
+            .unwrap()
+            .cluster_refs;
+        assert!(refs.contains(&twin.to_string()));
+        // Once every pod takes mTLS again, the twin goes.
+        let snap = mtls_snapshot(&outside_and_headless("STRICT"));
+        let view = snap.proxy("client-0.shop").unwrap();
+        assert!(view.get(Kind::Cluster, twin).is_none());
+    }
+
+    /// A headless pod that stops taking mTLS changes no endpoint, only its
+    /// chain's cluster: the next snapshot must not carry the old listener.
+    #[test]
+    fn a_headless_pods_mtls_change_rebuilds_the_listener() {
+        let strict = mtls_snapshot(&outside_and_headless("STRICT"));
+        let disable = mtls_snapshot(&outside_and_headless("DISABLE"));
+        let next = Snapshot::next(
+            2,
+            disable.mesh.clone(),
+            disable.options.clone(),
+            disable.routing.clone(),
+            &strict,
+        );
+        let listener = |s: &Snapshot| {
+            s.proxy("client-0.shop")
+                .unwrap()
+                .get(Kind::Listener, OUTBOUND_LISTENER)
+                .unwrap()
+                .version
+                .clone()
+        };
+        assert_ne!(listener(&strict), listener(&disable));
+        assert_eq!(listener(&next), listener(&disable));
     }
 
     #[test]

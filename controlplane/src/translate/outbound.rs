@@ -218,12 +218,33 @@ fn clusters<'e>(
         Some(mtls) => spiffe_ids(svc, eps, identity, mtls),
         None => Vec::new(),
     };
-    // A headless cluster has no endpoints to label for mTLS, so it is all
-    // or nothing: TLS when every ready pod takes it.
-    let mut ready = eps.iter().filter(|ep| ep.conditions.ready).peekable();
-    let headless_mtls =
-        !sans.is_empty() && ready.peek().is_some() && ready.all(|ep| identity(ep).is_some());
-    svc.ports
+    // A headless cluster has no endpoints to label for mTLS: the pods
+    // that take it are reached through the TLS cluster, the others (a
+    // migration in progress) through a plaintext twin, chosen per pod by
+    // the capture listener's chains.
+    let headless_plaintext = !sans.is_empty()
+        && eps
+            .iter()
+            .any(|ep| ep.conditions.ready && identity(ep).is_none());
+    let plaintext_twins: Vec<Arc<Resource>> = if svc.is_headless() && headless_plaintext {
+        svc.ports
+            .iter()
+            .map(|port| {
+                let name = plaintext_cluster_name(svc, port.port);
+                let mut cluster = original_dst_cluster(&name);
+                routing::configure_cluster(&mut cluster, service_routing, port.protocol);
+                cluster.lb_policy = original_dst_cluster(&name).lb_policy;
+                keep_if_equal(
+                    Resource::new(name, &cluster, vec![]),
+                    old.map(|o| &o.clusters),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut resources: Vec<Arc<Resource>> = svc
+        .ports
         .iter()
         // Traffic to an ExternalName service's TCP port cannot be told from
         // other traffic to that port and leaves through the passthrough: no
@@ -242,7 +263,7 @@ fn clusters<'e>(
                 // pod; circuit breaking and outlier detection still apply.
                 routing::configure_cluster(&mut cluster, service_routing, port.protocol);
                 cluster.lb_policy = original_dst_cluster(&name).lb_policy;
-                if headless_mtls {
+                if !sans.is_empty() {
                     // The client's bytes pass through as TCP, whatever the
                     // port's protocol: no ALPN, so the server's connection
                     // manager detects the HTTP version itself.
@@ -263,7 +284,32 @@ fn clusters<'e>(
                 old.map(|o| &o.clusters),
             )
         })
-        .collect()
+        .collect();
+    resources.extend(plaintext_twins);
+    resources
+}
+
+/// The plaintext twin of a headless service port's cluster, for its pods
+/// that take no mTLS.
+pub(super) fn plaintext_cluster_name(svc: &Service, port: u16) -> String {
+    format!("outbound|{port}|plaintext|{}", svc.key.fqdn())
+}
+
+/// Whether the capture listener sends a headless service's `i`th endpoint
+/// to the plaintext twin: it takes no mTLS while others of the service do.
+pub(super) fn reached_in_plaintext(entries: &Entries, key: &ServiceKey, i: usize) -> bool {
+    entries.get(key).is_some_and(|e| {
+        e.identities.get(i).is_some_and(Option::is_none) && e.identities.iter().any(Option::is_some)
+    })
+}
+
+/// Whether every headless service's endpoints take mTLS as before (the
+/// capture listener's chains follow it).
+pub(super) fn same_headless_identities(a: &Entries, b: &Entries, mesh: &Mesh) -> bool {
+    mesh.services
+        .values()
+        .filter(|s| s.is_headless())
+        .all(|s| a.get(&s.key).map(|e| &e.identities) == b.get(&s.key).map(|e| &e.identities))
 }
 
 fn load_assignments<'e>(
@@ -583,8 +629,9 @@ status: {{podIP: 198.18.0.30}}
         ));
 
         // A headless service's endpoint: its pod's chain goes, so the
-        // listener is rebuilt; db-1 has no pod (no mTLS) and leaving makes
-        // every ready pod take mTLS, so db's cluster changes too.
+        // listener is rebuilt; db-1 has no pod (no mTLS), so with it gone
+        // the plaintext twin of db's cluster goes too (db's own cluster,
+        // mTLS for db-0, stays).
         let third = publish(
             &with_headless("false", "false"),
             &mut routing,
@@ -606,7 +653,10 @@ status: {{podIP: 198.18.0.30}}
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(db_chains, [format!("{DB}|198.18.0.20:5432")]);
-        assert!(!Arc::ptr_eq(&second.clusters[DB], &third.clusters[DB]));
+        let twin = "outbound|5432|plaintext|db.shop.svc.cluster.local";
+        assert!(second.clusters.contains_key(twin));
+        assert!(!third.clusters.contains_key(twin));
+        assert!(Arc::ptr_eq(&second.clusters[DB], &third.clusters[DB]));
         assert!(Arc::ptr_eq(&second.clusters[WEB], &third.clusters[WEB]));
         assert!(Arc::ptr_eq(
             &second.mesh_wide.endpoints[WEB],
