@@ -526,6 +526,15 @@ impl Snapshot {
                     );
                 }
             }
+            // An ExternalName aliasing a mesh service is routed to it.
+            if let Some(target) = svc
+                .external_name
+                .as_deref()
+                .and_then(routing::mesh_service_named)
+                .and_then(|key| self.mesh.services.get(&key))
+            {
+                names.extend(svc.ports.iter().map(|p| target.cluster_name(p.port)));
+            }
         }
         let pick = |all: &Resources| -> Resources {
             names

@@ -162,7 +162,7 @@ pub(super) fn service_routes(
         .filter_map(|t| target(&t.service).map(|(cluster, r)| (cluster, t.weight, r)))
         .collect();
     let default = if split.is_empty() {
-        let own = service.cluster_name(port);
+        let own = own_cluster(mesh, clusters, service, port);
         used.insert(own.clone());
         action(
             routing,
@@ -201,6 +201,35 @@ pub(super) fn service_routes(
         routes,
         clusters: used.into_iter().collect(),
     }
+}
+
+/// Where calls to `service` on `port` go when nothing routes them
+/// elsewhere: its own cluster; but for an ExternalName that names another
+/// service of the mesh (`db.other.svc.cluster.local`, a common alias), that
+/// service's cluster, so the call stays in the mesh, over mTLS, instead of
+/// leaving in plaintext through a DNS cluster to the service's VIP.
+fn own_cluster(mesh: &Mesh, clusters: &Resources, service: &Service, port: u16) -> String {
+    if let Some(key) = service
+        .external_name
+        .as_deref()
+        .and_then(mesh_service_named)
+        && let Some(target) = mesh.services.get(&key)
+        && target.external_name.is_none()
+        && !target.is_headless()
+    {
+        let cluster = target.cluster_name(port);
+        if clusters.contains_key(&cluster) {
+            return cluster;
+        }
+    }
+    service.cluster_name(port)
+}
+
+/// The service a `<name>.<namespace>.svc[.<cluster domain>]` name is.
+pub(super) fn mesh_service_named(host: &str) -> Option<ServiceKey> {
+    let mut parts = host.trim_end_matches('.').splitn(4, '.');
+    let (name, namespace) = (parts.next()?, parts.next()?);
+    (parts.next()? == "svc").then(|| ServiceKey::new(namespace, name))
 }
 
 fn rule_match(rule: &RouteRule) -> RouteMatch {
@@ -422,6 +451,63 @@ status: {podIP: 198.18.0.4}
             .iter()
             .find(|v| v.name == name)
             .unwrap_or_else(|| panic!("no virtual host {name}"))
+    }
+
+    #[test]
+    fn an_external_name_naming_a_mesh_service_routes_to_that_service() {
+        let snap = snapshot(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 198.19.0.1, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-alias, namespace: shop}
+spec: {type: ExternalName, externalName: web.shop.svc.cluster.local., ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside, namespace: shop}
+spec: {type: ExternalName, externalName: api.example.com, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: shop}
+status: {podIP: 198.18.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: scoped-0, namespace: shop, annotations: {meshd.io/egress: ./web-alias}}
+status: {podIP: 198.18.0.3}
+"#,
+        );
+        // A proxy that may call the alias only still gets the cluster it
+        // routes to.
+        let scoped = snap.proxy("scoped-0.shop").unwrap();
+        assert!(
+            scoped
+                .get(Kind::Cluster, "outbound|80||web.shop.svc.cluster.local")
+                .is_some()
+        );
+        let view = snap.proxy("client-0.shop").unwrap();
+        let rc = route_config(&view, "80");
+        let target = |service: &str| -> String {
+            match &route_action(&vhost(&rc, service).routes[0]).cluster_specifier {
+                Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Through the mesh (and its mTLS), not a DNS cluster to the VIP.
+        assert_eq!(
+            target("web-alias"),
+            "outbound|80||web.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            target("outside"),
+            "outbound|80||outside.shop.svc.cluster.local"
+        );
     }
 
     fn route_action(route: &Route) -> &RouteAction {
