@@ -82,9 +82,25 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // A start that fails after joining the election releases the Lease
+    // first, so another replica need not wait out a whole lease.
+    macro_rules! or_release {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(e) => {
+                    leadership.cancel();
+                    if let Some(election) = election.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+                    }
+                    return Err(anyhow::Error::from(e));
+                }
+            }
+        };
+    }
 
     let ca = tokio::select! {
-        ca = load_ca(&args, client.as_ref(), leading.clone()) => ca?,
+        ca = load_ca(&args, client.as_ref(), leading.clone()) => or_release!(ca),
         () = signals.recv() => {
             tracing::info!("stopped while starting");
             leadership.cancel();
@@ -94,10 +110,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let tls = tls_options(&args, ca)?;
+    let tls = or_release!(tls_options(&args, ca));
     let identity = tls.identity.clone();
     let webhook = match args.webhook_address {
-        Some(address) => Some(start_webhook(&args, address, &tls).await?),
+        Some(address) => Some(or_release!(start_webhook(&args, address, &tls).await)),
         None => None,
     };
     // Leader-only tasks, stopped with the election.
@@ -153,14 +169,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                     }
                 },
             };
-            let control_plane = ControlPlane::start(Options {
-                source,
-                tls: Some(tls),
-                xds,
-                debug: Some(debug),
-                debounce: Duration::from_millis(args.debounce_ms),
-            })
-            .await?;
+            let control_plane = or_release!(
+                ControlPlane::start(Options {
+                    source,
+                    tls: Some(tls),
+                    xds,
+                    debug: Some(debug),
+                    debounce: Duration::from_millis(args.debounce_ms),
+                })
+                .await
+            );
             if let (Some(client), Some(leading)) = (&kube_client, &leading) {
                 // A Kubernetes Event on each object whose routing
                 // annotation is rejected (from the leader only: every
@@ -206,7 +224,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!("xDS is off (--xds=false)");
-            let endpoints = DebugEndpoints::start(debug, Some(identity)).await?;
+            let endpoints = or_release!(DebugEndpoints::start(debug, Some(identity)).await);
             if let Some(leading) = &leading {
                 endpoints.set_leadership(leading.clone());
             }
