@@ -23,6 +23,10 @@ pub struct InjectorConfig {
     /// `restartPolicy: Always`, Kubernetes 1.29+) unless a pod says
     /// otherwise with `meshd.io/native-sidecar`.
     pub native_sidecar: bool,
+    /// Send the app containers' HTTP probes through the proxy's 15021
+    /// listener (so they pass under STRICT mTLS) unless a pod says
+    /// otherwise with `meshd.io/rewrite-app-probes`.
+    pub rewrite_app_probes: bool,
     /// Proxy resources, overridable per pod.
     pub proxy_cpu_request: String,
     pub proxy_memory_request: String,
@@ -46,6 +50,7 @@ impl Default for InjectorConfig {
             control_plane_namespace: "meshd-system".into(),
             xds_protocol: "delta".into(),
             native_sidecar: true,
+            rewrite_app_probes: true,
             proxy_cpu_request: "100m".into(),
             proxy_memory_request: "128Mi".into(),
             proxy_cpu_limit: "2".into(),

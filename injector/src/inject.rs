@@ -268,7 +268,10 @@ pub fn inject_patch(
     let empty = BTreeMap::new();
     let overrides = annotations::parse(pod_annotations.unwrap_or(&empty))?;
     let prepared = Prepared::for_config(config)?;
-    let rewrites = if overrides.rewrite_app_probes.unwrap_or(true) {
+    let rewrites = if overrides
+        .rewrite_app_probes
+        .unwrap_or(config.rewrite_app_probes)
+    {
         probe_rewrites(spec)
     } else {
         Vec::new()
@@ -1828,7 +1831,10 @@ mod tests {
             let overrides =
                 annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)).unwrap();
             let spec = pod.spec.as_ref().unwrap();
-            let app_probes = if overrides.rewrite_app_probes.unwrap_or(true) {
+            let app_probes = if overrides
+                .rewrite_app_probes
+                .unwrap_or(config.rewrite_app_probes)
+            {
                 probe_rewrites(spec).into_iter().map(|r| r.app).collect()
             } else {
                 Vec::new()
@@ -3179,7 +3185,21 @@ mod tests {
                 ["/app-health/app/livez", "/app-health/app/readyz"]
             );
 
-            // Opted out: the probes are the pod's, the bootstrap has none.
+            // Opted out (by the pod, or mesh-wide unless the pod opts
+            // back in): the probes are the pod's, the bootstrap has none.
+            let mesh_off = InjectorConfig {
+                rewrite_app_probes: false,
+                ..config.clone()
+            };
+            let (back_in, _) = injected(
+                annotate(probed(), &[(REWRITE_APP_PROBES, "true")]),
+                &mesh_off,
+            );
+            assert_ne!(
+                probe(&back_in, shift, "readinessProbe"),
+                probe(&original, 0, "readinessProbe")
+            );
+            let (off, _) = injected(probed(), &mesh_off);
             let v = annotate(probed(), &[(REWRITE_APP_PROBES, "false")]);
             let (pod, _) = injected(v, &config);
             for field in ["livenessProbe", "readinessProbe", "startupProbe"] {
@@ -3188,6 +3208,7 @@ mod tests {
                     probe(&original, 0, field),
                     "{field}"
                 );
+                assert_eq!(probe(&off, shift, field), probe(&original, 0, field));
             }
             let proxy = container(&pod, PROXY_CONTAINER);
             assert!(

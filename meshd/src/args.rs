@@ -48,6 +48,11 @@ pub struct InjectorArgs {
     /// Run proxies as native sidecars (Kubernetes 1.29+): true or false.
     #[arg(long, env = "MESHD_NATIVE_SIDECAR")]
     pub native_sidecar: Option<bool>,
+    /// Send app containers' HTTP probes through the proxy so they pass
+    /// under STRICT mTLS (pods override with meshd.io/rewrite-app-probes):
+    /// true or false.
+    #[arg(long, env = "MESHD_REWRITE_APP_PROBES")]
+    pub rewrite_app_probes: Option<bool>,
 }
 
 #[derive(Debug, clap::Args)]

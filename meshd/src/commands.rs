@@ -620,6 +620,9 @@ fn injector_config(args: &InjectorArgs) -> InjectorConfig {
     if let Some(native) = args.native_sidecar {
         config.native_sidecar = native;
     }
+    if let Some(rewrite) = args.rewrite_app_probes {
+        config.rewrite_app_probes = rewrite;
+    }
     config
 }
 
