@@ -69,11 +69,7 @@ impl Lifecycle {
 
     /// `Some(leading)` when leader election runs.
     pub fn is_leader(&self) -> Option<bool> {
-        self.leader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|l| *l.borrow())
+        self.leadership().map(|l| *l.borrow())
     }
 
     /// Why this replica should get no new proxies, if it should not.

@@ -268,14 +268,7 @@ pub fn inject_patch(
     let empty = BTreeMap::new();
     let overrides = annotations::parse(pod_annotations.unwrap_or(&empty))?;
     let prepared = Prepared::for_config(config)?;
-    let rewrites = if overrides
-        .rewrite_app_probes
-        .unwrap_or(config.rewrite_app_probes)
-    {
-        probe_rewrites(spec)
-    } else {
-        Vec::new()
-    };
+    let rewrites = app_probe_rewrites(spec, &overrides, config);
     let app_probes = rewrites.iter().map(|r| r.app.clone()).collect();
     let plan = Plan::new(config, &prepared.defaults, &overrides, app_probes)?;
     let service_account = service_account(spec)?;
@@ -760,6 +753,23 @@ const PROBE_FIELDS: [(&str, &str); 3] = [
 ];
 
 /// The app probes of `spec.containers` the proxy can serve.
+/// The probes to send through the proxy: none when the pod (or, unless
+/// the pod says otherwise, the mesh) opts out.
+fn app_probe_rewrites(
+    spec: &PodSpec,
+    overrides: &annotations::Overrides,
+    config: &InjectorConfig,
+) -> Vec<ProbeRewrite> {
+    if overrides
+        .rewrite_app_probes
+        .unwrap_or(config.rewrite_app_probes)
+    {
+        probe_rewrites(spec)
+    } else {
+        Vec::new()
+    }
+}
+
 fn probe_rewrites(spec: &PodSpec) -> Vec<ProbeRewrite> {
     let mut rewrites = Vec::new();
     for (index, c) in spec.containers.iter().enumerate() {
@@ -1831,14 +1841,10 @@ mod tests {
             let overrides =
                 annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)).unwrap();
             let spec = pod.spec.as_ref().unwrap();
-            let app_probes = if overrides
-                .rewrite_app_probes
-                .unwrap_or(config.rewrite_app_probes)
-            {
-                probe_rewrites(spec).into_iter().map(|r| r.app).collect()
-            } else {
-                Vec::new()
-            };
+            let app_probes = app_probe_rewrites(spec, &overrides, config)
+                .into_iter()
+                .map(|r| r.app)
+                .collect();
             let plan = Plan::new(config, &defaults, &overrides, app_probes).unwrap();
             let bootstrap = if plan.app_probes.is_empty() {
                 defaults.bootstrap.clone()

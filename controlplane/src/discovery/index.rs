@@ -33,6 +33,8 @@ pub struct Index {
 struct Joined {
     endpoints: BTreeMap<ServiceKey, Arc<Vec<Endpoint>>>,
     dirty: BTreeSet<ServiceKey>,
+    /// Pods that came, went or changed service account since the last join.
+    dirty_pods: BTreeMap<String, BTreeSet<String>>,
     /// Everything is to be joined again (a re-list, or too many changes
     /// for one by one to pay).
     all: bool,
@@ -66,22 +68,17 @@ impl Index {
     }
 
     /// A pod's service account is part of its endpoints: the services
-    /// with slices in its namespace that name it are joined again.
+    /// whose slices name it are joined again. Which ones is worked out
+    /// once per snapshot ([`Index::mesh`]), not on every pod event: a
+    /// (re)list applies thousands of pods in a row.
     fn touch_pod(&mut self, namespace: &str, pod: &str) {
-        let services: Vec<ServiceKey> = self
-            .slices
-            .range((namespace.to_string(), String::new())..)
-            .take_while(|((ns, _), _)| ns == namespace)
-            .filter(|(_, slice)| {
-                slice
-                    .endpoints
-                    .iter()
-                    .any(|ep| ep.pod.as_deref() == Some(pod))
-            })
-            .map(|(_, slice)| slice.service.clone())
-            .collect();
-        for service in &services {
-            self.touch(service);
+        let joined = self.joined.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !joined.all {
+            joined
+                .dirty_pods
+                .entry(namespace.to_string())
+                .or_default()
+                .insert(pod.to_string());
         }
     }
 
@@ -214,6 +211,25 @@ impl Index {
     /// Joins the index into a mesh snapshot.
     pub fn mesh(&self) -> Mesh {
         let mut joined = self.joined();
+        let dirty_pods = std::mem::take(&mut joined.dirty_pods);
+        if !joined.all {
+            // Only the namespaces of those pods are looked through.
+            for (namespace, pods) in &dirty_pods {
+                let slices = self
+                    .slices
+                    .range((namespace.clone(), String::new())..)
+                    .take_while(|((ns, _), _)| ns == namespace);
+                for (_, slice) in slices {
+                    let names_a_dirty_pod = slice
+                        .endpoints
+                        .iter()
+                        .any(|ep| ep.pod.as_ref().is_some_and(|pod| pods.contains(pod)));
+                    if names_a_dirty_pod {
+                        joined.dirty.insert(slice.service.clone());
+                    }
+                }
+            }
+        }
         if joined.all || joined.dirty.len() > JOIN_ONE_BY_ONE {
             let mut by_service: BTreeMap<&ServiceKey, Vec<&Slice>> = BTreeMap::new();
             for slice in self.slices.values() {

@@ -527,12 +527,7 @@ impl Snapshot {
                 }
             }
             // An ExternalName aliasing a mesh service is routed to it.
-            if let Some(target) = svc
-                .external_name
-                .as_deref()
-                .and_then(routing::mesh_service_named)
-                .and_then(|key| self.mesh.services.get(&key))
-            {
+            if let Some(target) = routing::aliased_service(&self.mesh, svc) {
                 names.extend(svc.ports.iter().map(|p| target.cluster_name(p.port)));
             }
         }

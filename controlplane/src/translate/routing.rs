@@ -209,14 +209,7 @@ pub(super) fn service_routes(
 /// service's cluster, so the call stays in the mesh, over mTLS, instead of
 /// leaving in plaintext through a DNS cluster to the service's VIP.
 fn own_cluster(mesh: &Mesh, clusters: &Resources, service: &Service, port: u16) -> String {
-    if let Some(key) = service
-        .external_name
-        .as_deref()
-        .and_then(mesh_service_named)
-        && let Some(target) = mesh.services.get(&key)
-        && target.external_name.is_none()
-        && !target.is_headless()
-    {
+    if let Some(target) = aliased_service(mesh, service) {
         let cluster = target.cluster_name(port);
         if clusters.contains_key(&cluster) {
             return cluster;
@@ -225,11 +218,20 @@ fn own_cluster(mesh: &Mesh, clusters: &Resources, service: &Service, port: u16) 
     service.cluster_name(port)
 }
 
-/// The service a `<name>.<namespace>.svc[.<cluster domain>]` name is.
-pub(super) fn mesh_service_named(host: &str) -> Option<ServiceKey> {
+/// The mesh service an ExternalName service names, by its
+/// `<name>.<namespace>.svc[.<cluster domain>]` name, when calls can be
+/// routed to it (it has a cluster IP).
+pub(super) fn aliased_service<'m>(mesh: &'m Mesh, service: &Service) -> Option<&'m Service> {
+    let host = service.external_name.as_deref()?;
     let mut parts = host.trim_end_matches('.').splitn(4, '.');
     let (name, namespace) = (parts.next()?, parts.next()?);
-    (parts.next()? == "svc").then(|| ServiceKey::new(namespace, name))
+    if parts.next()? != "svc" {
+        return None;
+    }
+    mesh.services
+        .get(&ServiceKey::new(namespace, name))
+        .map(|target| &**target)
+        .filter(|target| target.external_name.is_none() && !target.is_headless())
 }
 
 fn rule_match(rule: &RouteRule) -> RouteMatch {

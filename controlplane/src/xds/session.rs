@@ -331,11 +331,9 @@ impl Session {
             }
         }
         if kind == Kind::Cluster {
-            let local = view.local(kind);
-            if view.local(kind).count() != synced.local {
-                return None;
-            }
-            for r in local {
+            let mut local = 0;
+            for r in view.local(kind) {
+                local += 1;
                 if state
                     .sent
                     .get(&r.name)
@@ -343,6 +341,9 @@ impl Session {
                 {
                     return None;
                 }
+            }
+            if local != synced.local {
+                return None;
             }
         }
         let mut changed = Vec::new();
