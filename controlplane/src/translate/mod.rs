@@ -546,6 +546,11 @@ impl Snapshot {
 
     /// The configuration for the proxy with this node id, or `None` while
     /// the mesh does not know the workload.
+    /// Which snapshot this is: unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn proxy(&self, node_id: &str) -> Option<ProxyView> {
         let workload = self.mesh.workloads.get(node_id)?.clone();
         let scope = self.routing.egress(node_id);

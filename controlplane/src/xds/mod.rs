@@ -11,40 +11,39 @@
 //! request. NACKs are logged with the proxy and type, counted, and kept for
 //! the debug endpoint.
 
+mod grpc;
 mod session;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::Stream;
 use meshd_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use prost::Message;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Status;
+use tonic::body::Body;
 use tracing::Instrument;
+
+pub use grpc::{MAX_REQUEST_BYTES, SEND_BUDGET};
+use grpc::{Outgoing, RequestReader, ResponseBody};
 
 pub use session::{Outcome, Push, Request, Session, Subscribe};
 
 use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
 use crate::model::Mesh;
 use crate::routing::{AnnotationError, RoutingIndex};
-use crate::translate::{Kind, Snapshot, TranslateOptions};
+use crate::translate::{Kind, ProxyView, Snapshot, TranslateOptions};
 use meshd_ca::SpiffeId;
 
 /// How many NACKs the debug endpoint remembers.
@@ -317,6 +316,8 @@ pub struct Ads {
     /// The CA, when the server runs with TLS and hands out secrets.
     identity: Option<Arc<Identity>>,
     shutdown: CancellationToken,
+    /// Response bytes in flight across every stream ([`SEND_BUDGET`]).
+    budget: Arc<Semaphore>,
 }
 
 impl Ads {
@@ -331,27 +332,56 @@ impl Ads {
             state,
             identity,
             shutdown,
+            budget: grpc::send_budget(),
         }
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        // Route configurations and listeners for a large mesh exceed tonic's
-        // 4 MiB default.
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+    /// The gRPC service to mount on a tonic server.
+    pub fn into_service(self) -> AdsService {
+        AdsService { ads: self }
+    }
+}
+
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService`, both methods.
+#[derive(Clone, Debug)]
+pub struct AdsService {
+    ads: Ads,
+}
+
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = grpc::SERVICE;
+}
+
+impl tower_service::Service<http::Request<Body>> for AdsService {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let response = match request.uri().path() {
+            grpc::SOTW_PATH => self.ads.open::<Sotw>(request),
+            grpc::DELTA_PATH => self.ads.open::<Delta>(request),
+            path => Status::unimplemented(format!("no such method: {path}")).into_http(),
+        };
+        std::future::ready(Ok(response))
     }
 }
 
 /// The two wire flavours, as the stream loop sees them.
 trait Wire: Send + 'static {
     type Req: Send + 'static;
-    type Resp: Send + 'static;
     const NAME: &'static str;
     fn node_id(req: &Self::Req) -> Option<&str>;
     fn type_url(req: &Self::Req) -> &str;
     fn request(req: Self::Req, kind: Kind) -> Request;
-    fn response(push: Push, snapshot_version: u64) -> Self::Resp;
+    fn response(push: Push, snapshot_version: u64) -> Outgoing;
 }
 
 struct Sotw;
@@ -359,7 +389,6 @@ struct Delta;
 
 impl Wire for Sotw {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
     const NAME: &'static str = "sotw";
 
     fn node_id(req: &DiscoveryRequest) -> Option<&str> {
@@ -379,28 +408,27 @@ impl Wire for Sotw {
         }
     }
 
-    fn response(push: Push, _: u64) -> DiscoveryResponse {
+    fn response(push: Push, _: u64) -> Outgoing {
         // Listeners and clusters must be sent as a whole set. Routes and
         // endpoints need not: what a response leaves out stays as it was, so
         // an endpoint change sends one load assignment, not all of them.
         let resources = if push.kind.is_wildcard() {
-            &push.all
+            push.all
         } else {
-            &push.changed
+            push.changed
         };
-        DiscoveryResponse {
+        let head = DiscoveryResponse {
             version_info: push.version,
-            resources: resources.iter().map(|r| r.body.clone()).collect(),
             type_url: push.kind.type_url().to_string(),
             nonce: push.nonce,
             ..Default::default()
-        }
+        };
+        Outgoing::new(head.encode_to_vec(), resources, false)
     }
 }
 
 impl Wire for Delta {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
     const NAME: &'static str = "delta";
 
     fn node_id(req: &DeltaDiscoveryRequest) -> Option<&str> {
@@ -424,52 +452,15 @@ impl Wire for Delta {
         }
     }
 
-    fn response(push: Push, snapshot_version: u64) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
+    fn response(push: Push, snapshot_version: u64) -> Outgoing {
+        let head = DeltaDiscoveryResponse {
             system_version_info: snapshot_version.to_string(),
-            resources: push
-                .changed
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
             type_url: push.kind.type_url().to_string(),
             removed_resources: push.removed,
             nonce: push.nonce,
             ..Default::default()
-        }
-    }
-}
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: tonic::Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = peer_of(&request);
-        Ok(tonic::Response::new(
-            self.open::<Sotw>(request.into_inner(), peer),
-        ))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = peer_of(&request);
-        Ok(tonic::Response::new(
-            self.open::<Delta>(request.into_inner(), peer),
-        ))
+        };
+        Outgoing::new(head.encode_to_vec(), push.changed, true)
     }
 }
 
@@ -480,20 +471,21 @@ fn peer_of<T>(request: &tonic::Request<T>) -> Option<SpiffeId> {
 }
 
 impl Ads {
-    fn open<W: Wire>(
-        &self,
-        requests: Streaming<W::Req>,
-        peer: Option<SpiffeId>,
-    ) -> ResponseStream<W::Resp>
+    fn open<W: Wire>(&self, request: http::Request<Body>) -> http::Response<Body>
     where
         W::Req: prost::Message + Default,
     {
-        let (tx, rx) = mpsc::channel(16);
+        let request = tonic::Request::from_http(request);
+        let peer = peer_of(&request);
+        let requests = RequestReader::new(request.into_inner());
+        // A push is at most one response per type.
+        let (tx, rx) = mpsc::channel(Kind::PUSH_ORDER.len());
         let stream_id = self.state.next_stream.fetch_add(1, Ordering::Relaxed);
         let task = StreamTask::<W> {
             stream_id,
             node_id: String::new(),
             session: Session::new(std::any::TypeId::of::<W>() == std::any::TypeId::of::<Delta>()),
+            view: None,
             snapshots: self.snapshots.clone(),
             state: self.state.clone(),
             ca_changes: self.identity.as_ref().map(|i| i.subscribe()),
@@ -518,7 +510,7 @@ impl Ads {
                 node = tracing::field::Empty
             )),
         );
-        Box::pin(ReceiverStream::new(rx))
+        grpc::response(ResponseBody::new(rx, self.budget.clone()))
     }
 }
 
@@ -526,6 +518,9 @@ struct StreamTask<W: Wire> {
     stream_id: u64,
     node_id: String,
     session: Session,
+    /// The proxy's view of the latest snapshot, translated once per
+    /// snapshot rather than on every request.
+    view: Option<ProxyView>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     state: Arc<ServerState>,
     identity: Option<Arc<Identity>>,
@@ -540,7 +535,7 @@ struct StreamTask<W: Wire> {
     sds_sent: Option<(String, u64)>,
     /// The CA generation of the last secrets the proxy acknowledged.
     sds_acked: Option<u64>,
-    tx: mpsc::Sender<Result<W::Resp, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     _wire: std::marker::PhantomData<W>,
 }
 
@@ -548,7 +543,7 @@ impl<W: Wire> StreamTask<W>
 where
     W::Req: prost::Message + Default,
 {
-    async fn run(mut self, mut requests: Streaming<W::Req>, shutdown: CancellationToken) {
+    async fn run(mut self, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
         if !self.node_id.is_empty() {
             lock(&self.state.proxies).remove(&self.stream_id);
@@ -565,7 +560,7 @@ where
 
     async fn serve(
         &mut self,
-        requests: &mut Streaming<W::Req>,
+        requests: &mut RequestReader,
         shutdown: &CancellationToken,
     ) -> Result<(), Status> {
         // A source that never changes (the embedded registry) closes its
@@ -581,7 +576,7 @@ where
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                message = requests.message() => {
+                message = requests.message::<W::Req>() => {
                     let Some(req) = message? else { return Ok(()) };
                     self.on_request(req)?;
                 }
@@ -726,7 +721,14 @@ where
 
     async fn push(&mut self) -> Result<(), Status> {
         let snapshot = self.snapshots.borrow_and_update().clone();
-        let mut view = snapshot.proxy(&self.node_id);
+        if self
+            .view
+            .as_ref()
+            .is_none_or(|v| v.snapshot_id() != snapshot.id())
+        {
+            self.view = snapshot.proxy(&self.node_id);
+        }
+        let mut view = self.view.take();
         let pushes = match &mut view {
             Some(view) => {
                 let workload = view.workload.clone();
@@ -739,6 +741,7 @@ where
             }
         };
         self.publish_status(view.is_some());
+        self.view = view;
         for push in pushes {
             if push.kind == Kind::Secret
                 && let Some(generation) = self.secrets_generation

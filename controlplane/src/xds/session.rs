@@ -112,6 +112,13 @@ pub struct TypeState {
     pub sent_version: String,
     /// The response awaiting an answer: nonce and the set it carried.
     inflight: Option<(String, SentMap)>,
+    /// The nonce of the last response sent, answered or not.
+    last_nonce: u64,
+    /// Clusters kept in `sent` only because a listener or route the proxy
+    /// holds still refers to them (clusters only). While there are none,
+    /// acknowledging a listener or route cannot change which clusters the
+    /// proxy should have.
+    retained: usize,
     pub last_nack: Option<(String, String)>,
     /// `sent` is what the view of this snapshot version asks for, and
     /// neither the subscription nor anything else `sent` depends on has
@@ -155,7 +162,10 @@ impl Session {
     /// Applies a request: ACK/NACK bookkeeping, then subscription changes.
     pub fn on_request(&mut self, req: Request) -> Outcome {
         let delta = self.delta;
-        if !req.response_nonce.is_empty() && matches!(req.kind, Kind::Listener | Kind::Route) {
+        if !req.response_nonce.is_empty()
+            && matches!(req.kind, Kind::Listener | Kind::Route)
+            && self.types[&Kind::Cluster].retained > 0
+        {
             // Which clusters are kept depends on the listeners and routes
             // the proxy acknowledged.
             self.state(Kind::Cluster).synced = None;
@@ -182,10 +192,14 @@ impl Session {
                     }
                 },
                 other => {
-                    // A stale nonce: the proxy answers an older response.
-                    // State-of-the-World says to ignore it entirely.
                     state.inflight = other;
-                    if !delta {
+                    // The latest response, answered before: a State-of-the-
+                    // World proxy changing its subscription (Envoy asks for
+                    // a new cluster's endpoints quoting the EDS nonce it
+                    // last acknowledged). Anything older is stale, and
+                    // State-of-the-World says to ignore it entirely.
+                    let latest = req.response_nonce.parse() == Ok(state.last_nonce);
+                    if !delta && !latest {
                         return Outcome::Other;
                     }
                 }
@@ -262,7 +276,8 @@ impl Session {
             let push = match self.incremental(kind, view) {
                 Some(push) => push,
                 None => {
-                    let desired = self.desired(kind, view);
+                    let (desired, retained) = self.desired(kind, view);
+                    self.state(kind).retained = retained;
                     let push = self.plan(kind, desired);
                     if matches!(kind, Kind::Cluster | Kind::Endpoint) {
                         self.state(kind).synced = Some(Synced {
@@ -284,7 +299,11 @@ impl Session {
                             eds.sent.remove(&r.name);
                         }
                     }
-                    Kind::Listener | Kind::Route => self.state(Kind::Cluster).synced = None,
+                    // New listeners and routes may refer to clusters kept
+                    // for the old ones (the full comparison knows).
+                    Kind::Listener | Kind::Route if self.types[&Kind::Cluster].retained > 0 => {
+                        self.state(Kind::Cluster).synced = None
+                    }
                     _ => {}
                 }
                 pushes.push(push);
@@ -375,8 +394,11 @@ impl Session {
         Some(Some(self.send(kind, changed, removed)))
     }
 
-    fn desired(&self, kind: Kind, view: &ProxyView) -> SentMap {
+    /// What the proxy should hold of `kind`, and how many of those are
+    /// clusters kept only for config that still refers to them.
+    fn desired(&self, kind: Kind, view: &ProxyView) -> (SentMap, usize) {
         let state = &self.types[&kind];
+        let mut retained = 0;
         let mut desired: SentMap = if state.wildcard {
             view.all(kind)
                 .map(|r| (r.name.clone(), Sent::of(r)))
@@ -399,12 +421,13 @@ impl Session {
                             && let Some(old) = state.sent.get(cluster)
                         {
                             desired.insert(cluster.clone(), old.clone());
+                            retained += 1;
                         }
                     }
                 }
             }
         }
-        desired
+        (desired, retained)
     }
 
     fn plan(&mut self, kind: Kind, desired: SentMap) -> Option<Push> {
@@ -438,6 +461,7 @@ impl Session {
     fn send(&mut self, kind: Kind, changed: Vec<Arc<Resource>>, removed: Vec<String>) -> Push {
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
+        self.state(kind).last_nonce = self.next_nonce;
         let whole_set = !self.delta && kind.is_wildcard();
         let state = self.state(kind);
         let version = format!("{:016x}", state.digest);
@@ -816,6 +840,48 @@ mod tests {
             versions.push(pushes[0].version.clone());
         }
         assert_eq!(versions[0], versions[1]);
+    }
+
+    /// Issue #11 C.1: Envoy (State-of-the-World) asks for a new cluster's
+    /// endpoints quoting the EDS nonce it already acknowledged; the new
+    /// name must be served, not dropped as stale.
+    #[test]
+    fn a_subscription_quoting_the_acknowledged_nonce_is_served() {
+        let snap =
+            snapshot(&(service("web", "198.19.0.1", false) + &service("api", "198.19.0.2", false)));
+        let view = snap.proxy(CLIENT).unwrap();
+        let web = "outbound|80||web.shop.svc.cluster.local";
+        let api = "outbound|80||api.shop.svc.cluster.local";
+        let mut session = Session::new(false);
+        session.on_request(request(Kind::Endpoint, "", &[web]));
+        let push = session.push(&view).pop().unwrap();
+        assert_eq!(
+            session.on_request(request(Kind::Endpoint, &push.nonce, &[web])),
+            Outcome::Ack
+        );
+        // The same nonce again, with one more name.
+        session.on_request(request(Kind::Endpoint, &push.nonce, &[web, api]));
+        let pushes = session.push(&view);
+        assert_eq!(pushes.len(), 1, "{pushes:?}");
+        assert_eq!(names_changed(&pushes[0]), vec![api]);
+        // An older nonce still counts as stale.
+        session.on_request(request(Kind::Endpoint, "0", &[web]));
+        assert!(session.types[&Kind::Endpoint].names.contains(api));
+    }
+
+    /// Acknowledging listeners and routes costs no cluster comparison while
+    /// no cluster is kept only for them.
+    #[test]
+    fn listener_acks_keep_clusters_synced_unless_some_are_retained() {
+        let snap = snapshot(&service("web", "198.19.0.1", false));
+        let view = snap.proxy(CLIENT).unwrap();
+        let mut session = Session::new(false);
+        settle(&mut session, &view);
+        assert_eq!(session.types[&Kind::Cluster].retained, 0);
+        assert!(session.types[&Kind::Cluster].synced.is_some());
+        let nonce = session.types[&Kind::Listener].last_nonce.to_string();
+        session.on_request(request(Kind::Listener, &nonce, &[]));
+        assert!(session.types[&Kind::Cluster].synced.is_some());
     }
 
     fn names_changed(push: &Push) -> Vec<&str> {

@@ -1,0 +1,563 @@
+//! The ADS endpoint on HTTP/2, framed by hand: request messages are decoded
+//! from the request body as they arrive, and responses are encoded lazily,
+//! one bounded chunk at a time, straight from the snapshot's shared
+//! resources.
+//!
+//! Why not tonic's generated server: its encoder writes each response whole
+//! into one buffer per stream and keeps that buffer, grown to the largest
+//! response it ever sent (a 1 MB EDS response at sync leaves ~2 MiB), for
+//! the life of the stream; its decoder does the same with the largest
+//! request (a State-of-the-World EDS request names every cluster). With
+//! thousands of proxies those buffers were most of the control plane's
+//! memory. Here a stream holds its pending responses as lists of
+//! `Arc<Resource>` (shared with the snapshot and every other stream), and
+//! the response bytes encoded but not yet written to a connection, across
+//! *all* streams, are capped by one budget ([`SEND_BUDGET`]): a chunk's
+//! share of the budget comes back when the connection has written the
+//! chunk, so a push to thousands of proxies goes out a few megabytes at a
+//! time instead of all at once, and a proxy that stops reading holds at
+//! most what HTTP/2 flow control lets it.
+//!
+//! ```text
+//! stream task ──Outgoing (head + Arc<Resource>…)──> channel ──> ResponseBody::poll_frame
+//!     ≤ CHUNK bytes per frame, each holding budget permits ──> h2 ──> TLS ──> proxy
+//! ```
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::PollSemaphore;
+use tonic::Status;
+use tonic::body::Body;
+
+use crate::translate::Resource;
+
+/// The gRPC service name.
+pub const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+pub(crate) const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+pub(crate) const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// The largest request message accepted. A State-of-the-World EDS request
+/// naming every cluster of a 10,000-service mesh is about 1 MB.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// A request buffer grown past this is dropped once it is empty again, so
+/// one large request does not cost its stream memory for its whole life.
+const KEEP_REQUEST_BUFFER: usize = 16 << 10;
+
+/// The most response bytes one HTTP/2 DATA frame source yields at a time.
+const CHUNK: usize = 32 << 10;
+
+/// Response bytes encoded but not yet written to a connection, across all
+/// streams of one server.
+pub const SEND_BUDGET: usize = 32 << 20;
+
+/// The shared send budget of one ADS server.
+pub(crate) fn send_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(SEND_BUDGET))
+}
+
+/// Reads gRPC-framed request messages off a request body.
+pub(crate) struct RequestReader {
+    body: Body,
+    buf: BytesMut,
+}
+
+impl RequestReader {
+    pub(crate) fn new(body: Body) -> Self {
+        RequestReader {
+            body,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next message, `None` once the client has closed its side.
+    /// Cancel-safe: bytes read are kept until a whole message is there.
+    pub(crate) async fn message<M: prost::Message + Default>(
+        &mut self,
+    ) -> Result<Option<M>, Status> {
+        loop {
+            if let Some(message) = self.decode()? {
+                return Ok(Some(message));
+            }
+            match self.body.frame().await {
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "the request stream ended in the middle of a message",
+                    ));
+                }
+                Some(Err(status)) => return Err(status),
+                Some(Ok(frame)) => {
+                    // Trailers carry nothing a request needs.
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        let Some(prefix) = self.buf.get(..5) else {
+            return Ok(None);
+        };
+        if prefix[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed request messages are not accepted (this server offers no grpc-encoding)",
+            ));
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > MAX_REQUEST_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "a request message of {len} bytes is over the limit of {MAX_REQUEST_BYTES} bytes"
+            )));
+        }
+        let end = 5 + len;
+        if self.buf.len() < end {
+            self.buf.reserve(end - self.buf.len());
+            return Ok(None);
+        }
+        let message = M::decode(&self.buf[5..end])
+            .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
+        self.buf.advance(end);
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_REQUEST_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(message))
+    }
+}
+
+/// One response message, encoded only as it is sent.
+///
+/// `DiscoveryResponse` and `DeltaDiscoveryResponse` both carry their
+/// resources in field 2; every other field is small and encoded up front
+/// (`head`). A State-of-the-World resource is the `Any` itself; a Delta one
+/// is a `Resource` message holding the name, the version and the `Any`.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    head: Vec<u8>,
+    resources: Vec<Arc<Resource>>,
+    delta: bool,
+}
+
+const RESOURCES_FIELD: u32 = 2;
+
+impl Outgoing {
+    /// `head` is the response with no resources, as prost encodes it.
+    pub(crate) fn new(head: Vec<u8>, resources: Vec<Arc<Resource>>, delta: bool) -> Self {
+        Outgoing {
+            head,
+            resources,
+            delta,
+        }
+    }
+
+    /// The encoded length of one resource entry's message (without the
+    /// field key and length that frame it).
+    fn entry_len(&self, r: &Resource) -> usize {
+        let any = any_len(r);
+        if self.delta {
+            field_len(3, r.name.len()) + field_len(1, r.version.len()) + field_len(2, any)
+        } else {
+            any
+        }
+    }
+
+    /// The encoded length of the whole message.
+    fn len(&self) -> usize {
+        self.head.len()
+            + self
+                .resources
+                .iter()
+                .map(|r| field_len(RESOURCES_FIELD, self.entry_len(r)))
+                .sum::<usize>()
+    }
+
+    /// Writes everything of resource entry `r` that precedes the bytes of
+    /// its body.
+    fn entry_prefix(&self, r: &Resource, out: &mut Vec<u8>) {
+        encode_key(RESOURCES_FIELD, WireType::LengthDelimited, out);
+        encode_varint(self.entry_len(r) as u64, out);
+        if self.delta {
+            encode_bytes_field(3, r.name.as_bytes(), out);
+            encode_bytes_field(1, r.version.as_bytes(), out);
+            encode_key(2, WireType::LengthDelimited, out);
+            encode_varint(any_len(r) as u64, out);
+        }
+        encode_bytes_field(1, r.body.type_url.as_bytes(), out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(r.body.value.len() as u64, out);
+    }
+}
+
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn any_len(r: &Resource) -> usize {
+    field_len(1, r.body.type_url.len()) + field_len(2, r.body.value.len())
+}
+
+fn encode_bytes_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// Where the encoding of one message stands.
+#[derive(Debug)]
+struct Encoding {
+    message: Outgoing,
+    /// Bytes of the gRPC frame (prefix included) not yet produced.
+    remaining: usize,
+    started: bool,
+    /// The resource being written, and how much of its body is written.
+    next: usize,
+    body_at: Option<usize>,
+}
+
+impl Encoding {
+    fn new(message: Outgoing) -> Self {
+        let remaining = 5 + message.len();
+        Encoding {
+            message,
+            remaining,
+            started: false,
+            next: 0,
+            body_at: None,
+        }
+    }
+
+    /// Appends the next bytes of the frame to `out`, up to about `limit`
+    /// (one resource's prefix may go a little past it).
+    fn fill(&mut self, out: &mut Vec<u8>, limit: usize) {
+        let start = out.len();
+        if !self.started {
+            self.started = true;
+            let len = u32::try_from(self.message.len()).unwrap_or(u32::MAX);
+            out.push(0);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&self.message.head);
+        }
+        while out.len() < limit {
+            let Some(r) = self.message.resources.get(self.next) else {
+                break;
+            };
+            let at = match self.body_at {
+                Some(at) => at,
+                None => {
+                    self.message.entry_prefix(r, out);
+                    0
+                }
+            };
+            let body = &r.body.value;
+            let n = (body.len() - at).min(limit.saturating_sub(out.len()));
+            out.extend_from_slice(&body[at..at + n]);
+            if at + n == body.len() {
+                self.next += 1;
+                self.body_at = None;
+            } else {
+                self.body_at = Some(at + n);
+            }
+        }
+        self.remaining = self.remaining.saturating_sub(out.len() - start);
+    }
+
+    fn finished(&self) -> bool {
+        self.started && self.next == self.message.resources.len()
+    }
+}
+
+/// A chunk of response bytes holding its share of the send budget until
+/// the connection has written it (and drops it).
+struct Chunk {
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The body of an ADS response: the stream task's messages, then the
+/// trailers with the stream's status.
+pub(crate) struct ResponseBody {
+    messages: mpsc::Receiver<Result<Outgoing, Status>>,
+    current: Option<Encoding>,
+    budget: PollSemaphore,
+    done: bool,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(
+        messages: mpsc::Receiver<Result<Outgoing, Status>>,
+        budget: Arc<Semaphore>,
+    ) -> Self {
+        ResponseBody {
+            messages,
+            current: None,
+            budget: PollSemaphore::new(budget),
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(encoding) = &mut this.current {
+                let want = encoding.remaining.clamp(1, CHUNK);
+                let permits = u32::try_from(want).unwrap_or(u32::MAX);
+                // The budget is never closed.
+                let Some(permit) = ready!(this.budget.poll_acquire_many(cx, permits)) else {
+                    return Poll::Ready(Some(Err(Status::internal("send budget closed"))));
+                };
+                let mut bytes = Vec::with_capacity(want + 256);
+                encoding.fill(&mut bytes, want);
+                if encoding.finished() {
+                    this.current = None;
+                }
+                let chunk = Bytes::from_owner(Chunk {
+                    bytes,
+                    _permit: permit,
+                });
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            match ready!(this.messages.poll_recv(cx)) {
+                Some(Ok(message)) => this.current = Some(Encoding::new(message)),
+                Some(Err(status)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
+                }
+                None => {
+                    this.done = true;
+                    let ok = Status::new(tonic::Code::Ok, "");
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(&ok)))));
+                }
+            }
+        }
+    }
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        // Only an unencodable message fails; the code alone still says it.
+        map.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    }
+    map
+}
+
+/// The response headers of an ADS stream; the body follows.
+pub(crate) fn response(body: ResponseBody) -> http::Response<Body> {
+    let mut response = http::Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshd_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use meshd_proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+    use prost::Message;
+
+    fn resource(name: &str, size: usize) -> Arc<Resource> {
+        // A load assignment whose cluster name pads it to about `size`.
+        let padded = format!("{name}{}", "x".repeat(size));
+        Resource::new(
+            name.to_string(),
+            &ClusterLoadAssignment {
+                cluster_name: padded,
+                ..Default::default()
+            },
+            Vec::new(),
+        )
+    }
+
+    /// Encodes `message` through the body in chunks and returns the frame.
+    async fn through_body(message: Outgoing, budget: usize) -> (Vec<u8>, usize) {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(message)).await.unwrap();
+        drop(tx);
+        let mut body = ResponseBody::new(rx, Arc::new(Semaphore::new(budget)));
+        let mut bytes = Vec::new();
+        let mut chunks = 0;
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            match frame.into_data() {
+                Ok(data) => {
+                    assert!(data.len() <= CHUNK + 512, "chunk of {}", data.len());
+                    chunks += 1;
+                    bytes.extend_from_slice(&data);
+                    // Written: the chunk's budget comes back.
+                    drop(data);
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        (bytes, chunks)
+    }
+
+    fn sizes() -> Vec<Arc<Resource>> {
+        [0, 10, 200, 40_000, 100_000, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, size)| resource(&format!("r{i}"), *size))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_state_of_the_world_response_encodes_as_prost_does() {
+        let resources = sizes();
+        let head = DiscoveryResponse {
+            version_info: "v1".into(),
+            type_url: "t".into(),
+            nonce: "7".into(),
+            ..Default::default()
+        };
+        let expected = DiscoveryResponse {
+            resources: resources.iter().map(|r| r.body.clone()).collect(),
+            ..head.clone()
+        };
+        let (frame, chunks) =
+            through_body(Outgoing::new(head.encode_to_vec(), resources, false), CHUNK).await;
+        assert!(chunks > 4, "large responses go in several chunks: {chunks}");
+        assert_eq!(frame[0], 0);
+        // Same fields, in another order than prost's (resources last).
+        assert_eq!(
+            u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
+            expected.encoded_len()
+        );
+        assert!(DiscoveryResponse::decode(&frame[5..]).unwrap() == expected);
+    }
+
+    #[tokio::test]
+    async fn a_delta_response_encodes_as_prost_does() {
+        use meshd_proto::envoy::service::discovery::v3::Resource as DeltaResource;
+        let resources = sizes();
+        let head = DeltaDiscoveryResponse {
+            system_version_info: "3".into(),
+            type_url: "t".into(),
+            nonce: "9".into(),
+            removed_resources: vec!["gone".into()],
+            ..Default::default()
+        };
+        let (frame, _) = through_body(
+            Outgoing::new(head.encode_to_vec(), resources.clone(), true),
+            CHUNK,
+        )
+        .await;
+        let decoded = DeltaDiscoveryResponse::decode(&frame[5..]).unwrap();
+        let expected = DeltaDiscoveryResponse {
+            resources: resources
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..head
+        };
+        assert!(decoded == expected);
+    }
+
+    #[tokio::test]
+    async fn requests_split_across_frames_decode_and_large_buffers_are_let_go() {
+        use meshd_proto::envoy::service::discovery::v3::DiscoveryRequest;
+        let big = DiscoveryRequest {
+            resource_names: (0..2_000)
+                .map(|i| format!("outbound|80||svc-{i}"))
+                .collect(),
+            ..Default::default()
+        };
+        let small = DiscoveryRequest {
+            response_nonce: "1".into(),
+            ..Default::default()
+        };
+        let mut wire = Vec::new();
+        for m in [&big, &small] {
+            let bytes = m.encode_to_vec();
+            wire.push(0);
+            wire.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            wire.extend_from_slice(&bytes);
+        }
+        // Frames of 1,000 bytes, as a slow client might send them.
+        let frames: Vec<Result<Frame<Bytes>, Status>> = wire
+            .chunks(1_000)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut reader = RequestReader::new(Body::new(body));
+        let first: DiscoveryRequest = reader.message().await.unwrap().unwrap();
+        assert_eq!(first, big);
+        let second: DiscoveryRequest = reader.message().await.unwrap().unwrap();
+        assert_eq!(second, small);
+        assert!(reader.buf.capacity() <= KEEP_REQUEST_BUFFER);
+        assert!(
+            reader
+                .message::<DiscoveryRequest>()
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_before_it_arrives() {
+        let mut prefix = vec![0];
+        prefix.extend_from_slice(&u32::MAX.to_be_bytes());
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(prefix.into()))];
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut reader = RequestReader::new(Body::new(body));
+        let err = reader
+            .message::<meshd_proto::envoy::service::discovery::v3::DiscoveryRequest>()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn bytes_in_flight_are_capped_by_the_budget() {
+        let budget = Arc::new(Semaphore::new(CHUNK));
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(Outgoing::new(Vec::new(), sizes(), false)))
+            .await
+            .unwrap();
+        let mut body = ResponseBody::new(rx, budget.clone());
+        let held = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        // The whole budget is in the unwritten chunk: the next one waits.
+        let next = tokio::time::timeout(std::time::Duration::from_millis(50), body.frame()).await;
+        assert!(next.is_err(), "a second chunk was produced over budget");
+        drop(held);
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+    }
+}
