@@ -192,6 +192,8 @@ pub struct ProxyView {
     version: u64,
     snapshot_id: u64,
     changes: Option<Arc<SharedChanges>>,
+    /// The proxy has an egress scope (its clusters are a part of the mesh's).
+    scoped: bool,
 }
 
 impl ProxyView {
@@ -211,11 +213,52 @@ impl ProxyView {
         self.snapshot_id
     }
 
-    /// What changed in the shared resources since the previous snapshot
-    /// (`None`: more than clusters and load assignments did). A proxy's
-    /// own resources ([`ProxyView::local`]) are not included.
+    /// What changed in the shared resources since the previous snapshot.
+    /// A proxy's own resources ([`ProxyView::local`]) are not included.
     pub fn changes(&self) -> Option<&SharedChanges> {
         self.changes.as_deref()
+    }
+
+    /// The shared map a kind's resources come from (clusters, but for the
+    /// proxy's own, and load assignments), the same `Arc` for every proxy
+    /// of a scope.
+    pub fn base(&self, kind: Kind) -> Option<&Arc<Resources>> {
+        match kind {
+            Kind::Cluster => Some(&self.shared_clusters),
+            Kind::Endpoint => Some(&self.shared_endpoints),
+            _ => None,
+        }
+    }
+
+    /// The names of `kind` ([`ProxyView::base`]) whose resources may differ
+    /// between snapshot `since` and this one; `None` when that cannot be
+    /// told from the changes (too far behind, or this proxy's egress scope
+    /// may have changed).
+    pub fn changed_since<'a>(&'a self, kind: Kind, since: u64) -> Option<Vec<&'a str>> {
+        let scoped = self.scoped;
+        let pick = |c: &'a SharedChanges| -> Option<&'a BTreeSet<String>> {
+            if c.structural && scoped {
+                return None;
+            }
+            match kind {
+                Kind::Cluster => Some(&c.clusters),
+                Kind::Endpoint => Some(&c.endpoints),
+                _ => None,
+            }
+        };
+        let mut changes = self.changes.as_deref()?;
+        let first = pick(changes)?;
+        if changes.since == since {
+            return Some(first.iter().map(String::as_str).collect());
+        }
+        let mut names: BTreeSet<&str> = first.iter().map(String::as_str).collect();
+        loop {
+            changes = changes.earlier.as_deref()?;
+            names.extend(pick(changes)?.iter().map(String::as_str));
+            if changes.since == since {
+                return Some(names.into_iter().collect());
+            }
+        }
     }
 
     /// The resources of a kind that belong to this proxy alone (its
@@ -437,7 +480,7 @@ impl Snapshot {
             endpoints: endpoints.clone(),
             listener,
         });
-        let (scoped, routes, changes) = match same_structure {
+        let (scoped, routes) = match same_structure {
             Some(p) => {
                 let scoped = lock(&p.scoped)
                     .iter()
@@ -455,15 +498,27 @@ impl Snapshot {
                         (scope.clone(), Arc::new(outbound))
                     })
                     .collect();
-                let changes = SharedChanges {
-                    since: p.id,
-                    clusters: outbound::differences(&p.clusters, &clusters),
-                    endpoints: outbound::differences(&p.mesh_wide.endpoints, &endpoints),
-                };
-                (scoped, lock(&p.routes).clone(), Some(Arc::new(changes)))
+                (scoped, lock(&p.routes).clone())
             }
-            None => (HashMap::new(), HashMap::new(), None),
+            None => (HashMap::new(), HashMap::new()),
         };
+        // Proxies are told which clusters and load assignments changed,
+        // whatever else did: most of what a proxy holds is those, and a
+        // new service should not cost every proxy a walk over the mesh.
+        let changes = previous.map(|p| {
+            let earlier = p
+                .changes
+                .clone()
+                .filter(|c| c.depth + 1 < outbound::CHANGE_HISTORY);
+            Arc::new(SharedChanges {
+                since: p.id,
+                clusters: outbound::differences(&p.clusters, &clusters),
+                endpoints: outbound::differences(&p.mesh_wide.endpoints, &endpoints),
+                structural: same_structure.is_none(),
+                depth: earlier.as_ref().map_or(0, |c| c.depth + 1),
+                earlier,
+            })
+        });
         let inbound_faults = inbound::faults(&mesh, &routing);
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Snapshot {
@@ -614,6 +669,7 @@ impl Snapshot {
             version: self.version,
             snapshot_id: self.id,
             changes: self.changes.clone(),
+            scoped: scope.is_some(),
         })
     }
 

@@ -51,15 +51,26 @@ pub(super) struct Translated {
 
 /// What changed in the shared resources since the previous snapshot: the
 /// names of the outbound clusters and load assignments that were added,
-/// removed or changed. Set only when nothing else a proxy receives from
-/// the shared part (listeners, routes, egress scopes) changed.
+/// removed or changed.
 #[derive(Debug)]
 pub struct SharedChanges {
     /// The previous snapshot ([`super::ProxyView::snapshot_id`]).
     pub since: u64,
     pub clusters: BTreeSet<String>,
     pub endpoints: BTreeSet<String>,
+    /// More than clusters and load assignments changed (services, routing,
+    /// headless chains): listeners and routes were built again, and the
+    /// clusters of an egress scope may have changed beyond these names.
+    pub structural: bool,
+    /// The changes that led to the previous snapshot, for proxies that are
+    /// a few snapshots behind (a chain of at most [`CHANGE_HISTORY`]).
+    pub earlier: Option<Arc<SharedChanges>>,
+    pub(super) depth: usize,
 }
+
+/// How many snapshots back a proxy can be and still be brought up to date
+/// from the changes alone.
+pub const CHANGE_HISTORY: usize = 8;
 
 /// The pods whose sidecars take mTLS, by (namespace, pod), with their
 /// service accounts: their endpoints get the TLS transport socket, and
@@ -506,6 +517,7 @@ status: {{podIP: 198.18.0.5}}
         let after = second.proxy("ratings-0.shop").unwrap();
 
         let changes = after.changes().expect("only endpoints changed");
+        assert!(!changes.structural);
         assert_eq!(changes.since, first.id);
         assert_eq!(changes.endpoints, BTreeSet::from([REVIEWS.to_string()]));
         assert!(changes.clusters.is_empty(), "{:?}", changes.clusters);
@@ -545,7 +557,10 @@ status: {{podIP: 198.18.0.5}}
             &mut routing,
             Some(&first),
         );
-        assert!(second.changes.is_none(), "routes and listeners are rebuilt");
+        assert!(
+            second.changes.as_ref().is_some_and(|c| c.structural),
+            "routes and listeners are rebuilt"
+        );
         assert!(!Arc::ptr_eq(
             &first.clusters[REVIEWS],
             &second.clusters[REVIEWS]
@@ -621,6 +636,7 @@ status: {{podIP: 198.18.0.30}}
         let second = publish(&with_headless("true", "false"), &mut routing, Some(&first));
         let after = second.proxy("web-0.shop").unwrap();
         let changes = after.changes().expect("only endpoints changed");
+        assert!(!changes.structural);
         assert_eq!(changes.endpoints, BTreeSet::from([WEB.to_string()]));
         assert!(changes.clusters.is_empty(), "{:?}", changes.clusters);
         assert!(Arc::ptr_eq(
@@ -637,7 +653,10 @@ status: {{podIP: 198.18.0.30}}
             &mut routing,
             Some(&second),
         );
-        assert!(third.changes.is_none(), "listeners are rebuilt");
+        assert!(
+            third.changes.as_ref().is_some_and(|c| c.structural),
+            "listeners are rebuilt"
+        );
         let view = third.proxy("web-0.shop").unwrap();
         let listener = view.get(Kind::Listener, "outbound").unwrap();
         assert_ne!(

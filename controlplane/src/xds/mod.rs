@@ -12,6 +12,7 @@
 //! the debug endpoint.
 
 mod grpc;
+mod overlay;
 mod session;
 
 use std::collections::{BTreeMap, VecDeque};

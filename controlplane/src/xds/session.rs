@@ -20,30 +20,21 @@
 //! every resource: with thousands of proxies, an endpoint change costs each
 //! of them a few lookups rather than a walk over the whole mesh.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::Hasher;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::overlay::Overlay;
+pub use super::overlay::Sent;
 use crate::translate::{Kind, ProxyView, Resource};
 
-/// A resource as the session last sent it (or as a reconnecting delta
-/// client says it holds it, in which case there is no body).
-#[derive(Clone, Debug)]
-pub struct Sent {
-    pub version: String,
-    pub resource: Option<Arc<Resource>>,
-}
+/// What a proxy holds of one type, by name; for clusters and load
+/// assignments, kept as the snapshot's own map plus this proxy's
+/// differences from it (see [`Overlay`]).
+pub type SentMap = Overlay<Sent>;
 
-impl Sent {
-    fn of(resource: &Arc<Resource>) -> Self {
-        Sent {
-            version: resource.version.clone(),
-            resource: Some(resource.clone()),
-        }
-    }
-}
-
-type SentMap = BTreeMap<String, Sent>;
+/// The names a proxy subscribed to (load assignments: on the snapshot's
+/// map too).
+pub type Names = Overlay<()>;
 
 /// What a request says about subscriptions.
 #[derive(Debug)]
@@ -102,7 +93,7 @@ pub struct TypeState {
     /// The proxy asked for this type at least once.
     pub requested: bool,
     pub wildcard: bool,
-    pub names: BTreeSet<String>,
+    pub names: Names,
     /// What the proxy has been sent (for Delta: what it holds, as far as
     /// we know).
     pub sent: SentMap,
@@ -124,8 +115,6 @@ pub struct TypeState {
     /// neither the subscription nor anything else `sent` depends on has
     /// changed since (clusters and endpoints only).
     synced: Option<Synced>,
-    /// [`digest`] of `sent` as of the last push.
-    digest: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -210,10 +199,10 @@ impl Session {
             Subscribe::Replace(names) => {
                 let wildcard =
                     req.kind.is_wildcard() && (names.is_empty() || names.iter().any(|n| n == "*"));
-                let names: BTreeSet<String> = names.into_iter().filter(|n| n != "*").collect();
+                let names = Names::names_like(&state.names, names.into_iter().filter(|n| n != "*"));
                 // State-of-the-World repeats the whole subscription in every
                 // ACK; only a different one invalidates what was synced.
-                if wildcard != state.wildcard || names != state.names {
+                if wildcard != state.wildcard || !names.same_as(&state.names) {
                     state.synced = None;
                 }
                 state.wildcard = wildcard;
@@ -221,8 +210,7 @@ impl Session {
                 if !state.wildcard {
                     // Forget what the proxy no longer asks for, so asking
                     // again gets it again.
-                    let names = &state.names;
-                    state.sent.retain(|name, _| names.contains(name));
+                    state.sent.retain_in(&state.names);
                 }
             }
             Subscribe::Change {
@@ -242,7 +230,7 @@ impl Session {
                     if name == "*" {
                         state.wildcard = true;
                     } else {
-                        state.names.insert(name);
+                        state.names.insert(&name, ());
                     }
                 }
                 for name in unsubscribe {
@@ -256,10 +244,13 @@ impl Session {
                 // A reconnecting proxy says what it holds: unchanged
                 // resources are not sent again.
                 for (name, version) in initial_versions {
-                    state.sent.entry(name).or_insert(Sent {
-                        version,
-                        resource: None,
-                    });
+                    if !state.sent.contains(&name) {
+                        let held = Sent {
+                            version,
+                            resource: None,
+                        };
+                        state.sent.insert(&name, held);
+                    }
                 }
             }
         }
@@ -273,6 +264,7 @@ impl Session {
             if !self.types[&kind].requested {
                 continue;
             }
+            self.rebase(kind, view);
             let push = match self.incremental(kind, view) {
                 Some(push) => push,
                 None => {
@@ -312,6 +304,26 @@ impl Session {
         pushes
     }
 
+    /// Moves what the session holds of `kind` onto the view's shared map,
+    /// so that in the usual case (the proxy has what the snapshot has) it
+    /// keeps no copy of it. The content does not change.
+    fn rebase(&mut self, kind: Kind, view: &ProxyView) {
+        let Some(base) = view.base(kind) else {
+            return;
+        };
+        let id = view.snapshot_id();
+        let state = self.state(kind);
+        let changed = |set: Option<u64>| set.and_then(|since| view.changed_since(kind, since));
+        let sent_changes = changed(state.sent.base_snapshot());
+        state.sent.rebase(id, base, sent_changes);
+        // Envoy subscribes to the load assignment of every cluster it was
+        // sent: the map's own names, usually.
+        if kind == Kind::Endpoint && !state.wildcard {
+            let name_changes = changed(state.names.base_snapshot());
+            state.names.rebase(id, base, name_changes);
+        }
+    }
+
     /// The push for `kind` worked out from only what `view`'s snapshot
     /// changed since the one this session is synced with: `Some(None)` when
     /// nothing is to be sent, `None` when it cannot be told that way (the
@@ -327,16 +339,8 @@ impl Session {
         if synced.version == view.snapshot_id() {
             return Some(None);
         }
-        let changes = view.changes()?;
-        if synced.version != changes.since {
-            return None;
-        }
-        let names = match kind {
-            Kind::Endpoint => &changes.endpoints,
-            Kind::Cluster => &changes.clusters,
-            _ => return None,
-        };
-        let mut updates: Vec<(&String, Option<&Arc<Resource>>)> = Vec::new();
+        let names = view.changed_since(kind, synced.version)?;
+        let mut updates: Vec<(&str, Option<&Arc<Resource>>)> = Vec::new();
         for name in names {
             let wanted = state.wildcard || state.names.contains(name);
             let now = view.get(kind, name).filter(|_| wanted);
@@ -373,19 +377,15 @@ impl Session {
             ..synced
         });
         for (name, now) in updates {
-            let old = match now {
+            match now {
                 Some(r) => {
-                    state.digest ^= entry_digest(name, &r.version);
                     changed.push(r.clone());
-                    state.sent.insert(name.clone(), Sent::of(r))
+                    state.sent.insert(name, Sent::of(r));
                 }
                 None => {
-                    removed.push(name.clone());
-                    state.sent.remove(name)
+                    removed.push(name.to_string());
+                    state.sent.remove(name);
                 }
-            };
-            if let Some(old) = old {
-                state.digest ^= entry_digest(name, &old.version);
             }
         }
         if changed.is_empty() && removed.is_empty() {
@@ -399,28 +399,46 @@ impl Session {
     fn desired(&self, kind: Kind, view: &ProxyView) -> (SentMap, usize) {
         let state = &self.types[&kind];
         let mut retained = 0;
-        let mut desired: SentMap = if state.wildcard {
-            view.all(kind)
-                .map(|r| (r.name.clone(), Sent::of(r)))
-                .collect()
-        } else {
-            state
-                .names
-                .iter()
-                .filter_map(|n| view.get(kind, n))
-                .map(|r| (r.name.clone(), Sent::of(r)))
-                .collect()
+        let base = view.base(kind);
+        let mut desired = match base {
+            Some(base) => SentMap::based(view.snapshot_id(), base),
+            None => SentMap::default(),
         };
+        if state.wildcard {
+            let own = if base.is_some() {
+                view.local(kind)
+            } else {
+                view.all(kind)
+            };
+            for r in own {
+                desired.insert(&r.name, Sent::of(r));
+            }
+        } else if base.is_some() {
+            // The map, less what the proxy did not ask for, plus what it
+            // asked for from outside the map.
+            desired.retain_in(&state.names);
+            for name in state.names.outside_base() {
+                if let Some(r) = view.get(kind, name) {
+                    desired.insert(name, Sent::of(r));
+                }
+            }
+        } else {
+            for name in state.names.names() {
+                if let Some(r) = view.get(kind, name) {
+                    desired.insert(name, Sent::of(r));
+                }
+            }
+        }
         if kind == Kind::Cluster {
             // Keep clusters that config the proxy holds still points at.
             for referrer in [Kind::Listener, Kind::Route] {
                 let s = &self.types[&referrer];
-                for held in s.sent.values().chain(s.acked.values()) {
+                for (_, held) in s.sent.iter().chain(s.acked.iter()) {
                     for cluster in held.resource.iter().flat_map(|r| &r.cluster_refs) {
-                        if !desired.contains_key(cluster)
+                        if !desired.contains(cluster)
                             && let Some(old) = state.sent.get(cluster)
                         {
-                            desired.insert(cluster.clone(), old.clone());
+                            desired.insert(cluster, old);
                             retained += 1;
                         }
                     }
@@ -432,25 +450,27 @@ impl Session {
 
     fn plan(&mut self, kind: Kind, desired: SentMap) -> Option<Push> {
         let state = &self.types[&kind];
-        let changed: Vec<Arc<Resource>> = desired
-            .iter()
-            .filter(|(name, d)| state.sent.get(*name).is_none_or(|s| s.version != d.version))
-            .filter_map(|(_, d)| d.resource.clone())
-            .collect();
-        let removed: Vec<String> = state
-            .sent
-            .keys()
-            .filter(|name| !desired.contains_key(*name))
-            .cloned()
-            .collect();
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        let mut updates = Vec::new();
+        for name in state.sent.differing(&desired) {
+            let now = desired.get(name);
+            match &now {
+                Some(d) => changed.extend(d.resource.clone()),
+                None => removed.push(name.to_string()),
+            }
+            updates.push((name.to_string(), now));
+        }
         // The first answer goes out even when empty: Envoy waits for it
         // before it finishes initialising.
         let never_sent = state.sent_version.is_empty();
-        // `sent` may have lost entries since the last push (unsubscribed,
-        // or endpoints to send again): the digest follows it either way.
         let state = self.state(kind);
-        state.digest = digest(&desired);
-        state.sent = desired;
+        for (name, now) in updates {
+            match now {
+                Some(entry) => state.sent.insert(&name, entry),
+                None => state.sent.remove(&name),
+            };
+        }
         if changed.is_empty() && removed.is_empty() && !never_sent {
             return None;
         }
@@ -464,14 +484,10 @@ impl Session {
         self.state(kind).last_nonce = self.next_nonce;
         let whole_set = !self.delta && kind.is_wildcard();
         let state = self.state(kind);
-        let version = format!("{:016x}", state.digest);
+        let version = format!("{:016x}", state.sent.digest());
         // Only State-of-the-World listeners and clusters go as a whole set.
         let all = if whole_set {
-            state
-                .sent
-                .values()
-                .filter_map(|d| d.resource.clone())
-                .collect()
+            state.sent.iter().filter_map(|(_, d)| d.resource).collect()
         } else {
             Vec::new()
         };
@@ -482,7 +498,7 @@ impl Session {
         let set = if matches!(kind, Kind::Listener | Kind::Route) {
             state.sent.clone()
         } else {
-            SentMap::new()
+            SentMap::default()
         };
         state.inflight = Some((nonce.clone(), set));
         Push {
@@ -494,23 +510,6 @@ impl Session {
             removed,
         }
     }
-}
-
-/// A digest of a set of resources' names and versions.
-/// The digest is the XOR of one hash per resource, so a push that changes
-/// a few resources of a large set updates it without walking the set.
-fn digest(set: &SentMap) -> u64 {
-    set.iter().fold(0, |acc, (name, sent)| {
-        acc ^ entry_digest(name, &sent.version)
-    })
-}
-
-fn entry_digest(name: &str, version: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(name.as_bytes());
-    hasher.write_u8(0);
-    hasher.write(version.as_bytes());
-    hasher.finish()
 }
 
 #[cfg(test)]
@@ -637,7 +636,7 @@ mod tests {
         let kinds: Vec<Kind> = pushes.iter().map(|p| p.kind).collect();
         assert!(!kinds.contains(&Kind::Cluster), "{kinds:?}");
         let lds = pushes.iter().find(|p| p.kind == Kind::Listener).unwrap();
-        assert!(session.types[&Kind::Cluster].sent.contains_key(db));
+        assert!(session.types[&Kind::Cluster].sent.contains(db));
 
         // Once the proxy ACKs the new listener, the cluster is removed.
         session.on_request(request(Kind::Listener, &lds.nonce, &[]));
@@ -794,7 +793,7 @@ mod tests {
                     s.types[&Kind::Endpoint]
                         .sent
                         .iter()
-                        .map(|(n, v)| (n.clone(), v.version.clone()))
+                        .map(|(n, v)| (n.to_string(), v.version))
                         .collect()
                 };
                 assert_eq!(sent(&incremental), sent(&full));
@@ -835,7 +834,11 @@ mod tests {
             }
             let pushes = session.push(&snapshots[2].proxy(CLIENT).unwrap());
             assert_eq!(pushes.len(), 1, "{pushes:?}");
-            let expected = format!("{:016x}", digest(&session.types[&Kind::Endpoint].sent));
+            let sent = &session.types[&Kind::Endpoint].sent;
+            let digest = sent.iter().fold(0, |acc, (name, entry)| {
+                acc ^ super::super::overlay::entry_digest(name, &entry.version)
+            });
+            let expected = format!("{digest:016x}");
             assert_eq!(pushes[0].version, expected, "fast path: {fast}");
             versions.push(pushes[0].version.clone());
         }

@@ -1,0 +1,592 @@
+//! Sets of named resources kept as a base shared with the snapshot, and so
+//! with every other session, plus one session's differences from it.
+//!
+//! A proxy holds, per type, what it was sent and what it subscribed to.
+//! For clusters and load assignments that is the whole mesh: a thousand
+//! names and versions per proxy, the same for every proxy of a namespace.
+//! Kept as plain maps, those copies were most of the memory of a connected
+//! proxy. An [`Overlay`] instead points at the snapshot's own map
+//! ([`Overlay::rebase`]) and keeps only the entries where this session
+//! differs (its own inbound clusters, a resource it has not been sent yet,
+//! a name it did not subscribe to): a session in sync with the snapshot
+//! costs a pointer and an empty map.
+//!
+//! The representation is canonical: an entry equal to the base's (same
+//! version) is never kept in the differences, so two overlays on the same
+//! base hold the same entries exactly when their differences are equal,
+//! and comparing them costs the size of the differences, not of the mesh.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
+use std::iter::Peekable;
+use std::sync::Arc;
+
+use crate::translate::{Resource, Resources};
+
+/// What an overlay keeps per name.
+pub trait Entry: Clone {
+    /// The entry a resource of the base stands for.
+    fn of(resource: &Arc<Resource>) -> Self;
+    /// Whether this entry is the same as the base's `resource`.
+    fn matches(&self, resource: &Resource) -> bool;
+    /// This entry's share of the set's digest.
+    fn digest(&self, name: &str) -> u64;
+    /// Whether two entries of one name are the same.
+    fn same(&self, other: &Self) -> bool;
+}
+
+/// A resource as the session last sent it (or as a reconnecting delta
+/// client says it holds it, in which case there is no body).
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub version: String,
+    pub resource: Option<Arc<Resource>>,
+}
+
+impl Sent {
+    pub fn of(resource: &Arc<Resource>) -> Self {
+        Sent {
+            version: resource.version.clone(),
+            resource: Some(resource.clone()),
+        }
+    }
+}
+
+impl Entry for Sent {
+    fn of(resource: &Arc<Resource>) -> Self {
+        Sent::of(resource)
+    }
+
+    fn matches(&self, resource: &Resource) -> bool {
+        self.version == resource.version
+    }
+
+    fn digest(&self, name: &str) -> u64 {
+        entry_digest(name, &self.version)
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        self.version == other.version
+    }
+}
+
+/// A subscribed name.
+impl Entry for () {
+    fn of(_: &Arc<Resource>) -> Self {}
+
+    fn matches(&self, _: &Resource) -> bool {
+        true
+    }
+
+    fn digest(&self, _: &str) -> u64 {
+        0
+    }
+
+    fn same(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// One resource's share of a set's digest: the digest of a set is the XOR
+/// of its entries', so changing a few entries of a large set updates it
+/// without walking the set.
+pub fn entry_digest(name: &str, version: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(name.as_bytes());
+    hasher.write_u8(0);
+    hasher.write(version.as_bytes());
+    hasher.finish()
+}
+
+/// A shared base: the snapshot's map, and which snapshot it is of.
+#[derive(Clone, Debug)]
+struct Base {
+    snapshot: u64,
+    map: Arc<Resources>,
+}
+
+/// A set of named entries: a shared base plus differences.
+#[derive(Clone, Debug)]
+pub struct Overlay<V> {
+    base: Option<Base>,
+    /// `Some`: an entry that differs from the base's or is not in it;
+    /// `None`: a name of the base that is not in this set.
+    diff: BTreeMap<String, Option<V>>,
+    /// The XOR of every entry's [`Entry::digest`], kept as entries change;
+    /// `None` for a set made from a base whose digest was never needed.
+    digest: Option<u64>,
+}
+
+impl<V> Default for Overlay<V> {
+    fn default() -> Self {
+        Overlay {
+            base: None,
+            diff: BTreeMap::new(),
+            digest: Some(0),
+        }
+    }
+}
+
+impl<V: Entry> Overlay<V> {
+    /// Every entry of `map`, without a digest.
+    pub fn based(snapshot: u64, map: &Arc<Resources>) -> Self {
+        Overlay {
+            base: Some(Base {
+                snapshot,
+                map: map.clone(),
+            }),
+            diff: BTreeMap::new(),
+            digest: None,
+        }
+    }
+
+    fn base_get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.base.as_ref()?.map.get(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<V> {
+        match self.diff.get(name) {
+            Some(entry) => entry.clone(),
+            None => self.base_get(name).map(V::of),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self.diff.get(name) {
+            Some(entry) => entry.is_some(),
+            None => self.base_get(name).is_some(),
+        }
+    }
+
+    /// The digest of every entry (see [`Entry::digest`]).
+    pub fn digest(&self) -> u64 {
+        self.digest.unwrap_or_else(|| {
+            self.iter()
+                .fold(0, |acc, (name, entry)| acc ^ entry.digest(name))
+        })
+    }
+
+    fn account(&mut self, name: &str, old: Option<&V>, new: Option<&V>) {
+        if let Some(digest) = &mut self.digest {
+            for entry in [old, new].into_iter().flatten() {
+                *digest ^= entry.digest(name);
+            }
+        }
+    }
+
+    /// Sets `name`'s entry, returning the one it had.
+    pub fn insert(&mut self, name: &str, entry: V) -> Option<V> {
+        let old = self.get(name);
+        self.account(name, old.as_ref(), Some(&entry));
+        match self.base_get(name) {
+            Some(base) if entry.matches(base) => {
+                self.diff.remove(name);
+            }
+            _ => {
+                self.diff.insert(name.to_string(), Some(entry));
+            }
+        }
+        old
+    }
+
+    /// Removes `name`, returning the entry it had.
+    pub fn remove(&mut self, name: &str) -> Option<V> {
+        let old = Some(self.get(name)?);
+        self.account(name, old.as_ref(), None);
+        if self.base_get(name).is_some() {
+            self.diff.insert(name.to_string(), None);
+        } else {
+            self.diff.remove(name);
+        }
+        old
+    }
+
+    /// Every entry, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, V)> + '_ {
+        Merge {
+            base: self.base.iter().flat_map(|b| b.map.iter()).peekable(),
+            diff: self.diff.iter().peekable(),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.iter().map(|(name, _)| name)
+    }
+
+    pub fn len(&self) -> usize {
+        let mut len = self.base.as_ref().map_or(0, |b| b.map.len());
+        for (name, entry) in &self.diff {
+            match (self.base_get(name).is_some(), entry.is_some()) {
+                (true, false) => len -= 1,
+                (false, true) => len += 1,
+                _ => {}
+            }
+        }
+        len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn same_base(&self, other: &Overlay<impl Entry>) -> bool {
+        match (&self.base, &other.base) {
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.map, &b.map),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// The names whose entries differ between `self` and `other` (present
+    /// in one only, or with other versions), in name order.
+    pub fn differing<'a>(&'a self, other: &'a Overlay<V>) -> Vec<&'a str> {
+        if self.same_base(other) {
+            // Canonical forms on one base: only names in either's
+            // differences can differ.
+            let names: BTreeSet<&str> = self
+                .diff
+                .keys()
+                .chain(other.diff.keys())
+                .map(String::as_str)
+                .collect();
+            return names
+                .into_iter()
+                .filter(|n| !same_entry(self.get(n).as_ref(), other.get(n).as_ref()))
+                .collect();
+        }
+        let mut differing = Vec::new();
+        let mut a = self.iter().peekable();
+        let mut b = other.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => return differing,
+                (Some((name, _)), None) => {
+                    differing.push(*name);
+                    a.next();
+                }
+                (None, Some((name, _))) => {
+                    differing.push(*name);
+                    b.next();
+                }
+                (Some((an, ae)), Some((bn, be))) => match an.cmp(bn) {
+                    std::cmp::Ordering::Less => {
+                        differing.push(*an);
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        differing.push(*bn);
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !same_entry(Some(ae), Some(be)) {
+                            differing.push(*an);
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Whether both hold the same entries.
+    pub fn same_as(&self, other: &Overlay<V>) -> bool {
+        self.differing(other).is_empty()
+    }
+
+    /// Keeps only the names `keep` holds.
+    pub fn retain_in(&mut self, keep: &Overlay<()>) {
+        let drop: Vec<String> = if self.same_base(keep) {
+            // Base names `keep` lacks are in its differences; so are the
+            // names of this set's differences it holds.
+            keep.diff
+                .iter()
+                .filter(|(_, e)| e.is_none())
+                .map(|(n, _)| n.clone())
+                .chain(
+                    self.diff
+                        .iter()
+                        .filter(|(n, e)| e.is_some() && !keep.contains(n))
+                        .map(|(n, _)| n.clone()),
+                )
+                .collect()
+        } else {
+            self.names()
+                .filter(|n| !keep.contains(n))
+                .map(str::to_string)
+                .collect()
+        };
+        for name in drop {
+            self.remove(&name);
+        }
+    }
+
+    /// Moves the set onto the snapshot's `map`, keeping every entry as it
+    /// is. `changed` lists the names whose entries may differ between the
+    /// current base and `map` (the snapshot's changes since the base's
+    /// snapshot); without it, the whole set is walked once.
+    pub fn rebase<'n>(
+        &mut self,
+        snapshot: u64,
+        map: &Arc<Resources>,
+        changed: Option<impl IntoIterator<Item = &'n str>>,
+    ) {
+        let base = Base {
+            snapshot,
+            map: map.clone(),
+        };
+        match (&self.base, changed) {
+            (Some(old), _) if Arc::ptr_eq(&old.map, map) => self.base = Some(base),
+            (Some(_), Some(changed)) => {
+                // Names outside `changed` have the same entry in both bases,
+                // so their differences stay right as they are.
+                let fixes: Vec<(&str, Option<V>)> =
+                    changed.into_iter().map(|n| (n, self.get(n))).collect();
+                self.base = Some(base);
+                let digest = self.digest;
+                for (name, entry) in fixes {
+                    self.diff.remove(name);
+                    match (entry, self.base_get(name).is_some()) {
+                        (Some(entry), _) => {
+                            self.put(name, entry);
+                        }
+                        (None, true) => {
+                            self.diff.insert(name.to_string(), None);
+                        }
+                        (None, false) => {}
+                    }
+                }
+                self.digest = digest;
+            }
+            _ => {
+                let digest = self.digest;
+                let mut entries: BTreeMap<String, V> =
+                    self.iter().map(|(n, e)| (n.to_string(), e)).collect();
+                self.base = Some(base);
+                self.diff.clear();
+                for name in map.keys() {
+                    match entries.remove(name) {
+                        Some(entry) => self.put(name, entry),
+                        None => {
+                            self.diff.insert(name.clone(), None);
+                        }
+                    }
+                }
+                for (name, entry) in entries {
+                    self.diff.insert(name, Some(entry));
+                }
+                self.digest = digest;
+            }
+        }
+    }
+
+    /// Sets an entry's representation, without touching the digest.
+    fn put(&mut self, name: &str, entry: V) {
+        match self.base_get(name) {
+            Some(base) if entry.matches(base) => {}
+            _ => {
+                self.diff.insert(name.to_string(), Some(entry));
+            }
+        }
+    }
+
+    /// The names of entries that are not in the base.
+    pub fn outside_base(&self) -> impl Iterator<Item = &str> + '_ {
+        self.diff
+            .iter()
+            .filter(|(name, entry)| entry.is_some() && self.base_get(name).is_none())
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Which snapshot the base is of.
+    pub fn base_snapshot(&self) -> Option<u64> {
+        self.base.as_ref().map(|b| b.snapshot)
+    }
+}
+
+impl Overlay<()> {
+    /// A set of names, on the same base as `like` (so that comparing with
+    /// it and with sets on that base stays cheap).
+    pub fn names_like(like: &Overlay<()>, names: impl IntoIterator<Item = String>) -> Self {
+        let Some(base) = &like.base else {
+            let mut set = Overlay::default();
+            for name in names {
+                set.diff.insert(name, Some(()));
+            }
+            return set;
+        };
+        let mut set = Overlay {
+            base: Some(base.clone()),
+            diff: BTreeMap::new(),
+            digest: Some(0),
+        };
+        let mut missing: BTreeSet<&str> = base.map.keys().map(String::as_str).collect();
+        let mut added = BTreeMap::new();
+        for name in names {
+            if !missing.remove(name.as_str()) && base.map.get(&name).is_none() {
+                added.insert(name, Some(()));
+            }
+        }
+        set.diff = added;
+        for name in missing {
+            set.diff.insert(name.to_string(), None);
+        }
+        set
+    }
+}
+
+fn same_entry<V: Entry>(a: Option<&V>, b: Option<&V>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.same(b),
+        _ => false,
+    }
+}
+
+/// Merges a base's entries with the differences, in name order.
+struct Merge<'a, B: Iterator<Item = (&'a String, &'a Arc<Resource>)>, V: 'a> {
+    base: Peekable<B>,
+    diff: Peekable<std::collections::btree_map::Iter<'a, String, Option<V>>>,
+}
+
+impl<'a, B, V> Iterator for Merge<'a, B, V>
+where
+    B: Iterator<Item = (&'a String, &'a Arc<Resource>)>,
+    V: Entry + 'a,
+{
+    type Item = (&'a str, V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.base.peek(), self.diff.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((b, _)), Some((d, _))) => b.cmp(d),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (name, r) = self.base.next()?;
+                    return Some((name, V::of(r)));
+                }
+                std::cmp::Ordering::Equal => {
+                    self.base.next();
+                    let (name, entry) = self.diff.next()?;
+                    if let Some(entry) = entry {
+                        return Some((name, entry.clone()));
+                    }
+                }
+                std::cmp::Ordering::Greater => {
+                    let (name, entry) = self.diff.next()?;
+                    if let Some(entry) = entry {
+                        return Some((name, entry.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshd_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+    fn resource(name: &str, content: &str) -> Arc<Resource> {
+        Resource::new(
+            name.to_string(),
+            &ClusterLoadAssignment {
+                cluster_name: content.to_string(),
+                ..Default::default()
+            },
+            vec![],
+        )
+    }
+
+    fn map(entries: &[(&str, &str)]) -> Arc<Resources> {
+        Arc::new(
+            entries
+                .iter()
+                .map(|(n, c)| (n.to_string(), resource(n, c)))
+                .collect(),
+        )
+    }
+
+    fn plain(set: &Overlay<Sent>) -> Vec<(String, String)> {
+        set.iter()
+            .map(|(n, e)| (n.to_string(), e.version))
+            .collect()
+    }
+
+    fn full_digest(set: &Overlay<Sent>) -> u64 {
+        set.iter()
+            .fold(0, |acc, (n, e)| acc ^ entry_digest(n, &e.version))
+    }
+
+    #[test]
+    fn rebasing_keeps_every_entry_and_the_digest() {
+        let v1 = map(&[("a", "1"), ("b", "1"), ("c", "1")]);
+        let mut sent = Overlay::<Sent>::default();
+        for (name, r) in v1.iter() {
+            sent.insert(name, Sent::of(r));
+        }
+        sent.insert("local", Sent::of(&resource("local", "x")));
+        let before = plain(&sent);
+        sent.rebase(1, &v1, None::<Vec<&str>>);
+        assert_eq!(plain(&sent), before);
+        assert_eq!(sent.diff.len(), 1, "only the entry outside the base");
+        assert_eq!(sent.digest(), full_digest(&sent));
+
+        // v2: b changed, c gone, d new; the session still holds v1's.
+        let v2 = Arc::new({
+            let mut m = (*v1).clone();
+            m.insert("b".into(), resource("b", "2"));
+            m.remove("c");
+            m.insert("d".into(), resource("d", "1"));
+            m
+        });
+        let mut by_changes = sent.clone();
+        by_changes.rebase(2, &v2, Some(["b", "c", "d"]));
+        let mut by_walk = sent.clone();
+        by_walk.rebase(2, &v2, None::<Vec<&str>>);
+        for set in [&by_changes, &by_walk] {
+            assert_eq!(plain(set), before);
+            assert_eq!(set.digest(), full_digest(set));
+        }
+        let diff = |s: &Overlay<Sent>| -> Vec<(String, Option<String>)> {
+            s.diff
+                .iter()
+                .map(|(n, e)| (n.clone(), e.as_ref().map(|e| e.version.clone())))
+                .collect()
+        };
+        assert_eq!(diff(&by_changes), diff(&by_walk), "one canonical form");
+
+        // Brought up to date, the session's differences shrink back.
+        by_changes.insert("b", Sent::of(&v2["b"]));
+        by_changes.remove("c");
+        by_changes.insert("d", Sent::of(&v2["d"]));
+        assert_eq!(by_changes.diff.len(), 1);
+        assert_eq!(by_changes.len(), 4);
+        assert_eq!(by_changes.digest(), full_digest(&by_changes));
+        assert!(by_changes.same_as(&{
+            let mut s = Overlay::<Sent>::based(2, &v2);
+            s.insert("local", Sent::of(&resource("local", "x")));
+            s
+        }));
+    }
+
+    #[test]
+    fn names_and_differences_on_one_base_cost_only_the_differences() {
+        let base = map(&[("a", "1"), ("b", "1"), ("c", "1")]);
+        let mut names = Overlay::<()>::default();
+        names.rebase(1, &base, None::<Vec<&str>>);
+        let wanted = Overlay::names_like(&names, ["a".to_string(), "z".to_string()]);
+        assert_eq!(wanted.names().collect::<Vec<_>>(), ["a", "z"]);
+        assert_eq!(wanted.diff.len(), 3, "b and c left out, z added");
+        let mut sent = Overlay::<Sent>::based(1, &base);
+        sent.retain_in(&wanted);
+        assert_eq!(sent.names().collect::<Vec<_>>(), ["a"]);
+        let all = Overlay::<Sent>::based(1, &base);
+        assert_eq!(sent.differing(&all), ["b", "c"]);
+    }
+}
