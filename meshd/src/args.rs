@@ -100,8 +100,9 @@ pub struct RunArgs {
     #[arg(long, env = "MESHD_DEBUG_ADDRESS", default_value = "127.0.0.1:15014")]
     pub debug_address: SocketAddr,
 
-    /// Quiet time, in milliseconds, that ends a burst of changes before
-    /// proxies are updated.
+    /// Coalescing window, in milliseconds: a change after this much quiet
+    /// goes to proxies at once; changes closer together than this are
+    /// sent together once they stop for this long.
     #[arg(long, env = "MESHD_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
 

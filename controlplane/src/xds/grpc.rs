@@ -291,9 +291,11 @@ impl AsRef<[u8]> for Chunk {
 }
 
 /// The body of an ADS response: the stream task's messages, then the
-/// trailers with the stream's status.
+/// trailers with the stream's status. (The status is boxed: the channel
+/// allocates its slots in blocks, and a `Status` is three times the size
+/// of a message.)
 pub(crate) struct ResponseBody {
-    messages: mpsc::Receiver<Result<Outgoing, Status>>,
+    messages: mpsc::Receiver<Result<Outgoing, Box<Status>>>,
     current: Option<Encoding>,
     budget: PollSemaphore,
     done: bool,
@@ -301,7 +303,7 @@ pub(crate) struct ResponseBody {
 
 impl ResponseBody {
     pub(crate) fn new(
-        messages: mpsc::Receiver<Result<Outgoing, Status>>,
+        messages: mpsc::Receiver<Result<Outgoing, Box<Status>>>,
         budget: Arc<Semaphore>,
     ) -> Self {
         ResponseBody {

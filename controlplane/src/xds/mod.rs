@@ -243,10 +243,13 @@ fn translate(
     }
 }
 
-/// Turns mesh changes into translated snapshots. Changes arriving within
-/// `debounce` of each other are coalesced into one snapshot, so a burst
-/// (a rollout, a registry rewrite) costs one translation and one push; a
-/// steady stream of changes still publishes at least every 10 windows.
+/// Turns mesh changes into translated snapshots. A change that comes after
+/// a quiet `debounce` window is published at once (an endpoint going away
+/// should not wait); changes arriving within `debounce` of the last
+/// publish are coalesced into one snapshot, so a burst (a rollout, a
+/// registry rewrite) costs a translation per window rather than per
+/// change; a steady stream of changes still publishes at least every 10
+/// windows.
 ///
 /// The publisher owns the [`RoutingIndex`]: a service whose routing
 /// annotations turn invalid keeps the routing of an earlier snapshot.
@@ -271,9 +274,13 @@ pub fn spawn_publisher(
     tokio::spawn(
         async move {
             let mut version = 1;
+            let mut published = tokio::time::Instant::now();
             while meshes.changed().await.is_ok() {
-                let deadline = tokio::time::Instant::now() + debounce * 10;
-                loop {
+                let now = tokio::time::Instant::now();
+                let deadline = now + debounce * 10;
+                // Quiet since the last publish: this is no burst (yet).
+                let leading = now.duration_since(published) >= debounce;
+                while !leading {
                     let quiet = tokio::time::sleep(debounce);
                     tokio::select! {
                         _ = quiet => break,
@@ -295,6 +302,7 @@ pub fn spawn_publisher(
                 .await
                 .expect("translation does not panic");
                 routing = index;
+                published = tokio::time::Instant::now();
                 state.set_routing_errors(&snapshot.routing.errors);
                 state.metrics.snapshots.inc();
                 tracing::debug!(version, "snapshot published");
@@ -536,7 +544,7 @@ struct StreamTask<W: Wire> {
     sds_sent: Option<(String, u64)>,
     /// The CA generation of the last secrets the proxy acknowledged.
     sds_acked: Option<u64>,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Box<Status>>>,
     _wire: std::marker::PhantomData<W>,
 }
 
@@ -554,7 +562,7 @@ where
             Ok(()) => tracing::info!(node = %self.node_id, "proxy disconnected"),
             Err(status) => {
                 tracing::info!(node = %self.node_id, "stream ended: {}", status.message());
-                let _ = self.tx.send(Err(status)).await;
+                let _ = self.tx.send(Err(Box::new(status))).await;
             }
         }
     }
