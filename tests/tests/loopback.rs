@@ -353,6 +353,60 @@ fn endpoint_changes_reach_envoy_without_restart() {
     );
 }
 
+/// Issue #11 C.1: a service added while a State-of-the-World proxy is
+/// connected gets its endpoints there too (Envoy asks for them quoting the
+/// EDS nonce it already acknowledged; they used to be dropped as stale,
+/// leaving the new cluster without endpoints and every call a 503).
+#[test]
+fn a_service_added_at_runtime_reaches_a_sotw_proxy() {
+    let b = block();
+    let (client, server) = (pod_ip(b, 1), pod_ip(b, 2));
+    let app = app("server-0");
+    let pods = registry::documents(&[
+        registry::namespace(NS),
+        registry::http_service(NS, "other", "198.19.0.11", 80),
+        registry::pod(NS, "client-0", client, false),
+        registry::pod(NS, "server-0", server, false),
+    ]);
+    let Some(mut mesh) = Mesh::start(&[("pods.yaml", pods)]) else {
+        return;
+    };
+    let admin = mesh.proxy("client-0", client, XdsProtocol::Sotw);
+    mesh.proxy("server-0", server, XdsProtocol::Sotw);
+    // The client has taken its first config (EDS acknowledged, for the
+    // other service's cluster) before the new service arrives.
+    wait_for("the client's first clusters", WAIT, || {
+        let clusters = admin_get(admin, "/clusters", &local_get)?;
+        Ok(clusters
+            .contains("outbound|80||other.e2e.svc.cluster.local")
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+
+    mesh.write(
+        "server.yaml",
+        &registry::documents(&[
+            registry::http_service(NS, "server", "198.19.0.10", 80),
+            registry::slice(
+                NS,
+                "server-1",
+                "server",
+                app.addr.port(),
+                &[("server-0", server)],
+            ),
+        ]),
+    );
+    time_until("the new service's endpoint in /clusters", &mesh, || {
+        clusters_list(admin, server)
+    });
+    let response = call_until_ok(&mesh, client);
+    assert!(
+        response.body.starts_with("hello from server-0"),
+        "{}",
+        response.body
+    );
+}
+
 #[test]
 fn rejected_config_is_recorded_and_the_last_good_one_keeps_serving() {
     let b = block();
