@@ -217,6 +217,8 @@ fn encode_bytes_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
 #[derive(Debug)]
 struct Encoding {
     message: Outgoing,
+    /// The message's encoded length.
+    len: usize,
     /// Bytes of the gRPC frame (prefix included) not yet produced.
     remaining: usize,
     started: bool,
@@ -227,10 +229,11 @@ struct Encoding {
 
 impl Encoding {
     fn new(message: Outgoing) -> Self {
-        let remaining = 5 + message.len();
+        let len = message.len();
         Encoding {
             message,
-            remaining,
+            len,
+            remaining: 5 + len,
             started: false,
             next: 0,
             body_at: None,
@@ -243,7 +246,7 @@ impl Encoding {
         let start = out.len();
         if !self.started {
             self.started = true;
-            let len = u32::try_from(self.message.len()).unwrap_or(u32::MAX);
+            let len = u32::try_from(self.len).unwrap_or(u32::MAX);
             out.push(0);
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&self.message.head);

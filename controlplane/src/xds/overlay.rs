@@ -35,19 +35,30 @@ pub trait Entry: Clone {
     fn same(&self, other: &Self) -> bool;
 }
 
-/// A resource as the session last sent it (or as a reconnecting delta
-/// client says it holds it, in which case there is no body).
+/// A resource as the session last sent it, or, for a reconnecting Delta
+/// client, the version it says it holds (no body then).
 #[derive(Clone, Debug)]
-pub struct Sent {
-    pub version: String,
-    pub resource: Option<Arc<Resource>>,
+pub enum Sent {
+    Resource(Arc<Resource>),
+    Held(Box<str>),
 }
 
 impl Sent {
     pub fn of(resource: &Arc<Resource>) -> Self {
-        Sent {
-            version: resource.version.clone(),
-            resource: Some(resource.clone()),
+        Sent::Resource(resource.clone())
+    }
+
+    pub fn version(&self) -> &str {
+        match self {
+            Sent::Resource(r) => &r.version,
+            Sent::Held(version) => version,
+        }
+    }
+
+    pub fn resource(&self) -> Option<&Arc<Resource>> {
+        match self {
+            Sent::Resource(r) => Some(r),
+            Sent::Held(_) => None,
         }
     }
 }
@@ -58,15 +69,15 @@ impl Entry for Sent {
     }
 
     fn matches(&self, resource: &Resource) -> bool {
-        self.version == resource.version
+        self.version() == resource.version
     }
 
     fn digest(&self, name: &str) -> u64 {
-        entry_digest(name, &self.version)
+        entry_digest(name, self.version())
     }
 
     fn same(&self, other: &Self) -> bool {
-        self.version == other.version
+        self.version() == other.version()
     }
 }
 
@@ -138,6 +149,22 @@ impl<V: Entry> Overlay<V> {
             diff: BTreeMap::new(),
             digest: None,
         }
+    }
+
+    /// Nothing at all, and no base: a session that has not been sent or
+    /// asked for anything of this type yet.
+    pub fn is_blank(&self) -> bool {
+        self.base.is_none() && self.diff.is_empty()
+    }
+
+    /// `other` with its digest worked out: what a blank set becomes when
+    /// everything in `other` is sent at once.
+    pub fn adopt(&mut self, other: Overlay<V>) {
+        let digest = other.digest();
+        *self = Overlay {
+            digest: Some(digest),
+            ..other
+        };
     }
 
     fn base_get(&self, name: &str) -> Option<&Arc<Resource>> {
@@ -335,8 +362,48 @@ impl<V: Entry> Overlay<V> {
             snapshot,
             map: map.clone(),
         };
+        if self.is_blank() {
+            // Nothing held: on a base it would be a "not held" mark per name.
+            return;
+        }
         match (&self.base, changed) {
             (Some(old), _) if Arc::ptr_eq(&old.map, map) => self.base = Some(base),
+            (None, _) => {
+                // Every entry is explicit: one walk along both, in order,
+                // keeps the names that differ and marks the base's names
+                // this set lacks.
+                let explicit = std::mem::take(&mut self.diff);
+                let mut diff = Vec::new();
+                let mut held = explicit.into_iter().peekable();
+                let mut names = map.iter().peekable();
+                loop {
+                    let order = match (held.peek(), names.peek()) {
+                        (None, None) => break,
+                        (Some(_), None) => std::cmp::Ordering::Less,
+                        (None, Some(_)) => std::cmp::Ordering::Greater,
+                        (Some((h, _)), Some((n, _))) => h.as_str().cmp(n.as_str()),
+                    };
+                    match order {
+                        std::cmp::Ordering::Less => diff.extend(held.next()),
+                        std::cmp::Ordering::Greater => {
+                            if let Some((name, _)) = names.next() {
+                                diff.push((name.clone(), None));
+                            }
+                        }
+                        std::cmp::Ordering::Equal => {
+                            let (Some((name, entry)), Some((_, r))) = (held.next(), names.next())
+                            else {
+                                break;
+                            };
+                            if !entry.as_ref().is_some_and(|e| e.matches(r)) {
+                                diff.push((name, entry));
+                            }
+                        }
+                    }
+                }
+                self.diff = diff.into_iter().collect();
+                self.base = Some(base);
+            }
             (Some(_), Some(changed)) => {
                 // Names outside `changed` have the same entry in both bases,
                 // so their differences stay right as they are.
@@ -420,17 +487,31 @@ impl Overlay<()> {
             diff: BTreeMap::new(),
             digest: Some(0),
         };
-        let mut missing: BTreeSet<&str> = base.map.keys().map(String::as_str).collect();
-        let mut added = BTreeMap::new();
-        for name in names {
-            if !missing.remove(name.as_str()) && base.map.get(&name).is_none() {
-                added.insert(name, Some(()));
+        // Both in name order: one walk finds the names outside the base and
+        // the base's names left out.
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut diff = Vec::new();
+        let mut asked = names.into_iter().peekable();
+        let mut known = base.map.keys().peekable();
+        loop {
+            let order = match (asked.peek(), known.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(a), Some(k)) => a.as_str().cmp(k.as_str()),
+            };
+            match order {
+                std::cmp::Ordering::Less => diff.extend(asked.next().map(|a| (a, Some(())))),
+                std::cmp::Ordering::Greater => diff.extend(known.next().map(|k| (k.clone(), None))),
+                std::cmp::Ordering::Equal => {
+                    asked.next();
+                    known.next();
+                }
             }
         }
-        set.diff = added;
-        for name in missing {
-            set.diff.insert(name.to_string(), None);
-        }
+        set.diff = diff.into_iter().collect();
         set
     }
 }
@@ -514,13 +595,13 @@ mod tests {
 
     fn plain(set: &Overlay<Sent>) -> Vec<(String, String)> {
         set.iter()
-            .map(|(n, e)| (n.to_string(), e.version))
+            .map(|(n, e)| (n.to_string(), e.version().to_string()))
             .collect()
     }
 
     fn full_digest(set: &Overlay<Sent>) -> u64 {
         set.iter()
-            .fold(0, |acc, (n, e)| acc ^ entry_digest(n, &e.version))
+            .fold(0, |acc, (n, e)| acc ^ entry_digest(n, e.version()))
     }
 
     #[test]
@@ -556,7 +637,7 @@ mod tests {
         let diff = |s: &Overlay<Sent>| -> Vec<(String, Option<String>)> {
             s.diff
                 .iter()
-                .map(|(n, e)| (n.clone(), e.as_ref().map(|e| e.version.clone())))
+                .map(|(n, e)| (n.clone(), e.as_ref().map(|e| e.version().to_string())))
                 .collect()
         };
         assert_eq!(diff(&by_changes), diff(&by_walk), "one canonical form");
@@ -578,8 +659,17 @@ mod tests {
     #[test]
     fn names_and_differences_on_one_base_cost_only_the_differences() {
         let base = map(&[("a", "1"), ("b", "1"), ("c", "1")]);
+        // A blank set stays blank on a base (no mark per name)...
+        let mut blank = Overlay::<()>::default();
+        blank.rebase(1, &base, None::<Vec<&str>>);
+        assert!(blank.is_blank());
+        // ...a set of names moves onto it.
         let mut names = Overlay::<()>::default();
+        for name in ["a", "b", "c"] {
+            names.insert(name, ());
+        }
         names.rebase(1, &base, None::<Vec<&str>>);
+        assert!(names.diff.is_empty());
         let wanted = Overlay::names_like(&names, ["a".to_string(), "z".to_string()]);
         assert_eq!(wanted.names().collect::<Vec<_>>(), ["a", "z"]);
         assert_eq!(wanted.diff.len(), 3, "b and c left out, z added");

@@ -245,10 +245,7 @@ impl Session {
                 // resources are not sent again.
                 for (name, version) in initial_versions {
                     if !state.sent.contains(&name) {
-                        let held = Sent {
-                            version,
-                            resource: None,
-                        };
+                        let held = Sent::Held(version.into());
                         state.sent.insert(&name, held);
                     }
                 }
@@ -346,7 +343,7 @@ impl Session {
             let now = view.get(kind, name).filter(|_| wanted);
             match (now, state.sent.get(name)) {
                 (None, None) => {}
-                (Some(now), Some(sent)) if now.version == sent.version => {}
+                (Some(now), Some(sent)) if now.version == sent.version() => {}
                 // Whether a cluster leaves depends on what still refers
                 // to it: the full comparison knows.
                 (None, Some(_)) if kind == Kind::Cluster => return None,
@@ -360,7 +357,7 @@ impl Session {
                 if state
                     .sent
                     .get(&r.name)
-                    .is_none_or(|s| s.version != r.version)
+                    .is_none_or(|s| s.version() != r.version)
                 {
                     return None;
                 }
@@ -434,7 +431,7 @@ impl Session {
             for referrer in [Kind::Listener, Kind::Route] {
                 let s = &self.types[&referrer];
                 for (_, held) in s.sent.iter().chain(s.acked.iter()) {
-                    for cluster in held.resource.iter().flat_map(|r| &r.cluster_refs) {
+                    for cluster in held.resource().iter().flat_map(|r| &r.cluster_refs) {
                         if !desired.contains(cluster)
                             && let Some(old) = state.sent.get(cluster)
                         {
@@ -449,6 +446,20 @@ impl Session {
     }
 
     fn plan(&mut self, kind: Kind, desired: SentMap) -> Option<Push> {
+        let state = self.state(kind);
+        if state.sent.is_blank() {
+            // The first push of this type: all of it.
+            let changed: Vec<Arc<Resource>> = desired
+                .iter()
+                .filter_map(|(_, d)| d.resource().cloned())
+                .collect();
+            let never_sent = state.sent_version.is_empty();
+            state.sent.adopt(desired);
+            if changed.is_empty() && !never_sent {
+                return None;
+            }
+            return Some(self.send(kind, changed, Vec::new()));
+        }
         let state = &self.types[&kind];
         let mut changed = Vec::new();
         let mut removed = Vec::new();
@@ -456,7 +467,7 @@ impl Session {
         for name in state.sent.differing(&desired) {
             let now = desired.get(name);
             match &now {
-                Some(d) => changed.extend(d.resource.clone()),
+                Some(d) => changed.extend(d.resource().cloned()),
                 None => removed.push(name.to_string()),
             }
             updates.push((name.to_string(), now));
@@ -487,7 +498,11 @@ impl Session {
         let version = format!("{:016x}", state.sent.digest());
         // Only State-of-the-World listeners and clusters go as a whole set.
         let all = if whole_set {
-            state.sent.iter().filter_map(|(_, d)| d.resource).collect()
+            state
+                .sent
+                .iter()
+                .filter_map(|(_, d)| d.resource().cloned())
+                .collect()
         } else {
             Vec::new()
         };
@@ -793,7 +808,7 @@ mod tests {
                     s.types[&Kind::Endpoint]
                         .sent
                         .iter()
-                        .map(|(n, v)| (n.to_string(), v.version))
+                        .map(|(n, v)| (n.to_string(), v.version().to_string()))
                         .collect()
                 };
                 assert_eq!(sent(&incremental), sent(&full));
@@ -836,7 +851,7 @@ mod tests {
             assert_eq!(pushes.len(), 1, "{pushes:?}");
             let sent = &session.types[&Kind::Endpoint].sent;
             let digest = sent.iter().fold(0, |acc, (name, entry)| {
-                acc ^ super::super::overlay::entry_digest(name, &entry.version)
+                acc ^ super::super::overlay::entry_digest(name, entry.version())
             });
             let expected = format!("{digest:016x}");
             assert_eq!(pushes[0].version, expected, "fast path: {fast}");
