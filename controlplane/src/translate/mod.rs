@@ -183,7 +183,7 @@ pub struct ProxyView {
     pub workload: Arc<Workload>,
     shared_clusters: Arc<Resources>,
     shared_endpoints: Arc<Resources>,
-    local_clusters: Resources,
+    local_clusters: Arc<Resources>,
     listeners: Resources,
     routes: Arc<Resources>,
     /// The proxy's own secrets; the stream that serves it fills them in.
@@ -326,6 +326,83 @@ struct Outbound {
 /// interception mode and an egress scope (`None`: the whole mesh).
 type RouteKey = (String, Interception, Option<Arc<Egress>>);
 
+/// A redirect-mode pod's inbound side: its inbound clusters and listener.
+/// It follows from the pod's service ports, their faults and the pod's mTLS
+/// mode alone, so the pods behind a service share one (and, through
+/// [`InboundCache::carry_over`], one across snapshots) instead of each
+/// proxy's stream encoding its own on every snapshot.
+#[derive(Debug)]
+struct Inbound {
+    clusters: Arc<Resources>,
+    listener: Arc<Resource>,
+    /// Asked for since the snapshot was made: worth carrying over.
+    used: std::sync::atomic::AtomicBool,
+}
+
+/// [`Inbound`] sides by shape: ports and mTLS mode, then faults (Envoy's
+/// types, which compare but do not hash).
+#[derive(Debug, Default)]
+struct InboundCache(
+    HashMap<(BTreeMap<u16, Protocol>, Option<MtlsMode>), Vec<(inbound::PortFaults, Arc<Inbound>)>>,
+);
+
+impl InboundCache {
+    fn get_or_build(
+        &mut self,
+        ports: &BTreeMap<u16, Protocol>,
+        faults: &inbound::PortFaults,
+        mtls: Option<MtlsMode>,
+    ) -> Arc<Inbound> {
+        let shapes = self.0.entry((ports.clone(), mtls)).or_default();
+        let side = match shapes.iter().find(|(f, _)| f == faults) {
+            Some((_, side)) => side.clone(),
+            None => {
+                let clusters = ports
+                    .iter()
+                    .map(|(&port, &protocol)| {
+                        let name = inbound_cluster_name(port);
+                        let cluster = inbound_cluster(&name, port, protocol);
+                        (name.clone(), Resource::new(name, &cluster, vec![]))
+                    })
+                    .collect();
+                let side = Arc::new(Inbound {
+                    clusters: Arc::new(clusters),
+                    listener: redirect_inbound_listener(ports, faults, mtls),
+                    used: Default::default(),
+                });
+                shapes.push((faults.clone(), side.clone()));
+                side
+            }
+        };
+        side.used.store(true, std::sync::atomic::Ordering::Relaxed);
+        side
+    }
+
+    /// The shapes the previous snapshot's proxies used, for the next one
+    /// (what nobody asked for is dropped).
+    fn carry_over(&self) -> InboundCache {
+        let mut next = InboundCache::default();
+        for (key, shapes) in &self.0 {
+            let used: Vec<_> = shapes
+                .iter()
+                .filter(|(_, side)| side.used.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|(faults, side)| {
+                    let fresh = Inbound {
+                        clusters: side.clusters.clone(),
+                        listener: side.listener.clone(),
+                        used: Default::default(),
+                    };
+                    (faults.clone(), Arc::new(fresh))
+                })
+                .collect();
+            if !used.is_empty() {
+                next.0.insert(key.clone(), used);
+            }
+        }
+        next
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -355,9 +432,10 @@ pub struct Snapshot {
     /// Each service's outbound resources with what they were made from,
     /// for the next snapshot to reuse.
     entries: outbound::Entries,
-    /// What changed since the previous snapshot, when only clusters and
-    /// load assignments did.
+    /// What changed since the previous snapshot.
     changes: Option<Arc<SharedChanges>>,
+    /// Inbound sides of redirect-mode pods, shared by pods of one shape.
+    inbound: Mutex<InboundCache>,
 }
 
 /// Whether two meshes have the same services (endpoints aside).
@@ -535,6 +613,11 @@ impl Snapshot {
             options,
             entries,
             changes,
+            inbound: Mutex::new(
+                previous
+                    .map(|p| lock(&p.inbound).carry_over())
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -622,30 +705,25 @@ impl Snapshot {
             .unwrap_or(&no_faults);
 
         let mut listeners = Resources::new();
-        let mut local_clusters = Resources::new();
-        for (&port, &protocol) in inbound {
-            let name = inbound_cluster_name(port);
-            local_clusters.insert(
-                name.clone(),
-                Resource::new(
-                    name.clone(),
-                    &inbound_cluster(&name, port, protocol),
-                    vec![],
-                ),
-            );
-        }
         let mtls = self
             .options
             .mtls
             .as_ref()
             .map(|m| self.mesh.mtls_mode(&workload, m.default_mode));
-        match workload.interception {
+        let local_clusters = match workload.interception {
             Interception::Redirect => {
+                let side = lock(&self.inbound).get_or_build(inbound, faults, mtls);
                 listeners.insert(OUTBOUND_LISTENER.into(), outbound.listener.clone());
-                let l = redirect_inbound_listener(inbound, faults, mtls);
-                listeners.insert(INBOUND_LISTENER.into(), l);
+                listeners.insert(INBOUND_LISTENER.into(), side.listener.clone());
+                side.clusters.clone()
             }
             Interception::None => {
+                let mut local_clusters = Resources::new();
+                for (&port, &protocol) in inbound {
+                    let name = inbound_cluster_name(port);
+                    let cluster = inbound_cluster(&name, port, protocol);
+                    local_clusters.insert(name.clone(), Resource::new(name, &cluster, vec![]));
+                }
                 if let Some(ip) = workload.ip {
                     let l = explicit_outbound_listener(ip);
                     listeners.insert(OUTBOUND_LISTENER.into(), l);
@@ -655,8 +733,9 @@ impl Snapshot {
                         listeners.insert(l.name.clone(), l);
                     }
                 }
+                Arc::new(local_clusters)
             }
-        }
+        };
         let routes = self.routes(&workload.namespace, workload.interception, scope);
         Some(ProxyView {
             workload,
@@ -1564,6 +1643,38 @@ status: {podIP: 198.18.0.2}
         // The client serves nothing: no inbound clusters, passthrough only.
         let client = snap.proxy("client-0.other").unwrap();
         assert!(client.get(Kind::Cluster, "inbound|8080||").is_none());
+    }
+
+    /// Pods of one shape share one inbound side, in a snapshot and the
+    /// next: a stream does not encode its own on every snapshot.
+    #[test]
+    fn pods_behind_one_service_share_their_inbound_side() {
+        let registry = |ready: bool| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec: {{clusterIP: 198.19.0.1, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [198.18.0.3]\n  targetRef: {{kind: Pod, name: web-0}}\n- addresses: [198.18.0.4]\n  conditions: {{ready: {ready}}}\n  targetRef: {{kind: Pod, name: web-1}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.3}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: shop}}\nstatus: {{podIP: 198.18.0.4}}\n"
+            )
+        };
+        let mesh = |text: String| {
+            let mut index = crate::discovery::index::Index::default();
+            for object in crate::discovery::file::parse(&text).unwrap() {
+                index.apply(object);
+            }
+            Arc::new(index.mesh())
+        };
+        let first = Snapshot::new(1, mesh(registry(true)), TranslateOptions::default());
+        let inbound = |snap: &Snapshot, pod: &str| {
+            snap.proxy(pod)
+                .unwrap()
+                .get(Kind::Listener, INBOUND_LISTENER)
+                .unwrap()
+                .clone()
+        };
+        let web_0 = inbound(&first, "web-0.shop");
+        assert!(Arc::ptr_eq(&web_0, &inbound(&first, "web-1.shop")));
+        let m = mesh(registry(false));
+        let routing = Arc::new(RoutingIndex::default().update(&m));
+        let second = Snapshot::next(2, m, TranslateOptions::default(), routing, &first);
+        assert!(Arc::ptr_eq(&web_0, &inbound(&second, "web-0.shop")));
     }
 
     #[test]
