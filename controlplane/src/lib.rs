@@ -21,6 +21,7 @@ pub mod leader;
 pub mod model;
 pub mod routing;
 pub mod server;
+pub mod serving;
 pub mod tls;
 pub mod translate;
 pub mod webhook_ca;
