@@ -12,6 +12,10 @@
 //!          ──> streams closed               (Envoy reconnects elsewhere)
 //!          ──> debug endpoints stop
 //! ```
+//!
+//! Both listeners are served by [`crate::serving`], with the bounds of
+//! [`ListenerLimits`]: no connection is held without a deadline, and a
+//! flood on one port never takes the file descriptors of the other.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -22,11 +26,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::debug::Lifecycle;
 use crate::discovery::file::{self, FileRegistry};
 use crate::identity::Identity;
 use crate::model::Mesh;
+use crate::serving::{Limits, Protocol, Server};
 use crate::tls::ServerIdentity;
 use crate::translate::{MtlsOptions, Snapshot, TranslateOptions};
 use crate::xds::{self, Ads, ServerState};
@@ -92,8 +98,32 @@ pub struct ControlPlane {
 /// stopped outright.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// The bounds of the control plane's listeners (see [`crate::serving`]).
+#[derive(Clone, Debug)]
+pub struct ListenerLimits {
+    pub xds: Limits,
+    pub debug: Limits,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            xds: Limits::xds(),
+            debug: Limits::debug(),
+        }
+    }
+}
+
 impl ControlPlane {
+    /// Starts with the default [`ListenerLimits`].
     pub async fn start(options: Options) -> Result<Self, Error> {
+        Self::start_with_limits(options, ListenerLimits::default()).await
+    }
+
+    pub async fn start_with_limits(
+        options: Options,
+        limits: ListenerLimits,
+    ) -> Result<Self, Error> {
         let shutdown = CancellationToken::new();
         let accepting = CancellationToken::new();
         let streams = CancellationToken::new();
@@ -161,41 +191,23 @@ impl ControlPlane {
             crate::certificates::CertificateService::new(identity, csr_metrics.clone())
                 .into_service()
         });
-        let router = tonic::transport::Server::builder()
-            // Envoy keeps its ADS stream for hours: probe it so a vanished
-            // proxy frees its stream.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(ads.into_service())
-            .add_optional_service(certificates);
-        // On `accepting`, tonic drops the listener and sends every
-        // connection a GOAWAY: open streams go on, new ones are refused.
-        let stop = accepting.clone();
-        let xds_server = Some(match options.tls {
-            Some(tls) => {
-                let config = crate::tls::server_config(tls.identity, tls.server);
-                let incoming = tls_incoming(options.xds, config, accepting.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = router
-                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                        .await
-                    {
-                        tracing::error!("xDS server failed: {e}");
-                    }
-                })
-            }
-            None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(options.xds);
-                tokio::spawn(async move {
-                    if let Err(e) = router
-                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                        .await
-                    {
-                        tracing::error!("xDS server failed: {e}");
-                    }
-                })
-            }
-        });
+        let routes = tonic::service::Routes::new(ads.into_service());
+        let routes = match certificates {
+            Some(certificates) => routes.add_service(certificates),
+            None => routes,
+        }
+        .prepare();
+        let mut server = Server::new("xDS", options.xds, Protocol::Http2, limits.xds);
+        if let Some(tls) = options.tls {
+            server = server.tls(crate::tls::server_config(tls.identity, tls.server));
+        }
+        // On `accepting`, the listener closes and every connection gets a
+        // GOAWAY: open streams go on, new ones are refused.
+        let xds_server = Some(tokio::spawn(
+            server
+                .serve(routes, accepting.clone().cancelled_owned())
+                .instrument(tracing::info_span!("xds_server")),
+        ));
         tracing::info!(address = %xds_addr, "xDS server listening");
 
         let mut debug_addr = None;
@@ -214,7 +226,12 @@ impl ControlPlane {
                 lifecycle: lifecycle.clone(),
             });
             debug_addr = Some(listener.local_addr().map_err(Error::Listener)?);
-            tasks.push(serve_debug(listener, router, shutdown.clone()));
+            tasks.push(serve_debug(
+                listener,
+                router,
+                limits.debug,
+                shutdown.clone(),
+            ));
             tracing::info!(address = ?debug_addr, "debug endpoints listening");
         }
 
@@ -285,19 +302,15 @@ impl ControlPlane {
 fn serve_debug(
     listener: TcpListener,
     router: axum::Router,
+    limits: Limits,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-        if let Err(e) = result {
-            tracing::error!("debug server failed: {e}");
-        }
-    })
+    let server = Server::new("debug", listener, Protocol::Http1, limits);
+    tokio::spawn(
+        server
+            .serve(router, stop.cancelled_owned())
+            .instrument(tracing::info_span!("debug_server")),
+    )
 }
 
 /// The debug endpoints without xDS, for a deployment that runs only the
@@ -310,9 +323,18 @@ pub struct DebugEndpoints {
 }
 
 impl DebugEndpoints {
+    /// Starts with the default [`Limits::debug`].
     pub async fn start(
         listener: TcpListener,
         identity: Option<Arc<Identity>>,
+    ) -> Result<Self, Error> {
+        Self::start_with_limits(listener, identity, Limits::debug()).await
+    }
+
+    pub async fn start_with_limits(
+        listener: TcpListener,
+        identity: Option<Arc<Identity>>,
+        limits: Limits,
     ) -> Result<Self, Error> {
         let lifecycle = Arc::new(Lifecycle::default());
         // Nothing to discover: there is no mesh view to wait for.
@@ -330,7 +352,7 @@ impl DebugEndpoints {
         });
         let debug_addr = listener.local_addr().map_err(Error::Listener)?;
         let shutdown = CancellationToken::new();
-        let task = serve_debug(listener, router, shutdown.clone());
+        let task = serve_debug(listener, router, limits, shutdown.clone());
         tracing::info!(address = %debug_addr, "debug endpoints listening (xDS off)");
         Ok(DebugEndpoints {
             debug_addr,
@@ -348,50 +370,4 @@ impl DebugEndpoints {
         self.shutdown.cancel();
         let _ = self.task.await;
     }
-}
-
-/// Accepted TLS connections. Handshakes run concurrently, so a slow or
-/// hostile client cannot hold up the others; clients without a valid
-/// certificate never reach the gRPC layer.
-fn tls_incoming(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    shutdown: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<
-    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        tracing::warn!("xDS accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, "refused an xDS connection: TLS handshake failed: {e}")
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, "refused an xDS connection: TLS handshake timed out")
-                    }
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
