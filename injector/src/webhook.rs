@@ -23,12 +23,19 @@
 //! Dry-run reviews never cause side effects: they are answered with the
 //! same patch, without provisioning.
 //!
+//! The listener is served by [`meshd_controlplane::serving`], so no client
+//! can hold it: handshake, header-read, idle and body timeouts, at most
+//! [`DEFAULT_WEBHOOK_MAX_CONNECTIONS`] connections (a full listener closes
+//! the one idle longest to let the API server in), a body announced over
+//! [`MAX_BODY_BYTES`] refused (413) before it is read, and a body that
+//! stops arriving answered 408 ([`default_limits`]).
+//!
 //! The API server verifies the certificate against the `caBundle` of the
 //! MutatingWebhookConfiguration by the Service's DNS name, so the serving
 //! certificate names [`service_dns_name`] (`<service>.<namespace>.svc`).
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,12 +54,13 @@ use kube::core::admission::{
 use kube::core::{GroupVersionKind, Resource, Status, TypeMeta};
 use meshd_ca::serving::provider;
 use meshd_ca::{Authority, RenewingServerCert, SpiffeId};
+use meshd_controlplane::serving::{
+    self, DEFAULT_WEBHOOK_MAX_CONNECTIONS, Limits, Protocol, Server,
+};
 use rustls::ServerConfig;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 
 use crate::config::{InjectorConfig, identity_secret_name};
 use crate::identity::IdentityProvisioner;
@@ -69,8 +77,6 @@ pub const VALIDATE_PATH: &str = "/validate";
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The serving certificate's lifetime; renewed half-way.
 pub const SERVING_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default bound on provisioning an identity Secret: below the API
 /// server's default webhook timeout (10 s), so a slow API answers with a
 /// denial that says why instead of a bare timeout.
@@ -178,19 +184,44 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
+/// The webhook listener's bounds: [`DEFAULT_WEBHOOK_MAX_CONNECTIONS`]
+/// connections, the default timeouts of [`serving`], and bodies announcing
+/// more than [`MAX_BODY_BYTES`] refused before they are read.
+pub fn default_limits() -> Limits {
+    Limits {
+        max_body_bytes: Some(MAX_BODY_BYTES as u64),
+        ..Limits::http(DEFAULT_WEBHOOK_MAX_CONNECTIONS)
+    }
+}
+
 /// Serves the webhook on `listener` over TLS until `shutdown` completes,
-/// then lets open requests finish.
+/// then lets open requests finish, with the [`default_limits`].
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     state: WebhookState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = TlsListener::new(listener, tls)?;
-    tracing::info!(address = %listener.local_addr, "admission webhook listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with_limits(listener, tls, state, default_limits(), shutdown).await
+}
+
+/// [`serve`] with other bounds on connections, timeouts and body size
+/// (the body limit applies as announced; [`MAX_BODY_BYTES`] still bounds
+/// what a handler reads).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: WebhookState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, max_connections = limits.max_connections, "admission webhook listening");
+    Server::new("webhook", listener, Protocol::Http1, limits)
+        .tls(tls)
+        .serve(router(state), shutdown)
+        .await;
+    Ok(())
 }
 
 async fn readyz(State(state): State<WebhookState>) -> Response {
@@ -233,6 +264,13 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, (StatusCode, 
                     "the request body is larger than {} MiB; an AdmissionReview carries one object and is far smaller",
                     MAX_BODY_BYTES / (1024 * 1024)
                 ),
+            ))
+        }
+        Err(rejection) if serving::is_body_timeout(&rejection) => {
+            tracing::info!("rejected an admission review: {}", rejection.body_text());
+            Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!("cannot read the request body: {}", rejection.body_text()),
             ))
         }
         Err(rejection) => {
@@ -825,80 +863,6 @@ fn review_json(response: AdmissionResponse, patch: Option<&[u8]>) -> serde_json:
     }
     out.push(b'}');
     Ok(out)
-}
-
-/// TLS connections for `axum::serve`. Handshakes run in their own tasks
-/// with a deadline, so a slow or hostile client never holds up the accept
-/// loop or other clients.
-struct TlsListener {
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-    /// Stops accepting (and closes the socket) when the server is done.
-    accept_loop: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accept_loop.abort();
-    }
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let (tx, accepted) = mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let accept_loop = tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        tracing::warn!("webhook accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                // Small request/response exchanges: never wait for Nagle.
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, "webhook TLS handshake failed: {e}")
-                        }
-                        Err(_) => tracing::info!(%peer, "webhook TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener {
-            accepted,
-            local_addr,
-            accept_loop,
-        })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(connection) => connection,
-            // The accept loop only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
 }
 
 #[cfg(test)]
