@@ -149,6 +149,33 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub ha: HaArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// How many connections each listener holds at most. Each is a file
+/// descriptor: meshd raises its soft descriptor limit to the hard limit at
+/// start, and by default shares it out (a reserve for everything else,
+/// then at most 128 debug, 1024 webhook and 32768 xDS connections), so a
+/// flood on one port never starves another. A full listener closes the
+/// connection idle longest to make room.
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Most open xDS connections (one per proxy) [default: 32768, or less
+    /// as the descriptor limit allows].
+    #[arg(long, env = "MESHD_XDS_MAX_CONNECTIONS", value_name = "N")]
+    pub xds_max_connections: Option<usize>,
+
+    /// Most open webhook connections [default: 1024, or less as the
+    /// descriptor limit allows].
+    #[arg(long, env = "MESHD_WEBHOOK_MAX_CONNECTIONS", value_name = "N")]
+    pub webhook_max_connections: Option<usize>,
+
+    /// Most open connections to the debug endpoints [default: 128, or less
+    /// as the descriptor limit allows].
+    #[arg(long, env = "MESHD_DEBUG_MAX_CONNECTIONS", value_name = "N")]
+    pub debug_max_connections: Option<usize>,
 }
 
 /// Running several replicas in a cluster (with --kubernetes).

@@ -11,7 +11,10 @@ use meshd_controlplane::discovery::events;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::leader::{LeaderElection, LeaseConfig};
 use meshd_controlplane::model::MtlsMode;
-use meshd_controlplane::server::{ControlPlane, DebugEndpoints, Options, Source, TlsOptions};
+use meshd_controlplane::server::{
+    ControlPlane, DebugEndpoints, ListenerLimits, Options, Source, TlsOptions,
+};
+use meshd_controlplane::serving::{ConnectionCaps, Limits};
 use meshd_controlplane::tls::ServerIdentity;
 use meshd_controlplane::webhook_ca::{self, WebhookConfigurations};
 use meshd_injector::capture::{self, CaptureConfig};
@@ -19,7 +22,8 @@ use meshd_injector::config::InjectorConfig;
 use meshd_injector::kube_identity::{self, SecretProvisioner};
 
 use crate::args::{
-    Args, BootstrapArgs, CaArgs, CaptureArgs, Command, HaArgs, InjectArgs, InjectorArgs, RunArgs,
+    Args, BootstrapArgs, CaArgs, CaptureArgs, Command, HaArgs, InjectArgs, InjectorArgs, LimitArgs,
+    RunArgs,
 };
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let drain = parse_duration("--drain-period", &args.ha.drain_period)?;
+    let caps = connection_caps(&args.limits, raise_fd_limit(), args.xds);
     // Installed first: a SIGTERM while starting (say, waiting for the
     // leader's CA Secret) still releases the Lease.
     let mut signals = Signals::install()?;
@@ -113,7 +118,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let tls = or_release!(tls_options(&args, ca));
     let identity = tls.identity.clone();
     let webhook = match args.webhook_address {
-        Some(address) => Some(or_release!(start_webhook(&args, address, &tls).await)),
+        Some(address) => Some(or_release!(
+            start_webhook(&args, address, &tls, caps.webhook).await
+        )),
         None => None,
     };
     // Leader-only tasks, stopped with the election.
@@ -170,13 +177,22 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 },
             };
             let control_plane = or_release!(
-                ControlPlane::start(Options {
-                    source,
-                    tls: Some(tls),
-                    xds,
-                    debug: Some(debug),
-                    debounce: Duration::from_millis(args.debounce_ms),
-                })
+                ControlPlane::start_with_limits(
+                    Options {
+                        source,
+                        tls: Some(tls),
+                        xds,
+                        debug: Some(debug),
+                        debounce: Duration::from_millis(args.debounce_ms),
+                    },
+                    ListenerLimits {
+                        xds: Limits {
+                            max_connections: caps.xds,
+                            ..Limits::xds()
+                        },
+                        debug: debug_limits(caps),
+                    },
+                )
                 .await
             );
             if let (Some(client), Some(leading)) = (&kube_client, &leading) {
@@ -224,7 +240,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!("xDS is off (--xds=false)");
-            let endpoints = or_release!(DebugEndpoints::start(debug, Some(identity)).await);
+            let endpoints = or_release!(
+                DebugEndpoints::start_with_limits(debug, Some(identity), debug_limits(caps)).await
+            );
             if let Some(leading) = &leading {
                 endpoints.set_leadership(leading.clone());
             }
@@ -315,6 +333,7 @@ async fn start_webhook(
     args: &RunArgs,
     address: std::net::SocketAddr,
     tls: &TlsOptions,
+    max_connections: usize,
 ) -> anyhow::Result<WebhookHandle> {
     use meshd_injector::webhook;
     let config = run_injector_config(args);
@@ -359,11 +378,93 @@ async fn start_webhook(
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = webhook::serve(listener, webhook::tls_config(cert), state, shutdown).await {
+        let limits = Limits {
+            max_connections,
+            ..webhook::default_limits()
+        };
+        let served = webhook::serve_with_limits(
+            listener,
+            webhook::tls_config(cert),
+            state,
+            limits,
+            shutdown,
+        );
+        if let Err(e) = served.await {
             tracing::error!("the webhook stopped: {e}");
         }
     });
     Ok((stop, task, provisioner))
+}
+
+fn debug_limits(caps: ConnectionCaps) -> Limits {
+    Limits {
+        max_connections: caps.debug,
+        ..Limits::debug()
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (Go programs get
+/// this from their runtime, Rust's standard library does not; container
+/// runtimes commonly start processes at a soft 1024 under a hard limit a
+/// thousand times higher) and returns the limit in force.
+fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return None;
+        }
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return Some(hard),
+            Err(e) => tracing::warn!(soft, hard, "cannot raise the open-file limit: {e}"),
+        }
+    }
+    Some(soft)
+}
+
+/// Each listener's connection cap: the flag, else its share of the
+/// open-file limit ([`ConnectionCaps::for_fd_limit`]).
+fn connection_caps(args: &LimitArgs, fd_limit: Option<u64>, xds: bool) -> ConnectionCaps {
+    let derived = fd_limit.map_or(
+        ConnectionCaps::for_fd_limit(u64::MAX),
+        ConnectionCaps::for_fd_limit,
+    );
+    let caps = ConnectionCaps {
+        xds: args.xds_max_connections.unwrap_or(derived.xds).max(1),
+        webhook: args
+            .webhook_max_connections
+            .unwrap_or(derived.webhook)
+            .max(1),
+        debug: args.debug_max_connections.unwrap_or(derived.debug).max(1),
+    };
+    let limit = fd_limit.map_or("unknown".to_string(), |l| l.to_string());
+    tracing::info!(
+        open_file_limit = %limit,
+        xds = caps.xds,
+        webhook = caps.webhook,
+        debug = caps.debug,
+        "connection limits"
+    );
+    if let Some(fd_limit) = fd_limit {
+        let total = (caps.xds as u64) + (caps.webhook as u64) + (caps.debug as u64);
+        if total >= fd_limit {
+            tracing::warn!(
+                fd_limit,
+                total,
+                "the connection limits add up to the open-file limit or more: a flood on one listener can take the descriptors the others need"
+            );
+        } else if xds && args.xds_max_connections.is_none() && caps.xds < 10_000 {
+            tracing::warn!(
+                fd_limit,
+                xds = caps.xds,
+                "the open-file limit allows only this many xDS connections (one per proxy); raise it (LimitNOFILE, ulimit -n) for a larger fleet"
+            );
+        }
+    }
+    caps
 }
 
 /// Parses `90`, `90s`, `30m`, `24h`.
@@ -657,6 +758,31 @@ mod tests {
             Command::Run(args) => *args,
             other => panic!("not run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn connection_caps_come_from_flags_or_the_open_file_limit() {
+        let caps = connection_caps(&run_args(&[]).limits, Some(256), true);
+        assert_eq!(caps, ConnectionCaps::for_fd_limit(256));
+        assert!(caps.xds + caps.webhook + caps.debug < 256, "{caps:?}");
+
+        let args = run_args(&[
+            "--xds-max-connections",
+            "50000",
+            "--webhook-max-connections",
+            "64",
+            "--debug-max-connections",
+            "8",
+        ]);
+        let caps = connection_caps(&args.limits, Some(1 << 20), true);
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                xds: 50_000,
+                webhook: 64,
+                debug: 8
+            }
+        );
     }
 
     #[test]
