@@ -27,6 +27,18 @@ pub const MTLS_ANNOTATION: &str = "meshd.io/mtls";
 /// Kubernetes' default namespace for objects that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The most ports a Service may declare. Kubernetes sets no bound on a
+/// Service itself, but an EndpointSlice carries at most 100 ports, so the
+/// endpoints of a Service with more cannot be published
+/// (kubernetes/kubernetes#99382). Each port costs Envoy clusters and
+/// listener chains on every proxy.
+pub const MAX_SERVICE_PORTS: usize = 100;
+/// Kubernetes' own bounds on an EndpointSlice (discovery.k8s.io/v1
+/// validation): ports, endpoints, and addresses per endpoint.
+pub const MAX_SLICE_PORTS: usize = 100;
+pub const MAX_SLICE_ENDPOINTS: usize = 1000;
+pub const MAX_ENDPOINT_ADDRESSES: usize = 100;
+
 /// The kinds a source accepts, as `apiVersion kind`.
 pub const ACCEPTED_KINDS: &str =
     "v1 Namespace, v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice";
@@ -251,6 +263,16 @@ pub fn service(svc: &core::Service) -> Result<Service, ObjectError> {
         None => cluster_ips(&obj, spec)?,
     };
     let all_ports = spec.ports.as_deref().unwrap_or_default();
+    // Before anything per port: the checks below compare ports pairwise.
+    if all_ports.len() > MAX_SERVICE_PORTS {
+        return Err(obj.error(
+            "spec.ports",
+            format!(
+                "{} ports; accepted: at most {MAX_SERVICE_PORTS} (the most an EndpointSlice can carry)",
+                all_ports.len()
+            ),
+        ));
+    }
     let mut ports: Vec<ServicePort> = Vec::with_capacity(all_ports.len());
     for (i, p) in all_ports.iter().enumerate() {
         let field = format!("spec.ports[{i}]");
@@ -421,14 +443,17 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectE
             ));
         }
     }
+    let slice_ports = slice.ports.as_deref().unwrap_or_default();
+    for (field, count, limit) in [
+        ("ports", slice_ports.len(), MAX_SLICE_PORTS),
+        ("endpoints", slice.endpoints.len(), MAX_SLICE_ENDPOINTS),
+    ] {
+        if count > limit {
+            return Err(obj.error(field, format!("{count} {field}; accepted: at most {limit}")));
+        }
+    }
     let mut ports = BTreeMap::new();
-    for (i, p) in slice
-        .ports
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, p) in slice_ports.iter().enumerate() {
         let field = format!("ports[{i}].port");
         let number = p
             .port
@@ -460,6 +485,15 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectE
             return Err(obj.error(
                 format!("endpoints[{i}].addresses"),
                 "needs at least one address",
+            ));
+        }
+        if ep.addresses.len() > MAX_ENDPOINT_ADDRESSES {
+            return Err(obj.error(
+                format!("endpoints[{i}].addresses"),
+                format!(
+                    "{} addresses; accepted: at most {MAX_ENDPOINT_ADDRESSES}",
+                    ep.addresses.len()
+                ),
             ));
         }
         for (j, address) in ep.addresses.iter().enumerate() {
@@ -753,6 +787,72 @@ endpoints:
         .unwrap();
         let err = endpoint_slice(&slice).unwrap_err();
         assert_eq!(err.field, "metadata.labels[kubernetes.io/service-name]");
+    }
+
+    #[test]
+    fn services_and_slices_beyond_kubernetes_bounds_are_refused() {
+        let ports = |n: usize| {
+            (0..n)
+                .map(|i| format!("{{name: p{i}, port: {}}}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let svc_with = |n| {
+            svc(&format!(
+                "{{apiVersion: v1, kind: Service, metadata: {{name: web, namespace: shop}}, spec: {{clusterIP: 198.19.0.1, ports: [{}]}}}}",
+                ports(n)
+            ))
+        };
+        assert_eq!(svc_with(MAX_SERVICE_PORTS).unwrap().ports.len(), 100);
+        let Err(err) = svc_with(20_000) else {
+            panic!("a Service with 20,000 ports was accepted");
+        };
+        assert_eq!(err.object, "Service shop/web");
+        assert_eq!(err.field, "spec.ports");
+        assert_eq!(
+            err.message,
+            "20000 ports; accepted: at most 100 (the most an EndpointSlice can carry)"
+        );
+
+        let slice = |ports_n: usize, endpoints: usize, addresses: usize| {
+            let addresses = (0..addresses)
+                .map(|a| format!("198.18.{}.{}", a / 256, a % 256))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let endpoints = vec![format!("{{addresses: [{addresses}]}}"); endpoints].join(", ");
+            let slice: discovery::EndpointSlice = serde_yaml::from_str(&format!(
+                "{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}, addressType: IPv4, ports: [{}], endpoints: [{endpoints}]}}",
+                ports(ports_n)
+            ))
+            .unwrap();
+            endpoint_slice(&slice)
+        };
+        assert!(slice(MAX_SLICE_PORTS, MAX_SLICE_ENDPOINTS, 1).is_ok());
+        assert!(slice(1, 1, MAX_ENDPOINT_ADDRESSES).is_ok());
+        for (ports, endpoints, addresses, field, message) in [
+            (101, 1, 1, "ports", "101 ports; accepted: at most 100"),
+            (
+                1,
+                1001,
+                1,
+                "endpoints",
+                "1001 endpoints; accepted: at most 1000",
+            ),
+            (
+                1,
+                1,
+                101,
+                "endpoints[0].addresses",
+                "101 addresses; accepted: at most 100",
+            ),
+        ] {
+            let Err(err) = slice(ports, endpoints, addresses) else {
+                panic!("{field}: accepted beyond the bound");
+            };
+            assert_eq!(err.object, "EndpointSlice shop/web-1");
+            assert_eq!(err.field, field);
+            assert_eq!(err.message, message);
+        }
     }
 
     #[test]
