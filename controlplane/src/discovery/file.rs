@@ -2,16 +2,39 @@
 //! (Namespace, Service, EndpointSlice, Pod) standing in for a cluster.
 //!
 //! ```text
-//! *.yaml ──parse──> objects per file ──merge──> Index ──> Mesh ──watch──> xDS
-//!            │ (error: keep that file's last good objects, report it)
+//! notify event naming *.yaml ──> those files ─┐
+//! any other event, load()    ──> stat all ────┴─> read + parse the changed ones
+//!                                                   │ error: the file keeps its last good objects
+//!                                                   v
+//! per file: its objects ──settle claims──> apply / delete only what changed ──> Index ──> Mesh ──watch──> xDS
+//!                        (the live definition wins)
 //! ```
 //!
-//! Each file is parsed on its own. A file with any error keeps serving the
-//! objects of its last good version, and the error (file, object, field,
-//! what is accepted) is logged and kept for the debug endpoint until the file
-//! is fixed. Nothing is dropped without a message.
+//! Each file is parsed on its own, and only when it changed: a notify event
+//! names it, or on a rescan its fingerprint (device, inode, size, mtime,
+//! ctime) differs. Unchanged files keep their parsed objects, and the
+//! [`Index`] the mesh is built from is kept between reloads: only objects
+//! that came, went or changed are applied or deleted, so its join stays
+//! incremental too.
+//!
+//! Nothing serving is lost by accident:
+//! - A file with any error (unreadable, a dangling symlink, too large or
+//!   too deep, invalid YAML or fields, emptied) keeps serving the objects
+//!   of its last good version; only removing the file removes them.
+//! - Two files defining one object, or two services claiming one cluster
+//!   IP: the definition that is live keeps serving, and the newcomer is
+//!   refused and named. With nothing live yet (the first load), files
+//!   are taken in name order. A refused definition takes over when the
+//!   live one goes.
+//!
+//! Every problem (file, object, field, what is accepted) is logged once
+//! and kept for the debug endpoint until it is fixed.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod limits;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::Read as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::index::Index;
 use super::objects::{self, ACCEPTED_KINDS, Object, ObjectRef};
-use crate::model::Mesh;
+use crate::model::{Mesh, ServiceKey};
 
 /// The registry the `meshd run` uses when given no directory: the two
 /// workloads of the local demo, on loopback.
@@ -36,18 +59,78 @@ pub struct FileError {
     pub message: String,
 }
 
-#[derive(Debug, Default)]
-struct FileState {
-    /// The objects of the last version of the file that parsed cleanly.
-    good: Vec<Object>,
-    errors: Vec<String>,
+/// A registry file's name: its path as listed, shared by every object it
+/// defines.
+type FileName = Arc<str>;
+
+/// What tells a file's content apart without reading it: replaced
+/// (another inode), written (size, mtime) or made readable (ctime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
 }
 
-/// Registry files and what each last contributed.
+impl Fingerprint {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// Of the version last looked at; `None` when it could not be taken
+    /// (a dangling symlink), so every rescan looks again.
+    fingerprint: Option<Fingerprint>,
+    /// The objects of the last version of the file that parsed cleanly,
+    /// each once.
+    good: Vec<Arc<Object>>,
+    /// Why the current version is not served.
+    error: Option<String>,
+    /// Objects the served version defines more than once.
+    duplicates: Vec<String>,
+}
+
+/// The definition of an object being served, and the file it came from.
+#[derive(Debug)]
+struct Live {
+    file: FileName,
+    object: Arc<Object>,
+}
+
+/// A definition refused because another one is live, kept to take over
+/// when that one goes.
+#[derive(Debug)]
+struct Refused {
+    object: Arc<Object>,
+    message: String,
+}
+
+/// Registry files, what each last contributed, and what is served.
 #[derive(Debug, Default)]
 pub struct FileRegistry {
     dir: Option<PathBuf>,
-    files: BTreeMap<String, FileState>,
+    /// Why the directory could not be listed, if it could not.
+    dir_error: Option<String>,
+    files: BTreeMap<FileName, FileState>,
+    live: HashMap<ObjectRef, Live>,
+    /// Which live service holds each cluster IP.
+    cluster_ips: HashMap<IpAddr, ServiceKey>,
+    refused: BTreeMap<(FileName, ObjectRef), Refused>,
+    /// The live objects, joined; kept between reloads.
+    index: Index,
+    /// Whether the index changed since the last mesh was built.
+    changed: bool,
 }
 
 /// The outcome of a (re)load: the mesh to serve and every current problem.
@@ -57,126 +140,489 @@ pub struct Load {
     pub errors: Vec<FileError>,
 }
 
+/// What a reload looks at.
+#[derive(Debug, Default)]
+struct Refresh {
+    /// Read again whatever their fingerprint says: notify named them.
+    files: BTreeSet<PathBuf>,
+    /// Also stat every file of the directory: an event named something
+    /// else (the directory, a hidden file such as a ConfigMap's `..data`
+    /// swap, an editor's temporary file) or events were lost.
+    all: bool,
+}
+
+/// A file's new content, or its removal.
+type Changes = BTreeMap<FileName, Option<Vec<Object>>>;
+
 impl FileRegistry {
     /// A registry over a directory; call [`FileRegistry::load`] to read it.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: Some(dir.into()),
-            files: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
     /// The registry compiled into the binary.
     pub fn embedded() -> Self {
         let mut registry = Self::default();
-        registry.update_file(EMBEDDED_NAME.to_string(), Ok(EMBEDDED_DEFAULT.to_string()));
+        let name: FileName = EMBEDDED_NAME.into();
+        let state = registry.files.entry(name.clone()).or_default();
+        let mut changes = Changes::new();
+        match parse(EMBEDDED_DEFAULT) {
+            Ok(objects) => {
+                changes.insert(name, Some(objects));
+            }
+            Err(errors) => state.error = Some(errors.join("; ")),
+        }
+        registry.apply(changes);
         registry
     }
 
-    /// Rereads the directory (if any) and merges every file's objects.
+    /// Looks at every file of the directory (if any) again, reading only
+    /// those whose fingerprint changed, and returns the mesh and every
+    /// current problem.
     pub fn load(&mut self) -> Load {
-        if let Some(dir) = self.dir.clone() {
-            self.rescan(&dir);
+        self.refresh(Refresh {
+            files: BTreeSet::new(),
+            all: true,
+        });
+        Load {
+            mesh: self.mesh(),
+            errors: self.errors(),
         }
-        self.merge()
     }
 
-    fn rescan(&mut self, dir: &Path) {
+    fn mesh(&mut self) -> Mesh {
+        self.changed = false;
+        self.index.mesh()
+    }
+
+    /// Reads again what `what` names; whether the index changed.
+    fn refresh(&mut self, what: Refresh) -> bool {
+        let Some(dir) = self.dir.clone() else {
+            return false;
+        };
+        let mut changes = Changes::new();
+        if what.all {
+            self.rescan(&dir, &what.files, &mut changes);
+        } else {
+            for path in &what.files {
+                let name: FileName = path.display().to_string().into();
+                self.refresh_file(name, path, true, &mut changes);
+            }
+        }
+        self.apply(changes);
+        self.changed
+    }
+
+    /// Stats every manifest of `dir`; reads those in `forced` and those
+    /// whose fingerprint changed.
+    fn rescan(&mut self, dir: &Path, forced: &BTreeSet<PathBuf>, changes: &mut Changes) {
         let listing = match std::fs::read_dir(dir) {
             Ok(listing) => listing,
             Err(e) => {
                 // Keep serving everything we had: a directory that vanished
                 // for a moment (a ConfigMap symlink swap) is not an empty mesh.
-                let state = self.files.entry(dir.display().to_string()).or_default();
-                state.errors = vec![format!("cannot read the registry directory: {e}")];
+                self.dir_error = Some(format!(
+                    "cannot read the registry directory: {e}; every file keeps serving its last good version"
+                ));
                 return;
             }
         };
-        self.files.remove(&dir.display().to_string());
-        let mut present = Vec::new();
-        for entry in listing.flatten() {
-            let path = entry.path();
-            if !is_manifest(&path) {
-                continue;
-            }
-            let name = path.display().to_string();
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read: {e}"));
-            self.update_file(name.clone(), text);
-            present.push(name);
-        }
-        // A deleted file takes its objects with it: deleting is how users
-        // remove things from the registry.
-        self.files.retain(|name, _| present.contains(name));
-    }
-
-    fn update_file(&mut self, name: String, text: Result<String, String>) {
-        let state = self.files.entry(name).or_default();
-        match text.and_then(|t| parse(&t).map_err(|errs| errs.join("; "))) {
-            Ok(objects) => {
-                state.good = objects;
-                state.errors.clear();
-            }
-            Err(message) => state.errors = vec![message],
-        }
-    }
-
-    fn merge(&self) -> Load {
-        let mut index = Index::default();
-        let mut seen: HashMap<ObjectRef, &str> = HashMap::new();
-        let mut errors: Vec<FileError> = Vec::new();
-        for (file, state) in &self.files {
-            for message in &state.errors {
-                let kept = if state.good.is_empty() {
-                    "nothing from this file is served"
-                } else {
-                    "its last good version keeps serving"
-                };
-                errors.push(FileError {
-                    file: file.clone(),
-                    message: format!("{message} ({kept})"),
-                });
-            }
-            for object in &state.good {
-                let id = object.object_ref();
-                if let Some(first) = seen.get(&id) {
-                    errors.push(FileError {
-                        file: file.clone(),
-                        message: format!(
-                            "duplicate {id}: already defined in {first}; this copy is ignored"
-                        ),
-                    });
+        self.dir_error = None;
+        let mut present = HashSet::new();
+        let mut complete = true;
+        for entry in listing {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    self.dir_error = Some(format!(
+                        "cannot list the registry directory: {e}; files not listed keep serving their last good version"
+                    ));
+                    complete = false;
                     continue;
                 }
-                if let Object::Service(svc) = object
-                    && let Some((vip, owner)) = svc
-                        .vips()
-                        .find_map(|vip| Some((vip, index.service_with_vip(vip)?)))
+            };
+            if !is_manifest_name(&path) {
+                continue;
+            }
+            let name: FileName = path.display().to_string().into();
+            present.insert(name.clone());
+            self.refresh_file(name, &path, forced.contains(&path), changes);
+        }
+        // A deleted file takes its objects with it: deleting is how users
+        // remove things from the registry. A file missing from a listing
+        // that failed part way was not seen, not deleted.
+        if complete {
+            for name in self.files.keys() {
+                if !present.contains(name) {
+                    changes.insert(name.clone(), None);
+                }
+            }
+        }
+    }
+
+    /// Looks at one file: read and parsed when `force`d or changed.
+    fn refresh_file(&mut self, name: FileName, path: &Path, force: bool, changes: &mut Changes) {
+        let known = self.files.get(&name).and_then(|s| s.fingerprint);
+        let (content, fingerprint) = read_manifest(path, known, force);
+        let text = match content {
+            Content::Removed => {
+                if self.files.contains_key(&name) {
+                    changes.insert(name, None);
+                }
+                return;
+            }
+            Content::Unchanged => return,
+            Content::Unreadable(message) => Err(message),
+            Content::Text(text) => Ok(text),
+        };
+        let state = self.files.entry(name.clone()).or_default();
+        state.fingerprint = fingerprint;
+        let parsed = text.and_then(|text| {
+            if text.trim().is_empty() && !state.good.is_empty() {
+                // Editors save in two steps, truncate then write: the
+                // moment between is not a request to remove everything.
+                return Err(
+                    "is empty; accepted: manifests (to remove this file's objects, delete the file or leave only a comment in it)"
+                        .to_string(),
+                );
+            }
+            parse(&text).map_err(|errors| errors.join("; "))
+        });
+        match parsed {
+            Ok(objects) => {
+                changes.insert(name, Some(objects));
+            }
+            Err(message) => state.error = Some(message),
+        }
+    }
+
+    /// Replaces the objects of each changed file, then settles which
+    /// definitions are live. Files are taken in name order.
+    fn apply(&mut self, changes: Changes) {
+        let mut claims: Vec<(FileName, Arc<Object>)> = Vec::new();
+        for (file, objects) in changes {
+            // The file's refused definitions are claimed afresh below.
+            self.refused.retain(|(f, _), _| *f != file);
+            let removed = objects.is_none();
+            let (good, duplicates) = once_each(objects.unwrap_or_default());
+            let defined: HashSet<ObjectRef> = good.iter().map(|o| o.object_ref()).collect();
+            let old = match self.files.get_mut(&file) {
+                Some(state) => std::mem::take(&mut state.good),
+                None => Vec::new(),
+            };
+            for object in old {
+                let id = object.object_ref();
+                if !defined.contains(&id) && self.live.get(&id).is_some_and(|l| l.file == file) {
+                    self.release(&id);
+                }
+            }
+            if removed {
+                self.files.remove(&file);
+                continue;
+            }
+            let state = self.files.entry(file.clone()).or_default();
+            state.error = None;
+            state.duplicates = duplicates;
+            state.good = good.clone();
+            claims.extend(good.into_iter().map(|o| (file.clone(), o)));
+        }
+        // Definitions refused earlier were there first: they get the
+        // first chance at whatever was just given up.
+        self.retry_refused();
+        for (file, object) in claims {
+            self.settle(file, object);
+        }
+        // A changed service may have given up a cluster IP a refused one
+        // wanted.
+        self.retry_refused();
+    }
+
+    /// Serves `object` from `file`, or records why it is refused.
+    fn settle(&mut self, file: FileName, object: Arc<Object>) {
+        let id = object.object_ref();
+        match self.claim(&file, &object) {
+            Ok(()) => {
+                self.refused.remove(&(file, id));
+            }
+            Err(message) => {
+                self.refused.insert((file, id), Refused { object, message });
+            }
+        }
+    }
+
+    fn retry_refused(&mut self) {
+        loop {
+            let waiting: Vec<(FileName, Arc<Object>)> = self
+                .refused
+                .iter()
+                .map(|((file, _), r)| (file.clone(), r.object.clone()))
+                .collect();
+            let mut progress = false;
+            for (file, object) in waiting {
+                let id = object.object_ref();
+                match self.claim(&file, &object) {
+                    Ok(()) => {
+                        self.refused.remove(&(file, id));
+                        progress = true;
+                    }
+                    Err(message) => {
+                        if let Some(refused) = self.refused.get_mut(&(file, id)) {
+                            refused.message = message;
+                        }
+                    }
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// Makes `file`'s definition of `object` the live one, unless another
+    /// file's definition of it, or another service holding one of its
+    /// cluster IPs, is live.
+    fn claim(&mut self, file: &FileName, object: &Arc<Object>) -> Result<(), String> {
+        let id = object.object_ref();
+        let update = match self.live.get(&id) {
+            Some(live) if live.file != *file => {
+                return Err(format!(
+                    "duplicate {id}: already defined in {}, which serves it; this copy is refused",
+                    live.file
+                ));
+            }
+            Some(live) if Arc::ptr_eq(&live.object, object) || *live.object == **object => {
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if let Object::Service(svc) = &**object {
+            for vip in svc.vips() {
+                if let Some(owner) = self.cluster_ips.get(&vip)
+                    && *owner != svc.key
                 {
                     let field = if svc.vip == Some(vip) {
                         "spec.clusterIP"
                     } else {
                         "spec.clusterIPs"
                     };
-                    errors.push(FileError {
-                        file: file.clone(),
-                        message: format!(
-                            "{id}: {field}: {vip} is already the address of Service {owner}; each service needs its own cluster IPs, this service is ignored"
-                        ),
-                    });
-                    continue;
+                    let outcome = if update {
+                        "this version is refused and the last good one keeps serving"
+                    } else {
+                        "this service is refused"
+                    };
+                    return Err(format!(
+                        "{id}: {field}: {vip} is already the address of Service {owner}; each service needs its own cluster IPs, {outcome}"
+                    ));
                 }
-                seen.insert(id, file);
-                index.apply(object.clone());
             }
         }
-        Load {
-            mesh: index.mesh(),
-            errors,
+        if let Some(old) = self.live.remove(&id) {
+            self.release_cluster_ips(&old.object);
         }
+        if let Object::Service(svc) = &**object {
+            for vip in svc.vips() {
+                self.cluster_ips.insert(vip, svc.key.clone());
+            }
+        }
+        self.index.apply((**object).clone());
+        self.live.insert(
+            id,
+            Live {
+                file: file.clone(),
+                object: object.clone(),
+            },
+        );
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Stops serving an object.
+    fn release(&mut self, id: &ObjectRef) {
+        if let Some(live) = self.live.remove(id) {
+            self.release_cluster_ips(&live.object);
+            self.index.delete(id);
+            self.changed = true;
+        }
+    }
+
+    fn release_cluster_ips(&mut self, object: &Object) {
+        if let Object::Service(svc) = object {
+            for vip in svc.vips() {
+                if self.cluster_ips.get(&vip) == Some(&svc.key) {
+                    self.cluster_ips.remove(&vip);
+                }
+            }
+        }
+    }
+
+    /// Every current problem, by file.
+    fn errors(&self) -> Vec<FileError> {
+        let mut errors = Vec::new();
+        if let (Some(dir), Some(message)) = (&self.dir, &self.dir_error) {
+            errors.push(FileError {
+                file: dir.display().to_string(),
+                message: message.clone(),
+            });
+        }
+        let first = ObjectRef {
+            kind: "",
+            namespace: None,
+            name: String::new(),
+        };
+        for (file, state) in &self.files {
+            let error = |message: String| FileError {
+                file: file.to_string(),
+                message,
+            };
+            if let Some(message) = &state.error {
+                let kept = if state.good.is_empty() {
+                    "nothing from this file is served"
+                } else {
+                    "its last good version keeps serving"
+                };
+                errors.push(error(format!("{message} ({kept})")));
+            }
+            errors.extend(state.duplicates.iter().cloned().map(error));
+            errors.extend(
+                self.refused
+                    .range((file.clone(), first.clone())..)
+                    .take_while(|((f, _), _)| f == file)
+                    .map(|(_, refused)| error(refused.message.clone())),
+            );
+        }
+        errors
     }
 }
 
-fn is_manifest(path: &Path) -> bool {
+/// The objects of a file, each once: a second definition in the same file
+/// is reported, and the first one counts.
+fn once_each(objects: Vec<Object>) -> (Vec<Arc<Object>>, Vec<String>) {
+    let mut seen = HashSet::new();
+    let mut good = Vec::with_capacity(objects.len());
+    let mut duplicates = Vec::new();
+    for object in objects {
+        let id = object.object_ref();
+        if seen.insert(id.clone()) {
+            good.push(Arc::new(object));
+        } else {
+            duplicates.push(format!(
+                "duplicate {id}: already defined earlier in this file; this copy is ignored"
+            ));
+        }
+    }
+    (good, duplicates)
+}
+
+/// What reading a registry file found.
+enum Content {
+    /// The file is gone: its objects go too.
+    Removed,
+    /// Its fingerprint is the one last seen.
+    Unchanged,
+    /// It is there but cannot be read; it keeps its last good content.
+    Unreadable(String),
+    Text(String),
+}
+
+/// Reads a registry file, unless `known` says it has not changed (and it
+/// is not `force`d). Only a file that is not there at all is removed: a
+/// symlink to nothing, a directory, a file too large or unreadable is an
+/// error.
+fn read_manifest(
+    path: &Path,
+    known: Option<Fingerprint>,
+    force: bool,
+) -> (Content, Option<Fingerprint>) {
+    use std::io::ErrorKind;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Not there at all, or a symlink whose target is missing or
+            // loops: only the first is a removal.
+            let target = match std::fs::symlink_metadata(path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => return (Content::Removed, None),
+                Ok(link) if link.file_type().is_symlink() => std::fs::read_link(path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default(),
+                _ => return (Content::Unreadable(format!("cannot read: {e}")), None),
+            };
+            let message = if e.kind() == ErrorKind::NotFound {
+                format!(
+                    "is a symlink to `{target}`, which does not exist; accepted: a file, or a symlink to one"
+                )
+            } else {
+                format!("cannot follow the symlink to `{target}`: {e}")
+            };
+            return (Content::Unreadable(message), None);
+        }
+    };
+    if meta.is_dir() {
+        return (
+            Content::Unreadable(
+                "is a directory; accepted: a file of YAML manifests (subdirectories are not read)"
+                    .into(),
+            ),
+            None,
+        );
+    }
+    let fingerprint = Fingerprint::of(&meta);
+    if !meta.is_file() {
+        // Reading a FIFO would wait for a writer, holding every reload.
+        return (
+            Content::Unreadable(
+                "is not a regular file (a FIFO, socket or device); accepted: a file of YAML manifests"
+                    .into(),
+            ),
+            Some(fingerprint),
+        );
+    }
+    if !force && known == Some(fingerprint) {
+        return (Content::Unchanged, Some(fingerprint));
+    }
+    let too_large = |bytes| limits::LimitError::TooLarge { bytes }.to_string();
+    if meta.len() > limits::MAX_BYTES as u64 {
+        return (
+            Content::Unreadable(too_large(meta.len())),
+            Some(fingerprint),
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow between the stat and the read: never read more
+    // than the limit.
+    let read = std::fs::File::open(path)
+        .and_then(|f| f.take(limits::MAX_BYTES as u64 + 1).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        return (
+            Content::Unreadable(format!("cannot read: {e}")),
+            Some(fingerprint),
+        );
+    }
+    if bytes.len() > limits::MAX_BYTES {
+        return (
+            Content::Unreadable(too_large(bytes.len() as u64)),
+            Some(fingerprint),
+        );
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => (Content::Text(text), Some(fingerprint)),
+        Err(e) => (
+            Content::Unreadable(format!(
+                "is not UTF-8 text ({}); accepted: YAML in UTF-8",
+                e.utf8_error()
+            )),
+            Some(fingerprint),
+        ),
+    }
+}
+
+/// Whether a directory entry is a registry file by its name: `*.yaml` or
+/// `*.yml`, not hidden. What it is (a file, a directory, a symlink to
+/// nothing) is for [`read_manifest`] to report.
+fn is_manifest_name(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -185,12 +631,16 @@ fn is_manifest(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     );
-    path.is_file() && yaml && !hidden
+    yaml && !hidden
 }
 
 /// Parses one multi-document YAML file. Every problem in the file is
-/// reported, not just the first.
+/// reported, not just the first. A byte order mark at the start is
+/// skipped; a file larger or deeper than [`limits`] allow is refused
+/// before it is parsed.
 pub fn parse(text: &str) -> Result<Vec<Object>, Vec<String>> {
+    let text = limits::strip_bom(text);
+    limits::check(text).map_err(|e| vec![e.to_string()])?;
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -255,25 +705,59 @@ fn decode_as<K: serde::de::DeserializeOwned>(
 /// The registry's current problems, shared with the debug endpoint.
 pub type Problems = Arc<RwLock<Vec<FileError>>>;
 
+/// Replaces the current problems, logging those that are new.
+fn report(problems: &Problems, errors: Vec<FileError>) {
+    let mut current = problems.write().unwrap_or_else(|p| p.into_inner());
+    for e in &errors {
+        if !current.contains(e) {
+            tracing::error!(file = %e.file, "registry: {}", e.message);
+        }
+    }
+    *current = errors;
+}
+
+impl Refresh {
+    /// Adds what a notify event names. `watched` is the directory as
+    /// notify reports it (absolute), `dir` as the registry names it.
+    fn note(&mut self, event: notify::Result<notify::Event>, watched: &Path, dir: &Path) {
+        let event = match event {
+            Ok(event) if !event.need_rescan() && !event.paths.is_empty() => event,
+            Ok(_) => {
+                self.all = true;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("registry watch: {e}; looking at every file");
+                self.all = true;
+                return;
+            }
+        };
+        for path in event.paths {
+            match (path.parent(), path.file_name()) {
+                (Some(parent), Some(name))
+                    if parent == watched && is_manifest_name(Path::new(name)) =>
+                {
+                    self.files.insert(dir.join(name));
+                }
+                _ => self.all = true,
+            }
+        }
+    }
+}
+
 /// Loads the registry, publishes its mesh, and (for a directory) keeps
-/// watching: every change is re-read after `settle` and republished.
-/// Returns once the first load is published.
+/// watching: after `settle`, the files that changed are read again and
+/// the mesh is republished if any object changed. Returns once the first
+/// load is published.
 pub async fn run(
-    registry: FileRegistry,
+    mut registry: FileRegistry,
     mesh_tx: watch::Sender<Arc<Mesh>>,
     problems: Problems,
     settle: Duration,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, notify::Error> {
-    let publish = move |mut registry: FileRegistry| -> (FileRegistry, Arc<Mesh>) {
-        let load = registry.load();
-        for e in &load.errors {
-            tracing::error!(file = %e.file, "registry: {}", e.message);
-        }
-        *problems.write().unwrap_or_else(|p| p.into_inner()) = load.errors;
-        (registry, Arc::new(load.mesh))
-    };
-    let (mut registry, mesh) = publish(registry);
-    mesh_tx.send_replace(mesh);
+    let load = registry.load();
+    report(&problems, load.errors);
+    mesh_tx.send_replace(Arc::new(load.mesh));
     let Some(dir) = registry.dir.clone() else {
         return Ok(None);
     };
@@ -292,34 +776,48 @@ pub async fn run(
         let _ = event_tx.send(event);
     })?;
     notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)?;
+    // notify names paths under the directory made absolute.
+    let watched = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
     tracing::info!(dir = %dir.display(), "watching the registry");
 
     let task = tokio::spawn(async move {
         // The watcher stops when dropped: it lives as long as this task.
         let _watcher = watcher;
         while let Some(first) = events.recv().await {
-            if let Err(e) = first {
-                tracing::warn!("registry watch: {e}");
-            }
+            let mut refresh = Refresh::default();
+            refresh.note(first, &watched, &dir);
             // Editors write a file in several steps: wait for them to settle.
             tokio::time::sleep(settle).await;
-            while events.try_recv().is_ok() {}
+            while let Ok(event) = events.try_recv() {
+                refresh.note(event, &watched, &dir);
+            }
             // Reading and parsing files blocks: keep it off the async workers.
-            let publish = publish.clone();
-            let reloaded = tokio::task::spawn_blocking(move || publish(registry)).await;
-            let Ok((reloaded, mesh)) = reloaded else {
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let mesh = registry.refresh(refresh).then(|| Arc::new(registry.mesh()));
+                let errors = registry.errors();
+                (registry, mesh, errors, started.elapsed())
+            })
+            .await;
+            let Ok((reloaded, mesh, errors, elapsed)) = reloaded else {
                 tracing::error!(
                     "registry reload panicked; the watch stops and the last mesh keeps serving"
                 );
                 return;
             };
             registry = reloaded;
-            tracing::info!(
-                services = mesh.services.len(),
-                workloads = mesh.workloads.len(),
-                "registry reloaded"
-            );
-            mesh_tx.send_replace(mesh);
+            report(&problems, errors);
+            // Nothing served changed (a file rewritten as it was, an
+            // error): no new mesh, no snapshot.
+            if let Some(mesh) = mesh {
+                tracing::info!(
+                    services = mesh.services.len(),
+                    workloads = mesh.workloads.len(),
+                    ?elapsed,
+                    "registry reloaded"
+                );
+                mesh_tx.send_replace(mesh);
+            }
         }
     });
     Ok(Some(task))
@@ -482,5 +980,299 @@ spec:
         assert_eq!(registry.load().mesh.services.len(), 1);
         std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
         assert_eq!(registry.load().mesh.services.len(), 0);
+    }
+
+    const SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.0.1]
+"#;
+
+    fn service(name: &str, vip: &str) -> String {
+        SERVICE
+            .replace("name: web", &format!("name: {name}"))
+            .replace("198.19.0.1", vip)
+    }
+
+    fn with_slice(name: &str, vip: &str, endpoint: &str) -> String {
+        format!(
+            "{}---{}",
+            service(name, vip),
+            SLICE.replace("web", name).replace("198.18.0.1", endpoint)
+        )
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey::new("shop", name)
+    }
+
+    fn vip(mesh: &Mesh, name: &str) -> Option<std::net::IpAddr> {
+        mesh.services.get(&key(name)).and_then(|s| s.vip)
+    }
+
+    /// The one error about `file`, or a panic listing them all.
+    fn error_of<'e>(load: &'e Load, file: &str) -> &'e str {
+        let errors: Vec<_> = load
+            .errors
+            .iter()
+            .filter(|e| e.file.ends_with(file))
+            .collect();
+        assert_eq!(errors.len(), 1, "errors about {file}: {:?}", load.errors);
+        &errors[0].message
+    }
+
+    #[test]
+    fn a_reload_keeps_what_unchanged_files_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "web.yaml",
+            &with_slice("web", "198.19.0.1", "198.18.0.1"),
+        );
+        write(
+            dir.path(),
+            "api.yaml",
+            &with_slice("api", "198.19.0.2", "198.18.0.2"),
+        );
+        let mut registry = FileRegistry::new(dir.path());
+        let before = registry.load().mesh;
+
+        write(
+            dir.path(),
+            "api.yaml",
+            &with_slice("api", "198.19.0.2", "198.18.0.3"),
+        );
+        let after = registry.load().mesh;
+        assert_eq!(
+            after.endpoints[&key("api")][0].address.to_string(),
+            "198.18.0.3"
+        );
+        // web.yaml was neither parsed nor applied again: the index kept
+        // its service and its joined endpoints, the very same values.
+        assert!(Arc::ptr_eq(
+            &before.services[&key("web")],
+            &after.services[&key("web")]
+        ));
+        assert!(Arc::ptr_eq(
+            &before.endpoints[&key("web")],
+            &after.endpoints[&key("web")]
+        ));
+        assert!(Arc::ptr_eq(
+            &before.services[&key("api")],
+            &after.services[&key("api")]
+        ));
+
+        // A notify event for api.yaml reads api.yaml only: web.yaml,
+        // broken meanwhile, is not looked at until an event names it.
+        write(dir.path(), "web.yaml", "kind: [");
+        write(
+            dir.path(),
+            "api.yaml",
+            &with_slice("api", "198.19.0.2", "198.18.0.4"),
+        );
+        let changed = registry.refresh(Refresh {
+            files: BTreeSet::from([dir.path().join("api.yaml")]),
+            all: false,
+        });
+        assert!(changed);
+        assert!(registry.errors().is_empty(), "{:?}", registry.errors());
+        let mesh = registry.mesh();
+        assert_eq!(
+            mesh.endpoints[&key("api")][0].address.to_string(),
+            "198.18.0.4"
+        );
+        assert!(Arc::ptr_eq(
+            &before.services[&key("web")],
+            &mesh.services[&key("web")]
+        ));
+
+        // A file rewritten as it was changes nothing.
+        write(
+            dir.path(),
+            "api.yaml",
+            &with_slice("api", "198.19.0.2", "198.18.0.4"),
+        );
+        assert!(!registry.refresh(Refresh {
+            files: BTreeSet::from([dir.path().join("api.yaml")]),
+            all: false,
+        }));
+    }
+
+    #[test]
+    fn the_live_definition_keeps_serving_and_the_newcomer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "api.yaml", &service("api", "198.19.0.1"));
+        let mut registry = FileRegistry::new(dir.path());
+        assert!(registry.load().errors.is_empty());
+
+        // 0.yaml sorts before api.yaml; it still comes second.
+        write(dir.path(), "0.yaml", &service("api", "198.19.0.2"));
+        // And a new service wants api's cluster IP.
+        write(dir.path(), "00.yaml", &service("shop", "198.19.0.1"));
+        let load = registry.load();
+        assert_eq!(vip(&load.mesh, "api"), Some("198.19.0.1".parse().unwrap()));
+        assert_eq!(vip(&load.mesh, "shop"), None);
+        let api_yaml = dir.path().join("api.yaml").display().to_string();
+        assert_eq!(
+            error_of(&load, "/0.yaml"),
+            format!(
+                "duplicate Service shop/api: already defined in {api_yaml}, which serves it; this copy is refused"
+            )
+        );
+        assert_eq!(
+            error_of(&load, "/00.yaml"),
+            "Service shop/shop: spec.clusterIP: 198.19.0.1 is already the address of Service shop/api; each service needs its own cluster IPs, this service is refused"
+        );
+        assert_eq!(load.errors.len(), 2, "{:?}", load.errors);
+
+        // The live service moving onto a taken address keeps its last
+        // good version.
+        write(dir.path(), "web.yaml", &service("web", "198.19.0.9"));
+        registry.load();
+        write(dir.path(), "api.yaml", &service("api", "198.19.0.9"));
+        let load = registry.load();
+        assert_eq!(vip(&load.mesh, "api"), Some("198.19.0.1".parse().unwrap()));
+        assert!(
+            error_of(&load, "/api.yaml")
+                .ends_with("this version is refused and the last good one keeps serving"),
+            "{:?}",
+            load.errors
+        );
+        write(dir.path(), "api.yaml", &service("api", "198.19.0.1"));
+        assert_eq!(registry.load().errors.len(), 2);
+
+        // When the live definition goes, the refused ones take over.
+        std::fs::remove_file(dir.path().join("api.yaml")).unwrap();
+        let load = registry.load();
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        assert_eq!(vip(&load.mesh, "api"), Some("198.19.0.2".parse().unwrap()));
+        assert_eq!(vip(&load.mesh, "shop"), Some("198.19.0.1".parse().unwrap()));
+
+        // On a fresh start nothing is live: name order decides.
+        write(dir.path(), "api.yaml", &service("api", "198.19.0.1"));
+        let load = FileRegistry::new(dir.path()).load();
+        assert_eq!(vip(&load.mesh, "api"), Some("198.19.0.2".parse().unwrap()));
+        assert!(error_of(&load, "/api.yaml").starts_with("duplicate Service shop/api"));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_keeps_its_last_good_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        let replace_with_symlink = |target: &str| {
+            std::fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink(target, &path).unwrap();
+        };
+        type Break<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+        let cases: Vec<Break> = vec![
+            (
+                "dangling symlink",
+                Box::new(|| replace_with_symlink("gone.yaml")),
+                "is a symlink to `gone.yaml`, which does not exist",
+            ),
+            (
+                "symlink loop",
+                Box::new(|| replace_with_symlink("web.yaml")),
+                "cannot follow the symlink to `web.yaml`",
+            ),
+            (
+                "truncated",
+                Box::new(|| write(dir.path(), "web.yaml", "")),
+                "is empty; accepted: manifests",
+            ),
+            (
+                // A read that fails (EIO) even for root, which could read
+                // a file without permissions.
+                "read error",
+                Box::new(|| replace_with_symlink("/proc/self/mem")),
+                "cannot read: ",
+            ),
+        ];
+        for (case, break_it, shown) in cases {
+            write(dir.path(), "web.yaml", SERVICE);
+            let mut registry = FileRegistry::new(dir.path());
+            assert_eq!(registry.load().mesh.services.len(), 1, "{case}");
+            break_it();
+            let load = registry.load();
+            assert!(
+                load.mesh.services.contains_key(&key("web")),
+                "{case}: the service went"
+            );
+            let message = error_of(&load, "/web.yaml");
+            assert!(message.contains(shown), "{case}: {message}");
+            assert!(
+                message.ends_with("(its last good version keeps serving)"),
+                "{case}: {message}"
+            );
+            // Only removing the file removes its objects.
+            std::fs::remove_file(&path).unwrap();
+            let load = registry.load();
+            assert!(load.mesh.services.is_empty(), "{case}");
+            assert!(load.errors.is_empty(), "{case}: {:?}", load.errors);
+        }
+
+        // What cannot be a registry file is reported, not skipped.
+        std::os::unix::fs::symlink("nowhere.yaml", dir.path().join("new.yaml")).unwrap();
+        std::fs::create_dir(dir.path().join("old.yaml")).unwrap();
+        // Reading a FIFO would wait for a writer, holding every reload.
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("pipe.yaml"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        let load = FileRegistry::new(dir.path()).load();
+        assert!(error_of(&load, "/new.yaml").contains("which does not exist"));
+        assert!(error_of(&load, "/old.yaml").starts_with("is a directory"));
+        assert!(error_of(&load, "/pipe.yaml").starts_with("is not a regular file"));
+
+        // A new empty file is just empty.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "new.yaml", "");
+        assert!(FileRegistry::new(dir.path()).load().errors.is_empty());
+    }
+
+    #[test]
+    fn deep_or_huge_files_are_refused_before_parsing_and_the_others_update() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", SERVICE);
+        // Minutes of parsing before the pre-scan.
+        write(
+            dir.path(),
+            "deep.yaml",
+            &format!("kind: {}", "[".repeat(200_000)),
+        );
+        let huge = format!("kind: '{}'", "x".repeat(limits::MAX_BYTES));
+        write(dir.path(), "huge.yaml", &huge);
+        let started = std::time::Instant::now();
+        let load = FileRegistry::new(dir.path()).load();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(load.mesh.services.contains_key(&key("web")));
+        assert_eq!(
+            error_of(&load, "/deep.yaml"),
+            "line 1: nests more than 64 levels deep (`[`, `{` or indentation); accepted: at most 64 levels (nothing from this file is served)"
+        );
+        assert_eq!(
+            error_of(&load, "/huge.yaml"),
+            format!(
+                "is {} bytes; accepted: at most 4194304 bytes (4 MiB) (nothing from this file is served)",
+                huge.len()
+            )
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        // Before the first key, a BOM made serde_yaml see two documents.
+        let with_bom = format!("\u{feff}{}", SERVICE.trim_start());
+        assert_eq!(parse(&with_bom), parse(SERVICE));
+        assert_eq!(parse(&with_bom).unwrap().len(), 1);
     }
 }
