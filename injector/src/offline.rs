@@ -18,6 +18,8 @@ use json_patch::jsonptr::Pointer;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use serde_yaml::Value as Yaml;
 
+use meshd_controlplane::discovery::file::limits::{self, LimitError};
+
 use crate::config::InjectorConfig;
 use crate::inject::{InjectError, Injection, inject};
 
@@ -29,6 +31,10 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum OfflineError {
     #[error("document {index}: not valid YAML: {problem}")]
     Yaml { index: usize, problem: String },
+    /// Too large or too deeply nested to parse: refused up front, as the
+    /// file registry refuses such a file.
+    #[error("document {index}: {source}")]
+    Limits { index: usize, source: LimitError },
     #[error("document {index} ({object}): {problem}")]
     Invalid {
         index: usize,
@@ -71,10 +77,18 @@ pub fn inject_manifests_in(
 ) -> Result<String, OfflineError> {
     let mut out: Vec<String> = Vec::new();
     let mut index = 0;
-    for text in split_documents(yaml) {
+    // Editors on Windows start files with a byte order mark; serde_yaml
+    // would read a second document into it.
+    for text in split_documents(limits::strip_bom(yaml)) {
         if text.trim().is_empty() {
             continue;
         }
+        // The parser's time grows with the square of the nesting depth:
+        // refuse what no manifest needs before it gets there.
+        limits::check(&text).map_err(|source| OfflineError::Limits {
+            index: index + 1,
+            source,
+        })?;
         let parsed: Yaml = serde_yaml::from_str(&text).map_err(|e| OfflineError::Yaml {
             index: index + 1,
             problem: e.to_string(),
@@ -472,6 +486,44 @@ metadata: {name: not-apps}
             inject_manifests(broken, &config()),
             Err(OfflineError::Yaml { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        // Before the first key, a BOM made serde_yaml see two documents.
+        let deployment = DEPLOYMENT.trim_start_matches("# The web tier.\n");
+        let with_bom = format!("\u{feff}{deployment}");
+        let injected = inject_manifests(&with_bom, &config()).unwrap();
+        assert_eq!(injected, inject_manifests(deployment, &config()).unwrap());
+        assert!(!injected.contains('\u{feff}'));
+    }
+
+    #[test]
+    fn deep_or_huge_documents_are_refused_before_parsing() {
+        let deep = format!(
+            "apiVersion: v1\nkind: ConfigMap\ndata: {}\n",
+            "[".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let err = inject_manifests(&format!("{DEPLOYMENT}---\n{deep}"), &config()).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(
+            err.to_string(),
+            "document 2: line 3: nests more than 64 levels deep (`[`, `{` or indentation); accepted: at most 64 levels"
+        );
+
+        let huge = format!(
+            "apiVersion: v1\nkind: ConfigMap\ndata: {{a: '{}'}}\n",
+            "x".repeat(5 << 20)
+        );
+        let err = inject_manifests(&huge, &config()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "document 1: is {} bytes; accepted: at most 4194304 bytes (4 MiB)",
+                huge.len()
+            )
+        );
     }
 
     #[test]
