@@ -342,9 +342,10 @@ struct Inbound {
 /// [`Inbound`] sides by shape: ports and mTLS mode, then faults (Envoy's
 /// types, which compare but do not hash).
 #[derive(Debug, Default)]
-struct InboundCache(
-    HashMap<(BTreeMap<u16, Protocol>, Option<MtlsMode>), Vec<(inbound::PortFaults, Arc<Inbound>)>>,
-);
+struct InboundCache(HashMap<InboundShape, Vec<(inbound::PortFaults, Arc<Inbound>)>>);
+
+/// A pod's inbound ports (target port → protocol) and its mTLS mode.
+type InboundShape = (BTreeMap<u16, Protocol>, Option<MtlsMode>);
 
 impl InboundCache {
     fn get_or_build(

@@ -280,14 +280,16 @@ pub fn spawn_publisher(
                 let deadline = now + debounce * 10;
                 // Quiet since the last publish: this is no burst (yet).
                 let leading = now.duration_since(published) >= debounce;
-                while !leading {
-                    let quiet = tokio::time::sleep(debounce);
-                    tokio::select! {
-                        _ = quiet => break,
-                        changed = meshes.changed() => if changed.is_err() { return },
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        break;
+                if !leading {
+                    loop {
+                        let quiet = tokio::time::sleep(debounce);
+                        tokio::select! {
+                            _ = quiet => break,
+                            changed = meshes.changed() => if changed.is_err() { return },
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
                     }
                 }
                 let mesh = meshes.borrow_and_update().clone();
