@@ -341,11 +341,14 @@ struct Inbound {
 
 /// [`Inbound`] sides by shape: ports and mTLS mode, then faults (Envoy's
 /// types, which compare but do not hash).
+/// [`Inbound`] sides by shape: ports, then mTLS mode and faults (Envoy's
+/// types, which compare but do not hash). Looked up by reference: a
+/// stream's lookup allocates nothing.
 #[derive(Debug, Default)]
-struct InboundCache(HashMap<InboundShape, Vec<(inbound::PortFaults, Arc<Inbound>)>>);
+struct InboundCache(HashMap<BTreeMap<u16, Protocol>, Vec<InboundVariant>>);
 
-/// A pod's inbound ports (target port → protocol) and its mTLS mode.
-type InboundShape = (BTreeMap<u16, Protocol>, Option<MtlsMode>);
+/// One shape's [`Inbound`] side for an mTLS mode and its faults.
+type InboundVariant = (Option<MtlsMode>, inbound::PortFaults, Arc<Inbound>);
 
 impl InboundCache {
     fn get_or_build(
@@ -354,9 +357,14 @@ impl InboundCache {
         faults: &inbound::PortFaults,
         mtls: Option<MtlsMode>,
     ) -> Arc<Inbound> {
-        let shapes = self.0.entry((ports.clone(), mtls)).or_default();
-        let side = match shapes.iter().find(|(f, _)| f == faults) {
-            Some((_, side)) => side.clone(),
+        let found = self.0.get(ports).and_then(|variants| {
+            variants
+                .iter()
+                .find(|(m, f, _)| *m == mtls && f == faults)
+                .map(|(_, _, side)| side.clone())
+        });
+        let side = match found {
+            Some(side) => side,
             None => {
                 let clusters = ports
                     .iter()
@@ -371,7 +379,10 @@ impl InboundCache {
                     listener: redirect_inbound_listener(ports, faults, mtls),
                     used: Default::default(),
                 });
-                shapes.push((faults.clone(), side.clone()));
+                self.0
+                    .entry(ports.clone())
+                    .or_default()
+                    .push((mtls, faults.clone(), side.clone()));
                 side
             }
         };
@@ -383,21 +394,21 @@ impl InboundCache {
     /// (what nobody asked for is dropped).
     fn carry_over(&self) -> InboundCache {
         let mut next = InboundCache::default();
-        for (key, shapes) in &self.0 {
-            let used: Vec<_> = shapes
+        for (ports, variants) in &self.0 {
+            let used: Vec<InboundVariant> = variants
                 .iter()
-                .filter(|(_, side)| side.used.load(std::sync::atomic::Ordering::Relaxed))
-                .map(|(faults, side)| {
+                .filter(|(_, _, side)| side.used.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|(mtls, faults, side)| {
                     let fresh = Inbound {
                         clusters: side.clusters.clone(),
                         listener: side.listener.clone(),
                         used: Default::default(),
                     };
-                    (faults.clone(), Arc::new(fresh))
+                    (*mtls, faults.clone(), Arc::new(fresh))
                 })
                 .collect();
             if !used.is_empty() {
-                next.0.insert(key.clone(), used);
+                next.0.insert(ports.clone(), used);
             }
         }
         next
