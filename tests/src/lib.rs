@@ -1,9 +1,11 @@
 //! The end-to-end harness: real Envoy processes, sample apps, network
 //! namespaces, and registry fixtures. The e2e tests in `tests/tests/` and
-//! the local demo (`meshd-demo`) are built on it.
+//! the local demo (`meshd-demo`) are built on it, and so is the load tool
+//! (`meshd-load`, in [`load`]).
 
 pub mod envoy;
 pub mod http;
+pub mod load;
 pub mod mesh;
 pub mod netns;
 pub mod pki;

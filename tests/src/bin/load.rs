@@ -1,0 +1,20 @@
+//! `meshd-load`: simulates a fleet of proxies against the real `meshd run`
+//! and reports what it costs (see `meshd_tests::load`).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    // One TLS crypto provider for the process, chosen before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Quiet unless asked (`MESHD_LOG=meshd_tests::load=debug` shows every
+    // response each proxy receives); stdout carries the summary, or a
+    // worker's reports.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    meshd_tests::load::main(meshd_tests::load::Args::parse())
+}

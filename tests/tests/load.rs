@@ -1,0 +1,143 @@
+//! The load tool at a small size, so it never rots: `meshd-load` against
+//! the real `meshd run` (this profile's build), with both ADS flavours and
+//! two worker processes. It asserts what must hold at any size (every
+//! proxy synced, every change reached every proxy, the fleet's streams
+//! closed when it disconnected), never a time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const PROXIES: u64 = 50;
+
+/// The `meshd` binary of this test's profile. It belongs to another
+/// package, which cargo does not build for this one's tests, so it is
+/// built here (a no-op when it is current).
+fn meshd_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/load-<hash> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "meshd", "--bin", "meshd"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // What cargo sets for this test's run only: some build scripts track
+    // these, and a build that saw them would make the next `cargo test`
+    // rebuild those crates again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building meshd failed: {status}");
+    let meshd = profile_dir.join("meshd");
+    assert!(meshd.is_file(), "{} was not built", meshd.display());
+    meshd
+}
+
+#[test]
+fn a_small_fleet_syncs_and_receives_every_change() {
+    let meshd = meshd_binary();
+    let work = tempfile::tempdir().unwrap();
+    let json = work.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_meshd-load"))
+        .arg("--meshd")
+        .arg(&meshd)
+        .args(["--proxies", &PROXIES.to_string()])
+        .args(["--services", "50", "--namespaces", "5"])
+        .args(["--endpoints-per-service", "4"])
+        .args(["--protocol", "mix", "--processes", "2"])
+        .args(["--changes", "3", "--change-interval-ms", "300"])
+        .args(["--service-adds", "1", "--reconnect-cycles", "1"])
+        .args(["--settle-seconds", "0", "--timeout", "90"])
+        .arg("--work-dir")
+        .arg(work.path().join("run"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("meshd-load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let log = std::fs::read_to_string(work.path().join("run/meshd.log")).unwrap_or_default();
+    let context = format!(
+        "stdout:\n{stdout}\nstderr:\n{stderr}\nmeshd log (end):\n{}",
+        log.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        output.status.success(),
+        "meshd-load failed ({})\n{context}",
+        output.status
+    );
+
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("meshd-load: proxies=50 synced=50 "),
+        "{context}"
+    );
+    assert!(summary.ends_with(" failed=0"), "{context}");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["complete"], true, "{context}");
+
+    let syncs = report["syncs"].as_array().unwrap();
+    assert_eq!(syncs.len(), 2, "the cold sync and one reconnect");
+    for sync in syncs {
+        assert_eq!(sync["synced"], PROXIES, "{sync}");
+        // Every synced proxy holds its clusters, endpoints, listeners,
+        // routes and both secrets: each type sent it something.
+        for kind in ["CDS", "EDS", "LDS", "RDS", "SDS"] {
+            assert!(
+                sync["bytes_per_proxy"][kind].as_u64().unwrap() > 0,
+                "{kind}: {sync}"
+            );
+        }
+    }
+    let changes = report["endpoint_changes"].as_array().unwrap();
+    let adds = report["service_adds"].as_array().unwrap();
+    assert_eq!((changes.len(), adds.len()), (3, 1));
+    for change in changes.iter().chain(adds) {
+        assert_eq!(change["expected"], PROXIES, "{change}");
+        assert_eq!(change["received"], PROXIES, "{change}");
+    }
+    let disconnects = report["disconnects"].as_array().unwrap();
+    assert_eq!(disconnects.len(), 2);
+    for gone in disconnects {
+        assert_eq!(gone["proxies_closed"], PROXIES, "{gone}");
+        // meshd's own gauge, where it has one, agrees that none is left.
+        assert!(
+            gone["streams_left"].as_f64().is_none_or(|n| n == 0.0),
+            "{gone}"
+        );
+    }
+    // meshd's own figures came from /proc.
+    assert!(report["idle"]["rss_kib"].as_u64().unwrap() > 0);
+    assert_eq!(report["failed"], 0);
+}
