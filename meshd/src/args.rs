@@ -288,9 +288,11 @@ pub struct BootstrapArgs {
     #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
-    /// The SPIFFE ID the control plane's certificate must carry.
-    #[arg(long, env = "MESHD_CONTROL_PLANE_IDENTITY", default_value = meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID)]
-    pub control_plane_identity: String,
+    /// The SPIFFE ID the control plane's certificate must carry. Default:
+    /// the chart's (namespace meshd-system, service account meshd) in
+    /// --trust-domain.
+    #[arg(long, env = "MESHD_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -597,6 +597,15 @@ impl Signals {
     }
 }
 
+/// The control plane's SPIFFE ID a bootstrap expects: as given, else the
+/// chart's in the proxy's own trust domain (a proxy of trust domain X
+/// would never accept a control plane of `cluster.local`).
+fn control_plane_id(args: &BootstrapArgs) -> String {
+    args.control_plane_identity.clone().unwrap_or_else(|| {
+        SpiffeId::new(args.trust_domain.clone(), "meshd-system", "meshd").to_string()
+    })
+}
+
 fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     let Some(xds_protocol) = XdsProtocol::parse(&args.xds_protocol) else {
         bail!(
@@ -615,13 +624,14 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
                 args.xds_address
             )
         })?;
+    let control_plane_id = control_plane_id(&args);
     let mut config = BootstrapConfig::new(args.namespace, args.pod);
     config.xds_host = host.to_string();
     config.xds_port = port;
     config.xds_protocol = xds_protocol;
     config.admin = args.admin_address;
     config.proxy_address = args.proxy_address;
-    config.control_plane_id = args.control_plane_identity;
+    config.control_plane_id = control_plane_id;
     config.identity_dir = Some(args.identity_dir.clone());
     if let Some(ca_dir) = &args.issue_from_ca_dir {
         let ca = Authority::load_or_generate(
@@ -758,6 +768,45 @@ mod tests {
             Command::Run(args) => *args,
             other => panic!("not run: {other:?}"),
         }
+    }
+
+    /// Issue #11 C.5.
+    #[test]
+    fn a_bootstraps_control_plane_identity_follows_its_trust_domain() {
+        let bootstrap = |argv: &[&str]| {
+            let argv = [
+                "meshd",
+                "bootstrap",
+                "--namespace",
+                "shop",
+                "--pod",
+                "web-0",
+            ]
+            .iter()
+            .chain(["--identity-dir", "/tmp/id"].iter())
+            .chain(argv);
+            match Args::try_parse_from(argv).unwrap().command {
+                Command::Bootstrap(args) => control_plane_id(&args),
+                other => panic!("not bootstrap: {other:?}"),
+            }
+        };
+        assert_eq!(
+            bootstrap(&[]),
+            meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID
+        );
+        assert_eq!(
+            bootstrap(&["--trust-domain", "example.org"]),
+            "spiffe://example.org/ns/meshd-system/sa/meshd"
+        );
+        assert_eq!(
+            bootstrap(&[
+                "--trust-domain",
+                "example.org",
+                "--control-plane-identity",
+                "spiffe://example.org/ns/cp/sa/cp"
+            ]),
+            "spiffe://example.org/ns/cp/sa/cp"
+        );
     }
 
     #[test]
