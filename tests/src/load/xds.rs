@@ -133,7 +133,21 @@ impl ServiceProbe {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    // Skip to each candidate start rather than compare at every offset:
+    // a route configuration is hundreds of KiB, for each of thousands of
+    // proxies.
+    let mut from = 0;
+    while let Some(offset) = haystack[from..].iter().position(|&b| b == first) {
+        let start = from + offset;
+        if haystack[start..].starts_with(needle) {
+            return true;
+        }
+        from = start + 1;
+    }
+    false
 }
 
 /// What a fleet's proxies share.
@@ -576,18 +590,32 @@ impl Proxy {
             state.held.clear();
         }
         let mut unchanged = 0;
+        // EDS names the response may have added, and may have let go of.
+        let mut eds_added = Vec::new();
+        let mut eds_dropped = Vec::new();
         for (name, held) in decoded {
             let version = held.version;
-            if let Some(old) = state.held.insert(name, held)
-                && old.version == version
-                && version != UNVERSIONED
-            {
-                unchanged += 1;
+            if let Detail::Eds(n) = held.detail {
+                eds_added.push(n);
+            }
+            if let Some(old) = state.held.insert(name, held) {
+                if old.version == version && version != UNVERSIONED {
+                    unchanged += 1;
+                }
+                if let Detail::Eds(n) = old.detail {
+                    eds_dropped.push(n);
+                }
             }
         }
         ctx.unchanged[kind.index()].fetch_add(unchanged, Ordering::Relaxed);
         for name in removed_ids {
-            state.held.remove(&name);
+            if let Some(Held {
+                detail: Detail::Eds(n),
+                ..
+            }) = state.held.remove(&name)
+            {
+                eds_dropped.push(n);
+            }
         }
         let mut follow_ups = Vec::new();
         match kind {
@@ -598,15 +626,21 @@ impl Proxy {
                     drop(names);
                     follow_ups.extend(self.resubscribe(Kind::Sds, secrets));
                 }
-                let wanted: Vec<Name> = self.types[Kind::Cds.index()]
-                    .held
-                    .values()
-                    .filter_map(|h| match h.detail {
-                        Detail::Eds(n) => Some(n),
-                        _ => None,
-                    })
-                    .collect();
-                follow_ups.extend(self.resubscribe(Kind::Eds, wanted));
+                if full_state {
+                    let wanted: Vec<Name> = self.types[Kind::Cds.index()]
+                        .held
+                        .values()
+                        .filter_map(|h| match h.detail {
+                            Detail::Eds(n) => Some(n),
+                            _ => None,
+                        })
+                        .collect();
+                    follow_ups.extend(self.resubscribe(Kind::Eds, wanted));
+                } else {
+                    // Delta names only what changed: so does the follow-up,
+                    // rather than a walk over every cluster per response.
+                    follow_ups.extend(self.resubscribe_changed(eds_added, eds_dropped));
+                }
             }
             Kind::Lds => {
                 let wanted: Vec<Name> = self.types[Kind::Lds.index()]
@@ -623,6 +657,51 @@ impl Proxy {
         }
         self.check_synced(ctx, at);
         Outcome::Accepted(follow_ups)
+    }
+
+    /// Adds the EDS names of added or updated clusters to the subscription,
+    /// and drops those no held cluster asks for any more.
+    fn resubscribe_changed(&mut self, added: Vec<Name>, dropped: Vec<Name>) -> Option<FollowUp> {
+        let unsubscribe: Vec<Name> = if dropped.is_empty() {
+            Vec::new()
+        } else {
+            let wanted: HashSet<Name> = self.types[Kind::Cds.index()]
+                .held
+                .values()
+                .filter_map(|h| match h.detail {
+                    Detail::Eds(n) => Some(n),
+                    _ => None,
+                })
+                .collect();
+            let eds = &self.types[Kind::Eds.index()];
+            let mut gone: Vec<Name> = dropped
+                .into_iter()
+                .filter(|n| !wanted.contains(n) && eds.subscribed.contains(n))
+                .collect();
+            gone.sort_unstable();
+            gone.dedup();
+            gone
+        };
+        let eds = self.state(Kind::Eds);
+        let mut subscribe: Vec<Name> = added
+            .into_iter()
+            .filter(|n| !eds.subscribed.contains(n))
+            .collect();
+        subscribe.sort_unstable();
+        subscribe.dedup();
+        if subscribe.is_empty() && unsubscribe.is_empty() {
+            return None;
+        }
+        for name in &unsubscribe {
+            eds.subscribed.remove(name);
+            eds.held.remove(name);
+        }
+        eds.subscribed.extend(subscribe.iter().copied());
+        Some(FollowUp {
+            kind: Kind::Eds,
+            subscribe,
+            unsubscribe,
+        })
     }
 
     /// Makes `kind`'s subscription `wanted`: what is dropped is forgotten,
