@@ -77,6 +77,9 @@ pub struct Disconnect {
     /// meshd's own count of open streams, when it reports one.
     pub streams_left: Option<f64>,
     pub meshd: Option<Usage>,
+    /// From the streams closing to the memory reading: until meshd's
+    /// memory stopped falling, at most --settle-seconds.
+    pub settled_s: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -108,6 +111,9 @@ pub struct LoadReport {
     /// Phases (sync, reconnect, eds, add) in which a client process used
     /// a whole core.
     pub client_saturated: Vec<String>,
+    /// Phases in which the client and meshd together kept every core busy:
+    /// meshd shared the machine with the client.
+    pub machine_saturated: Vec<String>,
     pub client_cpu_ms: u64,
     /// Stream failures (a few of the messages in `errors`).
     pub failed: usize,
@@ -115,6 +121,15 @@ pub struct LoadReport {
     pub timed_out: bool,
     /// Every proxy synced every time, and every change reached every proxy.
     pub complete: bool,
+}
+
+/// Phase tags for the summary: `no`, or `sync,add`.
+fn list(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "no".to_string()
+    } else {
+        tags.join(",")
+    }
 }
 
 fn mib(kib: u64) -> f64 {
@@ -183,7 +198,7 @@ impl LoadReport {
             .max()
             .unwrap_or(0);
         format!(
-            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} nacks={} failed={}",
+            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={}",
             self.proxies,
             cold.map_or(0, |s| s.synced),
             cold.map_or(0.0, |s| s.sync_s),
@@ -213,11 +228,8 @@ impl LoadReport {
                 resynced
             },
             self.client_cpu_ms as f64 / 1000.0,
-            if self.client_saturated.is_empty() {
-                "no".to_string()
-            } else {
-                self.client_saturated.join(",")
-            },
+            list(&self.client_saturated),
+            list(&self.machine_saturated),
             self.nacks_sent,
             self.failed,
         )

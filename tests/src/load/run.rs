@@ -28,6 +28,10 @@ use super::{Args, fleet};
 
 /// How long the last proxy may take to receive one change.
 const CHANGE_LIMIT: Duration = Duration::from_secs(60);
+/// After a disconnect, meshd's memory is read every so often until it has
+/// not fallen for a while.
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+const SETTLED_AFTER: Duration = Duration::from_secs(3);
 /// How long after the last proxy synced meshd's memory and CPU are read.
 const SYNC_SETTLE: Duration = Duration::from_millis(500);
 /// A sync that makes no progress for this long has stalled.
@@ -413,6 +417,7 @@ impl Coordinator {
             .map(|&at| at.saturating_sub(t0) as f64 / 1000.0)
             .collect();
         let meshd_cpu_ms = cpu_between(before, after);
+        self.check_machine(label, tag, client_cpu_ms, meshd_cpu_ms, started);
         let count = synced.len();
         let result = Sync {
             proxies,
@@ -550,6 +555,8 @@ impl Coordinator {
             ProbeKind::Service => "add",
         };
         let client_cpu_ms = self.check_client(label, tag, &client_before, written);
+        let meshd_by_then = cpu_between(before, self.meshd.usage());
+        self.check_machine(label, tag, client_cpu_ms, meshd_by_then, written);
         let interval = Duration::from_millis(self.args.change_interval_ms);
         let rest = (written + interval).min(self.deadline);
         tokio::time::sleep_until(rest.into()).await;
@@ -610,23 +617,47 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(200)).await;
             streams_left = self.meshd.metric("meshd_xds_connected_proxies");
         }
-        let settle = Instant::now() + Duration::from_secs(self.args.settle_seconds);
-        tokio::time::sleep_until(settle.min(self.deadline).into()).await;
+        let closed = Instant::now();
+        let meshd = self
+            .settle(closed + Duration::from_secs(self.args.settle_seconds))
+            .await;
         let result = Disconnect {
             proxies_closed: self.tally.closed,
             streams_left,
-            meshd: self.meshd.usage(),
+            meshd,
+            settled_s: closed.elapsed().as_secs_f64(),
         };
         progress(
             self.started,
             &format!(
-                "{label}: {} streams closed{}; meshd {}",
+                "{label}: {} streams closed{}; meshd after {:.1} s: {}",
                 result.proxies_closed,
                 streams_left.map_or(String::new(), |n| format!(", meshd counts {n} open")),
+                result.settled_s,
                 result.meshd.map_or("-".to_string(), usage_text)
             ),
         );
         Ok(result)
+    }
+
+    /// meshd's usage once its memory has stopped falling (an allocator
+    /// gives memory back some seconds after it is freed), or at `until`.
+    async fn settle(&self, until: Instant) -> Option<Usage> {
+        let until = until.min(self.deadline);
+        let mut usage = self.meshd.usage();
+        let mut lowest = usage.map_or(0, |u| u.rss_kib);
+        let mut last_drop = Instant::now();
+        while Instant::now() + SETTLE_POLL <= until && last_drop.elapsed() < SETTLED_AFTER {
+            tokio::time::sleep(SETTLE_POLL).await;
+            usage = self.meshd.usage();
+            let rss = usage.map_or(0, |u| u.rss_kib);
+            // Less than 1 % is noise, not memory being given back.
+            if rss < lowest - lowest / 100 {
+                lowest = rss;
+                last_drop = Instant::now();
+            }
+        }
+        usage
     }
 
     fn new_probe_id(&mut self) -> u32 {
@@ -854,6 +885,32 @@ impl Coordinator {
             }
         }
         total
+    }
+
+    /// Says so when the client and meshd together kept every core of the
+    /// machine busy: then meshd had less than it could have used, and the
+    /// client's share is what to take off (another machine, or fewer
+    /// proxies per machine).
+    fn check_machine(
+        &mut self,
+        phase: &str,
+        tag: &str,
+        client_ms: u64,
+        meshd_ms: u64,
+        started: Instant,
+    ) {
+        let wall = started.elapsed().as_millis().max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let client = client_ms as f64 / wall;
+        let meshd = meshd_ms as f64 / wall;
+        if wall >= 200.0 && client + meshd >= SATURATED * cores {
+            eprintln!(
+                "meshd-load: warning: the machine's {cores} cores were busy during {phase}: the client used {client:.2} of them, meshd {meshd:.2}"
+            );
+            if !self.report.machine_saturated.iter().any(|t| t == tag) {
+                self.report.machine_saturated.push(tag.to_string());
+            }
+        }
     }
 
     async fn finish(mut self, outcome: Result<(), Stop>) -> anyhow::Result<bool> {
