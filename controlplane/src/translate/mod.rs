@@ -194,6 +194,8 @@ pub struct ProxyView {
     changes: Option<Arc<SharedChanges>>,
     /// The proxy has an egress scope (its clusters are a part of the mesh's).
     scoped: bool,
+    /// Which scope: 0 for the whole mesh, else a hash of the scope.
+    scope_id: u64,
 }
 
 impl ProxyView {
@@ -217,6 +219,13 @@ impl ProxyView {
     /// A proxy's own resources ([`ProxyView::local`]) are not included.
     pub fn changes(&self) -> Option<&SharedChanges> {
         self.changes.as_deref()
+    }
+
+    /// Which egress scope the view's shared maps are of (0: the whole
+    /// mesh). The changes a snapshot lists hold between views of one scope
+    /// only: a proxy whose scope changed must be compared in full.
+    pub fn scope_id(&self) -> u64 {
+        self.scope_id
     }
 
     /// The shared map a kind's resources come from (clusters, but for the
@@ -761,6 +770,11 @@ impl Snapshot {
             snapshot_id: self.id,
             changes: self.changes.clone(),
             scoped: scope.is_some(),
+            scope_id: scope.map_or(0, |e| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&**e, &mut hasher);
+                hasher.finish() | 1
+            }),
         })
     }
 

@@ -105,6 +105,8 @@ pub struct TypeState {
     inflight: Option<(String, SentMap)>,
     /// The nonce of the last response sent, answered or not.
     last_nonce: u64,
+    /// The egress scope of the view `sent` and `names` are based on.
+    base_scope: u64,
     /// Clusters kept in `sent` only because a listener or route the proxy
     /// holds still refers to them (clusters only). While there are none,
     /// acknowledging a listener or route cannot change which clusters the
@@ -121,6 +123,8 @@ pub struct TypeState {
 struct Synced {
     /// The snapshot ([`ProxyView::snapshot_id`]).
     version: u64,
+    /// The egress scope of the view then ([`ProxyView::scope_id`]).
+    scope: u64,
     /// The proxy's own resources of the type (inbound clusters) then.
     local: usize,
 }
@@ -271,6 +275,7 @@ impl Session {
                     if matches!(kind, Kind::Cluster | Kind::Endpoint) {
                         self.state(kind).synced = Some(Synced {
                             version: view.snapshot_id(),
+                            scope: view.scope_id(),
                             local: view.local(kind).count(),
                         });
                     }
@@ -310,7 +315,13 @@ impl Session {
         };
         let id = view.snapshot_id();
         let state = self.state(kind);
-        let changed = |set: Option<u64>| set.and_then(|since| view.changed_since(kind, since));
+        // Changes hold between maps of one scope only.
+        let same_scope =
+            std::mem::replace(&mut state.base_scope, view.scope_id()) == view.scope_id();
+        let changed = |set: Option<u64>| {
+            set.filter(|_| same_scope)
+                .and_then(|since| view.changed_since(kind, since))
+        };
         let sent_changes = changed(state.sent.base_snapshot());
         state.sent.rebase(id, base, sent_changes);
         // Envoy subscribes to the load assignment of every cluster it was
@@ -335,6 +346,11 @@ impl Session {
         // it was sent): nothing `sent` depends on has changed since.
         if synced.version == view.snapshot_id() {
             return Some(None);
+        }
+        // A new egress scope changes which clusters the proxy sees beyond
+        // the names that changed.
+        if synced.scope != view.scope_id() {
+            return None;
         }
         let names = view.changed_since(kind, synced.version)?;
         let mut updates: Vec<(&str, Option<&Arc<Resource>>)> = Vec::new();
@@ -900,6 +916,54 @@ mod tests {
         let nonce = session.types[&Kind::Listener].last_nonce.to_string();
         session.on_request(request(Kind::Listener, &nonce, &[]));
         assert!(session.types[&Kind::Cluster].synced.is_some());
+    }
+
+    /// A proxy whose egress scope goes away sees the clusters it could not
+    /// see before, though none of them changed: the snapshot's list of
+    /// changes does not cover a new scope.
+    #[test]
+    fn a_proxy_whose_scope_widens_gets_the_clusters_it_did_not_see() {
+        let text = |egress: &str| {
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop{egress}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: other}}\n---\n{}apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: other}}\nspec: {{clusterIP: 198.19.0.9, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.2}}\n",
+                service("web", "198.19.0.1", false)
+            )
+        };
+        let mesh = |text: String| {
+            let mut index = Index::default();
+            for object in file::parse(&text).unwrap() {
+                index.apply(object);
+            }
+            std::sync::Arc::new(index.mesh())
+        };
+        let scoped = mesh(text(", annotations: {meshd.io/egress: ./*}"));
+        let mut routing = crate::routing::RoutingIndex::default();
+        let first = Snapshot::with_routing(
+            1,
+            scoped.clone(),
+            Default::default(),
+            std::sync::Arc::new(routing.update(&scoped)),
+        );
+        let wide = mesh(text(""));
+        let second = Snapshot::next(
+            2,
+            wide.clone(),
+            Default::default(),
+            std::sync::Arc::new(routing.update(&wide)),
+            &first,
+        );
+        let db = "outbound|80||db.other.svc.cluster.local";
+        let mut session = Session::new(true);
+        let view = first.proxy(CLIENT).unwrap();
+        assert!(view.get(Kind::Cluster, db).is_none(), "db is out of scope");
+        settle(&mut session, &view);
+        let pushes = session.push(&second.proxy(CLIENT).unwrap());
+        let cds = pushes.iter().find(|p| p.kind == Kind::Cluster);
+        assert!(
+            cds.is_some_and(|p| names_changed(p).contains(&db)),
+            "{pushes:?}"
+        );
+        assert!(session.types[&Kind::Cluster].sent.contains(db));
     }
 
     fn names_changed(push: &Push) -> Vec<&str> {
