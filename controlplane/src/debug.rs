@@ -122,10 +122,38 @@ async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
 /// Rotates the generated root CA (see [`crate::identity::rotate_root`]);
 /// answers once every step is acknowledged by every proxy, or says which
 /// step stalled and on which proxies.
+/// The header `POST /ca/rotate-root` must carry. A browser cannot send a
+/// custom header to another origin without a CORS preflight, which this
+/// port never answers, so a page the operator happens to have open cannot
+/// rotate the mesh's root through a port-forward.
+pub const ROTATE_CONFIRM_HEADER: &str = "x-meshd-confirm";
+const ROTATE_CONFIRM_VALUE: &str = "rotate-root";
+
 async fn rotate_root(
     State(s): State<DebugState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
+    // Browsers mark every cross-site (and same-site) POST with Origin;
+    // curl and kubectl do not.
+    if headers.contains_key(axum::http::header::ORIGIN) {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /ca/rotate-root refuses requests from a web page (an Origin header was sent)\n"
+                .to_string(),
+        );
+    }
+    if headers
+        .get(ROTATE_CONFIRM_HEADER)
+        .is_none_or(|v| v.as_bytes() != ROTATE_CONFIRM_VALUE.as_bytes())
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "POST /ca/rotate-root needs the header `{ROTATE_CONFIRM_HEADER}: {ROTATE_CONFIRM_VALUE}`\n"
+            ),
+        );
+    }
     // The debug port is reachable from the cluster (metrics); replacing
     // the mesh's root is for an operator on the pod itself (kubectl
     // port-forward or exec arrive over loopback).

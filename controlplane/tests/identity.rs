@@ -234,9 +234,54 @@ impl Harness {
         body.to_string()
     }
 
+    /// A raw HTTP/1.1 request on the debug listener: the status line and
+    /// the body.
+    async fn raw(&self, head: &str) -> (String, String) {
+        let addr = self.cp.debug_addr.expect("the debug listener is on");
+        let mut conn = timeout(STEP, TcpStream::connect(addr))
+            .await
+            .expect("connect to debug in time")
+            .expect("connect to debug");
+        let request = format!("{head}Host: {addr}\r\nConnection: close\r\n\r\n");
+        timeout(STEP, conn.write_all(request.as_bytes()))
+            .await
+            .expect("send in time")
+            .expect("send the request");
+        let mut raw = Vec::new();
+        timeout(STEP, conn.read_to_end(&mut raw))
+            .await
+            .expect("the debug endpoint answers in time")
+            .expect("read the response");
+        let text = String::from_utf8(raw).expect("a UTF-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let status = head.lines().next().unwrap_or_default().to_string();
+        (status, body.to_string())
+    }
+
     async fn stop(self) {
         self.cp.shutdown().await;
     }
+}
+
+/// Issue #11 C.2: a web page cannot rotate the root through a
+/// port-forward: requests with an Origin, or without the confirmation
+/// header (a plain form POST), are refused; the marked request works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_root_refuses_cross_site_and_unmarked_requests() {
+    let h = Harness::start().await;
+    let form = "POST /ca/rotate-root HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n";
+    let (status, body) = h.raw(form).await;
+    assert!(status.contains(" 403"), "{status}: {body}");
+    assert!(body.contains("x-meshd-confirm: rotate-root"), "{body}");
+    let cross_site = "POST /ca/rotate-root HTTP/1.1\r\nOrigin: http://evil.example\r\nx-meshd-confirm: rotate-root\r\nContent-Length: 0\r\n";
+    let (status, body) = h.raw(cross_site).await;
+    assert!(status.contains(" 403"), "{status}: {body}");
+    assert!(body.contains("Origin"), "{body}");
+    let marked =
+        "POST /ca/rotate-root HTTP/1.1\r\nx-meshd-confirm: rotate-root\r\nContent-Length: 0\r\n";
+    let (status, body) = h.raw(marked).await;
+    assert!(status.contains(" 200"), "{status}: {body}");
+    h.stop().await;
 }
 
 /// One State-of-the-World ADS stream.
