@@ -213,25 +213,9 @@ impl Harness {
 
     /// A plain HTTP/1.1 GET on the debug listener; returns the body of a 200.
     async fn get(&self, path: &str) -> String {
-        let addr = self.cp.debug_addr.expect("the debug listener is on");
-        let mut conn = timeout(STEP, TcpStream::connect(addr))
-            .await
-            .expect("connect to debug in time")
-            .expect("connect to debug");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        timeout(STEP, conn.write_all(request.as_bytes()))
-            .await
-            .expect("send in time")
-            .expect("send the request");
-        let mut raw = Vec::new();
-        timeout(STEP, conn.read_to_end(&mut raw))
-            .await
-            .expect("the debug endpoint answers in time")
-            .expect("read the response");
-        let text = String::from_utf8(raw).expect("a UTF-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-        body.to_string()
+        let (status, body) = self.raw(&format!("GET {path} HTTP/1.1\r\n")).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "GET {path}: {status}");
+        body
     }
 
     /// A raw HTTP/1.1 request on the debug listener: the status line and

@@ -192,9 +192,8 @@ pub struct ProxyView {
     version: u64,
     snapshot_id: u64,
     changes: Option<Arc<SharedChanges>>,
-    /// The proxy has an egress scope (its clusters are a part of the mesh's).
-    scoped: bool,
-    /// Which scope: 0 for the whole mesh, else a hash of the scope.
+    /// Which egress scope: 0 for the whole mesh, else a hash of the scope
+    /// (its clusters are then a part of the mesh's).
     scope_id: u64,
 }
 
@@ -244,7 +243,7 @@ impl ProxyView {
     /// told from the changes (too far behind, or this proxy's egress scope
     /// may have changed).
     pub fn changed_since<'a>(&'a self, kind: Kind, since: u64) -> Option<Vec<&'a str>> {
-        let scoped = self.scoped;
+        let scoped = self.scope_id != 0;
         let pick = |c: &'a SharedChanges| -> Option<&'a BTreeSet<String>> {
             if c.structural && scoped {
                 return None;
@@ -769,7 +768,6 @@ impl Snapshot {
             version: self.version,
             snapshot_id: self.id,
             changes: self.changes.clone(),
-            scoped: scope.is_some(),
             scope_id: scope.map_or(0, |e| {
                 let mut hasher = std::hash::DefaultHasher::new();
                 std::hash::Hash::hash(&**e, &mut hasher);
