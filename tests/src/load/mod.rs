@@ -141,9 +141,10 @@ pub struct Args {
     #[arg(long, env = "MESHD_LOAD_RECONNECT_CYCLES", default_value_t = 5)]
     pub reconnect_cycles: usize,
 
-    /// After the fleet disconnected, meshd's memory is read once it has not
-    /// fallen for 3 s (an allocator returns freed memory over seconds), and
-    /// at the latest after this many seconds.
+    /// After the fleet synced (still connected) and after it disconnected,
+    /// meshd's memory is read once it has not fallen for 3 s (an allocator
+    /// returns freed memory over seconds), and at the latest after this many
+    /// seconds.
     #[arg(long, env = "MESHD_LOAD_SETTLE_SECONDS", default_value_t = 20)]
     pub settle_seconds: u64,
 

@@ -46,8 +46,13 @@ pub struct Sync {
     /// meshd's CPU time over the sync.
     pub meshd_cpu_ms: u64,
     pub cpu_ms_per_proxy: f64,
-    /// meshd after the sync.
+    /// meshd right after the sync: what it holds, and the transient buffers
+    /// of the sync that the allocator has not yet given back.
     pub meshd: Option<Usage>,
+    /// meshd with every proxy still connected, once its memory stopped
+    /// falling (at most --settle-seconds after the sync): the steady cost
+    /// of the mesh and its proxies.
+    pub settled: Option<Usage>,
     /// Protobuf bytes received per synced proxy during the sync, by type.
     pub bytes_per_proxy: BTreeMap<String, u64>,
     /// The client's CPU time over the sync.
@@ -151,8 +156,10 @@ impl LoadReport {
     pub fn summary(&self) -> String {
         let cold = self.syncs.first();
         let after = cold.and_then(|s| s.meshd);
+        let settled = cold.and_then(|s| s.settled);
         let idle_kib = self.idle.map_or(0, |u| u.rss_kib);
-        let per_proxy_kib = match (cold, after) {
+        // The steady cost per proxy: from the settled reading when there is one.
+        let per_proxy_kib = match (cold, settled.or(after)) {
             (Some(s), Some(u)) if s.synced > 0 => {
                 u.rss_kib.saturating_sub(idle_kib) as f64 / s.synced as f64
             }
@@ -198,11 +205,12 @@ impl LoadReport {
             .max()
             .unwrap_or(0);
         format!(
-            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={}",
+            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} settled_mib={} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={}",
             self.proxies,
             cold.map_or(0, |s| s.synced),
             cold.map_or(0.0, |s| s.sync_s),
             mib(after.map_or(0, |u| u.rss_kib)),
+            settled.map_or("-".to_string(), |u| format!("{:.0}", mib(u.rss_kib))),
             mib(peak),
             per_proxy_kib,
             cold.map_or(0.0, |s| s.cpu_ms_per_proxy),

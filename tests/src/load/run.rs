@@ -409,6 +409,11 @@ impl Coordinator {
         tokio::time::sleep_until((Instant::now() + SYNC_SETTLE).min(self.deadline).into()).await;
         let after = self.meshd.usage();
         let stats_after = self.stats().await?;
+        // Every proxy stays connected while the allocator gives back what
+        // the sync used only in passing (response chunks, handshakes).
+        let settled = self
+            .settle(Instant::now() + Duration::from_secs(self.args.settle_seconds))
+            .await;
         let synced: Vec<f64> = self
             .tally
             .synced_at
@@ -432,6 +437,7 @@ impl Coordinator {
                 meshd_cpu_ms as f64 / count as f64
             },
             meshd: after,
+            settled,
             bytes_per_proxy: Kind::ALL
                 .iter()
                 .map(|k| {
@@ -450,13 +456,17 @@ impl Coordinator {
         progress(
             self.started,
             &format!(
-                "{label}: {count}/{proxies} synced in {:.1} s (per proxy p50 {} ms, p99 {} ms); meshd CPU {} ms ({:.2} ms per proxy), {}; per proxy {}",
+                "{label}: {count}/{proxies} synced in {:.1} s (per proxy p50 {} ms, p99 {} ms); meshd CPU {} ms ({:.2} ms per proxy), {}, settled RSS {}; per proxy {}",
                 result.sync_s,
                 result.per_proxy.map_or(0.0, |s| s.p50_ms).round(),
                 result.per_proxy.map_or(0.0, |s| s.p99_ms).round(),
                 meshd_cpu_ms,
                 result.cpu_ms_per_proxy,
                 after.map_or("no /proc figures".to_string(), usage_text),
+                settled.map_or("-".to_string(), |u| format!(
+                    "{:.0} MiB",
+                    u.rss_kib as f64 / 1024.0
+                )),
                 bytes.join(", ")
             ),
         );
