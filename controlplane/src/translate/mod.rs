@@ -2148,7 +2148,16 @@ status: {podIP: 198.18.0.3}
         for host in ["198.19.0.1", "198.19.0.1:80", "[fd00::1]", "[fd00::1]:80"] {
             assert!(domains.contains(&host.to_string()), "{host}: {domains:?}");
         }
-        // The pod's two addresses both take traffic, both with mTLS.
+        // The pod's two addresses both take traffic, both with mTLS: every
+        // endpoint takes it, so the cluster carries the TLS transport
+        // socket and no endpoint needs a mark.
+        let cluster: Cluster = decode(
+            view.get(Kind::Cluster, "outbound|80||web.shop.svc.cluster.local")
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(cluster.transport_socket.is_some(), "cluster-wide mTLS");
+        assert!(cluster.transport_socket_matches.is_empty());
         let cla: ClusterLoadAssignment = decode(
             view.get(Kind::Endpoint, "outbound|80||web.shop.svc.cluster.local")
                 .unwrap(),
@@ -2158,7 +2167,7 @@ status: {podIP: 198.18.0.3}
             .lb_endpoints
             .iter()
             .map(|lb| {
-                assert!(lb.metadata.is_some(), "mTLS metadata");
+                assert!(lb.metadata.is_none(), "no per-endpoint mTLS mark");
                 let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
                     panic!()
                 };

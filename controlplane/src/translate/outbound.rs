@@ -159,6 +159,8 @@ pub(super) fn translate(
                         && !svc.is_headless()
                         && o.routing == *service_routing
                         && same_sans(o, eps, &identity)
+                        && every_endpoint_mtls(o.identities.iter().map(Option::is_some))
+                            == every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some()))
                 });
                 Arc::new(ServiceEntry {
                     service: svc.clone(),
@@ -185,6 +187,20 @@ pub(super) fn translate(
         translated.entries.insert(svc.key.clone(), entry);
     }
     translated
+}
+
+/// Whether every endpoint of a service takes mTLS (the usual case once a
+/// namespace is meshed): then the cluster itself carries the TLS transport
+/// socket and its load assignment no per-endpoint marks, which halves the
+/// size of every load assignment a proxy is sent. Only while some
+/// endpoints take plaintext (a migration) does each mTLS endpoint carry the
+/// metadata that selects the cluster's TLS transport socket match.
+///
+/// A switch between the two changes the cluster, which Envoy warms until
+/// the matching load assignment arrives: no endpoint is ever reached with
+/// the other mode.
+fn every_endpoint_mtls(mut takes_mtls: impl Iterator<Item = bool>) -> bool {
+    takes_mtls.all(|mtls| mtls)
 }
 
 /// Whether the identities clients verify for a service stay the same
@@ -285,8 +301,12 @@ fn clusters<'e>(
                 let mut cluster = eds_cluster(&name, port.protocol);
                 routing::configure_cluster(&mut cluster, service_routing, port.protocol);
                 if !sans.is_empty() {
-                    cluster.transport_socket_matches =
-                        vec![tls::upstream_match(&name, port.protocol, &sans)];
+                    if every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some())) {
+                        cluster.transport_socket = Some(tls::upstream(&name, port.protocol, &sans));
+                    } else {
+                        cluster.transport_socket_matches =
+                            vec![tls::upstream_match(&name, port.protocol, &sans)];
+                    }
                 }
                 cluster
             };
@@ -334,6 +354,7 @@ fn load_assignments<'e>(
     if svc.external_name.is_some() || svc.is_headless() {
         return Vec::new();
     }
+    let mark_mtls = !every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some()));
     svc.ports
         .iter()
         .map(|port| {
@@ -345,7 +366,7 @@ fn load_assignments<'e>(
                 .filter(|ep| ep.conditions.ready)
                 .filter_map(|ep| {
                     let mut lb = lb_endpoint(ep.address, ep.port_for(port)?);
-                    if identity(ep).is_some() {
+                    if mark_mtls && identity(ep).is_some() {
                         lb.metadata = Some(tls::mtls_endpoint_metadata());
                     }
                     Some(lb)
@@ -731,5 +752,91 @@ status: {{podIP: 198.18.0.30}}
             }
             previous = next;
         }
+    }
+
+    /// The same mesh with reviews-1 taking plaintext (`meshd.io/mtls: DISABLE`).
+    fn with_plaintext_reviews_1() -> String {
+        objects("true", "").replace(
+            "metadata: {name: reviews-1, namespace: shop}",
+            "metadata: {name: reviews-1, namespace: shop, annotations: {meshd.io/mtls: DISABLE}}",
+        )
+    }
+
+    #[test]
+    fn mtls_is_marked_per_endpoint_only_while_some_endpoints_take_plaintext() {
+        use meshd_proto::envoy::config::cluster::v3::Cluster;
+        use meshd_proto::envoy::config::core::v3::address;
+        use meshd_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+
+        let cluster = |s: &Snapshot| -> Cluster {
+            crate::translate::decode(
+                s.proxy("ratings-0.shop")
+                    .unwrap()
+                    .get(Kind::Cluster, REVIEWS)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        // The addresses of the load assignment's endpoints that carry the mark.
+        let marked = |s: &Snapshot| -> Vec<String> {
+            let cla: ClusterLoadAssignment = crate::translate::decode(
+                s.proxy("ratings-0.shop")
+                    .unwrap()
+                    .get(Kind::Endpoint, REVIEWS)
+                    .unwrap(),
+            )
+            .unwrap();
+            cla.endpoints[0]
+                .lb_endpoints
+                .iter()
+                .filter(|lb| lb.metadata.is_some())
+                .map(|lb| {
+                    let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                        panic!("an endpoint")
+                    };
+                    let Some(address::Address::SocketAddress(sa)) =
+                        &ep.address.as_ref().unwrap().address
+                    else {
+                        panic!("a socket address")
+                    };
+                    sa.address.clone()
+                })
+                .collect()
+        };
+
+        let mut routing = RoutingIndex::default();
+        let all = publish(&objects("true", ""), &mut routing, None);
+        let c = cluster(&all);
+        assert!(c.transport_socket.is_some(), "every endpoint takes mTLS");
+        assert!(c.transport_socket_matches.is_empty());
+        assert!(marked(&all).is_empty(), "no endpoint needs a mark");
+
+        // A pod without mTLS joins: the cluster selects TLS per endpoint,
+        // and only the mTLS endpoint is marked.
+        let mixed = publish(&with_plaintext_reviews_1(), &mut routing, Some(&all));
+        let c = cluster(&mixed);
+        assert!(c.transport_socket.is_none());
+        assert_eq!(c.transport_socket_matches.len(), 1);
+        assert_eq!(marked(&mixed), ["198.18.0.3"]);
+        let view = mixed.proxy("ratings-0.shop").unwrap();
+        let changes = view.changes().expect("a shared change");
+        assert!(changes.clusters.contains(REVIEWS), "{changes:?}");
+
+        // And back: the very resources a fresh translation makes.
+        let again = publish(&objects("true", ""), &mut routing, Some(&mixed));
+        let fresh = publish(&objects("true", ""), &mut RoutingIndex::default(), None);
+        for kind in [Kind::Cluster, Kind::Endpoint] {
+            let version = |s: &Snapshot| {
+                s.proxy("ratings-0.shop")
+                    .unwrap()
+                    .get(kind, REVIEWS)
+                    .unwrap()
+                    .version
+                    .clone()
+            };
+            assert_eq!(version(&again), version(&fresh), "{kind:?}");
+        }
+        assert!(cluster(&again).transport_socket.is_some());
+        assert!(marked(&again).is_empty());
     }
 }
