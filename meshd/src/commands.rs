@@ -750,9 +750,16 @@ fn offline_inject(args: InjectArgs) -> anyhow::Result<()> {
     }
     let config = injector_config(&args.injector);
     meshd_injector::inject::check_config(&config)?;
-    let injected = meshd_injector::offline::inject_manifests_in(&text, &args.namespace, &config)
-        .with_context(|| format!("{}", args.filename.display()))?;
-    print!("{injected}");
+    let injected =
+        meshd_injector::offline::inject_manifests_with_warnings(&text, &args.namespace, &config)
+            .with_context(|| format!("{}", args.filename.display()))?;
+    // Not injected is not an error (kube-system pods, a List of mixed
+    // kinds), but it must not pass unnoticed: one line each, apart from
+    // the manifests on standard output.
+    for warning in &injected.warnings {
+        eprintln!("warning: {}: {warning}", args.filename.display());
+    }
+    print!("{}", injected.yaml);
     Ok(())
 }
 

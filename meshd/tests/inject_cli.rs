@@ -1,0 +1,75 @@
+//! `meshd inject` as a user runs it: what reaches standard output and
+//! standard error, and the exit status.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn inject(stdin: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .arg("inject")
+        .args(args)
+        .env_remove("MESHD_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: web, image: web:1}]}\n";
+
+/// Issue #11 D.6: the cause of an error was printed a second time after
+/// the message that already held it.
+#[test]
+fn each_error_is_printed_once() {
+    let bad_annotation = POD.replace(
+        "namespace: shop}",
+        "namespace: shop, annotations: {meshd.io/log-level: loud}}",
+    );
+    let deep = format!("data: {}\n", "[".repeat(100));
+    for (input, args, problem) in [
+        (
+            bad_annotation.as_str(),
+            &["-f", "-"][..],
+            "`loud` is not valid",
+        ),
+        (deep.as_str(), &["-f", "-"], "nests more than 64 levels"),
+        ("a: [\n", &["-f", "-"], "not valid YAML"),
+        ("", &["-f", "/nonexistent/manifest.yaml"], "No such file"),
+    ] {
+        let out = inject(input, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert_eq!(stderr.matches(problem).count(), 1, "{problem}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// Issue #11 D.3.
+#[test]
+fn workloads_not_injected_are_named_on_standard_error() {
+    let input = format!(
+        "{POD}---\n{}---\napiVersion: v1\nkind: List\nitems:\n- {{apiVersion: extensions/v1beta1, kind: Deployment, metadata: {{name: old}}, spec: {{template: {{spec: {{containers: [{{name: a}}]}}}}}}}}\n",
+        POD.replace("kind: Pod", "kind: pod")
+    );
+    let out = inject(&input, &["-f", "-", "-n", "apps"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "warning: -: document 2 (pod shop/web): not injected: kind `pod` is not a Kubernetes kind (kinds are case-sensitive); accepted: Pod (v1)",
+            "warning: -: document 3, item 1 (Deployment apps/old): not injected: apiVersion extensions/v1beta1 is no longer served by Kubernetes (meshd supports 1.29 and later); accepted: apps/v1 for a Deployment",
+        ]
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("meshd.io/status").count(), 1, "{stdout}");
+}
