@@ -17,9 +17,12 @@ For every value set in charts/meshd/ci/*-values.yaml (Helm's convention):
             carry them, and RBAC without wildcards and with Secrets restricted
             as designed.
 
-Then it proves each stage can fail: a schema-violating value, a grace period
-shorter than the drain, an unknown field, and broken RBAC and webhook objects
-must each be reported.
+Then it proves each stage can fail: values the chart must refuse (REFUSED:
+schema violations, a grace period shorter than the drain, a
+PodDisruptionBudget that blocks every node drain, ...), also with the schema
+skipped, must be refused with an error that names them; values next to them
+(ACCEPTED) must still render with every property holding; an unknown field
+and broken RBAC and webhook objects must each be reported.
 
 Exits 1 on any finding; the last line is the summary.
 Usage: scripts/check_chart.py CHART_DIR (run by scripts/check-chart).
@@ -28,7 +31,9 @@ Usage: scripts/check_chart.py CHART_DIR (run by scripts/check-chart).
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,24 +136,22 @@ def one(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o.get("kind") == kind]
 
 
-def seconds(duration: str) -> float | None:
-    """Whole seconds of a meshd duration such as 10s or 1m30s; None if not one."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total, number = 0.0, ""
-    i = 0
-    while i < len(duration):
-        c = duration[i]
-        if c.isdigit():
-            number += c
-            i += 1
-            continue
-        unit = "ms" if duration.startswith("ms", i) else c
-        if not number or unit not in units:
-            return None
-        total += int(number) * units[unit]
-        number = ""
-        i += len(unit)
-    return None if number else total
+def seconds(duration: str) -> int | None:
+    """Seconds of a duration as meshd's --drain-period and --workload-cert-ttl
+    read it (a whole number with s, m or h); None if meshd would refuse it."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = duration[:-1], duration[-1:]
+    if not (number.isascii() and number.isdigit()) or unit not in units:
+        return None
+    return int(number) * units[unit]
+
+
+def pods_kept(min_available: Any, replicas: int) -> int:
+    """How many replicas a PodDisruptionBudget's minAvailable keeps up;
+    Kubernetes rounds a percentage up."""
+    if isinstance(min_available, str) and min_available.endswith("%"):
+        return -(-int(min_available[:-1]) * replicas // 100)
+    return int(min_available)
 
 
 def port_number(container: dict[str, Any], port: Any) -> Any:
@@ -541,7 +544,12 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
     wanted = v["podDisruptionBudget"]["enabled"] and v["replicaCount"] > 1
     f.expect(len(pdbs) == (1 if wanted else 0), "a PodDisruptionBudget exactly when enabled with replicas > 1")
     for pdb in pdbs:
-        f.expect(pdb["spec"].get("minAvailable") == v["podDisruptionBudget"]["minAvailable"], "PDB minAvailable differs")
+        min_available = pdb["spec"].get("minAvailable")
+        f.expect(min_available == v["podDisruptionBudget"]["minAvailable"], "PDB minAvailable differs")
+        f.expect(
+            pods_kept(min_available, spec["replicas"]) < spec["replicas"],
+            f"PDB minAvailable {min_available!r} keeps every one of {spec['replicas']} replicas up: no node drain could evict one",
+        )
         f.expect(
             pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),
             "the PodDisruptionBudget must select the meshd pods",
@@ -549,6 +557,63 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
 
 
 # --- the checks must be able to fail ----------------------------------------
+
+# Values that must not install, each with the words its error must contain
+# (the value's name, and what is wrong), so the operator knows what to change.
+REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("a grace period shorter than the drain (seconds)",
+     {"drainPeriod": "60s", "terminationGracePeriodSeconds": 30},
+     ["terminationGracePeriodSeconds", "drainPeriod", "60s"]),
+    # #11 E.1: the guard used to understand whole seconds only.
+    ("a grace period shorter than the drain (minutes)",
+     {"drainPeriod": "1m", "terminationGracePeriodSeconds": 30},
+     ["terminationGracePeriodSeconds", "drainPeriod", "1m"]),
+    ("a grace period shorter than the drain (hours)",
+     {"drainPeriod": "1h", "terminationGracePeriodSeconds": 600},
+     ["terminationGracePeriodSeconds", "drainPeriod", "1h"]),
+    # The schema used to accept durations meshd refuses at start.
+    ("a drain period meshd cannot parse (1m30s)", {"drainPeriod": "1m30s"}, ["drainPeriod"]),
+    ("a drain period meshd cannot parse (500ms)", {"drainPeriod": "500ms"}, ["drainPeriod"]),
+    ("a workload certificate lifetime meshd cannot parse",
+     {"mesh": {"workloadCertTTL": "1h30m"}}, ["workloadCertTTL"]),
+    ("a workload certificate lifetime below meshd's 60s minimum",
+     {"mesh": {"workloadCertTTL": "30s"}}, ["workloadCertTTL", "30s", "60"]),
+    # #11 E.1: a budget that keeps every replica up blocks every node drain.
+    ("podDisruptionBudget.minAvailable equal to replicaCount",
+     {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}},
+     ["podDisruptionBudget.minAvailable", "replicaCount", "drain"]),
+    ("podDisruptionBudget.minAvailable above replicaCount",
+     {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 4}},
+     ["podDisruptionBudget.minAvailable", "replicaCount"]),
+    ("podDisruptionBudget.minAvailable 100%",
+     {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "100%"}},
+     ["podDisruptionBudget.minAvailable", "100%"]),
+    ("podDisruptionBudget.minAvailable 60% of 2 replicas (rounded up: 2)",
+     {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "60%"}},
+     ["podDisruptionBudget.minAvailable", "60%", "50%"]),
+    ("podDisruptionBudget.minAvailable above 100%",
+     {"podDisruptionBudget": {"minAvailable": "150%"}}, ["minAvailable"]),
+]
+
+# Values next to the refused ones that must still install and keep every
+# property of check_render.
+ACCEPTED: list[tuple[str, dict[str, Any]]] = [
+    ("a drain in minutes within the grace period",
+     {"drainPeriod": "1m", "terminationGracePeriodSeconds": 65}),
+    ("minAvailable 50% of 2 replicas", {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "50%"}}),
+    ("minAvailable 2 of 3 replicas", {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}),
+    ("minAvailable 1 with a single replica (no budget)", {"replicaCount": 1}),
+]
+
+
+def refusal(chart: Path, values: dict[str, Any]) -> str | None:
+    """Why Helm refuses to render `values` (schema or template), or None."""
+    try:
+        render(chart, values)
+    except helm.HelmError as e:
+        return " ".join(str(e).split())
+    return None
+
 
 
 def self_tests(chart: Path, default_values: dict[str, Any], default_objects: list[dict[str, Any]]) -> list[str]:
@@ -566,12 +631,44 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
         "lint of injector.failurePolicy=Sometimes",
         lint(chart, {"injector": {"failurePolicy": "Sometimes"}}),
     )
-    try:
-        render(chart, {"drainPeriod": "60s", "terminationGracePeriodSeconds": 30})
-        refused: list[str] = []
-    except helm.HelmError as e:
-        refused = [str(e)]
-    expect_failure("render with a grace period shorter than the drain", refused)
+    for what, values, words in REFUSED:
+        message = refusal(chart, values)
+        if message is None:
+            problems.append(f"self-test: {what} {values} was rendered, not refused")
+        elif missing := [w for w in words if w not in message]:
+            problems.append(f"self-test: {what}: the refusal does not name {missing}: {message}")
+        else:
+            print(f"  ok   refused {what}: {message[:110]}")
+    # `helm install --skip-schema-validation` leaves the templates alone to
+    # refuse what meshd cannot run with: the guards must not pass a value
+    # they cannot read.
+    with tempfile.TemporaryDirectory() as scratch:
+        unchecked = Path(scratch) / chart.name
+        shutil.copytree(chart, unchecked)
+        (unchecked / "values.schema.json").unlink()
+        for what, values, words in [
+            ("a drain period meshd cannot parse", {"drainPeriod": "1m30s"}, ["drainPeriod", "1m30s"]),
+            ("a drain in minutes longer than the grace period",
+             {"drainPeriod": "1m", "terminationGracePeriodSeconds": 30}, ["terminationGracePeriodSeconds"]),
+            ("a workload certificate lifetime meshd cannot parse",
+             {"mesh": {"workloadCertTTL": "500ms"}}, ["workloadCertTTL", "500ms"]),
+        ]:
+            message = refusal(unchecked, values)
+            if message is None or any(w not in message for w in words):
+                problems.append(f"self-test: without the schema, {what} {values} was not refused by name: {message}")
+            else:
+                print(f"  ok   refused without the schema {what}: {message[:90]}")
+    for what, values in ACCEPTED:
+        try:
+            merged, objects = render(chart, values)
+        except helm.HelmError as e:
+            problems.append(f"self-test: {what} {values} must render: {' '.join(str(e).split())}")
+            continue
+        f = Findings(f"self-test ({what})")
+        check_render(f, merged, objects)
+        problems += f.problems
+        if not f.problems:
+            print(f"  ok   accepted {what}: {f.checked} properties hold")
 
     def broken(change: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
         objects = copy.deepcopy(default_objects)
@@ -604,6 +701,14 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
         f = Findings("self-test")
         check_render(f, default_values, broken(change))
         expect_failure(f"property check of {what}", f.problems)
+
+    # A budget that keeps every replica, as if the template's guard were gone.
+    values = copy.deepcopy(default_values)
+    values["podDisruptionBudget"]["minAvailable"] = values["replicaCount"]
+    f = Findings("self-test")
+    check_render(f, values, broken(lambda o: one(o, "PodDisruptionBudget")[0]["spec"].update(
+        {"minAvailable": values["replicaCount"]})))
+    expect_failure("property check of a PodDisruptionBudget that keeps every replica", f.problems)
     return problems
 
 

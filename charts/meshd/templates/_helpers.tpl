@@ -75,3 +75,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "meshd.identitySecretsRoleName" -}}
 {{- printf "%s-identity-secrets" (include "meshd.fullname" .) }}
 {{- end }}
+
+{{/*
+Seconds of a duration as meshd's --drain-period and --workload-cert-ttl parse
+it: a whole number with the unit s, m or h. values.schema.json already allows
+nothing else; this fails the same way when the schema is skipped
+(--skip-schema-validation), so a guard built on it never passes a value it
+cannot read. Called with (dict "name" "drainPeriod" "value" .Values.drainPeriod).
+*/}}
+{{- define "meshd.durationSeconds" -}}
+{{- $value := toString .value }}
+{{- if not (regexMatch "^[0-9]{1,9}[smh]$" $value) }}
+{{- fail (printf "%s: %q is not a duration meshd accepts: a whole number with the unit s, m or h (e.g. 90s, 10m, 24h)" .name $value) }}
+{{- end }}
+{{- $number := regexFind "^[0-9]+" $value }}
+{{- $unit := trimPrefix $number $value }}
+{{- /* atoi is decimal (int would read a leading 0 as octal), like meshd */ -}}
+{{- mul (atoi $number) (get (dict "s" 1 "m" 60 "h" 3600) $unit) }}
+{{- end }}
