@@ -322,20 +322,39 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
             "no Secret is mounted without a plug-in CA",
         )
 
+    anti_affinity = pod.get("affinity", {}).get("podAntiAffinity", {})
     if not v["affinity"]:
+        required = v["antiAffinity"] == "required"
         terms = (
-            pod.get("affinity", {})
-            .get("podAntiAffinity", {})
-            .get("preferredDuringSchedulingIgnoredDuringExecution", [])
+            anti_affinity.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+            if required
+            else [
+                t["podAffinityTerm"]
+                for t in anti_affinity.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+            ]
         )
         f.expect(
             any(
-                t["podAffinityTerm"].get("topologyKey") == "kubernetes.io/hostname"
-                and t["podAffinityTerm"].get("labelSelector", {}).get("matchLabels", {}).items()
-                <= pod_labels.items()
+                t.get("topologyKey") == "kubernetes.io/hostname"
+                and t.get("labelSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
                 for t in terms
             ),
-            "replicas must prefer different nodes (anti-affinity on kubernetes.io/hostname)",
+            f"replicas must {'be on' if required else 'prefer'} different nodes "
+            f"({v['antiAffinity']} anti-affinity on kubernetes.io/hostname)",
+        )
+        other = "preferred" if required else "required"
+        f.expect(
+            not anti_affinity.get(f"{other}DuringSchedulingIgnoredDuringExecution"),
+            f"antiAffinity {v['antiAffinity']} must not also render {other} terms",
+        )
+        # A surge pod needs a node without a replica: with required
+        # anti-affinity and no spare node, it would never schedule and the
+        # rollout would stall. One replica at a time is replaced instead.
+        rolling = spec.get("strategy", {}).get("rollingUpdate", {})
+        f.expect(
+            (rolling.get("maxSurge"), rolling.get("maxUnavailable")) == ((0, 1) if required else (1, 0)),
+            f"with antiAffinity {v['antiAffinity']} the rollout must be maxSurge "
+            f"{0 if required else 1}, maxUnavailable {1 if required else 0}, is {rolling}",
         )
 
     # --- the Service ---
@@ -593,6 +612,10 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
      ["podDisruptionBudget.minAvailable", "60%", "50%"]),
     ("podDisruptionBudget.minAvailable above 100%",
      {"podDisruptionBudget": {"minAvailable": "150%"}}, ["minAvailable"]),
+    # #11 E.3
+    ("an unknown antiAffinity", {"antiAffinity": "sometimes"}, ["antiAffinity"]),
+    ("antiAffinity required next to an affinity that replaces it",
+     {"antiAffinity": "required", "affinity": {"nodeAffinity": {}}}, ["antiAffinity", "affinity"]),
 ]
 
 # Values next to the refused ones that must still install and keep every
@@ -696,6 +719,8 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
         ("sideEffects None on the injector", lambda o: one(o, "MutatingWebhookConfiguration")[0]["webhooks"][0]
             .update({"sideEffects": "None"})),
         ("a renamed Service", lambda o: one(o, "Service")[0]["metadata"].update({"name": "other"})),
+        ("a pod without anti-affinity", lambda o: one(o, "Deployment")[0]["spec"]["template"]["spec"][
+            "affinity"]["podAntiAffinity"].clear()),
     ]
     for what, change in cases:
         f = Findings("self-test")
@@ -709,6 +734,13 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
     check_render(f, values, broken(lambda o: one(o, "PodDisruptionBudget")[0]["spec"].update(
         {"minAvailable": values["replicaCount"]})))
     expect_failure("property check of a PodDisruptionBudget that keeps every replica", f.problems)
+
+    # antiAffinity required, rendered as the default's preferred term.
+    values = copy.deepcopy(default_values)
+    values["antiAffinity"] = "required"
+    f = Findings("self-test")
+    check_render(f, values, broken(lambda o: None))
+    expect_failure("property check of required anti-affinity rendered as preferred", f.problems)
     return problems
 
 
