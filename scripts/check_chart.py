@@ -31,6 +31,7 @@ Usage: scripts/check_chart.py CHART_DIR (run by scripts/check-chart).
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import sys
 import tempfile
@@ -170,6 +171,29 @@ def has_wildcard(rule: dict[str, Any]) -> bool:
     )
 
 
+def meshd_variables(chart: Path) -> set[str]:
+    """The MESHD_* variables meshd reads: its clap arguments' env = "..." and
+    the few read directly (MESHD_LOG), i.e. every such string in meshd/src."""
+    source = chart.resolve().parents[1] / "meshd" / "src"
+    return {
+        m.group(1)
+        for file in source.rglob("*.rs")
+        for m in re.finditer(r'"(MESHD_[A-Z0-9_]+)"', file.read_text())
+    }
+
+
+def unread_variables(objects: list[dict[str, Any]], known: set[str]) -> list[str]:
+    """MESHD_* variables the chart sets that meshd does not read: a typo
+    there is silently ignored, and meshd runs on its default."""
+    return [
+        f"{describe(d)}: meshd reads no variable {e['name']} (meshd/src)"
+        for d in one(objects, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        for e in c.get("env", [])
+        if e["name"].startswith("MESHD_") and e["name"] not in known
+    ]
+
+
 def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) -> None:
     """The chart's promises, for the merged values `v`."""
     identity_namespaces = v["identitySecrets"]["namespaces"] or []
@@ -295,6 +319,18 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
     env_is("MESHD_VALIDATING_WEBHOOK_CONFIGURATION", validating_name)
     env_is("MESHD_DRAIN_PERIOD", v["drainPeriod"])
     env_is("MESHD_LOG", v["logLevel"])
+    # Unset limits stay out of the environment, so meshd derives them from
+    # its open-file limit.
+    limits = v.get("maxConnections") or {}
+    for key, name in (
+        ("xds", "MESHD_XDS_MAX_CONNECTIONS"),
+        ("webhook", "MESHD_WEBHOOK_MAX_CONNECTIONS"),
+        ("debug", "MESHD_DEBUG_MAX_CONNECTIONS"),
+    ):
+        if limits.get(key) is None:
+            f.expect(name not in env, f"{name} must be unset when maxConnections.{key} is")
+        else:
+            env_is(name, str(limits[key]))
     drain = seconds(v["drainPeriod"])
     f.expect(
         drain is not None and pod.get("terminationGracePeriodSeconds", 30) >= drain + 5,
@@ -612,6 +648,12 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
      ["podDisruptionBudget.minAvailable", "60%", "50%"]),
     ("podDisruptionBudget.minAvailable above 100%",
      {"podDisruptionBudget": {"minAvailable": "150%"}}, ["minAvailable"]),
+    # Listener connection limits: meshd's flags take a count of 1 or more.
+    ("maxConnections.xds 0", {"maxConnections": {"xds": 0}}, ["maxConnections/xds"]),
+    ("maxConnections.webhook not a number", {"maxConnections": {"webhook": "many"}}, ["maxConnections/webhook"]),
+    ("maxConnections.debug above the kernel's descriptor ceiling",
+     {"maxConnections": {"debug": 2_000_000}}, ["maxConnections/debug"]),
+    ("an unknown maxConnections listener", {"maxConnections": {"grpc": 10}}, ["grpc"]),
     # #11 E.3
     ("an unknown antiAffinity", {"antiAffinity": "sometimes"}, ["antiAffinity"]),
     ("antiAffinity required next to an affinity that replaces it",
@@ -626,6 +668,7 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("minAvailable 50% of 2 replicas", {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": "50%"}}),
     ("minAvailable 2 of 3 replicas", {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}),
     ("minAvailable 1 with a single replica (no budget)", {"replicaCount": 1}),
+    ("one connection limit (the others left to meshd)", {"maxConnections": {"xds": 1048576}}),
 ]
 
 
@@ -703,6 +746,16 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
 
     expect_failure("strict validation of an unknown container field", validate(broken(unknown_field)))
 
+    def misspelt_variable(objects: list[dict[str, Any]]) -> None:
+        one(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"].append(
+            {"name": "MESHD_XDS_MAX_CONNECTION", "value": "10"}
+        )
+
+    expect_failure(
+        "a MESHD_ variable meshd does not read",
+        unread_variables(broken(misspelt_variable), meshd_variables(chart)),
+    )
+
     cases: list[tuple[str, Callable[[list[dict[str, Any]]], None]]] = [
         ("a wildcard verb", lambda o: one(o, "ClusterRole")[0]["rules"][0]["verbs"].append("*")),
         ("list on identity Secrets", lambda o: [
@@ -719,6 +772,8 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
         ("sideEffects None on the injector", lambda o: one(o, "MutatingWebhookConfiguration")[0]["webhooks"][0]
             .update({"sideEffects": "None"})),
         ("a renamed Service", lambda o: one(o, "Service")[0]["metadata"].update({"name": "other"})),
+        ("a connection limit set without its value", lambda o: one(o, "Deployment")[0]["spec"]["template"][
+            "spec"]["containers"][0]["env"].append({"name": "MESHD_XDS_MAX_CONNECTIONS", "value": "10"})),
         ("a pod without anti-affinity", lambda o: one(o, "Deployment")[0]["spec"]["template"]["spec"][
             "affinity"]["podAntiAffinity"].clear()),
     ]
@@ -757,7 +812,10 @@ def main() -> int:
         f"helm SDK {helm.helm_sdk_version()} (helm-c {helm.helm_c_version()}), "
         f"kubernetes-validate against {', '.join(KUBERNETES_VERSIONS)} (strict)"
     )
+    known_variables = meshd_variables(chart)
     problems: list[str] = []
+    if not known_variables:
+        problems.append("no MESHD_* variables found in meshd/src: cannot check the chart's environment")
     total_objects = 0
     total_checks = 0
     defaults: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
@@ -772,6 +830,7 @@ def main() -> int:
             print(f"  FAIL {name}: does not render")
             continue
         found += validate(objects)
+        found += unread_variables(objects, known_variables)
         f = Findings(name)
         check_render(f, merged, objects)
         found = [f"{name}: {p}" for p in found] + f.problems
