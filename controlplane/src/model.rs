@@ -313,6 +313,22 @@ impl Mesh {
     }
 }
 
+/// Whether `name` is a DNS label as Kubernetes requires of namespace and
+/// service names (RFC 1123: lowercase alphanumerics and `-`, at most 63).
+/// Service names become route domains (`name.namespace`), so a dot in one
+/// could collide with another service's domain and make Envoy reject the
+/// whole route configuration.
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+pub const DNS_LABEL: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+
 #[cfg(test)]
 mod tests {
     use super::*;

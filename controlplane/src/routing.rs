@@ -29,8 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::discovery::objects::{DNS_LABEL, MTLS_ANNOTATION, is_dns_label};
-use crate::model::{Mesh, Service, ServiceKey, node_id};
+use crate::model::{DNS_LABEL, Mesh, Service, ServiceKey, is_dns_label, node_id};
 
 /// Annotations as Kubernetes objects carry them.
 pub type Annotations = BTreeMap<String, String>;
@@ -56,10 +55,15 @@ pub const OUTLIER_INTERVAL: &str = "meshd.io/outlier-interval";
 pub const OUTLIER_BASE_EJECTION_TIME: &str = "meshd.io/outlier-base-ejection-time";
 pub const OUTLIER_MAX_EJECTION_PERCENT: &str = "meshd.io/outlier-max-ejection-percent";
 pub const EGRESS: &str = "meshd.io/egress";
+/// Namespace or Pod annotation setting the mTLS mode (read by discovery).
+pub const MTLS: &str = "meshd.io/mtls";
+/// Pod annotation choosing how the proxy captures traffic (read by
+/// discovery and the injector).
+pub const INTERCEPTION: &str = "meshd.io/interception";
 
 /// `meshd.io/*` annotations on a Namespace that other parts of meshd read
 /// (so they are not "unknown" here): the mTLS mode (discovery).
-pub const NAMESPACE_ANNOTATIONS_OWNED_ELSEWHERE: &[&str] = &[MTLS_ANNOTATION];
+pub const NAMESPACE_ANNOTATIONS_OWNED_ELSEWHERE: &[&str] = &[MTLS];
 /// `meshd.io/*` annotations on a Service that other parts of meshd read.
 /// None today: every other part reads Pods or Namespaces, so any other
 /// `meshd.io/` annotation on a Service is a typo and reported.
@@ -1711,7 +1715,7 @@ mod tests {
             (TIMEOUT, "5s"),
             (RETRIES, "2"),
             (LOAD_BALANCER, "random"),
-            (MTLS_ANNOTATION, "STRICT"),
+            (MTLS, "STRICT"),
         ]);
         let service = ann(&[(TIMEOUT, "1s"), (RETRY_ON, "gateway-error")]);
         let r = parse(&key(), &service, &namespace).unwrap();
@@ -1758,7 +1762,7 @@ mod tests {
         assert!(e.message.contains("is not a meshd annotation"), "{e}");
         assert!(e.message.contains(TIMEOUT), "{e}");
         // Read elsewhere, but not on a Service.
-        let e = err(&[(MTLS_ANNOTATION, "STRICT")]);
+        let e = err(&[(MTLS, "STRICT")]);
         assert!(e.message.contains("is not a meshd annotation"), "{e}");
         let e = err(&[(EGRESS, "./*")]);
         assert!(
@@ -1767,7 +1771,7 @@ mod tests {
             e.message
         );
         // Namespaces may carry what other parts of meshd read.
-        assert!(validate_namespace("shop", &ann(&[(MTLS_ANNOTATION, "STRICT")])).is_ok());
+        assert!(validate_namespace("shop", &ann(&[(MTLS, "STRICT")])).is_ok());
         let errors = validate_namespace("shop", &ann(&[("meshd.io/retires", "3")])).unwrap_err();
         assert_eq!(errors[0].annotation, "meshd.io/retires");
     }

@@ -14,16 +14,13 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    Conditions, Endpoint, Interception, MtlsMode, Namespace, Protocol, Service, ServiceKey,
-    ServicePort, Workload,
+    Conditions, DNS_LABEL, Endpoint, Interception, MtlsMode, Namespace, Protocol, Service,
+    ServiceKey, ServicePort, Workload, is_dns_label,
 };
+use crate::routing::{INTERCEPTION as INTERCEPTION_ANNOTATION, MTLS as MTLS_ANNOTATION};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Pod annotation choosing how the proxy captures traffic.
-pub const INTERCEPTION_ANNOTATION: &str = "meshd.io/interception";
-/// Namespace or Pod annotation setting the mTLS mode.
-pub const MTLS_ANNOTATION: &str = "meshd.io/mtls";
 /// Kubernetes' default namespace for objects that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -131,22 +128,6 @@ impl Object {
         }
     }
 }
-
-/// Whether `name` is a DNS label as Kubernetes requires of namespace and
-/// service names (RFC 1123: lowercase alphanumerics and `-`, at most 63).
-/// Service names become route domains (`name.namespace`), so a dot in one
-/// could collide with another service's domain and make Envoy reject the
-/// whole route configuration.
-pub(crate) fn is_dns_label(name: &str) -> bool {
-    name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-pub(crate) const DNS_LABEL: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
 
 /// Name and namespace from metadata, with the errors a user needs when they
 /// are missing.
