@@ -39,7 +39,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meshd_proto::envoy::config::route::v3::VirtualHost;
 
-use super::{routing, service_hosts};
+use super::clusters::inbound_cluster_name;
+use super::routing::{self, route_to, service_hosts};
 use crate::model::{Mesh, ServiceKey};
 use crate::routing::MeshRouting;
 
@@ -145,7 +146,7 @@ fn virtual_hosts(
         vhosts.push(VirtualHost {
             name: format!("inbound|http|{target}|{}", key.fqdn()),
             domains,
-            routes: vec![super::route_to(&super::inbound_cluster_name(target))],
+            routes: vec![route_to(&inbound_cluster_name(target))],
             typed_per_filter_config: HashMap::from([(routing::FAULT_FILTER.to_string(), fault)]),
             ..Default::default()
         });

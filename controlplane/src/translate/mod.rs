@@ -27,22 +27,11 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
-use meshd_proto::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, CidrRange, ConfigSource, HealthStatus,
-    Http2ProtocolOptions, SocketAddress, TrafficDirection, address,
-    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
-};
-use meshd_proto::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
-};
+use meshd_proto::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use meshd_proto::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
-use meshd_proto::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match,
-};
+use meshd_proto::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use meshd_proto::envoy::extensions::filters::http::router::v3::Router;
 use meshd_proto::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use meshd_proto::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -50,19 +39,27 @@ use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use meshd_proto::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
-};
-use meshd_proto::{Any, BoolValue, Duration, UInt32Value, to_any, type_url};
+use meshd_proto::{BoolValue, UInt32Value, to_any};
 
 use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
 use crate::routing::{Egress, MeshRouting, RoutingIndex};
 pub use outbound::SharedChanges;
 
+mod clusters;
 mod inbound;
 mod outbound;
+mod resource;
 mod routing;
 mod tls;
+
+pub use clusters::inbound_cluster_name;
+use clusters::{inbound_cluster, passthrough_cluster, socket_address};
+use resource::ads;
+pub use resource::{
+    HTTP_PROXY_ROUTE, INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER, PASSTHROUGH_CLUSTER,
+    Resource, Resources, TranslateOptions, decode,
+};
+use routing::{route_to, service_hosts};
 
 /// Ports the sidecar owns inside a pod.
 pub mod ports {
@@ -72,110 +69,6 @@ pub mod ports {
     pub const READINESS: u16 = 15021;
     pub const PROMETHEUS: u16 = 15090;
 }
-
-pub const OUTBOUND_LISTENER: &str = "outbound";
-pub const INBOUND_LISTENER: &str = "inbound";
-pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
-/// The route configuration behind the explicit-proxy listener of workloads
-/// without traffic capture.
-pub const HTTP_PROXY_ROUTE: &str = "outbound_http_proxy";
-
-/// The xDS resource types, in the order a push must follow: a cluster
-/// exists before its endpoints, and before a listener or route that
-/// points at it; a listener before the routes it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Secret,
-    Cluster,
-    Endpoint,
-    Listener,
-    Route,
-}
-
-impl Kind {
-    /// Secrets come first: clusters and listeners that use them wait
-    /// (warm) until they arrive.
-    pub const PUSH_ORDER: [Kind; 5] = [
-        Kind::Secret,
-        Kind::Cluster,
-        Kind::Endpoint,
-        Kind::Listener,
-        Kind::Route,
-    ];
-
-    pub fn type_url(self) -> &'static str {
-        match self {
-            Kind::Secret => type_url::SECRET,
-            Kind::Cluster => type_url::CLUSTER,
-            Kind::Endpoint => type_url::ENDPOINT,
-            Kind::Listener => type_url::LISTENER,
-            Kind::Route => type_url::ROUTE,
-        }
-    }
-
-    pub fn from_type_url(url: &str) -> Option<Self> {
-        Self::PUSH_ORDER.into_iter().find(|k| k.type_url() == url)
-    }
-
-    /// Listeners and clusters are fetched as a whole (wildcard); endpoints
-    /// and routes by the names the proxy's clusters and listeners use.
-    pub fn is_wildcard(self) -> bool {
-        matches!(self, Kind::Cluster | Kind::Listener)
-    }
-
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Kind::Secret => "SDS",
-            Kind::Cluster => "CDS",
-            Kind::Endpoint => "EDS",
-            Kind::Listener => "LDS",
-            Kind::Route => "RDS",
-        }
-    }
-}
-
-/// One translated xDS resource.
-#[derive(PartialEq)]
-pub struct Resource {
-    pub name: String,
-    /// A hash of the encoded resource: equal versions mean equal content.
-    pub version: String,
-    pub body: Any,
-    /// The clusters this listener or route configuration routes to.
-    pub cluster_refs: Vec<String>,
-}
-
-/// Never the body: a secret's body holds its private key.
-impl std::fmt::Debug for Resource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resource")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("type_url", &self.body.type_url)
-            .field("bytes", &self.body.value.len())
-            .finish()
-    }
-}
-
-impl Resource {
-    pub(crate) fn new<M: prost::Name>(
-        name: String,
-        message: &M,
-        cluster_refs: Vec<String>,
-    ) -> Arc<Self> {
-        let body = to_any(message);
-        let mut hasher = std::hash::DefaultHasher::new();
-        hasher.write(&body.value);
-        Arc::new(Resource {
-            name,
-            version: format!("{:016x}", hasher.finish()),
-            body,
-            cluster_refs,
-        })
-    }
-}
-
-pub type Resources = BTreeMap<String, Arc<Resource>>;
 
 /// Everything a proxy should have, by kind.
 #[derive(Debug)]
@@ -306,20 +199,6 @@ impl ProxyView {
             Kind::Route => Box::new(self.routes.values()),
         }
     }
-}
-
-/// Mesh-wide translation settings.
-#[derive(Clone, Debug, Default)]
-pub struct TranslateOptions {
-    /// Mutual TLS between workloads; `None` when the control plane runs
-    /// without a CA (plaintext xDS, no secrets to hand out).
-    pub mtls: Option<MtlsOptions>,
-}
-
-#[derive(Clone, Debug)]
-pub struct MtlsOptions {
-    pub trust_domain: String,
-    pub default_mode: MtlsMode,
 }
 
 /// The outbound side of the proxies of one egress scope.
@@ -793,173 +672,6 @@ impl Snapshot {
     }
 }
 
-pub fn inbound_cluster_name(port: u16) -> String {
-    format!("inbound|{port}||")
-}
-
-fn duration(seconds: i64) -> Option<Duration> {
-    Some(Duration { seconds, nanos: 0 })
-}
-
-fn socket_address(ip: IpAddr, port: u16) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(port.into())),
-            ..Default::default()
-        })),
-    }
-}
-
-fn ads() -> Option<ConfigSource> {
-    Some(ConfigSource {
-        resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        ..Default::default()
-    })
-}
-
-fn lb_endpoint(ip: IpAddr, port: u16) -> LbEndpoint {
-    LbEndpoint {
-        host_identifier: Some(HostIdentifier::Endpoint(
-            meshd_proto::envoy::config::endpoint::v3::Endpoint {
-                address: Some(socket_address(ip, port)),
-                ..Default::default()
-            },
-        )),
-        health_status: HealthStatus::Healthy as i32,
-        ..Default::default()
-    }
-}
-
-/// HTTP/2 to the upstream for h2 and gRPC ports; HTTP/1.1 (Envoy's default)
-/// otherwise.
-fn protocol_options(protocol: Protocol) -> HashMap<String, Any> {
-    use http_protocol_options::{
-        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
-    };
-    let mut options = HashMap::new();
-    if protocol.is_http2() {
-        let http2 = HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                        Http2ProtocolOptions::default(),
-                    )),
-                },
-            )),
-            ..Default::default()
-        };
-        options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-            to_any(&http2),
-        );
-    }
-    options
-}
-
-fn eds_cluster(name: &str, protocol: Protocol) -> Cluster {
-    Cluster {
-        name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: ads(),
-            service_name: name.to_string(),
-        }),
-        connect_timeout: duration(10),
-        lb_policy: cluster::LbPolicy::RoundRobin as i32,
-        typed_extension_protocol_options: protocol_options(protocol),
-        ..Default::default()
-    }
-}
-
-/// The cluster of an ExternalName service's port: Envoy resolves the
-/// external name itself and connects to the first address of the latest
-/// answer (LOGICAL_DNS), as the application would without the mesh. The
-/// name is outside the mesh, so the connection is plaintext and there is
-/// no load assignment to wait for over EDS.
-fn dns_cluster(name: &str, host: &str, port: u16, protocol: Protocol) -> Cluster {
-    Cluster {
-        name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::LogicalDns as i32,
-        )),
-        // Pods and the capture listener are IPv4 today; a name with both
-        // A and AAAA records must not make Envoy pick an unreachable IPv6
-        // address.
-        dns_lookup_family: cluster::DnsLookupFamily::V4Preferred as i32,
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: name.to_string(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(
-                        meshd_proto::envoy::config::endpoint::v3::Endpoint {
-                            address: Some(Address {
-                                address: Some(address::Address::SocketAddress(SocketAddress {
-                                    address: host.to_string(),
-                                    port_specifier: Some(PortSpecifier::PortValue(port.into())),
-                                    ..Default::default()
-                                })),
-                            }),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        connect_timeout: duration(10),
-        lb_policy: cluster::LbPolicy::RoundRobin as i32,
-        typed_extension_protocol_options: protocol_options(protocol),
-        ..Default::default()
-    }
-}
-
-/// A cluster that connects to the address the application asked for: the
-/// passthrough, and the ports of headless services, whose clients address
-/// pods directly.
-fn original_dst_cluster(name: &str) -> Cluster {
-    Cluster {
-        name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::OriginalDst as i32,
-        )),
-        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
-        connect_timeout: duration(10),
-        ..Default::default()
-    }
-}
-
-fn inbound_cluster(name: &str, port: u16, protocol: Protocol) -> Cluster {
-    Cluster {
-        name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Static as i32,
-        )),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: name.to_string(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![lb_endpoint(IpAddr::from([127, 0, 0, 1]), port)],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        connect_timeout: duration(10),
-        typed_extension_protocol_options: protocol_options(protocol),
-        ..Default::default()
-    }
-}
-
-/// Where traffic to unknown destinations goes: on to the address the
-/// application asked for, untouched.
-fn passthrough_cluster() -> Cluster {
-    original_dst_cluster(PASSTHROUGH_CLUSTER)
-}
-
 fn original_dst_filter() -> ListenerFilter {
     ListenerFilter {
         name: "envoy.filters.listener.original_dst".into(),
@@ -1395,47 +1107,6 @@ fn explicit_inbound_listener(
     Resource::new(name, &l, vec![inbound_cluster_name(port)])
 }
 
-fn route_to(cluster: &str) -> Route {
-    Route {
-        r#match: Some(RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-            ..Default::default()
-        }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_string())),
-            // No deadline the user did not ask for (Envoy's default is 15 s):
-            // timeouts come from routing annotations.
-            timeout: duration(0),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-/// The names a pod may use for a service, as DNS search paths make them
-/// resolve: `name` (same namespace only), `name.ns`, `name.ns.svc`, the
-/// FQDN, and the VIPs.
-fn service_hosts(
-    key: &ServiceKey,
-    vips: impl IntoIterator<Item = IpAddr>,
-    caller_namespace: &str,
-) -> Vec<String> {
-    let mut hosts = Vec::with_capacity(5);
-    if key.namespace == caller_namespace {
-        hosts.push(key.name.clone());
-    }
-    hosts.push(format!("{}.{}", key.name, key.namespace));
-    hosts.push(format!("{}.{}.svc", key.name, key.namespace));
-    hosts.push(key.fqdn());
-    for vip in vips {
-        hosts.push(match vip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("[{v6}]"),
-        });
-    }
-    hosts
-}
-
 fn outbound_routes(
     snapshot: &Snapshot,
     namespace: &str,
@@ -1521,16 +1192,20 @@ fn outbound_routes(
         .collect()
 }
 
-/// Decodes a resource back into its message (tests, debug endpoints).
-pub fn decode<M: prost::Message + Default>(resource: &Resource) -> Result<M, prost::DecodeError> {
-    M::decode(resource.body.value.as_slice())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::clusters::duration;
     use super::*;
     use crate::discovery::file::FileRegistry;
+    use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
     use meshd_proto::envoy::config::core::v3::transport_socket;
+    use meshd_proto::envoy::config::core::v3::{
+        SocketAddress, address, socket_address::PortSpecifier,
+    };
+    use meshd_proto::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+    };
+    use meshd_proto::envoy::config::route::v3::{route, route_action};
     use meshd_proto::envoy::extensions::transport_sockets::tls::v3::{
         UpstreamTlsContext, common_tls_context,
     };

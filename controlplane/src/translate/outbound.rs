@@ -20,10 +20,9 @@ use std::sync::Arc;
 
 use meshd_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 
-use super::{
-    MtlsOptions, Resource, Resources, TranslateOptions, dns_cluster, eds_cluster, lb_endpoint,
-    original_dst_cluster, routing, tls,
-};
+use super::clusters::{dns_cluster, eds_cluster, lb_endpoint, original_dst_cluster};
+use super::resource::{MtlsOptions, Resource, Resources, TranslateOptions};
+use super::{routing, tls};
 use crate::model::{Endpoint, Mesh, MtlsMode, Protocol, Service, ServiceKey};
 use crate::routing::{MeshRouting, Routing};
 

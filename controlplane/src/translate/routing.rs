@@ -37,7 +37,10 @@ use meshd_proto::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use meshd_proto::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use meshd_proto::{Any, Duration, UInt32Value, to_any};
 
-use super::Resources;
+use std::net::IpAddr;
+
+use super::clusters::duration;
+use super::resource::Resources;
 use crate::model::{Mesh, Protocol, Service, ServiceKey, outbound_cluster_name};
 use crate::routing::{LoadBalancer, MeshRouting, Percent, Retries, RouteRule, Routing};
 
@@ -333,6 +336,47 @@ pub(super) fn fault_config(routing: &Routing) -> Option<Any> {
         }),
         ..Default::default()
     }))
+}
+
+pub(super) fn route_to(cluster: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_string())),
+            // No deadline the user did not ask for (Envoy's default is 15 s):
+            // timeouts come from routing annotations.
+            timeout: duration(0),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The names a pod may use for a service, as DNS search paths make them
+/// resolve: `name` (same namespace only), `name.ns`, `name.ns.svc`, the
+/// FQDN, and the VIPs.
+pub(super) fn service_hosts(
+    key: &ServiceKey,
+    vips: impl IntoIterator<Item = IpAddr>,
+    caller_namespace: &str,
+) -> Vec<String> {
+    let mut hosts = Vec::with_capacity(5);
+    if key.namespace == caller_namespace {
+        hosts.push(key.name.clone());
+    }
+    hosts.push(format!("{}.{}", key.name, key.namespace));
+    hosts.push(format!("{}.{}.svc", key.name, key.namespace));
+    hosts.push(key.fqdn());
+    for vip in vips {
+        hosts.push(match vip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        });
+    }
+    hosts
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use meshd_proto::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use meshd_proto::pb::google::protobuf::value::Kind as ValueKind;
 use meshd_proto::{BoolValue, Struct, Value, to_any};
 
-use super::ads;
+use super::resource::ads;
 use crate::identity::{DEFAULT_SECRET, ROOT_SECRET};
 use crate::model::Protocol;
 
