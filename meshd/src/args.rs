@@ -1,10 +1,16 @@
 //! Command-line arguments. Every flag also reads a `MESHD_…` environment
-//! variable, which is how the chart configures the container.
+//! variable, which is how the chart configures the container. A variable
+//! means one thing: two commands share one only where the flag means the
+//! same for both (the injector settings of `run` and `inject`, the trust
+//! domain); otherwise each command has its own prefix
+//! (`MESHD_BOOTSTRAP_…`, `MESHD_INJECT_…`, `MESHD_CAPTURE_…`), so the
+//! environment of a `meshd run` container never steers another command.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use meshd_injector::config::InjectorConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,31 +43,52 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct InjectorArgs {
     /// The Envoy image of the sidecar.
-    #[arg(long, env = "MESHD_PROXY_IMAGE")]
-    pub proxy_image: Option<String>,
+    #[arg(long, env = "MESHD_PROXY_IMAGE", default_value_t = InjectorConfig::default().proxy_image)]
+    pub proxy_image: String,
     /// The meshd image, run as the traffic-capture init container.
-    #[arg(long, env = "MESHD_INIT_IMAGE")]
-    pub init_image: Option<String>,
-    /// Where injected proxies reach the control plane, `host:port`.
-    #[arg(long, env = "MESHD_INJECT_XDS_ADDRESS")]
+    #[arg(long, env = "MESHD_INIT_IMAGE", default_value_t = InjectorConfig::default().init_image)]
+    pub init_image: String,
+    /// Where injected proxies reach the control plane, `host:port`
+    /// [default: with `meshd run`, its own Service:
+    /// <--webhook-service>.<--namespace>.svc:<port of --xds-address>
+    /// (meshd.meshd-system.svc:15010 with the defaults); with `meshd
+    /// inject`, meshd.meshd-system.svc:15010]
+    #[arg(long, env = "MESHD_INJECT_XDS_ADDRESS", value_name = "HOST:PORT")]
     pub inject_xds_address: Option<String>,
     /// Run proxies as native sidecars (Kubernetes 1.29+): true or false.
-    #[arg(long, env = "MESHD_NATIVE_SIDECAR")]
-    pub native_sidecar: Option<bool>,
+    #[arg(
+        long,
+        env = "MESHD_NATIVE_SIDECAR",
+        default_value_t = InjectorConfig::default().native_sidecar,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub native_sidecar: bool,
     /// Send app containers' HTTP probes through the proxy so they pass
     /// under STRICT mTLS (pods override with meshd.io/rewrite-app-probes):
     /// true or false.
-    #[arg(long, env = "MESHD_REWRITE_APP_PROBES")]
-    pub rewrite_app_probes: Option<bool>,
+    #[arg(
+        long,
+        env = "MESHD_REWRITE_APP_PROBES",
+        default_value_t = InjectorConfig::default().rewrite_app_probes,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub rewrite_app_probes: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct InjectArgs {
     /// The manifests to inject: a file, or `-` for standard input.
-    #[arg(long, short = 'f')]
+    #[arg(long, short = 'f', env = "MESHD_INJECT_FILENAME")]
     pub filename: PathBuf,
     /// The namespace of manifests that do not name one.
-    #[arg(long, short = 'n', default_value = "default")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "MESHD_INJECT_NAMESPACE",
+        default_value = "default"
+    )]
     pub namespace: String,
     #[command(flatten)]
     pub injector: InjectorArgs,
@@ -242,86 +269,228 @@ pub struct CaArgs {
 #[derive(Debug, clap::Args)]
 pub struct BootstrapArgs {
     /// The pod's namespace.
-    #[arg(long, env = "MESHD_NAMESPACE")]
+    #[arg(long, env = "MESHD_BOOTSTRAP_NAMESPACE")]
     pub namespace: String,
 
     /// The pod's name; with the namespace it forms the proxy's node id.
-    #[arg(long, env = "MESHD_POD_NAME")]
+    #[arg(long, env = "MESHD_BOOTSTRAP_POD")]
     pub pod: String,
 
     /// The control plane's xDS address, `host:port`.
-    #[arg(long, env = "MESHD_XDS_ADDRESS", default_value = "127.0.0.1:15010")]
+    #[arg(
+        long,
+        env = "MESHD_BOOTSTRAP_XDS_ADDRESS",
+        default_value = "127.0.0.1:15010"
+    )]
     pub xds_address: String,
 
     /// The ADS flavour: delta or sotw.
-    #[arg(long, env = "MESHD_XDS_PROTOCOL", default_value = "delta")]
+    #[arg(long, env = "MESHD_BOOTSTRAP_XDS_PROTOCOL", default_value = "delta")]
     pub xds_protocol: String,
 
     /// Where Envoy's admin interface listens (keep it on loopback).
-    #[arg(long, env = "MESHD_ADMIN_ADDRESS", default_value = "127.0.0.1:15000")]
+    #[arg(
+        long,
+        env = "MESHD_BOOTSTRAP_ADMIN_ADDRESS",
+        default_value = "127.0.0.1:15000"
+    )]
     pub admin_address: SocketAddr,
 
     /// The address the readiness (15021) and stats (15090) listeners bind.
-    #[arg(long, env = "MESHD_PROXY_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(long, env = "MESHD_BOOTSTRAP_PROXY_ADDRESS", default_value = "0.0.0.0")]
     pub proxy_address: IpAddr,
 
     /// Write to this file instead of standard output.
-    #[arg(long, short)]
+    #[arg(long, short, env = "MESHD_BOOTSTRAP_OUTPUT")]
     pub output: Option<PathBuf>,
 
     /// The pod's service account: with the namespace, its identity.
-    #[arg(long, env = "MESHD_SERVICE_ACCOUNT", default_value = "default")]
+    #[arg(
+        long,
+        env = "MESHD_BOOTSTRAP_SERVICE_ACCOUNT",
+        default_value = "default"
+    )]
     pub service_account: String,
 
     /// The directory holding the proxy's bootstrap identity (certificate,
     /// key, trust bundle), with which it proves to the control plane who
-    /// it is. In Kubernetes, the injector mounts it from a Secret.
-    #[arg(long, env = "MESHD_IDENTITY_DIR")]
+    /// it is. In Kubernetes, the injector mounts it from a Secret. The
+    /// bootstrap names it by its absolute path, so Envoy may start in any
+    /// directory.
+    #[arg(long, env = "MESHD_BOOTSTRAP_IDENTITY_DIR")]
     pub identity_dir: PathBuf,
 
     /// Issue the bootstrap identity into --identity-dir from the local CA
     /// in this directory (local mode; the control plane's --ca-dir).
-    #[arg(long)]
+    #[arg(long, env = "MESHD_BOOTSTRAP_ISSUE_FROM_CA_DIR")]
     pub issue_from_ca_dir: Option<PathBuf>,
 
-    /// The SPIFFE trust domain.
+    /// The SPIFFE trust domain (the same variable as `meshd run`'s: the
+    /// two must agree).
     #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
     /// The SPIFFE ID the control plane's certificate must carry. Default:
     /// the chart's (namespace meshd-system, service account meshd) in
     /// --trust-domain.
-    #[arg(long, env = "MESHD_CONTROL_PLANE_IDENTITY")]
+    #[arg(long, env = "MESHD_BOOTSTRAP_CONTROL_PLANE_IDENTITY")]
     pub control_plane_identity: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CaptureArgs {
     /// The UID the sidecar runs as; its traffic is never redirected.
-    #[arg(long, env = "MESHD_PROXY_UID", default_value_t = meshd_injector::capture::PROXY_UID)]
+    #[arg(long, env = "MESHD_CAPTURE_PROXY_UID", default_value_t = meshd_injector::capture::PROXY_UID)]
     pub proxy_uid: u32,
 
     /// The GID the sidecar runs as.
-    #[arg(long, env = "MESHD_PROXY_GID", default_value_t = meshd_injector::capture::PROXY_UID)]
+    #[arg(long, env = "MESHD_CAPTURE_PROXY_GID", default_value_t = meshd_injector::capture::PROXY_UID)]
     pub proxy_gid: u32,
 
     /// Inbound ports reached directly, bypassing the sidecar (comma-separated).
-    #[arg(long, env = "MESHD_EXCLUDE_INBOUND_PORTS", default_value = "")]
+    #[arg(long, env = "MESHD_CAPTURE_EXCLUDE_INBOUND_PORTS", default_value = "")]
     pub exclude_inbound_ports: String,
 
     /// Outbound destination ports reached directly (comma-separated).
-    #[arg(long, env = "MESHD_EXCLUDE_OUTBOUND_PORTS", default_value = "")]
+    #[arg(long, env = "MESHD_CAPTURE_EXCLUDE_OUTBOUND_PORTS", default_value = "")]
     pub exclude_outbound_ports: String,
 
     /// Outbound destinations reached directly (comma-separated CIDRs).
-    #[arg(long, env = "MESHD_EXCLUDE_OUTBOUND_CIDRS", default_value = "")]
+    #[arg(long, env = "MESHD_CAPTURE_EXCLUDE_OUTBOUND_CIDRS", default_value = "")]
     pub exclude_outbound_cidrs: String,
 
-    /// Also capture IPv6 (needs ip6tables).
+    /// Also redirect IPv6 (with ip6tables). The proxy's listeners are
+    /// IPv4-only in this version, so redirected IPv6 connections are
+    /// refused: IPv6 fails closed instead of bypassing the proxy. Without
+    /// it (and the injector never sets it) IPv6 traffic is not captured.
     #[arg(long, env = "MESHD_CAPTURE_IPV6")]
     pub ipv6: bool,
 
     /// Print the rules instead of applying them.
-    #[arg(long)]
+    #[arg(long, env = "MESHD_CAPTURE_DRY_RUN")]
     pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every flag of every command, as (command, flag id, variable).
+    fn flags() -> Vec<(String, String, Option<String>)> {
+        let mut flags = Vec::new();
+        for command in Args::command().get_subcommands() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                flags.push((
+                    command.get_name().to_string(),
+                    id.to_string(),
+                    arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                ));
+            }
+        }
+        flags
+    }
+
+    /// Issue #11 E.4: `bootstrap -o`, `--issue-from-ca-dir`, `inject -f`
+    /// and `-n` had none.
+    #[test]
+    fn every_flag_has_a_meshd_variable() {
+        let flags = flags();
+        assert!(flags.len() > 40, "{flags:?}");
+        for (command, id, env) in &flags {
+            assert!(
+                env.as_deref().is_some_and(|e| e.starts_with("MESHD_")),
+                "meshd {command} --{id} has no MESHD_ variable"
+            );
+        }
+    }
+
+    /// Issue #11 E.4: `bootstrap` read MESHD_NAMESPACE, MESHD_POD_NAME,
+    /// MESHD_XDS_ADDRESS and MESHD_SERVICE_ACCOUNT, which mean the control
+    /// plane's own in `run`.
+    #[test]
+    fn a_variable_shared_by_two_commands_means_the_same_in_both() {
+        let mut users: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (command, id, env) in flags() {
+            users
+                .entry(env.unwrap_or_default())
+                .or_default()
+                .push((command, id));
+        }
+        let shared: BTreeMap<&str, Vec<(&str, &str)>> = users
+            .iter()
+            .filter(|(_, u)| u.len() > 1)
+            .map(|(env, u)| {
+                (
+                    env.as_str(),
+                    u.iter().map(|(c, i)| (c.as_str(), i.as_str())).collect(),
+                )
+            })
+            .collect();
+        let injector = |id| vec![("run", id), ("inject", id)];
+        assert_eq!(
+            shared,
+            BTreeMap::from([
+                ("MESHD_INIT_IMAGE", injector("init_image")),
+                ("MESHD_INJECT_XDS_ADDRESS", injector("inject_xds_address")),
+                ("MESHD_NATIVE_SIDECAR", injector("native_sidecar")),
+                ("MESHD_PROXY_IMAGE", injector("proxy_image")),
+                ("MESHD_REWRITE_APP_PROBES", injector("rewrite_app_probes")),
+                (
+                    "MESHD_TRUST_DOMAIN",
+                    vec![("run", "trust_domain"), ("bootstrap", "trust_domain")]
+                ),
+            ])
+        );
+        // The others carry their command's name.
+        for (env, users) in &users {
+            if let [(command, _)] = users.as_slice()
+                && command != "run"
+            {
+                let prefix = format!("MESHD_{}_", command.to_uppercase());
+                assert!(env.starts_with(&prefix), "{env} of meshd {command}");
+            }
+        }
+    }
+
+    /// Issue #11 E.4.
+    #[test]
+    fn help_shows_the_injectors_defaults() {
+        let defaults = InjectorConfig::default();
+        for command in ["run", "inject"] {
+            let help = Args::command()
+                .find_subcommand_mut(command)
+                .unwrap()
+                .render_long_help()
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            for expected in [
+                format!("[default: {}]", defaults.proxy_image),
+                format!("[default: {}]", defaults.init_image),
+                format!("with `meshd inject`, {}]", defaults.xds_address),
+            ] {
+                assert!(help.contains(&expected), "{command}: {expected} in\n{help}");
+            }
+            for (flag, default) in [
+                ("--native-sidecar", defaults.native_sidecar),
+                ("--rewrite-app-probes", defaults.rewrite_app_probes),
+            ] {
+                let (_, text) = help.split_once(&format!("{flag} <BOOL>")).unwrap();
+                let text = text.split(" --").next().unwrap();
+                assert!(
+                    text.contains(&format!("[default: {default}]")),
+                    "{command} {flag}: {text}"
+                );
+            }
+        }
+    }
 }

@@ -625,6 +625,15 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
             )
         })?;
     let control_plane_id = control_plane_id(&args);
+    // Envoy resolves relative paths against its own working directory, not
+    // this one: name the identity by its absolute path (in the bootstrap
+    // and in the SDS files that point at the certificate and key).
+    let identity_dir = std::path::absolute(&args.identity_dir).with_context(|| {
+        format!(
+            "--identity-dir: cannot make {} absolute",
+            args.identity_dir.display()
+        )
+    })?;
     let mut config = BootstrapConfig::new(args.namespace, args.pod);
     config.xds_host = host.to_string();
     config.xds_port = port;
@@ -632,7 +641,7 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     config.admin = args.admin_address;
     config.proxy_address = args.proxy_address;
     config.control_plane_id = control_plane_id;
-    config.identity_dir = Some(args.identity_dir.clone());
+    config.identity_dir = Some(identity_dir.clone());
     if let Some(ca_dir) = &args.issue_from_ca_dir {
         let ca = Authority::load_or_generate(
             &args.trust_domain,
@@ -642,17 +651,12 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         let id = SpiffeId::new(&args.trust_domain, &config.namespace, &args.service_account);
         let (issued, key) = ca.issue_with_key(&id, Duration::from_secs(24 * 3600))?;
         bootstrap::write_identity(
-            &args.identity_dir,
+            &identity_dir,
             &issued.chain_pem,
             &key,
             &ca.trust_bundle_pem(),
         )
-        .with_context(|| {
-            format!(
-                "cannot write the identity into {}",
-                args.identity_dir.display()
-            )
-        })?;
+        .with_context(|| format!("cannot write the identity into {}", identity_dir.display()))?;
     }
     let yaml = bootstrap::render_yaml(&config);
     match args.output {
@@ -688,6 +692,11 @@ fn install_capture(args: CaptureArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.ipv6 {
+        tracing::warn!(
+            "--ipv6: the proxy's listeners are IPv4-only, so IPv6 connections now fail instead of bypassing the proxy"
+        );
+    }
     capture::apply(&config, args.ipv6)?;
     tracing::info!("traffic capture installed");
     Ok(())
@@ -718,21 +727,15 @@ fn run_injector_config(args: &RunArgs) -> InjectorConfig {
 }
 
 fn injector_config(args: &InjectorArgs) -> InjectorConfig {
-    let mut config = InjectorConfig::default();
-    if let Some(image) = &args.proxy_image {
-        config.proxy_image = image.clone();
-    }
-    if let Some(image) = &args.init_image {
-        config.init_image = image.clone();
-    }
+    let mut config = InjectorConfig {
+        proxy_image: args.proxy_image.clone(),
+        init_image: args.init_image.clone(),
+        native_sidecar: args.native_sidecar,
+        rewrite_app_probes: args.rewrite_app_probes,
+        ..InjectorConfig::default()
+    };
     if let Some(address) = &args.inject_xds_address {
         config.xds_address = address.clone();
-    }
-    if let Some(native) = args.native_sidecar {
-        config.native_sidecar = native;
-    }
-    if let Some(rewrite) = args.rewrite_app_probes {
-        config.rewrite_app_probes = rewrite;
     }
     config
 }

@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colours only for a person at a terminal: in a file or a log
+        // collector the escape codes are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match commands::run(args) {

@@ -22,3 +22,81 @@ fn the_readme_lists_every_routing_annotation() {
         "README.md's routing table is out of date; replace it with:\n{table}"
     );
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap()
+}
+
+/// The bodies of the README's code blocks in `language`.
+fn code_blocks(readme: &str, language: &str) -> Vec<String> {
+    let fence = format!("```{language}\n");
+    readme
+        .split(fence.as_str())
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Every IPv4 address written in `text`.
+fn ipv4_addresses(text: &str) -> Vec<std::net::Ipv4Addr> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|t| t.matches('.').count() == 3)
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
+/// Issue #11 E.5: the registry example sent a newcomer's traffic to
+/// 198.18.0.7, off the machine.
+#[test]
+fn the_readmes_registry_examples_are_valid_and_stay_on_loopback() {
+    let readme = readme();
+    let blocks = code_blocks(&readme, "yaml");
+    assert!(!blocks.is_empty());
+    for block in &blocks {
+        let objects = meshd_controlplane::discovery::file::parse(block)
+            .unwrap_or_else(|e| panic!("the registry refuses a README example: {e:?}\n{block}"));
+        assert!(!objects.is_empty(), "{block}");
+        let addresses = ipv4_addresses(block);
+        assert!(!addresses.is_empty(), "{block}");
+        for address in addresses {
+            assert!(
+                address.is_loopback(),
+                "{address} in a README example:\n{block}"
+            );
+        }
+    }
+    // The commands to run by hand too.
+    for block in code_blocks(&readme, "text") {
+        if block.contains("meshd bootstrap") || block.contains("meshd run") {
+            for address in ipv4_addresses(&block) {
+                assert!(
+                    address.is_loopback() || address.is_unspecified(),
+                    "{address} in:\n{block}"
+                );
+            }
+        }
+    }
+}
+
+/// Issue #11 E.4: the README's `MESHD_LOG=meshd_controlplane=debug`
+/// hid every other crate's INFO lines.
+#[test]
+fn the_readmes_log_filters_keep_a_default_level() {
+    let readme = readme();
+    let examples: Vec<&str> = readme
+        .match_indices("MESHD_LOG=")
+        .map(|(i, m)| {
+            readme[i + m.len()..]
+                .split(|c: char| c.is_whitespace() || c == '`')
+                .next()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(!examples.is_empty());
+    for example in examples {
+        assert!(
+            example.split(',').any(|directive| !directive.contains('=')),
+            "MESHD_LOG={example} sets no default level: every other crate's INFO lines are hidden"
+        );
+    }
+}
