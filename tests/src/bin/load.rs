@@ -22,5 +22,5 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    meshd_tests::load::main(meshd_tests::load::Args::parse())
+    meshd_tests::load::run::main(meshd_tests::load::Args::parse())
 }

@@ -180,24 +180,3 @@ pub struct Args {
     #[arg(long, hide = true)]
     pub worker: bool,
 }
-
-/// Runs the tool (or, with `--worker`, one of its worker processes).
-pub fn main(args: Args) -> std::process::ExitCode {
-    if args.worker {
-        return match fleet::serve_stdio() {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("meshd-load worker: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
-    }
-    match run::run(args) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("meshd-load: error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
-}

@@ -44,6 +44,27 @@ const SATURATED: f64 = 0.9;
 /// Stream failures whose messages are kept.
 const ERRORS_KEPT: usize = 10;
 
+/// Runs the tool (or, with `--worker`, one of its worker processes).
+pub fn main(args: Args) -> std::process::ExitCode {
+    if args.worker {
+        return match fleet::serve_stdio() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meshd-load worker: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("meshd-load: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Runs the whole measurement; `Ok(true)` when every proxy synced every
 /// time and every change reached every proxy.
 pub fn run(args: Args) -> anyhow::Result<bool> {
