@@ -26,7 +26,8 @@ fn inject(stdin: &str, args: &[&str]) -> Output {
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: web, image: web:1}]}\n";
 
 /// Issue #11 D.6: the cause of an error was printed a second time after
-/// the message that already held it.
+/// the message that already held it. (`meshd run`'s errors: see
+/// `a_run_error_names_its_cause_once`.)
 #[test]
 fn each_error_is_printed_once() {
     let bad_annotation = POD.replace(
@@ -72,4 +73,23 @@ fn workloads_not_injected_are_named_on_standard_error() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("meshd.io/status").count(), 1, "{stdout}");
+}
+
+/// Issue #11 D.6, in the other commands: a library error that carries its
+/// cause in its message and as its source.
+#[test]
+fn a_run_error_names_its_cause_once() {
+    let not_a_dir = std::env::temp_dir().join(format!("meshd-cli-file-{}", std::process::id()));
+    std::fs::write(&not_a_dir, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(["run", "--xds-address", "127.0.0.1:0"])
+        .args(["--debug-address", "127.0.0.1:0", "--ca-dir"])
+        .arg(not_a_dir.join("ca"))
+        .env("MESHD_LOG", "error")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&not_a_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
 }
