@@ -95,7 +95,13 @@ impl RequestReader {
                         "the request stream ended in the middle of a message",
                     ));
                 }
-                Some(Err(status)) => return Err(status),
+                // The request body fails only when the proxy's stream or
+                // connection is gone (Envoy shutting down, a reset): that is
+                // the end of the stream, not a protocol error to report.
+                Some(Err(status)) => {
+                    tracing::debug!("request stream closed: {}", status.message());
+                    return Ok(None);
+                }
                 Some(Ok(frame)) => {
                     // Trailers carry nothing a request needs.
                     if let Ok(data) = frame.into_data() {
@@ -534,6 +540,23 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_goes_away_ends_its_stream_without_an_error() {
+        // What the body yields when the connection under it is reset.
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![
+            Ok(Frame::data(Bytes::from_static(&[0, 0, 0]))),
+            Err(Status::unknown(
+                "h2 protocol error: error reading a body from connection",
+            )),
+        ];
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut reader = RequestReader::new(Body::new(body));
+        let next = reader
+            .message::<meshd_proto::envoy::service::discovery::v3::DiscoveryRequest>()
+            .await;
+        assert!(matches!(next, Ok(None)), "{next:?}");
     }
 
     #[tokio::test]
