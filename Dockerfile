@@ -31,6 +31,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY proto/Cargo.toml proto/
 COPY ca/Cargo.toml ca/
+COPY api/Cargo.toml api/
 COPY controlplane/Cargo.toml controlplane/
 COPY injector/Cargo.toml injector/
 COPY meshd/Cargo.toml meshd/

@@ -19,35 +19,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The domain suffix of in-cluster service names.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
-
-/// A service's identity: namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ServiceKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// `name.namespace.svc.cluster.local`
-    pub fn fqdn(&self) -> String {
-        format!("{}.{}.svc.{CLUSTER_DOMAIN}", self.name, self.namespace)
-    }
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use meshd_api::names::{CLUSTER_DOMAIN, DNS_LABEL, ServiceKey, is_dns_label, node_id};
 
 /// The application protocol of a service port, which decides whether Envoy
 /// proxies it as HTTP (routes, retries, …) or as opaque TCP.
@@ -272,10 +244,6 @@ impl Workload {
     }
 }
 
-pub fn node_id(namespace: &str, pod: &str) -> String {
-    format!("{pod}.{namespace}")
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Namespace {
     pub name: String,
@@ -312,22 +280,6 @@ impl Mesh {
             .unwrap_or(default)
     }
 }
-
-/// Whether `name` is a DNS label as Kubernetes requires of namespace and
-/// service names (RFC 1123: lowercase alphanumerics and `-`, at most 63).
-/// Service names become route domains (`name.namespace`), so a dot in one
-/// could collide with another service's domain and make Envoy reject the
-/// whole route configuration.
-pub fn is_dns_label(name: &str) -> bool {
-    name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-pub const DNS_LABEL: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
 
 #[cfg(test)]
 mod tests {
