@@ -3,7 +3,9 @@
 //!
 //! - [`routing`]: Service and Namespace routing (timeouts, retries, splits,
 //!   routes, faults, load balancing, circuit breaking, outlier detection),
-//!   the egress scope of Namespaces and Pods, and the keys of the mTLS mode
-//!   and traffic interception that discovery reads.
+//!   and the egress scope of Namespaces and Pods.
+//! - [`workload`]: the mTLS mode and traffic interception of a workload,
+//!   which discovery reads from Pods and Namespaces.
 
 pub mod routing;
+pub mod workload;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::workload::MTLS;
 use crate::names::{DNS_LABEL, ServiceKey, is_dns_label};
 
 /// Annotations as Kubernetes objects carry them.
@@ -49,11 +50,6 @@ pub const OUTLIER_INTERVAL: &str = "meshd.io/outlier-interval";
 pub const OUTLIER_BASE_EJECTION_TIME: &str = "meshd.io/outlier-base-ejection-time";
 pub const OUTLIER_MAX_EJECTION_PERCENT: &str = "meshd.io/outlier-max-ejection-percent";
 pub const EGRESS: &str = "meshd.io/egress";
-/// Namespace or Pod annotation setting the mTLS mode (read by discovery).
-pub const MTLS: &str = "meshd.io/mtls";
-/// Pod annotation choosing how the proxy captures traffic (read by
-/// discovery and the injector).
-pub const INTERCEPTION: &str = "meshd.io/interception";
 
 /// `meshd.io/*` annotations on a Namespace that other parts of meshd read
 /// (so they are not "unknown" here): the mTLS mode (discovery).

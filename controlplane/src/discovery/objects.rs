@@ -17,7 +17,9 @@ use crate::model::{
     Conditions, DNS_LABEL, Endpoint, Interception, MtlsMode, Namespace, Protocol, Service,
     ServiceKey, ServicePort, Workload, is_dns_label,
 };
-use crate::routing::{INTERCEPTION as INTERCEPTION_ANNOTATION, MTLS as MTLS_ANNOTATION};
+use meshd_api::annotations::workload::{
+    INTERCEPTION as INTERCEPTION_ANNOTATION, MTLS as MTLS_ANNOTATION,
+};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
