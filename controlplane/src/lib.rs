@@ -11,7 +11,9 @@
 //! faults, load balancing, circuit breaking, egress scopes) and keeps each
 //! service's last good routing across snapshots.
 
-pub mod bootstrap;
+/// The sidecar's Envoy bootstrap, now in `meshd-api` (the injector renders it
+/// without the control plane); the old path stays while callers move.
+pub use meshd_api::sidecar::bootstrap;
 pub mod ca_secret;
 pub mod certificates;
 pub mod debug;

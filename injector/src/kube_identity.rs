@@ -2,7 +2,7 @@
 //!
 //! One Secret per service account and namespace,
 //! `meshd-identity-<service-account>`, holding the files of
-//! [`meshd_controlplane::bootstrap::identity_files`] for the sidecar's mount
+//! [`meshd_api::sidecar::bootstrap::identity_files`] for the sidecar's mount
 //! point. It is written with server-side apply (field manager `meshd`), and
 //! rewritten when its certificate has used half its life or the trust
 //! bundle changed; Envoy picks the new files up through file-based SDS.
@@ -21,9 +21,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
+use meshd_api::sidecar::bootstrap::{identity_file_names as files, identity_files};
 use meshd_ca::{Authority, SpiffeId};
 use meshd_controlplane::CancellationToken;
-use meshd_controlplane::bootstrap::{identity_file_names as files, identity_files};
 use tokio::sync::watch;
 use tracing::Instrument;
 

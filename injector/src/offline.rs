@@ -22,7 +22,7 @@ use json_patch::jsonptr::Pointer;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use serde_yaml::Value as Yaml;
 
-use meshd_controlplane::discovery::file::limits::{self, LimitError};
+use meshd_api::manifest::{self as limits, LimitError};
 
 use crate::config::InjectorConfig;
 use crate::inject::{InjectError, Injection, inject};

@@ -21,8 +21,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshd_api::sidecar::bootstrap::DEFAULT_CONTROL_PLANE_ID;
 use meshd_ca::{DirStore, SpiffeId};
-use meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::server::{ControlPlane, ListenerLimits, Options, Source, TlsOptions};
 use meshd_controlplane::serving::Limits;

@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use meshd_api::annotations::workload::MtlsMode;
+use meshd_api::sidecar::bootstrap::{self, BootstrapConfig, XdsProtocol};
 use meshd_ca::{Authority, DirStore, PlugInFiles, SpiffeId};
 use meshd_controlplane::CancellationToken;
-use meshd_controlplane::bootstrap::{self, BootstrapConfig, XdsProtocol};
 use meshd_controlplane::ca_secret;
 use meshd_controlplane::discovery::events;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::leader::{LeaderElection, LeaseConfig};
-use meshd_controlplane::model::MtlsMode;
 use meshd_controlplane::server::{
     ControlPlane, DebugEndpoints, ListenerLimits, Options, Source, TlsOptions,
 };
@@ -800,10 +800,7 @@ mod tests {
                 other => panic!("not bootstrap: {other:?}"),
             }
         };
-        assert_eq!(
-            bootstrap(&[]),
-            meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID
-        );
+        assert_eq!(bootstrap(&[]), bootstrap::DEFAULT_CONTROL_PLANE_ID);
         assert_eq!(
             bootstrap(&["--trust-domain", "example.org"]),
             "spiffe://example.org/ns/meshd-system/sa/meshd"
@@ -865,9 +862,6 @@ mod tests {
 
         let config = run_injector_config(&run_args(&["--inject-xds-address", "cp.example:443"]));
         assert_eq!(config.xds_address, "cp.example:443");
-        assert_eq!(
-            config.control_plane_id,
-            meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID
-        );
+        assert_eq!(config.control_plane_id, bootstrap::DEFAULT_CONTROL_PLANE_ID);
     }
 }

@@ -14,7 +14,7 @@ pub mod registry;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use meshd_controlplane::bootstrap::{self, BootstrapConfig};
+use meshd_api::sidecar::bootstrap::{self, BootstrapConfig};
 
 /// Logs from the control plane under test, once per process.
 pub fn init_tracing() {

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshd_controlplane::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
+use meshd_api::sidecar::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};

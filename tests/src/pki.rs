@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshd_api::sidecar::bootstrap::{self, BootstrapConfig, DEFAULT_CONTROL_PLANE_ID};
 use meshd_ca::{Authority, DirStore, SpiffeId};
-use meshd_controlplane::bootstrap::{self, BootstrapConfig, DEFAULT_CONTROL_PLANE_ID};
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::server::TlsOptions;
 use meshd_controlplane::tls::ServerIdentity;

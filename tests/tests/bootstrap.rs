@@ -5,7 +5,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use meshd_controlplane::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
+use meshd_api::sidecar::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
 use meshd_tests::envoy;
 
 #[test]

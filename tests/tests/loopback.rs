@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use meshd_controlplane::bootstrap::{BootstrapConfig, XdsProtocol};
+use meshd_api::sidecar::bootstrap::{BootstrapConfig, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};

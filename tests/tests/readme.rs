@@ -16,7 +16,7 @@ fn the_readme_lists_every_injection_annotation() {
 fn the_readme_lists_every_routing_annotation() {
     let readme =
         std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap();
-    let table = meshd_controlplane::routing::markdown_table();
+    let table = meshd_api::annotations::routing::markdown_table();
     assert!(
         readme.contains(table.trim()),
         "README.md's routing table is out of date; replace it with:\n{table}"

@@ -12,9 +12,9 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use meshd_api::annotations::workload::MtlsMode;
 use meshd_ca::SpiffeId;
 use meshd_controlplane::discovery::{file, index::Index};
-use meshd_controlplane::model::MtlsMode;
 use meshd_controlplane::translate::{
     Kind, MtlsOptions, ProxyView, Snapshot, TranslateOptions, decode,
 };

@@ -30,7 +30,7 @@
 //! Every problem (file, object, field, what is accepted) is logged once
 //! and kept for the debug endpoint until it is fixed.
 
-pub mod limits;
+pub use meshd_api::manifest as limits;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read as _;

@@ -61,14 +61,9 @@ pub use resource::{
 };
 use routing::{route_to, service_hosts};
 
-/// Ports the sidecar owns inside a pod.
-pub mod ports {
-    pub const OUTBOUND: u16 = 15001;
-    pub const INBOUND: u16 = 15006;
-    pub const ADMIN: u16 = 15000;
-    pub const READINESS: u16 = 15021;
-    pub const PROMETHEUS: u16 = 15090;
-}
+/// Ports the sidecar owns inside a pod (listener ports are translation's
+/// vocabulary too).
+pub use meshd_api::sidecar::ports;
 
 /// Everything a proxy should have, by kind.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::translate::ports;
+use super::ports;
 
 /// Which ADS flavour the proxy speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,7 +122,7 @@ impl BootstrapConfig {
     }
 
     pub fn node_id(&self) -> String {
-        crate::model::node_id(&self.namespace, &self.pod)
+        crate::names::node_id(&self.namespace, &self.pod)
     }
 }
 
