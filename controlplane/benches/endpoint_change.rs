@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshd_controlplane::discovery::index::Index;
 use meshd_controlplane::discovery::objects::Object;
-use meshd_controlplane::routing::RoutingIndex;
 use meshd_controlplane::translate::{Kind, Snapshot};
 use meshd_controlplane::xds::{Push, Request, Session, Subscribe};
 use support::{ENDPOINTS_PER_SERVICE, SERVICES, node_id, options, slice};
@@ -41,10 +40,10 @@ const PODS_WITH_PROXIES: usize = 2;
 /// The service whose endpoint flaps (HTTP, in `ns-03`).
 const CHANGED: usize = 3;
 
-/// The publisher's state, as `spawn_publisher` keeps it.
+/// The source's index (which keeps the routing history) and the
+/// publisher's last snapshot.
 struct Publisher {
     index: Index,
-    routing: RoutingIndex,
     snapshot: Arc<Snapshot>,
     version: u64,
 }
@@ -52,13 +51,10 @@ struct Publisher {
 impl Publisher {
     fn new(namespace_annotations: &[(&str, &str)]) -> Self {
         let index = support::index_with(namespace_annotations);
-        let mut routing = RoutingIndex::default();
         let mesh = Arc::new(index.mesh());
-        let in_force = Arc::new(routing.update(&mesh));
-        let snapshot = Arc::new(Snapshot::with_routing(1, mesh, options(), in_force));
+        let snapshot = Arc::new(Snapshot::new(1, mesh, options()));
         Publisher {
             index,
-            routing,
             snapshot,
             version: 1,
         }
@@ -69,13 +65,11 @@ impl Publisher {
         self.index
             .apply(Object::EndpointSlice(slice(CHANGED, ready)));
         let mesh = Arc::new(self.index.mesh());
-        let in_force = Arc::new(self.routing.update(&mesh));
         self.version += 1;
         self.snapshot = Arc::new(Snapshot::next(
             self.version,
             mesh,
             options(),
-            in_force,
             &self.snapshot,
         ));
     }

@@ -3,13 +3,16 @@
 //!
 //! ```text
 //! discovery source ──Mesh──> xds::Publisher ──Snapshot──> ADS streams ──> Envoy
-//!  (file registry)            (debounce, routing,         (SotW / Delta)
-//!                              translate)
+//!  (file registry,             (debounce,                  (SotW / Delta)
+//!   Kubernetes API;             translate)
+//!   routing validated)
 //! ```
 //!
-//! `routing` reads the traffic annotations (timeouts, retries, splits,
-//! faults, load balancing, circuit breaking, egress scopes) and keeps each
-//! service's last good routing across snapshots.
+//! Discovery reads the traffic annotations (timeouts, retries, splits,
+//! faults, load balancing, circuit breaking, egress scopes) with the parsers
+//! of `meshd-api`, checks them against the mesh and keeps each service's
+//! last good routing ([`discovery::routing`]): the model that translation
+//! gets carries validated routing only.
 
 /// The sidecar's Envoy bootstrap, now in `meshd-api` (the injector renders it
 /// without the control plane); the old path stays while callers move.
@@ -21,7 +24,6 @@ pub mod discovery;
 pub mod identity;
 pub mod leader;
 pub mod model;
-pub mod routing;
 pub mod server;
 pub mod serving;
 pub mod tls;

@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use meshd_api::annotations::routing::{AnnotationError, Egress, Routing};
 pub use meshd_api::annotations::workload::{Interception, MtlsMode};
 pub use meshd_api::names::{CLUSTER_DOMAIN, DNS_LABEL, ServiceKey, is_dns_label, node_id};
 
@@ -213,6 +214,46 @@ pub struct Mesh {
     /// Workloads by node id.
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// Routing and egress scopes from the annotations, validated.
+    pub routing: Arc<MeshRouting>,
+}
+
+/// The routing in force for one mesh: what discovery parsed and checked
+/// (each service's last good routing, each proxy's egress scope) and the
+/// problems it found.
+#[derive(Clone, Debug, Default)]
+pub struct MeshRouting {
+    /// Services whose routing is not the default.
+    pub(crate) services: BTreeMap<ServiceKey, Arc<Routing>>,
+    /// Proxies (by node id) with an egress scope; the others see the mesh.
+    pub(crate) egress: BTreeMap<String, Arc<Egress>>,
+    /// Every current problem, sorted, each once.
+    pub errors: Vec<AnnotationError>,
+}
+
+static DEFAULT_ROUTING: Routing = Routing::DEFAULT;
+
+impl MeshRouting {
+    pub fn service(&self, key: &ServiceKey) -> &Routing {
+        self.services.get(key).map_or(&DEFAULT_ROUTING, |r| r)
+    }
+
+    /// The egress scope of a proxy; `None`: every service.
+    pub fn egress(&self, node_id: &str) -> Option<&Arc<Egress>> {
+        self.egress.get(node_id)
+    }
+
+    /// Whether `other` routes every service and scopes every proxy the
+    /// same way (the errors aside).
+    pub fn same_routes(&self, other: &MeshRouting) -> bool {
+        fn same<K: Eq, V: Eq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+        }
+        same(&self.services, &other.services) && same(&self.egress, &other.egress)
+    }
 }
 
 impl Mesh {

@@ -37,7 +37,7 @@
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{DynamicObject, PartialObjectMeta};
 use meshd_controlplane::model::ServiceKey;
-use meshd_controlplane::routing::{self, AnnotationError, Annotations};
+use meshd_api::annotations::routing::{self, AnnotationError, Annotations};
 
 use crate::webhook::{deny, gvk_name, short};
 

@@ -15,7 +15,8 @@
 //! [`ANNOTATIONS`] is the one source for the documentation table
 //! ([`markdown_table`]) and for the `accepted` part of every message.
 //! Whether a split target or route backend exists is the control plane's
-//! check (`meshd_controlplane::routing::check_references`): it needs the mesh.
+//! check (`meshd_controlplane::discovery::routing::check_references`): it
+//! needs the mesh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::routing::AnnotationError;
+use meshd_api::annotations::routing::AnnotationError;
 
 /// `reportingController` of every event.
 pub const REPORTING_CONTROLLER: &str = "meshd";
@@ -301,7 +301,7 @@ fn truncate(mut text: String, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::model::ServiceKey;
-    use crate::routing::{self, Annotations};
+    use meshd_api::annotations::routing::{self, Annotations};
 
     fn ann(pairs: &[(&str, &str)]) -> Annotations {
         pairs

@@ -9,12 +9,21 @@
 //! changed, or whose pods came, went or changed service account, are joined
 //! again, and every other service keeps its very `Arc` of endpoints (which
 //! translation then recognises as unchanged without comparing them).
+//!
+//! Each mesh leaves here with its routing checked ([`super::routing`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::objects::{Object, ObjectRef, Slice};
+use super::routing::RoutingIndex;
 use crate::model::{Endpoint, Mesh, Namespace, Service, ServiceKey, Workload, node_id};
+
+/// A poisoned lock still holds consistent state here (every writer finishes
+/// its update before it can panic), so it is used as is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 type NamespacedName = (String, String);
 
@@ -27,6 +36,9 @@ pub struct Index {
     /// The endpoints of each service as last joined, and what to join
     /// again. Behind a lock so [`Index::mesh`] can refresh it through `&self`.
     joined: Mutex<Joined>,
+    /// The last good routing of every service, checked against each mesh
+    /// built (behind a lock for the same reason).
+    routing: Mutex<RoutingIndex>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -51,13 +63,14 @@ impl Clone for Index {
             slices: self.slices.clone(),
             pods: self.pods.clone(),
             joined: Mutex::new(self.joined().clone()),
+            routing: Mutex::new(lock(&self.routing).clone()),
         }
     }
 }
 
 impl Index {
     fn joined(&self) -> std::sync::MutexGuard<'_, Joined> {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.joined)
     }
 
     fn touch(&mut self, service: &ServiceKey) {
@@ -262,7 +275,7 @@ impl Index {
         joined.dirty.clear();
         let endpoints = joined.endpoints.clone();
         drop(joined);
-        Mesh {
+        let mut mesh = Mesh {
             services: self.services.clone(),
             endpoints,
             workloads: self
@@ -271,7 +284,12 @@ impl Index {
                 .map(|w| (node_id(&w.namespace, &w.name), w.clone()))
                 .collect(),
             namespaces: self.namespaces.clone(),
-        }
+            routing: Default::default(),
+        };
+        // User input is checked here, where it enters: translation gets
+        // only routing that parsed and whose targets exist in this mesh.
+        mesh.routing = Arc::new(lock(&self.routing).update(&mesh));
+        mesh
     }
 }
 

@@ -41,8 +41,8 @@ use meshd_proto::envoy::config::route::v3::VirtualHost;
 
 use super::clusters::inbound_cluster_name;
 use super::routing::{self, route_to, service_hosts};
+use crate::model::MeshRouting;
 use crate::model::{Mesh, ServiceKey};
-use crate::routing::MeshRouting;
 
 /// Per inbound (target) port, the virtual hosts of the services whose
 /// faults the port injects, sorted by service.

@@ -1,7 +1,7 @@
 //! Mesh model → Envoy resources, per proxy.
 //!
 //! A [`Snapshot`] is built once per mesh change, from the mesh and the
-//! routing in force ([`crate::routing::MeshRouting`]). What every proxy
+//! routing in force ([`crate::model::MeshRouting`]). What every proxy
 //! shares is translated once, up front: outbound clusters and their
 //! endpoints, and the outbound listener. What varies is translated when a
 //! proxy first asks and then cached: the outbound side per egress scope
@@ -42,7 +42,9 @@ use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, 
 use meshd_proto::{BoolValue, UInt32Value, to_any};
 
 use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
-use crate::routing::{Egress, MeshRouting, RoutingIndex};
+use meshd_api::annotations::routing::Egress;
+
+use crate::model::MeshRouting;
 pub use outbound::SharedChanges;
 
 mod clusters;
@@ -354,13 +356,9 @@ fn same_headless_endpoints(a: &Mesh, b: &Mesh) -> bool {
 }
 
 impl Snapshot {
-    /// Translates `mesh` with the routing its annotations ask for, without
-    /// history: a service with an invalid annotation gets default routing.
-    /// The publisher keeps a [`RoutingIndex`] across snapshots instead and
-    /// calls [`Snapshot::with_routing`].
+    /// Translates `mesh` with the routing discovery checked for it.
     pub fn new(version: u64, mesh: Arc<Mesh>, options: TranslateOptions) -> Self {
-        let routing = Arc::new(RoutingIndex::default().update(&mesh));
-        Self::with_routing(version, mesh, options, routing)
+        Self::build(version, mesh, options, None)
     }
 
     /// The snapshot after `previous`: what did not change is reused
@@ -369,28 +367,18 @@ impl Snapshot {
         version: u64,
         mesh: Arc<Mesh>,
         options: TranslateOptions,
-        routing: Arc<MeshRouting>,
         previous: &Snapshot,
     ) -> Self {
-        Self::build(version, mesh, options, routing, Some(previous))
-    }
-
-    pub fn with_routing(
-        version: u64,
-        mesh: Arc<Mesh>,
-        options: TranslateOptions,
-        routing: Arc<MeshRouting>,
-    ) -> Self {
-        Self::build(version, mesh, options, routing, None)
+        Self::build(version, mesh, options, Some(previous))
     }
 
     fn build(
         version: u64,
         mesh: Arc<Mesh>,
         options: TranslateOptions,
-        routing: Arc<MeshRouting>,
         previous: Option<&Snapshot>,
     ) -> Self {
+        let routing = mesh.routing.clone();
         let outbound::Translated {
             entries,
             mut clusters,
@@ -1366,8 +1354,7 @@ status: {podIP: 198.18.0.2}
         let web_0 = inbound(&first, "web-0.shop");
         assert!(Arc::ptr_eq(&web_0, &inbound(&first, "web-1.shop")));
         let m = mesh(registry(false));
-        let routing = Arc::new(RoutingIndex::default().update(&m));
-        let second = Snapshot::next(2, m, TranslateOptions::default(), routing, &first);
+        let second = Snapshot::next(2, m, TranslateOptions::default(), &first);
         assert!(Arc::ptr_eq(&web_0, &inbound(&second, "web-0.shop")));
     }
 
@@ -1707,13 +1694,7 @@ status: {{podIP: 198.18.0.3}}
     fn a_headless_pods_mtls_change_rebuilds_the_listener() {
         let strict = mtls_snapshot(&outside_and_headless("STRICT"));
         let disable = mtls_snapshot(&outside_and_headless("DISABLE"));
-        let next = Snapshot::next(
-            2,
-            disable.mesh.clone(),
-            disable.options.clone(),
-            disable.routing.clone(),
-            &strict,
-        );
+        let next = Snapshot::next(2, disable.mesh.clone(), disable.options.clone(), &strict);
         let listener = |s: &Snapshot| {
             s.proxy("client-0.shop")
                 .unwrap()

@@ -24,7 +24,9 @@ use super::clusters::{dns_cluster, eds_cluster, lb_endpoint, original_dst_cluste
 use super::resource::{MtlsOptions, Resource, Resources, TranslateOptions};
 use super::{routing, tls};
 use crate::model::{Endpoint, Mesh, MtlsMode, Protocol, Service, ServiceKey};
-use crate::routing::{MeshRouting, Routing};
+use meshd_api::annotations::routing::Routing;
+
+use crate::model::MeshRouting;
 
 /// One service's outbound resources and what they were made from.
 #[derive(Debug)]
@@ -438,9 +440,9 @@ pub(super) fn differences(before: &Resources, after: &Resources) -> BTreeSet<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::routing::RoutingIndex;
     use crate::discovery::{file, index::Index};
     use crate::model::MtlsMode;
-    use crate::routing::RoutingIndex;
     use crate::translate::{Kind, Snapshot};
 
     fn objects(ready: &str, reviews_annotations: &str) -> String {
@@ -517,11 +519,13 @@ status: {{podIP: 198.18.0.5}}
         for object in file::parse(text).unwrap() {
             index.apply(object);
         }
-        let mesh = Arc::new(index.mesh());
-        let in_force = Arc::new(routing.update(&mesh));
+        // The routing history is the test's, not this fresh index's.
+        let mut mesh = index.mesh();
+        mesh.routing = Arc::new(routing.update(&mesh));
+        let mesh = Arc::new(mesh);
         match previous {
-            Some(p) => Snapshot::next(p.version + 1, mesh, options(), in_force, p),
-            None => Snapshot::with_routing(1, mesh, options(), in_force),
+            Some(p) => Snapshot::next(p.version + 1, mesh, options(), p),
+            None => Snapshot::new(1, mesh, options()),
         }
     }
 

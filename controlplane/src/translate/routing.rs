@@ -1,5 +1,6 @@
-//! Routing annotations ([`crate::routing`]) in Envoy terms, on the
-//! caller's side except faults, which the serving side injects:
+//! Routing annotations ([`meshd_api::annotations::routing`], checked by
+//! discovery) in Envoy terms, on the caller's side except faults, which the
+//! serving side injects:
 //!
 //! ```text
 //! caller's virtual host of reviews:80
@@ -42,7 +43,9 @@ use std::net::IpAddr;
 use super::clusters::duration;
 use super::resource::Resources;
 use crate::model::{Mesh, Protocol, Service, ServiceKey, outbound_cluster_name};
-use crate::routing::{LoadBalancer, MeshRouting, Percent, Retries, RouteRule, Routing};
+use meshd_api::annotations::routing::{LoadBalancer, Percent, Retries, RouteRule, Routing};
+
+use crate::model::MeshRouting;
 
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -396,8 +399,8 @@ mod tests {
     };
     use super::*;
     use crate::discovery::index::Index;
+    use crate::discovery::routing::RoutingIndex;
     use crate::model::Mesh;
-    use crate::routing::RoutingIndex;
 
     const REGISTRY: &str = r#"
 apiVersion: v1
@@ -985,10 +988,11 @@ status: {podIP: 198.18.0.13}
     #[test]
     fn an_invalid_edit_keeps_the_last_good_routing_across_snapshots() {
         let mut index = RoutingIndex::default();
+        // One routing history across the three meshes, as a source keeps.
         let build = |index: &mut RoutingIndex, version, yaml: &str| {
-            let mesh = mesh(yaml);
-            let routing = Arc::new(index.update(&mesh));
-            Snapshot::with_routing(version, mesh, TranslateOptions::default(), routing)
+            let mut mesh = (*mesh(yaml)).clone();
+            mesh.routing = Arc::new(index.update(&mesh));
+            Snapshot::new(version, Arc::new(mesh), TranslateOptions::default())
         };
         let first = build(&mut index, 1, REGISTRY);
         assert!(first.routing.errors.is_empty());
@@ -1061,9 +1065,14 @@ status: {podIP: 198.18.0.13}
             .collect();
         assert_eq!(
             annotations,
-            [crate::routing::ROUTES, crate::routing::TRAFFIC_SPLIT]
+            [
+                meshd_api::annotations::routing::ROUTES,
+                meshd_api::annotations::routing::TRAFFIC_SPLIT
+            ]
         );
-        let snap = Snapshot::with_routing(2, mesh2, TranslateOptions::default(), routing);
+        let mut mesh2 = (*mesh2).clone();
+        mesh2.routing = routing;
+        let snap = Snapshot::new(2, Arc::new(mesh2), TranslateOptions::default());
         let view = snap.proxy("client-0.shop").unwrap();
         let rc = route_config(&view, "80");
         let reviews = vhost(&rc, "reviews");

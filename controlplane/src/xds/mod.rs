@@ -1,7 +1,7 @@
 //! The xDS server: ADS over gRPC, State-of-the-World and Delta.
 //!
 //! ```text
-//! watch<Mesh> ──> publisher (debounce, RoutingIndex, Snapshot) ──> watch<Snapshot>
+//! watch<Mesh> ──> publisher (debounce, Snapshot) ──> watch<Snapshot>
 //!                                                            │ each stream subscribes
 //! Envoy ──DiscoveryRequest──> stream task ── Session ────────┘
 //!       <──DiscoveryResponse─┘   (subscriptions, ACK/NACK, push order)
@@ -43,8 +43,8 @@ pub use session::{Outcome, Push, Request, Session, Subscribe};
 
 use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
 use crate::model::Mesh;
-use crate::routing::{AnnotationError, RoutingIndex};
 use crate::translate::{Kind, ProxyView, Snapshot, TranslateOptions};
+use meshd_api::annotations::routing::AnnotationError;
 use meshd_ca::SpiffeId;
 
 /// How many NACKs the debug endpoint remembers.
@@ -227,22 +227,6 @@ impl ServerState {
     }
 }
 
-/// Translates a mesh with the routing the index keeps across snapshots,
-/// reusing what did not change since the previous snapshot.
-fn translate(
-    version: u64,
-    mesh: Arc<Mesh>,
-    options: TranslateOptions,
-    routing: &mut RoutingIndex,
-    previous: Option<&Snapshot>,
-) -> Snapshot {
-    let in_force = Arc::new(routing.update(&mesh));
-    match previous {
-        Some(previous) => Snapshot::next(version, mesh, options, in_force, previous),
-        None => Snapshot::with_routing(version, mesh, options, in_force),
-    }
-}
-
 /// Turns mesh changes into translated snapshots. A change that comes after
 /// a quiet `debounce` window is published at once (an endpoint going away
 /// should not wait); changes arriving within `debounce` of the last
@@ -251,21 +235,18 @@ fn translate(
 /// change; a steady stream of changes still publishes at least every 10
 /// windows.
 ///
-/// The publisher owns the [`RoutingIndex`]: a service whose routing
-/// annotations turn invalid keeps the routing of an earlier snapshot.
+/// Routing comes validated with each mesh (discovery keeps each service's
+/// last good routing); the publisher reports its problems.
 pub fn spawn_publisher(
     mut meshes: watch::Receiver<Arc<Mesh>>,
     debounce: Duration,
     state: Arc<ServerState>,
     options: TranslateOptions,
 ) -> watch::Receiver<Arc<Snapshot>> {
-    let mut routing = RoutingIndex::default();
-    let first = Arc::new(translate(
+    let first = Arc::new(Snapshot::new(
         1,
         meshes.borrow_and_update().clone(),
         options.clone(),
-        &mut routing,
-        None,
     ));
     state.set_routing_errors(&first.routing.errors);
     state.metrics.snapshots.inc();
@@ -295,15 +276,12 @@ pub fn spawn_publisher(
                 let mesh = meshes.borrow_and_update().clone();
                 version += 1;
                 let options = options.clone();
-                let mut index = std::mem::take(&mut routing);
                 let previous = last.clone();
-                let (snapshot, index) = tokio::task::spawn_blocking(move || {
-                    let snapshot = translate(version, mesh, options, &mut index, Some(&previous));
-                    (snapshot, index)
+                let snapshot = tokio::task::spawn_blocking(move || {
+                    Snapshot::next(version, mesh, options, &previous)
                 })
                 .await
                 .expect("translation does not panic");
-                routing = index;
                 published = tokio::time::Instant::now();
                 state.set_routing_errors(&snapshot.routing.errors);
                 state.metrics.snapshots.inc();

@@ -768,11 +768,9 @@ mod tests {
                 index.apply(object);
             }
             let mesh = std::sync::Arc::new(index.mesh());
-            let routing =
-                std::sync::Arc::new(crate::routing::RoutingIndex::default().update(&mesh));
             let next = match snapshots.last() {
-                Some(p) => Snapshot::next(i as u64 + 1, mesh, Default::default(), routing, p),
-                None => Snapshot::with_routing(1, mesh, Default::default(), routing),
+                Some(p) => Snapshot::next(i as u64 + 1, mesh, Default::default(), p),
+                None => Snapshot::new(1, mesh, Default::default()),
             };
             snapshots.push(next);
         }
@@ -937,21 +935,9 @@ mod tests {
             std::sync::Arc::new(index.mesh())
         };
         let scoped = mesh(text(", annotations: {meshd.io/egress: ./*}"));
-        let mut routing = crate::routing::RoutingIndex::default();
-        let first = Snapshot::with_routing(
-            1,
-            scoped.clone(),
-            Default::default(),
-            std::sync::Arc::new(routing.update(&scoped)),
-        );
+        let first = Snapshot::new(1, scoped.clone(), Default::default());
         let wide = mesh(text(""));
-        let second = Snapshot::next(
-            2,
-            wide.clone(),
-            Default::default(),
-            std::sync::Arc::new(routing.update(&wide)),
-            &first,
-        );
+        let second = Snapshot::next(2, wide.clone(), Default::default(), &first);
         let db = "outbound|80||db.other.svc.cluster.local";
         let mut session = Session::new(true);
         let view = first.proxy(CLIENT).unwrap();

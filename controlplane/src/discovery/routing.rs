@@ -1,25 +1,29 @@
 //! The routing in force across the mesh: every Service's routing and every
-//! proxy's egress scope, parsed from the `meshd.io/*` annotations
-//! ([`meshd_api::annotations::routing`], re-exported here) and checked
-//! against the mesh (split targets and route backends must exist).
+//! proxy's egress scope, parsed from the `meshd.io/*` annotations (with
+//! [`meshd_api::annotations::routing`]) and checked against the mesh (split
+//! targets and route backends must exist), where the mesh is built: the
+//! model that reaches translation carries validated routing only.
 //!
 //! ```text
-//! Mesh ──> RoutingIndex::update ──> MeshRouting ──> translate::Snapshot
-//!            │ invalid (or a target that is not in the mesh): the service
-//!            │ keeps its last good Routing; the errors are reported
-//!            └ egress: Namespace / Pod `meshd.io/egress` ──> Egress per proxy
+//! Index::mesh ──> RoutingIndex::update ──> Mesh.routing (MeshRouting) ──> translate
+//!                   │ invalid (or a target that is not in the mesh): the service
+//!                   │ keeps its last good Routing; the errors are reported
+//!                   └ egress: Namespace / Pod `meshd.io/egress` ──> Egress per proxy
 //! ```
 //!
-//! The index lives as long as the publisher that builds snapshots, so a bad
-//! edit never takes a service back to default routing: the service keeps
-//! what last worked until the annotation is fixed.
+//! Each discovery source's index owns one, for as long as the source runs,
+//! so a bad edit never takes a service back to default routing: the
+//! service keeps what last worked until the annotation is fixed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-pub use meshd_api::annotations::routing::*;
+use meshd_api::annotations::routing::{
+    AnnotationError, Annotations, EGRESS, Egress, EgressRule, ROUTES, Routing, TRAFFIC_SPLIT,
+    accepted, parse, pod_egress, validate_namespace,
+};
 
-use crate::model::{Mesh, Service, ServiceKey, node_id};
+use crate::model::{Mesh, MeshRouting, Service, ServiceKey, node_id};
 
 /// Checks that every split target and route backend of `service` is a
 /// service of its namespace serving each of its HTTP ports.
@@ -96,48 +100,10 @@ pub fn check_references(service: &Service, routing: &Routing, mesh: &Mesh) -> Ve
     errors
 }
 
-// --- the index -----------------------------------------------------------
-
-/// The routing in force for one mesh snapshot.
-#[derive(Clone, Debug, Default)]
-pub struct MeshRouting {
-    /// Services whose routing is not the default.
-    services: BTreeMap<ServiceKey, Arc<Routing>>,
-    /// Proxies (by node id) with an egress scope; the others see the mesh.
-    egress: BTreeMap<String, Arc<Egress>>,
-    /// Every current problem, sorted, each once.
-    pub errors: Vec<AnnotationError>,
-}
-
-static DEFAULT_ROUTING: Routing = Routing::DEFAULT;
-
-impl MeshRouting {
-    pub fn service(&self, key: &ServiceKey) -> &Routing {
-        self.services.get(key).map_or(&DEFAULT_ROUTING, |r| r)
-    }
-
-    /// The egress scope of a proxy; `None`: every service.
-    pub fn egress(&self, node_id: &str) -> Option<&Arc<Egress>> {
-        self.egress.get(node_id)
-    }
-
-    /// Whether `other` routes every service and scopes every proxy the
-    /// same way (the errors aside).
-    pub fn same_routes(&self, other: &MeshRouting) -> bool {
-        fn same<K: Eq, V: Eq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
-        }
-        same(&self.services, &other.services) && same(&self.egress, &other.egress)
-    }
-}
-
 /// The last good routing of every service and the last good egress rule of
-/// every namespace and pod, across snapshots. The publisher owns it and
-/// calls [`RoutingIndex::update`] for each mesh it translates.
-#[derive(Debug, Default)]
+/// every namespace and pod, across meshes. A discovery source's index owns
+/// it and calls [`RoutingIndex::update`] for each mesh it builds.
+#[derive(Clone, Debug, Default)]
 pub struct RoutingIndex {
     services: BTreeMap<ServiceKey, Arc<Routing>>,
     namespace_egress: BTreeMap<String, Arc<EgressRule>>,
@@ -258,6 +224,7 @@ impl RoutingIndex {
 mod tests {
     use super::*;
     use crate::model::{Namespace, Protocol, ServicePort, Workload};
+    use meshd_api::annotations::routing::{EGRESS, RETRIES, TIMEOUT};
     use std::time::Duration;
 
     fn key() -> ServiceKey {
