@@ -38,6 +38,11 @@ pub struct InjectorConfig {
     pub proxy_concurrency: u32,
     /// Seconds Envoy drains connections before it stops.
     pub drain_seconds: u32,
+    /// Secrets (in each workload's namespace) the kubelet uses to pull the
+    /// proxy and init images from a private registry: appended to every
+    /// injected pod's `spec.imagePullSecrets`, after the pod's own, each
+    /// once.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Default for InjectorConfig {
@@ -58,6 +63,7 @@ impl Default for InjectorConfig {
             proxy_log_level: "warning".into(),
             proxy_concurrency: 2,
             drain_seconds: 5,
+            image_pull_secrets: Vec::new(),
         }
     }
 }

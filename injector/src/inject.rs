@@ -276,17 +276,24 @@ pub fn inject_patch(
 
     let rendered = prepared.rendered(plan)?;
     Ok(Injection::Patched {
-        patch: PodPatch::build(pod, spec, &rendered, &service_account, &rewrites)?,
+        patch: PodPatch::build(
+            pod,
+            spec,
+            &rendered,
+            &service_account,
+            &rewrites,
+            &config.image_pull_secrets,
+        )?,
         service_account,
     })
 }
 
 /// A Pod holding only what [`inject_patch`] reads, which is what the
-/// webhook decodes from each review: the metadata names, labels and
-/// annotations; the spec's containers (names, ports, run-as IDs, the
-/// probes' `httpGet` and timeout), init and
-/// ephemeral container names, volume names, host network, service account
-/// and pod run-as IDs. The rest of the Pod (most of its bytes: images,
+/// webhook decodes from each review: the metadata names, labels,
+/// annotations and owners; the spec's containers (names, ports, run-as
+/// IDs, the probes' `httpGet`, `grpc` and timeout), init and
+/// ephemeral container names, volume names, host network, service account,
+/// restart policy, image pull secrets and pod run-as IDs. The rest of the Pod (most of its bytes: images,
 /// env, probes, the managed fields' trees) is parsed past without being
 /// built, and so never costs an allocation.
 ///
@@ -333,7 +340,7 @@ mod read {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1 as core;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use serde::Deserialize;
 
     #[derive(Deserialize)]
@@ -353,6 +360,7 @@ mod read {
         namespace: Option<String>,
         labels: Option<BTreeMap<String, String>>,
         annotations: Option<BTreeMap<String, String>>,
+        owner_references: Option<Vec<OwnerReference>>,
     }
 
     #[derive(Deserialize)]
@@ -366,6 +374,8 @@ mod read {
         security_context: Option<RunAs>,
         service_account_name: Option<String>,
         service_account: Option<String>,
+        restart_policy: Option<String>,
+        image_pull_secrets: Option<Vec<core::LocalObjectReference>>,
     }
 
     #[derive(Deserialize)]
@@ -384,6 +394,7 @@ mod read {
     #[serde(rename_all = "camelCase")]
     struct Probe {
         http_get: Option<core::HTTPGetAction>,
+        grpc: Option<core::GRPCAction>,
         timeout_seconds: Option<i32>,
     }
 
@@ -391,6 +402,7 @@ mod read {
         fn from(p: Probe) -> Self {
             core::Probe {
                 http_get: p.http_get,
+                grpc: p.grpc,
                 timeout_seconds: p.timeout_seconds,
                 ..Default::default()
             }
@@ -452,6 +464,7 @@ mod read {
                     namespace: m.namespace,
                     labels: m.labels,
                     annotations: m.annotations,
+                    owner_references: m.owner_references,
                     ..Default::default()
                 });
             let spec = pod.spec.map(|s| core::PodSpec {
@@ -481,6 +494,8 @@ mod read {
                 }),
                 service_account_name: s.service_account_name,
                 service_account: s.service_account,
+                restart_policy: s.restart_policy,
+                image_pull_secrets: s.image_pull_secrets,
                 ..Default::default()
             });
             Ok(super::PodForInjection(core::Pod {
@@ -573,6 +588,15 @@ impl MeshDefaults {
                 "a whole number 0-64",
             ));
         }
+        for secret in &config.image_pull_secrets {
+            if !dns_subdomain(secret) {
+                return Err(invalid_setting(
+                    "imagePullSecrets",
+                    secret,
+                    "names of Secrets in the workloads' namespaces: DNS subdomains (lowercase letters, digits, '-', '.'), at most 253 characters",
+                ));
+            }
+        }
         let bootstrap_config = proxy_bootstrap_config(config)?;
         if config.control_plane_namespace.is_empty() {
             return Err(invalid_setting(
@@ -600,6 +624,22 @@ impl MeshDefaults {
             bootstrap_config,
         })
     }
+}
+
+/// A Kubernetes object name that is a DNS subdomain (RFC 1123), as
+/// Secrets' names are.
+fn dns_subdomain(name: &str) -> bool {
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes
+            .iter()
+            .all(|&b| alphanumeric(b) || b == b'-' || b == b'.')
+        && name.split('.').all(|label| {
+            label.bytes().next().is_some_and(alphanumeric)
+                && label.bytes().last().is_some_and(alphanumeric)
+        })
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6 addresses).
@@ -1431,6 +1471,8 @@ impl Rendered {
 /// - `spec.containers[i].<probe>.httpGet`: `path`, `port` and `scheme` of
 ///   each rewritten app probe, field by field (the rest of the probe, its
 ///   headers and timings, is the pod's).
+/// - `spec.imagePullSecrets`: the mesh's pull secrets the pod does not
+///   list yet, at the end (or the list whole).
 /// - classic without capture, a pod's empty `spec.initContainers` is
 ///   removed.
 ///
@@ -1516,6 +1558,7 @@ impl PodPatch {
         rendered: &Rendered,
         service_account: &str,
         rewrites: &[ProbeRewrite],
+        image_pull_secrets: &[String],
     ) -> Result<PodPatch> {
         let mut patch = PodPatch {
             operations: Vec::with_capacity(8 + 3 * rewrites.len()),
@@ -1591,6 +1634,31 @@ impl PodPatch {
         let shift = usize::from(!rendered.plan.native);
         for rewrite in rewrites {
             patch.rewrite_probe(rewrite, rewrite.container + shift);
+        }
+        // The mesh's pull secrets after the pod's own, each once: the
+        // kubelet tries them in turn for every image of the pod.
+        let pod_secrets = spec.image_pull_secrets.as_deref();
+        let mut missing: Vec<&str> = Vec::new();
+        for name in image_pull_secrets {
+            let present = pod_secrets
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.name == *name);
+            if !present && !missing.contains(&name.as_str()) {
+                missing.push(name);
+            }
+        }
+        if !missing.is_empty() {
+            let items = missing
+                .into_iter()
+                .map(|name| PatchValue::Value(serde_json::json!({ "name": name })))
+                .collect();
+            patch.insert(
+                "imagePullSecrets",
+                pod_secrets.map(<[_]>::len),
+                At::End,
+                items,
+            );
         }
         if remove_init_containers {
             patch.operations.push(Operation {
@@ -1827,12 +1895,21 @@ mod tests {
         }
     }
 
+    /// A mesh pulling from a private registry, its list with a duplicate.
+    fn pulling() -> InjectorConfig {
+        InjectorConfig {
+            image_pull_secrets: vec!["regcred".into(), "mirror".into(), "regcred".into()],
+            ..config()
+        }
+    }
+
     /// How the patch was computed before it was built directly: the whole
     /// mutated pod, serialised with the original, the injected list items
     /// inserted by index and `json_patch::diff` for the rest. The direct
     /// patch must equal it operation for operation.
     mod reference {
         use super::*;
+        use k8s_openapi::api::core::v1::LocalObjectReference;
 
         /// The pod with everything added, for `config`.
         pub fn mutated(pod: &Pod, config: &InjectorConfig, service_account: &str) -> Pod {
@@ -1940,6 +2017,12 @@ mod tests {
                 .push(identity_volume(service_account));
             status.volumes.push(IDENTITY_VOLUME.to_string());
             status.app_probes = plan.app_probes.iter().map(|p| p.path.clone()).collect();
+            for name in &config.image_pull_secrets {
+                let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+                if !secrets.iter().any(|s| s.name == *name) {
+                    secrets.push(LocalObjectReference { name: name.clone() });
+                }
+            }
             pod.spec = Some(spec);
 
             pod.metadata
@@ -2558,6 +2641,75 @@ mod tests {
     }
 
     #[test]
+    fn the_meshs_pull_secrets_follow_the_pods_own_once_each() {
+        let secrets = |pod: &Pod| -> Vec<String> {
+            let spec = pod.spec.as_ref().unwrap();
+            spec.image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        // A pod without the list gets it whole, without the duplicate.
+        let (pod, _) = injected(web(), &pulling());
+        assert_eq!(secrets(&pod), ["regcred", "mirror"]);
+        // A pod with its own: they stay first, the mesh's one it already
+        // names is not added again.
+        let own = with(
+            web(),
+            "/spec/imagePullSecrets",
+            json!([{"name": "own"}, {"name": "mirror"}]),
+        );
+        let (pod, _) = injected(own.clone(), &pulling());
+        assert_eq!(secrets(&pod), ["own", "mirror", "regcred"]);
+        let Injection::Patched { patch, .. } = inject(&self::pod(own), "shop", &pulling()).unwrap()
+        else {
+            panic!("skipped")
+        };
+        let adds: Vec<String> = patch
+            .0
+            .iter()
+            .map(|op| serde_json::to_value(op).unwrap())
+            .filter(|op| op["path"].as_str().unwrap().contains("imagePullSecrets"))
+            .map(|op| format!("{} {} {}", op["op"], op["path"], op["value"]))
+            .collect();
+        assert_eq!(
+            adds,
+            [r#""add" "/spec/imagePullSecrets/2" {"name":"regcred"}"#]
+        );
+        // All there already, or none configured: the list is untouched.
+        let all = with(
+            web(),
+            "/spec/imagePullSecrets",
+            json!([{"name": "mirror"}, {"name": "regcred"}]),
+        );
+        let (pod, _) = injected(all, &pulling());
+        assert_eq!(secrets(&pod), ["mirror", "regcred"]);
+        let (pod, _) = injected(web(), &config());
+        assert_eq!(pod.spec.unwrap().image_pull_secrets, None);
+        // A name that is no Secret's is refused by its setting.
+        for bad in [
+            "",
+            "Regcred",
+            "reg cred",
+            "-regcred",
+            "a..b",
+            &"a".repeat(254),
+        ] {
+            let c = InjectorConfig {
+                image_pull_secrets: vec!["regcred".into(), bad.into()],
+                ..config()
+            };
+            assert_eq!(
+                check_config(&c).unwrap_err().to_string(),
+                format!(
+                    "injector setting imagePullSecrets: `{bad}` is not valid; accepted: names of Secrets in the workloads' namespaces: DNS subdomains (lowercase letters, digits, '-', '.'), at most 253 characters"
+                )
+            );
+        }
+    }
+
+    #[test]
     fn bad_mesh_settings_are_reported_by_name() {
         let bad = [
             InjectorConfig {
@@ -2782,6 +2934,18 @@ mod tests {
             ),
             ("probes", probed()),
             (
+                "pull secrets",
+                with(
+                    web(),
+                    "/spec/imagePullSecrets",
+                    json!([{"name": "own"}, {"name": "mirror"}]),
+                ),
+            ),
+            (
+                "empty pull secrets",
+                with(web(), "/spec/imagePullSecrets", json!([])),
+            ),
+            (
                 "probes, not rewritten",
                 annotate(probed(), &[(REWRITE_APP_PROBES, "false")]),
             ),
@@ -2801,7 +2965,11 @@ mod tests {
 
     #[test]
     fn the_direct_patch_is_the_diff_of_the_mutated_pod() {
-        for config in [config(), classic()] {
+        let classic_pulling = InjectorConfig {
+            native_sidecar: false,
+            ..pulling()
+        };
+        for config in [config(), classic(), pulling(), classic_pulling] {
             for (shape, v) in shapes() {
                 let what = format!("{shape} (native: {})", config.native_sidecar);
                 let original = pod(v);
@@ -3028,7 +3196,7 @@ mod tests {
             ),
         ]);
         let mut distinct = std::collections::BTreeSet::new();
-        for config in [config(), classic()] {
+        for config in [config(), classic(), pulling()] {
             for (shape, v) in &cases {
                 let whole: Pod = serde_json::from_value(v.clone()).unwrap();
                 let view: PodForInjection = serde_json::from_value(v.clone()).unwrap();
