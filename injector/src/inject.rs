@@ -30,7 +30,9 @@
 //!   Jobs complete. Classic mode: the first regular container; `meshd-init`
 //!   then runs *last* among the init containers, so the pod's own init
 //!   containers run before traffic is captured (there is no proxy yet to
-//!   capture it to).
+//!   capture it to). A pod that runs to completion (`restartPolicy` `Never`
+//!   or `OnFailure`, as every Job's) is refused in classic mode: its proxy
+//!   would never exit, so the pod would never complete.
 //! - `meshd-init`: `meshd capture`, the iptables redirection (left out with
 //!   `meshd.io/interception: none`, where nothing is captured).
 //! - `meshd-identity`: the bootstrap identity Secret, mounted in the proxy only.
@@ -273,6 +275,7 @@ pub fn inject_patch(
     let plan = Plan::new(config, &prepared.defaults, &overrides, app_probes)?;
     let service_account = service_account(spec)?;
     check_conflicts(spec, &plan)?;
+    check_completes(pod, spec, &overrides, &plan)?;
 
     let rendered = prepared.rendered(plan)?;
     Ok(Injection::Patched {
@@ -1337,6 +1340,38 @@ fn check_conflicts(spec: &PodSpec, plan: &Plan) -> Result<()> {
         check_proxy_identity(spec, plan.native)?;
     }
     Ok(())
+}
+
+/// Refuses a classic-mode proxy in a pod meant to run to completion (every
+/// Job's and CronJob's pod has `restartPolicy` `Never` or `OnFailure`): a
+/// regular proxy container never exits, so the pod would never succeed and
+/// its Job would never complete. A native sidecar is stopped by the kubelet
+/// once the app containers have exited, which is why it is the way out.
+/// (Making a regular container follow the app's exit would need the app or
+/// its image to cooperate, or a shared process namespace: changes to the
+/// user's manifests this injector does not make behind their back.)
+fn check_completes(pod: &Pod, spec: &PodSpec, overrides: &Overrides, plan: &Plan) -> Result<()> {
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    if plan.native || !matches!(policy, "Never" | "OnFailure") {
+        return Ok(());
+    }
+    let job = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Job" && o.api_version.starts_with("batch/"));
+    let owner = job.map_or_else(String::new, |j| format!(" (the pod of Job {})", j.name));
+    let classic = if overrides.native_sidecar == Some(false) {
+        format!("{}: \"false\"", annotations::NATIVE_SIDECAR)
+    } else {
+        "the mesh setting nativeSidecar: false".to_string()
+    };
+    Err(InjectError::InvalidPod(format!(
+        "spec.restartPolicy is {policy}{owner}: the pod runs to completion, but with {classic} the proxy is a regular container that never exits, so the pod (and its Job) would never complete; accepted: a native sidecar ({}: \"true\" in the pod template; Kubernetes 1.29 or later), or {}: \"false\" to leave the pod out of the mesh",
+        annotations::NATIVE_SIDECAR,
+        annotations::INJECT,
+    )))
 }
 
 /// Capture lets the proxy's UID and GID through untouched (its own
@@ -2640,6 +2675,63 @@ mod tests {
         assert!(inject(&pod(init_uid), "shop", &config()).is_err());
     }
 
+    /// `web()` as the Job controller creates it.
+    fn job_pod(policy: &str) -> Value {
+        with(
+            with(web(), "/spec/restartPolicy", json!(policy)),
+            "/metadata/ownerReferences",
+            json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "db-migrate",
+                    "uid": "0b6d3c1e", "controller": true, "blockOwnerDeletion": true}]),
+        )
+    }
+
+    #[test]
+    fn classic_mode_refuses_pods_that_run_to_completion() {
+        let accepted = "accepted: a native sidecar (meshd.io/native-sidecar: \"true\" in the pod template; Kubernetes 1.29 or later), or meshd.io/inject: \"false\" to leave the pod out of the mesh";
+        let error = |v: Value, config: &InjectorConfig| {
+            inject(&pod(v), "shop", config).unwrap_err().to_string()
+        };
+        assert_eq!(
+            error(job_pod("Never"), &classic()),
+            format!(
+                "the pod cannot be injected: spec.restartPolicy is Never (the pod of Job db-migrate): the pod runs to completion, but with the mesh setting nativeSidecar: false the proxy is a regular container that never exits, so the pod (and its Job) would never complete; {accepted}"
+            )
+        );
+        // A bare pod that runs to completion, classic by its annotation.
+        let bare = annotate(
+            with(web(), "/spec/restartPolicy", json!("OnFailure")),
+            &[(NATIVE_SIDECAR, "false")],
+        );
+        assert_eq!(
+            error(bare, &config()),
+            format!(
+                "the pod cannot be injected: spec.restartPolicy is OnFailure: the pod runs to completion, but with meshd.io/native-sidecar: \"false\" the proxy is a regular container that never exits, so the pod (and its Job) would never complete; {accepted}"
+            )
+        );
+        // Native sidecars, by the mesh or the pod, are stopped once the
+        // job's containers have exited: injected.
+        let (native, _) = injected(job_pod("Never"), &config());
+        assert_eq!(
+            names(&native.spec.unwrap().init_containers),
+            ["meshd-init", "meshd-proxy", "migrate"]
+        );
+        injected(
+            annotate(job_pod("OnFailure"), &[(NATIVE_SIDECAR, "true")]),
+            &classic(),
+        );
+        // Pods that keep running are classic as before; opted out is left alone.
+        injected(
+            with(web(), "/spec/restartPolicy", json!("Always")),
+            &classic(),
+        );
+        let out = with(
+            job_pod("Never"),
+            "/metadata/labels/meshd.io~1inject",
+            json!("false"),
+        );
+        assert_eq!(skipped(out, "shop", &classic()), Skip::OptedOut);
+    }
+
     #[test]
     fn the_meshs_pull_secrets_follow_the_pods_own_once_each() {
         let secrets = |pod: &Pod| -> Vec<String> {
@@ -3144,6 +3236,11 @@ mod tests {
             (
                 "bad service account",
                 with(web(), "/spec/serviceAccountName", json!("Web_1")),
+            ),
+            ("job pod", job_pod("Never")),
+            (
+                "job pod, native by annotation",
+                annotate(job_pod("OnFailure"), &[(NATIVE_SIDECAR, "true")]),
             ),
             ("no spec", json!({"metadata": {"name": "a"}})),
             (

@@ -171,6 +171,45 @@ async fn an_injection_error_is_a_denial_with_its_message() {
 }
 
 #[tokio::test]
+async fn a_jobs_pod_with_a_classic_sidecar_is_denied_and_with_a_native_one_injected() {
+    let provisioner = Arc::new(FakeProvisioner::default());
+    let server = Server::start(Some(provisioner.clone())).await;
+    let mut client = server.client().await;
+
+    // As the Job controller creates it: owned by the Job, run to completion.
+    let mut job_pod = pod("db-migrate", "migrator");
+    job_pod["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "batch/v1", "kind": "Job", "name": "db-migrate",
+        "uid": "0b6d3c1e-5f1a-4c3b-9d7e-2a4b6c8d0e1f", "controller": true, "blockOwnerDeletion": true
+    }]);
+    job_pod["spec"]["restartPolicy"] = json!("Never");
+    let mut classic = job_pod.clone();
+    classic["metadata"]["annotations"]["meshd.io/native-sidecar"] = json!("false");
+    let review = review_of("uid-job-classic", ("", "v1", "Pod"), classic, false);
+    let response = answer(&mut client, &review).await;
+    let message = denial_message(&response);
+    for part in [
+        "spec.restartPolicy is Never (the pod of Job db-migrate)",
+        "never complete",
+        "meshd.io/native-sidecar: \"true\"",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert!(provisioner.calls().is_empty());
+
+    // The mesh's native sidecar: injected, the proxy an init container the
+    // kubelet stops once the job's container has exited.
+    let review = review_of("uid-job-native", ("", "v1", "Pod"), job_pod.clone(), false);
+    let response = answer(&mut client, &review).await;
+    let patched = apply_patch(&response, job_pod);
+    let proxy = patched["spec"]["initContainers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "meshd-proxy"))
+        .unwrap_or_else(|| panic!("no native meshd-proxy in {patched}"));
+    assert_eq!(proxy["restartPolicy"], "Always", "{proxy}");
+}
+
+#[tokio::test]
 async fn other_kinds_and_undecodable_pods_are_denied_naming_what_is_wrong() {
     let server = Server::start(None).await;
     let mut client = server.client().await;
