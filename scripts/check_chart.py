@@ -331,6 +331,11 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
             f.expect(name not in env, f"{name} must be unset when maxConnections.{key} is")
         else:
             env_is(name, str(limits[key]))
+    pull_secrets = v["mesh"].get("imagePullSecrets") or []
+    if pull_secrets:
+        env_is("MESHD_IMAGE_PULL_SECRETS", ",".join(pull_secrets))
+    else:
+        f.expect("MESHD_IMAGE_PULL_SECRETS" not in env, "MESHD_IMAGE_PULL_SECRETS must be unset without mesh.imagePullSecrets")
     drain = seconds(v["drainPeriod"])
     f.expect(
         drain is not None and pod.get("terminationGracePeriodSeconds", 30) >= drain + 5,
@@ -654,6 +659,7 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("maxConnections.debug above the kernel's descriptor ceiling",
      {"maxConnections": {"debug": 2_000_000}}, ["maxConnections/debug"]),
     ("an unknown maxConnections listener", {"maxConnections": {"grpc": 10}}, ["grpc"]),
+    ("a pull secret that is not a Secret name", {"mesh": {"imagePullSecrets": ["Registry A"]}}, ["imagePullSecrets"]),
     # #11 E.3
     ("an unknown antiAffinity", {"antiAffinity": "sometimes"}, ["antiAffinity"]),
     ("antiAffinity required next to an affinity that replaces it",
@@ -669,6 +675,7 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("minAvailable 2 of 3 replicas", {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}),
     ("minAvailable 1 with a single replica (no budget)", {"replicaCount": 1}),
     ("one connection limit (the others left to meshd)", {"maxConnections": {"xds": 1048576}}),
+    ("pull secrets for the injected images", {"mesh": {"imagePullSecrets": ["registry-a", "registry-b"]}}),
 ]
 
 

@@ -75,6 +75,17 @@ pub struct InjectorArgs {
         value_name = "BOOL"
     )]
     pub rewrite_app_probes: bool,
+    /// Secrets for pulling the proxy and init images from a private
+    /// registry, added to the imagePullSecrets of every injected pod (each
+    /// must exist in the pod's own namespace): a comma-separated list of
+    /// names.
+    #[arg(
+        long,
+        env = "MESHD_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME,..."
+    )]
+    pub image_pull_secrets: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -438,6 +449,7 @@ mod tests {
         assert_eq!(
             shared,
             BTreeMap::from([
+                ("MESHD_IMAGE_PULL_SECRETS", injector("image_pull_secrets")),
                 ("MESHD_INIT_IMAGE", injector("init_image")),
                 ("MESHD_INJECT_XDS_ADDRESS", injector("inject_xds_address")),
                 ("MESHD_NATIVE_SIDECAR", injector("native_sidecar")),

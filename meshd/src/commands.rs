@@ -732,6 +732,7 @@ fn injector_config(args: &InjectorArgs) -> InjectorConfig {
         init_image: args.init_image.clone(),
         native_sidecar: args.native_sidecar,
         rewrite_app_probes: args.rewrite_app_probes,
+        image_pull_secrets: args.image_pull_secrets.clone(),
         ..InjectorConfig::default()
     };
     if let Some(address) = &args.inject_xds_address {

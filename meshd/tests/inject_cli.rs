@@ -93,3 +93,50 @@ fn a_run_error_names_its_cause_once() {
     assert!(!out.status.success(), "{stderr}");
     assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
 }
+
+/// Issue #11 E.2: the injected images come from a private registry, so
+/// the pull Secrets the mesh is given reach every injected pod, from the
+/// flag or from its MESHD_ variable (what the chart sets).
+#[test]
+fn pull_secrets_for_the_injected_images_reach_the_pod() {
+    let by_flag = inject(
+        POD,
+        &["-f", "-", "--image-pull-secrets", "registry-a,registry-b"],
+    );
+    let by_env = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["inject", "-f", "-"])
+            .env_remove("MESHD_LOG")
+            .env("MESHD_IMAGE_PULL_SECRETS", "registry-a,registry-b")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(POD.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for out in [by_flag, by_env] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pod: serde_yaml::Value = serde_yaml::from_str(&stdout).unwrap();
+        let names: Vec<&str> = pod["spec"]["imagePullSecrets"]
+            .as_sequence()
+            .expect("imagePullSecrets")
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["registry-a", "registry-b"], "{stdout}");
+    }
+    let without = inject(POD, &["-f", "-"]);
+    assert!(!String::from_utf8_lossy(&without.stdout).contains("imagePullSecrets"));
+}
