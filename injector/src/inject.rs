@@ -45,10 +45,15 @@
 //!   `spec.containers` are rewritten, only `httpGet` probes with scheme HTTP
 //!   and no `host`: HTTPS would need the proxy to originate TLS to the app;
 //!   a TCP probe is answered by the proxy's inbound listener anyway, which
-//!   accepts the connection whatever the mTLS mode; gRPC probes and exec
-//!   probes do not go through the proxy (exec does not use the network). A
-//!   probe whose port names no port of its container, or whose path is not
-//!   plain printable ASCII, is left as it is.
+//!   accepts the connection whatever the mTLS mode; exec probes do not use
+//!   the network. A probe whose port names no port of its container, or
+//!   whose path is not plain printable ASCII, is left as it is.
+//! - the app containers' gRPC probes pointed at 15021 too (their `port`
+//!   only; the service they name stays): the readiness listener forwards
+//!   the `grpc.health.v1.Health/Check` call, and no other, to the app's
+//!   port over plaintext HTTP/2 on loopback. Kubelet's call carries nothing
+//!   that says which port it was meant for, so a pod whose gRPC probes
+//!   reach more than one port is refused (with what to do instead).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,7 +71,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshd_controlplane::bootstrap::{
-    self, APP_HEALTH_PREFIX, AppProbe, BootstrapConfig, XdsProtocol,
+    self, APP_HEALTH_PREFIX, AppProbe, BootstrapConfig, GrpcProbe, XdsProtocol,
 };
 use meshd_controlplane::model::Interception;
 use meshd_controlplane::translate::ports;
@@ -199,6 +204,10 @@ pub struct Status {
     /// The probe paths the proxy serves for the app (`/app-health/…`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_probes: Vec<String>,
+    /// The app's gRPC probes pointed at the proxy's readiness port, as
+    /// `<container>/<livez|readyz|startupz>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_probes: Vec<String>,
 }
 
 /// Checks the mesh-wide settings, so a bad configuration is refused when
@@ -271,8 +280,10 @@ pub fn inject_patch(
     let overrides = annotations::parse(pod_annotations.unwrap_or(&empty))?;
     let prepared = Prepared::for_config(config)?;
     let rewrites = app_probe_rewrites(spec, &overrides, config);
-    let app_probes = rewrites.iter().map(|r| r.app.clone()).collect();
-    let plan = Plan::new(config, &prepared.defaults, &overrides, app_probes)?;
+    let probes = ProxiedProbes::of(spec, &rewrites)?;
+    let mut plan = Plan::new(config, &prepared.defaults, &overrides, probes.http)?;
+    plan.grpc_probe = probes.grpc;
+    plan.grpc_probes = probes.grpc_names;
     let service_account = service_account(spec)?;
     check_conflicts(spec, &plan)?;
     check_completes(pod, spec, &overrides, &plan)?;
@@ -782,9 +793,82 @@ struct ProbeRewrite {
     container: usize,
     /// The probe's field: `livenessProbe`, `readinessProbe`, `startupProbe`.
     field: &'static str,
-    /// The probe's `httpGet` as the pod has it.
-    http_get: HTTPGetAction,
-    app: AppProbe,
+    /// The last part of its path: `livez`, `readyz`, `startupz`.
+    kind: &'static str,
+    target: ProbeTarget,
+}
+
+#[derive(Clone, Debug)]
+enum ProbeTarget {
+    /// An `httpGet` probe, as the pod has it, and the path the proxy
+    /// serves it on.
+    Http {
+        http_get: HTTPGetAction,
+        app: AppProbe,
+    },
+    /// A `grpc` probe: the app's gRPC port it reaches, and how long kubelet
+    /// waits. Only its port changes (to the readiness port); the service it
+    /// names stays.
+    Grpc { port: u16, timeout: Duration },
+}
+
+/// What the proxy's bootstrap serves for the probes of a pod.
+struct ProxiedProbes {
+    http: Vec<AppProbe>,
+    grpc: Option<GrpcProbe>,
+    /// `<container>/<kind>` of each gRPC probe, for `meshd.io/status`.
+    grpc_names: Vec<String>,
+}
+
+impl ProxiedProbes {
+    /// Refuses gRPC probes of more than one port: kubelet's gRPC health
+    /// check carries no path or header that tells the proxy which port it
+    /// was meant for, so the readiness port can forward to one only.
+    fn of(spec: &PodSpec, rewrites: &[ProbeRewrite]) -> Result<ProxiedProbes> {
+        let mut probes = ProxiedProbes {
+            http: Vec::new(),
+            grpc: None,
+            grpc_names: Vec::new(),
+        };
+        let mut first_grpc: Option<&ProbeRewrite> = None;
+        for rewrite in rewrites {
+            let (port, timeout) = match &rewrite.target {
+                ProbeTarget::Http { app, .. } => {
+                    probes.http.push(app.clone());
+                    continue;
+                }
+                ProbeTarget::Grpc { port, timeout } => (*port, *timeout),
+            };
+            let name = &spec.containers[rewrite.container].name;
+            probes.grpc_names.push(format!("{name}/{}", rewrite.kind));
+            match (&mut probes.grpc, first_grpc) {
+                (Some(grpc), Some(first)) => {
+                    if grpc.port != port {
+                        let at = |r: &ProbeRewrite| {
+                            format!(
+                                "spec.containers[{}].{}.grpc.port",
+                                spec.containers[r.container].name, r.field
+                            )
+                        };
+                        return Err(InjectError::InvalidPod(format!(
+                            "{} is {} and {} is {port}: the proxy can carry the gRPC probes of one port only (kubelet's gRPC health check names nothing to tell ports apart by); accepted: gRPC probes on one port (one health service can answer for several services by name), or {}: \"false\" to leave the probes as they are (they then fail under STRICT mTLS)",
+                            at(first),
+                            grpc.port,
+                            at(rewrite),
+                            annotations::REWRITE_APP_PROBES
+                        )));
+                    }
+                    // One route for all of them: the longest wait.
+                    grpc.timeout = grpc.timeout.max(timeout);
+                }
+                _ => {
+                    probes.grpc = Some(GrpcProbe { port, timeout });
+                    first_grpc = Some(rewrite);
+                }
+            }
+        }
+        Ok(probes)
+    }
 }
 
 /// The probe fields rewritten, in the order of their JSON names (which is
@@ -828,17 +912,28 @@ fn probe_rewrites(spec: &PodSpec) -> Vec<ProbeRewrite> {
         let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
         for ((field, kind), probe) in PROBE_FIELDS.into_iter().zip(probes) {
             let Some(probe) = probe else { continue };
-            let Some(http_get) = &probe.http_get else {
-                continue;
+            let target = if let Some(http_get) = &probe.http_get {
+                app_probe(c, kind, http_get, probe.timeout_seconds).map(|app| ProbeTarget::Http {
+                    http_get: http_get.clone(),
+                    app,
+                })
+            } else if let Some(grpc) = &probe.grpc {
+                u16::try_from(grpc.port)
+                    .ok()
+                    .filter(|p| *p > 0 && !PROXY_PORTS.contains(p))
+                    .map(|port| ProbeTarget::Grpc {
+                        port,
+                        timeout: probe_timeout(probe.timeout_seconds),
+                    })
+            } else {
+                None
             };
-            let Some(app) = app_probe(c, kind, http_get, probe.timeout_seconds) else {
-                continue;
-            };
+            let Some(target) = target else { continue };
             rewrites.push(ProbeRewrite {
                 container: index,
                 field,
-                http_get: http_get.clone(),
-                app,
+                kind,
+                target,
             });
         }
     }
@@ -879,15 +974,20 @@ fn app_probe(
     {
         return None;
     }
-    let timeout = u64::try_from(timeout_seconds.unwrap_or(1))
-        .unwrap_or(1)
-        .max(1);
     Some(AppProbe {
         path: format!("{APP_HEALTH_PREFIX}{}/{kind}", c.name),
         port,
         original_path,
-        timeout: Duration::from_secs(timeout),
+        timeout: probe_timeout(timeout_seconds),
     })
+}
+
+/// A probe's `timeoutSeconds` as kubelet reads it: 1 when unset, at least 1.
+fn probe_timeout(timeout_seconds: Option<i32>) -> Duration {
+    let seconds = u64::try_from(timeout_seconds.unwrap_or(1))
+        .unwrap_or(1)
+        .max(1);
+    Duration::from_secs(seconds)
 }
 
 /// The port a probe reaches, as kubelet resolves it: a number, or the name
@@ -923,6 +1023,9 @@ struct Plan {
     concurrency: u32,
     /// The app probes the proxy serves; they are part of its bootstrap.
     app_probes: Vec<AppProbe>,
+    /// Where the app's gRPC probes go, and which they are (`<container>/<kind>`).
+    grpc_probe: Option<GrpcProbe>,
+    grpc_probes: Vec<String>,
 }
 
 /// Picks the pod's value over the mesh's and checks request <= limit, as
@@ -1065,6 +1168,8 @@ impl Plan {
                 .unwrap_or_else(|| defaults.log_level.to_string()),
             concurrency: overrides.concurrency.unwrap_or(defaults.concurrency),
             app_probes,
+            grpc_probe: None,
+            grpc_probes: Vec::new(),
         })
     }
 
@@ -1445,11 +1550,12 @@ impl RenderedJson {
 
 impl Rendered {
     fn new(plan: Plan, config: &InjectorConfig, defaults: &MeshDefaults) -> Result<Rendered> {
-        let proxy = if plan.app_probes.is_empty() {
+        let proxy = if plan.app_probes.is_empty() && plan.grpc_probe.is_none() {
             plan.proxy_container(config, &defaults.bootstrap)
         } else {
             let mut bootstrap = defaults.bootstrap_config.clone();
             bootstrap.app_probes = plan.app_probes.clone();
+            bootstrap.grpc_probe = plan.grpc_probe.clone();
             plan.proxy_container(config, &render_bootstrap(&bootstrap))
         };
         let init = plan.init_container(config);
@@ -1468,6 +1574,7 @@ impl Rendered {
         }
         status.volumes.push(IDENTITY_VOLUME.to_string());
         status.app_probes = plan.app_probes.iter().map(|p| p.path.clone()).collect();
+        status.grpc_probes = plan.grpc_probes.clone();
         let status = serde_json::to_string(&status).map_err(|e| {
             InjectError::InvalidPod(format!(
                 "the {} annotation cannot be serialised: {e}",
@@ -1735,13 +1842,34 @@ impl PodPatch {
     /// Points the probe of `rewrite` at the proxy: its `httpGet` path, port
     /// and scheme, each added or replaced only when it differs.
     fn rewrite_probe(&mut self, rewrite: &ProbeRewrite, index: usize) {
-        let original = &rewrite.http_get;
+        let probe_path = || {
+            let mut path = PointerBuf::from_tokens(["spec", "containers"]);
+            path.push_back(index);
+            path.push_back(rewrite.field);
+            path
+        };
+        let (original, app) = match &rewrite.target {
+            ProbeTarget::Http { http_get, app } => (http_get, app),
+            ProbeTarget::Grpc { .. } => {
+                // `port` is a required field of a gRPC probe, and differs
+                // (a probe of the readiness port is not rewritten).
+                let mut path = probe_path();
+                path.push_back("grpc");
+                path.push_back("port");
+                self.operations.push(Operation {
+                    op: Op::Replace,
+                    path,
+                    value: Some(PatchValue::Value(Value::from(ports::READINESS))),
+                });
+                return;
+            }
+        };
         let port = Value::from(ports::READINESS);
         let fields = [
             (
                 "path",
                 original.path.as_deref().map(Value::from),
-                Value::from(rewrite.app.path.as_str()),
+                Value::from(app.path.as_str()),
             ),
             (
                 "port",
@@ -1763,9 +1891,7 @@ impl PodPatch {
                 Some(before) if before != after => Op::Replace,
                 Some(_) => continue,
             };
-            let mut path = PointerBuf::from_tokens(["spec", "containers"]);
-            path.push_back(index);
-            path.push_back(rewrite.field);
+            let mut path = probe_path();
             path.push_back("httpGet");
             path.push_back(key);
             self.operations.push(Operation {
@@ -1953,16 +2079,17 @@ mod tests {
             let overrides =
                 annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)).unwrap();
             let spec = pod.spec.as_ref().unwrap();
-            let app_probes = app_probe_rewrites(spec, &overrides, config)
-                .into_iter()
-                .map(|r| r.app)
-                .collect();
-            let plan = Plan::new(config, &defaults, &overrides, app_probes).unwrap();
-            let bootstrap = if plan.app_probes.is_empty() {
+            let rewrites = app_probe_rewrites(spec, &overrides, config);
+            let probes = ProxiedProbes::of(spec, &rewrites).unwrap();
+            let mut plan = Plan::new(config, &defaults, &overrides, probes.http).unwrap();
+            plan.grpc_probe = probes.grpc;
+            plan.grpc_probes = probes.grpc_names;
+            let bootstrap = if plan.app_probes.is_empty() && plan.grpc_probe.is_none() {
                 defaults.bootstrap.clone()
             } else {
                 let mut bootstrap = defaults.bootstrap_config.clone();
                 bootstrap.app_probes = plan.app_probes.clone();
+                bootstrap.grpc_probe = plan.grpc_probe.clone();
                 render_bootstrap(&bootstrap)
             };
             apply(
@@ -2008,6 +2135,10 @@ mod tests {
                     (&mut c.startup_probe, "startupz"),
                 ];
                 for (probe, kind) in probes {
+                    if plan.grpc_probes.contains(&format!("{name}/{kind}")) {
+                        probe.as_mut().unwrap().grpc.as_mut().unwrap().port = 15021;
+                        continue;
+                    }
                     let path = format!("/app-health/{name}/{kind}");
                     if !plan.app_probes.iter().any(|p| p.path == path) {
                         continue;
@@ -2052,6 +2183,7 @@ mod tests {
                 .push(identity_volume(service_account));
             status.volumes.push(IDENTITY_VOLUME.to_string());
             status.app_probes = plan.app_probes.iter().map(|p| p.path.clone()).collect();
+            status.grpc_probes = plan.grpc_probes.clone();
             for name in &config.image_pull_secrets {
                 let secrets = spec.image_pull_secrets.get_or_insert_with(Vec::new);
                 if !secrets.iter().any(|s| s.name == *name) {
@@ -2935,6 +3067,28 @@ mod tests {
         v
     }
 
+    /// `web()` as Online Boutique's services are probed: gRPC readiness
+    /// and liveness on the app's gRPC port (one naming a service, with its
+    /// own timeout), an HTTP startup probe, and the logger's gRPC probe of
+    /// the proxy's own readiness port.
+    fn grpc_probed() -> Value {
+        let mut v = web();
+        v["spec"]["containers"][0]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "grpc", "containerPort": 9555}));
+        v["spec"]["containers"][0]["readinessProbe"] =
+            json!({"grpc": {"port": 9555}, "periodSeconds": 5});
+        v["spec"]["containers"][0]["livenessProbe"] = json!({
+            "grpc": {"port": 9555, "service": "hipstershop.CartService"},
+            "initialDelaySeconds": 15, "timeoutSeconds": 4,
+        });
+        v["spec"]["containers"][0]["startupProbe"] =
+            json!({"httpGet": {"path": "/started", "port": "http"}});
+        v["spec"]["containers"][1]["readinessProbe"] = json!({"grpc": {"port": 15021}});
+        v
+    }
+
     /// Pods of every shape the patch treats differently.
     fn shapes() -> Vec<(&'static str, Value)> {
         let remove = |mut v: Value, pointer: &str, key: &str| {
@@ -3025,6 +3179,11 @@ mod tests {
                 ),
             ),
             ("probes", probed()),
+            ("grpc probes", grpc_probed()),
+            (
+                "grpc probes, not rewritten",
+                annotate(grpc_probed(), &[(REWRITE_APP_PROBES, "false")]),
+            ),
             (
                 "pull secrets",
                 with(
@@ -3231,6 +3390,14 @@ mod tests {
                     probed(),
                     "/spec/containers/0/readinessProbe",
                     json!({"grpc": {"port": 8080}}),
+                ),
+            ),
+            (
+                "grpc probes on two ports",
+                with(
+                    grpc_probed(),
+                    "/spec/containers/1/readinessProbe",
+                    json!({"grpc": {"port": 9556}}),
                 ),
             ),
             (
@@ -3490,6 +3657,112 @@ mod tests {
             let status = &pod.metadata.annotations.as_ref().unwrap()[STATUS];
             assert!(!status.contains("appProbes"), "{status}");
         }
+    }
+
+    #[test]
+    fn app_grpc_probes_go_through_the_proxys_readiness_port() {
+        for config in [config(), classic()] {
+            let (pod, _) = injected(grpc_probed(), &config);
+            let original = self::pod(grpc_probed());
+            let shift = usize::from(!config.native_sidecar);
+            // Only the port changes: the service named, the timings and
+            // the rest of the probe are the pod's.
+            for field in ["readinessProbe", "livenessProbe"] {
+                let mut expected = probe(&original, 0, field).unwrap().clone();
+                expected.grpc.as_mut().unwrap().port = 15021;
+                assert_eq!(probe(&pod, shift, field), Some(&expected), "{field}");
+            }
+            assert_eq!(
+                probe(&pod, shift, "livenessProbe")
+                    .unwrap()
+                    .grpc
+                    .as_ref()
+                    .unwrap()
+                    .service
+                    .as_deref(),
+                Some("hipstershop.CartService")
+            );
+            // The HTTP probe in the same pod as before; a gRPC probe of
+            // the proxy's port is left alone.
+            let startup = probe(&pod, shift, "startupProbe").unwrap();
+            assert_eq!(
+                startup.http_get.as_ref().unwrap().path.as_deref(),
+                Some("/app-health/app/startupz")
+            );
+            assert_eq!(
+                probe(&pod, shift + 1, "readinessProbe"),
+                probe(&original, 1, "readinessProbe")
+            );
+
+            // The bootstrap forwards the health check, and only it, to the
+            // app's gRPC port, waiting as long as the most patient probe.
+            let proxy = container(&pod, PROXY_CONTAINER);
+            let bootstrap: Value =
+                serde_json::from_str(arg_after(proxy, "--config-yaml").unwrap()).unwrap();
+            let listener = &bootstrap["static_resources"]["listeners"][0];
+            assert_eq!(listener["address"]["socket_address"]["port_value"], 15021);
+            let routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                ["virtual_hosts"][0]["routes"]
+                .as_array()
+                .unwrap();
+            let grpc: Vec<&Value> = routes
+                .iter()
+                .filter(|r| r["match"].get("grpc").is_some())
+                .collect();
+            assert_eq!(grpc.len(), 1, "{routes:?}");
+            assert_eq!(grpc[0]["match"]["path"], "/grpc.health.v1.Health/Check");
+            assert_eq!(grpc[0]["route"]["cluster"], "app-grpc-probe|9555");
+            assert_eq!(grpc[0]["route"]["timeout"], "4.000s");
+            let clusters = bootstrap["static_resources"]["clusters"]
+                .as_array()
+                .unwrap();
+            assert!(
+                clusters.iter().any(|c| c["name"] == "app-grpc-probe|9555"),
+                "{clusters:?}"
+            );
+            let status: Status =
+                serde_json::from_str(&pod.metadata.annotations.as_ref().unwrap()[STATUS]).unwrap();
+            assert_eq!(status.grpc_probes, ["app/livez", "app/readyz"]);
+            assert_eq!(status.app_probes, ["/app-health/app/startupz"]);
+
+            // Opted out: the probes are the pod's, the bootstrap has none.
+            let v = annotate(grpc_probed(), &[(REWRITE_APP_PROBES, "false")]);
+            let (off, _) = injected(v, &config);
+            for field in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                assert_eq!(probe(&off, shift, field), probe(&original, 0, field));
+            }
+            let proxy = container(&off, PROXY_CONTAINER);
+            assert!(
+                !arg_after(proxy, "--config-yaml")
+                    .unwrap()
+                    .contains("grpc.health")
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_probes_of_two_ports_are_refused_saying_what_to_do() {
+        let v = with(
+            grpc_probed(),
+            "/spec/containers/1/readinessProbe",
+            json!({"grpc": {"port": 9556}}),
+        );
+        assert_eq!(
+            inject(&pod(v.clone()), "shop", &config())
+                .unwrap_err()
+                .to_string(),
+            "the pod cannot be injected: spec.containers[app].livenessProbe.grpc.port is 9555 and spec.containers[logger].readinessProbe.grpc.port is 9556: the proxy can carry the gRPC probes of one port only (kubelet's gRPC health check names nothing to tell ports apart by); accepted: gRPC probes on one port (one health service can answer for several services by name), or meshd.io/rewrite-app-probes: \"false\" to leave the probes as they are (they then fail under STRICT mTLS)"
+        );
+        let (pod, _) = injected(annotate(v, &[(REWRITE_APP_PROBES, "false")]), &config());
+        assert_eq!(
+            probe(&pod, 1, "readinessProbe")
+                .unwrap()
+                .grpc
+                .as_ref()
+                .unwrap()
+                .port,
+            9556
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshd_api::sidecar::bootstrap::{AppProbe, BootstrapConfig, XdsProtocol};
+use meshd_api::sidecar::bootstrap::{AppProbe, BootstrapConfig, GrpcProbe, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
@@ -57,11 +57,26 @@ impl Sidecar<'_> {
         work: &Path,
         probes: &[AppProbe],
     ) -> anyhow::Result<Envoy> {
+        self.start_with_grpc_probe(pod, pki, envoy, work, probes, None)
+    }
+
+    /// [`Self::start_with_probes`], the readiness port also forwarding
+    /// the app's gRPC probes to `grpc_probe`.
+    pub fn start_with_grpc_probe(
+        &self,
+        pod: &NetPod,
+        pki: &Pki,
+        envoy: &Path,
+        work: &Path,
+        probes: &[AppProbe],
+        grpc_probe: Option<GrpcProbe>,
+    ) -> anyhow::Result<Envoy> {
         let mut config = BootstrapConfig::new(self.namespace, self.name);
         config.xds_host = HUB_IP.to_string();
         config.xds_port = 15010;
         config.xds_protocol = self.protocol;
         config.app_probes = probes.to_vec();
+        config.grpc_probe = grpc_probe;
         pki.provision(&mut config, self.name, work, Some(PROXY_UID))?;
         let bootstrap = crate::write_bootstrap(work, &config)?;
         Envoy::start(
@@ -150,6 +165,8 @@ pub struct PodSpec<'a> {
 pub struct Extras<'a> {
     /// App probes for a pod's sidecar bootstrap: (pod name, probe).
     pub probes: &'a [(&'a str, AppProbe)],
+    /// Where a pod's sidecar forwards the app's gRPC probes: (pod name, probe).
+    pub grpc_probes: &'a [(&'a str, GrpcProbe)],
     /// Pods without capture or sidecar, like kubelet or a client outside
     /// the mesh: (name, host), at `198.18.0.<host>`.
     pub outsiders: &'a [(&'a str, u8)],
@@ -270,9 +287,14 @@ impl TestMesh {
                 .filter(|(pod, _)| pod == name)
                 .map(|(_, probe)| probe.clone())
                 .collect();
+            let grpc_probe = extras
+                .grpc_probes
+                .iter()
+                .find(|(pod, _)| pod == name)
+                .map(|(_, probe)| probe.clone());
             envoys.push(
                 sidecar
-                    .start_with_probes(pod, &pki, &envoy_bin, work.path(), &probes)
+                    .start_with_grpc_probe(pod, &pki, &envoy_bin, work.path(), &probes, grpc_probe)
                     .unwrap(),
             );
         }

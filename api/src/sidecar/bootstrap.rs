@@ -14,6 +14,17 @@
 //! ```text
 //! kubelet ──GET :15021/app-health/web/readyz──> readiness listener ──GET /ready──> 127.0.0.1:8080 (cluster app-probe|8080)
 //! ```
+//!
+//! It serves the app's gRPC probes too. A gRPC probe has no path of its
+//! own to route by (kubelet always calls `grpc.health.v1.Health/Check`,
+//! naming the service in the request body), so the injector points them
+//! at 15021 only when they all reach one app port, and the listener (which
+//! reads HTTP/1.1 and plaintext HTTP/2 alike) forwards that one method,
+//! and nothing else, to the app over HTTP/2 on loopback:
+//!
+//! ```text
+//! kubelet ──h2c POST :15021/grpc.health.v1.Health/Check──> readiness listener ──h2c──> 127.0.0.1:9555 (cluster app-grpc-probe|9555)
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -67,6 +78,27 @@ pub struct BootstrapConfig {
     /// The app's HTTP probes served on the readiness port (see the module
     /// documentation).
     pub app_probes: Vec<AppProbe>,
+    /// Where the app's gRPC probes, sent to the readiness port, go.
+    pub grpc_probe: Option<GrpcProbe>,
+}
+
+/// The app's gRPC health service, which kubelet's gRPC probes reach through
+/// the proxy's readiness port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcProbe {
+    /// The app's gRPC port, reached on 127.0.0.1.
+    pub port: u16,
+    /// How long the proxy waits for the app's answer.
+    pub timeout: Duration,
+}
+
+/// The one method a gRPC probe calls, and the only one the readiness port
+/// forwards: the app's other methods stay behind mTLS.
+pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// The static cluster that reaches the app's gRPC `port` for its probes.
+pub fn app_grpc_probe_cluster(port: u16) -> String {
+    format!("app-grpc-probe|{port}")
 }
 
 /// One app HTTP probe that kubelet sends to the proxy's readiness port.
@@ -118,6 +150,7 @@ impl BootstrapConfig {
             identity_dir: None,
             control_plane_id: DEFAULT_CONTROL_PLANE_ID.to_string(),
             app_probes: Vec::new(),
+            grpc_probe: None,
         }
     }
 
@@ -209,6 +242,18 @@ fn app_probe_route(probe: &AppProbe) -> Value {
             "cluster": app_probe_cluster(probe.port),
             "prefix_rewrite": probe.original_path,
             "timeout": timeout,
+        },
+    })
+}
+
+/// The route of the app's gRPC probes: only gRPC calls of the health
+/// check method.
+fn grpc_probe_route(probe: &GrpcProbe) -> Value {
+    json!({
+        "match": { "path": GRPC_HEALTH_CHECK, "grpc": {} },
+        "route": {
+            "cluster": app_grpc_probe_cluster(probe.port),
+            "timeout": format!("{}.{:03}s", probe.timeout.as_secs(), probe.timeout.subsec_millis()),
         },
     })
 }
@@ -358,7 +403,25 @@ pub fn render(config: &BootstrapConfig) -> Value {
         ),
     ];
     clusters.extend(app_probe_clusters(&config.app_probes));
-    let probe_routes = config.app_probes.iter().map(app_probe_route).collect();
+    let mut probe_routes: Vec<Value> = config.app_probes.iter().map(app_probe_route).collect();
+    if let Some(probe) = &config.grpc_probe {
+        // Plaintext HTTP/2 to the app: gRPC needs it, and there is no
+        // keepalive to configure for a connection kubelet opens per probe.
+        let mut cluster = static_cluster(
+            &app_grpc_probe_cluster(probe.port),
+            "127.0.0.1",
+            probe.port,
+            false,
+        );
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            }
+        });
+        clusters.push(cluster);
+        probe_routes.push(grpc_probe_route(probe));
+    }
     json!({
         "node": {
             "id": config.node_id(),
@@ -477,5 +540,40 @@ mod tests {
                 .is_none()
         );
         assert!(clusters[3].get("transport_socket").is_none());
+    }
+
+    #[test]
+    fn grpc_probes_are_routed_on_the_readiness_listener_to_the_apps_grpc_port() {
+        let mut config = BootstrapConfig::new("shop", "cart-0");
+        config.grpc_probe = Some(GrpcProbe {
+            port: 7070,
+            timeout: Duration::from_secs(5),
+        });
+        let v = render(&config);
+        let routes = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes.as_array().unwrap().len(), 2);
+        // Only gRPC calls of the health check, nothing else of the app.
+        assert_eq!(
+            routes[1]["match"],
+            json!({ "path": "/grpc.health.v1.Health/Check", "grpc": {} })
+        );
+        assert_eq!(routes[1]["route"]["cluster"], "app-grpc-probe|7070");
+        assert_eq!(routes[1]["route"]["timeout"], "5.000s");
+        assert!(routes[1]["route"].get("prefix_rewrite").is_none());
+        let clusters = v["static_resources"]["clusters"].as_array().unwrap();
+        let cluster = &clusters[2];
+        assert_eq!(cluster["name"], "app-grpc-probe|7070");
+        let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        assert_eq!(address["address"], "127.0.0.1");
+        assert_eq!(address["port_value"], 7070);
+        // HTTP/2 in plaintext.
+        let options = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert_eq!(
+            options["explicit_http_config"],
+            json!({ "http2_protocol_options": {} })
+        );
+        assert!(cluster.get("transport_socket").is_none());
     }
 }
