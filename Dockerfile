@@ -34,6 +34,7 @@ COPY ca/Cargo.toml ca/
 COPY api/Cargo.toml api/
 COPY controlplane/Cargo.toml controlplane/
 COPY injector/Cargo.toml injector/
+COPY k8s/Cargo.toml k8s/
 COPY meshd/Cargo.toml meshd/
 COPY tests/Cargo.toml tests/
 RUN set -eu; \

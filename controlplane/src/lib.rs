@@ -17,18 +17,15 @@
 /// The sidecar's Envoy bootstrap, now in `meshd-api` (the injector renders it
 /// without the control plane); the old path stays while callers move.
 pub use meshd_api::sidecar::bootstrap;
-pub mod ca_secret;
 pub mod certificates;
 pub mod debug;
 pub mod discovery;
 pub mod identity;
-pub mod leader;
 pub mod model;
 pub mod server;
 pub mod serving;
 pub mod tls;
 pub mod translate;
-pub mod webhook_ca;
 pub mod xds;
 
 /// The shutdown signal the long-running tasks take (leader election, the

@@ -57,8 +57,21 @@ pub enum Source {
     Embedded,
     /// A directory of Kubernetes manifests, watched for changes.
     Files(PathBuf),
-    /// The Kubernetes API.
-    Kubernetes(kube::Client),
+    /// A source outside the core: the Kubernetes API (`meshd-k8s`), or any
+    /// other that builds meshes with a [`crate::discovery::index::Index`].
+    Custom(Box<dyn MeshSource>),
+}
+
+/// A discovery source the core runs without knowing its insides. It sends
+/// whole meshes on `meshes`: the first once it has everything (until then
+/// the control plane is not ready), then at most one per `settle`, and
+/// returns when `meshes` has no receiver left.
+pub trait MeshSource: Send {
+    fn run(
+        self: Box<Self>,
+        meshes: watch::Sender<Arc<Mesh>>,
+        settle: Duration,
+    ) -> futures::future::BoxFuture<'static, ()>;
 }
 
 pub struct Options {
@@ -134,16 +147,12 @@ impl ControlPlane {
 
         let settle = options.debounce.min(Duration::from_millis(100));
         let mut tasks = Vec::new();
-        let registry_source = !matches!(options.source, Source::Kubernetes(_));
+        let registry_source = !matches!(options.source, Source::Custom(_));
         let registry = match options.source {
             Source::Embedded => Some((FileRegistry::embedded(), PathBuf::new())),
             Source::Files(dir) => Some((FileRegistry::new(&dir), dir)),
-            Source::Kubernetes(client) => {
-                tasks.push(tokio::spawn(crate::discovery::kubernetes::run(
-                    client,
-                    mesh_tx.clone(),
-                    settle,
-                )));
+            Source::Custom(source) => {
+                tasks.push(tokio::spawn(source.run(mesh_tx.clone(), settle)));
                 None
             }
         };
@@ -165,8 +174,9 @@ impl ControlPlane {
             // The registry was read before the first snapshot.
             lifecycle.set_synced();
         } else {
-            // The Kubernetes source publishes once every kind is listed;
-            // until then the first snapshot is an empty mesh.
+            // A custom source publishes once it has everything (the
+            // Kubernetes source: every kind listed); until then the first
+            // snapshot is an empty mesh.
             let mut first_view = snapshots.clone();
             let lifecycle = lifecycle.clone();
             tasks.push(tokio::spawn(async move {

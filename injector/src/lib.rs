@@ -16,7 +16,6 @@ pub mod capture;
 pub mod config;
 pub mod identity;
 pub mod inject;
-pub mod kube_identity;
 pub mod offline;
 pub mod validate;
 pub mod webhook;

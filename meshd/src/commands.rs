@@ -7,19 +7,18 @@ use meshd_api::annotations::workload::MtlsMode;
 use meshd_api::sidecar::bootstrap::{self, BootstrapConfig, XdsProtocol};
 use meshd_ca::{Authority, DirStore, PlugInFiles, SpiffeId};
 use meshd_controlplane::CancellationToken;
-use meshd_controlplane::ca_secret;
-use meshd_controlplane::discovery::events;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
-use meshd_controlplane::leader::{LeaderElection, LeaseConfig};
 use meshd_controlplane::server::{
     ControlPlane, DebugEndpoints, ListenerLimits, Options, Source, TlsOptions,
 };
 use meshd_controlplane::serving::{ConnectionCaps, Limits};
 use meshd_controlplane::tls::ServerIdentity;
-use meshd_controlplane::webhook_ca::{self, WebhookConfigurations};
 use meshd_injector::capture::{self, CaptureConfig};
 use meshd_injector::config::InjectorConfig;
-use meshd_injector::kube_identity::{self, SecretProvisioner};
+use meshd_k8s::identity_secrets::{self, SecretProvisioner};
+use meshd_k8s::leader::{LeaderElection, LeaseConfig};
+use meshd_k8s::webhook_ca::{self, WebhookConfigurations};
+use meshd_k8s::{ca_secret, events};
 
 use crate::args::{
     Args, BootstrapArgs, CaArgs, CaptureArgs, Command, HaArgs, InjectArgs, InjectorArgs, LimitArgs,
@@ -163,7 +162,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             let source = match client {
                 Some(client) => {
                     tracing::info!("discovering the mesh from the Kubernetes API");
-                    Source::Kubernetes(client)
+                    Source::Custom(Box::new(meshd_k8s::watch::WatchSource(client)))
                 }
                 None => match &args.registry {
                     Some(dir) => {
@@ -226,7 +225,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                             .map(|w| (w.namespace.clone(), w.service_account.clone()))
                             .collect()
                     };
-                    background.push(tokio::spawn(kube_identity::keep_current(
+                    background.push(tokio::spawn(identity_secrets::keep_current(
                         provisioner.clone(),
                         accounts,
                         leading.clone(),

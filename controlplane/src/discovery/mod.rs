@@ -7,14 +7,13 @@
 //!   routing.
 //! - [`file`]: the file registry source (a directory of manifests, or the
 //!   embedded default).
-//! - [`kubernetes`]: the API server, through kube-rs watchers.
-//! - [`events`]: Kubernetes Events on objects whose routing annotations
-//!   are rejected.
+//! - [`kubernetes`]: the index of the Kubernetes API source, whose watchers
+//!   (kube-rs) live in `meshd-k8s`, outside the core.
 //!
 //! A source publishes whole [`crate::model::Mesh`] snapshots on a
-//! `tokio::sync::watch` channel; the xDS server subscribes to it.
+//! `tokio::sync::watch` channel; the xDS server subscribes to it. Sources
+//! outside the core plug in as a [`crate::server::MeshSource`].
 
-pub mod events;
 pub mod file;
 pub mod index;
 pub mod kubernetes;

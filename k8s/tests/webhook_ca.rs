@@ -13,7 +13,7 @@ use fake_api::FakeApi;
 use http::Method;
 use meshd_ca::{Authority, DirStore};
 use meshd_controlplane::identity::{Identity, IdentityConfig};
-use meshd_controlplane::webhook_ca::{self, WebhookConfigurations};
+use meshd_k8s::webhook_ca::{self, WebhookConfigurations};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -23,12 +23,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use meshd_api::sidecar::bootstrap::{identity_file_names as files, identity_files};
 use meshd_ca::{Authority, SpiffeId};
-use meshd_controlplane::CancellationToken;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{IDENTITY_MOUNT, identity_secret_name};
-use crate::identity::IdentityProvisioner;
+use meshd_injector::config::{IDENTITY_MOUNT, identity_secret_name};
+use meshd_injector::identity::IdentityProvisioner;
 
 const FIELD_MANAGER: &str = "meshd";
 const SERVICE_ACCOUNT_LABEL: &str = "meshd.io/service-account";

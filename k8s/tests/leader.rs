@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use http::Method;
-use meshd_controlplane::leader::{LEASE_DURATION, LeaderElection, LeaseConfig};
+use meshd_k8s::leader::{LEASE_DURATION, LeaderElection, LeaseConfig};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -1,5 +1,5 @@
 //! The Kubernetes source end to end through `kube::Client`: the real
-//! watchers and index of `discovery::kubernetes::run`, against a scripted
+//! watchers and index of `meshd_k8s::watch::run`, against a scripted
 //! API server that speaks kube-apiserver's list and watch wire format.
 //!
 //! ```text
@@ -26,8 +26,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
-use meshd_controlplane::discovery::kubernetes;
 use meshd_controlplane::model::{Mesh, ServiceKey};
+use meshd_k8s::watch as kubernetes;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;

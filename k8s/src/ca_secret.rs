@@ -426,7 +426,7 @@ pub fn follow(
     client: kube::Client,
     namespace: &str,
     name: &str,
-    identity: Arc<crate::identity::Identity>,
+    identity: Arc<meshd_controlplane::identity::Identity>,
     mut leading: watch::Receiver<bool>,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -472,7 +472,7 @@ pub async fn follow_once(
     api: &Api<Secret>,
     secret: &str,
     name: &str,
-    identity: &crate::identity::Identity,
+    identity: &meshd_controlplane::identity::Identity,
 ) -> Result<bool> {
     let found = api.get_opt(name).await.map_err(|source| Error::Read {
         secret: secret.to_string(),

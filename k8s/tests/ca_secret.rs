@@ -13,7 +13,7 @@ use base64_free::decode;
 use fake_api::FakeApi;
 use http::Method;
 use meshd_ca::{Authority, DirStore};
-use meshd_controlplane::ca_secret;
+use meshd_k8s::ca_secret;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

@@ -300,8 +300,8 @@ fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ServiceKey;
     use meshd_api::annotations::routing::{self, Annotations};
+    use meshd_api::names::ServiceKey;
 
     fn ann(pairs: &[(&str, &str)]) -> Annotations {
         pairs

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::identity::Identity;
+use meshd_controlplane::identity::Identity;
 
 const FIELD_MANAGER: &str = "meshd";
 /// How often the leader re-checks the bundles when all is well (someone
