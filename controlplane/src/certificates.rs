@@ -20,9 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_ca::{MIN_WORKLOAD_TTL, SpiffeId};
-use meshd_proto::ca::v1::certificate_service_server::{
-    CertificateService as CertificateServiceApi, CertificateServiceServer,
-};
 use meshd_proto::ca::v1::{CreateCertificateRequest, CreateCertificateResponse};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -70,8 +67,10 @@ impl CertificateService {
         CertificateService { identity, metrics }
     }
 
-    pub fn into_service(self) -> CertificateServiceServer<Self> {
-        CertificateServiceServer::new(self)
+    pub fn into_service(self) -> CertificateServer {
+        CertificateServer {
+            service: Arc::new(self),
+        }
     }
 
     /// Signs `request` for `caller` (the identity its client certificate
@@ -206,18 +205,148 @@ fn split_pem(pem: &str) -> Vec<String> {
     certs
 }
 
-#[tonic::async_trait]
-impl CertificateServiceApi for CertificateService {
-    #[tracing::instrument(name = "csr", skip_all, fields(caller = tracing::field::Empty))]
-    async fn create_certificate(
-        &self,
-        request: tonic::Request<CreateCertificateRequest>,
-    ) -> Result<tonic::Response<CreateCertificateResponse>, Status> {
+// ---- the gRPC method, decoded by hand ------------------------------------
+//
+// The generated server decodes `csr_pem` as a protobuf `string`, and prost
+// fails a whole message whose string is not UTF-8 with a decode error that
+// tonic answers as INTERNAL: the caller's mistake would look like ours. So
+// the request is decoded as `WireRequest` (the same message, `csr_pem` as
+// `bytes`, which is wire-compatible), and text is checked here, where the
+// error can name the field.
+
+/// The gRPC path of `CreateCertificate`.
+const CREATE_CERTIFICATE_PATH: &str = "/meshd.ca.v1.CertificateService/CreateCertificate";
+
+/// `CreateCertificateRequest` as it arrives on the wire: field 1 as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    csr_pem: Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    requested_ttl: Option<meshd_proto::Duration>,
+}
+
+impl TryFrom<WireRequest> for CreateCertificateRequest {
+    type Error = Status;
+
+    fn try_from(wire: WireRequest) -> Result<Self, Status> {
+        let csr_pem = String::from_utf8(wire.csr_pem).map_err(|e| {
+            Status::invalid_argument(format!(
+                "csr_pem: not UTF-8 text (invalid byte at offset {}); accepted: a PEM PKCS#10 \
+                 request (-----BEGIN CERTIFICATE REQUEST-----)",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        Ok(CreateCertificateRequest {
+            csr_pem,
+            requested_ttl: wire.requested_ttl,
+        })
+    }
+}
+
+/// Protobuf encoding of the response, decoding of [`WireRequest`]; a body
+/// that is not a `CreateCertificateRequest` at all is the caller's error.
+#[derive(Clone, Copy, Debug, Default)]
+struct CsrCodec;
+
+impl tonic::codec::Codec for CsrCodec {
+    type Encode = CreateCertificateResponse;
+    type Decode = WireRequest;
+    type Encoder = CsrCodec;
+    type Decoder = CsrCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        CsrCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CsrCodec
+    }
+}
+
+impl tonic::codec::Encoder for CsrCodec {
+    type Item = CreateCertificateResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: CreateCertificateResponse,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        prost::Message::encode(&item, dst)
+            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+impl tonic::codec::Decoder for CsrCodec {
+    type Item = WireRequest;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<WireRequest>, Status> {
+        <WireRequest as prost::Message>::decode(src)
+            .map(Some)
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "the request is not a meshd.ca.v1.CreateCertificateRequest: {e}"
+                ))
+            })
+    }
+}
+
+/// `meshd.ca.v1.CertificateService`, mounted next to ADS.
+#[derive(Clone, Debug)]
+pub struct CertificateServer {
+    service: Arc<CertificateService>,
+}
+
+impl tonic::server::NamedService for CertificateServer {
+    const NAME: &'static str = "meshd.ca.v1.CertificateService";
+}
+
+impl tonic::server::UnaryService<WireRequest> for CertificateServer {
+    type Response = CreateCertificateResponse;
+    type Future = std::future::Ready<Result<tonic::Response<CreateCertificateResponse>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<WireRequest>) -> Self::Future {
+        let span = tracing::info_span!("csr", caller = tracing::field::Empty);
+        let _entered = span.enter();
         let caller = request
             .peer_certs()
             .and_then(|certs| crate::identity::peer_identity(certs.first()?));
-        self.create(caller, request.get_ref())
-            .map(tonic::Response::new)
+        let result = CreateCertificateRequest::try_from(request.into_inner())
+            .and_then(|request| self.service.create(caller, &request))
+            .map(tonic::Response::new);
+        std::future::ready(result)
+    }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for CertificateServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != CREATE_CERTIFICATE_PATH {
+            let path = request.uri().path().to_string();
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!("no such method: {path}")).into_http())
+            });
+        }
+        let server = self.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(CsrCodec);
+            Ok(grpc.unary(server, request).await)
+        })
     }
 }
 
@@ -318,6 +447,55 @@ mod tests {
         assert!(!leaf.is_ca());
         assert_eq!(service.metrics.issued.get(), 1);
         assert_eq!(service.metrics.denied.get(), 0);
+    }
+
+    /// Issue #11 C.7: `csr_pem` bytes that are not UTF-8 are the caller's
+    /// mistake (INVALID_ARGUMENT naming the field), not a server fault
+    /// (INTERNAL, as the generated `string` decoder answered).
+    #[tokio::test]
+    async fn a_csr_that_is_not_utf8_is_an_invalid_argument() {
+        use http_body_util::BodyExt;
+        use tower_service::Service;
+
+        let (_dir, service) = service();
+        let mut server = service.into_service();
+        // CreateCertificateRequest field 1 (csr_pem), length-delimited,
+        // holding a PEM header and then 0xff 0xfe: never valid UTF-8.
+        let mut csr = b"-----BEGIN CERTIFICATE REQUEST-----\n".to_vec();
+        csr.extend_from_slice(&[0xff, 0xfe]);
+        let mut message = vec![0x0a, u8::try_from(csr.len()).unwrap()];
+        message.extend_from_slice(&csr);
+        // gRPC framing: uncompressed, then the length (big-endian).
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&message);
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(CREATE_CERTIFICATE_PATH)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                bytes::Bytes::from(frame),
+            )))
+            .unwrap();
+        let response = server.call(request).await.unwrap();
+        let status = match Status::from_header_map(response.headers()) {
+            Some(status) => status,
+            None => {
+                let trailers = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .trailers()
+                    .cloned()
+                    .expect("a gRPC status in the trailers");
+                Status::from_header_map(&trailers).expect("a gRPC status")
+            }
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("csr_pem:"), "{status:?}");
+        assert!(status.message().contains("UTF-8"), "{status:?}");
     }
 
     #[test]
