@@ -27,7 +27,14 @@ fn injected(annotations: &[(&str, &str)], config: &InjectorConfig) -> Pod {
         "metadata": {"generateName": "web-", "annotations": annotations},
         "spec": {
             "serviceAccountName": "web",
-            "containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}],
+            // Probed over HTTP and gRPC: the bootstrap Envoy validates
+            // carries both kinds of probe route.
+            "containers": [{
+                "name": "web", "image": "web:1",
+                "ports": [{"containerPort": 8080}, {"containerPort": 9090}],
+                "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}},
+                "readinessProbe": {"grpc": {"port": 9090}},
+            }],
         },
     });
     let pod: Pod = serde_json::from_value(original.clone()).unwrap();
@@ -136,6 +143,10 @@ fn envoy_validates_the_injected_sidecar() {
         args[at] = args[at].replace(IDENTITY_MOUNT, &identity_dir.display().to_string());
         let bootstrap: Value = serde_json::from_str(&args[at]).unwrap();
         assert_eq!(bootstrap["node"]["id"], "web-0.shop", "{flavour}");
+        let clusters = bootstrap["static_resources"]["clusters"].to_string();
+        for probe_cluster in ["app-probe|8080", "app-grpc-probe|9090"] {
+            assert!(clusters.contains(probe_cluster), "{flavour}: {clusters}");
+        }
         assert!(
             !args.iter().any(|a| a.contains("$(")),
             "{flavour}: {args:?}"
