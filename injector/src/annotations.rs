@@ -150,7 +150,7 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         name: REWRITE_APP_PROBES,
         accepted: "true, false",
         default: "true",
-        description: "Send the app containers' HTTP liveness, readiness and startup probes through the proxy's port 15021 (`/app-health/<container>/livez`, `readyz`, `startupz`), so they pass under STRICT mTLS; HTTPS, TCP, gRPC and exec probes are left as they are.",
+        description: "Send the app containers' HTTP liveness, readiness and startup probes through the proxy's port 15021 (`/app-health/<container>/livez`, `readyz`, `startupz`), and their gRPC probes too (`port: 15021`; the proxy forwards the gRPC health check to the app's port), so they pass under STRICT mTLS; HTTPS, TCP and exec probes are left as they are.",
     },
     AnnotationDoc {
         name: STATUS,
