@@ -119,9 +119,6 @@ async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
     (status, body)
 }
 
-/// Rotates the generated root CA (see [`crate::identity::rotate_root`]);
-/// answers once every step is acknowledged by every proxy, or says which
-/// step stalled and on which proxies.
 /// The header `POST /ca/rotate-root` must carry. A browser cannot send a
 /// custom header to another origin without a CORS preflight, which this
 /// port never answers, so a page the operator happens to have open cannot
@@ -129,11 +126,14 @@ async fn readyz(State(s): State<DebugState>) -> impl IntoResponse {
 pub const ROTATE_CONFIRM_HEADER: &str = "x-meshd-confirm";
 const ROTATE_CONFIRM_VALUE: &str = "rotate-root";
 
+/// Rotates the generated root CA (see [`crate::identity::rotate_root`]);
+/// answers with a JSON [`crate::identity::RotationReport`]: each step, and
+/// the proxies that did not acknowledge it in time and were disconnected.
 async fn rotate_root(
     State(s): State<DebugState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: axum::http::HeaderMap,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     // Browsers mark every cross-site (and same-site) POST with Origin;
     // curl and kubectl do not.
     if headers.contains_key(axum::http::header::ORIGIN) {
@@ -141,7 +141,8 @@ async fn rotate_root(
             StatusCode::FORBIDDEN,
             "POST /ca/rotate-root refuses requests from a web page (an Origin header was sent)\n"
                 .to_string(),
-        );
+        )
+            .into_response();
     }
     if headers
         .get(ROTATE_CONFIRM_HEADER)
@@ -152,7 +153,8 @@ async fn rotate_root(
             format!(
                 "POST /ca/rotate-root needs the header `{ROTATE_CONFIRM_HEADER}: {ROTATE_CONFIRM_VALUE}`\n"
             ),
-        );
+        )
+            .into_response();
     }
     // The debug port is reachable from the cluster (metrics); replacing
     // the mesh's root is for an operator on the pod itself (kubectl
@@ -164,13 +166,15 @@ async fn rotate_root(
             StatusCode::FORBIDDEN,
             "POST /ca/rotate-root is accepted from loopback only; use kubectl port-forward to this pod\n"
                 .to_string(),
-        );
+        )
+            .into_response();
     }
     let Some(identity) = s.identity.clone() else {
         return (
             StatusCode::CONFLICT,
             "this control plane runs without a CA\n".to_string(),
-        );
+        )
+            .into_response();
     };
     // The root lives in a Secret shared by every replica: only the leader
     // may replace it.
@@ -179,17 +183,38 @@ async fn rotate_root(
             StatusCode::CONFLICT,
             "this replica is not the leader; rotate the root on the leader (see /readyz: leader: true)\n"
                 .to_string(),
-        );
+        )
+            .into_response();
     }
     let leading = s.lifecycle.leadership();
-    let step_timeout = std::time::Duration::from_secs(60);
-    match crate::identity::rotate_root(&identity, &s.xds, step_timeout, leading.as_ref()).await {
-        Ok(()) => (StatusCode::OK, "root rotated\n".to_string()),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("root rotation stopped: {e}\n"),
-        ),
-    }
+    let step_timeout = identity.rotation_step_timeout();
+    let mut report = crate::identity::RotationReport::default();
+    let result = crate::identity::rotate_root_steps(
+        &identity,
+        &s.xds,
+        step_timeout,
+        leading.as_ref(),
+        &mut report,
+    )
+    .await;
+    // A proxy that did not acknowledge is an expected condition, not a
+    // failure: it is in the report's `disconnected`, and the answer is 200.
+    let status = match result {
+        Ok(()) => {
+            report.complete = true;
+            StatusCode::OK
+        }
+        Err(e) => {
+            let status = match e {
+                crate::identity::RotationError::NotLeader { .. } => StatusCode::CONFLICT,
+                crate::identity::RotationError::Ca { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            report.error = Some(format!("root rotation stopped: {e}"));
+            status
+        }
+    };
+    let body = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn proxies(State(s): State<DebugState>) -> impl IntoResponse {

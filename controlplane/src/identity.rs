@@ -66,6 +66,9 @@ pub struct Identity {
     /// How long a root rotation step waits, after this replica's proxies
     /// acknowledged it, for the other replicas to follow (zero: alone).
     replica_settle: std::sync::Mutex<Duration>,
+    /// How long a root rotation step waits for each proxy's acknowledgement
+    /// before disconnecting the ones that have not.
+    rotation_step_timeout: std::sync::Mutex<Duration>,
 }
 
 /// Seconds until expiry, so operators see it coming: refreshed when
@@ -133,6 +136,7 @@ impl Identity {
             root: std::sync::Mutex::new(None),
             metrics: CaMetrics::default(),
             replica_settle: std::sync::Mutex::new(Duration::ZERO),
+            rotation_step_timeout: std::sync::Mutex::new(DEFAULT_ROTATION_STEP_TIMEOUT),
             rotating: tokio::sync::Mutex::new(()),
         }
     }
@@ -145,6 +149,22 @@ impl Identity {
             .replica_settle
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = settle;
+    }
+
+    /// How long each root rotation step waits for a proxy to acknowledge
+    /// before disconnecting it (default [`DEFAULT_ROTATION_STEP_TIMEOUT`]).
+    pub fn set_rotation_step_timeout(&self, timeout: Duration) {
+        *self
+            .rotation_step_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = timeout;
+    }
+
+    pub fn rotation_step_timeout(&self) -> Duration {
+        *self
+            .rotation_step_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn replica_settle(&self) -> Duration {
@@ -260,6 +280,49 @@ pub fn peer_identity(cert_der: &[u8]) -> Option<SpiffeId> {
     })
 }
 
+/// How long each root rotation step waits for every proxy's
+/// acknowledgement unless set otherwise ([`Identity::set_rotation_step_timeout`]).
+pub const DEFAULT_ROTATION_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a root rotation did, step by step: the answer of
+/// `POST /ca/rotate-root`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RotationReport {
+    /// Every step ran: the new root signs and the old one is retired.
+    pub complete: bool,
+    pub steps: Vec<RotationStep>,
+    /// Why the rotation stopped, when it did (resumes from here next time).
+    pub error: Option<String>,
+}
+
+/// One step of a root rotation and who held it up.
+#[derive(Debug, serde::Serialize)]
+pub struct RotationStep {
+    pub step: &'static str,
+    /// The CA generation this step's secrets carry.
+    pub generation: u64,
+    /// Proxies that acknowledged the step's secrets (or were never issued
+    /// a certificate, so had nothing to acknowledge).
+    pub acknowledged: usize,
+    /// Proxies that had not acknowledged when the wait ran out (node ids,
+    /// shortened), each disconnected: Envoy reconnects and is sent the
+    /// current secrets on its new stream.
+    pub disconnected: Vec<String>,
+    pub waited_seconds: f64,
+}
+
+/// Why a root rotation stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("{step}: this replica is no longer the leader")]
+    NotLeader { step: &'static str },
+    #[error("{step}: {source}")]
+    Ca {
+        step: &'static str,
+        source: meshd_ca::Error,
+    },
+}
+
 /// Rotates a generated root without breaking a connection:
 ///
 /// 1. a new root joins the trust bundle (still signing with the old one),
@@ -268,7 +331,11 @@ pub fn peer_identity(cert_der: &[u8]) -> Option<SpiffeId> {
 ///    and acknowledges it;
 /// 3. the old root leaves the bundle, once more acknowledged by all.
 ///
-/// At no step does a proxy hold a certificate its peers cannot verify.
+/// At no step does a proxy hold a certificate its peers cannot verify,
+/// except one that does not acknowledge within `step_timeout`: one stuck
+/// proxy must not hold the whole mesh's rotation, so it is disconnected
+/// (its new stream starts from the current secrets), named in the report,
+/// and the rotation goes on.
 /// Bootstrap identities (the xDS client certificates) are refreshed by
 /// whoever provisioned them before step 3 retires their root.
 pub async fn rotate_root(
@@ -276,7 +343,22 @@ pub async fn rotate_root(
     xds: &crate::xds::ServerState,
     step_timeout: Duration,
     leading: Option<&tokio::sync::watch::Receiver<bool>>,
-) -> Result<(), String> {
+) -> Result<RotationReport, RotationError> {
+    let mut report = RotationReport::default();
+    rotate_root_steps(identity, xds, step_timeout, leading, &mut report).await?;
+    report.complete = true;
+    Ok(report)
+}
+
+/// [`rotate_root`], recording each step in `report` as it completes (the
+/// debug endpoint reports a partial rotation too).
+pub async fn rotate_root_steps(
+    identity: &Identity,
+    xds: &crate::xds::ServerState,
+    step_timeout: Duration,
+    leading: Option<&tokio::sync::watch::Receiver<bool>>,
+    report: &mut RotationReport,
+) -> Result<(), RotationError> {
     type Step = fn(&Authority) -> meshd_ca::Result<()>;
     let steps: [(&str, Step); 3] = [
         ("stage the new root", Authority::stage_new_root),
@@ -296,32 +378,49 @@ pub async fn rotate_root(
     for (what, step) in steps.into_iter().skip(from) {
         // A replica that lost the lease stops: the new leader owns the root.
         if leading.is_some_and(|l| !*l.borrow()) {
-            return Err(format!("{what}: this replica is no longer the leader"));
+            return Err(RotationError::NotLeader { step: what });
         }
-        step(&identity.ca).map_err(|e| format!("{what}: {e}"))?;
+        step(&identity.ca).map_err(|source| RotationError::Ca { step: what, source })?;
         identity.changed();
         let generation = identity.generation();
         tracing::info!(generation, "root rotation: {what}; waiting for every proxy");
-        let deadline = tokio::time::Instant::now() + step_timeout;
-        loop {
-            let pending: Vec<String> = xds
-                .proxies()
-                .into_iter()
-                .filter(|p| p.certificate.is_some() && p.ca_generation_acked < Some(generation))
-                .map(|p| p.node_id)
-                .collect();
+        let started = tokio::time::Instant::now();
+        let deadline = started + step_timeout;
+        let mut disconnected = Vec::new();
+        let acknowledged = loop {
+            let connected = xds.proxies().len();
+            let pending = xds.not_acknowledged(generation);
             if pending.is_empty() {
-                break;
+                break connected;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "{what}: {} proxies did not acknowledge within {step_timeout:?}: {}",
-                    pending.len(),
-                    pending.join(", ")
-                ));
+                // Named in the report and the log; the rest of the mesh
+                // goes on. A disconnected proxy is sent this generation's
+                // secrets as soon as it is back.
+                tracing::warn!(
+                    step = what,
+                    proxies = pending.len(),
+                    first = %pending[0].1,
+                    "root rotation: proxies did not acknowledge within {step_timeout:?}; \
+                     disconnecting them and going on"
+                );
+                let acknowledged = connected.saturating_sub(pending.len());
+                for (stream, node) in pending {
+                    if xds.disconnect(stream) {
+                        disconnected.push(node);
+                    }
+                }
+                break acknowledged;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        report.steps.push(RotationStep {
+            step: what,
+            generation,
+            acknowledged,
+            disconnected,
+            waited_seconds: started.elapsed().as_secs_f64(),
+        });
         let settle = identity.replica_settle();
         if !settle.is_zero() {
             tracing::info!(

@@ -690,3 +690,95 @@ async fn the_csr_service_is_only_on_the_tls_listener() {
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     h.stop().await;
 }
+
+fn web_id() -> SpiffeId {
+    SpiffeId::parse(WEB_ID).unwrap()
+}
+
+const ROTATE: &str =
+    "POST /ca/rotate-root HTTP/1.1\r\nx-meshd-confirm: rotate-root\r\nContent-Length: 0\r\n";
+
+/// Issue #11 C.3: one proxy that never acknowledges its secrets does not
+/// hold up the mesh's root rotation. It is disconnected once the (bounded)
+/// wait runs out, the rotation completes for everyone else, and the answer
+/// is a 200 whose JSON names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_never_acknowledges_does_not_hold_up_a_root_rotation() {
+    let h = Harness::start().await;
+    // Short, so the test does not sit through the default minute.
+    h.identity
+        .set_rotation_step_timeout(Duration::from_millis(300));
+    let names = ["default", "ROOTCA"];
+
+    // `client` acknowledges every response, as Envoy does.
+    let mut client = h.sotw_as(&client_id()).await;
+    client.send(first_sds(CLIENT_NODE, &names)).await;
+    let acking = tokio::spawn(async move {
+        let mut acked = 0;
+        while let Ok(Some(response)) = client.responses.message().await {
+            client
+                .send(DiscoveryRequest {
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..sds(&names)
+                })
+                .await;
+            acked += 1;
+        }
+        acked
+    });
+
+    // `web` takes its first secrets and then never acknowledges anything.
+    let mut web = h.sotw_as(&web_id()).await;
+    web.send(first_sds(WEB_NODE, &names)).await;
+    let first = web
+        .next()
+        .await
+        .expect("secrets")
+        .expect("the stream is open");
+    assert_eq!(first.type_url, type_url::SECRET);
+
+    let (status, body) = h.raw(ROTATE).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}\n{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("a JSON report");
+    assert_eq!(report["complete"], true, "{body}");
+    assert!(report["error"].is_null(), "{body}");
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 3, "{body}");
+    assert_eq!(
+        steps[0]["disconnected"],
+        serde_json::json!([WEB_NODE]),
+        "the stuck proxy is named at the step it held up: {body}"
+    );
+    assert_eq!(steps[0]["acknowledged"], 1, "{body}");
+    for step in &steps[1..] {
+        assert_eq!(step["disconnected"], serde_json::json!([]), "{body}");
+    }
+    assert_eq!(
+        h.identity.ca.trust_anchors().len(),
+        1,
+        "the old root is retired"
+    );
+
+    // The stuck proxy was told to reconnect, with the reason.
+    let ended = loop {
+        match web.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("root rotation"), "{ended:?}");
+
+    // The client was re-issued along the way and is still connected.
+    let proxies = h.get("/debug/xds/proxies").await;
+    assert!(proxies.contains(CLIENT_NODE), "{proxies}");
+    assert!(!proxies.contains(WEB_NODE), "{proxies}");
+    h.stop().await;
+    let acked = timeout(STEP, acking)
+        .await
+        .expect("the client ends")
+        .unwrap();
+    assert!(acked >= 4, "the client acknowledged each step: {acked}");
+}

@@ -50,6 +50,30 @@ use meshd_ca::SpiffeId;
 /// How many NACKs the debug endpoint remembers.
 const NACK_HISTORY: usize = 256;
 
+/// The longest node id logged or shown whole. A pod's (`<pod>.<namespace>`:
+/// 253 + 1 + 63 bytes) always fits; anything longer is no pod's and is cut,
+/// so a proxy cannot put 100 KB of its own choosing into every log line.
+pub const NODE_ID_DISPLAY_LIMIT: usize = 320;
+
+/// `id` as logs and debug output show it: whole if it could be a pod's,
+/// else cut (see [`NODE_ID_DISPLAY_LIMIT`]).
+pub fn display_node_id(id: &str) -> String {
+    shorten(id, NODE_ID_DISPLAY_LIMIT)
+}
+
+/// `text` whole when at most `limit` bytes; else its first `limit` bytes
+/// (to a character boundary) and how many more there were.
+fn shorten(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} more bytes)", &text[..end], text.len() - end)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
     pub r#type: String,
@@ -173,6 +197,9 @@ pub struct ServerState {
     /// changes only when the set does.
     routing_error_updates: watch::Sender<Vec<AnnotationError>>,
     next_stream: AtomicU64,
+    /// Each open stream's way to be ended by the control plane (a proxy
+    /// that holds up a root rotation), by stream id.
+    disconnects: Mutex<BTreeMap<u64, CancellationToken>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,6 +213,30 @@ impl ServerState {
 
     pub fn nacks(&self) -> Vec<NackRecord> {
         lock(&self.nacks).iter().cloned().collect()
+    }
+
+    /// The proxies holding a workload certificate that have not yet
+    /// acknowledged secrets of CA `generation`: their stream ids and node
+    /// ids (shortened for display, see [`display_node_id`]).
+    pub fn not_acknowledged(&self, generation: u64) -> Vec<(u64, String)> {
+        lock(&self.proxies)
+            .iter()
+            .filter(|(_, p)| p.certificate.is_some() && p.ca_generation_acked < Some(generation))
+            .map(|(id, p)| (*id, p.node_id.clone()))
+            .collect()
+    }
+
+    /// Ends stream `stream` with UNAVAILABLE; Envoy reconnects at once and
+    /// is sent the current secrets on its new stream. False if the stream
+    /// has already ended.
+    pub fn disconnect(&self, stream: u64) -> bool {
+        match lock(&self.disconnects).get(&stream) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The routing annotation problems of the current snapshot.
@@ -470,8 +521,11 @@ impl Ads {
         // A push is at most one response per type.
         let (tx, rx) = mpsc::channel(Kind::PUSH_ORDER.len());
         let stream_id = self.state.next_stream.fetch_add(1, Ordering::Relaxed);
+        let disconnect = CancellationToken::new();
+        lock(&self.state.disconnects).insert(stream_id, disconnect.clone());
         let task = StreamTask::<W> {
             stream_id,
+            disconnect,
             node_id: String::new(),
             session: Session::new(std::any::TypeId::of::<W>() == std::any::TypeId::of::<Delta>()),
             view: None,
@@ -505,6 +559,8 @@ impl Ads {
 
 struct StreamTask<W: Wire> {
     stream_id: u64,
+    /// Cancelled to end this stream from outside ([`ServerState::disconnect`]).
+    disconnect: CancellationToken,
     node_id: String,
     session: Session,
     /// The proxy's view of the latest snapshot, translated once per
@@ -534,6 +590,7 @@ where
 {
     async fn run(mut self, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
+        lock(&self.state.disconnects).remove(&self.stream_id);
         if !self.node_id.is_empty() {
             lock(&self.state.proxies).remove(&self.stream_id);
             self.state.metrics.connected_proxies.dec();
@@ -555,6 +612,7 @@ where
         // A source that never changes (the embedded registry) closes its
         // channel after the first snapshot; the stream keeps serving it.
         let mut updates = true;
+        let disconnect = self.disconnect.clone();
         loop {
             let rotate_at = self.cert.as_ref().map(|c| c.rotate_at);
             let ca_changed = async {
@@ -565,6 +623,10 @@ where
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                () = disconnect.cancelled() => return Err(Status::unavailable(
+                    "ended by the control plane: this proxy did not acknowledge its secrets \
+                     in time during a root rotation; reconnect to be sent the current ones",
+                )),
                 message = requests.message::<W::Req>() => {
                     let Some(req) = message? else { return Ok(()) };
                     self.on_request(req)?;
