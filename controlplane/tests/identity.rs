@@ -18,8 +18,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshd_api::sidecar::bootstrap::DEFAULT_CONTROL_PLANE_ID;
 use meshd_ca::{Authority, DirStore, SpiffeId};
-use meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID;
 use meshd_controlplane::identity::{Identity, IdentityConfig};
 use meshd_controlplane::server::{ControlPlane, Options, Source, TlsOptions};
 use meshd_controlplane::tls::ServerIdentity;
@@ -781,4 +781,159 @@ async fn a_proxy_that_never_acknowledges_does_not_hold_up_a_root_rotation() {
         .expect("the client ends")
         .unwrap();
     assert!(acked >= 4, "the client acknowledged each step: {acked}");
+}
+
+// ---- what the server logs ---------------------------------------------------
+
+/// Every event and span field the server records, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<Record>>>);
+
+#[derive(Debug)]
+struct Record {
+    /// `None` for span fields.
+    level: Option<tracing::Level>,
+    fields: Vec<(String, String)>,
+}
+
+impl Record {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Fields<'a>(&'a mut Vec<(String, String)>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push((field.name().to_string(), value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .push((field.name().to_string(), format!("{value:?}")));
+    }
+}
+
+impl Captured {
+    fn push(&self, level: Option<tracing::Level>, fields: Vec<(String, String)>) {
+        self.0.lock().unwrap().push(Record { level, fields });
+    }
+
+    /// The WARN lines about refused SDS names, and the count each carries.
+    fn refused_secret_lines(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.level == Some(tracing::Level::WARN))
+            .filter(|r| {
+                r.field("message")
+                    .is_some_and(|m| m.contains("not the proxy's own"))
+            })
+            .map(|r| r.field("refused").and_then(|n| n.parse().ok()).unwrap_or(0))
+            .collect()
+    }
+
+    fn longest_field(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.fields.iter().map(|(_, v)| v.len()))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl tracing::Subscriber for Captured {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = Vec::new();
+        span.record(&mut Fields(&mut fields));
+        self.push(None, fields);
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut fields = Vec::new();
+        values.record(&mut Fields(&mut fields));
+        self.push(None, fields);
+    }
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Vec::new();
+        event.record(&mut Fields(&mut fields));
+        self.push(Some(*event.metadata().level()), fields);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Issue #11 C.6: an authenticated proxy cannot make the log grow with what
+/// it sends. A 100 KB node id is shortened wherever it is logged or shown,
+/// and 5,000 refused SDS names over five requests are each counted but
+/// logged as a handful of lines that carry the count.
+///
+/// On the current-thread runtime every server task runs on this thread, so
+/// the thread's capture sees everything they log.
+#[tokio::test]
+async fn a_proxy_cannot_amplify_the_log() {
+    let captured = Captured::default();
+    let _capture = tracing::subscriber::set_default(captured.clone());
+    let h = Harness::start().await;
+    let node = format!("client-0.shop{}", "x".repeat(100_000));
+    let foreign: Vec<String> = (0..1000).map(|i| format!("someone-else-{i}")).collect();
+    let mut names = vec!["ROOTCA"];
+    names.extend(foreign.iter().map(String::as_str));
+
+    let ads = h.sotw_as(&client_id()).await;
+    ads.send(first_sds(&node, &names)).await;
+    for _ in 0..4 {
+        ads.send(sds(&names)).await;
+    }
+    let deadline = tokio::time::Instant::now() + STEP;
+    while h.metric("meshd_xds_identity_denied_total").await < 5000.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the five requests are read in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.metric("meshd_xds_identity_denied_total").await, 5000.0);
+
+    let proxies = h.get("/debug/xds/proxies").await;
+    assert!(proxies.contains("client-0.shopxxx"), "{proxies}");
+    assert!(proxies.len() < 4096, "{} bytes", proxies.len());
+
+    // The stream ends: what was refused since the last line is logged.
+    drop(ads);
+    let deadline = tokio::time::Instant::now() + STEP;
+    while captured.refused_secret_lines().iter().sum::<u64>() < 5000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every refusal is logged in time: {:?}",
+            captured.refused_secret_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = captured.refused_secret_lines();
+    assert_eq!(lines.iter().sum::<u64>(), 5000, "{lines:?}");
+    assert!(lines.len() < 10, "{} lines for 5000 refusals", lines.len());
+    assert!(
+        captured.longest_field() < 2048,
+        "a field of {} bytes was logged",
+        captured.longest_field()
+    );
+    h.stop().await;
 }

@@ -55,6 +55,29 @@ const NACK_HISTORY: usize = 256;
 /// so a proxy cannot put 100 KB of its own choosing into every log line.
 pub const NODE_ID_DISPLAY_LIMIT: usize = 320;
 
+/// The longest proxy-supplied text (a NACK's message, a secret name, a type
+/// URL) logged or kept whole.
+const PROXY_TEXT_LIMIT: usize = 1024;
+
+/// Refused SDS names of one stream, logged in aggregate.
+#[derive(Debug, Default)]
+struct RefusedSecrets {
+    /// Refused since the last line.
+    unlogged: u64,
+    /// One of them (shortened), for the line.
+    example: Option<String>,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl RefusedSecrets {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    fn due(&self) -> bool {
+        self.logged_at
+            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY)
+    }
+}
+
 /// `id` as logs and debug output show it: whole if it could be a pod's,
 /// else cut (see [`NODE_ID_DISPLAY_LIMIT`]).
 pub fn display_node_id(id: &str) -> String {
@@ -527,6 +550,8 @@ impl Ads {
             stream_id,
             disconnect,
             node_id: String::new(),
+            node_display: String::new(),
+            refused_secrets: RefusedSecrets::default(),
             session: Session::new(std::any::TypeId::of::<W>() == std::any::TypeId::of::<Delta>()),
             view: None,
             snapshots: self.snapshots.clone(),
@@ -559,6 +584,10 @@ impl Ads {
 
 struct StreamTask<W: Wire> {
     stream_id: u64,
+    /// The node id as logs and the debug endpoint show it (shortened).
+    node_display: String,
+    /// Refused SDS names not yet logged (their lines are aggregated).
+    refused_secrets: RefusedSecrets,
     /// Cancelled to end this stream from outside ([`ServerState::disconnect`]).
     disconnect: CancellationToken,
     node_id: String,
@@ -591,14 +620,16 @@ where
     async fn run(mut self, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
         lock(&self.state.disconnects).remove(&self.stream_id);
+        // What was refused since the last line is not lost with the stream.
+        self.log_refused_secrets();
         if !self.node_id.is_empty() {
             lock(&self.state.proxies).remove(&self.stream_id);
             self.state.metrics.connected_proxies.dec();
         }
         match result {
-            Ok(()) => tracing::info!(node = %self.node_id, "proxy disconnected"),
+            Ok(()) => tracing::info!(node = %self.node_display, "proxy disconnected"),
             Err(status) => {
-                tracing::info!(node = %self.node_id, "stream ended: {}", status.message());
+                tracing::info!(node = %self.node_display, "stream ended: {}", status.message());
                 let _ = self.tx.send(Err(Box::new(status))).await;
             }
         }
@@ -652,13 +683,15 @@ where
                 ));
             }
             self.node_id = node_id.to_string();
-            tracing::Span::current().record("node", node_id);
-            tracing::info!(node = %self.node_id, "proxy connected");
+            self.node_display = display_node_id(node_id);
+            // Every line in the stream's span carries this field.
+            tracing::Span::current().record("node", self.node_display.as_str());
+            tracing::info!(node = %self.node_display, "proxy connected");
             self.state.metrics.connected_proxies.inc();
         }
         let type_url = W::type_url(&req).to_string();
         let Some(kind) = Kind::from_type_url(&type_url) else {
-            tracing::debug!(node = %self.node_id, %type_url, "ignoring a request for a type meshd does not serve");
+            tracing::debug!(node = %self.node_display, type_url = %shorten(&type_url, PROXY_TEXT_LIMIT), "ignoring a request for a type meshd does not serve");
             return Ok(());
         };
         let mut request = W::request(req, kind);
@@ -675,9 +708,12 @@ where
             self.sds_acked = Some(*generation);
         }
         if let Outcome::Nack { version, message } = outcome {
+            // Envoy's own messages are short; a longer one is cut, so a
+            // proxy cannot make each NACK a megabyte of log.
+            let message = shorten(&message, PROXY_TEXT_LIMIT);
             self.state.metrics.nacks.get_or_create(&labels(kind)).inc();
             tracing::warn!(
-                node = %self.node_id,
+                node = %self.node_display,
                 %type_url,
                 %version,
                 "proxy rejected config; it keeps its last accepted {}: {message}",
@@ -688,7 +724,7 @@ where
                 nacks.pop_front();
             }
             nacks.push_back(NackRecord {
-                node_id: self.node_id.clone(),
+                node_id: self.node_display.clone(),
                 type_url,
                 version,
                 nonce,
@@ -702,25 +738,51 @@ where
     }
 
     /// A proxy may only ask for its own certificate and the trust bundle;
-    /// any other secret name is refused, logged and counted.
+    /// any other secret name is refused and counted, and logged at most
+    /// once per stream every [`RefusedSecrets::LOG_EVERY`] with how many
+    /// there were: the names are the proxy's to choose, and a line per
+    /// name per request would let one proxy write the log's size.
     fn refuse_foreign_secrets(&mut self, request: &mut Request) {
         let names = match &mut request.subscribe {
             Subscribe::Replace(names) => names,
             Subscribe::Change { subscribe, .. } => subscribe,
         };
-        let (own, foreign): (Vec<String>, Vec<String>) = names
-            .drain(..)
-            .partition(|n| n == DEFAULT_SECRET || n == ROOT_SECRET);
-        *names = own;
-        for name in foreign {
-            self.state.metrics.identity_denied.inc();
-            tracing::warn!(
-                node = %self.node_id,
-                peer = ?self.peer.as_ref().map(ToString::to_string),
-                secret = %name,
-                "denied an SDS request for a secret that is not the proxy's own"
-            );
+        let before = names.len();
+        let mut example = None;
+        names.retain(|n| {
+            let own = n == DEFAULT_SECRET || n == ROOT_SECRET;
+            if !own && example.is_none() {
+                example = Some(shorten(n, PROXY_TEXT_LIMIT));
+            }
+            own
+        });
+        let refused = (before - names.len()) as u64;
+        let Some(example) = example else { return };
+        self.state.metrics.identity_denied.inc_by(refused);
+        self.refused_secrets.unlogged += refused;
+        self.refused_secrets.example = Some(example);
+        if self.refused_secrets.due() {
+            self.log_refused_secrets();
         }
+    }
+
+    /// Logs the refused SDS names counted since the last such line.
+    fn log_refused_secrets(&mut self) {
+        let refused = std::mem::take(&mut self.refused_secrets.unlogged);
+        let Some(example) = self.refused_secrets.example.take() else {
+            return;
+        };
+        self.refused_secrets.logged_at = Some(tokio::time::Instant::now());
+        tracing::warn!(
+            node = %self.node_display,
+            peer = ?self.peer.as_ref().map(ToString::to_string),
+            refused,
+            example = %example,
+            "denied SDS requests for secrets that are not the proxy's own \
+             (at most one line per stream every {:?}; each is counted in \
+             meshd_xds_identity_denied_total)",
+            RefusedSecrets::LOG_EVERY
+        );
     }
 
     /// Checks the proxy is the workload its node id names, and returns its
@@ -739,10 +801,10 @@ where
                 .peer
                 .as_ref()
                 .map_or("no identity".to_string(), ToString::to_string);
-            tracing::warn!(node = %self.node_id, %peer, %expected, "denied: the client certificate is not the workload the node id names");
+            tracing::warn!(node = %self.node_display, %peer, %expected, "denied: the client certificate is not the workload the node id names");
             return Err(Status::permission_denied(format!(
                 "node {} is workload {expected}, but the client certificate is {peer}",
-                self.node_id
+                self.node_display
             )));
         }
         let stale = self.cert.as_ref().is_none_or(|c| {
@@ -754,13 +816,13 @@ where
             match identity.issue(&expected) {
                 Ok(cert) => {
                     self.state.metrics.certificates_issued.inc();
-                    tracing::info!(node = %self.node_id, serial = %cert.issued.serial_hex, not_after = %cert.issued.not_after, "issued a workload certificate");
+                    tracing::info!(node = %self.node_display, serial = %cert.issued.serial_hex, not_after = %cert.issued.not_after, "issued a workload certificate");
                     self.cert = Some(cert);
                 }
                 Err(e) => {
                     // Keep the current certificate (if any): it is still
                     // valid until its NotAfter, and the CA's health says why.
-                    tracing::error!(node = %self.node_id, "cannot issue a workload certificate: {e}");
+                    tracing::error!(node = %self.node_display, "cannot issue a workload certificate: {e}");
                 }
             }
         }
@@ -787,7 +849,7 @@ where
                 self.session.push(view)
             }
             None => {
-                tracing::debug!(node = %self.node_id, "no workload with this node id yet; waiting");
+                tracing::debug!(node = %self.node_display, "no workload with this node id yet; waiting");
                 Vec::new()
             }
         };
@@ -805,7 +867,7 @@ where
                 .get_or_create(&labels(push.kind))
                 .inc();
             tracing::debug!(
-                node = %self.node_id,
+                node = %self.node_display,
                 r#type = push.kind.short_name(),
                 nonce = %push.nonce,
                 changed = push.changed.len(),
@@ -845,7 +907,7 @@ where
         lock(&self.state.proxies).insert(
             self.stream_id,
             ProxyStatus {
-                node_id: self.node_id.clone(),
+                node_id: self.node_display.clone(),
                 protocol: W::NAME,
                 peer_identity: self.peer.as_ref().map(ToString::to_string),
                 ca_generation_acked: self.sds_acked,
