@@ -14,9 +14,6 @@
 //! last good routing ([`discovery::routing`]): the model that translation
 //! gets carries validated routing only.
 
-/// The sidecar's Envoy bootstrap, now in `meshd-api` (the injector renders it
-/// without the control plane); the old path stays while callers move.
-pub use meshd_api::sidecar::bootstrap;
 pub mod certificates;
 pub mod debug;
 pub mod discovery;

@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use meshd_controlplane::model::{Interception, MtlsMode};
+use meshd_api::annotations::workload::{Interception, MtlsMode};
 
 use crate::capture::{self, Cidr};
-use crate::inject::InjectError;
+use crate::error::InjectError;
 
 /// Every meshd annotation and label starts with this.
 pub const PREFIX: &str = "meshd.io/";

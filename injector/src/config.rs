@@ -51,7 +51,7 @@ impl Default for InjectorConfig {
             proxy_image: "envoyproxy/envoy:v1.36.2".into(),
             init_image: format!("ghcr.io/meshd/meshd:{}", env!("CARGO_PKG_VERSION")),
             xds_address: "meshd.meshd-system.svc:15010".into(),
-            control_plane_id: meshd_controlplane::bootstrap::DEFAULT_CONTROL_PLANE_ID.into(),
+            control_plane_id: meshd_api::sidecar::bootstrap::DEFAULT_CONTROL_PLANE_ID.into(),
             control_plane_namespace: "meshd-system".into(),
             xds_protocol: "delta".into(),
             native_sidecar: true,

@@ -70,17 +70,18 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use meshd_controlplane::bootstrap::{
+use meshd_api::annotations::workload::Interception;
+use meshd_api::sidecar::bootstrap::{
     self, APP_HEALTH_PREFIX, AppProbe, BootstrapConfig, GrpcProbe, XdsProtocol,
 };
-use meshd_controlplane::model::Interception;
-use meshd_controlplane::translate::ports;
+use meshd_api::sidecar::ports;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::annotations::{self, Overrides, Quantity, Resource};
 use crate::capture::{CaptureConfig, PROXY_UID};
 use crate::config::{IDENTITY_MOUNT, InjectorConfig, identity_secret_name};
+pub use crate::error::{InjectError, Result};
 
 /// The injected proxy container.
 pub const PROXY_CONTAINER: &str = "meshd-proxy";
@@ -158,39 +159,6 @@ pub enum Injection<P = json_patch::Patch> {
         service_account: String,
     },
 }
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum InjectError {
-    #[error("annotation {annotation}: `{value}` is not valid; accepted: {accepted}")]
-    InvalidAnnotation {
-        annotation: String,
-        value: String,
-        accepted: String,
-    },
-    #[error("annotation {annotation} is not a meshd annotation; accepted: {accepted}")]
-    UnknownAnnotation {
-        annotation: String,
-        accepted: String,
-    },
-    #[error("label {label}: `{value}` is not valid; accepted: {accepted}")]
-    InvalidLabel {
-        label: String,
-        value: String,
-        accepted: String,
-    },
-    #[error("the pod cannot be injected: {0}")]
-    InvalidPod(String),
-    /// A mesh-wide setting ([`InjectorConfig`], named as the chart names
-    /// it) is invalid; see [`check_config`].
-    #[error("injector setting {setting}: `{value}` is not valid; accepted: {accepted}")]
-    InvalidConfig {
-        setting: String,
-        value: String,
-        accepted: String,
-    },
-}
-
-pub type Result<T, E = InjectError> = std::result::Result<T, E>;
 
 /// The value of `meshd.io/status`: what the injector added, so it can be
 /// recognised (and, one day, removed).

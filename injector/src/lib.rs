@@ -11,9 +11,11 @@
 //! - [`validate`]: the validating webhook's decision on the routing
 //!   annotations of Services and Namespaces.
 
+pub mod admission;
 pub mod annotations;
 pub mod capture;
 pub mod config;
+pub mod error;
 pub mod identity;
 pub mod inject;
 pub mod offline;

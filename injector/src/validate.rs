@@ -36,10 +36,10 @@
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{DynamicObject, PartialObjectMeta};
-use meshd_controlplane::model::ServiceKey;
 use meshd_api::annotations::routing::{self, AnnotationError, Annotations};
+use meshd_api::names::ServiceKey;
 
-use crate::webhook::{deny, gvk_name, short};
+use crate::admission::{deny, gvk_name, short};
 
 /// What the validating webhook decodes of a Service or Namespace: type
 /// fields and metadata, nothing of the spec.

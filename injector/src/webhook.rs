@@ -39,6 +39,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::{deny, gvk_name, short};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -51,7 +52,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND, Operation,
 };
-use kube::core::{GroupVersionKind, Resource, Status, TypeMeta};
+use kube::core::{Resource, TypeMeta};
 use meshd_ca::serving::provider;
 use meshd_ca::{Authority, RenewingServerCert, SpiffeId};
 use meshd_controlplane::serving::{
@@ -382,40 +383,6 @@ fn field_error<E: std::fmt::Display>(prefix: &str, e: &serde_path_to_error::Erro
     } else {
         format!("{prefix}.{path}: {}", e.inner())
     }
-}
-
-/// A value from the request as quoted in a message: never more than a
-/// line, whatever the client sent.
-pub(crate) fn short(value: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 63;
-    match value.char_indices().nth(MAX) {
-        None => value.into(),
-        Some((end, _)) => format!("{}…", &value[..end]).into(),
-    }
-}
-
-pub(crate) fn gvk_name(gvk: &GroupVersionKind) -> String {
-    if gvk.group.is_empty() {
-        format!("{} {}", short(&gvk.version), short(&gvk.kind))
-    } else {
-        format!(
-            "{}/{} {}",
-            short(&gvk.group),
-            short(&gvk.version),
-            short(&gvk.kind)
-        )
-    }
-}
-
-pub(crate) fn deny(
-    mut response: AdmissionResponse,
-    code: u16,
-    reason: &str,
-    message: String,
-) -> AdmissionResponse {
-    response.allowed = false;
-    response.result = Status::failure(&message, reason).with_code(code);
-    response
 }
 
 fn log_denial(subject: &Subject<'_>, response: &AdmissionResponse) {
@@ -868,6 +835,7 @@ fn review_json(response: AdmissionResponse, patch: Option<&[u8]>) -> serde_json:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::{GroupVersionKind, Status};
 
     #[test]
     fn quoted_values_stay_short_and_split_on_character_boundaries() {

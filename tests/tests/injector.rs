@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use meshd_controlplane::bootstrap::BootstrapConfig;
+use meshd_api::sidecar::bootstrap::BootstrapConfig;
 use meshd_injector::capture::{self, CaptureConfig};
 use meshd_injector::config::{IDENTITY_MOUNT, InjectorConfig};
 use meshd_injector::inject::{INIT_CONTAINER, Injection, PROXY_CONTAINER, inject};

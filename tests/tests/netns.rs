@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use meshd_controlplane::bootstrap::XdsProtocol;
+use meshd_api::sidecar::bootstrap::XdsProtocol;
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
 use meshd_injector::capture::{self, CaptureConfig};

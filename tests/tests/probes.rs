@@ -21,7 +21,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use meshd_controlplane::bootstrap::{AppProbe, GrpcProbe};
+use meshd_api::sidecar::bootstrap::{AppProbe, GrpcProbe};
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_tests::envoy::wait_for;
 use meshd_tests::http;
