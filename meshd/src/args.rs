@@ -64,9 +64,9 @@ pub struct InjectorArgs {
         value_name = "BOOL"
     )]
     pub native_sidecar: bool,
-    /// Send app containers' HTTP probes through the proxy so they pass
-    /// under STRICT mTLS (pods override with meshd.io/rewrite-app-probes):
-    /// true or false.
+    /// Send app containers' HTTP and gRPC probes through the proxy so they
+    /// pass under STRICT mTLS (pods override with
+    /// meshd.io/rewrite-app-probes): true or false.
     #[arg(
         long,
         env = "MESHD_REWRITE_APP_PROBES",
