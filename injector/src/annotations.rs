@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use meshd_api::annotations::routing;
 use meshd_api::annotations::workload::{Interception, MtlsMode};
 
 use crate::capture::{self, Cidr};
@@ -377,6 +378,18 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Inject
             INTERCEPTION => {
                 o.interception = Interception::parse(value).ok_or_else(|| invalid(name, value))?;
             }
+            // The proxy's egress scope, documented with the routing
+            // annotations and read by the control plane: checked here too,
+            // so a bad value stops the pod at admission.
+            routing::EGRESS => {
+                routing::EgressRule::parse("Pod", value).map_err(|_| {
+                    InjectError::InvalidAnnotation {
+                        annotation: name.clone(),
+                        value: value.to_string(),
+                        accepted: routing::accepted(routing::EGRESS).to_string(),
+                    }
+                })?;
+            }
             NATIVE_SIDECAR => o.native_sidecar = Some(parse_bool(name, value)?),
             REWRITE_APP_PROBES => o.rewrite_app_probes = Some(parse_bool(name, value)?),
             PROXY_CPU => o.proxy_cpu = Some(parse_quantity(name, value, Resource::Cpu)?),
@@ -566,6 +579,26 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "annotation meshd.io/log-level: `verbose` is not valid; accepted: trace, debug, info, warning, error, critical, off"
+        );
+    }
+
+    /// A Pod's egress scope is the control plane's (documented with the
+    /// routing annotations): it was refused as unknown, so such a pod could
+    /// not be injected at all.
+    #[test]
+    fn a_pods_egress_scope_is_accepted_and_checked() {
+        assert_eq!(
+            parse(&map(&[(routing::EGRESS, "./*,shop/reviews")])).unwrap(),
+            Overrides::default()
+        );
+        let err = parse(&map(&[(routing::EGRESS, "shop")])).unwrap_err();
+        assert_eq!(
+            err,
+            InjectError::InvalidAnnotation {
+                annotation: routing::EGRESS.into(),
+                value: "shop".into(),
+                accepted: routing::accepted(routing::EGRESS).into(),
+            }
         );
     }
 
