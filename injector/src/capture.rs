@@ -14,51 +14,12 @@
 //! every connection Envoy opens would loop back into Envoy.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::str::FromStr;
+
+/// The annotation value parsers the capture flags share.
+pub use meshd_api::annotations::pod::{Cidr, ListError as Error, parse_cidrs, parse_ports};
 
 /// The UID (and GID) the sidecar runs as.
 pub const PROXY_UID: u32 = 1337;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Error {
-    #[error(
-        "{field}: `{value}` is not a port; accepted: a comma-separated list of numbers 1-65535"
-    )]
-    Port { field: &'static str, value: String },
-    #[error(
-        "{field}: `{value}` is not a CIDR; accepted: a comma-separated list like 10.0.0.0/8,fd00::/8"
-    )]
-    Cidr { field: &'static str, value: String },
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// An address block, as iptables takes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub address: IpAddr,
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = ();
-
-    fn from_str(s: &str) -> std::result::Result<Self, ()> {
-        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
-        let address: IpAddr = addr.parse().map_err(|_| ())?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix = if prefix.is_empty() {
-            max
-        } else {
-            prefix.parse().map_err(|_| ())?
-        };
-        if prefix > max {
-            return Err(());
-        }
-        Ok(Cidr { address, prefix })
-    }
-}
 
 /// What to capture. Defaults match the injected sidecar.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,39 +54,6 @@ impl Default for CaptureConfig {
 /// Ports of the sidecar that must never be redirected inbound: kubelet
 /// probes readiness on 15021 and Prometheus scrapes 15090.
 const SIDECAR_INBOUND_PORTS: [u16; 2] = [15021, 15090];
-
-/// Parses `80,443` (spaces allowed, empty = none).
-pub fn parse_ports(field: &'static str, value: &str) -> Result<Vec<u16>> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| Error::Port {
-                    field,
-                    value: p.to_string(),
-                })
-        })
-        .collect()
-}
-
-/// Parses `10.0.0.0/8,192.168.1.1` (a bare address is a /32 or /128).
-pub fn parse_cidrs(field: &'static str, value: &str) -> Result<Vec<Cidr>> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse().map_err(|()| Error::Cidr {
-                field,
-                value: c.to_string(),
-            })
-        })
-        .collect()
-}
 
 impl CaptureConfig {
     /// The `nat` table rules as `iptables-restore` input for one address

@@ -34,3 +34,38 @@ pub enum InjectError {
 }
 
 pub type Result<T, E = InjectError> = std::result::Result<T, E>;
+
+/// A pod's annotations or labels refused by their parser (`meshd-api`),
+/// with the same message.
+impl From<meshd_api::annotations::pod::Error> for InjectError {
+    fn from(e: meshd_api::annotations::pod::Error) -> Self {
+        use meshd_api::annotations::pod::Error;
+        match e {
+            Error::InvalidAnnotation {
+                annotation,
+                value,
+                accepted,
+            } => InjectError::InvalidAnnotation {
+                annotation,
+                value,
+                accepted,
+            },
+            Error::UnknownAnnotation {
+                annotation,
+                accepted,
+            } => InjectError::UnknownAnnotation {
+                annotation,
+                accepted,
+            },
+            Error::InvalidLabel {
+                label,
+                value,
+                accepted,
+            } => InjectError::InvalidLabel {
+                label,
+                value,
+                accepted,
+            },
+        }
+    }
+}

@@ -78,10 +78,10 @@ use meshd_api::sidecar::ports;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::annotations::{self, Overrides, Quantity, Resource};
 use crate::capture::{CaptureConfig, PROXY_UID};
 use crate::config::{IDENTITY_MOUNT, InjectorConfig, identity_secret_name};
 pub use crate::error::{InjectError, Result};
+use meshd_api::annotations::pod::{self as annotations, Overrides, Quantity, Resource};
 
 /// The injected proxy container.
 pub const PROXY_CONTAINER: &str = "meshd-proxy";
@@ -1963,7 +1963,7 @@ impl PodPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::{
+    use meshd_api::annotations::pod::{
         CONCURRENCY, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_CIDRS, EXCLUDE_OUTBOUND_PORTS, INJECT,
         INTERCEPTION, LOG_LEVEL, NATIVE_SIDECAR, PROXY_CPU, PROXY_CPU_LIMIT, PROXY_MEMORY_LIMIT,
         REWRITE_APP_PROBES, STATUS,

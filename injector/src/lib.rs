@@ -12,7 +12,6 @@
 //!   annotations of Services and Namespaces.
 
 pub mod admission;
-pub mod annotations;
 pub mod capture;
 pub mod config;
 pub mod error;

@@ -220,7 +220,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                             // Only injected pods hold an identity Secret.
                             .filter(|w| {
                                 w.annotations
-                                    .contains_key(meshd_injector::annotations::STATUS)
+                                    .contains_key(meshd_api::annotations::pod::STATUS)
                             })
                             .map(|w| (w.namespace.clone(), w.service_account.clone()))
                             .collect()

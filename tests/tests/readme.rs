@@ -5,7 +5,7 @@
 fn the_readme_lists_every_injection_annotation() {
     let readme =
         std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap();
-    let table = meshd_injector::annotations::markdown_table();
+    let table = meshd_api::annotations::pod::markdown_table();
     assert!(
         readme.contains(table.trim()),
         "README.md's annotation table is out of date; replace it with:\n{table}"

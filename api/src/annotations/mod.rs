@@ -6,6 +6,13 @@
 //!   and the egress scope of Namespaces and Pods.
 //! - [`workload`]: the mTLS mode and traffic interception of a workload,
 //!   which discovery reads from Pods and Namespaces.
+//! - [`pod`]: what a Pod may ask of its injected sidecar (resources, log
+//!   level, capture exclusions, native or classic sidecar, probes), and
+//!   the labels meshd reads or writes.
+//!
+//! Each module's table of rows is the README's table and the `accepted`
+//! part of every message about its annotations.
 
+pub mod pod;
 pub mod routing;
 pub mod workload;

@@ -1,4 +1,5 @@
-//! The `meshd.io/*` annotations and labels a pod may carry, as data.
+//! The `meshd.io/*` annotations and labels a pod may carry for injection,
+//! as data, with the parsers of their values (the injector applies them).
 //!
 //! [`ANNOTATIONS`] and [`LABELS`] are the one source for the README table
 //! ([`markdown_table`]) and for every error message: a value that is not
@@ -7,17 +8,113 @@
 //!
 //! ```text
 //! pod annotations ──parse──> Overrides ──(with InjectorConfig)──> what inject() builds
-//!                     └─ unknown meshd.io/* or bad value ──> InjectError
+//!                     └─ unknown meshd.io/* or bad value ──> Error
 //! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use meshd_api::annotations::routing;
-use meshd_api::annotations::workload::{Interception, MtlsMode};
+use std::net::IpAddr;
+use std::str::FromStr;
 
-use crate::capture::{self, Cidr};
-use crate::error::InjectError;
+use super::routing;
+use super::workload::{Interception, MtlsMode};
+
+/// Why a pod's annotations or labels are refused: the messages name the
+/// annotation or label, the value, and what is accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("annotation {annotation}: `{value}` is not valid; accepted: {accepted}")]
+    InvalidAnnotation {
+        annotation: String,
+        value: String,
+        accepted: String,
+    },
+    #[error("annotation {annotation} is not a meshd annotation; accepted: {accepted}")]
+    UnknownAnnotation {
+        annotation: String,
+        accepted: String,
+    },
+    #[error("label {label}: `{value}` is not valid; accepted: {accepted}")]
+    InvalidLabel {
+        label: String,
+        value: String,
+        accepted: String,
+    },
+}
+
+/// A list value that does not parse (the capture settings share these
+/// parsers with their flags, named by `field`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ListError {
+    #[error(
+        "{field}: `{value}` is not a port; accepted: a comma-separated list of numbers 1-65535"
+    )]
+    Port { field: &'static str, value: String },
+    #[error(
+        "{field}: `{value}` is not a CIDR; accepted: a comma-separated list like 10.0.0.0/8,fd00::/8"
+    )]
+    Cidr { field: &'static str, value: String },
+}
+
+/// An address block, as iptables takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub address: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = ();
+
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let address: IpAddr = addr.parse().map_err(|_| ())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix.parse().map_err(|_| ())?
+        };
+        if prefix > max {
+            return Err(());
+        }
+        Ok(Cidr { address, prefix })
+    }
+}
+
+/// Parses `80,443` (spaces allowed, empty = none).
+pub fn parse_ports(field: &'static str, value: &str) -> Result<Vec<u16>, ListError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ListError::Port {
+                    field,
+                    value: p.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Parses `10.0.0.0/8,192.168.1.1` (a bare address is a /32 or /128).
+pub fn parse_cidrs(field: &'static str, value: &str) -> Result<Vec<Cidr>, ListError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse().map_err(|()| ListError::Cidr {
+                field,
+                value: c.to_string(),
+            })
+        })
+        .collect()
+}
 
 /// Every meshd annotation and label starts with this.
 pub const PREFIX: &str = "meshd.io/";
@@ -220,8 +317,8 @@ fn row(d: &AnnotationDoc) -> String {
     )
 }
 
-fn invalid(annotation: &str, value: &str) -> InjectError {
-    InjectError::InvalidAnnotation {
+fn invalid(annotation: &str, value: &str) -> Error {
+    Error::InvalidAnnotation {
         annotation: annotation.to_string(),
         value: value.to_string(),
         accepted: accepted(annotation),
@@ -330,7 +427,7 @@ pub struct Overrides {
     pub rewrite_app_probes: Option<bool>,
 }
 
-fn parse_bool(annotation: &str, value: &str) -> Result<bool, InjectError> {
+fn parse_bool(annotation: &str, value: &str) -> Result<bool, Error> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -338,11 +435,7 @@ fn parse_bool(annotation: &str, value: &str) -> Result<bool, InjectError> {
     }
 }
 
-fn parse_quantity(
-    annotation: &str,
-    value: &str,
-    resource: Resource,
-) -> Result<Quantity, InjectError> {
+fn parse_quantity(annotation: &str, value: &str, resource: Resource) -> Result<Quantity, Error> {
     Quantity::parse(value, resource).ok_or_else(|| invalid(annotation, value))
 }
 
@@ -361,7 +454,7 @@ pub fn parse_concurrency(value: &str) -> Option<u32> {
 
 /// Validates every `meshd.io/` annotation of a pod and returns what they
 /// override. Annotations outside `meshd.io/` are not meshd's business.
-pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, InjectError> {
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Error> {
     let mut o = Overrides::default();
     for (name, value) in annotations {
         if !name.starts_with(PREFIX) {
@@ -369,8 +462,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Inject
         }
         let value = value.as_str();
         match name.as_str() {
-            // Decided before (see [`inject_decision`] and
-            // [`crate::inject::Status`]), or only the control plane's.
+            // Decided before (see [`inject_decision`]), or written by the
+            // injector only.
             INJECT | STATUS => {}
             MTLS => {
                 MtlsMode::parse(value).ok_or_else(|| invalid(name, value))?;
@@ -382,12 +475,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Inject
             // annotations and read by the control plane: checked here too,
             // so a bad value stops the pod at admission.
             routing::EGRESS => {
-                routing::EgressRule::parse("Pod", value).map_err(|_| {
-                    InjectError::InvalidAnnotation {
-                        annotation: name.clone(),
-                        value: value.to_string(),
-                        accepted: routing::accepted(routing::EGRESS).to_string(),
-                    }
+                routing::EgressRule::parse("Pod", value).map_err(|_| Error::InvalidAnnotation {
+                    annotation: name.clone(),
+                    value: value.to_string(),
+                    accepted: routing::accepted(routing::EGRESS).to_string(),
                 })?;
             }
             NATIVE_SIDECAR => o.native_sidecar = Some(parse_bool(name, value)?),
@@ -410,19 +501,19 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Inject
                 o.concurrency = Some(parse_concurrency(value).ok_or_else(|| invalid(name, value))?);
             }
             EXCLUDE_INBOUND_PORTS => {
-                o.exclude_inbound_ports = capture::parse_ports(EXCLUDE_INBOUND_PORTS, value)
-                    .map_err(|_| invalid(name, value))?;
+                o.exclude_inbound_ports =
+                    parse_ports(EXCLUDE_INBOUND_PORTS, value).map_err(|_| invalid(name, value))?;
             }
             EXCLUDE_OUTBOUND_PORTS => {
-                o.exclude_outbound_ports = capture::parse_ports(EXCLUDE_OUTBOUND_PORTS, value)
-                    .map_err(|_| invalid(name, value))?;
+                o.exclude_outbound_ports =
+                    parse_ports(EXCLUDE_OUTBOUND_PORTS, value).map_err(|_| invalid(name, value))?;
             }
             EXCLUDE_OUTBOUND_CIDRS => {
-                o.exclude_outbound_cidrs = capture::parse_cidrs(EXCLUDE_OUTBOUND_CIDRS, value)
-                    .map_err(|_| invalid(name, value))?;
+                o.exclude_outbound_cidrs =
+                    parse_cidrs(EXCLUDE_OUTBOUND_CIDRS, value).map_err(|_| invalid(name, value))?;
             }
             _ => {
-                return Err(InjectError::UnknownAnnotation {
+                return Err(Error::UnknownAnnotation {
                     annotation: name.clone(),
                     accepted: known_names(),
                 });
@@ -439,23 +530,21 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Inject
 pub fn inject_decision(
     labels: Option<&BTreeMap<String, String>>,
     annotations: Option<&BTreeMap<String, String>>,
-) -> Result<Option<bool>, InjectError> {
+) -> Result<Option<bool>, Error> {
     let label = match labels.and_then(|l| l.get(INJECT)) {
         None => None,
-        Some(v) => Some(
-            parse_bool(INJECT, v).map_err(|_| InjectError::InvalidLabel {
-                label: INJECT.to_string(),
-                value: v.clone(),
-                accepted: "true, false".to_string(),
-            })?,
-        ),
+        Some(v) => Some(parse_bool(INJECT, v).map_err(|_| Error::InvalidLabel {
+            label: INJECT.to_string(),
+            value: v.clone(),
+            accepted: "true, false".to_string(),
+        })?),
     };
     let annotation = match annotations.and_then(|a| a.get(INJECT)) {
         None => None,
         Some(v) => Some(parse_bool(INJECT, v)?),
     };
     match (label, annotation) {
-        (Some(l), Some(a)) if l != a => Err(InjectError::InvalidAnnotation {
+        (Some(l), Some(a)) if l != a => Err(Error::InvalidAnnotation {
             annotation: INJECT.to_string(),
             value: a.to_string(),
             accepted: format!(
@@ -564,7 +653,7 @@ mod tests {
             let err = parse(&map(&[(name, value)])).unwrap_err();
             assert_eq!(
                 err,
-                InjectError::InvalidAnnotation {
+                Error::InvalidAnnotation {
                     annotation: name.into(),
                     value: value.into(),
                     accepted: doc(name).unwrap().accepted.into(),
@@ -594,7 +683,7 @@ mod tests {
         let err = parse(&map(&[(routing::EGRESS, "shop")])).unwrap_err();
         assert_eq!(
             err,
-            InjectError::InvalidAnnotation {
+            Error::InvalidAnnotation {
                 annotation: routing::EGRESS.into(),
                 value: "shop".into(),
                 accepted: routing::accepted(routing::EGRESS).into(),
@@ -632,11 +721,11 @@ mod tests {
         );
         assert!(matches!(
             inject_decision(Some(&l("yes")), None),
-            Err(InjectError::InvalidLabel { .. })
+            Err(Error::InvalidLabel { .. })
         ));
         assert!(matches!(
             inject_decision(None, Some(&l("False"))),
-            Err(InjectError::InvalidAnnotation { .. })
+            Err(Error::InvalidAnnotation { .. })
         ));
     }
 
