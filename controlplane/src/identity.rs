@@ -25,11 +25,7 @@ use tokio::sync::watch;
 
 use crate::model::{MtlsMode, Workload};
 use crate::translate::Resource;
-
-/// The SDS name of a proxy's own certificate and key.
-pub const DEFAULT_SECRET: &str = "default";
-/// The SDS name of the trust bundle.
-pub const ROOT_SECRET: &str = "ROOTCA";
+pub use crate::translate::{DEFAULT_SECRET, ROOT_SECRET};
 
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {

@@ -58,8 +58,8 @@ pub use clusters::inbound_cluster_name;
 use clusters::{inbound_cluster, passthrough_cluster, socket_address};
 use resource::ads;
 pub use resource::{
-    HTTP_PROXY_ROUTE, INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER, PASSTHROUGH_CLUSTER,
-    Resource, Resources, TranslateOptions, decode,
+    DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER,
+    PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources, TranslateOptions, decode,
 };
 use routing::{route_to, service_hosts};
 

@@ -18,6 +18,11 @@ pub const OUTBOUND_LISTENER: &str = "outbound";
 pub const INBOUND_LISTENER: &str = "inbound";
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
+/// The SDS name of a proxy's own certificate and key.
+pub const DEFAULT_SECRET: &str = "default";
+/// The SDS name of the trust bundle.
+pub const ROOT_SECRET: &str = "ROOTCA";
+
 /// The route configuration behind the explicit-proxy listener of workloads
 /// without traffic capture.
 pub const HTTP_PROXY_ROUTE: &str = "outbound_http_proxy";

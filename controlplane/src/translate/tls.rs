@@ -26,7 +26,7 @@ use meshd_proto::pb::google::protobuf::value::Kind as ValueKind;
 use meshd_proto::{BoolValue, Struct, Value, to_any};
 
 use super::resource::ads;
-use crate::identity::{DEFAULT_SECRET, ROOT_SECRET};
+use super::resource::{DEFAULT_SECRET, ROOT_SECRET};
 use crate::model::Protocol;
 
 /// The endpoint metadata key that selects the TLS transport socket.
