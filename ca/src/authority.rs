@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
-use crate::store::{CaStore, PlugInFiles, StagedRoot, StoredRoot, read};
+use crate::store::{CaStore, PlugInFiles, RetiredRoot, RetiredRoots, StagedRoot, StoredRoot, read};
 use crate::{Error, PrivateKey, Result, SpiffeId};
 
 /// The shortest workload certificate lifetime meshd issues.
@@ -22,6 +22,12 @@ pub const MIN_WORKLOAD_TTL: Duration = Duration::from_secs(60);
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
 /// How long a generated root lasts.
 const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long meshd's own servers keep accepting client certificates from a
+/// root after a rotation retired it: the lifetime of the bootstrap
+/// identities `meshd bootstrap` issues, so every one issued before the
+/// rotation expires before its root stops being accepted, and a proxy
+/// whose identity nobody refreshed is not locked out at its next reconnect.
+pub const DEFAULT_RETIRED_ROOT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// A certificate as issued: the leaf, the chain Envoy presents (leaf and
 /// any intermediates) and facts for scheduling rotation.
@@ -151,6 +157,39 @@ struct State {
     staged: Option<(Arc<Signer>, PrivateKey)>,
     /// Whether roots are generated (and so may be rotated) or plugged in.
     self_signed: bool,
+    /// Roots a rotation retired, that meshd's own servers still accept
+    /// client certificates (bootstrap identities) from, each until its
+    /// time. Never in the trust bundle workloads are sent.
+    retired: Vec<(Arc<Parsed>, OffsetDateTime)>,
+    /// Each root made current by a rotation, certified by the root before
+    /// it (newest first). meshd's servers append them to their chain, so a
+    /// client whose trust bundle predates the rotation (a bootstrap trust
+    /// bundle nobody refreshed) can still verify them.
+    cross_signed: Vec<Arc<Parsed>>,
+}
+
+impl State {
+    /// Whether `root` is trusted, or retired but still accepted, at `now`.
+    fn accepts(&self, root: &Parsed, now: OffsetDateTime) -> bool {
+        self.roots.iter().any(|r| r.der == root.der)
+            || self
+                .retired
+                .iter()
+                .any(|(r, until)| r.der == root.der && now < *until)
+    }
+
+    /// The cross-signed certificates still of use: those issued by a root
+    /// that is trusted or still accepted.
+    fn live_cross_signed(&self, now: OffsetDateTime) -> impl Iterator<Item = &Arc<Parsed>> {
+        self.cross_signed.iter().filter(move |cross| {
+            now < cross.not_after
+                && self
+                    .roots
+                    .iter()
+                    .chain(self.retired.iter().map(|(r, _)| r))
+                    .any(|r| self.accepts(r, now) && signed_by(cross, r))
+        })
+    }
 }
 
 /// The mesh CA.
@@ -158,6 +197,7 @@ pub struct Authority {
     trust_domain: String,
     store: Option<Arc<dyn CaStore>>,
     state: RwLock<State>,
+    retired_grace: std::sync::Mutex<Duration>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -189,6 +229,55 @@ fn new_root(trust_domain: &str) -> Result<(Parsed, KeyPair, PrivateKey)> {
     let parsed = parse_der(cert.der().clone()).map_err(Error::Generate)?;
     let pem = PrivateKey::from_pem(key.serialize_pem());
     Ok((parsed, key, pem))
+}
+
+/// `new`'s root certificate again, issued by `old`: the same subject and
+/// key, so whatever `new` signs also chains to `old`. It lasts no longer
+/// than either.
+fn cross_sign(trust_domain: &str, new: &Signer, old: &Signer) -> Result<Parsed> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, "meshd root CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    // Names the old root's key, so a verifier holding several roots of
+    // the same name picks the right one.
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    params.not_before = new.cert.not_before.max(old.cert.not_before);
+    params.not_after = new.cert.not_after.min(old.cert.not_after);
+    let issuer = Issuer::from_ca_cert_der(&old.cert.der, &old.key)?;
+    let cert = params.signed_by(&new.key, &issuer)?;
+    parse_der(cert.der().clone()).map_err(Error::Generate)
+}
+
+/// Puts back what [`Authority::save_retired`] persisted, less what has
+/// expired since.
+fn restore_retired(state: &mut State, stored: &RetiredRoots) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let what = std::path::Path::new("stored retired root");
+    for root in &stored.roots {
+        let until = OffsetDateTime::from_unix_timestamp(root.accepted_until_unix)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        if now < until {
+            for cert in parse_certs(&root.cert_pem, what)? {
+                state.retired.push((Arc::new(cert), until));
+            }
+        }
+    }
+    let what = std::path::Path::new("stored cross-signed root");
+    for pem in &stored.cross_signed_pem {
+        state
+            .cross_signed
+            .extend(parse_certs(pem, what)?.into_iter().map(Arc::new));
+    }
+    Ok(())
 }
 
 fn random_serial() -> SerialNumber {
@@ -236,6 +325,8 @@ fn state_of(stored: &StoredRoot) -> Result<State> {
         roots,
         staged,
         self_signed: true,
+        retired: Vec::new(),
+        cross_signed: Vec::new(),
     })
 }
 
@@ -262,7 +353,10 @@ impl Authority {
     pub fn load_or_generate(trust_domain: &str, store: Arc<dyn CaStore>) -> Result<Self> {
         let state = match store.load()? {
             Some(stored) => {
-                let state = state_of(&stored)?;
+                let mut state = state_of(&stored)?;
+                if let Some(retired) = store.load_retired()? {
+                    restore_retired(&mut state, &retired)?;
+                }
                 tracing::info!(not_after = %state.signer.cert.not_after, "loaded the mesh root CA");
                 state
             }
@@ -281,6 +375,8 @@ impl Authority {
                     roots: vec![Arc::new(root)],
                     staged: None,
                     self_signed: true,
+                    retired: Vec::new(),
+                    cross_signed: Vec::new(),
                 }
             }
         };
@@ -288,6 +384,7 @@ impl Authority {
             trust_domain: trust_domain.to_string(),
             store: Some(store),
             state: RwLock::new(state),
+            retired_grace: std::sync::Mutex::new(DEFAULT_RETIRED_ROOT_GRACE),
         })
     }
 
@@ -304,7 +401,14 @@ impl Authority {
         if same_root(&self.stored(&self.state()), stored) {
             return Ok(false);
         }
-        let state = state_of(stored)?;
+        let mut state = state_of(stored)?;
+        // What this replica's own servers still accept is not in the
+        // stored root: keep it.
+        {
+            let current = self.state();
+            state.retired = current.retired.clone();
+            state.cross_signed = current.cross_signed.clone();
+        }
         tracing::info!(
             not_after = %state.signer.cert.not_after,
             staged = state.staged.is_some(),
@@ -395,6 +499,7 @@ impl Authority {
         Ok(Authority {
             trust_domain: trust_domain.to_string(),
             store: None,
+            retired_grace: std::sync::Mutex::new(DEFAULT_RETIRED_ROOT_GRACE),
             state: RwLock::new(State {
                 signer: Arc::new(Signer {
                     cert,
@@ -404,6 +509,8 @@ impl Authority {
                 roots: roots.into_iter().map(Arc::new).collect(),
                 staged: None,
                 self_signed: false,
+                retired: Vec::new(),
+                cross_signed: Vec::new(),
             }),
         })
     }
@@ -438,6 +545,35 @@ impl Authority {
             roots.push(staged.cert.der.clone());
         }
         roots
+    }
+
+    /// The roots meshd's own servers accept client certificates from: the
+    /// trusted roots, and those a rotation retired less than the grace
+    /// ([`Authority::retire_previous_roots`]) ago.
+    pub fn client_trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+        let now = OffsetDateTime::now_utc();
+        let mut roots = self.trust_anchors();
+        let state = self.state();
+        roots.extend(
+            state
+                .retired
+                .iter()
+                .filter(|(_, until)| now < *until)
+                .map(|(r, _)| r.der.clone()),
+        );
+        roots
+    }
+
+    /// When the set of [`Authority::client_trust_anchors`] next shrinks
+    /// without a rotation step (a retired root's grace ends), if ever.
+    pub fn client_trust_changes_at(&self) -> Option<OffsetDateTime> {
+        let now = OffsetDateTime::now_utc();
+        self.state()
+            .retired
+            .iter()
+            .map(|(_, until)| *until)
+            .filter(|until| now < *until)
+            .min()
     }
 
     pub fn status(&self) -> Status {
@@ -501,7 +637,14 @@ impl Authority {
             sans.push(SanType::DnsName(ia5(name)?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        let cert = self.issue_with_sans(sans, &key, ttl)?;
+        let mut cert = self.issue_with_sans(sans, &key, ttl)?;
+        // A client that trusts only a root a rotation replaced (a
+        // bootstrap trust bundle written before it) verifies this server
+        // through the current root certified by the one before.
+        let state = self.state();
+        for cross in state.live_cross_signed(OffsetDateTime::now_utc()) {
+            cert.chain_pem.push_str(&cross.pem);
+        }
         Ok((cert, PrivateKey::from_pem(key.serialize_pem())))
     }
 
@@ -635,8 +778,11 @@ impl Authority {
             })?;
         }
         let root = parse_der(signer.cert.der.clone()).map_err(Error::Generate)?;
+        let cross = cross_sign(&self.trust_domain, &signer, &state.signer)?;
         state.roots.insert(0, Arc::new(root));
         state.signer = signer;
+        state.cross_signed.insert(0, Arc::new(cross));
+        self.save_retired(&state)?;
         tracing::info!("the new root CA now signs");
         Ok(())
     }
@@ -650,12 +796,53 @@ impl Authority {
                 "there is no previous root to retire".into(),
             ));
         }
-        state.roots.truncate(1);
+        let until = OffsetDateTime::now_utc() + self.retired_root_grace();
+        let retired: Vec<_> = state.roots.drain(1..).map(|r| (r, until)).collect();
+        state.retired.extend(retired);
         if let Some(store) = &self.store {
             store.save(&self.stored(&state))?;
         }
-        tracing::info!("retired the previous root CA");
+        self.save_retired(&state)?;
+        tracing::info!(
+            accepted_until = %until,
+            "retired the previous root CA; meshd's own servers accept client certificates from it until then"
+        );
         Ok(())
+    }
+
+    /// How long client certificates from a retired root stay accepted
+    /// by meshd's own servers (default [`DEFAULT_RETIRED_ROOT_GRACE`]).
+    pub fn set_retired_root_grace(&self, grace: Duration) {
+        *self.retired_grace.lock().unwrap_or_else(|p| p.into_inner()) = grace;
+    }
+
+    fn retired_root_grace(&self) -> Duration {
+        *self.retired_grace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Persists the retired roots and cross-signed certificates still of
+    /// use, so a restart does not lock out proxies a rotation left with a
+    /// previous root's bootstrap identity.
+    fn save_retired(&self, state: &State) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let now = OffsetDateTime::now_utc();
+        store.save_retired(&RetiredRoots {
+            roots: state
+                .retired
+                .iter()
+                .filter(|(_, until)| now < *until)
+                .map(|(root, until)| RetiredRoot {
+                    cert_pem: root.pem.clone(),
+                    accepted_until_unix: until.unix_timestamp(),
+                })
+                .collect(),
+            cross_signed_pem: state
+                .live_cross_signed(now)
+                .map(|c| c.pem.clone())
+                .collect(),
+        })
     }
 }
 
@@ -783,6 +970,79 @@ mod tests {
             ca.sign_csr("garbage", &caller, Duration::from_secs(60)),
             Err(Error::InvalidCsr(_))
         ));
+    }
+
+    /// Issue #11 C.4: after a rotation, meshd's own servers still accept
+    /// client certificates from the retired root for the grace (across a
+    /// restart), and present a chain a client trusting only the old root
+    /// can verify: the new root, certified by the old.
+    #[test]
+    fn a_retired_root_stays_accepted_by_meshd_servers_for_the_grace() {
+        let (dir, ca) = authority();
+        let old_bundle = ca.trust_bundle_pem();
+        ca.stage_new_root().unwrap();
+        ca.activate_staged_root().unwrap();
+        ca.retire_previous_roots().unwrap();
+        assert_eq!(
+            ca.trust_anchors().len(),
+            1,
+            "workloads trust the new root only"
+        );
+        let accepted = ca.client_trust_anchors();
+        assert_eq!(accepted.len(), 2);
+        let old_der = parse(&old_bundle).contents;
+        assert!(accepted.iter().any(|a| a.as_ref() == old_der.as_slice()));
+        assert!(ca.client_trust_changes_at().is_some());
+
+        let id = SpiffeId::new("cluster.local", "meshd", "meshd");
+        let (server, _) = ca
+            .issue_server(&id, &[], &[], Duration::from_secs(60))
+            .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(server.chain_pem.as_bytes())
+            .map(|c| parse_der(c.unwrap()).unwrap())
+            .collect();
+        assert_eq!(chain.len(), 2, "the leaf and the cross-signed root");
+        let old_root = parse_der(CertificateDer::from(old_der.clone())).unwrap();
+        let new_root = parse_der(ca.trust_anchors().remove(0)).unwrap();
+        assert!(signed_by(&chain[0], &new_root));
+        assert!(
+            signed_by(&chain[1], &old_root),
+            "the new key, certified by the old root"
+        );
+        assert_eq!(chain[1].public_key, new_root.public_key);
+        // Workload certificates carry no cross-signed root: their peers
+        // have the new bundle.
+        let (workload, _) = ca.issue_with_key(&id, Duration::from_secs(60)).unwrap();
+        assert_eq!(workload.chain_pem, workload.leaf_pem);
+
+        // A restart keeps both.
+        let reloaded =
+            Authority::load_or_generate("cluster.local", Arc::new(DirStore::new(dir.path())))
+                .unwrap();
+        assert_eq!(reloaded.client_trust_anchors().len(), 2);
+        let (server, _) = reloaded
+            .issue_server(&id, &[], &[], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            CertificateDer::pem_slice_iter(server.chain_pem.as_bytes()).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_retired_root_is_not_accepted_once_its_grace_is_over() {
+        let (dir, ca) = authority();
+        ca.set_retired_root_grace(Duration::ZERO);
+        ca.stage_new_root().unwrap();
+        ca.activate_staged_root().unwrap();
+        ca.retire_previous_roots().unwrap();
+        assert_eq!(ca.client_trust_anchors().len(), 1);
+        let id = SpiffeId::new("cluster.local", "meshd", "meshd");
+        let (server, _) = ca
+            .issue_server(&id, &[], &[], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(server.chain_pem, server.leaf_pem, "no cross-signed root");
+        assert!(!dir.path().join("retired-roots.pem").exists());
     }
 
     #[test]

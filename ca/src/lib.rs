@@ -21,10 +21,14 @@ pub mod store;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use authority::{Authority, IssuedCert, MIN_WORKLOAD_TTL, Status, leaf_expiry};
+pub use authority::{
+    Authority, DEFAULT_RETIRED_ROOT_GRACE, IssuedCert, MIN_WORKLOAD_TTL, Status, leaf_expiry,
+};
 pub use identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 pub use serving::RenewingServerCert;
-pub use store::{CaStore, DirStore, PlugInFiles, StagedRoot, StoredRoot};
+pub use store::{
+    CaStore, DirStore, PlugInFiles, RetiredRoot, RetiredRoots, StagedRoot, StoredRoot,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

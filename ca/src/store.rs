@@ -31,10 +31,41 @@ pub struct StagedRoot {
     pub key: PrivateKey,
 }
 
+/// Roots a rotation retired that meshd's own servers still accept client
+/// certificates from, and the certificates that chain the current root to
+/// them (see `Authority::retire_previous_roots`). Certificates only.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetiredRoots {
+    pub roots: Vec<RetiredRoot>,
+    pub cross_signed_pem: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetiredRoot {
+    pub cert_pem: String,
+    /// Client certificates from it are accepted until then (Unix seconds).
+    pub accepted_until_unix: i64,
+}
+
 pub trait CaStore: Send + Sync {
     fn load(&self) -> Result<Option<StoredRoot>>;
     fn save(&self, root: &StoredRoot) -> Result<()>;
+
+    /// Keeps `retired` across restarts. A store that does not (the default)
+    /// loses it: after a restart, a client holding a certificate from a
+    /// retired root needs a fresh one.
+    fn save_retired(&self, retired: &RetiredRoots) -> Result<()> {
+        let _ = retired;
+        Ok(())
+    }
+
+    fn load_retired(&self) -> Result<Option<RetiredRoots>> {
+        Ok(None)
+    }
 }
+
+/// The header before each retired root in `retired-roots.pem`.
+const ACCEPTED_UNTIL: &str = "# accepted until (unix seconds): ";
 
 /// A directory holding `root-cert.pem`, `root-key.pem` (mode 0600) and,
 /// during a rotation, `previous-root-cert.pem` or `staged-root-cert.pem`
@@ -156,6 +187,72 @@ impl CaStore for DirStore {
             None => {}
         }
         Ok(())
+    }
+
+    /// `retired-roots.pem`: each retired root after a comment line with
+    /// its time; `cross-signed-roots.pem`: the cross-signed certificates.
+    /// Both removed when empty.
+    fn save_retired(&self, retired: &RetiredRoots) -> Result<()> {
+        let roots = self.path("retired-roots.pem");
+        let cross = self.path("cross-signed-roots.pem");
+        if retired.roots.is_empty() {
+            remove_if_present(&roots)?;
+        } else {
+            let text: String = retired
+                .roots
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{ACCEPTED_UNTIL}{}\n{}",
+                        r.accepted_until_unix,
+                        r.cert_pem.trim_end().to_string() + "\n"
+                    )
+                })
+                .collect();
+            write(&roots, &text, 0o644)?;
+        }
+        if retired.cross_signed_pem.is_empty() {
+            remove_if_present(&cross)?;
+        } else {
+            write(&cross, &retired.cross_signed_pem.concat(), 0o644)?;
+        }
+        Ok(())
+    }
+
+    fn load_retired(&self) -> Result<Option<RetiredRoots>> {
+        let roots = self.path("retired-roots.pem");
+        let cross = self.path("cross-signed-roots.pem");
+        if !roots.exists() && !cross.exists() {
+            return Ok(None);
+        }
+        let mut retired = RetiredRoots::default();
+        if roots.exists() {
+            let text = read(&roots)?;
+            let mut current: Option<RetiredRoot> = None;
+            for line in text.lines() {
+                if let Some(until) = line.strip_prefix(ACCEPTED_UNTIL) {
+                    retired.roots.extend(current.take());
+                    let accepted_until_unix = until.trim().parse().map_err(|_| Error::File {
+                        path: roots.clone(),
+                        problem: format!(
+                            "`{line}`: expected `{ACCEPTED_UNTIL}<integer>` before each certificate"
+                        ),
+                    })?;
+                    current = Some(RetiredRoot {
+                        cert_pem: String::new(),
+                        accepted_until_unix,
+                    });
+                } else if let Some(root) = current.as_mut() {
+                    root.cert_pem.push_str(line);
+                    root.cert_pem.push('\n');
+                }
+            }
+            retired.roots.extend(current);
+        }
+        if cross.exists() {
+            retired.cross_signed_pem.push(read(&cross)?);
+        }
+        Ok(Some(retired))
     }
 }
 

@@ -207,7 +207,8 @@ impl ControlPlane {
             None => routes,
         }
         .prepare();
-        let mut server = Server::new("xDS", options.xds, Protocol::Http2, limits.xds);
+        let mut server = Server::new("xDS", options.xds, Protocol::Http2, limits.xds)
+            .count_handshake_failures(state.metrics.tls_handshake_failures.clone());
         if let Some(tls) = options.tls {
             server = server.tls(crate::tls::server_config(tls.identity, tls.server));
         }

@@ -45,6 +45,9 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -235,6 +238,7 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     protocol: Protocol,
     limits: Limits,
+    handshake_failures: Family<HandshakeFailureLabels, Counter>,
 }
 
 impl Server {
@@ -251,7 +255,17 @@ impl Server {
             tls: None,
             protocol,
             limits,
+            handshake_failures: Family::default(),
         }
+    }
+
+    /// Count failed TLS handshakes in `counter`, by reason.
+    pub fn count_handshake_failures(
+        mut self,
+        counter: Family<HandshakeFailureLabels, Counter>,
+    ) -> Self {
+        self.handshake_failures = counter;
+        self
     }
 
     /// Serve over TLS with `config`.
@@ -281,6 +295,7 @@ impl Server {
             tls,
             protocol,
             limits,
+            handshake_failures,
         } = self;
         let max_connections = limits.max_connections.max(1);
         let permits = Arc::new(Semaphore::new(max_connections));
@@ -291,6 +306,8 @@ impl Server {
             tls,
             protocol,
             limits,
+            handshake_failures,
+            handshake_log: Mutex::default(),
         });
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -384,6 +401,178 @@ struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     protocol: Protocol,
     limits: Limits,
+    handshake_failures: Family<HandshakeFailureLabels, Counter>,
+    /// Per reason, so one noisy client cannot hide another reason.
+    handshake_log: Mutex<BTreeMap<&'static str, Throttled>>,
+}
+
+impl Shared {
+    /// Counts a failed handshake and logs it, each reason at most every
+    /// [`Throttled::LOG_EVERY`] with how many there were since: a client
+    /// that retries a refused handshake in a loop (Envoy does, every
+    /// second or so) must not write a line per attempt.
+    fn handshake_failed(&self, peer: SocketAddr, reason: HandshakeFailure, detail: &str) {
+        let name = self.name;
+        let reason_label = reason.label();
+        self.handshake_failures
+            .get_or_create(&HandshakeFailureLabels {
+                reason: reason_label,
+            })
+            .inc();
+        let mut log = self.handshake_log.lock().unwrap_or_else(|p| p.into_inner());
+        let throttle = log.entry(reason_label).or_default();
+        throttle.count += 1;
+        if !throttle.should_log() {
+            return;
+        }
+        let times = std::mem::take(&mut throttle.count);
+        if reason.is_certificate() {
+            tracing::warn!(
+                %peer,
+                reason = reason_label,
+                times,
+                "refused a {name} connection: TLS handshake failed: {detail}{}",
+                reason.hint()
+            );
+        } else {
+            tracing::info!(
+                %peer,
+                reason = reason_label,
+                times,
+                "refused a {name} connection: TLS handshake failed: {detail}"
+            );
+        }
+    }
+}
+
+/// The labels of `meshd_xds_tls_handshake_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeFailureLabels {
+    pub reason: &'static str,
+}
+
+/// Why a TLS handshake failed, as few kinds as an operator acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client's certificate is not from a trusted root.
+    UnknownCa,
+    /// The client's certificate is expired or not yet valid.
+    CertificateExpired,
+    /// Some other problem with the client's certificate.
+    BadCertificate,
+    /// The client sent no certificate (one is required).
+    NoCertificate,
+    /// The client refused our certificate: it does not trust its root.
+    PeerUnknownCa,
+    /// The client refused our certificate for another reason.
+    PeerBadCertificate,
+    /// Not TLS, or TLS the two sides could not agree on.
+    Protocol,
+    /// The client went away mid-handshake.
+    Closed,
+    /// The handshake did not finish within `handshake_timeout`.
+    Timeout,
+    Other,
+}
+
+impl HandshakeFailure {
+    /// The failure behind an error of `TlsAcceptor::accept`.
+    pub fn of(error: &std::io::Error) -> Self {
+        use rustls::{AlertDescription as Alert, CertificateError as Cert};
+        let Some(tls) = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        else {
+            return match error.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => HandshakeFailure::Closed,
+                _ => HandshakeFailure::Other,
+            };
+        };
+        match tls {
+            // Every root meshd generates has the same name, so a
+            // certificate from another mesh's root (or a retired one)
+            // finds an issuer of the right name whose signature does not
+            // match, rather than no issuer: the same thing to an operator.
+            rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+                HandshakeFailure::UnknownCa
+            }
+            rustls::Error::InvalidCertificate(
+                Cert::Expired
+                | Cert::ExpiredContext { .. }
+                | Cert::NotValidYet
+                | Cert::NotValidYetContext { .. },
+            ) => HandshakeFailure::CertificateExpired,
+            rustls::Error::InvalidCertificate(_) => HandshakeFailure::BadCertificate,
+            rustls::Error::NoCertificatesPresented => HandshakeFailure::NoCertificate,
+            rustls::Error::AlertReceived(Alert::UnknownCA) => HandshakeFailure::PeerUnknownCa,
+            // A client that finds a root of the right name with another key
+            // (see above) fails our certificate's signature: DecryptError.
+            rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::DecryptError
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked,
+            ) => HandshakeFailure::PeerBadCertificate,
+            rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerIncompatible(_)
+            | rustls::Error::PeerMisbehaved(_)
+            | rustls::Error::AlertReceived(_)
+            | rustls::Error::NoApplicationProtocol => HandshakeFailure::Protocol,
+            _ => HandshakeFailure::Other,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::UnknownCa => "unknown_ca",
+            HandshakeFailure::CertificateExpired => "certificate_expired",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::PeerUnknownCa => "peer_unknown_ca",
+            HandshakeFailure::PeerBadCertificate => "peer_bad_certificate",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// A certificate problem: a proxy locked out, worth a warning.
+    fn is_certificate(self) -> bool {
+        matches!(
+            self,
+            HandshakeFailure::UnknownCa
+                | HandshakeFailure::CertificateExpired
+                | HandshakeFailure::BadCertificate
+                | HandshakeFailure::NoCertificate
+                | HandshakeFailure::PeerUnknownCa
+                | HandshakeFailure::PeerBadCertificate
+        )
+    }
+
+    /// What usually causes it.
+    fn hint(self) -> &'static str {
+        match self {
+            HandshakeFailure::UnknownCa => {
+                " (a bootstrap identity from a root this control plane no longer trusts, or from another mesh)"
+            }
+            HandshakeFailure::PeerUnknownCa => {
+                " (the client does not trust this control plane's root: its bootstrap trust bundle predates a root rotation, or is another mesh's)"
+            }
+            HandshakeFailure::CertificateExpired => {
+                " (an expired bootstrap identity, or a clock off)"
+            }
+            _ => "",
+        }
+    }
 }
 
 /// Accept errors that concern one connection, not the listener.
@@ -639,7 +828,6 @@ async fn serve_connection<S, B>(
     let _permit = permit;
     // Small request/response exchanges: never wait for Nagle.
     let _ = tcp.set_nodelay(true);
-    let name = shared.name;
     let Some(acceptor) = shared.tls.clone() else {
         let info = ConnInfo {
             peer,
@@ -653,11 +841,12 @@ async fn serve_connection<S, B>(
         handshake = handshake => match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                tracing::info!(%peer, "refused a {name} connection: TLS handshake failed: {e}");
+                shared.handshake_failed(peer, HandshakeFailure::of(&e), &e.to_string());
                 return;
             }
             Err(_) => {
-                tracing::info!(%peer, "closed a {name} connection: TLS handshake not finished within {:?}", shared.limits.handshake_timeout);
+                let detail = format!("not finished within {:?}", shared.limits.handshake_timeout);
+                shared.handshake_failed(peer, HandshakeFailure::Timeout, &detail);
                 return;
             }
         },

@@ -1,6 +1,12 @@
 //! TLS for the xDS port: the control plane's serving certificate, issued by
 //! its own CA and renewed before it expires, and client-certificate checks
 //! against the live trust bundle (which changes during a root rotation).
+//!
+//! After a rotation, a proxy may reconnect with the bootstrap files it was
+//! started with: a client certificate and a trust bundle from the retired
+//! root. The port keeps accepting that root's client certificates for a
+//! grace period, and its certificate chain carries the new root certified
+//! by the old one, so neither side refuses the other.
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -59,34 +65,48 @@ pub fn server_config(identity: Arc<Identity>, server: ServerIdentity) -> Arc<Ser
 }
 
 /// Verifies client certificates against whatever the trust bundle holds
-/// now, rebuilding the WebPKI verifier when the bundle changes.
+/// now, and the roots a rotation retired less than a grace ago: a proxy's
+/// bootstrap identity comes from files written when its pod started, and
+/// a proxy whose identity nobody refreshed must not be locked out at its
+/// next reconnect (it is issued a certificate from the current root as soon
+/// as it is in). Rebuilds the WebPKI verifier when either changes.
 #[derive(Debug)]
 struct BundleVerifier {
     identity: Arc<Identity>,
-    cache: RwLock<Option<(u64, Arc<dyn ClientCertVerifier>)>>,
+    cache: RwLock<Option<CachedVerifier>>,
 }
+
+/// A verifier, the CA generation it was built for, and when a retired root
+/// it accepts stops being accepted.
+type CachedVerifier = (
+    u64,
+    Option<time::OffsetDateTime>,
+    Arc<dyn ClientCertVerifier>,
+);
 
 impl BundleVerifier {
     fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
         let generation = self.identity.generation();
-        if let Some((g, v)) = self
+        if let Some((g, until, v)) = self
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             && *g == generation
+            && until.is_none_or(|until| time::OffsetDateTime::now_utc() < until)
         {
             return Ok(v.clone());
         }
+        let until = self.identity.ca.client_trust_changes_at();
         let mut roots = RootCertStore::empty();
-        for anchor in self.identity.ca.trust_anchors() {
+        for anchor in self.identity.ca.client_trust_anchors() {
             roots.add(anchor)?;
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((generation, verifier.clone()));
+            Some((generation, until, verifier.clone()));
         Ok(verifier)
     }
 }

@@ -147,19 +147,31 @@ impl Harness {
     /// returned, not unwrapped: refusing a client is an outcome some tests
     /// expect.
     async fn connect(&self, as_workload: Option<&SpiffeId>) -> Result<Channel, String> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.identity.ca.trust_bundle_pem()))
-            .domain_name("localhost");
-        if let Some(id) = as_workload {
+        let client = as_workload.map(|id| {
             let (issued, key) = self
                 .identity
                 .ca
                 .issue_with_key(id, Duration::from_secs(3600))
                 .expect("a client certificate");
-            tls = tls.identity(tonic::transport::Identity::from_pem(
-                issued.chain_pem,
-                key.expose_pem(),
-            ));
+            (issued.chain_pem, key.expose_pem().to_string())
+        });
+        self.connect_with(&self.identity.ca.trust_bundle_pem(), client)
+            .await
+    }
+
+    /// A TLS channel to the xDS port that trusts `trust_pem` and presents
+    /// `client` (chain and key PEM), as a proxy does with the bootstrap
+    /// files it was started with.
+    async fn connect_with(
+        &self,
+        trust_pem: &str,
+        client: Option<(String, String)>,
+    ) -> Result<Channel, String> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(trust_pem))
+            .domain_name("localhost");
+        if let Some((chain, key)) = client {
+            tls = tls.identity(tonic::transport::Identity::from_pem(chain, key));
         }
         let endpoint = Endpoint::from_shared(format!("https://{}", self.cp.xds_addr))
             .expect("a valid URI")
@@ -171,12 +183,8 @@ impl Harness {
         }
     }
 
-    /// An ADS stream as the workload `client`.
-    async fn sotw_as(&self, id: &SpiffeId) -> Ads {
-        let channel = self
-            .connect(Some(id))
-            .await
-            .expect("a client with a mesh certificate connects");
+    /// An ADS stream over `channel`.
+    async fn sotw_on(channel: Channel) -> Ads {
         let (tx, rx) = mpsc::channel(16);
         let responses = timeout(
             STEP,
@@ -188,6 +196,15 @@ impl Harness {
         .expect("the stream opens")
         .into_inner();
         Ads { tx, responses }
+    }
+
+    /// An ADS stream as the workload `client`.
+    async fn sotw_as(&self, id: &SpiffeId) -> Ads {
+        let channel = self
+            .connect(Some(id))
+            .await
+            .expect("a client with a mesh certificate connects");
+        Self::sotw_on(channel).await
     }
 
     async fn csr_client(&self, id: &SpiffeId) -> CertificateServiceClient<Channel> {
@@ -935,5 +952,127 @@ async fn a_proxy_cannot_amplify_the_log() {
         "a field of {} bytes was logged",
         captured.longest_field()
     );
+    h.stop().await;
+}
+
+/// Issue #11 C.4: a proxy started before a root rotation, whose bootstrap
+/// identity and trust bundle nobody refreshed (local mode), still gets in
+/// after the rotation: the xDS port accepts client certificates from the
+/// retired root for a grace period, and presents the new root certified by
+/// the old one, so the proxy's old trust bundle verifies the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_identity_from_the_previous_root_still_connects_after_rotation() {
+    let h = Harness::start().await;
+    // What `meshd bootstrap --issue-from-ca-dir` wrote before the rotation.
+    let old_bundle = h.identity.ca.trust_bundle_pem();
+    let (issued, key) = h
+        .identity
+        .ca
+        .issue_with_key(&client_id(), Duration::from_secs(3600))
+        .expect("a bootstrap identity");
+    let bootstrap = (issued.chain_pem, key.expose_pem().to_string());
+
+    let (status, body) = h.raw(ROTATE).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}\n{body}");
+    let new_bundle = h.identity.ca.trust_bundle_pem();
+    assert_ne!(new_bundle, old_bundle, "the root was replaced");
+    assert_eq!(
+        h.identity.ca.trust_anchors().len(),
+        1,
+        "the old root is retired"
+    );
+
+    // The proxy reconnects with its old files and is served.
+    let channel = h
+        .connect_with(&old_bundle, Some(bootstrap))
+        .await
+        .expect("the old bootstrap identity and trust bundle still connect");
+    let mut ads = Harness::sotw_on(channel).await;
+    let names = ["default", "ROOTCA"];
+    ads.send(first_sds(CLIENT_NODE, &names)).await;
+    let secrets = ads
+        .secrets_within(STEP, &names, |s| {
+            names
+                .iter()
+                .all(|n| s.iter().any(|secret| secret.name == *n))
+        })
+        .await;
+    let root = secrets.iter().find(|s| s.name == "ROOTCA").expect("ROOTCA");
+    let Some(secret::Type::ValidationContext(validation)) = &root.r#type else {
+        panic!("`ROOTCA` is a validation context: {:?}", root.r#type);
+    };
+    assert_eq!(
+        inline_text(validation.trusted_ca.as_ref()),
+        new_bundle,
+        "the proxy is sent the new root only"
+    );
+    let default = secrets
+        .iter()
+        .find(|s| s.name == "default")
+        .expect("default");
+    let Some(secret::Type::TlsCertificate(tls)) = &default.r#type else {
+        panic!("`default` is a TLS certificate: {:?}", default.r#type);
+    };
+    let (uris, _) = leaf_facts(&inline_text(tls.certificate_chain.as_ref()));
+    assert_eq!(uris, [CLIENT_ID]);
+    assert_eq!(h.metric("meshd_xds_identity_denied_total").await, 0.0);
+    h.stop().await;
+}
+
+/// Issue #11 C.4: a refused TLS handshake on the xDS port is counted by
+/// reason, whichever side refused: our verifier (a client certificate from
+/// another CA) or the client (it does not trust our certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tls_handshakes_are_counted_by_reason() {
+    let h = Harness::start().await;
+    let other_dir = tempfile::tempdir().expect("a temporary directory");
+    // Another mesh's CA (another trust domain, so its root's name differs
+    // from ours too).
+    let other =
+        Authority::load_or_generate("other.example", Arc::new(DirStore::new(other_dir.path())))
+            .expect("another CA");
+    let (issued, key) = other
+        .issue_with_key(
+            &SpiffeId::new("other.example", "shop", "client"),
+            Duration::from_secs(3600),
+        )
+        .expect("a certificate from another CA");
+    let stranger = (issued.chain_pem, key.expose_pem().to_string());
+
+    // A client certificate from a CA this mesh never trusted.
+    let refused = h
+        .connect_with(&h.identity.ca.trust_bundle_pem(), Some(stranger.clone()))
+        .await;
+    // The client may only learn of the refusal on its first request.
+    if let Ok(channel) = refused {
+        let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+        let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+        let opened = timeout(
+            STEP,
+            ads.stream_aggregated_resources(ReceiverStream::new(rx)),
+        )
+        .await
+        .expect("an answer in time");
+        assert!(opened.is_err(), "a foreign client certificate is refused");
+    }
+    // A client that does not trust this mesh's root.
+    let distrusting = h
+        .connect_with(&other.trust_bundle_pem(), Some(stranger))
+        .await;
+    assert!(distrusting.is_err(), "the client refuses our certificate");
+
+    let deadline = tokio::time::Instant::now() + STEP;
+    let unknown_ca = "meshd_xds_tls_handshake_failures_total{reason=\"unknown_ca\"}";
+    let peer_unknown_ca = "meshd_xds_tls_handshake_failures_total{reason=\"peer_unknown_ca\"}";
+    while h.metric(unknown_ca).await < 1.0 || h.metric(peer_unknown_ca).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both refusals are counted in time:\n{}",
+            h.get("/metrics").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.metric(unknown_ca).await, 1.0);
+    assert_eq!(h.metric(peer_unknown_ca).await, 1.0);
     h.stop().await;
 }

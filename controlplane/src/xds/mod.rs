@@ -116,6 +116,9 @@ pub struct Metrics {
     pub routing_annotation_errors: Gauge,
     /// Routing annotation problems as they appear (each distinct one once).
     pub routing_annotation_rejections: Counter,
+    /// TLS handshakes on the xDS port that failed, by reason: a proxy
+    /// locked out shows here even though it never reaches a stream.
+    pub tls_handshake_failures: Family<crate::serving::HandshakeFailureLabels, Counter>,
 }
 
 impl Metrics {
@@ -141,6 +144,11 @@ impl Metrics {
             "identity_denied",
             "Requests refused because the proxy asked for an identity not its own",
             self.identity_denied.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the xDS port that failed, by reason (unknown_ca: the client certificate's root is not trusted; peer_unknown_ca: the client does not trust ours; ...)",
+            self.tls_handshake_failures.clone(),
         );
         r.register(
             "certificates_issued",
