@@ -788,7 +788,11 @@ impl Authority {
     }
 
     /// Step 3: only the current root stays trusted. Do this once every
-    /// workload holds a certificate from it.
+    /// workload holds a certificate from it. The old root leaves the trust
+    /// bundle, but meshd's own servers keep accepting client certificates
+    /// from it for the retired-root grace ([`Authority::client_trust_anchors`]):
+    /// bootstrap identities issued before the rotation live that long, and
+    /// a proxy reconnecting with one must not be locked out.
     pub fn retire_previous_roots(&self) -> Result<()> {
         let mut state = self.state_mut();
         if state.roots.len() < 2 {

@@ -332,8 +332,11 @@ pub enum RotationError {
 /// proxy must not hold the whole mesh's rotation, so it is disconnected
 /// (its new stream starts from the current secrets), named in the report,
 /// and the rotation goes on.
-/// Bootstrap identities (the xDS client certificates) are refreshed by
-/// whoever provisioned them before step 3 retires their root.
+/// Bootstrap identities (the xDS client certificates, and the trust bundle
+/// the proxy verifies the control plane with) need not be refreshed first:
+/// the xDS port accepts client certificates from the retired root for a
+/// grace as long as a bootstrap identity lives, and presents the new root
+/// cross-signed by the old (see `meshd_ca::Authority::retire_previous_roots`).
 pub async fn rotate_root(
     identity: &Identity,
     xds: &crate::xds::ServerState,
