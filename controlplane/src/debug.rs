@@ -191,7 +191,7 @@ async fn rotate_root(
     let mut report = crate::identity::RotationReport::default();
     let result = crate::identity::rotate_root_steps(
         &identity,
-        &s.xds,
+        &*s.xds,
         step_timeout,
         leading.as_ref(),
         &mut report,
@@ -242,7 +242,9 @@ async fn routing(State(s): State<DebugState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
     if let Some(identity) = &s.identity {
-        identity.metrics.refresh(&identity.ca, &s.xds.proxies());
+        identity
+            .metrics
+            .refresh(&identity.ca, s.xds.soonest_certificate_expiry());
     }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.metrics) {

@@ -97,20 +97,29 @@ impl CaMetrics {
         );
     }
 
-    pub fn refresh(&self, ca: &Authority, proxies: &[crate::xds::ProxyStatus]) {
+    /// `soonest_not_after`: when the soonest-expiring workload certificate
+    /// a connected proxy holds expires (Unix seconds), if any does.
+    pub fn refresh(&self, ca: &Authority, soonest_not_after: Option<i64>) {
         let status = ca.status();
         self.root_expiry_seconds.set(status.root_expiry_seconds);
         self.issuer_expiry_seconds.set(status.issuer_expiry_seconds);
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        if let Some(soonest) = proxies
-            .iter()
-            .filter_map(|p| p.certificate.as_ref())
-            .map(|c| c.not_after_unix_seconds - now)
-            .min()
-        {
-            self.workload_cert_expiry_seconds.set(soonest);
+        if let Some(soonest) = soonest_not_after {
+            self.workload_cert_expiry_seconds.set(soonest - now);
         }
     }
+}
+
+/// What a root rotation needs of the connected proxies (the xDS server
+/// keeps them): how many there are, which have not yet acknowledged the
+/// secrets of a CA generation, and a way to disconnect one that never will.
+pub trait ProxyAcks: Send + Sync {
+    fn connected(&self) -> usize;
+    /// Stream ids and (display) node ids of the proxies holding a workload
+    /// certificate that have not acknowledged `generation`.
+    fn not_acknowledged(&self, generation: u64) -> Vec<(u64, String)>;
+    /// Ends stream `stream`; false if it has already ended.
+    fn disconnect(&self, stream: u64) -> bool;
 }
 
 /// A proxy's current certificate, as an SDS resource, and when to replace it.
@@ -339,7 +348,7 @@ pub enum RotationError {
 /// cross-signed by the old (see `meshd_ca::Authority::retire_previous_roots`).
 pub async fn rotate_root(
     identity: &Identity,
-    xds: &crate::xds::ServerState,
+    xds: &dyn ProxyAcks,
     step_timeout: Duration,
     leading: Option<&tokio::sync::watch::Receiver<bool>>,
 ) -> Result<RotationReport, RotationError> {
@@ -353,7 +362,7 @@ pub async fn rotate_root(
 /// debug endpoint reports a partial rotation too).
 pub async fn rotate_root_steps(
     identity: &Identity,
-    xds: &crate::xds::ServerState,
+    xds: &dyn ProxyAcks,
     step_timeout: Duration,
     leading: Option<&tokio::sync::watch::Receiver<bool>>,
     report: &mut RotationReport,
@@ -387,7 +396,7 @@ pub async fn rotate_root_steps(
         let deadline = started + step_timeout;
         let mut disconnected = Vec::new();
         let acknowledged = loop {
-            let connected = xds.proxies().len();
+            let connected = xds.connected();
             let pending = xds.not_acknowledged(generation);
             if pending.is_empty() {
                 break connected;

@@ -480,7 +480,7 @@ fn root_rotation_drops_no_request() {
     mesh.rt
         .block_on(meshd_controlplane::identity::rotate_root(
             &identity,
-            &state,
+            &*state,
             Duration::from_secs(30),
             None,
         ))

@@ -101,7 +101,7 @@ fn a_proxy_reconnects_with_its_old_bootstrap_identity_after_a_root_rotation() {
     let report = rt
         .block_on(rotate_root(
             &pki.identity,
-            &cp.state,
+            &*cp.state,
             Duration::from_secs(10),
             None,
         ))

@@ -270,6 +270,16 @@ impl ServerState {
         }
     }
 
+    /// When the soonest-expiring workload certificate a connected proxy
+    /// holds expires (Unix seconds).
+    pub fn soonest_certificate_expiry(&self) -> Option<i64> {
+        lock(&self.proxies)
+            .values()
+            .filter_map(|p| p.certificate.as_ref())
+            .map(|c| c.not_after_unix_seconds)
+            .min()
+    }
+
     /// The routing annotation problems of the current snapshot.
     pub fn routing_errors(&self) -> Vec<AnnotationError> {
         lock(&self.routing_errors).clone()
@@ -306,6 +316,20 @@ impl ServerState {
         self.metrics
             .routing_annotation_errors
             .set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
+    }
+}
+
+impl crate::identity::ProxyAcks for ServerState {
+    fn connected(&self) -> usize {
+        lock(&self.proxies).len()
+    }
+
+    fn not_acknowledged(&self, generation: u64) -> Vec<(u64, String)> {
+        ServerState::not_acknowledged(self, generation)
+    }
+
+    fn disconnect(&self, stream: u64) -> bool {
+        ServerState::disconnect(self, stream)
     }
 }
 
