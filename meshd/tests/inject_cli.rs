@@ -5,10 +5,15 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn inject(stdin: &str, args: &[&str]) -> Output {
+    inject_with_env(stdin, args, &[])
+}
+
+fn inject_with_env(stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
         .arg("inject")
         .args(args)
         .env_remove("MESHD_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,24 +108,11 @@ fn pull_secrets_for_the_injected_images_reach_the_pod() {
         POD,
         &["-f", "-", "--image-pull-secrets", "registry-a,registry-b"],
     );
-    let by_env = {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
-            .args(["inject", "-f", "-"])
-            .env_remove("MESHD_LOG")
-            .env("MESHD_IMAGE_PULL_SECRETS", "registry-a,registry-b")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(POD.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let by_env = inject_with_env(
+        POD,
+        &["-f", "-"],
+        &[("MESHD_IMAGE_PULL_SECRETS", "registry-a,registry-b")],
+    );
     for out in [by_flag, by_env] {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
