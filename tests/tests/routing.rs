@@ -283,6 +283,27 @@ endpoints:
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
+metadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: tcp-db, port: 5432}]
+endpoints:
+- {addresses: [198.18.0.10], targetRef: {kind: Pod, name: web-0}}
+- {addresses: [198.18.0.11], targetRef: {kind: Pod, name: web-1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop}
+spec: {serviceAccountName: web, containers: []}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, annotations: {meshd.io/mtls: DISABLE}}
+spec: {serviceAccountName: web, containers: []}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
 metadata: {name: cache, namespace: shop, labels: {kubernetes.io/service-name: cache}}
 addressType: IPv4
 ports: [{name: tcp-redis, port: 6379}]
@@ -352,9 +373,20 @@ fn envoy_accepts_external_name_and_headless_services() {
             .filter(|c| c.transport_socket.is_some())
             .count();
         assert_eq!(
-            with_tls, 2,
-            "db's two ports take mTLS, cache's pod has no sidecar"
+            with_tls, 4,
+            "db's two ports and web's two take mTLS, cache's pod has no sidecar"
         );
+        // web is in a migration (web-1 takes no mTLS): its clusters keep
+        // TLS as the default and match plaintext for marked endpoints.
+        let migrating: Vec<_> = clusters
+            .iter()
+            .filter(|c| c.name.ends_with("web.shop.svc.cluster.local"))
+            .collect();
+        assert_eq!(migrating.len(), 2, "{node}");
+        for c in migrating {
+            assert!(c.transport_socket.is_some(), "{}", c.name);
+            assert_eq!(c.transport_socket_matches.len(), 1, "{}", c.name);
+        }
 
         let mut bootstrap = bootstrap(node, &view);
         static_secrets(&mut bootstrap, &pki);
@@ -408,7 +440,9 @@ fn static_secrets(bootstrap: &mut Bootstrap, pki: &Pki) {
         {
             unsourced(&mut tls.common_tls_context);
             *any = to_any(&tls);
-        } else if let Ok(mut tls) = DownstreamTlsContext::decode(any.value.as_slice()) {
+        } else if let Ok(mut tls) = DownstreamTlsContext::decode(any.value.as_slice())
+            && any.type_url.ends_with("DownstreamTlsContext")
+        {
             unsourced(&mut tls.common_tls_context);
             *any = to_any(&tls);
         }

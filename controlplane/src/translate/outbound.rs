@@ -191,15 +191,16 @@ pub(super) fn translate(
 }
 
 /// Whether every endpoint of a service takes mTLS (the usual case once a
-/// namespace is meshed): then the cluster itself carries the TLS transport
-/// socket and its load assignment no per-endpoint marks, which halves the
-/// size of every load assignment a proxy is sent. Only while some
-/// endpoints take plaintext (a migration) does each mTLS endpoint carry the
-/// metadata that selects the cluster's TLS transport socket match.
-///
-/// A switch between the two changes the cluster, which Envoy warms until
-/// the matching load assignment arrives: no endpoint is ever reached with
-/// the other mode.
+/// namespace is meshed). A cluster with identities to verify always has
+/// the TLS transport socket; only while some endpoints take plaintext (a
+/// migration) does it also have a plaintext match, and only those
+/// endpoints carry the mark that selects it. So a fully meshed service's
+/// load assignment carries no marks (half the bytes of marking every mTLS
+/// endpoint), and an endpoint without a mark is always reached over mTLS:
+/// while a cluster changes between the two forms, Envoy may apply the new
+/// load assignment to the old cluster, and either way that fails closed
+/// (TLS to a plaintext pod fails; plaintext never goes to a pod that was
+/// meant to get mTLS).
 fn every_endpoint_mtls(mut takes_mtls: impl Iterator<Item = bool>) -> bool {
     takes_mtls.all(|mtls| mtls)
 }
@@ -302,11 +303,9 @@ fn clusters<'e>(
                 let mut cluster = eds_cluster(&name, port.protocol);
                 routing::configure_cluster(&mut cluster, service_routing, port.protocol);
                 if !sans.is_empty() {
-                    if every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some())) {
-                        cluster.transport_socket = Some(tls::upstream(&name, port.protocol, &sans));
-                    } else {
-                        cluster.transport_socket_matches =
-                            vec![tls::upstream_match(&name, port.protocol, &sans)];
+                    cluster.transport_socket = Some(tls::upstream(&name, port.protocol, &sans));
+                    if !every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some())) {
+                        cluster.transport_socket_matches = vec![tls::plaintext_match()];
                     }
                 }
                 cluster
@@ -355,7 +354,7 @@ fn load_assignments<'e>(
     if svc.external_name.is_some() || svc.is_headless() {
         return Vec::new();
     }
-    let mark_mtls = !every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some()));
+    let mark_plaintext = !every_endpoint_mtls(eps.iter().map(|ep| identity(ep).is_some()));
     svc.ports
         .iter()
         .map(|port| {
@@ -367,8 +366,8 @@ fn load_assignments<'e>(
                 .filter(|ep| ep.conditions.ready)
                 .filter_map(|ep| {
                     let mut lb = lb_endpoint(ep.address, ep.port_for(port)?);
-                    if mark_mtls && identity(ep).is_some() {
-                        lb.metadata = Some(tls::mtls_endpoint_metadata());
+                    if mark_plaintext && identity(ep).is_none() {
+                        lb.metadata = Some(tls::plaintext_endpoint_metadata());
                     }
                     Some(lb)
                 })
@@ -766,7 +765,7 @@ status: {{podIP: 198.18.0.30}}
     }
 
     #[test]
-    fn mtls_is_marked_per_endpoint_only_while_some_endpoints_take_plaintext() {
+    fn only_plaintext_endpoints_are_marked_and_only_in_a_migration() {
         use meshd_proto::envoy::config::cluster::v3::Cluster;
         use meshd_proto::envoy::config::core::v3::address;
         use meshd_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
@@ -814,13 +813,15 @@ status: {{podIP: 198.18.0.30}}
         assert!(c.transport_socket_matches.is_empty());
         assert!(marked(&all).is_empty(), "no endpoint needs a mark");
 
-        // A pod without mTLS joins: the cluster selects TLS per endpoint,
-        // and only the mTLS endpoint is marked.
+        // A pod without mTLS joins: the cluster keeps TLS as its default
+        // and gains a plaintext match, and only the plaintext endpoint is
+        // marked: an unmarked endpoint is never reached in plaintext.
         let mixed = publish(&with_plaintext_reviews_1(), &mut routing, Some(&all));
         let c = cluster(&mixed);
-        assert!(c.transport_socket.is_none());
+        assert!(c.transport_socket.is_some());
         assert_eq!(c.transport_socket_matches.len(), 1);
-        assert_eq!(marked(&mixed), ["198.18.0.3"]);
+        assert_eq!(c.transport_socket_matches[0].name, "plaintext");
+        assert_eq!(marked(&mixed), ["198.18.0.4"]);
         let view = mixed.proxy("ratings-0.shop").unwrap();
         let changes = view.changes().expect("a shared change");
         assert!(changes.clusters.contains(REVIEWS), "{changes:?}");

@@ -17,6 +17,7 @@
 
 use meshd_proto::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use meshd_proto::envoy::config::core::v3::{Metadata, TransportSocket, transport_socket};
+use meshd_proto::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use meshd_proto::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
@@ -31,7 +32,7 @@ use crate::model::Protocol;
 
 /// The endpoint metadata key that selects the TLS transport socket.
 const TLS_MODE_KEY: &str = "meshd.io/tls";
-const TLS_MODE_MTLS: &str = "mtls";
+const TLS_MODE_PLAINTEXT: &str = "disabled";
 const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 fn sds(name: &str) -> SdsSecretConfig {
@@ -87,12 +88,12 @@ fn tls_socket(config: meshd_proto::Any) -> TransportSocket {
     }
 }
 
-fn tls_mode_struct() -> Struct {
+fn plaintext_mode_struct() -> Struct {
     Struct {
         fields: [(
             TLS_MODE_KEY.to_string(),
             Value {
-                kind: Some(ValueKind::StringValue(TLS_MODE_MTLS.into())),
+                kind: Some(ValueKind::StringValue(TLS_MODE_PLAINTEXT.into())),
             },
         )]
         .into_iter()
@@ -111,24 +112,30 @@ pub(super) fn upstream(sni: &str, protocol: Protocol, sans: &[String]) -> Transp
     tls_socket(to_any(&context))
 }
 
-/// The transport socket an outbound cluster uses for mTLS endpoints
-/// ([`upstream`]).
-pub(super) fn upstream_match(
-    sni: &str,
-    protocol: Protocol,
-    sans: &[String],
-) -> TransportSocketMatch {
+/// The transport socket an outbound cluster of a service in migration
+/// uses for its endpoints that take no mTLS: plaintext, for the endpoints
+/// marked with [`plaintext_endpoint_metadata`] only. Every other endpoint
+/// gets the cluster's own TLS socket, so an endpoint without a mark (a
+/// load assignment meant for another version of the cluster, say) fails
+/// closed.
+pub(super) fn plaintext_match() -> TransportSocketMatch {
     TransportSocketMatch {
-        name: "mtls".into(),
-        r#match: Some(tls_mode_struct()),
-        transport_socket: Some(upstream(sni, protocol, sans)),
+        name: "plaintext".into(),
+        r#match: Some(plaintext_mode_struct()),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.raw_buffer".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(
+                &RawBuffer::default(),
+            ))),
+        }),
     }
 }
 
-/// Endpoint metadata marking a mesh workload that accepts mTLS.
-pub(super) fn mtls_endpoint_metadata() -> Metadata {
+/// Endpoint metadata marking a pod that takes no mTLS, in a service whose
+/// other pods do.
+pub(super) fn plaintext_endpoint_metadata() -> Metadata {
     Metadata {
-        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), tls_mode_struct())]
+        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), plaintext_mode_struct())]
             .into_iter()
             .collect(),
         ..Default::default()
