@@ -65,7 +65,10 @@ pub enum Source {
 /// A discovery source the core runs without knowing its insides. It sends
 /// whole meshes on `meshes`: the first once it has everything (until then
 /// the control plane is not ready), then at most one per `settle`, and
-/// returns when `meshes` has no receiver left.
+/// returns when `meshes` has no receiver left. Build each mesh with a
+/// [`crate::discovery::index::Index`] kept for the source's lifetime: its
+/// `mesh()` is where routing annotations are checked and each service's
+/// last good routing kept; a `Mesh` made by hand carries no routing.
 pub trait MeshSource: Send {
     fn run(
         self: Box<Self>,

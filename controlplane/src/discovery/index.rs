@@ -19,8 +19,10 @@ use super::objects::{Object, ObjectRef, Slice};
 use super::routing::RoutingIndex;
 use crate::model::{Endpoint, Mesh, Namespace, Service, ServiceKey, Workload, node_id};
 
-/// A poisoned lock still holds consistent state here (every writer finishes
-/// its update before it can panic), so it is used as is.
+/// A poisoned lock is used as is: the join state is rebuilt from the
+/// index's objects, and a routing history left half-updated by a panic
+/// only keeps an older last-good routing for some services until their
+/// annotations change (the parsers return errors; none is known to panic).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
