@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 
 /// The annotation value parsers the capture flags share.
-pub use meshd_api::annotations::pod::{Cidr, ListError as Error, parse_cidrs, parse_ports};
+pub use meshd_api::annotations::pod::{Cidr, parse_cidrs, parse_ports};
 
 /// The UID (and GID) the sidecar runs as.
 pub const PROXY_UID: u32 = 1337;
