@@ -90,6 +90,8 @@ pub fn router(state: DebugState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/xds/proxies", get(proxies))
+        .route("/debug/xds/proxies/{node}", get(proxy))
+        .route("/debug/xds/proxies/{node}/config", get(proxy_config))
         .route("/debug/xds/nacks", get(nacks))
         .route("/debug/registry", get(registry))
         .route("/debug/routing", get(routing))
@@ -221,6 +223,56 @@ async fn proxies(State(s): State<DebugState>) -> impl IntoResponse {
     Json(s.xds.proxies())
 }
 
+/// One proxy's status (its newest stream), or 404 naming the proxy.
+async fn proxy(
+    State(s): State<DebugState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+) -> axum::response::Response {
+    match s.xds.proxy(&node) {
+        Some(status) => Json(status).into_response(),
+        None => not_connected(&node),
+    }
+}
+
+fn not_connected(node: &str) -> axum::response::Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "no proxy with node id {:?} is connected to this control plane (node ids are `pod.namespace`; GET /debug/xds/proxies lists them)\n",
+            crate::xds::display_node_id(node)
+        ),
+    )
+        .into_response()
+}
+
+/// What the control plane sent one proxy, in the shape of Envoy's config
+/// dump (see [`crate::xds::dump`]); `?type=cluster,endpoint,listener,route,secret`
+/// or `all` (the default). Never a private key.
+async fn proxy_config(
+    State(s): State<DebugState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    let types = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == "type")
+        .map(|(_, value)| value.replace("%2C", ",").replace("%2c", ","))
+        .collect::<Vec<_>>()
+        .join(",");
+    let kinds = match crate::xds::dump::parse_kinds(&types) {
+        Ok(kinds) => kinds,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match s.xds.inspect(&node, &kinds).await {
+        Ok(inspection) => Json(crate::xds::dump::render(inspection)).into_response(),
+        Err(crate::xds::InspectError::UnknownProxy(_)) => not_connected(&node),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn nacks(State(s): State<DebugState>) -> impl IntoResponse {
     Json(s.xds.nacks())
 }
@@ -241,6 +293,7 @@ async fn routing(State(s): State<DebugState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
+    s.xds.refresh_metrics();
     if let Some(identity) = &s.identity {
         identity
             .metrics

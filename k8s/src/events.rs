@@ -23,6 +23,11 @@
 //!
 //! Failing to post an event is logged and not retried: the error is still
 //! logged, counted and listed by the control plane.
+//!
+//! Rejected config gets the same treatment ([`spawn_nack_event_recorder`]):
+//! a Warning on the proxy's Pod once per new NACK (proxy, type, Envoy's
+//! message), from the replica the proxy is connected to (each replica
+//! knows only its own proxies' NACKs, so every replica posts).
 
 use std::collections::BTreeSet;
 
@@ -38,6 +43,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use meshd_api::annotations::routing::AnnotationError;
+use meshd_controlplane::xds::ProxyNack;
 
 /// `reportingController` of every event.
 pub const REPORTING_CONTROLLER: &str = "meshd";
@@ -47,6 +53,17 @@ pub const REASON_INVALID: &str = "InvalidRoutingAnnotation";
 pub const REASON_RESOLVED: &str = "RoutingAnnotationAccepted";
 /// What meshd did: it validated the object's annotations.
 pub const ACTION: &str = "Validate";
+/// The reason of the Warning on a Pod whose proxy rejected its config.
+pub const REASON_NACK: &str = "ProxyConfigRejected";
+/// What meshd did: it configured the Pod's proxy.
+pub const ACTION_CONFIGURE: &str = "Configure";
+/// How many NACK events a replica posts a minute at most: a bad resource
+/// every proxy rejects at once is worth a few hundred Events, not one per
+/// proxy of a large mesh in the same second. The rest are logged.
+pub const NACK_EVENTS_PER_MINUTE: usize = 60;
+/// How long a NACK reported stays reported after it is gone: a proxy that
+/// reconnects and rejects the same thing again is not reported twice.
+const NACK_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Kubernetes refuses notes over 1 kB.
 const MAX_NOTE_BYTES: usize = 1024;
 /// The longest annotation value quoted in a note.
@@ -199,23 +216,194 @@ impl EventRecorder {
         namespace: Option<&str>,
         name: &str,
     ) -> kube::Result<Option<ObjectReference>> {
-        let client = self.client.clone();
-        let meta = match (kind, namespace) {
-            ("Namespace", _) => metadata(Api::<Namespace>::all(client), name).await?,
-            ("Service", Some(ns)) => metadata(Api::<Service>::namespaced(client, ns), name).await?,
-            ("Pod", Some(ns)) => metadata(Api::<Pod>::namespaced(client, ns), name).await?,
-            _ => None,
-        };
-        Ok(meta.map(|meta| ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some(kind.into()),
-            namespace: namespace.map(str::to_string),
-            name: Some(name.into()),
-            uid: meta.uid,
-            resource_version: meta.resource_version,
-            field_path: None,
-        }))
+        object_reference(&self.client, kind, namespace, name).await
     }
+}
+
+/// Posts a Warning on a proxy's Pod for every NACK as it appears (see the
+/// module docs), until `nacks` closes. `instance` is the
+/// `reportingInstance`.
+pub fn spawn_nack_event_recorder(
+    client: Client,
+    nacks: watch::Receiver<Vec<ProxyNack>>,
+    instance: String,
+) -> JoinHandle<()> {
+    let recorder = NackEventRecorder::new(client, instance);
+    tokio::spawn(
+        recorder
+            .run(nacks)
+            .instrument(tracing::info_span!("nack_events")),
+    )
+}
+
+/// Remembers which NACKs were reported (and when), and how many events
+/// went out this minute.
+pub struct NackEventRecorder {
+    client: Client,
+    instance: String,
+    reported: std::collections::BTreeMap<NackKey, tokio::time::Instant>,
+    window: (tokio::time::Instant, usize),
+    suppressed: usize,
+}
+
+/// What makes a NACK new: the proxy, the type and Envoy's message (a new
+/// version rejected for the same reason is the same problem).
+type NackKey = (String, &'static str, String);
+
+impl NackEventRecorder {
+    pub fn new(client: Client, instance: String) -> Self {
+        NackEventRecorder {
+            client,
+            instance,
+            reported: Default::default(),
+            window: (tokio::time::Instant::now(), 0),
+            suppressed: 0,
+        }
+    }
+
+    /// Reports the current NACKs, then every change.
+    pub async fn run(mut self, mut nacks: watch::Receiver<Vec<ProxyNack>>) {
+        loop {
+            let current = nacks.borrow_and_update().clone();
+            self.observe(&current).await;
+            if nacks.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The NACKs of `current` not reported yet; forgets those gone for
+    /// longer than [`NACK_MEMORY`].
+    pub fn new_nacks<'a>(&mut self, current: &'a [ProxyNack]) -> Vec<&'a ProxyNack> {
+        let now = tokio::time::Instant::now();
+        let keys: BTreeSet<NackKey> = current.iter().map(nack_key).collect();
+        self.reported
+            .retain(|key, at| keys.contains(key) || now.duration_since(*at) < NACK_MEMORY);
+        let mut fresh = Vec::new();
+        for nack in current {
+            let key = nack_key(nack);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.reported.entry(key) {
+                slot.insert(now);
+                fresh.push(nack);
+            }
+        }
+        fresh
+    }
+
+    /// Whether another event fits in this minute's budget.
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window.0) >= std::time::Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "NACK events not posted in the last minute (at most {NACK_EVENTS_PER_MINUTE} a minute); every NACK is still logged, counted in meshd_xds_nacks_total and listed on /debug/xds/nacks"
+                );
+            }
+            self.window = (now, 0);
+            self.suppressed = 0;
+        }
+        if self.window.1 < NACK_EVENTS_PER_MINUTE {
+            self.window.1 += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    pub async fn observe(&mut self, current: &[ProxyNack]) {
+        for nack in self.new_nacks(current) {
+            let Some((pod, namespace)) = nack.node_id.rsplit_once('.') else {
+                tracing::debug!(node = %nack.node_id, "no Pod to attach a NACK event to");
+                continue;
+            };
+            if !self.allow() {
+                continue;
+            }
+            let regarding = match object_reference(&self.client, "Pod", Some(namespace), pod).await
+            {
+                Ok(Some(reference)) => reference,
+                Ok(None) => {
+                    tracing::debug!(node = %nack.node_id, "no NACK event: the Pod is gone");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(node = %nack.node_id, "cannot read the Pod's uid for its event: {e}");
+                    ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        namespace: Some(namespace.into()),
+                        name: Some(pod.into()),
+                        ..ObjectReference::default()
+                    }
+                }
+            };
+            let event = nack_event(nack, regarding, &self.instance);
+            let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+            match events.create(&PostParams::default(), &event).await {
+                Ok(_) => {
+                    tracing::debug!(node = %nack.node_id, r#type = nack.r#type, "NACK event posted")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %nack.node_id, r#type = nack.r#type, "cannot post the NACK event: {e}")
+                }
+            }
+        }
+    }
+}
+
+fn nack_key(nack: &ProxyNack) -> NackKey {
+    (nack.node_id.clone(), nack.r#type, nack.message.clone())
+}
+
+/// The Warning for `nack` on the Pod `regarding` names.
+fn nack_event(nack: &ProxyNack, regarding: ObjectReference, instance: &str) -> Event {
+    let note = format!(
+        "the proxy rejected its {} ({}) version {}; it keeps its last accepted config. Envoy: {}",
+        nack.r#type, nack.type_url, nack.version, nack.message
+    );
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", regarding.name.as_deref().unwrap_or("meshd"))),
+            namespace: regarding.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        type_: Some("Warning".into()),
+        reason: Some(REASON_NACK.into()),
+        action: Some(ACTION_CONFIGURE.into()),
+        note: Some(truncate(note, MAX_NOTE_BYTES)),
+        regarding: Some(regarding),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(instance.into()),
+        ..Event::default()
+    }
+}
+
+/// The object's reference with its uid; `None` if it does not exist.
+async fn object_reference(
+    client: &Client,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> kube::Result<Option<ObjectReference>> {
+    let client = client.clone();
+    let meta = match (kind, namespace) {
+        ("Namespace", _) => metadata(Api::<Namespace>::all(client), name).await?,
+        ("Service", Some(ns)) => metadata(Api::<Service>::namespaced(client, ns), name).await?,
+        ("Pod", Some(ns)) => metadata(Api::<Pod>::namespaced(client, ns), name).await?,
+        _ => None,
+    };
+    Ok(meta.map(|meta| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some(kind.into()),
+        namespace: namespace.map(str::to_string),
+        name: Some(name.into()),
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        field_path: None,
+    }))
 }
 
 async fn metadata<K>(api: Api<K>, name: &str) -> kube::Result<Option<ObjectMeta>>
@@ -370,6 +558,57 @@ mod tests {
             )
         );
         assert_eq!(event.reporting_instance.as_deref(), Some("meshd-0"));
+    }
+
+    fn nack(node: &str, message: &str) -> ProxyNack {
+        ProxyNack {
+            node_id: node.into(),
+            r#type: "LDS",
+            type_url: "type.googleapis.com/envoy.config.listener.v3.Listener",
+            version: "00ab".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_nack_event_names_the_type_and_envoys_message_on_the_pod() {
+        let event = nack_event(
+            &nack("web-0.shop", "cannot bind 198.18.255.254:15001"),
+            reference(Some("shop"), "Pod", "web-0"),
+            "meshd-0",
+        );
+        assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.reason.as_deref(), Some(REASON_NACK));
+        let note = event.note.unwrap();
+        assert!(
+            note.contains("LDS") && note.contains("cannot bind 198.18.255.254:15001"),
+            "{note}"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_nack_is_reported_once_even_across_a_reconnect() {
+        let (client, _server) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(client, "default");
+        let mut recorder = NackEventRecorder::new(client, "meshd".into());
+        let a = nack("web-0.shop", "bad listener");
+        assert_eq!(recorder.new_nacks(std::slice::from_ref(&a)).len(), 1);
+        assert!(recorder.new_nacks(std::slice::from_ref(&a)).is_empty());
+        // Gone (the stream ended) and back (it reconnected): not again.
+        assert!(recorder.new_nacks(&[]).is_empty());
+        assert!(recorder.new_nacks(std::slice::from_ref(&a)).is_empty());
+        // A different message is a new problem.
+        let b = nack("web-0.shop", "another reason");
+        assert_eq!(recorder.new_nacks(&[a, b]).len(), 1);
+        // The budget holds.
+        let allowed = (0..NACK_EVENTS_PER_MINUTE + 5)
+            .filter(|_| recorder.allow())
+            .count();
+        assert_eq!(allowed, NACK_EVENTS_PER_MINUTE);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! request. NACKs are logged with the proxy and type, counted, and kept for
 //! the debug endpoint.
 
+pub mod dump;
 mod grpc;
 mod overlay;
 mod session;
@@ -27,10 +28,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
@@ -43,7 +45,7 @@ pub use session::{Outcome, Push, Request, Session, Subscribe};
 
 use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
 use crate::model::Mesh;
-use crate::translate::{Kind, ProxyView, Snapshot, TranslateOptions};
+use crate::translate::{Kind, ProxyView, Resource, Snapshot, TranslateOptions};
 use meshd_api::annotations::routing::AnnotationError;
 use meshd_ca::SpiffeId;
 
@@ -105,6 +107,13 @@ pub struct TypeLabels {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connected_proxies: Gauge,
+    /// Connected proxies with a type not acknowledged at its latest
+    /// version (sent and pending, or rejected), or no workload in the mesh
+    /// yet; set when metrics are scraped ([`ServerState::refresh_metrics`]).
+    pub proxies_not_synced: Gauge,
+    /// From a change to the mesh to the push that carries it, per proxy
+    /// the change concerns.
+    pub push_latency: PushLatency,
     pub pushes: Family<TypeLabels, Counter>,
     pub nacks: Family<TypeLabels, Counter>,
     pub snapshots: Counter,
@@ -128,6 +137,16 @@ impl Metrics {
             "connected_proxies",
             "ADS streams currently open",
             self.connected_proxies.clone(),
+        );
+        r.register(
+            "proxies_not_synced",
+            "Connected proxies with a type not acknowledged at its latest version (pending or rejected), or not in the mesh",
+            self.proxies_not_synced.clone(),
+        );
+        r.register(
+            "push_latency_seconds",
+            "From a mesh change (its first event, before debouncing) to the push carrying it, once per proxy it concerns",
+            self.push_latency.0.clone(),
         );
         r.register("pushes", "xDS responses sent, by type", self.pushes.clone());
         r.register(
@@ -169,6 +188,25 @@ impl Metrics {
     }
 }
 
+/// The push latency histogram: 1 ms to a minute, since a debounced burst
+/// or a slow proxy can take seconds.
+#[derive(Debug, Clone)]
+pub struct PushLatency(pub Histogram);
+
+impl Default for PushLatency {
+    fn default() -> Self {
+        PushLatency(Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ]))
+    }
+}
+
+/// How many snapshots' change times are remembered for the push latency:
+/// a stream further behind than this has bigger problems than a missing
+/// sample.
+const CHANGE_TIMES: usize = 64;
+
 fn labels(kind: Kind) -> TypeLabels {
     TypeLabels {
         r#type: kind.short_name().to_string(),
@@ -186,13 +224,64 @@ pub struct NackRecord {
     pub at_unix_seconds: u64,
 }
 
+/// Where a proxy stands with one type, as `meshd proxy-status` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum SyncStatus {
+    /// Nothing sent yet.
+    #[default]
+    #[serde(rename = "NOT SENT")]
+    NotSent,
+    /// The latest response sent was acknowledged.
+    #[serde(rename = "SYNCED")]
+    Synced,
+    /// Sent, not yet acknowledged.
+    #[serde(rename = "STALE")]
+    Stale,
+    /// The latest response sent was rejected; the proxy keeps what it
+    /// acknowledged before.
+    #[serde(rename = "NACKED")]
+    Nacked,
+}
+
 /// Per-type state of one proxy, for the debug endpoint.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TypeStatus {
+    pub status: SyncStatus,
     pub sent_version: String,
     pub acked_version: String,
     pub resources: usize,
+    /// `version: message` of the last NACK, until the next ACK.
     pub last_nack: Option<String>,
+    /// The same, apart: the rejected version and Envoy's message.
+    pub last_nack_version: Option<String>,
+    pub last_nack_message: Option<String>,
+}
+
+impl TypeStatus {
+    fn of(t: &session::TypeState) -> Self {
+        let status = if t.sent_version.is_empty() {
+            SyncStatus::NotSent
+        } else if t
+            .last_nack
+            .as_ref()
+            .is_some_and(|(v, _)| *v == t.sent_version)
+        {
+            SyncStatus::Nacked
+        } else if t.acked_version == t.sent_version {
+            SyncStatus::Synced
+        } else {
+            SyncStatus::Stale
+        };
+        TypeStatus {
+            status,
+            sent_version: t.sent_version.clone(),
+            acked_version: t.acked_version.clone(),
+            resources: t.sent.len(),
+            last_nack: t.last_nack.as_ref().map(|(v, m)| format!("{v}: {m}")),
+            last_nack_version: t.last_nack.as_ref().map(|(v, _)| v.clone()),
+            last_nack_message: t.last_nack.as_ref().map(|(_, m)| m.clone()),
+        }
+    }
 }
 
 /// The proxy's current workload certificate (never its key).
@@ -201,6 +290,8 @@ pub struct CertificateStatus {
     pub spiffe_id: String,
     pub serial: String,
     pub not_after_unix_seconds: i64,
+    /// The same instant, RFC 3339.
+    pub not_after: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -229,8 +320,75 @@ pub struct ServerState {
     routing_error_updates: watch::Sender<Vec<AnnotationError>>,
     next_stream: AtomicU64,
     /// Each open stream's way to be ended by the control plane (a proxy
-    /// that holds up a root rotation), by stream id.
-    disconnects: Mutex<BTreeMap<u64, CancellationToken>>,
+    /// that holds up a root rotation) or asked what it sent, by stream id.
+    streams: Mutex<BTreeMap<u64, Arc<StreamControl>>>,
+    /// The NACKs proxies stand by now (their last response of a type was
+    /// rejected), by stream and type; cleared by an ACK or the stream's end.
+    current_nacks: Mutex<BTreeMap<(u64, Kind), ProxyNack>>,
+    /// The same, for subscribers (the Kubernetes Event recorder); changes
+    /// only when the set does.
+    nack_updates: watch::Sender<Vec<ProxyNack>>,
+    /// When the mesh changes that recent snapshots carry began, by
+    /// snapshot id (for the push latency).
+    change_times: Mutex<VecDeque<(u64, tokio::time::Instant)>>,
+}
+
+/// A rejected response a proxy stands by (for Kubernetes Events).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ProxyNack {
+    /// The proxy's node id (`pod.namespace`), shortened for display.
+    pub node_id: String,
+    /// CDS, EDS, LDS, RDS or SDS.
+    pub r#type: &'static str,
+    pub type_url: &'static str,
+    pub version: String,
+    /// Envoy's message (shortened).
+    pub message: String,
+}
+
+/// What the control plane holds to reach a running stream.
+#[derive(Debug, Default)]
+struct StreamControl {
+    disconnect: CancellationToken,
+    /// Wakes the stream to answer `inspections`.
+    inspect: Notify,
+    inspections: Mutex<Vec<InspectQuery>>,
+}
+
+#[derive(Debug)]
+struct InspectQuery {
+    kinds: Vec<Kind>,
+    reply: oneshot::Sender<Inspection>,
+}
+
+/// What one stream sent its proxy, as the debug endpoint renders it: the
+/// snapshot's own shared resources (no copies), looked up when asked.
+#[derive(Debug)]
+pub struct Inspection {
+    pub status: ProxyStatus,
+    pub types: Vec<TypeInspection>,
+}
+
+#[derive(Debug)]
+pub struct TypeInspection {
+    pub kind: Kind,
+    /// What the proxy was sent and holds, by name: version, and the
+    /// resource (`None` only for a version a reconnecting Delta proxy said
+    /// it holds that is no longer in the snapshot).
+    pub sent: Vec<(String, String, Option<Arc<Resource>>)>,
+    /// What it acknowledged, by name and version, where the session keeps
+    /// that per resource (listeners and routes; for the other types the
+    /// type's status says whether all of `sent` is acknowledged).
+    pub acked: Option<BTreeMap<String, String>>,
+}
+
+/// Why a stream could not be inspected.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no proxy with node id {0:?} is connected to this control plane")]
+    UnknownProxy(String),
+    #[error("the stream of proxy {0:?} ended or did not answer; try again")]
+    NoAnswer(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -240,6 +398,109 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ServerState {
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         lock(&self.proxies).values().cloned().collect()
+    }
+
+    /// The status of the proxy with node id `node_id` (its newest stream,
+    /// should it have two while reconnecting).
+    pub fn proxy(&self, node_id: &str) -> Option<ProxyStatus> {
+        lock(&self.proxies)
+            .values()
+            .rev()
+            .find(|p| p.node_id == node_id)
+            .cloned()
+    }
+
+    /// Asks the stream of proxy `node_id` what it sent, of `kinds`. The
+    /// stream answers between two messages with pointers to the resources
+    /// it holds; rendering them is the caller's.
+    pub async fn inspect(&self, node_id: &str, kinds: &[Kind]) -> Result<Inspection, InspectError> {
+        let stream = lock(&self.proxies)
+            .iter()
+            .rev()
+            .find(|(_, p)| p.node_id == node_id)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| InspectError::UnknownProxy(display_node_id(node_id)))?;
+        let control = lock(&self.streams)
+            .get(&stream)
+            .cloned()
+            .ok_or_else(|| InspectError::NoAnswer(display_node_id(node_id)))?;
+        let (reply, answer) = oneshot::channel();
+        lock(&control.inspections).push(InspectQuery {
+            kinds: kinds.to_vec(),
+            reply,
+        });
+        control.inspect.notify_one();
+        // A stream blocked on a full send queue answers once it moves on;
+        // a debug request does not wait for it forever.
+        match tokio::time::timeout(Duration::from_secs(10), answer).await {
+            Ok(Ok(inspection)) => Ok(inspection),
+            _ => Err(InspectError::NoAnswer(display_node_id(node_id))),
+        }
+    }
+
+    /// Updates the gauges worked out from every proxy's state (called when
+    /// metrics are scraped, rather than on every request of every stream).
+    pub fn refresh_metrics(&self) {
+        let not_synced = lock(&self.proxies)
+            .values()
+            .filter(|p| {
+                !p.known_workload || p.types.values().any(|t| t.status != SyncStatus::Synced)
+            })
+            .count();
+        self.metrics
+            .proxies_not_synced
+            .set(i64::try_from(not_synced).unwrap_or(i64::MAX));
+    }
+
+    /// The NACKs connected proxies stand by (sorted), now and at every change.
+    pub fn watch_nacks(&self) -> watch::Receiver<Vec<ProxyNack>> {
+        self.nack_updates.subscribe()
+    }
+
+    /// Records (`Some`) or clears (`None`) what stream `stream` stands by
+    /// for `kind`, and tells subscribers when the set changed.
+    fn set_current_nack(&self, stream: u64, kind: Kind, nack: Option<ProxyNack>) {
+        let mut current = lock(&self.current_nacks);
+        let changed = match nack {
+            Some(nack) => current.insert((stream, kind), nack.clone()) != Some(nack),
+            None => current.remove(&(stream, kind)).is_some(),
+        };
+        if changed {
+            self.publish_nacks(&current);
+        }
+    }
+
+    fn forget_nacks(&self, stream: u64) {
+        let mut current = lock(&self.current_nacks);
+        let before = current.len();
+        current.retain(|(s, _), _| *s != stream);
+        if current.len() != before {
+            self.publish_nacks(&current);
+        }
+    }
+
+    fn publish_nacks(&self, current: &BTreeMap<(u64, Kind), ProxyNack>) {
+        let mut nacks: Vec<ProxyNack> = current.values().cloned().collect();
+        nacks.sort();
+        nacks.dedup();
+        self.nack_updates.send_replace(nacks);
+    }
+
+    /// Remembers when the change snapshot `snapshot` carries began.
+    fn record_change(&self, snapshot: u64, at: tokio::time::Instant) {
+        let mut times = lock(&self.change_times);
+        if times.len() == CHANGE_TIMES {
+            times.pop_front();
+        }
+        times.push_back((snapshot, at));
+    }
+
+    fn change_time(&self, snapshot: u64) -> Option<tokio::time::Instant> {
+        lock(&self.change_times)
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == snapshot)
+            .map(|(_, at)| *at)
     }
 
     pub fn nacks(&self) -> Vec<NackRecord> {
@@ -261,9 +522,9 @@ impl ServerState {
     /// is sent the current secrets on its new stream. False if the stream
     /// has already ended.
     pub fn disconnect(&self, stream: u64) -> bool {
-        match lock(&self.disconnects).get(&stream) {
-            Some(token) => {
-                token.cancel();
+        match lock(&self.streams).get(&stream) {
+            Some(control) => {
+                control.disconnect.cancel();
                 true
             }
             None => false,
@@ -379,6 +640,8 @@ pub fn spawn_publisher(
                         }
                     }
                 }
+                // The change began at `now`, before any debouncing.
+                let changed_at = now;
                 let mesh = meshes.borrow_and_update().clone();
                 version += 1;
                 let options = options.clone();
@@ -391,6 +654,7 @@ pub fn spawn_publisher(
                 published = tokio::time::Instant::now();
                 state.set_routing_errors(&snapshot.routing.errors);
                 state.metrics.snapshots.inc();
+                state.record_change(snapshot.id(), changed_at);
                 tracing::debug!(version, "snapshot published");
                 last = Arc::new(snapshot);
                 if tx.send(last.clone()).is_err() {
@@ -576,11 +840,11 @@ impl Ads {
         // A push is at most one response per type.
         let (tx, rx) = mpsc::channel(Kind::PUSH_ORDER.len());
         let stream_id = self.state.next_stream.fetch_add(1, Ordering::Relaxed);
-        let disconnect = CancellationToken::new();
-        lock(&self.state.disconnects).insert(stream_id, disconnect.clone());
+        let control = Arc::new(StreamControl::default());
+        lock(&self.state.streams).insert(stream_id, control.clone());
         let task = StreamTask::<W> {
             stream_id,
-            disconnect,
+            control,
             node_id: String::new(),
             node_display: String::new(),
             refused_secrets: RefusedSecrets::default(),
@@ -620,8 +884,9 @@ struct StreamTask<W: Wire> {
     node_display: String,
     /// Refused SDS names not yet logged (their lines are aggregated).
     refused_secrets: RefusedSecrets,
-    /// Cancelled to end this stream from outside ([`ServerState::disconnect`]).
-    disconnect: CancellationToken,
+    /// To end this stream from outside ([`ServerState::disconnect`]) or
+    /// ask what it sent ([`ServerState::inspect`]).
+    control: Arc<StreamControl>,
     node_id: String,
     session: Session,
     /// The proxy's view of the latest snapshot, translated once per
@@ -651,7 +916,8 @@ where
 {
     async fn run(mut self, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
-        lock(&self.state.disconnects).remove(&self.stream_id);
+        lock(&self.state.streams).remove(&self.stream_id);
+        self.state.forget_nacks(self.stream_id);
         // What was refused since the last line is not lost with the stream.
         self.log_refused_secrets();
         if !self.node_id.is_empty() {
@@ -675,7 +941,7 @@ where
         // A source that never changes (the embedded registry) closes its
         // channel after the first snapshot; the stream keeps serving it.
         let mut updates = true;
-        let disconnect = self.disconnect.clone();
+        let control = self.control.clone();
         loop {
             let rotate_at = self.cert.as_ref().map(|c| c.rotate_at);
             let ca_changed = async {
@@ -686,7 +952,12 @@ where
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = disconnect.cancelled() => return Err(Status::unavailable(
+                () = control.inspect.notified() => {
+                    // Nothing changed: no push.
+                    self.answer_inspections();
+                    continue;
+                }
+                () = control.disconnect.cancelled() => return Err(Status::unavailable(
                     "ended by the control plane: this proxy did not acknowledge its secrets \
                      in time during a root rotation; reconnect to be sent the current ones",
                 )),
@@ -739,10 +1010,24 @@ where
         {
             self.sds_acked = Some(*generation);
         }
+        if outcome == Outcome::Ack {
+            self.state.set_current_nack(self.stream_id, kind, None);
+        }
         if let Outcome::Nack { version, message } = outcome {
             // Envoy's own messages are short; a longer one is cut, so a
             // proxy cannot make each NACK a megabyte of log.
             let message = shorten(&message, PROXY_TEXT_LIMIT);
+            self.state.set_current_nack(
+                self.stream_id,
+                kind,
+                Some(ProxyNack {
+                    node_id: self.node_display.clone(),
+                    r#type: kind.short_name(),
+                    type_url: kind.type_url(),
+                    version: version.clone(),
+                    message: message.clone(),
+                }),
+            );
             self.state.metrics.nacks.get_or_create(&labels(kind)).inc();
             tracing::warn!(
                 node = %self.node_display,
@@ -866,11 +1151,16 @@ where
 
     async fn push(&mut self) -> Result<(), Status> {
         let snapshot = self.snapshots.borrow_and_update().clone();
+        // A push for a snapshot newer than the one the proxy was served
+        // carries a mesh change: its latency is measured. A proxy's first
+        // push (it just connected) carries none.
+        let mut carries_change = false;
         if self
             .view
             .as_ref()
             .is_none_or(|v| v.snapshot_id() != snapshot.id())
         {
+            carries_change = self.view.is_some();
             self.view = snapshot.proxy(&self.node_id);
         }
         let mut view = self.view.take();
@@ -887,6 +1177,10 @@ where
         };
         self.publish_status(view.is_some());
         self.view = view;
+        let change_time = match carries_change && !pushes.is_empty() {
+            true => self.state.change_time(snapshot.id()),
+            false => None,
+        };
         for push in pushes {
             if push.kind == Kind::Secret
                 && let Some(generation) = self.secrets_generation
@@ -915,6 +1209,13 @@ where
                 return Err(Status::cancelled("proxy went away"));
             }
         }
+        if let Some(at) = change_time {
+            self.state
+                .metrics
+                .push_latency
+                .0
+                .observe(at.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -924,33 +1225,87 @@ where
             .types
             .iter()
             .filter(|(_, t)| t.requested)
-            .map(|(k, t)| {
-                (
-                    k.short_name(),
-                    TypeStatus {
-                        sent_version: t.sent_version.clone(),
-                        acked_version: t.acked_version.clone(),
-                        resources: t.sent.len(),
-                        last_nack: t.last_nack.as_ref().map(|(v, m)| format!("{v}: {m}")),
-                    },
-                )
+            .map(|(k, t)| (k.short_name(), TypeStatus::of(t)))
+            .collect();
+        lock(&self.state.proxies).insert(self.stream_id, self.status(known_workload, types));
+    }
+
+    fn status(
+        &self,
+        known_workload: bool,
+        types: BTreeMap<&'static str, TypeStatus>,
+    ) -> ProxyStatus {
+        ProxyStatus {
+            node_id: self.node_display.clone(),
+            protocol: W::NAME,
+            peer_identity: self.peer.as_ref().map(ToString::to_string),
+            ca_generation_acked: self.sds_acked,
+            known_workload,
+            certificate: self.cert.as_ref().map(|c| CertificateStatus {
+                spiffe_id: c.id.to_string(),
+                serial: c.issued.serial_hex.clone(),
+                not_after_unix_seconds: c.issued.not_after.unix_timestamp(),
+                not_after: c
+                    .issued
+                    .not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            }),
+            types,
+        }
+    }
+
+    /// Answers the debug endpoint's questions: what this stream sent, as
+    /// pointers to the snapshot's resources.
+    fn answer_inspections(&mut self) {
+        let queries = std::mem::take(&mut *lock(&self.control.inspections));
+        for query in queries {
+            let types = query
+                .kinds
+                .iter()
+                .map(|&kind| self.inspect_type(kind))
+                .collect();
+            let status = lock(&self.state.proxies)
+                .get(&self.stream_id)
+                .cloned()
+                .unwrap_or_else(|| self.status(self.view.is_some(), BTreeMap::new()));
+            let _ = query.reply.send(Inspection { status, types });
+        }
+    }
+
+    fn inspect_type(&self, kind: Kind) -> TypeInspection {
+        let Some(state) = self.session.types.get(&kind) else {
+            return TypeInspection {
+                kind,
+                sent: Vec::new(),
+                acked: None,
+            };
+        };
+        let sent = state
+            .sent
+            .iter()
+            .map(|(name, entry)| {
+                let version = entry.version().to_string();
+                // A version a reconnecting Delta proxy said it holds is
+                // the snapshot's resource when the versions agree (a
+                // version is the digest of the encoded resource).
+                let resource = entry.resource().cloned().or_else(|| {
+                    self.view
+                        .as_ref()
+                        .and_then(|v| v.get(kind, name))
+                        .filter(|r| r.version == version)
+                        .cloned()
+                });
+                (name.to_string(), version, resource)
             })
             .collect();
-        lock(&self.state.proxies).insert(
-            self.stream_id,
-            ProxyStatus {
-                node_id: self.node_display.clone(),
-                protocol: W::NAME,
-                peer_identity: self.peer.as_ref().map(ToString::to_string),
-                ca_generation_acked: self.sds_acked,
-                known_workload,
-                certificate: self.cert.as_ref().map(|c| CertificateStatus {
-                    spiffe_id: c.id.to_string(),
-                    serial: c.issued.serial_hex.clone(),
-                    not_after_unix_seconds: c.issued.not_after.unix_timestamp(),
-                }),
-                types,
-            },
-        );
+        let acked = matches!(kind, Kind::Listener | Kind::Route).then(|| {
+            state
+                .acked
+                .iter()
+                .map(|(name, entry)| (name.to_string(), entry.version().to_string()))
+                .collect()
+        });
+        TypeInspection { kind, sent, acked }
     }
 }
