@@ -37,6 +37,82 @@ pub enum Command {
     /// StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs), exactly as the
     /// webhook would; other kinds pass through untouched.
     Inject(InjectArgs),
+    /// Show whether each connected proxy has taken what it was sent, per
+    /// type (CDS, EDS, LDS, RDS, SDS: SYNCED, NOT SENT, STALE = sent and
+    /// not yet acknowledged, NACKED), or one proxy in detail.
+    ProxyStatus(ProxyStatusArgs),
+    /// Show what the control plane sent a proxy (clusters, endpoints,
+    /// listeners, routes, secrets; never a private key) and what it
+    /// acknowledged, or compare it with Envoy's own config dump (--diff).
+    ProxyConfig(ProxyConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyStatusArgs {
+    /// One proxy to show in detail, as `POD.NAMESPACE` (its node id).
+    #[arg(env = "MESHD_PROXY_STATUS_PROXY", value_name = "POD.NAMESPACE")]
+    pub proxy: Option<String>,
+    /// A control plane's debug address (`meshd run --debug-address`, or a
+    /// `kubectl port-forward` to it). Repeat it (or separate with commas)
+    /// for several replicas: each is asked and the answers merged.
+    #[arg(
+        long = "control-plane",
+        env = "MESHD_PROXY_STATUS_CONTROL_PLANE",
+        value_delimiter = ',',
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:15014"
+    )]
+    pub control_planes: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyConfigArgs {
+    /// What to show.
+    #[arg(env = "MESHD_PROXY_CONFIG_TYPE", value_enum)]
+    pub r#type: crate::inspect::ConfigType,
+    /// The proxy, as `POD.NAMESPACE` (its node id).
+    #[arg(env = "MESHD_PROXY_CONFIG_PROXY", value_name = "POD.NAMESPACE")]
+    pub proxy: String,
+    /// Output: table (readable), or json / yaml in the shape of Envoy's
+    /// config dump.
+    #[arg(
+        long,
+        short,
+        env = "MESHD_PROXY_CONFIG_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
+    pub output: crate::inspect::Output,
+    /// Only what concerns this service's FQDN
+    /// (`web.shop.svc.cluster.local`): its clusters and endpoints, its
+    /// virtual hosts, the listener chains that lead to it.
+    #[arg(long, env = "MESHD_PROXY_CONFIG_FQDN")]
+    pub fqdn: Option<String>,
+    /// Only what concerns this port.
+    #[arg(long, env = "MESHD_PROXY_CONFIG_PORT")]
+    pub port: Option<u16>,
+    /// Only the resource of this name.
+    #[arg(long, env = "MESHD_PROXY_CONFIG_NAME")]
+    pub name: Option<String>,
+    /// Compare what the control plane sent with what Envoy holds (its
+    /// admin `/config_dump`, at --admin); exits non-zero when they differ.
+    #[arg(long, env = "MESHD_PROXY_CONFIG_DIFF", requires = "admin")]
+    pub diff: bool,
+    /// The proxy's Envoy admin address (local mode, or a `kubectl
+    /// port-forward POD 15000`), for --diff.
+    #[arg(long, env = "MESHD_PROXY_CONFIG_ADMIN", value_name = "HOST:PORT")]
+    pub admin: Option<String>,
+    /// A control plane's debug address; repeat it (or separate with
+    /// commas) for several replicas: the one the proxy is connected to
+    /// answers.
+    #[arg(
+        long = "control-plane",
+        env = "MESHD_PROXY_CONFIG_CONTROL_PLANE",
+        value_delimiter = ',',
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:15014"
+    )]
+    pub control_planes: Vec<String>,
 }
 
 /// What gets injected (shared by the webhook in `meshd run` and `meshd inject`).
@@ -466,7 +542,7 @@ mod tests {
             if let [(command, _)] = users.as_slice()
                 && command != "run"
             {
-                let prefix = format!("MESHD_{}_", command.to_uppercase());
+                let prefix = format!("MESHD_{}_", command.to_uppercase().replace('-', "_"));
                 assert!(env.starts_with(&prefix), "{env} of meshd {command}");
             }
         }

@@ -22,7 +22,7 @@ use meshd_k8s::{ca_secret, events};
 
 use crate::args::{
     Args, BootstrapArgs, CaArgs, CaptureArgs, Command, HaArgs, InjectArgs, InjectorArgs, LimitArgs,
-    RunArgs,
+    ProxyConfigArgs, ProxyStatusArgs, RunArgs,
 };
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -34,7 +34,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Bootstrap(args) => render_bootstrap(args),
         Command::Capture(args) => install_capture(args),
         Command::Inject(args) => offline_inject(args),
+        Command::ProxyStatus(args) => proxy_status(args),
+        Command::ProxyConfig(args) => proxy_config(args),
     }
+}
+
+/// A small runtime for the commands that ask a control plane over HTTP.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn proxy_status(args: ProxyStatusArgs) -> anyhow::Result<()> {
+    client_runtime()?.block_on(crate::inspect::proxy_status(
+        &args.control_planes,
+        args.proxy.as_deref(),
+    ))
+}
+
+fn proxy_config(args: ProxyConfigArgs) -> anyhow::Result<()> {
+    let filter = crate::inspect::Filter {
+        fqdn: args.fqdn,
+        port: args.port,
+        name: args.name,
+    };
+    let admin = args.diff.then_some(args.admin.as_deref()).flatten();
+    client_runtime()?.block_on(crate::inspect::proxy_config(
+        &args.control_planes,
+        args.r#type,
+        &args.proxy,
+        args.output,
+        &filter,
+        admin,
+    ))
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
@@ -203,6 +236,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                     control_plane.state.watch_routing_errors(),
                     pod_name(&args.ha),
                     leading.clone(),
+                ));
+            }
+            if let Some(client) = &kube_client {
+                // A Warning on a proxy's Pod once per new NACK, from every
+                // replica: each knows only the proxies connected to it.
+                background.push(events::spawn_nack_event_recorder(
+                    client.clone(),
+                    control_plane.state.watch_nacks(),
+                    pod_name(&args.ha),
                 ));
             }
             if let Some(leading) = &leading {

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod inspect;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
