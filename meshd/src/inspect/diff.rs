@@ -206,7 +206,7 @@ pub fn differences(
             }
         }
         for (name, ..) in &theirs {
-            if !ours.iter().any(|(n, ..)| n == name) {
+            if !ours.iter().any(|(n, ..)| n == name) && !elsewhere(config, t, name) {
                 out.push(difference(
                     name,
                     "held by Envoy, not sent by the control plane (left from an earlier stream, or from another control plane)".into(),
@@ -215,6 +215,22 @@ pub fn differences(
         }
     }
     out
+}
+
+/// Whether Envoy holds `name` of type `t` from somewhere other than the
+/// control plane's stream of that type: Envoy's endpoint dump lists the
+/// hosts of every cluster (an original-destination or DNS cluster's too),
+/// and its secret dump the bootstrap's file-based secrets (the xDS
+/// client's own identity); the control plane serves only `default` and
+/// `ROOTCA` over SDS.
+fn elsewhere(config: &Value, t: ConfigType, name: &str) -> bool {
+    match t {
+        ConfigType::Endpoint => entries(&config["config_dump"], ConfigType::Cluster)
+            .into_iter()
+            .any(|e| e["cluster"]["name"] == name && e["cluster"]["type"] != "EDS"),
+        ConfigType::Secret => !matches!(name, "default" | "ROOTCA"),
+        _ => false,
+    }
 }
 
 fn same_scalar(a: &Value, b: &Value) -> bool {

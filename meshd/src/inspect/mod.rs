@@ -138,10 +138,14 @@ pub async fn proxy_config(
 ) -> anyhow::Result<()> {
     let addresses = addresses(control_planes)?;
     let shown = kind.expand();
-    // The cluster table counts endpoints: ask for them too.
+    // The cluster table counts endpoints, and --diff tells EDS clusters'
+    // endpoints from the others' by the clusters: ask for both.
     let mut asked = shown.clone();
     if shown.contains(&ConfigType::Cluster) && !shown.contains(&ConfigType::Endpoint) {
         asked.push(ConfigType::Endpoint);
+    }
+    if shown.contains(&ConfigType::Endpoint) && !shown.contains(&ConfigType::Cluster) {
+        asked.push(ConfigType::Cluster);
     }
     let query = asked.iter().map(|t| t.word()).collect::<Vec<_>>().join(",");
     let (replica, mut config) =
