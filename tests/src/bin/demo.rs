@@ -232,36 +232,66 @@ fn demo() -> anyhow::Result<()> {
         app_v2.requests()
     );
 
-    let proxies = local_get(DEBUG.parse()?, "/debug/xds/proxies")?;
-    let proxies: serde_json::Value = serde_json::from_str(&proxies.body)?;
-    println!("\n7. the control plane's view (http://{DEBUG}/debug/xds/proxies):");
-    for p in proxies.as_array().into_iter().flatten() {
-        let acked: Vec<String> = p["types"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| {
-                format!(
-                    "{k} {}",
-                    if v["sent_version"] == v["acked_version"] {
-                        "ACK"
-                    } else {
-                        "pending"
-                    }
-                )
-            })
-            .collect();
-        println!(
-            "   {} ({}): {}",
-            p["node_id"].as_str().unwrap_or("?"),
-            p["protocol"].as_str().unwrap_or("?"),
-            acked.join(", ")
-        );
-    }
+    // The debugging commands, as an operator runs them (against the
+    // debug port; in a cluster, through `kubectl port-forward`).
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&meshd)
+            .args(args)
+            .args(["--control-plane", DEBUG])
+            .output()
+            .with_context(|| format!("running meshd {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "meshd {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let indent = |text: &str| -> String { text.lines().map(|l| format!("   {l}\n")).collect() };
+    println!("\n7. what each proxy has, and did it take it: meshd proxy-status");
+    print!("{}", indent(&cli(&["proxy-status"])?));
+    println!(
+        "\n8. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
+    );
+    print!(
+        "{}",
+        indent(&cli(&["proxy-config", "cluster", "client-0.demo"])?)
+    );
+    print!(
+        "{}",
+        indent(&cli(&[
+            "proxy-config",
+            "route",
+            "client-0.demo",
+            "--fqdn",
+            "server.demo.svc.cluster.local"
+        ])?)
+    );
+    print!(
+        "{}",
+        indent(&cli(&["proxy-config", "secret", "client-0.demo"])?)
+    );
+    let admin = envoys[0].admin.to_string();
+    println!(
+        "\n9. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
+    );
+    print!(
+        "{}",
+        indent(&cli(&[
+            "proxy-config",
+            "all",
+            "client-0.demo",
+            "--diff",
+            "--admin",
+            &admin
+        ])?)
+    );
 
     if keep_running {
         println!(
-            "\nStill running; try:\n  curl -x http://{proxy} http://server.demo/\n  curl http://{}/clusters\n  curl http://{DEBUG}/debug/xds/proxies\nCtrl-C to stop.",
+            "\nStill running; try:\n  curl -x http://{proxy} http://server.demo/\n  curl http://{}/clusters\n  meshd proxy-status\n  meshd proxy-config listener client-0.demo -o yaml\nCtrl-C to stop.",
             envoys[0].admin
         );
         loop {
