@@ -381,6 +381,34 @@ fn proxy_status_and_config_show_what_was_sent_and_a_nack() {
     let listeners = cli.ok(&["proxy-config", "listener", &client]);
     assert!(listeners.contains("LDS NACKED"), "{listeners}");
     assert!(listeners.contains("last NACK: "), "{listeners}");
+    // The operator's metrics: one proxy not synced, and the change was
+    // pushed (a push latency observed).
+    let metrics = http::get(debug, &debug.to_string(), "/metrics", false).unwrap();
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    assert_eq!(
+        value("meshd_xds_proxies_not_synced"),
+        Some(1.0),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        value("meshd_xds_push_latency_seconds_count").is_some_and(|n| n >= 1.0),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("meshd_xds_nacks_total{type=\"LDS\"} 1"),
+        "{}",
+        metrics.body
+    );
+
     // Envoy kept its last accepted listener: --diff says where they part.
     let diff = cli.run(&[
         "proxy-config",
