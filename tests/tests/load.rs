@@ -1,6 +1,6 @@
 //! The load tool at a small size, so it never rots: `meshd-load` against
 //! the real `meshd run` (this profile's build), with both ADS flavours and
-//! two worker processes. It asserts what must hold at any size (every
+//! two worker processes, and once through the Kubernetes source. It asserts what must hold at any size (every
 //! proxy synced, every change reached every proxy, the fleet's streams
 //! closed when it disconnected), never a time.
 
@@ -58,6 +58,18 @@ fn meshd_binary() -> PathBuf {
 
 #[test]
 fn a_small_fleet_syncs_and_receives_every_change() {
+    small_fleet_run("files", &["--protocol", "mix", "--processes", "2"]);
+}
+
+/// The same through the Kubernetes source: `meshd run --kubernetes`
+/// lists and watches a stand-in API server, and every change is a watch
+/// event that must reach every proxy.
+#[test]
+fn a_small_fleet_receives_every_change_from_the_kubernetes_source() {
+    small_fleet_run("kubernetes", &["--protocol", "delta"]);
+}
+
+fn small_fleet_run(source: &str, flavour: &[&str]) {
     let meshd = meshd_binary();
     let work = tempfile::tempdir().unwrap();
     let json = work.path().join("report.json");
@@ -67,7 +79,8 @@ fn a_small_fleet_syncs_and_receives_every_change() {
         .args(["--proxies", &PROXIES.to_string()])
         .args(["--services", "50", "--namespaces", "5"])
         .args(["--endpoints-per-service", "4"])
-        .args(["--protocol", "mix", "--processes", "2"])
+        .args(["--source", source])
+        .args(flavour)
         .args(["--changes", "3", "--change-interval-ms", "300"])
         .args(["--service-adds", "1", "--reconnect-cycles", "1"])
         .args(["--settle-seconds", "0", "--timeout", "90"])
@@ -102,10 +115,14 @@ fn a_small_fleet_syncs_and_receives_every_change() {
         summary.starts_with("meshd-load: proxies=50 synced=50 "),
         "{context}"
     );
-    assert!(summary.ends_with(" failed=0"), "{context}");
+    assert!(
+        summary.ends_with(&format!(" failed=0 source={source}")),
+        "{context}"
+    );
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["complete"], true, "{context}");
+    assert_eq!(report["source"], source);
 
     let syncs = report["syncs"].as_array().unwrap();
     assert_eq!(syncs.len(), 2, "the cold sync and one reconnect");

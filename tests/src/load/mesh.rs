@@ -156,6 +156,31 @@ impl Mesh {
         Ok(())
     }
 
+    /// The namespaces, as API objects.
+    pub fn namespace_objects(&self) -> Vec<serde_json::Value> {
+        (0..self.namespaces)
+            .map(|n| {
+                serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": format!("ns-{n:02}")},
+                })
+            })
+            .collect()
+    }
+
+    /// Service `service` as API objects: the same Service, EndpointSlice
+    /// and pods as its file.
+    pub fn service_objects(&self, service: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let text = self.service_yaml(service);
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|document| {
+                serde::Deserialize::deserialize(document)
+                    .with_context(|| format!("{}: not YAML", Self::service_name(service)))
+            })
+            .collect()
+    }
+
     /// Service `service`'s file: the Service, its EndpointSlice (readiness
     /// as last set) and its pods.
     pub fn service_yaml(&self, service: usize) -> String {

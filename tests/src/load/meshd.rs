@@ -86,7 +86,10 @@ pub struct Meshd {
 /// How `meshd run` is started.
 pub struct Launch<'a> {
     pub binary: &'a Path,
+    /// The file registry, or, with `kubeconfig`, none: meshd watches the
+    /// API server the kubeconfig names.
     pub registry: &'a Path,
+    pub kubeconfig: Option<&'a Path>,
     pub ca_dir: &'a Path,
     pub trust_domain: &'a str,
     pub xds: SocketAddr,
@@ -96,15 +99,22 @@ pub struct Launch<'a> {
 }
 
 impl Meshd {
-    /// Starts `meshd run` on the registry, serving on loopback.
+    /// Starts `meshd run` on the registry (or the API server), serving on
+    /// loopback.
     pub fn start(launch: Launch<'_>) -> anyhow::Result<Meshd> {
         let log = std::fs::File::create(launch.log)
             .with_context(|| format!("creating {}", launch.log.display()))?;
         let mut command = Command::new(launch.binary);
+        command.arg("run");
+        match launch.kubeconfig {
+            Some(kubeconfig) => {
+                command.arg("--kubernetes").env("KUBECONFIG", kubeconfig);
+            }
+            None => {
+                command.arg("--registry").arg(launch.registry);
+            }
+        }
         command
-            .arg("run")
-            .arg("--registry")
-            .arg(launch.registry)
             .arg("--ca-dir")
             .arg(launch.ca_dir)
             .args(["--trust-domain", launch.trust_domain])

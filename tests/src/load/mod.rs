@@ -19,6 +19,7 @@
 //! and run single-threaded so that "the client saturated a core" is a
 //! clear signal ([`fleet`]).
 
+pub mod apiserver;
 pub mod fleet;
 pub mod mesh;
 pub mod meshd;
@@ -44,6 +45,16 @@ pub enum ProtocolMix {
     Sotw,
     /// Half Delta, half State of the World (alternating).
     Mix,
+}
+
+/// Where `meshd run` discovers the generated mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    /// A file registry (`--registry`): a change rewrites one service's file.
+    Files,
+    /// The Kubernetes API (`--kubernetes`), served by a stand-in API server
+    /// on loopback that speaks list and watch: a change is a watch event.
+    Kubernetes,
 }
 
 /// Simulates a fleet of proxies against the real `meshd run` and reports
@@ -72,6 +83,17 @@ pub struct Args {
     /// The ADS flavour of the proxies.
     #[arg(long, env = "MESHD_LOAD_PROTOCOL", value_enum, default_value = "delta")]
     pub protocol: ProtocolMix,
+
+    /// Where meshd discovers the mesh; changes are timed from the moment
+    /// they are at the source (the file written, the watch event sent).
+    #[arg(
+        long,
+        env = "MESHD_LOAD_SOURCE",
+        value_enum,
+        default_value = "files",
+        conflicts_with = "target"
+    )]
+    pub source: Source,
 
     /// The meshd binary to start (default: `meshd` next to this executable,
     /// as `cargo build` leaves it in target/<profile>/).

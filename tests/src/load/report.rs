@@ -94,6 +94,8 @@ pub struct LoadReport {
     pub namespaces: usize,
     pub endpoints_per_service: usize,
     pub protocol: String,
+    /// Where meshd discovered the mesh: `files` or `kubernetes`.
+    pub source: String,
     pub processes: usize,
     /// meshd with the mesh loaded and no proxy connected.
     pub idle: Option<Usage>,
@@ -205,7 +207,7 @@ impl LoadReport {
             .max()
             .unwrap_or(0);
         format!(
-            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} settled_mib={} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={}",
+            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} settled_mib={} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={} source={}",
             self.proxies,
             cold.map_or(0, |s| s.synced),
             cold.map_or(0.0, |s| s.sync_s),
@@ -240,6 +242,11 @@ impl LoadReport {
             list(&self.machine_saturated),
             self.nacks_sent,
             self.failed,
+            if self.source.is_empty() {
+                "files"
+            } else {
+                &self.source
+            },
         )
     }
 }

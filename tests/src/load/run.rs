@@ -20,11 +20,12 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::apiserver::{self, ApiServer};
 use super::mesh::Mesh;
 use super::meshd::{self, Launch, Meshd, Usage};
 use super::protocol::{Command, FleetConfig, FleetStats, Kind, Nack, Probe, Report, now_us};
 use super::report::{Change, Disconnect, LoadReport, Spread, Sync};
-use super::{Args, fleet};
+use super::{Args, Source, fleet};
 
 /// How long the last proxy may take to receive one change.
 const CHANGE_LIMIT: Duration = Duration::from_secs(60);
@@ -165,6 +166,8 @@ enum FleetHandle {
 struct Coordinator {
     args: Args,
     mesh: Mesh,
+    /// The stand-in API server with `--source kubernetes`.
+    api: Option<ApiServer>,
     meshd: Meshd,
     fleets: Vec<FleetHandle>,
     reports: mpsc::UnboundedReceiver<Report>,
@@ -242,14 +245,34 @@ impl Coordinator {
         progress(
             started,
             &format!(
-                "generating {} services in {} namespaces ({} endpoints each) into {}",
+                "generating {} services in {} namespaces ({} endpoints each) for {}",
                 args.services,
                 args.namespaces,
                 args.endpoints_per_service,
-                registry.display()
+                match args.source {
+                    Source::Files => registry.display().to_string(),
+                    Source::Kubernetes => "a stand-in API server".to_string(),
+                }
             ),
         );
-        mesh.write_all()?;
+        let (api, kubeconfig) = match args.source {
+            Source::Files => {
+                mesh.write_all()?;
+                (None, None)
+            }
+            Source::Kubernetes => {
+                let (api, kubeconfig) =
+                    serve_kubernetes(&mesh, &ca_dir, &work_path, &args.trust_domain)?;
+                progress(
+                    started,
+                    &format!(
+                        "serving the mesh from a stand-in API server ({})",
+                        kubeconfig.display()
+                    ),
+                );
+                (Some(api), Some(kubeconfig))
+            }
+        };
 
         let mut meshd = match args.target {
             Some(xds) => Meshd::existing(xds, args.debug_address, args.meshd_pid),
@@ -278,6 +301,7 @@ impl Coordinator {
                 Meshd::start(Launch {
                     binary: &binary,
                     registry: &registry,
+                    kubeconfig: kubeconfig.as_deref(),
                     ca_dir: &ca_dir,
                     trust_domain: &args.trust_domain,
                     xds,
@@ -328,11 +352,13 @@ impl Coordinator {
                 namespaces: args.namespaces,
                 endpoints_per_service: args.endpoints_per_service,
                 protocol: format!("{:?}", args.protocol).to_lowercase(),
+                source: format!("{:?}", args.source).to_lowercase(),
                 processes: count,
                 idle,
                 ..Default::default()
             },
             mesh,
+            api,
             fleets,
             reports,
             tally: Tally::default(),
@@ -575,7 +601,7 @@ impl Coordinator {
         let client_before = self.client_cpu_by_pid();
         let written_at = now_us();
         let written = Instant::now();
-        self.mesh.write_service(service).map_err(Stop::Failed)?;
+        self.publish(service).map_err(Stop::Failed)?;
         let done = self
             .wait(written + CHANGE_LIMIT, label, move |t| {
                 t.receipts.len() >= expected
@@ -625,6 +651,15 @@ impl Coordinator {
             return Err(self.stopped(label));
         }
         Ok((change, latencies))
+    }
+
+    /// Puts the service as it now is at the source: its file rewritten, or
+    /// its changed objects sent to the API server's watches.
+    fn publish(&self, service: usize) -> anyhow::Result<()> {
+        match &self.api {
+            Some(api) => api.apply(self.mesh.service_objects(service)?).map(|_| ()),
+            None => self.mesh.write_service(service),
+        }
     }
 
     /// Closes every stream, waits for meshd to see them gone, and reads its
@@ -1058,6 +1093,52 @@ fn start_fleet(
 /// Raises this process's open-file limit to its hard limit (children,
 /// meshd among them, inherit it): thousands of connections need more than
 /// the usual 1024.
+/// The mesh in a stand-in API server, with the mesh CA in the Secret
+/// `meshd run --kubernetes` reads (`meshd-system/meshd-ca`, the layout of
+/// `--ca-dir`), so the fleet issues bootstrap identities from `ca_dir` as
+/// with a file registry. Returns the server and a kubeconfig naming it.
+fn serve_kubernetes(
+    mesh: &Mesh,
+    ca_dir: &std::path::Path,
+    work: &std::path::Path,
+    trust_domain: &str,
+) -> anyhow::Result<(ApiServer, std::path::PathBuf)> {
+    use base64::Engine;
+    let api = ApiServer::new();
+    api.apply(mesh.namespace_objects())?;
+    for service in 0..mesh.services {
+        api.apply(mesh.service_objects(service)?)?;
+    }
+    meshd_ca::Authority::load_or_generate(trust_domain, Arc::new(meshd_ca::DirStore::new(ca_dir)))
+        .with_context(|| format!("creating the mesh CA in {}", ca_dir.display()))?;
+    let mut data = serde_json::Map::new();
+    for key in ["root-cert.pem", "root-key.pem"] {
+        let path = ca_dir.join(key);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        data.insert(
+            key.into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(text)
+                .into(),
+        );
+    }
+    api.insert(
+        "/api/v1/namespaces/meshd-system/secrets/meshd-ca",
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "meshd-ca", "namespace": "meshd-system"},
+            "data": data,
+        }),
+    );
+    let address = api.serve()?;
+    let kubeconfig = work.join("kubeconfig");
+    std::fs::write(&kubeconfig, apiserver::kubeconfig(address, "meshd-system"))
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    Ok((api, kubeconfig))
+}
+
 fn raise_open_files(needed: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
