@@ -34,7 +34,7 @@ use crate::identity::Identity;
 use crate::model::Mesh;
 use crate::serving::{Limits, Protocol, Server};
 use crate::tls::ServerIdentity;
-use crate::translate::{MtlsOptions, Snapshot, TranslateOptions};
+use crate::translate::{MtlsOptions, Snapshot, Telemetry, TranslateOptions};
 use crate::xds::{self, Ads, ServerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,8 @@ pub struct Options {
     pub debug: Option<TcpListener>,
     /// Quiet time that ends a burst of changes before a push.
     pub debounce: Duration,
+    /// Access logs and the proxies' other telemetry settings.
+    pub telemetry: Telemetry,
 }
 
 /// A running control plane.
@@ -171,6 +173,7 @@ impl ControlPlane {
                 trust_domain: tls.identity.trust_domain().to_string(),
                 default_mode: tls.identity.config.default_mtls,
             }),
+            telemetry: options.telemetry.clone(),
         };
         let snapshots = xds::spawn_publisher(mesh_rx, options.debounce, state.clone(), translate);
         if registry_source {

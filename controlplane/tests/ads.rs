@@ -143,6 +143,7 @@ impl Harness {
             xds,
             debug: Some(debug),
             debounce: Duration::from_millis(20),
+            telemetry: Default::default(),
         })
         .await
         .expect("the control plane starts");

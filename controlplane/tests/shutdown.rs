@@ -52,6 +52,7 @@ impl Harness {
             xds: TcpListener::bind("127.0.0.1:0").await.expect("bind xDS"),
             debug: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind debug")),
             debounce: Duration::from_millis(20),
+            telemetry: Default::default(),
         })
         .await
         .expect("the control plane starts");

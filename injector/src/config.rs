@@ -27,6 +27,9 @@ pub struct InjectorConfig {
     /// listener (so they pass under STRICT mTLS) unless a pod says
     /// otherwise with `meshd.io/rewrite-app-probes`.
     pub rewrite_app_probes: bool,
+    /// Add the Prometheus scrape annotations to meshed pods unless a pod
+    /// says otherwise with `meshd.io/prometheus-scrape`.
+    pub prometheus_scrape: bool,
     /// Proxy resources, overridable per pod.
     pub proxy_cpu_request: String,
     pub proxy_memory_request: String,
@@ -56,6 +59,7 @@ impl Default for InjectorConfig {
             xds_protocol: "delta".into(),
             native_sidecar: true,
             rewrite_app_probes: true,
+            prometheus_scrape: true,
             proxy_cpu_request: "100m".into(),
             proxy_memory_request: "128Mi".into(),
             proxy_cpu_limit: "2".into(),

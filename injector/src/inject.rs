@@ -96,6 +96,11 @@ pub const KUBE_SYSTEM: &str = "kube-system";
 /// (not known at admission when the pod uses generateName).
 pub const POD_NAME_ENV: &str = "MESHD_POD_NAME";
 pub const POD_NAMESPACE_ENV: &str = "MESHD_POD_NAMESPACE";
+/// The workload and service account the proxy's metrics carry (fixed tags
+/// of the bootstrap), also from the downward API: the bootstrap is shared
+/// by the pods of a configuration.
+pub const WORKLOAD_ENV: &str = "MESHD_WORKLOAD";
+pub const SERVICE_ACCOUNT_ENV: &str = "MESHD_SERVICE_ACCOUNT";
 /// Tells `kubectl logs/exec` which container to pick when the proxy is not
 /// the only one.
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
@@ -257,6 +262,12 @@ pub fn inject_patch(
     check_completes(pod, spec, &overrides, &plan)?;
 
     let rendered = prepared.rendered(plan)?;
+    let metadata = Metadata {
+        workload: overrides.workload.is_none().then(|| workload_name(pod)),
+        scrape: overrides
+            .prometheus_scrape
+            .unwrap_or(config.prometheus_scrape),
+    };
     Ok(Injection::Patched {
         patch: PodPatch::build(
             pod,
@@ -265,6 +276,7 @@ pub fn inject_patch(
             &service_account,
             &rewrites,
             &config.image_pull_secrets,
+            &metadata,
         )?,
         service_account,
     })
@@ -486,6 +498,69 @@ mod read {
                 status: None,
             }))
         }
+    }
+}
+
+/// What the injector writes into a pod's metadata besides its status.
+struct Metadata {
+    /// `meshd.io/workload`, when the pod does not name its workload.
+    workload: Option<String>,
+    /// Whether to add the Prometheus scrape annotations the pod lacks.
+    scrape: bool,
+}
+
+/// The workload a pod's proxy reports its metrics as: its controller's
+/// name, the Deployment's for a ReplicaSet's pods (the ReplicaSet's name
+/// less its `pod-template-hash`) and the CronJob's for a Job's pods (the
+/// Job's name less its schedule suffix), so replicas and rollouts add up;
+/// a pod without one goes by its generateName, else its name.
+fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let trim = |name: &str, suffix: Option<&str>| -> String {
+        suffix
+            .and_then(|s| name.strip_suffix(s))
+            .and_then(|n| n.strip_suffix('-'))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(name)
+            .to_string()
+    };
+    let name = match controller {
+        Some(owner) if owner.kind == "ReplicaSet" => {
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"))
+                .map(String::as_str);
+            trim(&owner.name, hash)
+        }
+        // A CronJob's template (offline injection) is named after it.
+        Some(owner) if owner.kind == "Job" => {
+            // A CronJob names its Jobs `<cronjob>-<minutes since epoch>`.
+            match owner.name.rsplit_once('-') {
+                Some((cron, n)) if n.len() >= 8 && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    cron.to_string()
+                }
+                _ => owner.name.clone(),
+            }
+        }
+        Some(owner) => owner.name.clone(),
+        None => match (&meta.generate_name, &meta.name) {
+            (Some(prefix), _) if !prefix.trim_end_matches('-').is_empty() => {
+                prefix.trim_end_matches('-').to_string()
+            }
+            (_, Some(name)) => name.clone(),
+            _ => "unknown".to_string(),
+        },
+    };
+    if annotations::valid_workload(&name) {
+        name
+    } else {
+        "unknown".to_string()
     }
 }
 
@@ -730,6 +805,16 @@ fn proxy_bootstrap_config(config: &InjectorConfig) -> Result<BootstrapConfig> {
     let pod_ref = format!("$({POD_NAME_ENV})");
     let namespace_ref = format!("$({POD_NAMESPACE_ENV})");
     let mut bootstrap = BootstrapConfig::new(namespace_ref, pod_ref);
+    bootstrap.workload = format!("$({WORKLOAD_ENV})");
+    bootstrap.service_account = format!("$({SERVICE_ACCOUNT_ENV})");
+    // Workloads share the control plane's trust domain.
+    if let Some(domain) = config
+        .control_plane_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split('/').next())
+    {
+        bootstrap.trust_domain = domain.to_string();
+    }
     bootstrap.xds_host = xds_host;
     bootstrap.xds_port = xds_port;
     bootstrap.xds_protocol = xds_protocol;
@@ -745,13 +830,17 @@ fn proxy_bootstrap_config(config: &InjectorConfig) -> Result<BootstrapConfig> {
 /// Kubernetes substitutes them (and `--service-node` says the same), so every
 /// other `$` (a probe path may hold one) is doubled to stay literal.
 fn render_bootstrap(bootstrap: &BootstrapConfig) -> String {
-    let pod_ref = format!("$({POD_NAME_ENV})");
-    let namespace_ref = format!("$({POD_NAMESPACE_ENV})");
-    bootstrap::render(bootstrap)
-        .to_string()
-        .replace('$', "$$")
-        .replace(&format!("${pod_ref}"), &pod_ref)
-        .replace(&format!("${namespace_ref}"), &namespace_ref)
+    let mut json = bootstrap::render(bootstrap).to_string().replace('$', "$$");
+    for env in [
+        POD_NAME_ENV,
+        POD_NAMESPACE_ENV,
+        WORKLOAD_ENV,
+        SERVICE_ACCOUNT_ENV,
+    ] {
+        let reference = format!("$({env})");
+        json = json.replace(&format!("${reference}"), &reference);
+    }
+    json
 }
 
 /// One app probe the injector points at the proxy.
@@ -1195,6 +1284,11 @@ impl Plan {
             env: Some(vec![
                 field(POD_NAME_ENV, "metadata.name"),
                 field(POD_NAMESPACE_ENV, "metadata.namespace"),
+                field(
+                    WORKLOAD_ENV,
+                    &format!("metadata.annotations['{}']", annotations::WORKLOAD),
+                ),
+                field(SERVICE_ACCOUNT_ENV, "spec.serviceAccountName"),
             ]),
             ports: Some(
                 DECLARED_PORTS
@@ -1669,6 +1763,7 @@ impl PodPatch {
         service_account: &str,
         rewrites: &[ProbeRewrite],
         image_pull_secrets: &[String],
+        metadata: &Metadata,
     ) -> Result<PodPatch> {
         let mut patch = PodPatch {
             operations: Vec::with_capacity(8 + 3 * rewrites.len()),
@@ -1713,20 +1808,28 @@ impl PodPatch {
             .first()
             .filter(|_| !rendered.plan.native)
             .map(|first| (DEFAULT_CONTAINER_ANNOTATION, first.name.as_str()));
-        let mut added = Vec::with_capacity(2);
+        // Each added only where the pod has none of its own: a user's
+        // prometheus.io settings are never overwritten.
+        let mut added = Vec::with_capacity(6);
+        added.extend(default_container);
+        if let Some(workload) = &metadata.workload {
+            added.push((annotations::WORKLOAD, workload.as_str()));
+        }
+        if metadata.scrape {
+            added.extend(annotations::PROMETHEUS_SCRAPE_ANNOTATIONS);
+        }
+        added.push((annotations::STATUS, rendered.status.as_str()));
+        added.sort_by_key(|(key, _)| *key);
         match &pod.metadata.annotations {
             None => {
-                added.extend(default_container);
-                added.push((annotations::STATUS, rendered.status.as_str()));
                 patch.add_map("annotations", &added);
             }
             Some(existing) => {
-                if let Some((key, value)) = default_container
-                    && !existing.contains_key(key)
-                {
-                    patch.add_key("annotations", key, value);
+                for (key, value) in added {
+                    if key == annotations::STATUS || !existing.contains_key(key) {
+                        patch.add_key("annotations", key, value);
+                    }
                 }
-                patch.add_key("annotations", annotations::STATUS, &rendered.status);
             }
         }
         let label = (annotations::PROXY_LABEL, annotations::PROXY_LABEL_VALUE);
@@ -2090,6 +2193,7 @@ mod tests {
             spec: &PodSpec,
             service_account: &str,
         ) -> Pod {
+            let original = pod;
             let mut pod = pod.clone();
             let mut spec = spec.clone();
             let user_containers: Vec<String> =
@@ -2174,6 +2278,21 @@ mod tests {
                 pod_annotations
                     .entry(DEFAULT_CONTAINER_ANNOTATION.into())
                     .or_insert_with(|| first.clone());
+            }
+            let overrides = annotations::parse(pod_annotations).unwrap();
+            if overrides.workload.is_none() {
+                let workload = workload_name(original);
+                pod_annotations.insert(annotations::WORKLOAD.into(), workload);
+            }
+            if overrides
+                .prometheus_scrape
+                .unwrap_or(config.prometheus_scrape)
+            {
+                for (key, value) in annotations::PROMETHEUS_SCRAPE_ANNOTATIONS {
+                    pod_annotations
+                        .entry(key.into())
+                        .or_insert_with(|| value.into());
+                }
             }
             pod_annotations.insert(
                 annotations::STATUS.into(),
@@ -2530,7 +2649,12 @@ mod tests {
             env,
             [
                 ("MESHD_POD_NAME", "metadata.name"),
-                ("MESHD_POD_NAMESPACE", "metadata.namespace")
+                ("MESHD_POD_NAMESPACE", "metadata.namespace"),
+                (
+                    "MESHD_WORKLOAD",
+                    "metadata.annotations['meshd.io/workload']"
+                ),
+                ("MESHD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
             ]
         );
         let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
@@ -2964,6 +3088,80 @@ mod tests {
     }
 
     #[test]
+    fn meshed_pods_get_the_scrape_annotations_but_never_over_their_own() {
+        let annotations_of = |v: Value, config: &InjectorConfig| {
+            injected(v, config)
+                .0
+                .metadata
+                .annotations
+                .unwrap_or_default()
+        };
+        let got = annotations_of(web(), &config());
+        assert_eq!(got["prometheus.io/scrape"], "true");
+        assert_eq!(got["prometheus.io/port"], "15090");
+        assert_eq!(got["prometheus.io/path"], "/stats/prometheus");
+        // The pod's own settings stay; the missing ones are added.
+        let own = annotate(
+            web(),
+            &[("prometheus.io/port", "9090"), ("prometheus.io/path", "/m")],
+        );
+        let got = annotations_of(own, &config());
+        assert_eq!(got["prometheus.io/port"], "9090");
+        assert_eq!(got["prometheus.io/path"], "/m");
+        assert_eq!(got["prometheus.io/scrape"], "true");
+        // Opted out per pod, or mesh-wide (and a pod may opt back in).
+        let out = annotate(web(), &[(annotations::PROMETHEUS_SCRAPE, "false")]);
+        assert!(!annotations_of(out, &config()).contains_key("prometheus.io/scrape"));
+        let off = InjectorConfig {
+            prometheus_scrape: false,
+            ..config()
+        };
+        assert!(!annotations_of(web(), &off).contains_key("prometheus.io/scrape"));
+        let back = annotate(web(), &[(annotations::PROMETHEUS_SCRAPE, "true")]);
+        assert_eq!(annotations_of(back, &off)["prometheus.io/scrape"], "true");
+        let bad = annotate(web(), &[(annotations::PROMETHEUS_SCRAPE, "no")]);
+        let err = inject(&pod(bad), "shop", &config())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("meshd.io/prometheus-scrape") && err.contains("accepted: true, false"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_workload_is_the_pods_controller_unless_the_pod_names_it() {
+        let owned = |kind: &str, name: &str, labels: Value| {
+            pod(json!({
+                "metadata": {
+                    "name": "x-1", "labels": labels,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true}],
+                },
+                "spec": {"containers": [{"name": "app"}]},
+            }))
+        };
+        let hash = json!({"pod-template-hash": "7d9f8c6b5"});
+        assert_eq!(
+            workload_name(&owned("ReplicaSet", "web-7d9f8c6b5", hash)),
+            "web"
+        );
+        assert_eq!(workload_name(&owned("StatefulSet", "db", json!({}))), "db");
+        assert_eq!(
+            workload_name(&owned("Job", "report-28911230", json!({}))),
+            "report"
+        );
+        let bare = pod(
+            json!({"metadata": {"generateName": "tool-"}, "spec": {"containers": [{"name": "app"}]}}),
+        );
+        assert_eq!(workload_name(&bare), "tool");
+        let named = annotate(web(), &[(annotations::WORKLOAD, "storefront")]);
+        let got = injected(named, &config()).0.metadata.annotations.unwrap();
+        assert_eq!(got[annotations::WORKLOAD], "storefront");
+        let bad = annotate(web(), &[(annotations::WORKLOAD, "Store Front")]);
+        assert!(inject(&pod(bad), "shop", &config()).is_err());
+    }
+
+    #[test]
     fn the_patch_inserts_rather_than_rewrites() {
         let original = pod(web());
         let Injection::Patched { patch, .. } = inject(&original, "shop", &classic()).unwrap()
@@ -2988,6 +3186,10 @@ mod tests {
                     "/metadata/annotations/kubectl.kubernetes.io~1default-container"
                 ),
                 ("add", "/metadata/annotations/meshd.io~1status"),
+                ("add", "/metadata/annotations/meshd.io~1workload"),
+                ("add", "/metadata/annotations/prometheus.io~1path"),
+                ("add", "/metadata/annotations/prometheus.io~1port"),
+                ("add", "/metadata/annotations/prometheus.io~1scrape"),
                 ("add", "/metadata/labels/meshd.io~1proxy"),
             ]
         );

@@ -438,8 +438,26 @@ fn inject_object(
     } else {
         let template =
             read_as_kubectl::<PodTemplateSpec>(target, template, &field).map_err(invalid)?;
+        let mut metadata = template.metadata.unwrap_or_default();
+        // The template's pods will be the workload's: name it their
+        // controller, so the injector names their workload after it (a
+        // pod template has no name of its own).
+        if let (None, Some(kind), Some(name)) = (
+            &metadata.owner_references,
+            json.get("kind").and_then(|k| k.as_str()),
+            json.pointer("/metadata/name").and_then(|n| n.as_str()),
+        ) {
+            metadata.owner_references = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]);
+        }
         Pod {
-            metadata: template.metadata.unwrap_or_default(),
+            metadata,
             spec: template.spec,
             status: None,
         }

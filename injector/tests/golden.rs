@@ -144,8 +144,20 @@ fn check_patch(case: &Case, output: &str) {
             .as_str()
             .unwrap_or("default")
             .to_string();
+        let owner = input["metadata"]["name"].as_str().map(|name| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: kind.clone(),
+                name: name.to_string(),
+                controller: Some(true),
+                ..Default::default()
+            }
+        });
         let template = input.pointer_mut(pointer).unwrap();
-        let pod: Pod = serde_json::from_value(template.clone()).unwrap();
+        let mut pod: Pod = serde_json::from_value(template.clone()).unwrap();
+        // As `meshd inject` does: a template's pods are its workload's.
+        if !pointer.is_empty() && pod.metadata.owner_references.is_none() {
+            pod.metadata.owner_references = owner.map(|o| vec![o]);
+        }
         match inject(&pod, &namespace, &case.config).unwrap() {
             Injection::Skipped(_) => {}
             Injection::Patched { patch, .. } => {

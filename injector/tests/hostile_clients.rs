@@ -137,6 +137,7 @@ impl Meshd {
                 xds: TcpListener::bind("127.0.0.1:0").await.expect("bind xDS"),
                 debug: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind debug")),
                 debounce: Duration::from_millis(20),
+                telemetry: Default::default(),
             },
             ListenerLimits { xds, debug },
         )

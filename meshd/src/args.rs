@@ -151,6 +151,18 @@ pub struct InjectorArgs {
         value_name = "BOOL"
     )]
     pub rewrite_app_probes: bool,
+    /// Add the Prometheus scrape annotations (prometheus.io/scrape, port
+    /// 15090, path /stats/prometheus) to injected pods, never over the
+    /// pod's own (pods opt out with meshd.io/prometheus-scrape): true or
+    /// false.
+    #[arg(
+        long,
+        env = "MESHD_PROMETHEUS_SCRAPE",
+        default_value_t = InjectorConfig::default().prometheus_scrape,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub prometheus_scrape: bool,
     /// Secrets for pulling the proxy and init images from a private
     /// registry, added to the imagePullSecrets of every injected pod (each
     /// must exist in the pod's own namespace): a comma-separated list of
@@ -227,6 +239,17 @@ pub struct RunArgs {
     /// and pods override it with the `meshd.io/mtls` annotation.
     #[arg(long, env = "MESHD_MTLS_MODE", default_value = "PERMISSIVE")]
     pub mtls_mode: String,
+
+    /// JSON access logs on every proxy's standard output (pods override
+    /// with the `meshd.io/access-log` annotation): true or false.
+    #[arg(
+        long,
+        env = "MESHD_ACCESS_LOG",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub access_log: bool,
 
     /// Workload certificate lifetime (`90s`, `30m`, `24h`; at least 60s).
     #[arg(long, env = "MESHD_WORKLOAD_CERT_TTL", default_value = "24h")]
@@ -529,6 +552,7 @@ mod tests {
                 ("MESHD_INIT_IMAGE", injector("init_image")),
                 ("MESHD_INJECT_XDS_ADDRESS", injector("inject_xds_address")),
                 ("MESHD_NATIVE_SIDECAR", injector("native_sidecar")),
+                ("MESHD_PROMETHEUS_SCRAPE", injector("prometheus_scrape")),
                 ("MESHD_PROXY_IMAGE", injector("proxy_image")),
                 ("MESHD_REWRITE_APP_PROBES", injector("rewrite_app_probes")),
                 (

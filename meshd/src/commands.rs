@@ -12,6 +12,7 @@ use meshd_controlplane::server::{
     ControlPlane, DebugEndpoints, ListenerLimits, Options, Source, TlsOptions,
 };
 use meshd_controlplane::serving::{ConnectionCaps, Limits};
+use meshd_controlplane::translate::Telemetry;
 use meshd_controlplane::tls::ServerIdentity;
 use meshd_injector::capture::{self, CaptureConfig};
 use meshd_injector::config::InjectorConfig;
@@ -216,6 +217,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                         xds,
                         debug: Some(debug),
                         debounce: Duration::from_millis(args.debounce_ms),
+                        telemetry: Telemetry {
+                            access_log: args.access_log,
+                        },
                     },
                     ListenerLimits {
                         xds: Limits {
@@ -773,6 +777,7 @@ fn injector_config(args: &InjectorArgs) -> InjectorConfig {
         init_image: args.init_image.clone(),
         native_sidecar: args.native_sidecar,
         rewrite_app_probes: args.rewrite_app_probes,
+        prometheus_scrape: args.prometheus_scrape,
         image_pull_secrets: args.image_pull_secrets.clone(),
         ..InjectorConfig::default()
     };

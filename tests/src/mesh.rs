@@ -262,6 +262,7 @@ impl TestMesh {
                     xds: tokio::net::TcpListener::from_std(xds_listener)?,
                     debug: Some(tokio::net::TcpListener::from_std(debug_listener)?),
                     debounce: Duration::from_millis(20),
+                    telemetry: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::from)

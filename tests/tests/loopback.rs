@@ -62,6 +62,7 @@ impl Mesh {
                     xds: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
                     debug: None,
                     debounce: Duration::from_millis(20),
+                    telemetry: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -575,6 +576,7 @@ fn a_control_plane_restart_drops_no_request() {
                 xds: tokio::net::TcpListener::bind(xds).await?,
                 debug: None,
                 debounce: Duration::from_millis(20),
+                telemetry: Default::default(),
             })
             .await
             .map_err(anyhow::Error::from)

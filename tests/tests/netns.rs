@@ -95,6 +95,7 @@ impl NetMesh {
                     xds: tokio::net::TcpListener::from_std(xds_listener)?,
                     debug: None,
                     debounce: Duration::from_millis(20),
+                    telemetry: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::from)

@@ -51,6 +51,7 @@ fn a_proxy_reconnects_with_its_old_bootstrap_identity_after_a_root_rotation() {
                 xds: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
                 debug: None,
                 debounce: Duration::from_millis(20),
+                telemetry: Default::default(),
             })
             .await
             .map_err(anyhow::Error::from)

@@ -341,6 +341,7 @@ fn envoy_accepts_external_name_and_headless_services() {
             trust_domain: "cluster.local".into(),
             default_mode: MtlsMode::Permissive,
         }),
+        telemetry: Default::default(),
     };
     let snapshot = Snapshot::new(1, Arc::new(index.mesh()), options);
     assert!(

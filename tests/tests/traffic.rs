@@ -186,7 +186,8 @@ fn wait_for_client_routes(mesh: &mut TestMesh, needle: &str, present: bool) {
 
 /// A fault-filter counter summed over both reviews pods.
 fn faults_injected(mesh: &TestMesh, counter: &str) -> u64 {
-    let name = format!("http.inbound_{APP_PORT}.fault.{counter}");
+    // The callers come over mTLS: the inbound chain of mTLS connections.
+    let name = format!("http.inbound_{APP_PORT}_mtls.fault.{counter}");
     [V1, V2]
         .iter()
         .map(|pod| stat(&mesh.admin(pod, "/stats?filter=fault"), &name))

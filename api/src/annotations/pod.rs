@@ -134,6 +134,17 @@ pub const EXCLUDE_OUTBOUND_CIDRS: &str = "meshd.io/exclude-outbound-cidrs";
 pub const INTERCEPTION: &str = "meshd.io/interception";
 pub const MTLS: &str = "meshd.io/mtls";
 pub const REWRITE_APP_PROBES: &str = "meshd.io/rewrite-app-probes";
+pub const PROMETHEUS_SCRAPE: &str = "meshd.io/prometheus-scrape";
+pub const ACCESS_LOG: &str = "meshd.io/access-log";
+pub const WORKLOAD: &str = "meshd.io/workload";
+
+/// The usual Prometheus scrape annotations, which the injector adds to
+/// meshed pods (never over the pod's own).
+pub const PROMETHEUS_SCRAPE_ANNOTATIONS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "15090"),
+    ("prometheus.io/path", "/stats/prometheus"),
+];
 
 /// The label the injector puts on every pod it injects (value
 /// [`PROXY_LABEL_VALUE`]), so meshed pods can be selected: by a
@@ -145,6 +156,27 @@ pub const PROXY_LABEL_VALUE: &str = "true";
 pub const LOG_LEVELS: &[&str] = &[
     "trace", "debug", "info", "warning", "error", "critical", "off",
 ];
+
+const WORKLOAD_ACCEPTED: &str = "1-253 characters: lowercase letters, digits, '-', '.'";
+
+/// Whether a workload name is one `meshd.io/workload` accepts (a metric
+/// label value, also put into the proxy's command line).
+pub fn valid_workload(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 253
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// Parses `true` / `false`.
+pub fn parse_flag(value: &str) -> Option<bool> {
+    match value {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
 
 /// The largest `meshd.io/concurrency`.
 pub const MAX_CONCURRENCY: u32 = 64;
@@ -249,6 +281,24 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         accepted: "true, false",
         default: "true",
         description: "Send the app containers' HTTP liveness, readiness and startup probes through the proxy's port 15021 (`/app-health/<container>/livez`, `readyz`, `startupz`), and their gRPC probes too (`port: 15021`; the proxy forwards the gRPC health check to the app's port), so they pass under STRICT mTLS; HTTPS, TCP and exec probes are left as they are.",
+    },
+    AnnotationDoc {
+        name: PROMETHEUS_SCRAPE,
+        accepted: "true, false",
+        default: "the mesh setting (prometheusScrape, default true)",
+        description: "Add the Prometheus scrape annotations `prometheus.io/scrape: \"true\"`, `prometheus.io/port: \"15090\"`, `prometheus.io/path: /stats/prometheus` to the pod, so a Prometheus that follows them scrapes the proxy's metrics (each one only when the pod does not set it).",
+    },
+    AnnotationDoc {
+        name: ACCESS_LOG,
+        accepted: "true, false",
+        default: "the mesh setting (`meshd run --access-log`, default off)",
+        description: "JSON access logs on the proxy's standard output, a line per request or TCP connection (read by the control plane; see Access logs).",
+    },
+    AnnotationDoc {
+        name: WORKLOAD,
+        accepted: WORKLOAD_ACCEPTED,
+        default: "set by the injector when absent: the pod's controller (a Deployment's name for the pods of its ReplicaSets, a CronJob's for its Jobs' pods), else the pod's generateName or name",
+        description: "The workload the proxy's metrics name it by (the `workload` label), so the pods of one Deployment add up.",
     },
     AnnotationDoc {
         name: STATUS,
@@ -425,6 +475,9 @@ pub struct Overrides {
     pub exclude_outbound_cidrs: Vec<Cidr>,
     pub interception: Interception,
     pub rewrite_app_probes: Option<bool>,
+    pub prometheus_scrape: Option<bool>,
+    pub access_log: Option<bool>,
+    pub workload: Option<String>,
 }
 
 fn parse_bool(annotation: &str, value: &str) -> Result<bool, Error> {
@@ -483,6 +536,14 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Error>
             }
             NATIVE_SIDECAR => o.native_sidecar = Some(parse_bool(name, value)?),
             REWRITE_APP_PROBES => o.rewrite_app_probes = Some(parse_bool(name, value)?),
+            PROMETHEUS_SCRAPE => o.prometheus_scrape = Some(parse_bool(name, value)?),
+            ACCESS_LOG => o.access_log = Some(parse_bool(name, value)?),
+            WORKLOAD => {
+                if !valid_workload(value) {
+                    return Err(invalid(name, value));
+                }
+                o.workload = Some(value.to_string());
+            }
             PROXY_CPU => o.proxy_cpu = Some(parse_quantity(name, value, Resource::Cpu)?),
             PROXY_CPU_LIMIT => {
                 o.proxy_cpu_limit = Some(parse_quantity(name, value, Resource::Cpu)?);

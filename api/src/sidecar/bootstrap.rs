@@ -80,6 +80,13 @@ pub struct BootstrapConfig {
     pub app_probes: Vec<AppProbe>,
     /// Where the app's gRPC probes, sent to the readiness port, go.
     pub grpc_probe: Option<GrpcProbe>,
+    /// The workload the proxy's metrics name it by (a Deployment's name
+    /// rather than its pods'; see [`super::stats`]).
+    pub workload: String,
+    /// The pod's service account: with the namespace and `trust_domain`,
+    /// the identity its metrics carry.
+    pub service_account: String,
+    pub trust_domain: String,
 }
 
 /// The app's gRPC health service, which kubelet's gRPC probes reach through
@@ -151,7 +158,27 @@ impl BootstrapConfig {
             control_plane_id: DEFAULT_CONTROL_PLANE_ID.to_string(),
             app_probes: Vec::new(),
             grpc_probe: None,
+            workload: String::new(),
+            service_account: "default".into(),
+            trust_domain: "cluster.local".into(),
         }
+    }
+
+    /// The workload its metrics name: [`Self::workload`], else the pod.
+    pub fn workload(&self) -> &str {
+        if self.workload.is_empty() {
+            &self.pod
+        } else {
+            &self.workload
+        }
+    }
+
+    /// The SPIFFE ID its metrics carry as `workload_identity`.
+    pub fn identity(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 
     pub fn node_id(&self) -> String {
@@ -435,6 +462,7 @@ pub fn render(config: &BootstrapConfig) -> Value {
         "admin": {
             "address": socket_address(config.admin.ip(), config.admin.port()),
         },
+        "stats_config": super::stats::stats_config(config.workload(), &config.namespace, &config.identity()),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": api_type,

@@ -4,6 +4,7 @@
 //! both into pods; `meshd bootstrap` writes them for a proxy run by hand.
 
 pub mod bootstrap;
+pub mod stats;
 
 /// Ports the sidecar owns inside a pod.
 pub mod ports {

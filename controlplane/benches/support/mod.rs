@@ -36,6 +36,7 @@ pub fn options() -> TranslateOptions {
             trust_domain: "cluster.local".into(),
             default_mode: MtlsMode::Permissive,
         }),
+        telemetry: Default::default(),
     }
 }
 

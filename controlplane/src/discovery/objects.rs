@@ -17,6 +17,7 @@ use crate::model::{
     Conditions, DNS_LABEL, Endpoint, Interception, MtlsMode, Namespace, Protocol, Service,
     ServiceKey, ServicePort, Workload, is_dns_label,
 };
+use meshd_api::annotations::pod as pod_annotations;
 use meshd_api::annotations::workload::{
     INTERCEPTION as INTERCEPTION_ANNOTATION, MTLS as MTLS_ANNOTATION,
 };
@@ -546,6 +547,16 @@ pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "default".to_string());
     let mtls = mtls_annotation(&obj, &annotations)?;
+    // Translation reads it from the annotations; a bad value is refused
+    // here, where the Pod can be named.
+    if let Some(value) = annotations.get(pod_annotations::ACCESS_LOG)
+        && pod_annotations::parse_flag(value).is_none()
+    {
+        return Err(obj.error(
+            format!("metadata.annotations[{}]", pod_annotations::ACCESS_LOG),
+            format!("`{value}` is not valid; accepted: true, false"),
+        ));
+    }
     Ok(Workload {
         mtls,
         namespace: obj.namespace.unwrap_or_default(),

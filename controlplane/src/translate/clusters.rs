@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use meshd_proto::envoy::config::cluster::v3::{Cluster, cluster};
+use meshd_proto::envoy::config::cluster::v3::{Cluster, TrackClusterStats, cluster};
 use meshd_proto::envoy::config::core::v3::{
     Address, HealthStatus, Http2ProtocolOptions, SocketAddress, address,
     socket_address::PortSpecifier,
@@ -23,6 +23,16 @@ use super::resource::{PASSTHROUGH_CLUSTER, ads};
 
 pub fn inbound_cluster_name(port: u16) -> String {
     format!("inbound|{port}||")
+}
+
+/// Request and response size histograms (`upstream_rq_body_size`,
+/// `upstream_rs_body_size`, and the headers'), which Envoy keeps only when
+/// asked: the mesh's request metrics include sizes.
+fn track_sizes(protocol: Protocol) -> Option<TrackClusterStats> {
+    protocol.is_http().then(|| TrackClusterStats {
+        request_response_sizes: true,
+        ..Default::default()
+    })
 }
 
 pub(super) fn duration(seconds: i64) -> Option<Duration> {
@@ -90,6 +100,7 @@ pub(super) fn eds_cluster(name: &str, protocol: Protocol) -> Cluster {
         }),
         connect_timeout: duration(10),
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        track_cluster_stats: track_sizes(protocol),
         typed_extension_protocol_options: protocol_options(protocol),
         ..Default::default()
     }
@@ -134,6 +145,7 @@ pub(super) fn dns_cluster(name: &str, host: &str, port: u16, protocol: Protocol)
         }),
         connect_timeout: duration(10),
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        track_cluster_stats: track_sizes(protocol),
         typed_extension_protocol_options: protocol_options(protocol),
         ..Default::default()
     }
@@ -169,6 +181,7 @@ pub(super) fn inbound_cluster(name: &str, port: u16, protocol: Protocol) -> Clus
             ..Default::default()
         }),
         connect_timeout: duration(10),
+        track_cluster_stats: track_sizes(protocol),
         typed_extension_protocol_options: protocol_options(protocol),
         ..Default::default()
     }

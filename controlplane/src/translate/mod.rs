@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hasher;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use meshd_proto::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use meshd_proto::envoy::config::listener::v3::{
@@ -43,6 +43,7 @@ use meshd_proto::{BoolValue, UInt32Value, to_any};
 
 use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
 use meshd_api::annotations::routing::Egress;
+use meshd_api::sidecar::stats::{ConnectionSecurity, inbound_stat_prefix};
 
 use crate::model::MeshRouting;
 pub use outbound::SharedChanges;
@@ -52,6 +53,7 @@ mod inbound;
 mod outbound;
 mod resource;
 mod routing;
+mod telemetry;
 mod tls;
 
 pub use clusters::inbound_cluster_name;
@@ -59,9 +61,10 @@ use clusters::{inbound_cluster, passthrough_cluster, socket_address};
 use resource::ads;
 pub use resource::{
     DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER,
-    PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources, TranslateOptions, decode,
+    PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources, Telemetry, TranslateOptions, decode,
 };
 use routing::{route_to, service_hosts};
+pub use telemetry::ACCESS_LOG_FIELDS;
 
 /// Ports the sidecar owns inside a pod (listener ports are translation's
 /// vocabulary too).
@@ -204,6 +207,23 @@ struct Outbound {
     clusters: Arc<Resources>,
     endpoints: Arc<Resources>,
     listener: Arc<Resource>,
+    /// The listener with access logs, made when a proxy that logs asks.
+    logged: OnceLock<Arc<Resource>>,
+}
+
+/// `listener`, or its access-logging variant (made once, in `logged`).
+fn listener_for(
+    listener: &Arc<Resource>,
+    logged: &OnceLock<Arc<Resource>>,
+    access_log: bool,
+) -> Arc<Resource> {
+    if access_log {
+        logged
+            .get_or_init(|| telemetry::with_access_log(listener))
+            .clone()
+    } else {
+        listener.clone()
+    }
 }
 
 /// Route configurations are shared by the proxies of a namespace, an
@@ -219,6 +239,8 @@ type RouteKey = (String, Interception, Option<Arc<Egress>>);
 struct Inbound {
     clusters: Arc<Resources>,
     listener: Arc<Resource>,
+    /// The listener with access logs, made when a proxy that logs asks.
+    logged: OnceLock<Arc<Resource>>,
     /// Asked for since the snapshot was made: worth carrying over.
     used: std::sync::atomic::AtomicBool,
 }
@@ -261,6 +283,7 @@ impl InboundCache {
                 let side = Arc::new(Inbound {
                     clusters: Arc::new(clusters),
                     listener: redirect_inbound_listener(ports, faults, mtls),
+                    logged: OnceLock::new(),
                     used: Default::default(),
                 });
                 self.0
@@ -286,6 +309,7 @@ impl InboundCache {
                     let fresh = Inbound {
                         clusters: side.clusters.clone(),
                         listener: side.listener.clone(),
+                        logged: side.logged.clone(),
                         used: Default::default(),
                     };
                     (*mtls, faults.clone(), Arc::new(fresh))
@@ -438,6 +462,10 @@ impl Snapshot {
         let mesh_wide = Arc::new(Outbound {
             clusters: clusters.clone(),
             endpoints: endpoints.clone(),
+            logged: match same_structure {
+                Some(p) => p.mesh_wide.logged.clone(),
+                None => OnceLock::new(),
+            },
             listener,
         });
         let (scoped, routes) = match same_structure {
@@ -454,6 +482,7 @@ impl Snapshot {
                             clusters: Arc::new(pick(&clusters, &old.clusters)),
                             endpoints: Arc::new(pick(&endpoints, &old.endpoints)),
                             listener: old.listener.clone(),
+                            logged: old.logged.clone(),
                         };
                         (scope.clone(), Arc::new(outbound))
                     })
@@ -561,6 +590,7 @@ impl Snapshot {
             clusters: Arc::new(pick(&self.mesh_wide.clusters)),
             endpoints: Arc::new(pick(&self.mesh_wide.endpoints)),
             listener: redirect_outbound_listener(&self.mesh, &self.entries, |k| egress.allows(k)),
+            logged: OnceLock::new(),
         }
     }
 
@@ -592,11 +622,14 @@ impl Snapshot {
             .mtls
             .as_ref()
             .map(|m| self.mesh.mtls_mode(&workload, m.default_mode));
+        let access_log = telemetry::access_log_for(&workload, &self.options.telemetry);
         let local_clusters = match workload.interception {
             Interception::Redirect => {
                 let side = lock(&self.inbound).get_or_build(inbound, faults, mtls);
-                listeners.insert(OUTBOUND_LISTENER.into(), outbound.listener.clone());
-                listeners.insert(INBOUND_LISTENER.into(), side.listener.clone());
+                let out = listener_for(&outbound.listener, &outbound.logged, access_log);
+                listeners.insert(OUTBOUND_LISTENER.into(), out);
+                let inb = listener_for(&side.listener, &side.logged, access_log);
+                listeners.insert(INBOUND_LISTENER.into(), inb);
                 side.clusters.clone()
             }
             Interception::None => {
@@ -607,11 +640,18 @@ impl Snapshot {
                     local_clusters.insert(name.clone(), Resource::new(name, &cluster, vec![]));
                 }
                 if let Some(ip) = workload.ip {
-                    let l = explicit_outbound_listener(ip);
+                    let logged = |l: Arc<Resource>| {
+                        if access_log {
+                            telemetry::with_access_log(&l)
+                        } else {
+                            l
+                        }
+                    };
+                    let l = logged(explicit_outbound_listener(ip));
                     listeners.insert(OUTBOUND_LISTENER.into(), l);
                     for (&port, &protocol) in inbound {
                         let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
-                        let l = explicit_inbound_listener(ip, port, protocol, faults, mtls);
+                        let l = logged(explicit_inbound_listener(ip, port, protocol, faults, mtls));
                         listeners.insert(l.name.clone(), l);
                     }
                 }
@@ -981,7 +1021,13 @@ fn inbound_filters(
     faults: &[VirtualHost],
 ) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
-    let stat_prefix = format!("inbound_{port}");
+    // One prefix per kind of chain, so the proxy's metrics tell mTLS
+    // callers from plaintext ones (`connection_security`).
+    let security = match client_cert {
+        ClientCert::SetFromPeer => ConnectionSecurity::Mtls,
+        ClientCert::Strip => ConnectionSecurity::Plaintext,
+    };
+    let stat_prefix = inbound_stat_prefix(port, security);
     let filter = if protocol.is_http() {
         let mut virtual_hosts = faults.to_vec();
         virtual_hosts.push(VirtualHost {
@@ -1438,6 +1484,7 @@ status: {{podIP: 198.18.0.3}}
                 trust_domain: "cluster.local".into(),
                 default_mode: MtlsMode::Permissive,
             }),
+            telemetry: Default::default(),
         };
         let snap = Snapshot::new(1, Arc::new(index.mesh()), options);
         assert!(snap.routing.errors.is_empty(), "{:?}", snap.routing.errors);

@@ -509,6 +509,7 @@ status: {{podIP: 198.18.0.5}}
                 trust_domain: "cluster.local".into(),
                 default_mode: MtlsMode::Permissive,
             }),
+            telemetry: Default::default(),
         }
     }
 

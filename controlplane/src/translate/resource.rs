@@ -130,6 +130,15 @@ pub struct TranslateOptions {
     /// Mutual TLS between workloads; `None` when the control plane runs
     /// without a CA (plaintext xDS, no secrets to hand out).
     pub mtls: Option<MtlsOptions>,
+    pub telemetry: Telemetry,
+}
+
+/// Mesh-wide telemetry settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Telemetry {
+    /// JSON access logs on every proxy's standard output, unless its Pod's
+    /// `meshd.io/access-log` says otherwise.
+    pub access_log: bool,
 }
 
 #[derive(Clone, Debug)]
