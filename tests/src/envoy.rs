@@ -65,6 +65,8 @@ pub struct Envoy {
     pub admin: SocketAddr,
     child: Child,
     pub log: PathBuf,
+    /// Envoy's standard output: its access logs.
+    pub stdout: PathBuf,
 }
 
 impl Envoy {
@@ -95,10 +97,14 @@ impl Envoy {
             ]
             .map(String::from),
         );
+        // Access logs go to standard output.
+        let stdout = workdir.join(format!("{name}.envoy.stdout"));
+        let stdout_file = std::fs::File::create(&stdout)
+            .with_context(|| format!("creating {}", stdout.display()))?;
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout_file)
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {argv:?}"))?;
@@ -107,6 +113,7 @@ impl Envoy {
             admin,
             child,
             log,
+            stdout,
         })
     }
 

@@ -325,11 +325,20 @@ fn answer(name: &str, mut stream: TcpStream, counter: &AtomicU64) -> std::io::Re
             body.push('\n');
         }
         let close = head.to_ascii_lowercase().contains("connection: close");
+        // `GET /status/503` is answered with that status, so a test can
+        // make an app fail on purpose.
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|path| path.strip_prefix("/status/"))
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|code| (200..600).contains(code))
+            .unwrap_or(200);
         // One write: `write!` on the socket sends each piece on its own,
         // and on a keep-alive connection Nagle's algorithm then holds the
         // rest of the response for the peer's delayed ACK (40 ms).
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Served-By: {name}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status} Status\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Served-By: {name}\r\n{}\r\n{body}",
             body.len(),
             if close { "Connection: close\r\n" } else { "" }
         );

@@ -72,6 +72,8 @@ impl Sidecar<'_> {
         grpc_probe: Option<GrpcProbe>,
     ) -> anyhow::Result<Envoy> {
         let mut config = BootstrapConfig::new(self.namespace, self.name);
+        // The service account the registry's pods have (see `registry::pod`).
+        config.service_account = self.name.to_string();
         config.xds_host = HUB_IP.to_string();
         config.xds_port = 15010;
         config.xds_protocol = self.protocol;
@@ -346,6 +348,26 @@ impl TestMesh {
         let get =
             |addr: SocketAddr, path: &str| pod.run(|| http::get(addr, "localhost", path, false))?;
         admin_get(admin, path, &get).unwrap_or_else(|e| panic!("admin {path} of {name}: {e}"))
+    }
+
+    /// The access-log lines the Envoy of pod `name` has written so far.
+    pub fn access_log(&self, name: &str) -> String {
+        let envoy = self
+            .envoys
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no sidecar {name}"));
+        std::fs::read_to_string(&envoy.stdout).unwrap_or_default()
+    }
+
+    /// A path of the Prometheus listener (15090) of pod `name`'s sidecar,
+    /// fetched from inside the pod as a scraper would.
+    pub fn scrape(&self, name: &str) -> anyhow::Result<String> {
+        let pod = self.pod(name);
+        let addr = SocketAddr::new(IpAddr::V4(pod.ip), 15090);
+        let r = pod.run(|| http::get(addr, "localhost", "/stats/prometheus", false))??;
+        anyhow::ensure!(r.status == 200, "/stats/prometheus: HTTP {}", r.status);
+        Ok(r.body)
     }
 
     /// Every Envoy's state and log tail, for failure messages.
