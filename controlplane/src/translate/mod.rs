@@ -136,6 +136,14 @@ impl ProxyView {
     /// told from the changes (too far behind, or this proxy's egress scope
     /// may have changed).
     pub fn changed_since<'a>(&'a self, kind: Kind, since: u64) -> Option<Vec<&'a str>> {
+        // Asked about this very snapshot (a session rebasing onto the
+        // snapshot it already holds): nothing changed. Without this the
+        // walk below would go down the whole history looking for `since`,
+        // merging every set on the way (the first full view of a cluster,
+        // after the empty mesh, names every cluster), and then give up.
+        if since == self.snapshot_id {
+            return Some(Vec::new());
+        }
         let scoped = self.scope_id != 0;
         let pick = |c: &'a SharedChanges| -> Option<&'a BTreeSet<String>> {
             if c.structural && scoped {

@@ -573,6 +573,26 @@ status: {{podIP: 198.18.0.5}}
     }
 
     #[test]
+    fn nothing_changed_since_the_snapshot_itself() {
+        // A source whose first snapshot is the empty mesh (the Kubernetes
+        // source before its watches list): the second names every cluster.
+        let mut routing = RoutingIndex::default();
+        let empty = publish("", &mut routing, None);
+        let full = publish(&objects("true", ""), &mut routing, Some(&empty));
+        let next = publish(&objects("false", ""), &mut routing, Some(&full));
+        let view = next.proxy("ratings-0.shop").unwrap();
+        for kind in [Kind::Cluster, Kind::Endpoint] {
+            assert_eq!(view.changed_since(kind, next.id), Some(Vec::new()));
+        }
+        assert_eq!(
+            view.changed_since(Kind::Endpoint, full.id),
+            Some(vec![REVIEWS])
+        );
+        // Further back than the history: the caller compares in full.
+        assert_eq!(view.changed_since(Kind::Endpoint, empty.id - 1), None);
+    }
+
+    #[test]
     fn a_routing_change_is_not_an_endpoint_change() {
         let mut routing = RoutingIndex::default();
         let first = publish(&objects("true", ""), &mut routing, None);
