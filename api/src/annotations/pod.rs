@@ -137,6 +137,7 @@ pub const REWRITE_APP_PROBES: &str = "meshd.io/rewrite-app-probes";
 pub const PROMETHEUS_SCRAPE: &str = "meshd.io/prometheus-scrape";
 pub const ACCESS_LOG: &str = "meshd.io/access-log";
 pub const WORKLOAD: &str = "meshd.io/workload";
+pub const TRACING_SAMPLING: &str = "meshd.io/tracing-sampling";
 
 /// The usual Prometheus scrape annotations, which the injector adds to
 /// meshed pods (never over the pod's own).
@@ -175,6 +176,54 @@ pub fn parse_flag(value: &str) -> Option<bool> {
         "true" => Some(true),
         "false" => Some(false),
         _ => None,
+    }
+}
+
+/// What `meshd.io/tracing-sampling` and `meshd run --tracing-sampling`
+/// accept.
+pub const TRACING_SAMPLING_ACCEPTED: &str =
+    "a percentage from 0 to 100 with at most two decimals (100, 1, 0.5)";
+
+/// The share of requests a proxy traces. Kept in hundredths of a percent,
+/// so a setting compares, hashes and prints exactly as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SamplingPercent(u32);
+
+impl SamplingPercent {
+    pub const ALL: SamplingPercent = SamplingPercent(10_000);
+
+    /// Parses `0`-`100` with at most two decimals (`1`, `0.5`, `12.25`).
+    pub fn parse(value: &str) -> Option<SamplingPercent> {
+        let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty()
+            || whole.len() > 3
+            || !digits(whole)
+            || fraction.len() > 2
+            || !digits(fraction)
+            || (value.contains('.') && fraction.is_empty())
+        {
+            return None;
+        }
+        let whole: u32 = whole.parse().ok()?;
+        let fraction: u32 = format!("{fraction:0<2}").parse().ok()?;
+        let hundredths = whole * 100 + fraction;
+        (hundredths <= Self::ALL.0).then_some(SamplingPercent(hundredths))
+    }
+
+    /// The percentage, as Envoy's `Percent` takes it.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+impl fmt::Display for SamplingPercent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 % 100 {
+            0 => write!(f, "{}", self.0 / 100),
+            h if h % 10 == 0 => write!(f, "{}.{}", self.0 / 100, h / 10),
+            h => write!(f, "{}.{h:02}", self.0 / 100),
+        }
     }
 }
 
@@ -293,6 +342,12 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         accepted: "true, false",
         default: "the mesh setting (`meshd run --access-log`, default off)",
         description: "JSON access logs on the proxy's standard output, a line per request or TCP connection (read by the control plane; see Access logs).",
+    },
+    AnnotationDoc {
+        name: TRACING_SAMPLING,
+        accepted: TRACING_SAMPLING_ACCEPTED,
+        default: "the mesh setting (`meshd run --tracing-sampling`, default 1)",
+        description: "The percentage of requests the proxy starts a trace for, when the mesh has a collector (`meshd run --tracing-collector`); read by the control plane, so a change needs no restart (see Tracing).",
     },
     AnnotationDoc {
         name: WORKLOAD,
@@ -478,6 +533,7 @@ pub struct Overrides {
     pub prometheus_scrape: Option<bool>,
     pub access_log: Option<bool>,
     pub workload: Option<String>,
+    pub tracing_sampling: Option<SamplingPercent>,
 }
 
 fn parse_bool(annotation: &str, value: &str) -> Result<bool, Error> {
@@ -538,6 +594,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Overrides, Error>
             REWRITE_APP_PROBES => o.rewrite_app_probes = Some(parse_bool(name, value)?),
             PROMETHEUS_SCRAPE => o.prometheus_scrape = Some(parse_bool(name, value)?),
             ACCESS_LOG => o.access_log = Some(parse_bool(name, value)?),
+            TRACING_SAMPLING => {
+                let sampling = SamplingPercent::parse(value).ok_or_else(|| invalid(name, value))?;
+                o.tracing_sampling = Some(sampling);
+            }
             WORKLOAD => {
                 if !valid_workload(value) {
                     return Err(invalid(name, value));
@@ -625,6 +685,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn sampling_is_a_percentage_with_at_most_two_decimals() {
+        for (ok, percent, shown) in [
+            ("0", 0.0, "0"),
+            ("1", 1.0, "1"),
+            ("0.5", 0.5, "0.5"),
+            ("12.25", 12.25, "12.25"),
+            ("0.05", 0.05, "0.05"),
+            ("100", 100.0, "100"),
+            ("100.00", 100.0, "100"),
+        ] {
+            let s = SamplingPercent::parse(ok).unwrap_or_else(|| panic!("{ok}"));
+            assert_eq!((s.percent(), s.to_string().as_str()), (percent, shown));
+        }
+        for bad in [
+            "", "101", "100.01", "-1", "+1", "1.", ".5", "0.125", "1e2", "50%", " 1", "NaN", "1000",
+        ] {
+            assert_eq!(SamplingPercent::parse(bad), None, "{bad}");
+        }
+        let err = parse(&map(&[(TRACING_SAMPLING, "150")])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(TRACING_SAMPLING) && text.contains("150") && text.contains("0 to 100"),
+            "{text}"
+        );
+        let o = parse(&map(&[(TRACING_SAMPLING, "100")])).unwrap();
+        assert_eq!(o.tracing_sampling, Some(SamplingPercent::ALL));
     }
 
     #[test]
