@@ -31,6 +31,7 @@ Usage: scripts/check_chart.py CHART_DIR (run by scripts/check-chart).
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import sys
@@ -39,10 +40,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import helm_python as helm
+import jsonschema
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
 RELEASE = "meshd"
+# The chart under check (set by main): check_observability reads its dashboards.
+CHART = Path("charts/meshd")
 NAMESPACE = "meshd-system"
 # The oldest Kubernetes the chart supports (native sidecars, Chart.yaml's
 # kubeVersion) and the newest kubernetes-validate 1.37.0 knows.
@@ -110,9 +114,84 @@ def describe(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind')} {where}{meta.get('name')}"
 
 
+def monitor_schema(endpoints: str) -> dict[str, Any]:
+    """The part of the Prometheus operator's ServiceMonitor / PodMonitor
+    (monitoring.coreos.com/v1) that the chart renders, strictly: field names
+    and types as in the operator's CRDs, anything else an error.
+    kubernetes-validate bundles no CRD schemas."""
+    string_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    endpoint = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["port"],
+        "properties": {
+            "port": {"type": "string", "minLength": 1},
+            "path": {"type": "string", "pattern": "^/"},
+            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+            # The operator's Duration pattern, for the units the chart allows.
+            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"enum": ["ServiceMonitor", "PodMonitor"]},
+            "metadata": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "namespace"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+                    "namespace": {"type": "string"},
+                    "labels": string_map,
+                    "annotations": string_map,
+                },
+            },
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", endpoints],
+                "properties": {
+                    "selector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "matchLabels": string_map,
+                            "matchExpressions": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                    "namespaceSelector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "any": {"type": "boolean"},
+                            "matchNames": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    endpoints: {"type": "array", "minItems": 1, "items": endpoint},
+                },
+            },
+        },
+    }
+
+
+MONITOR_SCHEMAS = {
+    "ServiceMonitor": monitor_schema("endpoints"),
+    "PodMonitor": monitor_schema("podMetricsEndpoints"),
+}
+
+
 def validate(objects: list[dict[str, Any]]) -> list[str]:
     problems = []
     for obj in objects:
+        if obj.get("apiVersion") == "monitoring.coreos.com/v1" and obj.get("kind") in MONITOR_SCHEMAS:
+            for e in jsonschema.Draft7Validator(MONITOR_SCHEMAS[obj["kind"]]).iter_errors(obj):
+                path = ".".join(str(p) for p in e.path)
+                problems.append(f"{describe(obj)} is invalid for the Prometheus operator: {path}: {e.message}")
+            continue
         for version in KUBERNETES_VERSIONS:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -615,6 +694,90 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
             "the PodDisruptionBudget must select the meshd pods",
         )
 
+    check_observability(f, v, objects, service, c)
+
+
+def check_observability(
+    f: Findings, v: dict[str, Any], objects: list[dict[str, Any]], service: dict[str, Any], c: dict[str, Any]
+) -> None:
+    """The Grafana dashboards (one ConfigMap each, labelled for Grafana's
+    sidecar, exactly when dashboards.enabled) and the Prometheus operator's
+    monitors (exactly when enabled, pointed at meshd's metrics port and the
+    sidecars' meshd-metrics port)."""
+    shipped = sorted(p.name for p in (CHART / "dashboards").glob("*.json"))
+    d = v["dashboards"]
+    maps = [
+        m for m in one(objects, "ConfigMap")
+        if m["metadata"].get("labels", {}).get(d["label"]) == d["labelValue"]
+    ]
+    keys = sorted(k for m in maps for k in m.get("data", {}))
+    f.expect(
+        keys == (shipped if d["enabled"] else []),
+        f"dashboard ConfigMaps hold {keys}, expected {shipped if d['enabled'] else []}",
+    )
+    f.expect(bool(shipped), "the chart has no dashboards/*.json")
+    for m in maps:
+        for key, text in m.get("data", {}).items():
+            try:
+                board = json.loads(text)
+            except json.JSONDecodeError as e:
+                f.expect(False, f"{describe(m)}: {key} is not JSON: {e}")
+                continue
+            f.expect(
+                isinstance(board, dict) and bool(board.get("uid")) and bool(board.get("panels")),
+                f"{describe(m)}: {key} is not a Grafana dashboard with a uid and panels",
+            )
+            f.expect(
+                text.strip() == (CHART / "dashboards" / key).read_text().strip(),
+                f"{describe(m)}: {key} differs from dashboards/{key} (it must not be templated)",
+            )
+            f.expect(
+                m["metadata"].get("annotations", {}) == (d["annotations"] or {}),
+                f"{describe(m)}: annotations differ from dashboards.annotations",
+            )
+
+    monitors = one(objects, "ServiceMonitor")
+    wanted = v["metrics"]["serviceMonitor"]["enabled"]
+    f.expect(len(monitors) == (1 if wanted else 0), "a ServiceMonitor exactly when metrics.serviceMonitor.enabled")
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    for sm in monitors:
+        spec = sm["spec"]
+        f.expect(
+            spec["selector"].get("matchLabels", {}).items() <= service["metadata"].get("labels", {}).items()
+            and bool(spec["selector"].get("matchLabels")),
+            "the ServiceMonitor must select the meshd Service by its labels",
+        )
+        f.expect(
+            spec.get("namespaceSelector", {}).get("matchNames") == [NAMESPACE],
+            "the ServiceMonitor must look in the release namespace only",
+        )
+        for e in spec["endpoints"]:
+            target = service_ports.get(e.get("port"), {}).get("targetPort")
+            f.expect(
+                port_number(c, target) == 15014 and e.get("path") == "/metrics",
+                f"the ServiceMonitor must scrape /metrics on the Service's port to 15014, not {e}",
+            )
+        f.expect(
+            sm["metadata"].get("labels", {}).items() >= (v["metrics"]["serviceMonitor"]["labels"] or {}).items(),
+            "the ServiceMonitor must carry metrics.serviceMonitor.labels",
+        )
+    monitors = one(objects, "PodMonitor")
+    wanted = v["metrics"]["podMonitor"]["enabled"]
+    f.expect(len(monitors) == (1 if wanted else 0), "a PodMonitor exactly when metrics.podMonitor.enabled")
+    for pm in monitors:
+        spec = pm["spec"]
+        f.expect(
+            [(e.get("port"), e.get("path")) for e in spec["podMetricsEndpoints"]]
+            == [("meshd-metrics", "/stats/prometheus")],
+            "the PodMonitor must scrape the sidecars' meshd-metrics port at /stats/prometheus",
+        )
+        namespaces = v["metrics"]["podMonitor"]["namespaces"] or []
+        f.expect(
+            spec.get("namespaceSelector")
+            == ({"matchNames": namespaces} if namespaces else {"any": True}),
+            "the PodMonitor's namespaces differ from metrics.podMonitor.namespaces",
+        )
+
 
 # --- the checks must be able to fail ----------------------------------------
 
@@ -662,6 +825,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("a pull secret that is not a Secret name", {"mesh": {"imagePullSecrets": ["Registry A"]}}, ["imagePullSecrets"]),
     # #11 E.3
     ("an unknown antiAffinity", {"antiAffinity": "sometimes"}, ["antiAffinity"]),
+    # #13 dashboards and monitors
+    ("a scrape interval Prometheus cannot read",
+     {"metrics": {"serviceMonitor": {"enabled": True, "interval": "30 seconds"}}}, ["interval"]),
+    ("a dashboard label that is not a label key", {"dashboards": {"label": "grafana dashboard"}}, ["label"]),
+    ("an unknown podMonitor field", {"metrics": {"podMonitor": {"port": 15090}}}, ["port"]),
     ("antiAffinity required next to an affinity that replaces it",
      {"antiAffinity": "required", "affinity": {"nodeAffinity": {}}}, ["antiAffinity", "affinity"]),
 ]
@@ -676,6 +844,8 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("minAvailable 1 with a single replica (no budget)", {"replicaCount": 1}),
     ("one connection limit (the others left to meshd)", {"maxConnections": {"xds": 1048576}}),
     ("pull secrets for the injected images", {"mesh": {"imagePullSecrets": ["registry-a", "registry-b"]}}),
+    ("no dashboards", {"dashboards": {"enabled": False}}),
+    ("a PodMonitor in every namespace", {"metrics": {"podMonitor": {"enabled": True}}}),
 ]
 
 
@@ -763,7 +933,26 @@ def self_tests(chart: Path, default_values: dict[str, Any], default_objects: lis
         unread_variables(broken(misspelt_variable), meshd_variables(chart)),
     )
 
+    def broken_monitor(objects: list[dict[str, Any]]) -> None:
+        objects.append({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+            "metadata": {"name": "meshd-proxies", "namespace": NAMESPACE},
+            "spec": {"selector": {}, "podMetricsEndpoints": [{"port": "meshd-metrics", "intervall": "30s"}]},
+        })
+
+    expect_failure("strict validation of an unknown PodMonitor field", validate(broken(broken_monitor)))
+
     cases: list[tuple[str, Callable[[list[dict[str, Any]]], None]]] = [
+        ("a dashboard left out", lambda o: o.remove(next(
+            m for m in one(o, "ConfigMap") if "grafana_dashboard" in m["metadata"].get("labels", {})))),
+        ("a dashboard that is not JSON", lambda o: [
+            m["data"].update({k: "{" for k in m["data"]})
+            for m in one(o, "ConfigMap") if "grafana_dashboard" in m["metadata"].get("labels", {})]),
+        ("a ServiceMonitor not asked for", lambda o: o.append({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": "meshd", "namespace": NAMESPACE},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "meshd"}},
+                     "endpoints": [{"port": "grpc-xds", "path": "/metrics"}]}})),
         ("a wildcard verb", lambda o: one(o, "ClusterRole")[0]["rules"][0]["verbs"].append("*")),
         ("list on identity Secrets", lambda o: [
             r["verbs"].append("list")
@@ -810,7 +999,9 @@ def main() -> int:
     if len(sys.argv) != 2:
         print("usage: check_chart.py CHART_DIR", file=sys.stderr)
         return 2
+    global CHART
     chart = Path(sys.argv[1])
+    CHART = chart
     value_files = sorted((chart / "ci").glob("*-values.yaml"))
     if not value_files:
         print(f"no value sets in {chart / 'ci'} (files named *-values.yaml)", file=sys.stderr)
