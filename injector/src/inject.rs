@@ -229,12 +229,13 @@ pub fn inject_patch(
         // Only ever written by the injector; anything but a JSON object is
         // someone else's doing, and guessing could inject twice.
         if serde_json::from_str::<serde_json::Map<String, Value>>(status).is_err() {
-            return Err(InjectError::InvalidAnnotation {
+            return Err(annotations::Error::InvalidAnnotation {
                 annotation: annotations::STATUS.into(),
                 value: status.clone(),
                 accepted: "only the injector's JSON object (remove the annotation to inject)"
                     .into(),
-            });
+            }
+            .into());
         }
         return Ok(Injection::Skipped(Skip::AlreadyInjected));
     }
@@ -1107,21 +1108,23 @@ fn resources(
         format!("the mesh setting {limit_setting}")
     };
     Err(if request_from_pod {
-        InjectError::InvalidAnnotation {
+        annotations::Error::InvalidAnnotation {
             annotation: request_annotation.into(),
             value: request.to_string(),
             accepted: format!(
                 "a quantity no larger than the proxy's {what} limit {limit} ({limit_source}); raise {limit_annotation} too"
             ),
         }
+        .into()
     } else if limit_from_pod {
-        InjectError::InvalidAnnotation {
+        annotations::Error::InvalidAnnotation {
             annotation: limit_annotation.into(),
             value: limit.to_string(),
             accepted: format!(
                 "a quantity no smaller than the proxy's {what} request {request} (the mesh setting {request_setting}); lower {request_annotation} too"
             ),
         }
+        .into()
     } else {
         invalid_setting(
             request_setting,
@@ -1195,14 +1198,15 @@ impl Plan {
                 (annotations::EXCLUDE_OUTBOUND_CIDRS, cidrs),
             ] {
                 if !value.is_empty() {
-                    return Err(InjectError::InvalidAnnotation {
+                    return Err(annotations::Error::InvalidAnnotation {
                         annotation: annotation.into(),
                         value,
                         accepted: format!(
                             "nothing with {}: none, which captures no traffic to exclude from",
                             annotations::INTERCEPTION
                         ),
-                    });
+                    }
+                    .into());
                 }
             }
         }
@@ -2478,7 +2482,9 @@ mod tests {
         let forged = annotate(web(), &[(STATUS, "yes")]);
         assert!(matches!(
             inject(&pod(forged), "shop", &config()),
-            Err(InjectError::InvalidAnnotation { .. })
+            Err(InjectError::Annotation(
+                annotations::Error::InvalidAnnotation { .. }
+            ))
         ));
     }
 
@@ -2793,7 +2799,7 @@ mod tests {
             let err =
                 inject(&pod(annotate(web(), &[(name, value)])), "shop", &config()).unwrap_err();
             assert!(
-                matches!(&err, InjectError::InvalidAnnotation { annotation, .. } if annotation == name),
+                matches!(&err, InjectError::Annotation(annotations::Error::InvalidAnnotation { annotation, .. }) if annotation == name),
                 "{err}"
             );
         }
@@ -2804,7 +2810,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(err, InjectError::UnknownAnnotation { .. }),
+            matches!(
+                err,
+                InjectError::Annotation(annotations::Error::UnknownAnnotation { .. })
+            ),
             "{err}"
         );
     }
