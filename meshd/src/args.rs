@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use meshd_api::annotations::pod::{SamplingPercent, TRACING_SAMPLING_ACCEPTED};
+use meshd_controlplane::translate::Collector;
 use meshd_injector::config::InjectorConfig;
 
 #[derive(Debug, Parser)]
@@ -251,6 +253,29 @@ pub struct RunArgs {
     )]
     pub access_log: bool,
 
+    /// The OpenTelemetry collector the proxies send their spans to, over
+    /// OTLP/gRPC: HOST:PORT (`otel-collector.observability:4317`). Unset,
+    /// nothing is traced.
+    #[arg(
+        long,
+        env = "MESHD_TRACING_COLLECTOR",
+        value_name = "HOST:PORT",
+        value_parser = parse_tracing_collector
+    )]
+    pub tracing_collector: Option<Collector>,
+
+    /// The percentage of requests the proxies trace when there is a
+    /// collector (pods override with the `meshd.io/tracing-sampling`
+    /// annotation): 0 to 100, at most two decimals.
+    #[arg(
+        long,
+        env = "MESHD_TRACING_SAMPLING",
+        default_value = "1",
+        value_name = "PERCENT",
+        value_parser = parse_tracing_sampling
+    )]
+    pub tracing_sampling: SamplingPercent,
+
     /// Workload certificate lifetime (`90s`, `30m`, `24h`; at least 60s).
     #[arg(long, env = "MESHD_WORKLOAD_CERT_TTL", default_value = "24h")]
     pub workload_cert_ttl: String,
@@ -481,6 +506,14 @@ pub struct CaptureArgs {
     pub dry_run: bool,
 }
 
+fn parse_tracing_collector(value: &str) -> Result<Collector, String> {
+    Collector::parse(value).ok_or_else(|| format!("accepted: {}", Collector::ACCEPTED))
+}
+
+fn parse_tracing_sampling(value: &str) -> Result<SamplingPercent, String> {
+    SamplingPercent::parse(value).ok_or_else(|| format!("accepted: {TRACING_SAMPLING_ACCEPTED}"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -569,6 +602,39 @@ mod tests {
                 let prefix = format!("MESHD_{}_", command.to_uppercase().replace('-', "_"));
                 assert!(env.starts_with(&prefix), "{env} of meshd {command}");
             }
+        }
+    }
+
+    #[test]
+    fn tracing_flags_take_a_collector_and_a_percentage() {
+        let run = |flags: &[&str]| {
+            let mut argv = vec!["meshd", "run"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map(|a| match a.command {
+                Command::Run(run) => (run.tracing_collector, run.tracing_sampling),
+                other => panic!("{other:?}"),
+            })
+        };
+        let (collector, sampling) = run(&[]).unwrap();
+        assert_eq!((collector, sampling.to_string()), (None, "1".to_string()));
+        let (collector, sampling) = run(&[
+            "--tracing-collector",
+            "otel.observability:4317",
+            "--tracing-sampling",
+            "12.5",
+        ])
+        .unwrap();
+        assert_eq!(collector.unwrap().to_string(), "otel.observability:4317");
+        assert_eq!(sampling.to_string(), "12.5");
+        for (flag, value, accepted) in [
+            ("--tracing-collector", "otel", "HOST:PORT"),
+            ("--tracing-sampling", "101", "from 0 to 100"),
+        ] {
+            let err = run(&[flag, value]).unwrap_err().to_string();
+            assert!(
+                err.contains(flag) && err.contains(value) && err.contains(accepted),
+                "{err}"
+            );
         }
     }
 

@@ -12,8 +12,8 @@ use meshd_controlplane::server::{
     ControlPlane, DebugEndpoints, ListenerLimits, Options, Source, TlsOptions,
 };
 use meshd_controlplane::serving::{ConnectionCaps, Limits};
-use meshd_controlplane::translate::Telemetry;
 use meshd_controlplane::tls::ServerIdentity;
+use meshd_controlplane::translate::{Telemetry, Tracing};
 use meshd_injector::capture::{self, CaptureConfig};
 use meshd_injector::config::InjectorConfig;
 use meshd_k8s::identity_secrets::{self, SecretProvisioner};
@@ -219,6 +219,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                         debounce: Duration::from_millis(args.debounce_ms),
                         telemetry: Telemetry {
                             access_log: args.access_log,
+                            tracing: args.tracing_collector.clone().map(|collector| Tracing {
+                                collector,
+                                sampling: args.tracing_sampling,
+                            }),
                         },
                     },
                     ListenerLimits {

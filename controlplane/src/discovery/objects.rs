@@ -557,6 +557,20 @@ pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
             format!("`{value}` is not valid; accepted: true, false"),
         ));
     }
+    if let Some(value) = annotations.get(pod_annotations::TRACING_SAMPLING)
+        && pod_annotations::SamplingPercent::parse(value).is_none()
+    {
+        return Err(obj.error(
+            format!(
+                "metadata.annotations[{}]",
+                pod_annotations::TRACING_SAMPLING
+            ),
+            format!(
+                "`{value}` is not valid; accepted: {}",
+                pod_annotations::TRACING_SAMPLING_ACCEPTED
+            ),
+        ));
+    }
     Ok(Workload {
         mtls,
         namespace: obj.namespace.unwrap_or_default(),
@@ -858,5 +872,20 @@ endpoints:
         let err = pod(&p).unwrap_err();
         assert_eq!(err.field, "metadata.annotations[meshd.io/interception]");
         assert!(err.message.contains("accepted: redirect, none"), "{err}");
+    }
+
+    #[test]
+    fn pod_tracing_sampling_annotation_is_validated() {
+        let p: core::Pod = serde_yaml::from_str(
+            "{apiVersion: v1, kind: Pod, metadata: {name: a, namespace: n, annotations: {meshd.io/tracing-sampling: '150'}}}",
+        )
+        .unwrap();
+        let err = pod(&p).unwrap_err();
+        assert_eq!(err.field, "metadata.annotations[meshd.io/tracing-sampling]");
+        let text = err.to_string();
+        assert!(
+            text.contains("`150`") && text.contains("from 0 to 100") && text.contains("n/a"),
+            "{text}"
+        );
     }
 }

@@ -59,12 +59,13 @@ mod tls;
 pub use clusters::inbound_cluster_name;
 use clusters::{inbound_cluster, passthrough_cluster, socket_address};
 use resource::ads;
+pub use resource::{Collector, Tracing};
 pub use resource::{
     DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER,
     PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources, Telemetry, TranslateOptions, decode,
 };
 use routing::{route_to, service_hosts};
-pub use telemetry::ACCESS_LOG_FIELDS;
+pub use telemetry::{ACCESS_LOG_FIELDS, TRACING_COLLECTOR_CLUSTER};
 
 /// Ports the sidecar owns inside a pod (listener ports are translation's
 /// vocabulary too).
@@ -364,6 +365,8 @@ pub struct Snapshot {
     changes: Option<Arc<SharedChanges>>,
     /// Inbound sides of redirect-mode pods, shared by pods of one shape.
     inbound: Mutex<InboundCache>,
+    /// Traced listeners and the collector's cluster, when tracing.
+    traced: telemetry::TracedListeners,
 }
 
 /// Whether two meshes have the same services (endpoints aside).
@@ -537,6 +540,7 @@ impl Snapshot {
                     .map(|p| lock(&p.inbound).carry_over())
                     .unwrap_or_default(),
             ),
+            traced: Default::default(),
         }
     }
 
@@ -666,6 +670,13 @@ impl Snapshot {
                 Arc::new(local_clusters)
             }
         };
+        let (listeners, local_clusters) = telemetry::with_tracing(
+            &self.traced,
+            &workload,
+            &self.options.telemetry,
+            listeners,
+            local_clusters,
+        );
         let routes = self.routes(&workload.namespace, workload.interception, scope);
         Some(ProxyView {
             workload,

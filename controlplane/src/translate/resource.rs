@@ -12,6 +12,7 @@ use meshd_proto::envoy::config::core::v3::{
 use meshd_proto::{Any, to_any, type_url};
 
 use crate::model::MtlsMode;
+use meshd_api::annotations::pod::SamplingPercent;
 
 /// The names of the resources every proxy has.
 pub const OUTBOUND_LISTENER: &str = "outbound";
@@ -139,6 +140,70 @@ pub struct Telemetry {
     /// JSON access logs on every proxy's standard output, unless its Pod's
     /// `meshd.io/access-log` says otherwise.
     pub access_log: bool,
+    /// Spans for HTTP requests, sent to an OpenTelemetry collector; `None`:
+    /// no tracing.
+    pub tracing: Option<Tracing>,
+}
+
+/// Where the proxies send their spans, and how many requests they trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracing {
+    /// The collector's OTLP/gRPC address.
+    pub collector: Collector,
+    /// The share of requests traced, unless a Pod's
+    /// `meshd.io/tracing-sampling` says otherwise.
+    pub sampling: SamplingPercent,
+}
+
+/// An OpenTelemetry collector's OTLP/gRPC endpoint: `HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collector {
+    /// A DNS name or an IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl Collector {
+    /// What [`Collector::parse`] accepts, for error messages.
+    pub const ACCEPTED: &str =
+        "HOST:PORT, where HOST is a DNS name or an IP address ([IPv6]:PORT) and PORT is 1-65535";
+
+    /// Parses `HOST:PORT` (`otel-collector.observability:4317`,
+    /// `10.0.0.7:4317`, `[fd00::7]:4317`).
+    pub fn parse(value: &str) -> Option<Collector> {
+        let (host, port) = value.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().ok()?.to_string(),
+            None if host.parse::<std::net::Ipv4Addr>().is_ok() => host.to_string(),
+            None => {
+                let label = |l: &str| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                };
+                let name = host.strip_suffix('.').unwrap_or(host);
+                if name.len() > 253 || !name.split('.').all(label) {
+                    return None;
+                }
+                host.to_string()
+            }
+        };
+        Some(Collector { host, port })
+    }
+}
+
+impl std::fmt::Display for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

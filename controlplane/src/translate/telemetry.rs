@@ -11,20 +11,45 @@
 //! ```text
 //! listener ──with_access_log──> same listener, each HCM / tcp_proxy + envoy.access_loggers.stdout (json)
 //! ```
+//!
+//! Tracing: with a collector ([`Telemetry::tracing`], `meshd run
+//! --tracing-collector`), every HTTP connection manager of a proxy's
+//! listeners gets `tracing` with the OpenTelemetry provider: spans named
+//! for the workload, sent over OTLP/gRPC to the collector's cluster (sent
+//! to the proxy over CDS with its other clusters, so changing the
+//! collector needs no re-injection), a share of requests sampled (the
+//! mesh's percentage or the Pod's `meshd.io/tracing-sampling`). Envoy
+//! propagates `traceparent` to the upstream, so the callee's proxy makes
+//! its span a child of the caller's. The traced variant of a listener is
+//! made once per (listener, workload, sampling) and shared by the proxies
+//! of that workload.
+//!
+//! ```text
+//! listener ──with_tracing──> same listener, each HCM + tracing { opentelemetry → TRACING_COLLECTOR_CLUSTER }
+//! ```
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use meshd_proto::envoy::config::accesslog::v3::{AccessLog, access_log};
-use meshd_proto::envoy::config::core::v3::TrafficDirection;
+use meshd_proto::envoy::config::core::v3::{GrpcService, TrafficDirection, grpc_service};
 use meshd_proto::envoy::config::listener::v3::{Listener, filter};
-use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use meshd_proto::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
+use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
 use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use meshd_proto::envoy::r#type::v3::Percent;
 use meshd_proto::{Any, Struct, Value, pb::google::protobuf::value::Kind as ValueKind, to_any};
 use prost::{Message, Name};
 
-use super::resource::{Resource, Telemetry, decode};
-use crate::model::Workload;
-use meshd_api::annotations::pod as pod_annotations;
+use super::clusters::dns_cluster;
+use super::resource::{Resource, Resources, Telemetry, Tracing, decode};
+use crate::model::{Protocol, Workload};
+use meshd_api::annotations::pod::{self as pod_annotations, SamplingPercent};
+
+/// The cluster of the OpenTelemetry collector, on proxies that trace.
+pub const TRACING_COLLECTOR_CLUSTER: &str = "tracing-collector";
 
 /// The fields of an access-log line and the Envoy command behind each.
 /// `direction` is filled in per listener.
@@ -150,6 +175,149 @@ pub(super) fn with_access_log(listener: &Arc<Resource>) -> Arc<Resource> {
     Resource::new(listener.name.clone(), &l, listener.cluster_refs.clone())
 }
 
+/// How a proxy traces: the workload its spans name, and its sampling.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TracingKey {
+    service_name: String,
+    sampling: SamplingPercent,
+}
+
+/// `workload`'s tracing, when the mesh has a collector: its Pod's
+/// `meshd.io/tracing-sampling`, else the mesh's percentage. The injector
+/// and the validating webhook refuse a bad value, and discovery refuses
+/// the Pod; should one get here anyway, the mesh's percentage applies.
+fn tracing_for(workload: &Workload, tracing: &Tracing) -> TracingKey {
+    let sampling = workload
+        .annotations
+        .get(pod_annotations::TRACING_SAMPLING)
+        .and_then(|v| SamplingPercent::parse(v))
+        .unwrap_or(tracing.sampling);
+    // The workload the proxy's metrics name (the injector sets
+    // `meshd.io/workload`), so spans and metrics agree.
+    let service_name = workload
+        .annotations
+        .get(pod_annotations::WORKLOAD)
+        .filter(|w| pod_annotations::valid_workload(w))
+        .cloned()
+        .unwrap_or_else(|| workload.name.clone());
+    TracingKey {
+        service_name,
+        sampling,
+    }
+}
+
+/// The collector's cluster: Envoy resolves the name itself (an IP address
+/// resolves to itself) and speaks gRPC (HTTP/2) to it. Envoy's own
+/// connections are not captured, so this one is plaintext, straight to
+/// the collector.
+fn collector_cluster(tracing: &Tracing) -> Arc<Resource> {
+    let c = &tracing.collector;
+    let cluster = dns_cluster(TRACING_COLLECTOR_CLUSTER, &c.host, c.port, Protocol::Grpc);
+    Resource::new(TRACING_COLLECTOR_CLUSTER.to_string(), &cluster, vec![])
+}
+
+/// The HCM `tracing` of a proxy traced as `key`.
+fn hcm_tracing(key: &TracingKey) -> http_connection_manager::Tracing {
+    let provider = OpenTelemetryConfig {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: TRACING_COLLECTOR_CLUSTER.to_string(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        service_name: key.service_name.clone(),
+        ..Default::default()
+    };
+    http_connection_manager::Tracing {
+        random_sampling: Some(Percent {
+            value: key.sampling.percent(),
+        }),
+        provider: Some(tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(tracing::http::ConfigType::TypedConfig(to_any(&provider))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `listener` with `tracing` on every HTTP connection manager in it; the
+/// listener itself when it has none (TCP only).
+fn traced(listener: &Arc<Resource>, key: &TracingKey) -> Arc<Resource> {
+    let Ok(mut l) = decode::<Listener>(listener) else {
+        // Translation encoded it a moment ago: it decodes.
+        return listener.clone();
+    };
+    let tracing = hcm_tracing(key);
+    let mut any_hcm = false;
+    let chains = l
+        .filter_chains
+        .iter_mut()
+        .chain(l.default_filter_chain.as_mut());
+    for chain in chains {
+        for f in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            if any.type_url == HttpConnectionManager::type_url()
+                && let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice())
+            {
+                hcm.tracing = Some(tracing.clone());
+                *any = to_any(&hcm);
+                any_hcm = true;
+            }
+        }
+    }
+    if !any_hcm {
+        return listener.clone();
+    }
+    let mut refs = listener.cluster_refs.clone();
+    refs.push(TRACING_COLLECTOR_CLUSTER.to_string());
+    Resource::new(listener.name.clone(), &l, refs)
+}
+
+/// What tracing adds to a snapshot's proxies, made once: the traced
+/// listeners by (listener version, how traced), which the proxies of one
+/// workload share, and the collector's cluster, which all share.
+#[derive(Debug, Default)]
+pub(super) struct TracedListeners {
+    listeners: Mutex<HashMap<(String, TracingKey), Arc<Resource>>>,
+    collector: OnceLock<Arc<Resource>>,
+}
+
+/// A proxy's listeners and local clusters, traced when the mesh has a
+/// collector: each listener with HTTP gets its traced variant, and the
+/// collector's cluster joins the local clusters.
+pub(super) fn with_tracing(
+    cache: &TracedListeners,
+    workload: &Workload,
+    telemetry: &Telemetry,
+    listeners: Resources,
+    local_clusters: Arc<Resources>,
+) -> (Resources, Arc<Resources>) {
+    let Some(tracing) = &telemetry.tracing else {
+        return (listeners, local_clusters);
+    };
+    let key = tracing_for(workload, tracing);
+    let mut traced_listeners = cache.listeners.lock().unwrap_or_else(|p| p.into_inner());
+    let listeners = listeners
+        .into_iter()
+        .map(|(name, l)| {
+            let traced = traced_listeners
+                .entry((l.version.clone(), key.clone()))
+                .or_insert_with(|| traced(&l, &key))
+                .clone();
+            (name, traced)
+        })
+        .collect();
+    let mut clusters = (*local_clusters).clone();
+    let collector = cache.collector.get_or_init(|| collector_cluster(tracing));
+    clusters.insert(TRACING_COLLECTOR_CLUSTER.to_string(), collector.clone());
+    (listeners, Arc::new(clusters))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +326,216 @@ mod tests {
     use meshd_proto::envoy::extensions::access_loggers::stream::v3::{
         StdoutAccessLog, stdout_access_log,
     };
+
+    use super::super::resource::{Collector, Kind, TranslateOptions};
+    use super::super::{INBOUND_LISTENER, OUTBOUND_LISTENER, ProxyView, Snapshot};
+    use meshd_proto::envoy::config::cluster::v3::Cluster;
+
+    const REGISTRY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 198.19.0.1, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: 198.19.0.2, ports: [{name: tcp-pg, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [198.18.0.3], targetRef: {kind: Pod, name: web-0}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: tcp-pg, port: 5432}]
+endpoints: [{addresses: [198.18.0.4], targetRef: {kind: Pod, name: db-0}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: shop}
+status: {podIP: 198.18.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, annotations: {meshd.io/tracing-sampling: "100", meshd.io/workload: web}}
+status: {podIP: 198.18.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, annotations: {meshd.io/tracing-sampling: "100", meshd.io/workload: web}}
+status: {podIP: 198.18.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop}
+status: {podIP: 198.18.0.4}
+"#;
+
+    fn snapshot(tracing: Option<Tracing>) -> Snapshot {
+        let mut index = crate::discovery::index::Index::default();
+        for object in crate::discovery::file::parse(REGISTRY).unwrap() {
+            index.apply(object);
+        }
+        let options = TranslateOptions {
+            telemetry: Telemetry {
+                access_log: false,
+                tracing,
+            },
+            ..Default::default()
+        };
+        Snapshot::new(1, Arc::new(index.mesh()), options)
+    }
+
+    fn mesh_tracing() -> Tracing {
+        Tracing {
+            collector: Collector::parse("otel-collector.observability:4317").unwrap(),
+            sampling: SamplingPercent::parse("1").unwrap(),
+        }
+    }
+
+    /// Each HTTP connection manager's tracing in a proxy's listener.
+    fn hcm_tracings(
+        view: &ProxyView,
+        listener: &str,
+    ) -> Vec<Option<http_connection_manager::Tracing>> {
+        let l: Listener = decode(view.get(Kind::Listener, listener).unwrap()).unwrap();
+        l.filter_chains
+            .iter()
+            .chain(l.default_filter_chain.as_ref())
+            .flat_map(|c| &c.filters)
+            .filter_map(|f| match &f.config_type {
+                Some(filter::ConfigType::TypedConfig(any))
+                    if any.type_url == HttpConnectionManager::type_url() =>
+                {
+                    Some(
+                        HttpConnectionManager::decode(any.value.as_slice())
+                            .unwrap()
+                            .tracing,
+                    )
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (service name, collector cluster, sampling percentage) of a tracing.
+    fn provider(t: &http_connection_manager::Tracing) -> (String, String, f64) {
+        let http = t.provider.as_ref().unwrap();
+        assert_eq!(http.name, "envoy.tracers.opentelemetry");
+        let Some(tracing::http::ConfigType::TypedConfig(any)) = &http.config_type else {
+            panic!("{http:?}")
+        };
+        assert_eq!(any.type_url, OpenTelemetryConfig::type_url());
+        let otel = OpenTelemetryConfig::decode(any.value.as_slice()).unwrap();
+        let Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc)) =
+            otel.grpc_service.and_then(|g| g.target_specifier)
+        else {
+            panic!("no Envoy gRPC target")
+        };
+        (
+            otel.service_name,
+            grpc.cluster_name,
+            t.random_sampling.unwrap().value,
+        )
+    }
+
+    #[test]
+    fn without_a_collector_nothing_is_traced() {
+        let snap = snapshot(None);
+        let view = snap.proxy("client-0.shop").unwrap();
+        assert!(view.get(Kind::Cluster, TRACING_COLLECTOR_CLUSTER).is_none());
+        let tracings = hcm_tracings(&view, OUTBOUND_LISTENER);
+        assert!(!tracings.is_empty());
+        assert!(tracings.iter().all(Option::is_none), "{tracings:?}");
+    }
+
+    #[test]
+    fn every_http_connection_manager_traces_to_the_collector_named_for_the_workload() {
+        let snap = snapshot(Some(mesh_tracing()));
+        let client = snap.proxy("client-0.shop").unwrap();
+        // The mesh's percentage; the pod's name when it has no workload.
+        let tracings = hcm_tracings(&client, OUTBOUND_LISTENER);
+        assert!(!tracings.is_empty());
+        for t in &tracings {
+            let t = t.as_ref().expect("traced");
+            let expected = ("client-0".into(), TRACING_COLLECTOR_CLUSTER.into(), 1.0);
+            assert_eq!(provider(t), expected);
+        }
+        let cluster: Cluster = decode(
+            client
+                .get(Kind::Cluster, TRACING_COLLECTOR_CLUSTER)
+                .unwrap(),
+        )
+        .unwrap();
+        let endpoint = format!("{:?}", cluster.load_assignment);
+        assert!(
+            endpoint.contains("otel-collector.observability") && endpoint.contains("4317"),
+            "{endpoint}"
+        );
+        // HTTP/2 for gRPC.
+        assert!(!cluster.typed_extension_protocol_options.is_empty());
+
+        // The pod's own percentage and workload, inbound and outbound.
+        let web = snap.proxy("web-0.shop").unwrap();
+        for listener in [OUTBOUND_LISTENER, INBOUND_LISTENER] {
+            let tracings = hcm_tracings(&web, listener);
+            assert!(!tracings.is_empty(), "{listener}");
+            for t in &tracings {
+                let (service, _, sampling) = provider(t.as_ref().expect("traced"));
+                assert_eq!((service.as_str(), sampling), ("web", 100.0), "{listener}");
+            }
+        }
+        // The pods of one workload share their traced listeners.
+        let web_1 = snap.proxy("web-1.shop").unwrap();
+        let (a, b) = (
+            web.get(Kind::Listener, OUTBOUND_LISTENER).unwrap(),
+            web_1.get(Kind::Listener, OUTBOUND_LISTENER).unwrap(),
+        );
+        assert!(Arc::ptr_eq(a, b));
+        let client_out = client.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
+        assert_ne!(a.version, client_out.version);
+    }
+
+    #[test]
+    fn the_collector_address_is_host_and_port() {
+        for (ok, host, port, shown) in [
+            ("otel:4317", "otel", 4317, "otel:4317"),
+            ("10.0.0.7:4317", "10.0.0.7", 4317, "10.0.0.7:4317"),
+            ("[fd00::7]:4317", "fd00::7", 4317, "[fd00::7]:4317"),
+            (
+                "otel.observability.svc.cluster.local.:4317",
+                "otel.observability.svc.cluster.local.",
+                4317,
+                "otel.observability.svc.cluster.local.:4317",
+            ),
+        ] {
+            let c = Collector::parse(ok).unwrap_or_else(|| panic!("{ok}"));
+            assert_eq!(
+                (c.host.as_str(), c.port, c.to_string().as_str()),
+                (host, port, shown)
+            );
+        }
+        for bad in [
+            "otel",
+            "otel:",
+            ":4317",
+            "otel:0",
+            "otel:65536",
+            "fd00::7:4317",
+            "http://otel:4317",
+            "ot el:4317",
+            "-otel:4317",
+            "[otel]:4317",
+        ] {
+            assert_eq!(Collector::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_logger_is_json_with_the_mesh_fields_and_encodes_the_same_every_time() {
