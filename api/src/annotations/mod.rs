@@ -10,9 +10,13 @@
 //!   level, capture exclusions, native or classic sidecar, probes), and
 //!   the labels meshd reads or writes.
 //!
+//! - [`authorization`]: who may call a Service (defaults, allow and deny
+//!   rules by SPIFFE identity, methods and paths, dry-run).
+//!
 //! Each module's table of rows is the README's table and the `accepted`
 //! part of every message about its annotations.
 
+pub mod authorization;
 pub mod pod;
 pub mod routing;
 pub mod workload;

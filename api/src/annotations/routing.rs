@@ -54,11 +54,21 @@ pub const EGRESS: &str = "meshd.io/egress";
 
 /// `meshd.io/*` annotations on a Namespace that other parts of meshd read
 /// (so they are not "unknown" here): the mTLS mode (discovery).
-pub const NAMESPACE_ANNOTATIONS_OWNED_ELSEWHERE: &[&str] = &[MTLS];
-/// `meshd.io/*` annotations on a Service that other parts of meshd read.
-/// None today: every other part reads Pods or Namespaces, so any other
+pub const NAMESPACE_ANNOTATIONS_OWNED_ELSEWHERE: &[&str] =
+    &[MTLS, AUTHZ[0], AUTHZ[1], AUTHZ[2], AUTHZ[3]];
+/// `meshd.io/*` annotations on a Service that other parts of meshd read:
+/// authorization (`super::authorization`, which checks them). Any other
 /// `meshd.io/` annotation on a Service is a typo and reported.
-pub const SERVICE_ANNOTATIONS_OWNED_ELSEWHERE: &[&str] = &[];
+pub const SERVICE_ANNOTATIONS_OWNED_ELSEWHERE: &[&str] = &AUTHZ;
+/// The keys of `super::authorization::KEYS`, written out: that module
+/// builds on this one's error type, so this one does not import it (a
+/// test there checks they agree).
+const AUTHZ: [&str; 4] = [
+    "meshd.io/authorization",
+    "meshd.io/allow",
+    "meshd.io/deny",
+    "meshd.io/authorization-mode",
+];
 
 /// The most retries a request may get.
 pub const MAX_RETRY_ATTEMPTS: u32 = 10;
