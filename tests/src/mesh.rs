@@ -16,9 +16,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshd_api::annotations::pod::SamplingPercent;
 use meshd_api::sidecar::bootstrap::{AppProbe, BootstrapConfig, GrpcProbe, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_controlplane::server::{ControlPlane, Options, Source};
+use meshd_controlplane::translate::{Collector, Telemetry, Tracing};
 use meshd_injector::capture::{self, CaptureConfig, PROXY_UID};
 
 use crate::envoy::{self, Envoy, admin_get};
@@ -172,7 +174,14 @@ pub struct Extras<'a> {
     /// Pods without capture or sidecar, like kubelet or a client outside
     /// the mesh: (name, host), at `198.18.0.<host>`.
     pub outsiders: &'a [(&'a str, u8)],
+    /// Tracing at this mesh-wide percentage, to a collector the test
+    /// serves on [`TestMesh::tracing_collector`].
+    pub tracing: Option<SamplingPercent>,
 }
+
+/// Where the collector of a mesh with [`Extras::tracing`] listens: on the
+/// hub, which every pod's Envoy reaches (as it reaches the control plane).
+pub const TRACING_COLLECTOR_PORT: u16 = 4317;
 
 /// The running mesh.
 pub struct TestMesh {
@@ -183,6 +192,9 @@ pub struct TestMesh {
     rt: tokio::runtime::Runtime,
     pub pki: Pki,
     pub apps: Vec<App>,
+    /// With [`Extras::tracing`]: the listener the proxies send their spans
+    /// to (`198.18.0.1:4317` on the hub), for the test to serve OTLP on.
+    pub tracing_collector: Option<TcpListener>,
     registry: tempfile::TempDir,
     /// Meshed pods, then outsiders.
     pods: Vec<(String, NetPod)>,
@@ -252,6 +264,24 @@ impl TestMesh {
             .unwrap()
             .unwrap();
         xds_listener.set_nonblocking(true).unwrap();
+        let tracing_collector = extras.tracing.map(|_| {
+            let l = topology
+                .hub_run(|| TcpListener::bind((HUB_IP, TRACING_COLLECTOR_PORT)))
+                .unwrap()
+                .unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        });
+        let telemetry = Telemetry {
+            access_log: false,
+            tracing: extras.tracing.map(|sampling| Tracing {
+                collector: Collector {
+                    host: HUB_IP.to_string(),
+                    port: TRACING_COLLECTOR_PORT,
+                },
+                sampling,
+            }),
+        };
         let debug_listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
         debug_listener.set_nonblocking(true).unwrap();
         let pki = Pki::new(identity).unwrap();
@@ -264,7 +294,7 @@ impl TestMesh {
                     xds: tokio::net::TcpListener::from_std(xds_listener)?,
                     debug: Some(tokio::net::TcpListener::from_std(debug_listener)?),
                     debounce: Duration::from_millis(20),
-                    telemetry: Default::default(),
+                    telemetry,
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -308,6 +338,7 @@ impl TestMesh {
             rt,
             pki,
             apps,
+            tracing_collector,
             registry: registry_dir,
             pods: net_pods,
             _work: work,
