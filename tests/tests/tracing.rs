@@ -9,9 +9,11 @@
 //!                        └──────────── OTLP/gRPC ──> test collector (198.18.0.1:4317) <──┘
 //! ```
 //!
-//! The mesh traces none of its requests (0 %); both pods ask for all of
-//! them with `meshd.io/tracing-sampling: "100"`, so the spans prove the
-//! annotation too.
+//! The mesh traces none of its requests (0 %); the client asks for all of
+//! them with `meshd.io/tracing-sampling: "100"`, so its span proves the
+//! annotation. Web keeps the mesh's 0 %: its span proves that a proxy
+//! continuing a trace follows the caller's decision (the `traceparent`
+//! sampled flag), not its own percentage.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -61,7 +63,7 @@ fn registry_text() -> String {
         registry::http_service(NS, "web", WEB_VIP, 80),
         registry::slice(NS, "web-1", "web", APP_PORT, &[(WEB, ip(3))]),
         registry::pod_with(NS, CLIENT, ip(2), true, &all),
-        registry::pod_with(NS, WEB, ip(3), true, &all),
+        registry::pod(NS, WEB, ip(3), true),
     ])
 }
 
