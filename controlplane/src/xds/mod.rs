@@ -259,7 +259,14 @@ pub struct TypeStatus {
 
 impl TypeStatus {
     fn of(t: &session::TypeState) -> Self {
-        let status = if t.sent_version.is_empty() {
+        let mut status = TypeStatus::default();
+        status.update(t);
+        status
+    }
+
+    /// Brings the record up to `t`, reusing its strings' buffers.
+    fn update(&mut self, t: &session::TypeState) {
+        self.status = if t.sent_version.is_empty() {
             SyncStatus::NotSent
         } else if t
             .last_nack
@@ -272,14 +279,24 @@ impl TypeStatus {
         } else {
             SyncStatus::Stale
         };
-        TypeStatus {
-            status,
-            sent_version: t.sent_version.clone(),
-            acked_version: t.acked_version.clone(),
-            resources: t.sent.len(),
-            last_nack: t.last_nack.as_ref().map(|(v, m)| format!("{v}: {m}")),
-            last_nack_version: t.last_nack.as_ref().map(|(v, _)| v.clone()),
-            last_nack_message: t.last_nack.as_ref().map(|(_, m)| m.clone()),
+        self.sent_version.clone_from(&t.sent_version);
+        self.acked_version.clone_from(&t.acked_version);
+        self.resources = t.sent.len();
+        match &t.last_nack {
+            None => {
+                self.last_nack = None;
+                self.last_nack_version = None;
+                self.last_nack_message = None;
+            }
+            Some((version, message)) => {
+                if self.last_nack_version.as_ref() != Some(version)
+                    || self.last_nack_message.as_ref() != Some(message)
+                {
+                    self.last_nack = Some(format!("{version}: {message}"));
+                    self.last_nack_version = Some(version.clone());
+                    self.last_nack_message = Some(message.clone());
+                }
+            }
         }
     }
 }
@@ -1219,15 +1236,54 @@ where
         Ok(())
     }
 
+    /// Records where this stream stands for the debug endpoint and the
+    /// metrics. It runs after every request and push of every stream, so
+    /// an existing record is updated in place, reusing the strings it
+    /// holds, rather than built again.
     fn publish_status(&self, known_workload: bool) {
-        let types = self
-            .session
-            .types
-            .iter()
-            .filter(|(_, t)| t.requested)
-            .map(|(k, t)| (k.short_name(), TypeStatus::of(t)))
-            .collect();
-        lock(&self.state.proxies).insert(self.stream_id, self.status(known_workload, types));
+        let mut proxies = lock(&self.state.proxies);
+        let Some(status) = proxies.get_mut(&self.stream_id) else {
+            let types = self
+                .session
+                .types
+                .iter()
+                .filter(|(_, t)| t.requested)
+                .map(|(k, t)| (k.short_name(), TypeStatus::of(t)))
+                .collect();
+            proxies.insert(self.stream_id, self.status(known_workload, types));
+            return;
+        };
+        status.known_workload = known_workload;
+        status.ca_generation_acked = self.sds_acked;
+        let serial = self.cert.as_ref().map(|c| &c.issued.serial_hex);
+        if status.certificate.as_ref().map(|c| &c.serial) != serial {
+            status.certificate = self.certificate_status();
+        }
+        let requested = |name: &str| {
+            self.session
+                .types
+                .iter()
+                .any(|(k, t)| t.requested && k.short_name() == name)
+        };
+        if status.types.keys().any(|name| !requested(name)) {
+            status.types.retain(|name, _| requested(name));
+        }
+        for (kind, t) in self.session.types.iter().filter(|(_, t)| t.requested) {
+            status.types.entry(kind.short_name()).or_default().update(t);
+        }
+    }
+
+    fn certificate_status(&self) -> Option<CertificateStatus> {
+        self.cert.as_ref().map(|c| CertificateStatus {
+            spiffe_id: c.id.to_string(),
+            serial: c.issued.serial_hex.clone(),
+            not_after_unix_seconds: c.issued.not_after.unix_timestamp(),
+            not_after: c
+                .issued
+                .not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        })
     }
 
     fn status(
@@ -1241,16 +1297,7 @@ where
             peer_identity: self.peer.as_ref().map(ToString::to_string),
             ca_generation_acked: self.sds_acked,
             known_workload,
-            certificate: self.cert.as_ref().map(|c| CertificateStatus {
-                spiffe_id: c.id.to_string(),
-                serial: c.issued.serial_hex.clone(),
-                not_after_unix_seconds: c.issued.not_after.unix_timestamp(),
-                not_after: c
-                    .issued
-                    .not_after
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            }),
+            certificate: self.certificate_status(),
             types,
         }
     }
