@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use meshd_api::annotations::authorization::Policy;
 use meshd_api::annotations::routing::{AnnotationError, Egress, Routing};
 pub use meshd_api::annotations::workload::{Interception, MtlsMode};
 pub use meshd_api::names::{CLUSTER_DOMAIN, DNS_LABEL, ServiceKey, is_dns_label, node_id};
@@ -216,6 +217,29 @@ pub struct Mesh {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     /// Routing and egress scopes from the annotations, validated.
     pub routing: Arc<MeshRouting>,
+    /// Who may call each service, from the annotations, validated.
+    pub authorization: Arc<MeshAuthorization>,
+}
+
+/// The authorization in force for one mesh: each service's last good
+/// policy (services with none follow the mesh default).
+#[derive(Clone, Debug, Default)]
+pub struct MeshAuthorization {
+    /// Services with authorization annotations (or their namespace's).
+    pub(crate) services: BTreeMap<ServiceKey, Arc<Policy>>,
+}
+
+static NO_POLICY: Policy = Policy::NONE;
+
+impl MeshAuthorization {
+    pub fn service(&self, key: &ServiceKey) -> &Policy {
+        self.services.get(key).map_or(&NO_POLICY, |p| p)
+    }
+
+    /// The services with a policy of their own.
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &Arc<Policy>)> {
+        self.services.iter()
+    }
 }
 
 /// The routing in force for one mesh: what discovery parsed and checked

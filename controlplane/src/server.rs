@@ -89,6 +89,8 @@ pub struct Options {
     pub debounce: Duration,
     /// Access logs and the proxies' other telemetry settings.
     pub telemetry: Telemetry,
+    /// Who may call a Service without authorization annotations.
+    pub authorization: meshd_api::annotations::authorization::DefaultPolicy,
 }
 
 /// A running control plane.
@@ -174,6 +176,7 @@ impl ControlPlane {
                 default_mode: tls.identity.config.default_mtls,
             }),
             telemetry: options.telemetry.clone(),
+            authorization: options.authorization,
         };
         let snapshots = xds::spawn_publisher(mesh_rx, options.debounce, state.clone(), translate);
         if registry_source {

@@ -144,6 +144,7 @@ impl Harness {
             debug: Some(debug),
             debounce: Duration::from_millis(20),
             telemetry: Default::default(),
+            authorization: Default::default(),
         })
         .await
         .expect("the control plane starts");

@@ -54,6 +54,7 @@ impl Harness {
             debug: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind debug")),
             debounce: Duration::from_millis(20),
             telemetry: Default::default(),
+            authorization: Default::default(),
         })
         .await
         .expect("the control plane starts");

@@ -6,6 +6,7 @@
 //! API server ──POST /validate (AdmissionReview, Service or Namespace)──> review
 //!     Service:   routing::parse(its key, its annotations, no namespace annotations)
 //!     Namespace: routing::validate_namespace(its name, its annotations)
+//!     (and the same of authorization: authorization::parse, validate_namespace)
 //!            <──allowed (warnings for problems the object already had), or denied
 //! ```
 //!
@@ -36,6 +37,7 @@
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{DynamicObject, PartialObjectMeta};
+use meshd_api::annotations::authorization;
 use meshd_api::annotations::routing::{self, AnnotationError, Annotations};
 use meshd_api::names::ServiceKey;
 
@@ -102,9 +104,29 @@ pub fn review(request: &AdmissionRequest<ObjectMetadata>) -> AdmissionResponse {
                 .unwrap_or_default();
             let key = ServiceKey::new(namespace, name);
             // No namespace annotations: see the module docs.
-            routing::parse(&key, annotations, &Annotations::new()).err()
+            let mut errors = routing::parse(&key, annotations, &Annotations::new())
+                .err()
+                .unwrap_or_default();
+            errors.extend(
+                authorization::parse(&key, annotations, &Annotations::new())
+                    .err()
+                    .into_iter()
+                    .flatten(),
+            );
+            Some(errors)
         }
-        Kind::Namespace => routing::validate_namespace(&name, annotations).err(),
+        Kind::Namespace => {
+            let mut errors = routing::validate_namespace(&name, annotations)
+                .err()
+                .unwrap_or_default();
+            errors.extend(
+                authorization::validate_namespace(&name, annotations)
+                    .err()
+                    .into_iter()
+                    .flatten(),
+            );
+            Some(errors)
+        }
     }
     .unwrap_or_default();
     if errors.is_empty() {
@@ -442,5 +464,46 @@ mod tests {
         let denied = denial_message(&response);
         let quoted = format!("= {:?}", format!("{}…", &long[..200]));
         assert!(denied.contains(&quoted), "{denied}");
+    }
+
+    #[test]
+    fn a_bad_authorization_rule_is_denied_naming_object_annotation_value_and_what_is_accepted() {
+        let response = review(&request(
+            "Service",
+            "CREATE",
+            service(json!({"meshd.io/allow": "shop/web FETCH /api/*"})),
+            Value::Null,
+        ));
+        assert!(!response.allowed);
+        let message = denial_message(&response);
+        assert!(
+            message.starts_with(
+                "invalid meshd routing annotation: Service shop/reviews: annotation meshd.io/allow = \"shop/web FETCH /api/*\": `FETCH` is not a method"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains(authorization::accepted(authorization::ALLOW)),
+            "{message}"
+        );
+        let response = review(&request(
+            "Namespace",
+            "CREATE",
+            namespace(json!({"meshd.io/authorization": "deny-everyone"})),
+            Value::Null,
+        ));
+        assert!(
+            denial_message(&response)
+                .contains("Namespace shop: annotation meshd.io/authorization = \"deny-everyone\""),
+            "{}",
+            denial_message(&response)
+        );
+        let good = review(&request(
+            "Service",
+            "CREATE",
+            service(json!({"meshd.io/authorization": "deny-all", "meshd.io/allow": "./*"})),
+            Value::Null,
+        ));
+        assert!(good.allowed);
     }
 }

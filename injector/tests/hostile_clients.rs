@@ -138,6 +138,7 @@ impl Meshd {
                 debug: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind debug")),
                 debounce: Duration::from_millis(20),
                 telemetry: Default::default(),
+                authorization: Default::default(),
             },
             ListenerLimits { xds, debug },
         )

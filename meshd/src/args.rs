@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use meshd_api::annotations::authorization::DefaultPolicy;
 use meshd_api::annotations::pod::{SamplingPercent, TRACING_SAMPLING_ACCEPTED};
 use meshd_controlplane::translate::Collector;
 use meshd_injector::config::InjectorConfig;
@@ -276,6 +277,19 @@ pub struct RunArgs {
     )]
     pub tracing_sampling: SamplingPercent,
 
+    /// Who may call a Service without `meshd.io/authorization` of its own
+    /// or its Namespace's: allow-all, allow-authenticated (any mesh
+    /// workload), allow-same-namespace or deny-all. Enforced by the
+    /// serving pods' proxies.
+    #[arg(
+        long,
+        env = "MESHD_AUTHORIZATION_DEFAULT",
+        default_value = "allow-all",
+        value_name = "DEFAULT",
+        value_parser = parse_authorization_default
+    )]
+    pub authorization_default: DefaultPolicy,
+
     /// Workload certificate lifetime (`90s`, `30m`, `24h`; at least 60s).
     #[arg(long, env = "MESHD_WORKLOAD_CERT_TTL", default_value = "24h")]
     pub workload_cert_ttl: String,
@@ -510,6 +524,10 @@ fn parse_tracing_collector(value: &str) -> Result<Collector, String> {
     Collector::parse(value).ok_or_else(|| format!("accepted: {}", Collector::ACCEPTED))
 }
 
+fn parse_authorization_default(value: &str) -> Result<DefaultPolicy, String> {
+    DefaultPolicy::parse(value).ok_or_else(|| format!("accepted: {}", DefaultPolicy::ACCEPTED))
+}
+
 fn parse_tracing_sampling(value: &str) -> Result<SamplingPercent, String> {
     SamplingPercent::parse(value).ok_or_else(|| format!("accepted: {TRACING_SAMPLING_ACCEPTED}"))
 }
@@ -603,6 +621,30 @@ mod tests {
                 assert!(env.starts_with(&prefix), "{env} of meshd {command}");
             }
         }
+    }
+
+    #[test]
+    fn the_authorization_default_is_allow_all_and_names_what_is_accepted() {
+        let run = |flags: &[&str]| {
+            let mut argv = vec!["meshd", "run"];
+            argv.extend_from_slice(flags);
+            Args::try_parse_from(argv).map(|a| match a.command {
+                Command::Run(run) => run.authorization_default,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(run(&[]).unwrap(), DefaultPolicy::AllowAll);
+        assert_eq!(
+            run(&["--authorization-default", "deny-all"]).unwrap(),
+            DefaultPolicy::DenyAll
+        );
+        let err = run(&["--authorization-default", "deny"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--authorization-default") && err.contains(DefaultPolicy::ACCEPTED),
+            "{err}"
+        );
     }
 
     #[test]

@@ -224,6 +224,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                                 sampling: args.tracing_sampling,
                             }),
                         },
+                        authorization: args.authorization_default,
                     },
                     ListenerLimits {
                         xds: Limits {

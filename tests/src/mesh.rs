@@ -16,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meshd_api::annotations::authorization::DefaultPolicy;
 use meshd_api::annotations::pod::SamplingPercent;
 use meshd_api::sidecar::bootstrap::{AppProbe, BootstrapConfig, GrpcProbe, XdsProtocol};
 use meshd_controlplane::identity::IdentityConfig;
@@ -177,6 +178,10 @@ pub struct Extras<'a> {
     /// Tracing at this mesh-wide percentage, to a collector the test
     /// serves on [`TestMesh::tracing_collector`].
     pub tracing: Option<SamplingPercent>,
+    /// Pods in another namespace than the mesh's: (pod name, namespace).
+    pub namespaces: &'a [(&'a str, &'a str)],
+    /// The mesh's `--authorization-default`.
+    pub authorization: DefaultPolicy,
 }
 
 /// Where the collector of a mesh with [`Extras::tracing`] listens: on the
@@ -295,6 +300,7 @@ impl TestMesh {
                     debug: Some(tokio::net::TcpListener::from_std(debug_listener)?),
                     debounce: Duration::from_millis(20),
                     telemetry,
+                    authorization: extras.authorization,
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -309,6 +315,11 @@ impl TestMesh {
 
         let mut envoys = Vec::new();
         for (name, pod) in &net_pods {
+            let namespace = extras
+                .namespaces
+                .iter()
+                .find(|(pod, _)| pod == name)
+                .map_or(namespace, |(_, ns)| *ns);
             let sidecar = Sidecar {
                 namespace,
                 name,

@@ -63,6 +63,7 @@ impl Mesh {
                     debug: None,
                     debounce: Duration::from_millis(20),
                     telemetry: Default::default(),
+                    authorization: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -577,6 +578,7 @@ fn a_control_plane_restart_drops_no_request() {
                 debug: None,
                 debounce: Duration::from_millis(20),
                 telemetry: Default::default(),
+                authorization: Default::default(),
             })
             .await
             .map_err(anyhow::Error::from)

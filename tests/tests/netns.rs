@@ -96,6 +96,7 @@ impl NetMesh {
                     debug: None,
                     debounce: Duration::from_millis(20),
                     telemetry: Default::default(),
+                    authorization: Default::default(),
                 })
                 .await
                 .map_err(anyhow::Error::from)

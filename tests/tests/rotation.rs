@@ -52,6 +52,7 @@ fn a_proxy_reconnects_with_its_old_bootstrap_identity_after_a_root_rotation() {
                 debug: None,
                 debounce: Duration::from_millis(20),
                 telemetry: Default::default(),
+                authorization: Default::default(),
             })
             .await
             .map_err(anyhow::Error::from)

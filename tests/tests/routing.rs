@@ -342,6 +342,7 @@ fn envoy_accepts_external_name_and_headless_services() {
             default_mode: MtlsMode::Permissive,
         }),
         telemetry: Default::default(),
+        authorization: Default::default(),
     };
     let snapshot = Snapshot::new(1, Arc::new(index.mesh()), options);
     assert!(

@@ -37,6 +37,7 @@ pub fn options() -> TranslateOptions {
             default_mode: MtlsMode::Permissive,
         }),
         telemetry: Default::default(),
+        authorization: Default::default(),
     }
 }
 

@@ -10,11 +10,13 @@
 //! again, and every other service keeps its very `Arc` of endpoints (which
 //! translation then recognises as unchanged without comparing them).
 //!
-//! Each mesh leaves here with its routing checked ([`super::routing`]).
+//! Each mesh leaves here with its routing and authorization checked
+//! ([`super::routing`], [`super::authorization`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use super::authorization::AuthorizationIndex;
 use super::objects::{Object, ObjectRef, Slice};
 use super::routing::RoutingIndex;
 use crate::model::{Endpoint, Mesh, Namespace, Service, ServiceKey, Workload, node_id};
@@ -41,6 +43,8 @@ pub struct Index {
     /// The last good routing of every service, checked against each mesh
     /// built (behind a lock for the same reason).
     routing: Mutex<RoutingIndex>,
+    /// The last good authorization policy of every service.
+    authorization: Mutex<AuthorizationIndex>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,6 +70,7 @@ impl Clone for Index {
             pods: self.pods.clone(),
             joined: Mutex::new(self.joined().clone()),
             routing: Mutex::new(lock(&self.routing).clone()),
+            authorization: Mutex::new(lock(&self.authorization).clone()),
         }
     }
 }
@@ -287,10 +292,20 @@ impl Index {
                 .collect(),
             namespaces: self.namespaces.clone(),
             routing: Default::default(),
+            authorization: Default::default(),
         };
         // User input is checked here, where it enters: translation gets
         // only routing that parsed and whose targets exist in this mesh.
-        mesh.routing = Arc::new(lock(&self.routing).update(&mesh));
+        let mut routing = lock(&self.routing).update(&mesh);
+        let (authorization, problems) = lock(&self.authorization).update(&mesh);
+        if !problems.is_empty() {
+            // One list of annotation problems: reported as routing's are.
+            routing.errors.extend(problems);
+            routing.errors.sort();
+            routing.errors.dedup();
+        }
+        mesh.routing = Arc::new(routing);
+        mesh.authorization = Arc::new(authorization);
         mesh
     }
 }

@@ -5,6 +5,8 @@
 //! - [`routing`]: the routing annotations of the mesh, parsed and checked
 //!   against it when the mesh is built; each service keeps its last good
 //!   routing.
+//! - [`authorization`]: the authorization annotations, parsed and checked
+//!   the same way; each service keeps its last good policy.
 //! - [`file`]: the file registry source (a directory of manifests, or the
 //!   embedded default).
 //! - [`kubernetes`]: the index of the Kubernetes API source, whose watchers
@@ -14,6 +16,7 @@
 //! `tokio::sync::watch` channel; the xDS server subscribes to it. Sources
 //! outside the core plug in as a [`crate::server::MeshSource`].
 
+pub mod authorization;
 pub mod file;
 pub mod index;
 pub mod kubernetes;

@@ -48,6 +48,7 @@ use meshd_api::sidecar::stats::{ConnectionSecurity, inbound_stat_prefix};
 use crate::model::MeshRouting;
 pub use outbound::SharedChanges;
 
+mod authz;
 mod clusters;
 mod inbound;
 mod outbound;
@@ -263,7 +264,12 @@ struct Inbound {
 struct InboundCache(HashMap<BTreeMap<u16, Protocol>, Vec<InboundVariant>>);
 
 /// One shape's [`Inbound`] side for an mTLS mode and its faults.
-type InboundVariant = (Option<MtlsMode>, inbound::PortFaults, Arc<Inbound>);
+type InboundVariant = (
+    Option<MtlsMode>,
+    inbound::PortFaults,
+    authz::PortPolicies,
+    Arc<Inbound>,
+);
 
 impl InboundCache {
     fn get_or_build(
@@ -271,12 +277,13 @@ impl InboundCache {
         ports: &BTreeMap<u16, Protocol>,
         faults: &inbound::PortFaults,
         mtls: Option<MtlsMode>,
+        policies: &authz::PortPolicies,
     ) -> Arc<Inbound> {
         let found = self.0.get(ports).and_then(|variants| {
             variants
                 .iter()
-                .find(|(m, f, _)| *m == mtls && f == faults)
-                .map(|(_, _, side)| side.clone())
+                .find(|(m, f, p, _)| *m == mtls && f == faults && p == policies)
+                .map(|(_, _, _, side)| side.clone())
         });
         let side = match found {
             Some(side) => side,
@@ -291,14 +298,16 @@ impl InboundCache {
                     .collect();
                 let side = Arc::new(Inbound {
                     clusters: Arc::new(clusters),
-                    listener: redirect_inbound_listener(ports, faults, mtls),
+                    listener: redirect_inbound_listener(ports, faults, mtls, policies),
                     logged: OnceLock::new(),
                     used: Default::default(),
                 });
-                self.0
-                    .entry(ports.clone())
-                    .or_default()
-                    .push((mtls, faults.clone(), side.clone()));
+                self.0.entry(ports.clone()).or_default().push((
+                    mtls,
+                    faults.clone(),
+                    policies.clone(),
+                    side.clone(),
+                ));
                 side
             }
         };
@@ -313,15 +322,15 @@ impl InboundCache {
         for (ports, variants) in &self.0 {
             let used: Vec<InboundVariant> = variants
                 .iter()
-                .filter(|(_, _, side)| side.used.load(std::sync::atomic::Ordering::Relaxed))
-                .map(|(mtls, faults, side)| {
+                .filter(|(_, _, _, side)| side.used.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|(mtls, faults, policies, side)| {
                     let fresh = Inbound {
                         clusters: side.clusters.clone(),
                         listener: side.listener.clone(),
                         logged: side.logged.clone(),
                         used: Default::default(),
                     };
-                    (*mtls, faults.clone(), Arc::new(fresh))
+                    (*mtls, faults.clone(), policies.clone(), Arc::new(fresh))
                 })
                 .collect();
             if !used.is_empty() {
@@ -356,6 +365,9 @@ pub struct Snapshot {
     /// The faults each pod's inbound ports inject (pods serving a service
     /// with a fault only).
     inbound_faults: inbound::Faults,
+    /// The authorization each pod's inbound ports enforce (pods behind a
+    /// service that does not allow everything only).
+    inbound_policies: authz::Policies,
     routes: Mutex<HashMap<RouteKey, Arc<Resources>>>,
     options: TranslateOptions,
     /// Each service's outbound resources with what they were made from,
@@ -520,6 +532,8 @@ impl Snapshot {
             })
         });
         let inbound_faults = inbound::faults(&mesh, &routing);
+        let trust_domain = options.mtls.as_ref().map(|m| m.trust_domain.as_str());
+        let inbound_policies = authz::policies(&mesh, options.authorization, trust_domain);
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Snapshot {
             version,
@@ -531,6 +545,7 @@ impl Snapshot {
             scoped: Mutex::new(scoped),
             inbound_ports,
             inbound_faults,
+            inbound_policies,
             routes: Mutex::new(routes),
             options,
             entries,
@@ -627,6 +642,11 @@ impl Snapshot {
             .inbound_faults
             .get(&(workload.namespace.clone(), workload.name.clone()))
             .unwrap_or(&no_faults);
+        let no_policies = authz::PortPolicies::new();
+        let policies = self
+            .inbound_policies
+            .get(&(workload.namespace.clone(), workload.name.clone()))
+            .unwrap_or(&no_policies);
 
         let mut listeners = Resources::new();
         let mtls = self
@@ -637,7 +657,7 @@ impl Snapshot {
         let access_log = telemetry::access_log_for(&workload, &self.options.telemetry);
         let local_clusters = match workload.interception {
             Interception::Redirect => {
-                let side = lock(&self.inbound).get_or_build(inbound, faults, mtls);
+                let side = lock(&self.inbound).get_or_build(inbound, faults, mtls, policies);
                 let out = listener_for(&outbound.listener, &outbound.logged, access_log);
                 listeners.insert(OUTBOUND_LISTENER.into(), out);
                 let inb = listener_for(&side.listener, &side.logged, access_log);
@@ -663,7 +683,10 @@ impl Snapshot {
                     listeners.insert(OUTBOUND_LISTENER.into(), l);
                     for (&port, &protocol) in inbound {
                         let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
-                        let l = logged(explicit_inbound_listener(ip, port, protocol, faults, mtls));
+                        let policies = policies.get(&port).map_or(&[][..], Vec::as_slice);
+                        let l =
+                            explicit_inbound_listener(ip, port, protocol, faults, mtls, policies);
+                        let l = logged(l);
                         listeners.insert(l.name.clone(), l);
                     }
                 }
@@ -1083,6 +1106,7 @@ fn inbound_chains(
     faults: &[VirtualHost],
     mtls: Option<MtlsMode>,
     port_match: bool,
+    policies: &[Arc<authz::Enforced>],
 ) -> Vec<FilterChain> {
     let name = inbound_cluster_name(port);
     let chain_match = |transport_protocol: &str| {
@@ -1096,14 +1120,20 @@ fn inbound_chains(
     let tls = |transport_protocol: &str| FilterChain {
         name: format!("{name}tls"),
         filter_chain_match: chain_match(transport_protocol),
-        filters: inbound_filters(port, protocol, ClientCert::SetFromPeer, faults),
+        filters: authz::guard(
+            inbound_filters(port, protocol, ClientCert::SetFromPeer, faults),
+            policies,
+        ),
         transport_socket: Some(tls::downstream(protocol)),
         ..Default::default()
     };
     let plaintext = |transport_protocol: &str| FilterChain {
         name: format!("{name}plaintext"),
         filter_chain_match: chain_match(transport_protocol),
-        filters: inbound_filters(port, protocol, ClientCert::Strip, faults),
+        filters: authz::guard(
+            inbound_filters(port, protocol, ClientCert::Strip, faults),
+            policies,
+        ),
         ..Default::default()
     };
     match mtls {
@@ -1117,13 +1147,15 @@ fn redirect_inbound_listener(
     inbound: &BTreeMap<u16, Protocol>,
     faults: &inbound::PortFaults,
     mtls: Option<MtlsMode>,
+    policies: &authz::PortPolicies,
 ) -> Arc<Resource> {
     let mut refs = vec![PASSTHROUGH_CLUSTER.to_string()];
     let mut chains = Vec::new();
     for (&port, &protocol) in inbound {
         refs.push(inbound_cluster_name(port));
         let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
-        chains.extend(inbound_chains(port, protocol, faults, mtls, true));
+        let policies = policies.get(&port).map_or(&[][..], Vec::as_slice);
+        chains.extend(inbound_chains(port, protocol, faults, mtls, true, policies));
     }
     let l = listener(
         INBOUND_LISTENER,
@@ -1142,6 +1174,7 @@ fn explicit_inbound_listener(
     protocol: Protocol,
     faults: &[VirtualHost],
     mtls: Option<MtlsMode>,
+    policies: &[Arc<authz::Enforced>],
 ) -> Arc<Resource> {
     let name = format!("inbound|{port}");
     let l = listener(
@@ -1149,7 +1182,7 @@ fn explicit_inbound_listener(
         socket_address(ip, port),
         TrafficDirection::Inbound,
         false,
-        inbound_chains(port, protocol, faults, mtls, false),
+        inbound_chains(port, protocol, faults, mtls, false, policies),
         None,
     );
     Resource::new(name, &l, vec![inbound_cluster_name(port)])
@@ -1504,6 +1537,7 @@ status: {{podIP: 198.18.0.3}}
                 default_mode: MtlsMode::Permissive,
             }),
             telemetry: Default::default(),
+            authorization: Default::default(),
         };
         let snap = Snapshot::new(1, Arc::new(index.mesh()), options);
         assert!(snap.routing.errors.is_empty(), "{:?}", snap.routing.errors);

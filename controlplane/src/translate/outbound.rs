@@ -510,6 +510,7 @@ status: {{podIP: 198.18.0.5}}
                 default_mode: MtlsMode::Permissive,
             }),
             telemetry: Default::default(),
+            authorization: Default::default(),
         }
     }
 

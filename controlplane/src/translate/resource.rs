@@ -12,6 +12,7 @@ use meshd_proto::envoy::config::core::v3::{
 use meshd_proto::{Any, to_any, type_url};
 
 use crate::model::MtlsMode;
+use meshd_api::annotations::authorization::DefaultPolicy;
 use meshd_api::annotations::pod::SamplingPercent;
 
 /// The names of the resources every proxy has.
@@ -132,6 +133,9 @@ pub struct TranslateOptions {
     /// without a CA (plaintext xDS, no secrets to hand out).
     pub mtls: Option<MtlsOptions>,
     pub telemetry: Telemetry,
+    /// Who may call a Service without authorization annotations
+    /// (`--authorization-default`).
+    pub authorization: DefaultPolicy,
 }
 
 /// Mesh-wide telemetry settings.

@@ -1,0 +1,212 @@
+//! The authorization in force across the mesh: every Service's policy,
+//! parsed from the `meshd.io/*` authorization annotations of the Service
+//! and its Namespace ([`meshd_api::annotations::authorization`]) and
+//! checked against the Service (rule ports must be its ports), where the
+//! mesh is built, as routing is ([`super::routing`]).
+//!
+//! ```text
+//! Index::mesh ──> AuthorizationIndex::update ──> Mesh.authorization ──> translate/authz.rs
+//!                   │ invalid: the service keeps its last good Policy
+//!                   └ errors join the routing errors (log, metric,
+//!                     /debug/routing, an Event on the object)
+//! ```
+//!
+//! A bad edit never opens a service up nor shuts it: the service keeps
+//! what last worked until the annotation is fixed. A service that never
+//! had a good policy gets the mesh default.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meshd_api::annotations::authorization::{ALLOW, DENY, Policy, accepted, parse};
+use meshd_api::annotations::routing::{AnnotationError, Annotations};
+
+use crate::model::{Mesh, MeshAuthorization, Service, ServiceKey};
+
+/// Rule ports that are not ports of `service`.
+fn check_ports(service: &Service, policy: &Policy) -> Vec<AnnotationError> {
+    let mut errors = Vec::new();
+    for (annotation, rules) in [(ALLOW, &policy.allow), (DENY, &policy.deny)] {
+        let missing: Vec<String> = rules
+            .iter()
+            .flat_map(|r| &r.ports)
+            .filter(|p| !service.ports.iter().any(|q| q.port == **p))
+            .map(u16::to_string)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        // The value in force may be the Namespace's: name the Service,
+        // whose ports it does not fit.
+        errors.push(AnnotationError {
+            object: format!("Service {}", service.key),
+            annotation: annotation.to_string(),
+            value: service
+                .annotations
+                .get(annotation)
+                .cloned()
+                .unwrap_or_default(),
+            message: format!(
+                "Service {} has no port {}; accepted: {}",
+                service.key,
+                missing.join(", "),
+                accepted(annotation)
+            ),
+        });
+    }
+    errors
+}
+
+/// The last good policy of every service, across meshes. A discovery
+/// source's index owns it and calls [`AuthorizationIndex::update`] for
+/// each mesh it builds.
+#[derive(Clone, Debug, Default)]
+pub struct AuthorizationIndex {
+    services: BTreeMap<ServiceKey, Arc<Policy>>,
+}
+
+impl AuthorizationIndex {
+    /// Parses every service's policy. Where a value is invalid the last
+    /// good policy of that service stays in force (the mesh default when
+    /// there never was one), and the errors are returned.
+    pub fn update(&mut self, mesh: &Mesh) -> (MeshAuthorization, Vec<AnnotationError>) {
+        let mut errors = Vec::new();
+        for ns in mesh.namespaces.values() {
+            if let Err(e) =
+                meshd_api::annotations::authorization::validate_namespace(&ns.name, &ns.annotations)
+            {
+                errors.extend(e);
+            }
+        }
+        let no_annotations = Annotations::new();
+        let mut services = BTreeMap::new();
+        for svc in mesh.services.values() {
+            let namespace = mesh
+                .namespaces
+                .get(&svc.key.namespace)
+                .map_or(&no_annotations, |n| &n.annotations);
+            let parsed = parse(&svc.key, &svc.annotations, namespace).and_then(|policy| {
+                let problems = check_ports(svc, &policy);
+                if problems.is_empty() {
+                    Ok(policy)
+                } else {
+                    Err(problems)
+                }
+            });
+            let policy = match parsed {
+                Ok(policy) => {
+                    // Keep the Arc when nothing changed: translation tells
+                    // unchanged inbound sides apart by it.
+                    let policy = match self.services.get(&svc.key) {
+                        Some(old) if **old == policy => old.clone(),
+                        _ => Arc::new(policy),
+                    };
+                    self.services.insert(svc.key.clone(), policy.clone());
+                    Some(policy)
+                }
+                Err(e) => {
+                    // The Namespace's errors are reported once, above.
+                    errors.extend(e.into_iter().filter(|e| e.object.starts_with("Service ")));
+                    self.services.get(&svc.key).cloned()
+                }
+            };
+            if let Some(policy) = policy.filter(|p| **p != Policy::NONE) {
+                services.insert(svc.key.clone(), policy);
+            }
+        }
+        self.services.retain(|k, _| mesh.services.contains_key(k));
+        (MeshAuthorization { services }, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Namespace, Protocol, ServicePort};
+    use meshd_api::annotations::authorization::{AUTHORIZATION, Caller, DefaultPolicy};
+
+    fn ann(pairs: &[(&str, &str)]) -> Annotations {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn mesh(annotations: &[(&str, &str)], namespace: &[(&str, &str)]) -> Mesh {
+        let mut mesh = Mesh::default();
+        let svc = Arc::new(Service {
+            key: ServiceKey::new("shop", "reviews"),
+            vip: None,
+            secondary_vips: Vec::new(),
+            external_name: None,
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Http,
+            }],
+            annotations: ann(annotations),
+        });
+        mesh.services.insert(svc.key.clone(), svc);
+        mesh.namespaces.insert(
+            "shop".into(),
+            Arc::new(Namespace {
+                name: "shop".into(),
+                annotations: ann(namespace),
+                ..Default::default()
+            }),
+        );
+        mesh
+    }
+
+    fn key() -> ServiceKey {
+        ServiceKey::new("shop", "reviews")
+    }
+
+    #[test]
+    fn an_invalid_policy_keeps_the_last_good_one() {
+        let mut index = AuthorizationIndex::default();
+        let (first, errors) = index.update(&mesh(&[(ALLOW, "shop/web")], &[]));
+        assert!(errors.is_empty(), "{errors:?}");
+        let good = first.service(&key()).clone();
+        assert_eq!(
+            good.allow[0].callers,
+            [Caller::ServiceAccount {
+                namespace: "shop".into(),
+                name: "web".into()
+            }]
+        );
+
+        // A bad edit: the old policy stays, the error names everything.
+        let (second, errors) = index.update(&mesh(&[(ALLOW, "shop/web GETT")], &[]));
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].object, "Service shop/reviews");
+        assert_eq!(errors[0].annotation, ALLOW);
+        assert_eq!(errors[0].value, "shop/web GETT");
+        assert!(errors[0].message.contains("accepted: "), "{}", errors[0]);
+        assert_eq!(*second.service(&key()), good);
+
+        // A port the service does not have.
+        let (third, errors) = index.update(&mesh(&[(DENY, "* port=8080")], &[]));
+        assert!(
+            errors[0]
+                .message
+                .contains("Service shop/reviews has no port 8080"),
+            "{errors:?}"
+        );
+        assert_eq!(*third.service(&key()), good);
+
+        // Fixed, and from the namespace: applied.
+        let (fourth, errors) = index.update(&mesh(&[], &[(AUTHORIZATION, "deny-all")]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(fourth.service(&key()).default, Some(DefaultPolicy::DenyAll));
+
+        // A bad namespace value is reported once, on the Namespace.
+        let (_, errors) = index.update(&mesh(&[], &[(AUTHORIZATION, "deny-some")]));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "Namespace shop");
+
+        // A service that never had a good policy gets the mesh default.
+        let (fresh, _) = AuthorizationIndex::default().update(&mesh(&[(DENY, "nope")], &[]));
+        assert_eq!(*fresh.service(&key()), Policy::NONE);
+    }
+}

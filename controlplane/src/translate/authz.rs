@@ -1,0 +1,590 @@
+//! Authorization on the serving side: each Service's policy
+//! ([`crate::model::MeshAuthorization`], else the mesh's
+//! `--authorization-default`) becomes Envoy RBAC filters on the inbound
+//! filter chains of the pods behind it.
+//!
+//! ```text
+//! caller ──mTLS──> server proxy, inbound port 8080 (chain per mTLS / plaintext)
+//!                    HTTP: HCM: rbac (403) ─> [fault] ─> router ─> 127.0.0.1:8080
+//!                    TCP:  rbac (close)    ─> tcp_proxy ─────────> 127.0.0.1:8080
+//! ```
+//!
+//! **Who the caller is.** Only the SPIFFE ID in the URI SAN of the
+//! certificate the caller presented in the mTLS handshake
+//! (`authenticated.principal_name`), which the inbound TLS context has
+//! verified against the mesh's roots. Nothing a caller sends (headers,
+//! `x-forwarded-client-cert`) is looked at. A plaintext connection (a
+//! PERMISSIVE workload's plaintext chain) has no principal: it matches
+//! only `unauthenticated` and `*`.
+//!
+//! **One ALLOW filter, exactly.** Envoy's RBAC has one action per filter;
+//! deny-wins-over-allow with two filters (DENY, then ALLOW) would count a
+//! request that both deny and a missing allow refuse twice in dry-run.
+//! So each policy is one ALLOW filter whose policies are
+//! `(default or an allow rule) and not (any deny rule)`, all in principals
+//! (which can match `:method` and the URL path too): every request is
+//! counted once, `allowed` or `denied` (`shadow_*` in dry-run).
+//!
+//! **Counting.** HTTP: `http.<inbound stat prefix>.rbac.{allowed,denied}`
+//! and, in dry-run, `…rbac.dry_run_shadow_{allowed,denied}`; TCP:
+//! `<inbound stat prefix>.rbac.…` the same. The stat prefix is the inbound
+//! chain's (`inbound_<port>_<mtls|plaintext>`), so the series are bounded by
+//! ports and chain kinds, per proxy (whose workload labels name the
+//! destination).
+//!
+//! **What changes on a policy edit.** Only the inbound side of the pods
+//! behind the service: the cache of inbound sides by shape (ports, mTLS
+//! mode, faults, policies) gives them a new listener; every other proxy's
+//! resources keep their versions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use meshd_api::annotations::authorization::{Caller, DefaultPolicy, Mode, PathMatch, Policy, Rule};
+use meshd_proto::envoy::config::listener::v3::{Filter, filter};
+use meshd_proto::envoy::config::rbac::v3::{
+    Permission, Policy as RbacPolicy, Principal, Rbac, permission, principal, rbac,
+};
+use meshd_proto::envoy::config::route::v3::{HeaderMatcher, header_matcher};
+use meshd_proto::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_filter,
+};
+use meshd_proto::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use meshd_proto::envoy::r#type::matcher::v3::{
+    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
+};
+use meshd_proto::to_any;
+use prost::Message;
+
+use crate::model::Mesh;
+
+/// The prefix of the dry-run counters: `rbac.dry_run_shadow_denied`.
+pub const DRY_RUN_STAT_PREFIX: &str = "dry_run_";
+pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
+pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
+
+/// One service's policy on one of its ports, as Envoy RBAC rules for an
+/// HTTP chain and for a TCP chain (a target port two services share may
+/// be served as either).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Enforced {
+    http: Rbac,
+    tcp: Rbac,
+    mode: Mode,
+}
+
+/// Per inbound (target) port, the policies that must all allow a request.
+pub(super) type PortPolicies = BTreeMap<u16, Vec<Arc<Enforced>>>;
+
+/// [`PortPolicies`] per workload: (namespace, pod).
+pub(super) type Policies = HashMap<(String, String), PortPolicies>;
+
+/// The policies of every workload serving a service that does not allow
+/// everything. Under the mesh default allow-all only services with
+/// authorization annotations are looked at.
+pub(super) fn policies(
+    mesh: &Mesh,
+    default: DefaultPolicy,
+    trust_domain: Option<&str>,
+) -> Policies {
+    let mut by_pod: Policies = HashMap::new();
+    let annotated: Vec<_> = if default == DefaultPolicy::AllowAll {
+        mesh.authorization
+            .services()
+            .filter_map(|(k, p)| Some((mesh.services.get(k)?, &**p)))
+            .collect()
+    } else {
+        mesh.services
+            .values()
+            .map(|s| (s, mesh.authorization.service(&s.key)))
+            .collect()
+    };
+    for (svc, policy) in annotated {
+        if policy.allows_everything(default) {
+            continue;
+        }
+        let endpoints = mesh.endpoints_of(&svc.key);
+        for port in &svc.ports {
+            let Some(enforced) =
+                Enforced::new(policy, default, &svc.key.namespace, port.port, trust_domain)
+            else {
+                continue;
+            };
+            let enforced = Arc::new(enforced);
+            for ep in endpoints {
+                if let (Some(pod), Some(target)) = (&ep.pod, ep.port_for(port)) {
+                    let list = by_pod
+                        .entry((svc.key.namespace.clone(), pod.clone()))
+                        .or_default()
+                        .entry(target)
+                        .or_default();
+                    if !list.contains(&enforced) {
+                        list.push(enforced.clone());
+                    }
+                }
+            }
+        }
+    }
+    by_pod
+}
+
+impl Enforced {
+    /// `None`: everything is allowed on this port (its deny rules are
+    /// scoped to other ports).
+    fn new(
+        policy: &Policy,
+        default: DefaultPolicy,
+        namespace: &str,
+        port: u16,
+        trust_domain: Option<&str>,
+    ) -> Option<Enforced> {
+        let baseline = policy.baseline(default);
+        let allow: Vec<&Rule> = policy.allow.iter().filter(|r| r.covers(port)).collect();
+        let deny: Vec<&Rule> = policy.deny.iter().filter(|r| r.covers(port)).collect();
+        if baseline == DefaultPolicy::AllowAll && deny.is_empty() {
+            return None;
+        }
+        let ids = Identities { trust_domain };
+        let build = |http: bool| {
+            let base = match baseline {
+                DefaultPolicy::AllowAll => Some(any()),
+                DefaultPolicy::AllowAuthenticated => Some(ids.caller(&Caller::Authenticated)),
+                DefaultPolicy::AllowSameNamespace => {
+                    Some(ids.caller(&Caller::Namespace(namespace.to_string())))
+                }
+                DefaultPolicy::DenyAll => None,
+            };
+            let denied = or(deny.iter().map(|r| ids.rule(r, http)).collect());
+            let guard = |p: Principal| match &denied {
+                Some(d) => and(vec![p, not(d.clone())]),
+                None => p,
+            };
+            let mut policies = HashMap::new();
+            let mut add = |name: String, p: Principal| {
+                policies.insert(
+                    name,
+                    RbacPolicy {
+                        permissions: vec![Permission {
+                            rule: Some(permission::Rule::Any(true)),
+                        }],
+                        principals: vec![guard(p)],
+                        ..Default::default()
+                    },
+                );
+            };
+            if let Some(base) = base {
+                add(format!("default:{}", baseline.name()), base);
+            }
+            for (i, rule) in allow.iter().enumerate() {
+                // An HTTP-only rule allows nothing on a TCP chain.
+                if http || !rule.is_http() {
+                    add(format!("allow:{i}"), ids.rule(rule, http));
+                }
+            }
+            Rbac {
+                action: rbac::Action::Allow as i32,
+                policies,
+                ..Default::default()
+            }
+        };
+        Some(Enforced {
+            http: build(true),
+            tcp: build(false),
+            mode: policy.mode,
+        })
+    }
+}
+
+/// SPIFFE IDs of the mesh's trust domain.
+struct Identities<'a> {
+    /// `None`: the control plane has no CA; no caller has an identity.
+    trust_domain: Option<&'a str>,
+}
+
+impl Identities<'_> {
+    fn caller(&self, caller: &Caller) -> Principal {
+        let spiffe = |pattern: string_matcher::MatchPattern| match self.trust_domain {
+            Some(_) => authenticated(Some(StringMatcher {
+                match_pattern: Some(pattern),
+                ..Default::default()
+            })),
+            None => not(any()),
+        };
+        let td = self.trust_domain.unwrap_or_default();
+        match caller {
+            Caller::Any => any(),
+            Caller::Authenticated => authenticated(None),
+            Caller::Unauthenticated => not(authenticated(None)),
+            Caller::Namespace(ns) => spiffe(string_matcher::MatchPattern::Prefix(format!(
+                "spiffe://{td}/ns/{ns}/sa/"
+            ))),
+            Caller::ServiceAccount { namespace, name } => {
+                spiffe(string_matcher::MatchPattern::Exact(format!(
+                    "spiffe://{td}/ns/{namespace}/sa/{name}"
+                )))
+            }
+            Caller::AnyNamespace(name) => {
+                spiffe(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: format!(
+                        "^spiffe://{}/ns/[^/]+/sa/{}$",
+                        regex_escape(td),
+                        regex_escape(name)
+                    ),
+                    ..Default::default()
+                }))
+            }
+        }
+    }
+
+    /// The requests `rule` matches. On a TCP chain (`http` false) its
+    /// methods and paths cannot be seen: a deny rule then matches its
+    /// callers outright (denying more rather than less).
+    fn rule(&self, rule: &Rule, http: bool) -> Principal {
+        let mut parts = vec![
+            or(rule.callers.iter().map(|c| self.caller(c)).collect()).unwrap_or_else(|| not(any())),
+        ];
+        if http {
+            if let Some(methods) = or(rule.methods.iter().map(|m| method(m)).collect()) {
+                parts.push(methods);
+            }
+            if let Some(paths) = or(rule.paths.iter().map(path).collect()) {
+                parts.push(paths);
+            }
+        }
+        and(parts)
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '/' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn principal(id: principal::Identifier) -> Principal {
+    Principal {
+        identifier: Some(id),
+    }
+}
+
+fn any() -> Principal {
+    principal(principal::Identifier::Any(true))
+}
+
+fn not(p: Principal) -> Principal {
+    principal(principal::Identifier::NotId(Box::new(p)))
+}
+
+fn authenticated(name: Option<StringMatcher>) -> Principal {
+    principal(principal::Identifier::Authenticated(
+        principal::Authenticated {
+            principal_name: name,
+        },
+    ))
+}
+
+/// Any of `ids`; `None` for none.
+fn or(mut ids: Vec<Principal>) -> Option<Principal> {
+    match ids.len() {
+        0 => None,
+        1 => ids.pop(),
+        _ => Some(principal(principal::Identifier::OrIds(principal::Set {
+            ids,
+        }))),
+    }
+}
+
+fn and(mut ids: Vec<Principal>) -> Principal {
+    if ids.len() == 1 {
+        return ids.pop().unwrap_or_else(any);
+    }
+    principal(principal::Identifier::AndIds(principal::Set { ids }))
+}
+
+fn method(m: &str) -> Principal {
+    principal(principal::Identifier::Header(HeaderMatcher {
+        name: ":method".into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(m.to_string())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }))
+}
+
+/// Matched on the path without query or fragment, as normalized by the
+/// connection manager (`normalize_path`, `merge_slashes`).
+fn path(p: &PathMatch) -> Principal {
+    let pattern = match p {
+        PathMatch::Exact(s) => string_matcher::MatchPattern::Exact(s.clone()),
+        PathMatch::Prefix(s) => string_matcher::MatchPattern::Prefix(s.clone()),
+    };
+    principal(principal::Identifier::UrlPath(PathMatcher {
+        rule: Some(path_matcher::Rule::Path(StringMatcher {
+            match_pattern: Some(pattern),
+            ..Default::default()
+        })),
+    }))
+}
+
+/// `policies` put in front of an inbound chain's filters: the HTTP RBAC
+/// filter first among the connection manager's HTTP filters (before
+/// faults: a denied request gets no fault), the network RBAC filter before
+/// the TCP proxy. Each policy is a filter of its own: all must allow.
+pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Filter> {
+    if policies.is_empty() {
+        return filters;
+    }
+    filters
+        .into_iter()
+        .flat_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                if let Ok(mut hcm) = decode::<HttpConnectionManager>(any) {
+                    let rbac = policies.iter().map(|p| http_rbac(p));
+                    hcm.http_filters.splice(0..0, rbac);
+                    vec![Filter {
+                        name: f.name,
+                        config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+                    }]
+                } else if let Ok(tcp) = decode::<TcpProxy>(any) {
+                    let mut out: Vec<Filter> = policies
+                        .iter()
+                        .map(|p| network_rbac(p, &tcp.stat_prefix))
+                        .collect();
+                    out.push(f);
+                    out
+                } else {
+                    vec![f]
+                }
+            }
+            _ => vec![f],
+        })
+        .collect()
+}
+
+/// The filter's config when it is an `M` (inbound chains carry a
+/// connection manager or a TCP proxy, built a few lines from the call).
+fn decode<M: Message + Default + prost::Name>(any: &meshd_proto::Any) -> Result<M, ()> {
+    if any.type_url != M::type_url() {
+        return Err(());
+    }
+    M::decode(any.value.as_slice()).map_err(|_| ())
+}
+
+fn http_rbac(policy: &Enforced) -> HttpFilter {
+    let config = match policy.mode {
+        Mode::Enforce => HttpRbac {
+            rules: Some(policy.http.clone()),
+            ..Default::default()
+        },
+        Mode::DryRun => HttpRbac {
+            shadow_rules: Some(policy.http.clone()),
+            shadow_rules_stat_prefix: DRY_RUN_STAT_PREFIX.into(),
+            ..Default::default()
+        },
+    };
+    HttpFilter {
+        name: HTTP_RBAC_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&config))),
+        ..Default::default()
+    }
+}
+
+fn network_rbac(policy: &Enforced, stat_prefix: &str) -> Filter {
+    let mut config = NetworkRbac {
+        stat_prefix: format!("{stat_prefix}."),
+        ..Default::default()
+    };
+    match policy.mode {
+        Mode::Enforce => config.rules = Some(policy.tcp.clone()),
+        Mode::DryRun => {
+            config.shadow_rules = Some(policy.tcp.clone());
+            config.shadow_rules_stat_prefix = DRY_RUN_STAT_PREFIX.into();
+        }
+    }
+    Filter {
+        name: NETWORK_RBAC_FILTER.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_any(&config))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{
+        INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER, Snapshot, TranslateOptions, decode,
+    };
+    use meshd_api::annotations::workload::MtlsMode;
+    use meshd_proto::envoy::config::listener::v3::Listener;
+
+    /// web (two pods, HTTP) and db (one pod, TCP) in shop; client in shop.
+    fn registry(web_annotations: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop, annotations: {{{web_annotations}}}}}\nspec: {{clusterIP: 198.19.0.1, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [198.18.0.3]\n  targetRef: {{kind: Pod, name: web-0}}\n- addresses: [198.18.0.4]\n  targetRef: {{kind: Pod, name: web-1}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec: {{clusterIP: 198.19.0.2, ports: [{{name: tcp, port: 5432}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db-1, namespace: shop, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp, port: 5432}}]\nendpoints:\n- addresses: [198.18.0.5]\n  targetRef: {{kind: Pod, name: db-0}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.3}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: shop}}\nstatus: {{podIP: 198.18.0.4}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: db-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.5}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client-0, namespace: shop}}\nstatus: {{podIP: 198.18.0.2}}\n"
+        )
+    }
+
+    fn mesh(text: &str) -> Arc<Mesh> {
+        let mut index = crate::discovery::index::Index::default();
+        for object in crate::discovery::file::parse(text).unwrap() {
+            index.apply(object);
+        }
+        let mesh = index.mesh();
+        assert!(mesh.routing.errors.is_empty(), "{:?}", mesh.routing.errors);
+        Arc::new(mesh)
+    }
+
+    fn options(default: DefaultPolicy) -> TranslateOptions {
+        TranslateOptions {
+            mtls: Some(MtlsOptions {
+                trust_domain: "cluster.local".into(),
+                default_mode: MtlsMode::Strict,
+            }),
+            authorization: default,
+            ..Default::default()
+        }
+    }
+
+    /// The filter names of each chain of a proxy's inbound listener, the
+    /// connection manager's HTTP filters in place of its own name.
+    fn inbound_filters(snapshot: &Snapshot, node: &str) -> Vec<Vec<String>> {
+        let view = snapshot.proxy(node).unwrap();
+        let listener: Listener =
+            decode(view.get(Kind::Listener, INBOUND_LISTENER).unwrap()).unwrap();
+        listener
+            .filter_chains
+            .iter()
+            .map(|chain| {
+                chain
+                    .filters
+                    .iter()
+                    .flat_map(|f| match &f.config_type {
+                        Some(filter::ConfigType::TypedConfig(any)) => {
+                            match decode_any::<HttpConnectionManager>(any) {
+                                Some(hcm) => {
+                                    hcm.http_filters.iter().map(|h| h.name.clone()).collect()
+                                }
+                                None => vec![f.name.clone()],
+                            }
+                        }
+                        _ => vec![f.name.clone()],
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn decode_any<M: Message + Default + prost::Name>(any: &meshd_proto::Any) -> Option<M> {
+        super::decode::<M>(any).ok()
+    }
+
+    fn version(snapshot: &Snapshot, node: &str, kind: Kind, name: &str) -> String {
+        snapshot
+            .proxy(node)
+            .unwrap()
+            .get(kind, name)
+            .unwrap()
+            .version
+            .clone()
+    }
+
+    #[test]
+    fn a_policy_puts_rbac_first_on_the_pods_behind_the_service_only() {
+        let none = Snapshot::new(1, mesh(&registry("")), options(DefaultPolicy::AllowAll));
+        // allow-all and no annotation: today's configuration.
+        assert_eq!(
+            inbound_filters(&none, "web-0.shop"),
+            [["envoy.filters.http.router"]]
+        );
+
+        let annotated =
+            registry("meshd.io/allow: 'shop/client-0 GET /api/*', meshd.io/deny: 'shop/bad'");
+        let policy = Snapshot::next(2, mesh(&annotated), options(DefaultPolicy::AllowAll), &none);
+        assert_eq!(
+            inbound_filters(&policy, "web-0.shop"),
+            [[HTTP_RBAC_FILTER, "envoy.filters.http.router"]]
+        );
+        // Only the inbound listener of web's pods changed; web's two pods
+        // still share one.
+        for node in ["web-0.shop", "web-1.shop"] {
+            assert_ne!(
+                version(&none, node, Kind::Listener, INBOUND_LISTENER),
+                version(&policy, node, Kind::Listener, INBOUND_LISTENER)
+            );
+        }
+        assert_eq!(
+            version(&policy, "web-0.shop", Kind::Listener, INBOUND_LISTENER),
+            version(&policy, "web-1.shop", Kind::Listener, INBOUND_LISTENER)
+        );
+        for node in ["db-0.shop", "client-0.shop"] {
+            assert_eq!(
+                version(&none, node, Kind::Listener, INBOUND_LISTENER),
+                version(&policy, node, Kind::Listener, INBOUND_LISTENER),
+                "{node}"
+            );
+        }
+        for node in ["web-0.shop", "db-0.shop", "client-0.shop"] {
+            assert_eq!(
+                version(&none, node, Kind::Listener, OUTBOUND_LISTENER),
+                version(&policy, node, Kind::Listener, OUTBOUND_LISTENER),
+                "{node}"
+            );
+        }
+
+        // The mesh default deny-all: TCP chains get the network filter.
+        let deny_all = Snapshot::new(3, mesh(&registry("")), options(DefaultPolicy::DenyAll));
+        assert_eq!(
+            inbound_filters(&deny_all, "db-0.shop"),
+            [[NETWORK_RBAC_FILTER, "envoy.filters.network.tcp_proxy"]]
+        );
+    }
+
+    /// The rules as Envoy gets them, for one service port.
+    fn rules(policy: &str, default: DefaultPolicy) -> Enforced {
+        let key = meshd_api::names::ServiceKey::new("shop", "web");
+        let annotations = [("meshd.io/allow".to_string(), policy.to_string())]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let policy =
+            meshd_api::annotations::authorization::parse(&key, &annotations, &Default::default())
+                .unwrap();
+        Enforced::new(&policy, default, "shop", 80, Some("cluster.local")).unwrap()
+    }
+
+    #[test]
+    fn callers_are_matched_on_their_spiffe_id_only() {
+        let e = rules("shop/web-0, other/*, */prom", DefaultPolicy::AllowAll);
+        let text = format!("{:?}", e.http);
+        assert!(
+            text.contains("spiffe://cluster.local/ns/shop/sa/web-0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Prefix(\"spiffe://cluster.local/ns/other/sa/\")"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r"^spiffe://cluster\\.local/ns/[^/]+/sa/prom$"),
+            "{text}"
+        );
+        // allow-all gave way to the rules; no header but :method is read.
+        assert!(!text.contains("default:"), "{text}");
+        assert!(!text.contains("x-forwarded-client-cert"), "{text}");
+        let same = rules("", DefaultPolicy::AllowSameNamespace);
+        assert!(format!("{:?}", same.http).contains("spiffe://cluster.local/ns/shop/sa/"));
+        // An HTTP-only allow rule allows nothing on a TCP chain.
+        let http_only = rules("shop/web-0 GET", DefaultPolicy::DenyAll);
+        assert_eq!(http_only.http.policies.len(), 1);
+        assert!(http_only.tcp.policies.is_empty());
+    }
+}
