@@ -1132,6 +1132,33 @@ fn every_metric_and_label_the_dashboards_use_is_exported_by_meshd_and_envoy() {
         Err(e) => panic!("{e:#}\n{}", logs(&envoys)),
     };
 
+    // tcp-client-0's outbound TCP series come from a listener Envoy
+    // accepted and serves, not from one it rejected.
+    let listeners = http::get(
+        SocketAddr::new(TCP_CLIENT, 15000),
+        "localhost",
+        "/listeners",
+        false,
+    )
+    .unwrap();
+    assert!(
+        listeners.body.contains("outbound::0.0.0.0:15001"),
+        "{}",
+        listeners.body
+    );
+    assert!(
+        series
+            .iter()
+            .any(|s| s.name == "envoy_tcp_downstream_cx_total"
+                && s.labels
+                    .get("workload")
+                    .is_some_and(|w| w == "tcp-client-0")
+                && s.labels
+                    .get("destination_service")
+                    .is_some_and(|d| d == "db")),
+        "tcp-client-0's TCP proxy to db"
+    );
+
     // Not vacuous: every dashboard read something, from both sources.
     let used: BTreeSet<&str> = dashboards
         .iter()
