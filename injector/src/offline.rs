@@ -755,6 +755,9 @@ spec:
             panic!("skipped")
         };
         json_patch::patch(expected.pointer_mut("/spec/template").unwrap(), &patch).unwrap();
+        // But for the workload's name: offline, the Deployment names it;
+        // the webhook, seeing only a pod, reads it off the pod's name.
+        expected["spec"]["template"]["metadata"]["annotations"]["meshd.io/workload"] = "web".into();
         assert_eq!(doc, expected);
     }
 
