@@ -23,6 +23,17 @@ fn the_readme_lists_every_routing_annotation() {
     );
 }
 
+#[test]
+fn the_readme_lists_every_authorization_annotation() {
+    let readme =
+        std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap();
+    let table = meshd_api::annotations::authorization::markdown_table();
+    assert!(
+        readme.contains(table.trim()),
+        "README.md's authorization table is out of date; replace it with:\n{table}"
+    );
+}
+
 fn readme() -> String {
     std::fs::read_to_string(meshd_tests::envoy::workspace_root().join("README.md")).unwrap()
 }

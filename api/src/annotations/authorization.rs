@@ -87,7 +87,7 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         applies: Applies::ServiceOrNamespace,
         accepted: "enforce, dry-run",
         default: "enforce",
-        description: "dry-run: nothing is blocked, and each request the policy would deny is counted (rbac dry_run_shadow_denied) and logged.",
+        description: "dry-run: nothing is blocked, and each request the policy would deny is counted by the serving proxy (its rbac.dry_run.shadow_denied counter).",
     },
 ];
 

@@ -26,7 +26,7 @@
 //! counted once, `allowed` or `denied` (`shadow_*` in dry-run).
 //!
 //! **Counting.** HTTP: `http.<inbound stat prefix>.rbac.{allowed,denied}`
-//! and, in dry-run, `…rbac.dry_run_shadow_{allowed,denied}`; TCP:
+//! and, in dry-run, `…rbac.dry_run.shadow_{allowed,denied}`; TCP:
 //! `<inbound stat prefix>.rbac.…` the same. The stat prefix is the inbound
 //! chain's (`inbound_<port>_<mtls|plaintext>`), so the series are bounded by
 //! ports and chain kinds, per proxy (whose workload labels name the
@@ -60,8 +60,9 @@ use prost::Message;
 
 use crate::model::Mesh;
 
-/// The prefix of the dry-run counters: `rbac.dry_run_shadow_denied`.
-pub const DRY_RUN_STAT_PREFIX: &str = "dry_run_";
+/// The prefix of the dry-run counters: Envoy adds a dot,
+/// `rbac.dry_run.shadow_denied`.
+pub const DRY_RUN_STAT_PREFIX: &str = "dry_run";
 pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
 

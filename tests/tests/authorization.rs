@@ -1,0 +1,337 @@
+//! Authorization end to end with real Envoy in network namespaces: the
+//! serving pod's sidecar decides on the caller's SPIFFE ID from the mTLS
+//! handshake, and policy edits in the registry take effect live.
+//!
+//! ```text
+//! namespace shop:  client-0 (198.18.0.2) ─┐
+//!                  other-0  (198.18.0.3) ─┼─mTLS─> web-0 (198.18.0.4): HTTP app on 8080 (Service web, 80)
+//! namespace batch: batch-0  (198.18.0.6) ─┘       db-0  (198.18.0.5): TCP echo on 5432 (Service db)
+//! kubelet (198.18.0.9, no sidecar): plaintext to web-0's pod IP, and its probe on 15021
+//! ```
+//!
+//! Each pod's service account is its name. Policies are rewritten in the
+//! registry while everything runs; each phase waits for a sign that the
+//! new policy is in force, then checks every caller.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use meshd_api::annotations::authorization::{ALLOW, AUTHORIZATION, AUTHORIZATION_MODE, DENY};
+use meshd_api::sidecar::bootstrap::AppProbe;
+use meshd_controlplane::identity::IdentityConfig;
+use meshd_tests::envoy::{stat, wait_for};
+use meshd_tests::http;
+use meshd_tests::mesh::{Extras, PodSpec, TestMesh, pod_ip};
+use meshd_tests::registry;
+
+const NS: &str = "shop";
+const OTHER_NS: &str = "batch";
+const CLIENT: &str = "client-0";
+const OTHER: &str = "other-0";
+const WEB: &str = "web-0";
+const DB: &str = "db-0";
+const BATCH: &str = "batch-0";
+const KUBELET: &str = "kubelet";
+const WEB_VIP: &str = "198.19.0.40";
+const DB_VIP: &str = "198.19.0.41";
+const APP_PORT: u16 = 8080;
+const DB_PORT: u16 = 5432;
+const PROBE_PATH: &str = "/app-health/app/readyz";
+const WAIT: Duration = Duration::from_secs(30);
+/// Envoy's counter of requests web's dry-run policy would have denied
+/// (mTLS callers of port 8080).
+const WOULD_DENY: &str = "http.inbound_8080_mtls.rbac.dry_run.shadow_denied";
+
+const PODS: [PodSpec<'static>; 5] = [
+    PodSpec {
+        name: CLIENT,
+        host: 2,
+        app_port: None,
+    },
+    PodSpec {
+        name: OTHER,
+        host: 3,
+        app_port: None,
+    },
+    PodSpec {
+        name: WEB,
+        host: 4,
+        app_port: Some(APP_PORT),
+    },
+    PodSpec {
+        name: DB,
+        host: 5,
+        app_port: None,
+    },
+    PodSpec {
+        name: BATCH,
+        host: 6,
+        app_port: None,
+    },
+];
+
+fn registry_text(web: &[(&str, &str)], db: &[(&str, &str)]) -> String {
+    let ip = |host| IpAddr::V4(pod_ip(host));
+    let db_annotations = db
+        .iter()
+        .map(|(k, v)| format!("{k}: '{v}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let db_service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {NS}, annotations: {{{db_annotations}}}}}\nspec: {{clusterIP: {DB_VIP}, ports: [{{name: tcp-echo, port: {DB_PORT}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db-1, namespace: {NS}, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp-echo, port: {DB_PORT}}}]\nendpoints: [{{addresses: [\"{}\"], targetRef: {{kind: Pod, name: {DB}}}}}]\n",
+        ip(5)
+    );
+    registry::documents(&[
+        registry::namespace(NS),
+        registry::namespace(OTHER_NS),
+        registry::http_service_with(NS, "web", WEB_VIP, 80, web),
+        registry::slice(NS, "web-1", "web", APP_PORT, &[(WEB, ip(4))]),
+        db_service,
+        registry::pod(NS, CLIENT, ip(2), true),
+        registry::pod(NS, OTHER, ip(3), true),
+        registry::pod(NS, WEB, ip(4), true),
+        registry::pod(NS, DB, ip(5), true),
+        registry::pod(OTHER_NS, BATCH, ip(6), true),
+    ])
+}
+
+/// One request from `pod`'s app to `addr` on a fresh connection; the
+/// status and body, or why there is none.
+fn request(
+    mesh: &TestMesh,
+    pod: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    mesh.pod(pod).run(|| {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: web.shop\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no HTTP answer: {text:?}"))?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((status, body.to_string()))
+    })?
+}
+
+/// The status of `method path` from `pod` to web's VIP (0: no answer).
+fn web(mesh: &TestMesh, pod: &str, method: &str, path: &str) -> u16 {
+    let addr: SocketAddr = format!("{WEB_VIP}:80").parse().unwrap();
+    request(mesh, pod, addr, method, path).map_or(0, |(status, _)| status)
+}
+
+/// One TCP exchange from `pod` with db's echo server: the echo, or the
+/// error (a closed connection).
+fn echo(mesh: &TestMesh, pod: &str) -> anyhow::Result<Vec<u8>> {
+    let addr: SocketAddr = format!("{DB_VIP}:{DB_PORT}").parse().unwrap();
+    mesh.pod(pod).run(|| {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"ping")?;
+        let mut got = [0u8; 4];
+        stream.read_exact(&mut got)?;
+        Ok(got.to_vec())
+    })?
+}
+
+/// Rewrites the registry and waits until `pod`'s `method path` to web
+/// answers `status`: the sign the new policy is in force.
+fn switch(mesh: &mut TestMesh, text: &str, (pod, method, path, status): (&str, &str, &str, u16)) {
+    mesh.write_registry(text);
+    let r = wait_for("the new policy to be in force", WAIT, || {
+        match web(mesh, pod, method, path) {
+            s if s == status => Ok(Some(())),
+            other => Err(format!("{pod} {method} {path}: {other}")),
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e:#}\n{}", mesh.logs());
+    }
+    // Connections the callers' proxies opened before the change still
+    // run the old filter chains until they drain (the proxy's drain
+    // time): wait until no chain is draining on the serving proxies.
+    for pod in [WEB, DB] {
+        let drained = wait_for("the old filter chains to drain", WAIT, || {
+            match stat(
+                &mesh.admin(pod, "/stats"),
+                "listener_manager.total_filter_chains_draining",
+            ) {
+                0 => Ok(Some(())),
+                n => Err(format!("{pod}: {n} draining")),
+            }
+        });
+        if let Err(e) = drained {
+            panic!("{e:#}\n{}", mesh.logs());
+        }
+    }
+}
+
+#[test]
+fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
+    let probes = [(
+        WEB,
+        AppProbe {
+            path: PROBE_PATH.into(),
+            port: APP_PORT,
+            original_path: "/ready".into(),
+            timeout: Duration::from_secs(1),
+        },
+    )];
+    let extras = Extras {
+        probes: &probes,
+        outsiders: &[(KUBELET, 9)],
+        namespaces: &[(BATCH, OTHER_NS)],
+        ..Extras::default()
+    };
+    let Some(mut mesh) = TestMesh::start_with(
+        NS,
+        &PODS,
+        &registry_text(&[], &[]),
+        IdentityConfig::default(),
+        extras,
+    ) else {
+        return;
+    };
+    // db's app: an echo server.
+    let listener = mesh
+        .pod(DB)
+        .run(|| TcpListener::bind(("0.0.0.0", DB_PORT)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    // No policy: the mesh default allow-all, everyone through.
+    let ready = wait_for("every caller to reach web and db", WAIT, || {
+        let statuses: Vec<u16> = [CLIENT, OTHER, BATCH]
+            .iter()
+            .map(|p| web(&mesh, p, "GET", "/"))
+            .collect();
+        match (statuses.as_slice(), echo(&mesh, CLIENT)) {
+            ([200, 200, 200], Ok(e)) if e == b"ping" => Ok(Some(())),
+            (s, e) => Err(format!("{s:?} {e:?}")),
+        }
+    });
+    if let Err(e) = ready {
+        panic!("{e:#}\n{}", mesh.logs());
+    }
+
+    // allow-same-namespace: batch's caller is denied, shop's are not.
+    let text = registry_text(&[(AUTHORIZATION, "allow-same-namespace")], &[]);
+    switch(&mut mesh, &text, (BATCH, "GET", "/", 403));
+    assert_eq!(web(&mesh, CLIENT, "GET", "/"), 200);
+    assert_eq!(web(&mesh, OTHER, "GET", "/"), 200);
+    // The denial names nothing internal: no identity, cluster or port.
+    let addr: SocketAddr = format!("{WEB_VIP}:80").parse().unwrap();
+    let (status, body) = request(&mesh, BATCH, addr, "GET", "/").unwrap();
+    assert_eq!(status, 403);
+    for internal in ["spiffe", "inbound", "outbound", "cluster", "shop", "8080"] {
+        assert!(!body.contains(internal), "{body}");
+    }
+
+    // deny-all with exceptions: client-0 may call anything but /admin
+    // (deny wins over allow); other-0 only GET /public/*; and the TCP
+    // service denies everyone.
+    let web_policy = [
+        (AUTHORIZATION, "deny-all"),
+        (
+            ALLOW,
+            "shop/client-0; shop/other-0 GET /public/*; unauthenticated GET /healthz",
+        ),
+        (DENY, "shop/client-0 /admin/*"),
+    ];
+    let text = registry_text(&web_policy, &[(AUTHORIZATION, "deny-all")]);
+    switch(&mut mesh, &text, (OTHER, "GET", "/", 403));
+    assert_eq!(web(&mesh, CLIENT, "GET", "/"), 200);
+    assert_eq!(web(&mesh, CLIENT, "POST", "/orders"), 200);
+    assert_eq!(web(&mesh, CLIENT, "GET", "/admin/users"), 403, "deny wins");
+    assert_eq!(
+        web(&mesh, OTHER, "GET", "/public/logo.png"),
+        200,
+        "path rule"
+    );
+    assert_eq!(
+        web(&mesh, OTHER, "POST", "/public/logo.png"),
+        403,
+        "method rule"
+    );
+    assert_eq!(web(&mesh, OTHER, "GET", "/private"), 403, "path rule");
+    assert_eq!(web(&mesh, BATCH, "GET", "/public/logo.png"), 403);
+    // A plaintext caller (web is PERMISSIVE) is only ever `unauthenticated`.
+    let web_pod = SocketAddr::new(IpAddr::V4(pod_ip(4)), APP_PORT);
+    let plain = |path| request(&mesh, KUBELET, web_pod, "GET", path).map(|(s, _)| s);
+    assert_eq!(plain("/healthz").unwrap(), 200);
+    assert_eq!(plain("/").unwrap(), 403);
+    // TCP: the connection is closed, nothing echoed.
+    let tcp = wait_for("db to close denied connections", WAIT, || {
+        match echo(&mesh, CLIENT) {
+            Err(e) => Ok(Some(e)),
+            Ok(got) => Err(format!("echoed {got:?}")),
+        }
+    });
+    tcp.unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    // The kubelet's probe through the proxy's probe port still passes.
+    let probe_addr = SocketAddr::new(IpAddr::V4(pod_ip(4)), 15021);
+    let probe = mesh
+        .pod(KUBELET)
+        .run(|| http::get(probe_addr, &probe_addr.to_string(), PROBE_PATH, false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(probe.status, 200, "{}", probe.body);
+    assert!(probe.body.starts_with(&format!("hello from {WEB}")));
+    // Counted per destination: web's proxy counted its denials.
+    let stats = mesh.admin(WEB, "/stats");
+    assert!(
+        stat(&stats, "http.inbound_8080_mtls.rbac.denied") >= 5,
+        "{stats}"
+    );
+    let db_stats = mesh.admin(DB, "/stats");
+    assert!(
+        stat(&db_stats, "inbound_5432_mtls.rbac.denied") >= 1,
+        "{db_stats}"
+    );
+
+    // Dry-run of the same policy: nothing is blocked, and the would-deny
+    // counter grows by exactly the requests the policy would deny.
+    let mut dry_run = web_policy.to_vec();
+    dry_run.push((AUTHORIZATION_MODE, "dry-run"));
+    let text = registry_text(&dry_run, &[]);
+    switch(&mut mesh, &text, (OTHER, "GET", "/", 200));
+    let before = stat(&mesh.admin(WEB, "/stats"), WOULD_DENY);
+    let mut would_deny = 0;
+    for (pod, method, path, denied) in [
+        (CLIENT, "GET", "/", false),
+        (CLIENT, "GET", "/admin/users", true),
+        (OTHER, "GET", "/public/a", false),
+        (OTHER, "GET", "/", true),
+        (OTHER, "POST", "/public/a", true),
+        (BATCH, "GET", "/", true),
+        (BATCH, "GET", "/", true),
+    ] {
+        assert_eq!(web(&mesh, pod, method, path), 200, "{pod} {method} {path}");
+        would_deny += u64::from(denied);
+    }
+    assert_eq!(echo(&mesh, CLIENT).unwrap(), b"ping", "db's policy is gone");
+    let after = stat(&mesh.admin(WEB, "/stats"), WOULD_DENY);
+    assert_eq!(after - before, would_deny);
+}
