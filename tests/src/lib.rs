@@ -9,6 +9,7 @@ pub mod load;
 pub mod mesh;
 pub mod netns;
 pub mod pki;
+pub mod process;
 pub mod registry;
 
 use std::os::unix::fs::PermissionsExt;

@@ -22,12 +22,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meshd_tests::envoy::{self, Envoy, wait_for};
 use meshd_tests::http::{self, App};
+use meshd_tests::process::{Process, free_port, meshd_binary};
 use meshd_tests::registry;
 
 // --- PromQL ------------------------------------------------------------------
@@ -906,64 +907,6 @@ const TCP_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 81, 0, 4));
 const DB_PORT: u16 = 5432;
 /// An address this host does not have: a listener there is rejected.
 const UNBINDABLE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 255, 254));
-
-/// The `meshd` binary of this test's profile, built if needed (it belongs
-/// to another package, which cargo does not build for this one's tests).
-fn meshd_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "meshd", "--bin", "meshd"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    // Variables cargo sets for this test only: a build that saw them would
-    // make the next `cargo test` rebuild the crates that track them.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_BIN_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref())
-        {
-            build.env_remove(name.as_ref());
-        }
-    }
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building meshd failed: {status}");
-    let meshd = profile_dir.join("meshd");
-    assert!(meshd.is_file(), "{} was not built", meshd.display());
-    meshd
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn mesh_yaml(client_ip: IpAddr, web_port: u16) -> String {
     let db = format!(

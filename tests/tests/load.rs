@@ -4,57 +4,12 @@
 //! proxy synced, every change reached every proxy, the fleet's streams
 //! closed when it disconnected), never a time.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use meshd_tests::process::meshd_binary;
 use serde_json::Value;
 
 const PROXIES: u64 = 50;
-
-/// The `meshd` binary of this test's profile. It belongs to another
-/// package, which cargo does not build for this one's tests, so it is
-/// built here (a no-op when it is current).
-fn meshd_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/load-<hash> → target/<profile>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "meshd", "--bin", "meshd"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    // What cargo sets for this test's run only: some build scripts track
-    // these, and a build that saw them would make the next `cargo test`
-    // rebuild those crates again.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_BIN_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref())
-        {
-            build.env_remove(name.as_ref());
-        }
-    }
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building meshd failed: {status}");
-    let meshd = profile_dir.join("meshd");
-    assert!(meshd.is_file(), "{} was not built", meshd.display());
-    meshd
-}
 
 #[test]
 fn a_small_fleet_syncs_and_receives_every_change() {
