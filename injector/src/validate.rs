@@ -180,9 +180,9 @@ fn problem(e: &AnnotationError) -> String {
 /// several (kubectl prints the message as it is).
 fn denial(errors: &[&AnnotationError]) -> String {
     match errors {
-        [one] => format!("invalid meshd routing annotation: {}", problem(one)),
+        [one] => format!("invalid meshd annotation: {}", problem(one)),
         many => {
-            let mut message = format!("{} invalid meshd routing annotations:", many.len());
+            let mut message = format!("{} invalid meshd annotations:", many.len());
             for e in many {
                 message.push_str("\n- ");
                 message.push_str(&problem(e));
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(
             denial_message(&response),
             format!(
-                "invalid meshd routing annotation: Service shop/reviews: annotation meshd.io/timeout = \"fast\": \
+                "invalid meshd annotation: Service shop/reviews: annotation meshd.io/timeout = \"fast\": \
                  `fast` is not a duration; accepted: {accepted}"
             )
         );
@@ -306,7 +306,7 @@ mod tests {
         ));
         let message = denial_message(&response);
         assert!(
-            message.starts_with("4 invalid meshd routing annotations:\n- "),
+            message.starts_with("4 invalid meshd annotations:\n- "),
             "{message}"
         );
         for fragment in [
@@ -333,7 +333,7 @@ mod tests {
         let message = denial_message(&response);
         assert!(
             message.starts_with(
-                "invalid meshd routing annotation: Namespace shop: annotation meshd.io/egress = \"shop\": "
+                "invalid meshd annotation: Namespace shop: annotation meshd.io/egress = \"shop\": "
             ),
             "{message}"
         );
@@ -478,7 +478,7 @@ mod tests {
         let message = denial_message(&response);
         assert!(
             message.starts_with(
-                "invalid meshd routing annotation: Service shop/reviews: annotation meshd.io/allow = \"shop/web FETCH /api/*\": `FETCH` is not a method"
+                "invalid meshd annotation: Service shop/reviews: annotation meshd.io/allow = \"shop/web FETCH /api/*\": `FETCH` is not a method"
             ),
             "{message}"
         );

@@ -492,7 +492,7 @@ async fn a_service_with_a_bad_routing_annotation_is_refused_with_what_is_accepte
     let message = denial_message(&response);
     assert!(
         message.starts_with(
-            "invalid meshd routing annotation: Service shop/reviews: annotation meshd.io/timeout = \"fast\": \
+            "invalid meshd annotation: Service shop/reviews: annotation meshd.io/timeout = \"fast\": \
              `fast` is not a duration; accepted: a duration: whole numbers with a unit ms, s, m or h"
         ),
         "{message}"
@@ -544,7 +544,7 @@ async fn a_namespace_with_a_bad_default_is_refused_and_a_good_one_allowed() {
     .await;
     let message = denial_message(&response);
     assert!(
-        message.starts_with("2 invalid meshd routing annotations:\n"),
+        message.starts_with("2 invalid meshd annotations:\n"),
         "{message}"
     );
     assert!(
