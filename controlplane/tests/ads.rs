@@ -638,3 +638,46 @@ async fn first_request_without_node_id_is_rejected() {
     }
     h.stop().await;
 }
+
+/// A stream open before the mesh changes, whose first request (the one
+/// naming its node) comes after: the debug view still lists it by its node
+/// id, as `meshd proxy-status` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_is_listed_by_its_node_id_when_the_mesh_changed_before_its_first_request() {
+    let h = Harness::start(&base()).await;
+    let mut ads = h.sotw().await;
+    let snapshots = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("meshd_xds_snapshots_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = snapshots(&h.get("/metrics").await);
+    let mut documents = base();
+    documents.extend(api());
+    h.write_registry(&documents);
+    // Until the change is published (a wait, not a measurement).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while snapshots(&h.get("/metrics").await) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the registry change was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    ads.send(first_request(CLIENT, type_url::CLUSTER)).await;
+    let cds = ads.recv().await;
+    ads.send(ack(&cds, &[])).await;
+    ads.quiet("ACKs are not answered").await;
+    let proxies = h.get_json("/debug/xds/proxies").await;
+    let proxies = proxies.as_array().expect("a list of proxies");
+    assert_eq!(proxies.len(), 1, "{proxies:#?}");
+    assert_eq!(proxies[0]["node_id"], CLIENT, "{proxies:#?}");
+    assert_eq!(
+        proxies[0]["types"]["CDS"]["status"], "SYNCED",
+        "{proxies:#?}"
+    );
+    h.stop().await;
+}

@@ -1253,6 +1253,14 @@ where
             proxies.insert(self.stream_id, self.status(known_workload, types));
             return;
         };
+        // The node id arrives with the stream's first request, which may
+        // come after the record was made.
+        if status.node_id != self.node_display {
+            status.node_id.clone_from(&self.node_display);
+        }
+        if status.peer_identity.is_none() && self.peer.is_some() {
+            status.peer_identity = self.peer.as_ref().map(ToString::to_string);
+        }
         status.known_workload = known_workload;
         status.ca_generation_acked = self.sds_acked;
         let serial = self.cert.as_ref().map(|c| &c.issued.serial_hex);
