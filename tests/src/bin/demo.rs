@@ -232,6 +232,30 @@ fn demo() -> anyhow::Result<()> {
         app_v2.requests()
     );
 
+    // The embedded registry also denies /admin/* on `server` to every
+    // caller (meshd.io/deny): server-0's sidecar refuses it with a 403.
+    println!(
+        "\n7. authorization (meshd.io/deny: \"* /admin/*\" on service server): GET /admin/ from client-0"
+    );
+    let denied = wait_for(
+        "server-0's sidecar to deny /admin/",
+        Duration::from_secs(30),
+        || match http::get(proxy, "server.demo", "/admin/", true) {
+            Ok(r) if r.status == 403 => Ok(Some(r)),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    )?;
+    let rbac =
+        admin_get(envoys[1].admin, "/stats?filter=rbac", &local_get).map_err(anyhow::Error::msg)?;
+    println!(
+        "   HTTP {} \"{}\" from server-0's sidecar (the app never saw it); GET / above was allowed\n   server-0 sidecar  http.inbound_18080_mtls.rbac  allowed: {}  denied: {}",
+        denied.status,
+        denied.body.trim(),
+        stat(&rbac, "http.inbound_18080_mtls.rbac.allowed"),
+        stat(&rbac, "http.inbound_18080_mtls.rbac.denied"),
+    );
+
     // The debugging commands, as an operator runs them (against the
     // debug port; in a cluster, through `kubectl port-forward`).
     let cli = |args: &[&str]| -> anyhow::Result<String> {
@@ -250,10 +274,10 @@ fn demo() -> anyhow::Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let indent = |text: &str| -> String { text.lines().map(|l| format!("   {l}\n")).collect() };
-    println!("\n7. what each proxy has, and did it take it: meshd proxy-status");
+    println!("\n8. what each proxy has, and did it take it: meshd proxy-status");
     print!("{}", indent(&cli(&["proxy-status"])?));
     println!(
-        "\n8. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
+        "\n9. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
     );
     print!(
         "{}",
@@ -275,7 +299,7 @@ fn demo() -> anyhow::Result<()> {
     );
     let admin = envoys[0].admin.to_string();
     println!(
-        "\n9. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
+        "\n10. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
     );
     print!(
         "{}",
