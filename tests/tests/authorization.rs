@@ -334,4 +334,43 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     assert_eq!(echo(&mesh, CLIENT).unwrap(), b"ping", "db's policy is gone");
     let after = stat(&mesh.admin(WEB, "/stats"), WOULD_DENY);
     assert_eq!(after - before, would_deny);
+    // And each of them is a line on web's proxy's stdout naming the caller
+    // (access logs are off: this log is the dry-run's own), as is the one
+    // request of `switch` that found the dry-run in force (other-0's GET /,
+    // which the policy denies). Envoy writes its logs out every second or
+    // so: wait for them, then count.
+    let would_deny = would_deny + 1;
+    let would_deny_lines = |mesh: &TestMesh| -> Vec<serde_json::Value> {
+        mesh.access_log(WEB)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["authorization"] == "dry-run: would deny")
+            .collect()
+    };
+    let lines = wait_for("web's would-deny log lines", WAIT, || {
+        let lines = would_deny_lines(&mesh);
+        match lines.len() as u64 {
+            n if n >= would_deny => Ok(Some(lines)),
+            n => Err(format!("{n} of {would_deny} lines")),
+        }
+    })
+    .unwrap();
+    assert_eq!(lines.len() as u64, would_deny, "{lines:#?}");
+    let callers: Vec<&str> = lines
+        .iter()
+        .map(|l| l["caller_identity"].as_str().unwrap_or_default())
+        .collect();
+    for pod in ["client", "other", "batch"] {
+        assert!(
+            callers.iter().any(|c| c.contains(&format!("/sa/{pod}"))),
+            "{pod} in {callers:?}"
+        );
+    }
+    assert!(
+        lines.iter().all(|l| l["workload_identity"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/sa/web")),
+        "{lines:#?}"
+    );
 }

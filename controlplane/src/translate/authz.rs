@@ -38,9 +38,12 @@
 //! resources keep their versions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use meshd_api::annotations::authorization::{Caller, DefaultPolicy, Mode, PathMatch, Policy, Rule};
+use meshd_proto::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, MetadataFilter, OrFilter, access_log, access_log_filter,
+};
 use meshd_proto::envoy::config::listener::v3::{Filter, filter};
 use meshd_proto::envoy::config::rbac::v3::{
     Permission, Policy as RbacPolicy, Principal, Rbac, permission, principal, rbac,
@@ -53,11 +56,13 @@ use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v
 use meshd_proto::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use meshd_proto::envoy::r#type::matcher::v3::{
-    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher,
+    MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, metadata_matcher,
+    path_matcher, string_matcher, value_matcher,
 };
 use meshd_proto::to_any;
 use prost::Message;
 
+use super::telemetry;
 use crate::model::Mesh;
 
 /// The prefix of the dry-run counters: Envoy adds a dot,
@@ -352,6 +357,9 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                 if let Ok(mut hcm) = decode::<HttpConnectionManager>(any) {
                     let rbac = policies.iter().map(|p| http_rbac(p));
                     hcm.http_filters.splice(0..0, rbac);
+                    if policies.iter().any(|p| p.mode == Mode::DryRun) {
+                        hcm.access_log.push(would_deny_log());
+                    }
                     vec![Filter {
                         name: f.name,
                         config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
@@ -399,6 +407,69 @@ fn http_rbac(policy: &Enforced) -> HttpFilter {
         ..Default::default()
     }
 }
+
+/// The dry-run's record of each HTTP request the policy would deny: a
+/// JSON line on the serving proxy's stdout naming both identities, whether
+/// or not access logs are on (the counter says how many; this says who).
+/// Envoy's RBAC filter puts its shadow verdict in the request's dynamic
+/// metadata, under the shadow stat prefix followed by
+/// `shadow_engine_result`; the unprefixed key is matched too.
+fn would_deny_log() -> AccessLog {
+    static LOGGER: LazyLock<meshd_proto::Any> = LazyLock::new(|| {
+        telemetry::json_stdout_logger(vec![
+            ("authorization", "dry-run: would deny"),
+            ("start_time", "%START_TIME%"),
+            ("caller_identity", "%DOWNSTREAM_PEER_URI_SAN%"),
+            ("workload_identity", "%DOWNSTREAM_LOCAL_URI_SAN%"),
+            ("method", "%REQ(:METHOD)%"),
+            ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+            ("authority", "%REQ(:AUTHORITY)%"),
+            ("request_id", "%REQ(X-REQUEST-ID)%"),
+            ("response_code", "%RESPONSE_CODE%"),
+        ])
+    });
+    let denied = |key: String| AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::MetadataFilter(
+            MetadataFilter {
+                matcher: Some(MetadataMatcher {
+                    filter: HTTP_RBAC_FILTER.into(),
+                    path: vec![metadata_matcher::PathSegment {
+                        segment: Some(metadata_matcher::path_segment::Segment::Key(key)),
+                    }],
+                    value: Some(ValueMatcher {
+                        match_pattern: Some(value_matcher::MatchPattern::StringMatch(
+                            StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                    "denied".into(),
+                                )),
+                                ..Default::default()
+                            },
+                        )),
+                    }),
+                    invert: false,
+                }),
+                // Unset would log a request without the verdict (and one
+                // of the two keys is always missing).
+                match_if_key_not_found: Some(meshd_proto::BoolValue { value: false }),
+            },
+        )),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::OrFilter(OrFilter {
+                filters: vec![
+                    denied(format!("{DRY_RUN_STAT_PREFIX}{SHADOW_ENGINE_RESULT}")),
+                    denied(SHADOW_ENGINE_RESULT.into()),
+                ],
+            })),
+        }),
+        config_type: Some(access_log::ConfigType::TypedConfig(LOGGER.clone())),
+    }
+}
+
+/// Envoy's dynamic-metadata key for the shadow rules' verdict.
+const SHADOW_ENGINE_RESULT: &str = "shadow_engine_result";
 
 fn network_rbac(policy: &Enforced, stat_prefix: &str) -> Filter {
     let mut config = NetworkRbac {

@@ -99,6 +99,12 @@ fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
 fn stdout_logger(direction: &str) -> Any {
     let mut fields: Vec<(&str, &str)> = ACCESS_LOG_FIELDS.to_vec();
     fields.push(("direction", direction));
+    json_stdout_logger(fields)
+}
+
+/// A stdout logger writing one JSON object of `fields` (name, Envoy
+/// command operator) per entry, encoded the same on every run.
+pub(super) fn json_stdout_logger(mut fields: Vec<(&str, &str)>) -> Any {
     fields.sort_unstable();
     let mut json_format = Vec::new();
     for (name, command) in fields {
