@@ -287,7 +287,7 @@ mod tests {
                 .summary()
                 .starts_with("meshd-load: proxies=2 synced=2 ")
         );
-        assert!(report.summary().ends_with(" failed=0"));
+        assert!(report.summary().ends_with(" failed=0 source=files"));
         report.endpoint_changes[0].received = 1;
         assert!(!report.is_complete());
     }
