@@ -121,7 +121,13 @@ fn envoy_validates_the_injected_sidecar() {
         let pod = injected(&[("meshd.io/log-level", "info")], &config);
         let proxy = container(&pod, PROXY_CONTAINER);
         assert_eq!(proxy.command.as_deref(), Some(&["envoy".to_string()][..]));
-        let vars = [("MESHD_POD_NAME", POD), ("MESHD_POD_NAMESPACE", NAMESPACE)];
+        // What the kubelet fills in from the downward API.
+        let vars = [
+            ("MESHD_POD_NAME", POD),
+            ("MESHD_POD_NAMESPACE", NAMESPACE),
+            ("MESHD_WORKLOAD", "web"),
+            ("MESHD_SERVICE_ACCOUNT", "web"),
+        ];
         let declared: Vec<&str> = proxy
             .env
             .iter()
