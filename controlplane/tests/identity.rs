@@ -1064,17 +1064,27 @@ async fn refused_tls_handshakes_are_counted_by_reason() {
     assert!(distrusting.is_err(), "the client refuses our certificate");
 
     let deadline = tokio::time::Instant::now() + STEP;
-    let unknown_ca = "meshd_xds_tls_handshake_failures_total{reason=\"unknown_ca\"}";
     let peer_unknown_ca = "meshd_xds_tls_handshake_failures_total{reason=\"peer_unknown_ca\"}";
-    while h.metric(unknown_ca).await < 1.0 || h.metric(peer_unknown_ca).await < 1.0 {
+    while h.metric(peer_unknown_ca).await < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "both refusals are counted in time:\n{}",
+            "the client's refusal is counted in time:\n{}",
             h.get("/metrics").await
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(h.metric(unknown_ca).await, 1.0);
     assert_eq!(h.metric(peer_unknown_ca).await, 1.0);
+    // Each handshake is counted once, but how many the refused client makes
+    // is its library's choice: tonic's channel reconnects in the background
+    // after the server's alert, so one or a few, each refused and counted.
+    let unknown_ca = "meshd_xds_tls_handshake_failures_total{reason=\"unknown_ca\"}";
+    while h.metric(unknown_ca).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the foreign certificate's refusal is counted in time:\n{}",
+            h.get("/metrics").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
