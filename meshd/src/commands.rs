@@ -692,6 +692,10 @@ fn render_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     config.proxy_address = args.proxy_address;
     config.control_plane_id = control_plane_id;
     config.identity_dir = Some(identity_dir.clone());
+    // The identity its metrics carry (`workload_identity`) is the one its
+    // certificate proves.
+    config.service_account = args.service_account.clone();
+    config.trust_domain = args.trust_domain.clone();
     if let Some(ca_dir) = &args.issue_from_ca_dir {
         let ca = Authority::load_or_generate(
             &args.trust_domain,

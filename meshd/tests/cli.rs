@@ -41,6 +41,36 @@ fn envoy() -> Option<PathBuf> {
 }
 
 /// Issue #11 E.4: with a relative --identity-dir, Envoy had to be started
+/// The identity a local proxy's metrics carry is the one its certificate
+/// proves: the `--service-account` and `--trust-domain` it was given.
+#[test]
+fn a_bootstraps_metrics_name_its_service_account() {
+    let work = Scratch::new("bootstrap-identity");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(["bootstrap", "--namespace", "shop", "--pod", "web-0"])
+        .args([
+            "--service-account",
+            "reviews",
+            "--trust-domain",
+            "example.org",
+        ])
+        .args(["--identity-dir", "web-0-identity", "-o", "envoy.yaml"])
+        .current_dir(&work.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bootstrap = std::fs::read_to_string(work.0.join("envoy.yaml")).unwrap();
+    assert!(
+        bootstrap.contains("spiffe://example.org/ns/shop/sa/reviews"),
+        "{bootstrap}"
+    );
+    assert!(!bootstrap.contains("/sa/default"), "{bootstrap}");
+}
+
 /// in the directory `meshd bootstrap` ran in.
 #[test]
 fn a_bootstrap_names_its_files_by_absolute_path() {

@@ -110,6 +110,8 @@ fn demo() -> anyhow::Result<()> {
     let _control_plane = Process(
         Command::new(&meshd)
             .args(["run", "--xds-address", XDS, "--debug-address", DEBUG])
+            // JSON access logs on every proxy's stdout, shown in step 8.
+            .args(["--access-log", "true"])
             .arg("--ca-dir")
             .arg(work.path().join("ca"))
             .stdout(Stdio::null())
@@ -256,6 +258,34 @@ fn demo() -> anyhow::Result<()> {
         stat(&rbac, "http.inbound_18080_mtls.rbac.denied"),
     );
 
+    // What Prometheus scrapes from a sidecar (port 15090), and the
+    // server's access log of the request of step 4.
+    let scrape = local_get(SocketAddr::new(CLIENT, 15090), "/stats/prometheus")?;
+    println!(
+        "\n8. golden signals from the client's sidecar (Prometheus scrapes http://{CLIENT}:15090/stats/prometheus):"
+    );
+    for line in scrape.body.lines().filter(|l| {
+        l.starts_with("envoy_cluster_upstream_rq{") && l.contains("destination_service=\"server\"")
+    }) {
+        println!("   {line}");
+    }
+    let access_log = wait_for(
+        "server-0's access log line",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&envoys[1].stdout).unwrap_or_default();
+            Ok::<_, String>(
+                text.lines()
+                    .find(|l| l.contains("\"direction\":\"inbound\""))
+                    .map(str::to_string),
+            )
+        },
+    )?;
+    println!(
+        "   server-0's sidecar access log (meshd run --access-log true), one JSON line per request:"
+    );
+    println!("   {access_log}");
+
     // The debugging commands, as an operator runs them (against the
     // debug port; in a cluster, through `kubectl port-forward`).
     let cli = |args: &[&str]| -> anyhow::Result<String> {
@@ -274,10 +304,10 @@ fn demo() -> anyhow::Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let indent = |text: &str| -> String { text.lines().map(|l| format!("   {l}\n")).collect() };
-    println!("\n8. what each proxy has, and did it take it: meshd proxy-status");
+    println!("\n9. what each proxy has, and did it take it: meshd proxy-status");
     print!("{}", indent(&cli(&["proxy-status"])?));
     println!(
-        "\n9. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
+        "\n10. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
     );
     print!(
         "{}",
@@ -299,7 +329,7 @@ fn demo() -> anyhow::Result<()> {
     );
     let admin = envoys[0].admin.to_string();
     println!(
-        "\n10. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
+        "\n11. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
     );
     print!(
         "{}",
