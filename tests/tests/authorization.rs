@@ -265,6 +265,16 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     assert_eq!(web(&mesh, CLIENT, "GET", "/"), 200);
     assert_eq!(web(&mesh, CLIENT, "POST", "/orders"), 200);
     assert_eq!(web(&mesh, CLIENT, "GET", "/admin/users"), 403, "deny wins");
+    // Encoded and doubled slashes and dot segments are the same path to
+    // the rules as to the app.
+    for path in [
+        "/admin%2Fusers",
+        "/admin%2fusers",
+        "//admin/users",
+        "/public/../admin/users",
+    ] {
+        assert_eq!(web(&mesh, CLIENT, "GET", path), 403, "{path}");
+    }
     assert_eq!(
         web(&mesh, OTHER, "GET", "/public/logo.png"),
         200,

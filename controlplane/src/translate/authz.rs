@@ -422,7 +422,9 @@ fn would_deny_log() -> AccessLog {
             ("caller_identity", "%DOWNSTREAM_PEER_URI_SAN%"),
             ("workload_identity", "%DOWNSTREAM_LOCAL_URI_SAN%"),
             ("method", "%REQ(:METHOD)%"),
-            ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+            // The path the decision saw: inbound nothing rewrites it, and
+            // x-envoy-original-path would be the caller's to set.
+            ("path", "%REQ(:PATH)%"),
             ("authority", "%REQ(:AUTHORITY)%"),
             ("request_id", "%REQ(X-REQUEST-ID)%"),
             ("response_code", "%RESPONSE_CODE%"),

@@ -818,6 +818,15 @@ fn http_filter(
         use_remote_address: Some(BoolValue { value: false }),
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
+        // Inbound, `%2F` and `%5C` are decoded before authorization's path
+        // rules see the path (and the app gets the same path), so
+        // `/admin%2Fusers` cannot pass a rule on `/admin/*`.
+        path_with_escaped_slashes_action: match side {
+            Side::Inbound { .. } => {
+                http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndForward as i32
+            }
+            _ => 0,
+        },
         // A caller cannot claim an identity by sending the header itself.
         forward_client_cert_details: forward as i32,
         set_current_client_cert_details: set_current,

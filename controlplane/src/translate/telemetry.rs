@@ -98,6 +98,15 @@ fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
 /// hash of its encoding) is the same on every replica and every run.
 fn stdout_logger(direction: &str) -> Any {
     let mut fields: Vec<(&str, &str)> = ACCESS_LOG_FIELDS.to_vec();
+    if direction == "inbound" {
+        // Inbound nothing rewrites the path, and x-envoy-original-path
+        // would be the caller's to set: log the path the request had.
+        for field in &mut fields {
+            if field.0 == "path" {
+                field.1 = "%REQ(:PATH)%";
+            }
+        }
+    }
     fields.push(("direction", direction));
     json_stdout_logger(fields)
 }

@@ -337,7 +337,10 @@ fn vhost_matches(vh: &Value, filter: &Filter) -> bool {
 
 /// Keeps, in `config`'s dump, what `filter` asks for.
 pub fn apply_filter(config: &mut Value, filter: &Filter) {
-    let Some(configs) = config["config_dump"]["configs"].as_array_mut() else {
+    let Some(configs) = config
+        .pointer_mut("/config_dump/configs")
+        .and_then(Value::as_array_mut)
+    else {
         return;
     };
     for part in configs {
@@ -348,13 +351,16 @@ pub fn apply_filter(config: &mut Value, filter: &Filter) {
             continue;
         };
         let (key, resource, name) = layout(t);
-        let Some(list) = part[key].as_array_mut() else {
+        let Some(list) = part.get_mut(key).and_then(Value::as_array_mut) else {
             continue;
         };
         list.retain(|e| matches(t, &name(e), resource(e), filter));
         if t == ConfigType::Route && (filter.fqdn.is_some() || filter.port.is_some()) {
             for entry in list.iter_mut() {
-                if let Some(vhs) = entry["route_config"]["virtual_hosts"].as_array_mut() {
+                if let Some(vhs) = entry
+                    .pointer_mut("/route_config/virtual_hosts")
+                    .and_then(Value::as_array_mut)
+                {
                     vhs.retain(|vh| vhost_matches(vh, filter));
                 }
             }
