@@ -68,3 +68,43 @@ pub fn free_port() -> SocketAddr {
         .local_addr()
         .expect("the bound address")
 }
+
+/// `meshd bootstrap` for a sidecar of pod `pod` on this machine: its admin
+/// interface on `ip:15000`, its listeners on `ip`, a bootstrap identity for
+/// `service_account` issued from the mesh CA in `work/ca` (the one `meshd
+/// run --ca-dir work/ca` made) into `work/<pod>-identity`, and `extra`
+/// flags. Returns the bootstrap file, `work/<pod>.yaml`.
+#[allow(clippy::too_many_arguments)]
+pub fn local_bootstrap(
+    meshd: &Path,
+    work: &Path,
+    namespace: &str,
+    pod: &str,
+    service_account: &str,
+    ip: std::net::IpAddr,
+    xds: &str,
+    extra: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let bootstrap = work.join(format!("{pod}.yaml"));
+    let out = Command::new(meshd)
+        .args(["bootstrap", "--namespace", namespace, "--pod", pod])
+        .args(["--service-account", service_account, "--xds-address", xds])
+        .arg("--admin-address")
+        .arg(format!("{ip}:15000"))
+        .arg("--proxy-address")
+        .arg(ip.to_string())
+        .arg("--identity-dir")
+        .arg(work.join(format!("{pod}-identity")))
+        .arg("--issue-from-ca-dir")
+        .arg(work.join("ca"))
+        .arg("--output")
+        .arg(&bootstrap)
+        .args(extra)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "meshd bootstrap failed for {pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(bootstrap)
+}

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use meshd_tests::envoy::{self, Envoy, wait_for};
 use meshd_tests::http::{self, App};
-use meshd_tests::process::{Process, free_port, meshd_binary};
+use meshd_tests::process::{Process, free_port, local_bootstrap, meshd_binary};
 use meshd_tests::registry;
 
 // --- PromQL ------------------------------------------------------------------
@@ -976,29 +976,8 @@ fn every_metric_and_label_the_dashboards_use_is_exported_by_meshd_and_envoy() {
         ("db-0", DB),
         ("tcp-client-0", TCP_CLIENT),
     ] {
-        let bootstrap = work.path().join(format!("{pod}.yaml"));
-        let out = Command::new(&meshd)
-            .args(["bootstrap", "--namespace", NS, "--pod", pod])
-            .args(["--service-account", pod])
-            .arg("--xds-address")
-            .arg(xds.to_string())
-            .arg("--admin-address")
-            .arg(format!("{ip}:15000"))
-            .arg("--proxy-address")
-            .arg(ip.to_string())
-            .arg("--identity-dir")
-            .arg(work.path().join(format!("{pod}-identity")))
-            .arg("--issue-from-ca-dir")
-            .arg(work.path().join("ca"))
-            .arg("--output")
-            .arg(&bootstrap)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let bootstrap =
+            local_bootstrap(&meshd, work.path(), NS, pod, pod, ip, &xds.to_string(), &[]).unwrap();
         let admin = SocketAddr::new(ip, 15000);
         envoys.push(Envoy::start(pod, &envoy_bin, &bootstrap, admin, &[], work.path()).unwrap());
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use meshd_tests::envoy::{self, Envoy, wait_for};
 use meshd_tests::http::{self, App};
-use meshd_tests::process::{Process, free_port, meshd_binary};
+use meshd_tests::process::{Process, free_port, local_bootstrap, meshd_binary};
 use meshd_tests::registry;
 
 const NS: &str = "dbg";
@@ -125,29 +125,17 @@ fn proxy_status_and_config_show_what_was_sent_and_a_nack() {
 
     let mut envoys = Vec::new();
     for (pod, ip, protocol) in [("client-0", CLIENT, "delta"), ("server-0", SERVER, "sotw")] {
-        let bootstrap = work.path().join(format!("{pod}.yaml"));
-        let out = Command::new(&meshd)
-            .args(["bootstrap", "--namespace", NS, "--pod", pod])
-            .args(["--service-account", pod, "--xds-protocol", protocol])
-            .arg("--xds-address")
-            .arg(xds.to_string())
-            .arg("--admin-address")
-            .arg(format!("{ip}:15000"))
-            .arg("--proxy-address")
-            .arg(ip.to_string())
-            .arg("--identity-dir")
-            .arg(work.path().join(format!("{pod}-identity")))
-            .arg("--issue-from-ca-dir")
-            .arg(work.path().join("ca"))
-            .arg("--output")
-            .arg(&bootstrap)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let bootstrap = local_bootstrap(
+            &meshd,
+            work.path(),
+            NS,
+            pod,
+            pod,
+            ip,
+            &xds.to_string(),
+            &["--xds-protocol", protocol],
+        )
+        .unwrap();
         let admin = SocketAddr::new(ip, 15000);
         envoys.push(Envoy::start(pod, &envoy_bin, &bootstrap, admin, &[], work.path()).unwrap());
     }

@@ -5,13 +5,14 @@
 //! Run it with `scripts/demo`, which installs Envoy first.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
+use meshd_tests::process::local_bootstrap;
 
 const XDS: &str = "127.0.0.1:15010";
 const DEBUG: &str = "127.0.0.1:15014";
@@ -40,39 +41,6 @@ fn meshd_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-fn bootstrap(
-    meshd: &Path,
-    dir: &Path,
-    pod: &str,
-    service_account: &str,
-    ip: IpAddr,
-) -> anyhow::Result<PathBuf> {
-    let out = dir.join(format!("{pod}.yaml"));
-    let status = Command::new(meshd)
-        .args(["bootstrap", "--namespace", "demo", "--pod", pod])
-        .args(["--service-account", service_account, "--xds-address", XDS])
-        .arg("--admin-address")
-        .arg(format!("{ip}:15000"))
-        .arg("--proxy-address")
-        .arg(ip.to_string())
-        // The proxy's bootstrap identity, issued from the mesh CA: with it
-        // the sidecar proves to the control plane which workload it is.
-        .arg("--identity-dir")
-        .arg(dir.join(format!("{pod}-identity")))
-        .arg("--issue-from-ca-dir")
-        .arg(dir.join("ca"))
-        .arg("--output")
-        .arg(&out)
-        .output()?;
-    if !status.status.success() {
-        bail!(
-            "meshd bootstrap failed for {pod}: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
-    }
-    Ok(out)
 }
 
 fn local_get(addr: SocketAddr, path: &str) -> anyhow::Result<http::Response> {
@@ -152,7 +120,16 @@ fn demo() -> anyhow::Result<()> {
         ("server-0", "server", SERVER),
         ("server-v2-0", "server", SERVER_V2),
     ] {
-        let file = bootstrap(&meshd, work.path(), pod, service_account, ip)?;
+        let file = local_bootstrap(
+            &meshd,
+            work.path(),
+            "demo",
+            pod,
+            service_account,
+            ip,
+            XDS,
+            &[],
+        )?;
         let admin = SocketAddr::new(ip, 15000);
         envoys.push(Envoy::start(
             pod,
