@@ -9,6 +9,7 @@
 //! sidecars with the same code, and none of them needs the others for it.
 
 pub mod annotations;
+pub mod gateway;
 pub mod manifest;
 pub mod names;
 pub mod sidecar;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use meshd_api::annotations::authorization::Policy;
 use meshd_api::annotations::routing::{AnnotationError, Egress, Routing};
 pub use meshd_api::annotations::workload::{Interception, MtlsMode};
+pub use meshd_api::gateway::{BackendRef, ParentRef, Route, RouteKey, RouteKind, RouteMatch, Rule};
 pub use meshd_api::names::{CLUSTER_DOMAIN, DNS_LABEL, ServiceKey, is_dns_label, node_id};
 
 /// The application protocol of a service port, which decides whether Envoy
@@ -219,6 +220,155 @@ pub struct Mesh {
     pub routing: Arc<MeshRouting>,
     /// Who may call each service, from the annotations, validated.
     pub authorization: Arc<MeshAuthorization>,
+    /// Gateway API routes (HTTPRoute, GRPCRoute) attached to Services,
+    /// checked against this mesh.
+    pub routes: Arc<MeshRoutes>,
+}
+
+/// The Gateway API routes in force for one mesh, by the Service (and port)
+/// they attach to, and every route's status.
+///
+/// Which routes a caller sees for a Service port: the consumer routes of its
+/// own namespace (routes in another namespace than the Service's that name
+/// it as a parent) if there are any, else the producer routes (those in the
+/// Service's namespace). A port with no route at all is routed by the
+/// Service's `meshd.io/*` annotations, as before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshRoutes {
+    pub(crate) services: BTreeMap<ServiceKey, BTreeMap<u16, Arc<PortRoutes>>>,
+    /// Every route discovery knows, with its conditions per Service parent.
+    pub statuses: BTreeMap<RouteKey, RouteStatus>,
+}
+
+/// The routes attached to one Service port, each list in the order Envoy
+/// must try them (the specification's precedence: exact path, longest
+/// prefix, method, most headers, most query parameters, then the oldest
+/// route, then namespace/name, then rule and match order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortRoutes {
+    pub producer: Vec<RouteEntry>,
+    /// By the caller namespace the consumer routes belong to.
+    pub consumers: BTreeMap<String, Vec<RouteEntry>>,
+}
+
+/// One match of one rule of an attached route: one Envoy route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub route: Arc<AttachedRoute>,
+    /// Index into `route.route.rules`.
+    pub rule: usize,
+    /// Index into that rule's `matches`; `None`: the rule has none and
+    /// matches every request.
+    pub matched: Option<usize>,
+}
+
+impl RouteEntry {
+    pub fn rule(&self) -> &Rule {
+        &self.route.route.rules[self.rule]
+    }
+
+    pub fn route_match(&self) -> Option<&RouteMatch> {
+        self.matched.map(|m| &self.rule().matches[m])
+    }
+}
+
+/// A route as discovery accepted it, with which of its backend references
+/// resolved in this mesh (an unresolved backend keeps its share of the
+/// weight and answers 500, as the specification asks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedRoute {
+    pub route: Arc<Route>,
+    /// The references (backends and mirrors) that name an existing Service
+    /// port and are permitted (same namespace, or a ReferenceGrant).
+    pub resolved: std::collections::BTreeSet<BackendRef>,
+}
+
+impl AttachedRoute {
+    /// The outbound cluster a backend reference sends to, if it resolved.
+    pub fn cluster(&self, target: &BackendRef) -> Option<String> {
+        let port = target.port?;
+        self.resolved
+            .contains(target)
+            .then(|| outbound_cluster_name(&ServiceKey::new(&target.namespace, &target.name), port))
+    }
+}
+
+/// A route's conditions, as `status.parents` has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteStatus {
+    /// The generation these conditions describe.
+    pub generation: Option<i64>,
+    pub parents: Vec<ParentStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentStatus {
+    pub parent: ParentRef,
+    pub accepted: Condition,
+    pub resolved_refs: Condition,
+}
+
+/// A Gateway API condition: `status` True or False, a standard reason and
+/// a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl MeshRoutes {
+    /// The routes callers in `caller_namespace` see for a Service port;
+    /// `None`: no route attaches there (the annotations route it).
+    pub fn for_caller(
+        &self,
+        service: &ServiceKey,
+        port: u16,
+        caller_namespace: &str,
+    ) -> Option<&[RouteEntry]> {
+        let port = self.services.get(service)?.get(&port)?;
+        if caller_namespace != service.namespace
+            && let Some(consumer) = port.consumers.get(caller_namespace)
+        {
+            return Some(consumer);
+        }
+        (!port.producer.is_empty()).then_some(port.producer.as_slice())
+    }
+
+    /// Whether any route attaches to this Service port (for any caller).
+    pub fn attaches(&self, service: &ServiceKey, port: u16) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|ports| ports.contains_key(&port))
+    }
+
+    /// The Service ports routes attached to `service` send to (backends and
+    /// mirrors, resolved ones only), as outbound cluster names.
+    pub fn target_clusters(&self, service: &ServiceKey) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for port in self
+            .services
+            .get(service)
+            .into_iter()
+            .flat_map(|p| p.values())
+        {
+            for entry in port
+                .producer
+                .iter()
+                .chain(port.consumers.values().flatten())
+            {
+                for target in entry.route.route.backend_refs() {
+                    out.extend(entry.route.cluster(target));
+                }
+            }
+        }
+        out
+    }
+
+    /// The Services with at least one attached route.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
+    }
 }
 
 /// The authorization in force for one mesh: each service's last good

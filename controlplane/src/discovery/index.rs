@@ -293,6 +293,7 @@ impl Index {
             namespaces: self.namespaces.clone(),
             routing: Default::default(),
             authorization: Default::default(),
+            routes: Default::default(),
         };
         // User input is checked here, where it enters: translation gets
         // only routing that parsed and whose targets exist in this mesh.
