@@ -26,6 +26,8 @@ use gateway_api::referencegrants::ReferenceGrant;
 pub use gateway_api::grpcroutes::GrpcRoute as GrpcRouteObject;
 pub use gateway_api::httproutes::HttpRoute as HttpRouteObject;
 pub use gateway_api::referencegrants::ReferenceGrant as ReferenceGrantObject;
+/// The metadata of the Gateway API types (their k8s-openapi's).
+pub use k8s_openapi_gateway::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The API group of every kind here.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -438,6 +440,37 @@ pub fn grpc_route(route: &GrpcRoute) -> Result<Route, RouteError> {
         rules,
         key,
     })
+}
+
+/// The Service parents of an HTTPRoute, read leniently (a bad port is left
+/// out): where to report a route that [`http_route`] refuses.
+pub fn http_route_parents(route: &HttpRoute) -> Vec<ParentRef> {
+    lenient_parents(&route.metadata, route.spec.parent_refs.as_deref())
+}
+
+/// [`http_route_parents`] for a GRPCRoute.
+pub fn grpc_route_parents(route: &GrpcRoute) -> Vec<ParentRef> {
+    let refs: Option<Vec<HttpRouteParentRefs>> = serde_json::to_value(&route.spec.parent_refs)
+        .and_then(serde_json::from_value)
+        .unwrap_or_default();
+    lenient_parents(&route.metadata, refs.as_deref())
+}
+
+fn lenient_parents(meta: &ObjectMeta, refs: Option<&[HttpRouteParentRefs]>) -> Vec<ParentRef> {
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    refs.unwrap_or_default()
+        .iter()
+        .filter(|p| p.group.as_deref() == Some("") && p.kind.as_deref() == Some("Service"))
+        .map(|p| ParentRef {
+            namespace: p.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+            name: p.name.clone(),
+            port: p.port.and_then(|p| u16::try_from(p).ok()),
+        })
+        .collect()
 }
 
 /// Checks a ReferenceGrant; only what concerns routes to Services is kept.

@@ -17,9 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::authorization::AuthorizationIndex;
+use super::gateway::GatewayIndex;
 use super::objects::{Object, ObjectRef, Slice};
 use super::routing::RoutingIndex;
-use crate::model::{Endpoint, Mesh, Namespace, Service, ServiceKey, Workload, node_id};
+use crate::model::{
+    Endpoint, Mesh, Namespace, RouteKey, RouteKind, Service, ServiceKey, Workload, node_id,
+};
 
 /// A poisoned lock is used as is: the join state is rebuilt from the
 /// index's objects, and a routing history left half-updated by a panic
@@ -45,6 +48,8 @@ pub struct Index {
     routing: Mutex<RoutingIndex>,
     /// The last good authorization policy of every service.
     authorization: Mutex<AuthorizationIndex>,
+    /// Gateway API routes (last good versions) and ReferenceGrants.
+    gateway: Mutex<GatewayIndex>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -71,6 +76,7 @@ impl Clone for Index {
             joined: Mutex::new(self.joined().clone()),
             routing: Mutex::new(lock(&self.routing).clone()),
             authorization: Mutex::new(lock(&self.authorization).clone()),
+            gateway: Mutex::new(lock(&self.gateway).clone()),
         }
     }
 }
@@ -131,7 +137,13 @@ impl Index {
                     self.touch_pod(&key.0, &key.1);
                 }
             }
+            Object::Route(route) => self.gateway_mut().apply_route(route),
+            Object::ReferenceGrant(grant) => self.gateway_mut().apply_grant(grant),
         }
+    }
+
+    fn gateway_mut(&mut self) -> &mut GatewayIndex {
+        self.gateway.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn delete(&mut self, object: &ObjectRef) {
@@ -164,6 +176,19 @@ impl Index {
                     self.touch_pod(&namespace, &name);
                 }
             }
+            "HTTPRoute" | "GRPCRoute" => {
+                let (namespace, name) = key();
+                let kind = route_kind(object.kind);
+                self.gateway_mut().delete_route(&RouteKey {
+                    kind,
+                    namespace,
+                    name,
+                });
+            }
+            "ReferenceGrant" => {
+                let (namespace, name) = key();
+                self.gateway_mut().delete_grant(&namespace, &name);
+            }
             _ => {}
         }
     }
@@ -184,6 +209,10 @@ impl Index {
             "Service" => self.services.retain(|k, _| kept(&k.namespace, &k.name)),
             "EndpointSlice" => self.slices.retain(|(ns, name), _| kept(ns, name)),
             "Pod" => self.pods.retain(|(ns, name), _| kept(ns, name)),
+            "HTTPRoute" | "GRPCRoute" => self
+                .gateway_mut()
+                .retain_routes(route_kind(kind), |k| kept(&k.namespace, &k.name)),
+            "ReferenceGrant" => self.gateway_mut().retain_grants(kept),
             _ => {}
         }
         if matches!(kind, "EndpointSlice" | "Pod") {
@@ -305,9 +334,27 @@ impl Index {
             routing.errors.sort();
             routing.errors.dedup();
         }
-        mesh.routing = Arc::new(routing);
+        mesh.routing = Arc::new(routing.clone());
         mesh.authorization = Arc::new(authorization);
+        // Routes are checked against a mesh whose annotations are: a route
+        // replacing a Service's own routing is reported with them.
+        let (routes, conflicts) = lock(&self.gateway).update(&mesh);
+        mesh.routes = routes;
+        if !conflicts.is_empty() {
+            routing.errors.extend(conflicts);
+            routing.errors.sort();
+            routing.errors.dedup();
+            mesh.routing = Arc::new(routing);
+        }
         mesh
+    }
+}
+
+fn route_kind(kind: &str) -> RouteKind {
+    if kind == "GRPCRoute" {
+        RouteKind::Grpc
+    } else {
+        RouteKind::Http
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod authorization;
 pub mod file;
+pub mod gateway;
 pub mod index;
 pub mod kubernetes;
 pub mod objects;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -21,6 +22,7 @@ use meshd_api::annotations::pod as pod_annotations;
 use meshd_api::annotations::workload::{
     INTERCEPTION as INTERCEPTION_ANNOTATION, MTLS as MTLS_ANNOTATION,
 };
+use meshd_api::gateway::{self, Grant, ParentRef, Route, RouteError, RouteKey, RouteKind};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -98,6 +100,39 @@ pub enum Object {
     Service(Service),
     EndpointSlice(Slice),
     Pod(Workload),
+    /// An HTTPRoute or GRPCRoute. A route whose spec the mesh cannot use is
+    /// still an object: its last good version keeps serving and its status
+    /// says why the new one is not used.
+    Route(RouteObject),
+    ReferenceGrant(Arc<Grant>),
+}
+
+/// A route as a source saw it: its key and generation, and the checked
+/// route or why it was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteObject {
+    pub key: RouteKey,
+    pub generation: Option<i64>,
+    /// The Service parents, read even from a route refused as a whole, so
+    /// its status can say so on each of them.
+    pub parents: Vec<ParentRef>,
+    pub route: Result<Arc<Route>, RouteError>,
+}
+
+impl RouteObject {
+    fn new(
+        key: RouteKey,
+        generation: Option<i64>,
+        parents: Vec<ParentRef>,
+        route: Result<Route, RouteError>,
+    ) -> RouteObject {
+        RouteObject {
+            key,
+            generation,
+            parents,
+            route: route.map(Arc::new),
+        }
+    }
 }
 
 impl Object {
@@ -117,12 +152,51 @@ impl Object {
         pod(p).map(Object::Pod)
     }
 
+    /// An HTTPRoute: `Err` only when it has no usable name; a spec the
+    /// mesh cannot use is an `Object::Route` carrying the error.
+    pub fn from_http_route(route: &gateway::HttpRouteObject) -> Result<Self, ObjectError> {
+        let key = route_key(RouteKind::Http, &route.metadata)?;
+        let generation = route.metadata.generation;
+        Ok(Object::Route(RouteObject::new(
+            key,
+            generation,
+            gateway::http_route_parents(route),
+            gateway::http_route(route),
+        )))
+    }
+
+    /// A GRPCRoute, as [`Object::from_http_route`].
+    pub fn from_grpc_route(route: &gateway::GrpcRouteObject) -> Result<Self, ObjectError> {
+        let key = route_key(RouteKind::Grpc, &route.metadata)?;
+        let generation = route.metadata.generation;
+        Ok(Object::Route(RouteObject::new(
+            key,
+            generation,
+            gateway::grpc_route_parents(route),
+            gateway::grpc_route(route),
+        )))
+    }
+
+    pub fn from_reference_grant(
+        grant: &gateway::ReferenceGrantObject,
+    ) -> Result<Self, ObjectError> {
+        gateway::reference_grant(grant)
+            .map(|g| Object::ReferenceGrant(Arc::new(g)))
+            .map_err(|e| ObjectError {
+                object: e.object,
+                field: e.field,
+                message: e.message,
+            })
+    }
+
     pub fn object_ref(&self) -> ObjectRef {
         let (kind, namespace, name) = match self {
             Object::Namespace(ns) => ("Namespace", None, &ns.name),
             Object::Service(s) => ("Service", Some(&s.key.namespace), &s.key.name),
             Object::EndpointSlice(s) => ("EndpointSlice", Some(&s.namespace), &s.name),
             Object::Pod(p) => ("Pod", Some(&p.namespace), &p.name),
+            Object::Route(r) => (r.key.kind.as_str(), Some(&r.key.namespace), &r.key.name),
+            Object::ReferenceGrant(g) => ("ReferenceGrant", Some(&g.namespace), &g.name),
         };
         ObjectRef {
             kind,
@@ -130,6 +204,22 @@ impl Object {
             name: name.clone(),
         }
     }
+}
+
+/// A route's key from its metadata (the Gateway API types carry their own
+/// `ObjectMeta`), with the same checks as every other object's.
+fn route_key(kind: RouteKind, meta: &gateway::ObjectMeta) -> Result<RouteKey, ObjectError> {
+    let meta = ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        ..Default::default()
+    };
+    let obj = identify(kind.as_str(), &meta, true)?;
+    Ok(RouteKey {
+        kind,
+        namespace: obj.namespace.unwrap_or_default(),
+        name: obj.name,
+    })
 }
 
 /// Name and namespace from metadata, with the errors a user needs when they
