@@ -328,24 +328,19 @@ impl Index {
         // only routing that parsed and whose targets exist in this mesh.
         let mut routing = lock(&self.routing).update(&mesh);
         let (authorization, problems) = lock(&self.authorization).update(&mesh);
-        if !problems.is_empty() {
+        // Routes are checked against the Services (their ports, their own
+        // routing annotations, which a route replacing is reported with).
+        let (routes, conflicts) = lock(&self.gateway).update(&mesh);
+        if !problems.is_empty() || !conflicts.is_empty() {
             // One list of annotation problems: reported as routing's are.
             routing.errors.extend(problems);
-            routing.errors.sort();
-            routing.errors.dedup();
-        }
-        mesh.routing = Arc::new(routing.clone());
-        mesh.authorization = Arc::new(authorization);
-        // Routes are checked against a mesh whose annotations are: a route
-        // replacing a Service's own routing is reported with them.
-        let (routes, conflicts) = lock(&self.gateway).update(&mesh);
-        mesh.routes = routes;
-        if !conflicts.is_empty() {
             routing.errors.extend(conflicts);
             routing.errors.sort();
             routing.errors.dedup();
-            mesh.routing = Arc::new(routing);
         }
+        mesh.routing = Arc::new(routing);
+        mesh.authorization = Arc::new(authorization);
+        mesh.routes = routes;
         mesh
     }
 }
