@@ -50,6 +50,7 @@ pub use outbound::SharedChanges;
 
 mod authz;
 mod clusters;
+mod gateway;
 mod inbound;
 mod outbound;
 mod resource;
@@ -477,6 +478,7 @@ impl Snapshot {
                 && same_headless_endpoints(&p.mesh, &mesh)
                 && outbound::same_headless_identities(&p.entries, &entries, &mesh)
                 && p.routing.same_routes(&routing)
+                && gateway::same_routes(&p.mesh.routes, &mesh.routes)
         });
         let listener = match same_structure {
             Some(p) => p.mesh_wide.listener.clone(),
@@ -572,7 +574,8 @@ impl Snapshot {
 
     /// The clusters and endpoints of the services in scope and of the
     /// services their routes send to (split targets, route backends, on
-    /// the same ports), and a listener for the services in scope.
+    /// the same ports; Gateway API backends and mirrors, on theirs), and a
+    /// listener for the services in scope.
     fn scope(&self, egress: &Egress) -> Outbound {
         let mut names = BTreeSet::from([PASSTHROUGH_CLUSTER.to_string()]);
         for svc in self
@@ -606,6 +609,8 @@ impl Snapshot {
             if let Some(target) = routing::aliased_service(&self.mesh, svc) {
                 names.extend(svc.ports.iter().map(|p| target.cluster_name(p.port)));
             }
+            // Gateway API routes send to backends anywhere in the mesh.
+            names.extend(self.mesh.routes.target_clusters(&svc.key));
         }
         let pick = |all: &Resources| -> Resources {
             names
@@ -966,7 +971,10 @@ fn redirect_outbound_listener(
         }
         for port in &svc.ports {
             vip_destinations.extend(vips.iter().map(|&vip| (vip, port.port)));
-            if port.protocol.is_http() {
+            if port.protocol.is_http() && mesh.routes.attaches(&svc.key, port.port) {
+                // Routed by the Service called, not by Host: see `gateway`.
+                chains.push(gateway_chain(svc, port.port, &vips));
+            } else if port.protocol.is_http() {
                 http_vips.entry(port.port).or_default().extend(&vips);
             } else {
                 let cluster = svc.cluster_name(port.port);
@@ -1038,6 +1046,27 @@ fn redirect_outbound_listener(
         Some(passthrough_chain("PassthroughCluster")),
     );
     Resource::new(OUTBOUND_LISTENER.into(), &l, refs.into_iter().collect())
+}
+
+/// The filter chain of a Service port a Gateway API route attaches to: its
+/// VIPs and port, with a route configuration of its own.
+fn gateway_chain(svc: &crate::model::Service, port: u16, vips: &[IpAddr]) -> FilterChain {
+    FilterChain {
+        name: gateway::chain_name(&svc.key, port),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: port.into() }),
+            prefix_ranges: vips.iter().copied().map(cidr).collect(),
+            ..Default::default()
+        }),
+        filters: vec![http_filter(
+            // The port's statistics, as the shared chain's.
+            &format!("outbound_{port}"),
+            rds(gateway::route_config_name(&svc.key, port)),
+            ClientCert::Strip,
+            Side::Outbound,
+        )],
+        ..Default::default()
+    }
 }
 
 /// Without capture, the application sends HTTP to 15001 as to any forward
@@ -1205,6 +1234,12 @@ fn outbound_routes(
 ) -> Resources {
     let mut by_config: BTreeMap<String, Vec<VirtualHost>> = BTreeMap::new();
     let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Configurations of Service ports with their own chain (a Gateway API
+    // route attaches): one virtual host, no passthrough.
+    let mut own: BTreeSet<String> = BTreeSet::new();
+    // Configurations with a weighted cluster for a backend that did not
+    // resolve (it names no cluster).
+    let mut unvalidated: BTreeSet<String> = BTreeSet::new();
     // Clients of a headless service connect to pod IPs, which the outbound
     // listener forwards as TCP: there is no VIP chain to route them from.
     for svc in snapshot
@@ -1230,27 +1265,65 @@ fn outbound_routes(
                     domains.push(host);
                 }
             }
-            let routes = routing::service_routes(
-                &snapshot.mesh,
-                &snapshot.routing,
-                &snapshot.clusters,
-                svc,
-                port.port,
-            );
+            let mesh_routes = &snapshot.mesh.routes;
+            // With capture, a port a route attaches to has its own chain
+            // (its VIPs; an ExternalName has none and stays routed by Host):
+            // the shared configuration does not claim its names, so a call
+            // to another VIP with its Host goes where it was sent.
+            let (config, domains) = if mode == Interception::Redirect
+                && mesh_routes.attaches(&svc.key, port.port)
+                && svc.vips().next().is_some()
+            {
+                let name = gateway::route_config_name(&svc.key, port.port);
+                own.insert(name.clone());
+                (name, vec!["*".to_string()])
+            } else {
+                (config, domains)
+            };
+            // A Gateway API route replaces the annotations' routes; a
+            // caller it does not apply to (another namespace's consumer
+            // route) keeps the annotations'.
+            let (routes, clusters) = match mesh_routes.for_caller(&svc.key, port.port, namespace) {
+                Some(entries) => {
+                    let routes = gateway::service_routes(
+                        &snapshot.mesh,
+                        &snapshot.clusters,
+                        port.port,
+                        entries,
+                    );
+                    if routes.names_unresolved {
+                        unvalidated.insert(config.clone());
+                    }
+                    (routes.routes, routes.clusters.into_iter().collect())
+                }
+                None => {
+                    let routes = routing::service_routes(
+                        &snapshot.mesh,
+                        &snapshot.routing,
+                        &snapshot.clusters,
+                        svc,
+                        port.port,
+                    );
+                    (routes.routes, routes.clusters)
+                }
+            };
             by_config
                 .entry(config.clone())
                 .or_default()
                 .push(VirtualHost {
                     name: format!("{}:{}", svc.key.fqdn(), port.port),
                     domains,
-                    routes: routes.routes,
+                    routes,
                     ..Default::default()
                 });
-            refs.entry(config).or_default().extend(routes.clusters);
+            refs.entry(config).or_default().extend(clusters);
         }
     }
     if mode == Interception::Redirect {
-        for vhosts in by_config.values_mut() {
+        for (_, vhosts) in by_config
+            .iter_mut()
+            .filter(|(name, _)| !own.contains(*name))
+        {
             // A Host no service claims goes where the app sent it, as it
             // would without the mesh.
             vhosts.push(VirtualHost {
@@ -1268,13 +1341,19 @@ fn outbound_routes(
         .into_iter()
         .map(|(name, virtual_hosts)| {
             let mut cluster_refs = refs.remove(&name).unwrap_or_default();
-            if mode == Interception::Redirect {
+            if mode == Interception::Redirect && !own.contains(&name) {
                 cluster_refs.insert(PASSTHROUGH_CLUSTER.into());
             }
             let cluster_refs: Vec<String> = cluster_refs.into_iter().collect();
             let config = RouteConfiguration {
                 name: name.clone(),
                 virtual_hosts,
+                // Envoy never checks RDS configurations against its
+                // clusters; a static copy (tests) would be, and a backend
+                // that did not resolve names none on purpose.
+                validate_clusters: unvalidated
+                    .contains(&name)
+                    .then_some(BoolValue { value: false }),
                 ..Default::default()
             };
             (name.clone(), Resource::new(name, &config, cluster_refs))
