@@ -479,10 +479,12 @@ fn regex(regex: String) -> RegexMatcher {
     }
 }
 
+/// `text` matched literally. Only ASCII punctuation is escaped: RE2
+/// refuses an escaped letter (`\é`).
 fn regex_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if !c.is_ascii_alphanumeric() && c != '-' && c != '_' && c != '/' {
+        if c.is_ascii_punctuation() && c != '-' && c != '_' && c != '/' {
             out.push('\\');
         }
         out.push(c);
@@ -1033,6 +1035,21 @@ spec:
         );
         let refs = &view.get(Kind::Route, ECHO).unwrap().cluster_refs;
         assert_eq!(refs, &[V1, V2], "the mirror's cluster is referred to");
+    }
+
+    #[test]
+    fn prefix_rewrites_keep_segments_apart() {
+        let rewrite = |replacement: &str, prefix: &str| {
+            let r = path_rewrite(&PathModifier::Prefix(replacement.into()), Some(prefix));
+            (r.pattern.unwrap().regex, r.substitution)
+        };
+        assert_eq!(rewrite("/xyz/", "/foo"), ("^/foo".into(), "/xyz".into()));
+        assert_eq!(rewrite("", "/foo"), ("^/foo/*".into(), "/".into()));
+        assert_eq!(rewrite("/xyz", ""), ("^/".into(), "/xyz/".into()));
+        assert_eq!(
+            rewrite(r"/a\b", "/café.v1"),
+            (r"^/café\.v1".into(), r"/a\\b".into())
+        );
     }
 
     #[test]
