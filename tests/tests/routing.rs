@@ -766,12 +766,14 @@ fn envoy_rewrites_redirects_and_answers_as_the_gateway_api_says() {
             ..Default::default()
         })),
     };
-    // echo's own chains (port 80 and 8080), each on a loopback port.
+    // echo's own chains (port 80 and 8080), and echo-v1's on port 80 (a
+    // route attaches to another Service of that port number), each on a
+    // loopback port.
     let outbound: Listener = decode(view.get(Kind::Listener, "outbound").unwrap()).unwrap();
     let mut listeners = Vec::new();
     let mut ports = std::collections::BTreeMap::new();
-    for port in [80u16, 8080] {
-        let name = format!("outbound|{port}|http|echo.mesh.svc.cluster.local");
+    for (service, port) in [("echo", 80u16), ("echo", 8080), ("echo-v1", 80)] {
+        let name = format!("outbound|{port}|http|{service}.mesh.svc.cluster.local");
         let chain = outbound
             .filter_chains
             .iter()
@@ -782,17 +784,16 @@ fn envoy_rewrites_redirects_and_answers_as_the_gateway_api_says() {
             panic!("{name}: {filter:?}");
         };
         let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
-        let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
-            panic!("{name}: not RDS");
-        };
-        let routes: RouteConfiguration =
-            decode(view.get(Kind::Route, &rds.route_config_name).unwrap()).unwrap();
-        hcm.route_specifier = Some(RouteSpecifier::RouteConfig(routes));
-        *any = to_any(&hcm);
+        if let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+            let routes: RouteConfiguration =
+                decode(view.get(Kind::Route, &rds.route_config_name).unwrap()).unwrap();
+            hcm.route_specifier = Some(RouteSpecifier::RouteConfig(routes));
+            *any = to_any(&hcm);
+        }
         let addr = free_port();
-        ports.insert(port, addr);
+        ports.insert((service, port), addr);
         listeners.push(Listener {
-            name: format!("echo_{port}"),
+            name: format!("{service}_{port}"),
             address: Some(socket(addr)),
             filter_chains: vec![FilterChain {
                 filters: vec![filter],
@@ -851,7 +852,7 @@ fn envoy_rewrites_redirects_and_answers_as_the_gateway_api_says() {
     let path = work.path().join("gateway.pb");
     std::fs::write(&path, config.encode_to_vec()).unwrap();
     let envoy = envoy::Envoy::start("gateway", &envoy_bin, &path, admin, &[], work.path()).unwrap();
-    let port80 = ports[&80];
+    let port80 = ports[&("echo", 80)];
     let get = |addr, host: &str, path: &str, headers: &[(&str, &str)]| {
         get_with(addr, host, path, false, headers)
             .unwrap_or_else(|e| panic!("GET {path}: {e:#}\n{}", envoy.log_tail()))
@@ -939,7 +940,7 @@ fn envoy_rewrites_redirects_and_answers_as_the_gateway_api_says() {
     );
     // On port 8080 the Host carries the port: https gets its own.
     assert_eq!(
-        redirect(ports[&8080], "echo:8080", "/scheme"),
+        redirect(ports[&("echo", 8080)], "echo:8080", "/scheme"),
         (302, "https://echo:443/scheme".into())
     );
 
@@ -969,4 +970,11 @@ fn envoy_rewrites_redirects_and_answers_as_the_gateway_api_says() {
         statuses.iter().all(|s| [200, 500].contains(s)),
         "{statuses:?}"
     );
+
+    // Routed by the Service called, not by Host (MeshFrontendHostname): a
+    // call to echo-v1 with Host echo is echo-v1's, without echo's routes.
+    let r = get(ports[&("echo-v1", 80)], "echo", "/full/one", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.starts_with("GET /full/one HTTP/1.1"), "{}", r.body);
+    assert_eq!(r.header("x-route"), None);
 }

@@ -3,10 +3,12 @@
 //! caller's side.
 //!
 //! ```text
-//! with capture: outbound listener
-//!   chain outbound|80|http            VIPs of ports no route attaches to ─> RDS "80" (by Host)
-//!   chain outbound|80|http|echo.ns…   VIPs of echo:80 (a route attaches) ─> RDS "echo.ns.svc.cluster.local:80"
-//!                                       one virtual host "*": the routes for the caller's namespace
+//! with capture, outbound listener, on a port number a route attaches to (80):
+//!   chain outbound|80|http|echo.ns…   echo's VIPs (a route attaches) ─> RDS "echo.ns.svc.cluster.local:80":
+//!                                       one virtual host "*", the routes for the caller's namespace
+//!   chain outbound|80|http|web.ns…    web's VIPs (no route) ─> inline: web's annotation routes, "*"
+//! on the other port numbers, as without routes:
+//!   chain outbound|8080|http          every VIP of the port ─> RDS "8080" (by Host)
 //! without capture: RDS outbound_http_proxy, echo's virtual host (by Host) holds the same routes
 //!
 //! RouteEntry (one match of one rule, in precedence order) ─> one Envoy route
@@ -17,12 +19,18 @@
 //!
 //! A Service port with a route is routed by the Service the caller
 //! connected to, not by the Host it sent (the specification's "frontend"
-//! semantics): with capture its VIPs get their own filter chain and route
-//! configuration ([`route_config_name`]), and the shared chain of the port
-//! number no longer claims its Host names. The route configuration is still
-//! per caller namespace: a namespace with consumer routes gets them, the
-//! others the producer routes, or the Service's annotation routing when only
-//! another namespace's consumer routes attach. The routes replace the
+//! semantics, MeshFrontendHostname): with capture its VIPs get their own
+//! filter chain and route configuration ([`route_config_name`]). So do the
+//! other Services' VIPs on that port number (their annotation routes,
+//! inline in the listener): a call to one of them with the Host of a
+//! Service that has a route goes to the Service called, as it would
+//! without the mesh. Port numbers without routes keep one chain routed by
+//! Host, so a mesh without routes is translated as before.
+//!
+//! The route configuration of a Service port with a route is per caller
+//! namespace: a namespace with consumer routes gets them, the others the
+//! producer routes, or the Service's annotation routing when only another
+//! namespace's consumer routes attach. The routes replace the
 //! annotations' routes of that port (timeouts, retries, split, `routes`);
 //! what the annotations put on clusters (load balancing, circuit breaking,
 //! outlier detection) still applies to the backends' clusters.
@@ -783,24 +791,37 @@ spec:
             )),
             "{chains:?}"
         );
-        let shared = chains.iter().find(|c| c.3 == "80").unwrap();
-        assert!(!shared.2.contains(&"198.19.0.1".to_string()), "{shared:?}");
-        assert!(shared.2.contains(&"198.19.0.2".to_string()), "{shared:?}");
-        // Port 8080 has no route: echo stays on the shared chain there.
+        // Port 80 has a route: every VIP there is routed by the Service
+        // called; echo-v1's chain carries its own routes inline.
+        assert!(chains.iter().all(|c| c.3 != "80"), "{chains:?}");
+        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let v1_chain = l
+            .filter_chains
+            .iter()
+            .find(|c| c.name == "outbound|80|http|echo-v1.mesh.svc.cluster.local")
+            .unwrap();
+        assert_eq!(
+            v1_chain.filter_chain_match.as_ref().unwrap().prefix_ranges[0].address_prefix,
+            "198.19.0.2"
+        );
+        let Some(filter::ConfigType::TypedConfig(any)) = &v1_chain.filters[0].config_type else {
+            panic!("{v1_chain:?}")
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(http_connection_manager::RouteSpecifier::RouteConfig(inline)) =
+            hcm.route_specifier
+        else {
+            panic!("{hcm:?}")
+        };
+        assert_eq!(inline.virtual_hosts[0].domains, ["*"]);
+        assert_eq!(
+            weights(action(&inline.virtual_hosts[0].routes[0])),
+            [(V1.to_string(), 1)]
+        );
+        // Port 8080 has no route: one chain routed by Host, as before.
         let alt = chains.iter().find(|c| c.3 == "8080").unwrap();
         assert!(alt.2.contains(&"198.19.0.1".to_string()), "{alt:?}");
-
-        // The shared configuration no longer claims echo's names on port
-        // 80 (a call to another VIP with Host echo goes where it was sent).
-        let shared = route_config(&view, "80");
-        assert!(
-            !shared
-                .virtual_hosts
-                .iter()
-                .any(|v| v.domains.contains(&"echo".to_string())),
-            "{:?}",
-            shared.virtual_hosts
-        );
+        assert!(alt.2.contains(&"198.19.0.2".to_string()), "{alt:?}");
 
         let routes = echo_routes(&view);
         assert_eq!(routes.len(), 4, "three matches and a rule without");

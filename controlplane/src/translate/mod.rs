@@ -482,7 +482,7 @@ impl Snapshot {
         });
         let listener = match same_structure {
             Some(p) => p.mesh_wide.listener.clone(),
-            None => redirect_outbound_listener(&mesh, &entries, |_| true),
+            None => redirect_outbound_listener(&mesh, &entries, &clusters, |_| true),
         };
         let mesh_wide = Arc::new(Outbound {
             clusters: clusters.clone(),
@@ -621,7 +621,9 @@ impl Snapshot {
         Outbound {
             clusters: Arc::new(pick(&self.mesh_wide.clusters)),
             endpoints: Arc::new(pick(&self.mesh_wide.endpoints)),
-            listener: redirect_outbound_listener(&self.mesh, &self.entries, |k| egress.allows(k)),
+            listener: redirect_outbound_listener(&self.mesh, &self.entries, &self.clusters, |k| {
+                egress.allows(k)
+            }),
             logged: OnceLock::new(),
         }
     }
@@ -925,11 +927,29 @@ fn cidr(ip: IpAddr) -> CidrRange {
 ///   IPs. Each ready endpoint's (IP, target port) gets a TCP chain to the
 ///   service port's original-destination cluster, which carries mTLS when
 ///   the pods take it. L7 routing does not apply to them.
+/// - On a port number where a Gateway API route attaches to a Service,
+///   every Service's VIPs get a chain of their own: calls are routed by the
+///   Service called, not by Host ([`gateway`]). The Services a route
+///   attaches to have their own route configuration over RDS (it differs
+///   per caller namespace); the others carry their annotation routes inline
+///   (the same for every caller).
 fn redirect_outbound_listener(
     mesh: &Mesh,
     entries: &outbound::Entries,
+    clusters: &Resources,
     visible: impl Fn(&ServiceKey) -> bool,
 ) -> Arc<Resource> {
+    let routed_ports: BTreeSet<u16> = mesh
+        .services
+        .values()
+        .filter(|s| visible(&s.key) && s.vips().next().is_some())
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .filter(|p| p.protocol.is_http() && mesh.routes.attaches(&s.key, p.port))
+                .map(|p| p.port)
+        })
+        .collect();
     let mut http_vips: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
     let mut http_any_destination = BTreeSet::new();
     let mut pod_chains: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
@@ -972,8 +992,24 @@ fn redirect_outbound_listener(
         for port in &svc.ports {
             vip_destinations.extend(vips.iter().map(|&vip| (vip, port.port)));
             if port.protocol.is_http() && mesh.routes.attaches(&svc.key, port.port) {
-                // Routed by the Service called, not by Host: see `gateway`.
-                chains.push(gateway_chain(svc, port.port, &vips));
+                let config = gateway::route_config_name(&svc.key, port.port);
+                chains.push(vip_chain(svc, port.port, &vips, rds(config)));
+            } else if port.protocol.is_http() && routed_ports.contains(&port.port) {
+                let routes = routing::service_routes(mesh, &mesh.routing, clusters, svc, port.port);
+                refs.extend(routes.clusters);
+                let name = gateway::route_config_name(&svc.key, port.port);
+                let config = RouteConfiguration {
+                    name: name.clone(),
+                    virtual_hosts: vec![VirtualHost {
+                        name,
+                        domains: vec!["*".into()],
+                        routes: routes.routes,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let inline = http_connection_manager::RouteSpecifier::RouteConfig(config);
+                chains.push(vip_chain(svc, port.port, &vips, inline));
             } else if port.protocol.is_http() {
                 http_vips.entry(port.port).or_default().extend(&vips);
             } else {
@@ -1048,9 +1084,14 @@ fn redirect_outbound_listener(
     Resource::new(OUTBOUND_LISTENER.into(), &l, refs.into_iter().collect())
 }
 
-/// The filter chain of a Service port a Gateway API route attaches to: its
-/// VIPs and port, with a route configuration of its own.
-fn gateway_chain(svc: &crate::model::Service, port: u16, vips: &[IpAddr]) -> FilterChain {
+/// The filter chain of one Service port's VIPs, with a route configuration
+/// of its own (on a port number where Gateway API routes are in use).
+fn vip_chain(
+    svc: &crate::model::Service,
+    port: u16,
+    vips: &[IpAddr],
+    routes: http_connection_manager::RouteSpecifier,
+) -> FilterChain {
     FilterChain {
         name: gateway::chain_name(&svc.key, port),
         filter_chain_match: Some(FilterChainMatch {
@@ -1061,7 +1102,7 @@ fn gateway_chain(svc: &crate::model::Service, port: u16, vips: &[IpAddr]) -> Fil
         filters: vec![http_filter(
             // The port's statistics, as the shared chain's.
             &format!("outbound_{port}"),
-            rds(gateway::route_config_name(&svc.key, port)),
+            routes,
             ClientCert::Strip,
             Side::Outbound,
         )],
