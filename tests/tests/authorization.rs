@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! namespace shop:  client-0 (198.18.0.2) ─┐
-//!                  other-0  (198.18.0.3) ─┼─mTLS─> web-0 (198.18.0.4): HTTP app on 8080 (Service web, 80)
+//!                  other-0  (198.18.0.3) ─┼─mTLS─> web-0 (198.18.0.4): HTTP app on 8080 (Service web, 80),
+//!                                         │                               TCP echo on 9090 (no Service)
 //! namespace batch: batch-0  (198.18.0.6) ─┘       db-0  (198.18.0.5): TCP echo on 5432 (Service db)
 //! kubelet (198.18.0.9, no sidecar): plaintext to web-0's pod IP, and its probe on 15021
 //! ```
@@ -37,6 +38,14 @@ const WEB_VIP: &str = "198.19.0.40";
 const DB_VIP: &str = "198.19.0.41";
 const APP_PORT: u16 = 8080;
 const DB_PORT: u16 = 5432;
+/// A port web's pod serves that no Service declares.
+const UNDECLARED_PORT: u16 = 9090;
+/// Envoy's counters for web's undeclared ports (the catch-all chain).
+const UNDECLARED_DENIED: &str = "InboundPassthrough.rbac.denied";
+const UNDECLARED_WOULD_DENY: &str = "InboundPassthrough.rbac.dry_run.shadow_denied";
+/// Sent to web's undeclared port: longer than a TLS record header, so
+/// the TLS inspector of web's PERMISSIVE listener decides at once.
+const GREETING: &[u8] = b"hello, undeclared port";
 const PROBE_PATH: &str = "/app-health/app/readyz";
 const WAIT: Duration = Duration::from_secs(30);
 /// Envoy's counter of requests web's dry-run policy would have denied
@@ -134,13 +143,29 @@ fn web(mesh: &TestMesh, pod: &str, method: &str, path: &str) -> u16 {
 /// error (a closed connection).
 fn echo(mesh: &TestMesh, pod: &str) -> anyhow::Result<Vec<u8>> {
     let addr: SocketAddr = format!("{DB_VIP}:{DB_PORT}").parse().unwrap();
+    echo_at(mesh, pod, addr, b"ping")
+}
+
+/// One TCP exchange from `pod` with web's echo server on the port no
+/// Service declares, at web's pod IP.
+fn undeclared(mesh: &TestMesh, pod: &str) -> anyhow::Result<Vec<u8>> {
+    let addr = SocketAddr::new(IpAddr::V4(pod_ip(4)), UNDECLARED_PORT);
+    echo_at(mesh, pod, addr, GREETING)
+}
+
+fn echo_at(
+    mesh: &TestMesh,
+    pod: &str,
+    addr: SocketAddr,
+    message: &[u8],
+) -> anyhow::Result<Vec<u8>> {
     mesh.pod(pod).run(|| {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(b"ping")?;
-        let mut got = [0u8; 4];
+        stream.write_all(message)?;
+        let mut got = vec![0u8; message.len()];
         stream.read_exact(&mut got)?;
-        Ok(got.to_vec())
+        Ok(got)
     })?
 }
 
@@ -202,24 +227,26 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     ) else {
         return;
     };
-    // db's app: an echo server.
-    let listener = mesh
-        .pod(DB)
-        .run(|| TcpListener::bind(("0.0.0.0", DB_PORT)))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
+    // db's app, and web's on a port no Service declares: echo servers.
+    for (pod, port) in [(DB, DB_PORT), (WEB, UNDECLARED_PORT)] {
+        let listener = mesh
+            .pod(pod)
+            .run(|| TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
-        }
-    });
+                });
+            }
+        });
+    }
 
     // No policy: the mesh default allow-all, everyone through.
     let ready = wait_for("every caller to reach web and db", WAIT, || {
@@ -234,6 +261,11 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     });
     if let Err(e) = ready {
         panic!("{e:#}\n{}", mesh.logs());
+    }
+    // web's undeclared port is open to a meshed caller and to a plaintext
+    // one while nothing restricts web.
+    for pod in [CLIENT, KUBELET] {
+        assert_eq!(undeclared(&mesh, pod).unwrap(), GREETING, "{pod}");
     }
 
     // allow-same-namespace: batch's caller is denied, shop's are not.
@@ -300,6 +332,16 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
         }
     });
     tcp.unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    // web's policy denies what it does not allow: its undeclared port too
+    // (there is no identity to allow there: the connection is not mTLS),
+    // for a meshed caller its policy allows and for a plaintext one.
+    for pod in [CLIENT, KUBELET] {
+        assert!(undeclared(&mesh, pod).is_err(), "{pod}");
+    }
+    assert!(
+        stat(&mesh.admin(WEB, "/stats"), UNDECLARED_DENIED) >= 2,
+        "undeclared ports' denials are counted"
+    );
     // The kubelet's probe through the proxy's probe port still passes.
     let probe_addr = SocketAddr::new(IpAddr::V4(pod_ip(4)), 15021);
     let probe = mesh
@@ -342,6 +384,14 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
         would_deny += u64::from(denied);
     }
     assert_eq!(echo(&mesh, CLIENT).unwrap(), b"ping", "db's policy is gone");
+    // In dry-run the undeclared port is open and each connection counted.
+    let counted = stat(&mesh.admin(WEB, "/stats"), UNDECLARED_WOULD_DENY);
+    assert_eq!(undeclared(&mesh, KUBELET).unwrap(), GREETING);
+    assert_eq!(
+        stat(&mesh.admin(WEB, "/stats"), UNDECLARED_WOULD_DENY) - counted,
+        1,
+        "undeclared ports' would-deny count"
+    );
     let after = stat(&mesh.admin(WEB, "/stats"), WOULD_DENY);
     assert_eq!(after - before, would_deny);
     // And each of them is a line on web's proxy's stdout naming the caller

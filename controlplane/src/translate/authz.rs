@@ -44,7 +44,7 @@ use meshd_api::annotations::authorization::{Caller, DefaultPolicy, Mode, PathMat
 use meshd_proto::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, MetadataFilter, OrFilter, access_log, access_log_filter,
 };
-use meshd_proto::envoy::config::listener::v3::{Filter, filter};
+use meshd_proto::envoy::config::listener::v3::{Filter, FilterChain, filter};
 use meshd_proto::envoy::config::rbac::v3::{
     Permission, Policy as RbacPolicy, Principal, Rbac, permission, principal, rbac,
 };
@@ -81,21 +81,72 @@ pub(super) struct Enforced {
     mode: Mode,
 }
 
-/// Per inbound (target) port, the policies that must all allow a request.
-pub(super) type PortPolicies = BTreeMap<u16, Vec<Arc<Enforced>>>;
+/// What one workload's inbound side enforces: per inbound (target) port,
+/// the policies that must all allow a request, and whether the ports no
+/// Service declares (the catch-all chain) are closed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct PortPolicies {
+    ports: BTreeMap<u16, Vec<Arc<Enforced>>>,
+    /// `None`: undeclared ports pass through to the app, as without
+    /// authorization; else they are closed (or, in dry-run, counted).
+    undeclared: Option<Mode>,
+}
 
-/// [`PortPolicies`] per workload: (namespace, pod).
-pub(super) type Policies = HashMap<(String, String), PortPolicies>;
+impl PortPolicies {
+    /// The policies of inbound port `port`; none for most ports.
+    pub(super) fn port(&self, port: u16) -> &[Arc<Enforced>] {
+        self.ports.get(&port).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether (and how) the catch-all chain is closed.
+    pub(super) fn undeclared(&self) -> Option<Mode> {
+        self.undeclared
+    }
+
+    /// One more Service of the pod: an ALLOW-style policy on it (a
+    /// baseline other than allow-all) closes the pod's undeclared ports,
+    /// as an Istio ALLOW policy on a workload denies every port it does
+    /// not match. Enforced if any such policy enforces.
+    fn close_undeclared(&mut self, mode: Mode) {
+        self.undeclared = match (self.undeclared, mode) {
+            (Some(Mode::Enforce), _) | (_, Mode::Enforce) => Some(Mode::Enforce),
+            _ => Some(Mode::DryRun),
+        };
+    }
+}
+
+/// [`PortPolicies`] per workload: (namespace, pod); the others (pods
+/// behind no Service, or not yet in an EndpointSlice) get `fallback`.
+#[derive(Debug, Default)]
+pub(super) struct Policies {
+    by_pod: HashMap<(String, String), PortPolicies>,
+    fallback: PortPolicies,
+}
+
+impl Policies {
+    pub(super) fn workload(&self, namespace: &str, pod: &str) -> &PortPolicies {
+        self.by_pod
+            .get(&(namespace.to_string(), pod.to_string()))
+            .unwrap_or(&self.fallback)
+    }
+}
 
 /// The policies of every workload serving a service that does not allow
 /// everything. Under the mesh default allow-all only services with
 /// authorization annotations are looked at.
+///
+/// Undeclared ports: closed on a pod behind a Service whose baseline is
+/// not allow-all (an allow rule, or a default other than allow-all), and,
+/// when the mesh default is not allow-all, on pods behind no Service. The
+/// catch-all chain does not terminate mTLS (callers' proxies send those
+/// connections as they are), so there is no caller identity to allow:
+/// closed means closed to everyone.
 pub(super) fn policies(
     mesh: &Mesh,
     default: DefaultPolicy,
     trust_domain: Option<&str>,
 ) -> Policies {
-    let mut by_pod: Policies = HashMap::new();
+    let mut by_pod: HashMap<(String, String), PortPolicies> = HashMap::new();
     let annotated: Vec<_> = if default == DefaultPolicy::AllowAll {
         mesh.authorization
             .services()
@@ -108,10 +159,23 @@ pub(super) fn policies(
             .collect()
     };
     for (svc, policy) in annotated {
+        let endpoints = mesh.endpoints_of(&svc.key);
+        let closes = policy.baseline(default) != DefaultPolicy::AllowAll;
+        // Every pod behind a Service has an entry: without one, the
+        // fallback (for pods behind no Service) would apply.
+        for ep in endpoints {
+            if let Some(pod) = &ep.pod {
+                let entry = by_pod
+                    .entry((svc.key.namespace.clone(), pod.clone()))
+                    .or_default();
+                if closes {
+                    entry.close_undeclared(policy.mode);
+                }
+            }
+        }
         if policy.allows_everything(default) {
             continue;
         }
-        let endpoints = mesh.endpoints_of(&svc.key);
         for port in &svc.ports {
             let Some(enforced) =
                 Enforced::new(policy, default, &svc.key.namespace, port.port, trust_domain)
@@ -124,6 +188,7 @@ pub(super) fn policies(
                     let list = by_pod
                         .entry((svc.key.namespace.clone(), pod.clone()))
                         .or_default()
+                        .ports
                         .entry(target)
                         .or_default();
                     if !list.contains(&enforced) {
@@ -133,7 +198,11 @@ pub(super) fn policies(
             }
         }
     }
-    by_pod
+    let fallback = PortPolicies {
+        ports: BTreeMap::new(),
+        undeclared: (default != DefaultPolicy::AllowAll).then_some(Mode::Enforce),
+    };
+    Policies { by_pod, fallback }
 }
 
 impl Enforced {
@@ -380,6 +449,33 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
         .collect()
 }
 
+/// The catch-all chain (ports no Service declares) closed as `mode` says:
+/// a network RBAC filter that allows nobody, in front of its TCP proxy.
+/// Counted under `<stat_prefix>.rbac.denied` (or the dry-run's
+/// `shadow_denied`). `None`: the chain as it is.
+pub(super) fn guard_undeclared(
+    mut chain: FilterChain,
+    mode: Option<Mode>,
+    stat_prefix: &str,
+) -> FilterChain {
+    let Some(mode) = mode else {
+        return chain;
+    };
+    // An ALLOW action with no policies matches nothing: every connection
+    // is denied.
+    let nobody = Rbac {
+        action: rbac::Action::Allow as i32,
+        ..Default::default()
+    };
+    let closed = Enforced {
+        http: nobody.clone(),
+        tcp: nobody,
+        mode,
+    };
+    chain.filters.insert(0, network_rbac(&closed, stat_prefix));
+    chain
+}
+
 /// The filter's config when it is an `M` (inbound chains carry a
 /// connection manager or a TCP proxy, built a few lines from the call).
 fn decode<M: Message + Default + prost::Name>(any: &meshd_proto::Any) -> Result<M, ()> {
@@ -620,6 +716,85 @@ mod tests {
             inbound_filters(&deny_all, "db-0.shop"),
             [[NETWORK_RBAC_FILTER, "envoy.filters.network.tcp_proxy"]]
         );
+    }
+
+    /// The filter names of a proxy's inbound catch-all chain (ports no
+    /// Service declares), and whether its RBAC filter only counts.
+    fn catch_all(snapshot: &Snapshot, node: &str) -> (Vec<String>, bool) {
+        let view = snapshot.proxy(node).unwrap();
+        let listener: Listener =
+            decode(view.get(Kind::Listener, INBOUND_LISTENER).unwrap()).unwrap();
+        let chain = listener.default_filter_chain.unwrap();
+        let shadow = chain.filters.iter().any(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => decode_any::<NetworkRbac>(any)
+                .is_some_and(|r| r.rules.is_none() && r.shadow_rules.is_some()),
+            _ => false,
+        });
+        (
+            chain.filters.iter().map(|f| f.name.clone()).collect(),
+            shadow,
+        )
+    }
+
+    #[test]
+    fn undeclared_ports_close_when_the_pods_policy_or_the_mesh_default_denies() {
+        let open = (vec!["envoy.filters.network.tcp_proxy".to_string()], false);
+        let closed = (
+            vec![
+                NETWORK_RBAC_FILTER.to_string(),
+                "envoy.filters.network.tcp_proxy".to_string(),
+            ],
+            false,
+        );
+        let counted = (closed.0.clone(), true);
+        let allow_all = options(DefaultPolicy::AllowAll);
+        // Today's behaviour without policies.
+        let none = Snapshot::new(1, mesh(&registry("")), allow_all.clone());
+        for node in ["web-0.shop", "db-0.shop", "client-0.shop"] {
+            assert_eq!(catch_all(&none, node), open, "{node}");
+        }
+        // An allow rule (ALLOW semantics) closes web's pods' other ports;
+        // a deny rule alone does not, nor does it touch other pods.
+        let allow = Snapshot::next(
+            2,
+            mesh(&registry("meshd.io/allow: 'shop/client-0'")),
+            allow_all.clone(),
+            &none,
+        );
+        assert_eq!(catch_all(&allow, "web-1.shop"), closed);
+        assert_eq!(catch_all(&allow, "db-0.shop"), open);
+        assert_eq!(catch_all(&allow, "client-0.shop"), open);
+        let deny = Snapshot::next(
+            3,
+            mesh(&registry("meshd.io/deny: 'shop/client-0'")),
+            allow_all.clone(),
+            &allow,
+        );
+        assert_eq!(catch_all(&deny, "web-0.shop"), open);
+        // In dry-run, undeclared ports are counted, not closed.
+        let dry_run = Snapshot::next(
+            4,
+            mesh(&registry(
+                "meshd.io/authorization: deny-all, meshd.io/authorization-mode: dry-run",
+            )),
+            allow_all,
+            &deny,
+        );
+        assert_eq!(catch_all(&dry_run, "web-0.shop"), counted);
+        // The mesh default deny-all closes every pod's, behind a Service
+        // or not; a Service that allows all opens its pods'.
+        let deny_all = options(DefaultPolicy::DenyAll);
+        let mesh_deny = Snapshot::new(5, mesh(&registry("")), deny_all.clone());
+        for node in ["web-0.shop", "db-0.shop", "client-0.shop"] {
+            assert_eq!(catch_all(&mesh_deny, node), closed, "{node}");
+        }
+        let opted_out = Snapshot::new(
+            6,
+            mesh(&registry("meshd.io/authorization: allow-all")),
+            deny_all,
+        );
+        assert_eq!(catch_all(&opted_out, "web-0.shop"), open);
+        assert_eq!(catch_all(&opted_out, "client-0.shop"), closed);
     }
 
     /// The rules as Envoy gets them, for one service port.

@@ -649,11 +649,9 @@ impl Snapshot {
             .inbound_faults
             .get(&(workload.namespace.clone(), workload.name.clone()))
             .unwrap_or(&no_faults);
-        let no_policies = authz::PortPolicies::new();
         let policies = self
             .inbound_policies
-            .get(&(workload.namespace.clone(), workload.name.clone()))
-            .unwrap_or(&no_policies);
+            .workload(&workload.namespace, &workload.name);
 
         let mut listeners = Resources::new();
         let mtls = self
@@ -690,7 +688,7 @@ impl Snapshot {
                     listeners.insert(OUTBOUND_LISTENER.into(), l);
                     for (&port, &protocol) in inbound {
                         let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
-                        let policies = policies.get(&port).map_or(&[][..], Vec::as_slice);
+                        let policies = policies.port(port);
                         let l =
                             explicit_inbound_listener(ip, port, protocol, faults, mtls, policies);
                         let l = logged(l);
@@ -1233,19 +1231,28 @@ fn redirect_inbound_listener(
     for (&port, &protocol) in inbound {
         refs.push(inbound_cluster_name(port));
         let faults = faults.get(&port).map_or(&[][..], Vec::as_slice);
-        let policies = policies.get(&port).map_or(&[][..], Vec::as_slice);
-        chains.extend(inbound_chains(port, protocol, faults, mtls, true, policies));
+        let enforced = policies.port(port);
+        chains.extend(inbound_chains(port, protocol, faults, mtls, true, enforced));
     }
+    // Ports no Service declares: closed when the pod's policies say so.
+    let catch_all = authz::guard_undeclared(
+        passthrough_chain(INBOUND_PASSTHROUGH),
+        policies.undeclared(),
+        INBOUND_PASSTHROUGH,
+    );
     let l = listener(
         INBOUND_LISTENER,
         socket_address(IpAddr::from([0, 0, 0, 0]), ports::INBOUND),
         TrafficDirection::Inbound,
         true,
         chains,
-        Some(passthrough_chain("InboundPassthrough")),
+        Some(catch_all),
     );
     Resource::new(INBOUND_LISTENER.into(), &l, refs)
 }
+
+/// The stat prefix of the inbound catch-all chain (and its RBAC filter's).
+const INBOUND_PASSTHROUGH: &str = "InboundPassthrough";
 
 fn explicit_inbound_listener(
     ip: IpAddr,
