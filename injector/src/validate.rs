@@ -1,12 +1,16 @@
-//! The validating webhook for routing annotations: `kubectl apply` of a
-//! Service or Namespace whose `meshd.io/*` routing annotations do not parse
-//! is refused up front, with the message the control plane would log.
+//! The validating webhook for routing annotations and mesh routes:
+//! `kubectl apply` of a Service or Namespace whose `meshd.io/*` routing
+//! annotations do not parse, or of an HTTPRoute or GRPCRoute attached to a
+//! Service that meshd cannot use, is refused up front, with the message the
+//! control plane would log.
 //!
 //! ```text
-//! API server ──POST /validate (AdmissionReview, Service or Namespace)──> review
+//! API server ──POST /validate (AdmissionReview)──> review
 //!     Service:   routing::parse(its key, its annotations, no namespace annotations)
 //!     Namespace: routing::validate_namespace(its name, its annotations)
 //!     (and the same of authorization: authorization::parse, validate_namespace)
+//!     HTTPRoute, GRPCRoute with a Service parentRef:
+//!                gateway::http_route / grpc_route(the route)
 //!            <──allowed (warnings for problems the object already had), or denied
 //! ```
 //!
@@ -33,33 +37,95 @@
 //!   later change to it (a label, a finalizer, a controller's update)
 //!   would break others without fixing anything. A changed or added bad
 //!   value is denied.
-//! - DELETE and CONNECT, subresources and other kinds are allowed.
+//! - A route (gateway.networking.k8s.io/v1 HTTPRoute or GRPCRoute) is
+//!   checked only when one of its `parentRefs` is a Service (`group: ""`,
+//!   `kind: Service`): a route attached only to Gateways belongs to other
+//!   controllers, and meshd never refuses it, whatever it holds. A mesh
+//!   route is refused for what the route model refuses (a field meshd does
+//!   not support, a bad regular expression, a `backendRequest` timeout
+//!   longer than the request's, …), never for what is merely unresolved: a
+//!   backend Service that does not exist (yet), a cross-namespace backend
+//!   without its ReferenceGrant, a backend of another kind. Those are the
+//!   route's status conditions (ResolvedRefs), written by the control
+//!   plane, as the Gateway API asks; refusing them would again make
+//!   `kubectl apply -f` of several files depend on their order.
+//! - DELETE and CONNECT, subresources (a route's `status`) and other kinds
+//!   are allowed.
 
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use kube::core::{DynamicObject, PartialObjectMeta};
+use kube::core::{ApiResource, DynamicResourceScope, Resource};
 use meshd_api::annotations::authorization;
 use meshd_api::annotations::routing::{self, AnnotationError, Annotations};
+use meshd_api::gateway::{self, GrpcRouteObject, HttpRouteObject, RouteError, RouteKind};
 use meshd_api::names::ServiceKey;
+use serde_json::{Value, json};
 
 use crate::admission::{deny, gvk_name, short};
 
-/// What the validating webhook decodes of a Service or Namespace: type
-/// fields and metadata, nothing of the spec.
-pub type ObjectMetadata = PartialObjectMeta<DynamicObject>;
+/// What the validating webhook decodes of the object under review: its
+/// metadata (a Service's or Namespace's annotations) and its spec as JSON,
+/// read only for routes, whose `parentRefs` decide whether meshd looks at
+/// the rest at all.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct ReviewedObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
+}
+
+/// Any kind, like `DynamicObject`: the review's `request.kind` says which.
+impl Resource for ReviewedObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// The longest annotation value quoted in a denial; the message still
 /// says what is accepted.
 const MAX_QUOTED_VALUE: usize = 200;
 
-/// The kinds whose annotations are checked.
+/// The kinds checked: Services and Namespaces for their annotations,
+/// routes for what they say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Service,
     Namespace,
+    Route(RouteKind),
 }
 
-/// Decides on a review of a Service or Namespace.
-pub fn review(request: &AdmissionRequest<ObjectMetadata>) -> AdmissionResponse {
+/// Decides on a review of a Service, Namespace, HTTPRoute or GRPCRoute.
+pub fn review(request: &AdmissionRequest<ReviewedObject>) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     let kind = match (
         request.kind.group.as_str(),
@@ -68,10 +134,14 @@ pub fn review(request: &AdmissionRequest<ObjectMetadata>) -> AdmissionResponse {
     ) {
         ("", "v1", "Service") => Kind::Service,
         ("", "v1", "Namespace") => Kind::Namespace,
+        (gateway::GROUP, "v1", "HTTPRoute") => Kind::Route(RouteKind::Http),
+        (gateway::GROUP, "v1", "GRPCRoute") => Kind::Route(RouteKind::Grpc),
         _ => {
             // Only a webhook configuration that matches more than it needs
-            // sends these; routing annotations live nowhere else.
-            tracing::debug!(uid = %request.uid, kind = %gvk_name(&request.kind), "allowed: not a Service or Namespace");
+            // sends these (with `matchPolicy: Equivalent` the API server
+            // converts other route versions to v1 first); routing lives
+            // nowhere else.
+            tracing::debug!(uid = %request.uid, kind = %gvk_name(&request.kind), "allowed: not a kind meshd checks");
             return allowed;
         }
     };
@@ -87,14 +157,12 @@ pub fn review(request: &AdmissionRequest<ObjectMetadata>) -> AdmissionResponse {
         );
         return deny(allowed, 400, "BadRequest", message);
     };
+    let name = object_name(request, object);
+    if let Kind::Route(kind) = kind {
+        return review_route(kind, request, object, name, allowed);
+    }
     let empty = Annotations::new();
     let annotations = object.metadata.annotations.as_ref().unwrap_or(&empty);
-    let name = match (&object.metadata.name, &object.metadata.generate_name) {
-        (Some(name), _) if !name.is_empty() => name.clone(),
-        _ if !request.name.is_empty() => request.name.clone(),
-        (_, Some(prefix)) => format!("{prefix}<generated>"),
-        _ => String::new(),
-    };
     let errors = match kind {
         Kind::Service => {
             let namespace = request
@@ -127,6 +195,7 @@ pub fn review(request: &AdmissionRequest<ObjectMetadata>) -> AdmissionResponse {
             );
             Some(errors)
         }
+        Kind::Route(_) => None,
     }
     .unwrap_or_default();
     if errors.is_empty() {
@@ -158,6 +227,111 @@ pub fn review(request: &AdmissionRequest<ObjectMetadata>) -> AdmissionResponse {
         response.warnings = Some(existing.iter().map(|e| problem(e)).collect());
     }
     response
+}
+
+/// The object's name as messages give it; a generated one is not known
+/// yet when it is created.
+fn object_name(request: &AdmissionRequest<ReviewedObject>, object: &ReviewedObject) -> String {
+    match (&object.metadata.name, &object.metadata.generate_name) {
+        (Some(name), _) if !name.is_empty() => name.clone(),
+        _ if !request.name.is_empty() => request.name.clone(),
+        (_, Some(prefix)) => format!("{prefix}<generated>"),
+        _ => String::new(),
+    }
+}
+
+/// Decides on a route: see the module docs for what is refused and what
+/// is left to the route's status.
+fn review_route(
+    kind: RouteKind,
+    request: &AdmissionRequest<ReviewedObject>,
+    object: &ReviewedObject,
+    name: String,
+    allowed: AdmissionResponse,
+) -> AdmissionResponse {
+    if !has_service_parent(object) {
+        tracing::debug!(uid = %request.uid, %kind, "allowed: no Service parent, not a mesh route");
+        return allowed;
+    }
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(object.metadata.namespace.as_deref())
+        .unwrap_or_default();
+    let Err(error) = check_route(kind, namespace, &name, object) else {
+        return allowed;
+    };
+    // On UPDATE, a problem the stored route already had only warns, as
+    // with annotations: a relabelled or re-owned route must not be stuck.
+    let unchanged = request
+        .old_object
+        .as_ref()
+        .filter(|_| request.operation == Operation::Update)
+        .filter(|old| has_service_parent(old))
+        .is_some_and(|old| check_route(kind, namespace, &name, old).err() == Some(error.clone()));
+    if unchanged {
+        let mut response = allowed;
+        response.warnings = Some(vec![format!("{error} (unchanged by this update)")]);
+        return response;
+    }
+    deny(
+        allowed,
+        400,
+        "BadRequest",
+        format!("invalid mesh route: {error}"),
+    )
+}
+
+/// Whether one of the route's `parentRefs` is a Service. Only an explicit
+/// `group: ""` and `kind: Service` is one: the defaults are the Gateway
+/// API's group and kind Gateway (read as `meshd_api::gateway` reads them).
+fn has_service_parent(object: &ReviewedObject) -> bool {
+    object
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.get("parentRefs"))
+        .and_then(Value::as_array)
+        .is_some_and(|parents| {
+            parents.iter().any(|p| {
+                p.get("group") == Some(&json!("")) && p.get("kind") == Some(&json!("Service"))
+            })
+        })
+}
+
+/// The route as the control plane would read it: decoded into the Gateway
+/// API types (a value they cannot hold names its field), then checked by
+/// `meshd_api::gateway`.
+fn check_route(
+    kind: RouteKind,
+    namespace: &str,
+    name: &str,
+    object: &ReviewedObject,
+) -> Result<(), RouteError> {
+    let route = json!({
+        "apiVersion": format!("{}/v1", gateway::GROUP),
+        "kind": kind.as_str(),
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": object.spec.clone().unwrap_or_else(|| json!({})),
+    });
+    let undecodable = |e: serde_path_to_error::Error<serde_json::Error>| RouteError {
+        object: format!("{kind} {namespace}/{name}"),
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+        reason: "UnsupportedValue",
+    };
+    match kind {
+        RouteKind::Http => {
+            let route: HttpRouteObject =
+                serde_path_to_error::deserialize(route).map_err(undecodable)?;
+            gateway::http_route(&route)?;
+        }
+        RouteKind::Grpc => {
+            let route: GrpcRouteObject =
+                serde_path_to_error::deserialize(route).map_err(undecodable)?;
+            gateway::grpc_route(&route)?;
+        }
+    }
+    Ok(())
 }
 
 /// One problem: the object, the annotation, its value and what is wrong
@@ -204,7 +378,7 @@ mod tests {
         operation: &str,
         object: Value,
         old_object: Value,
-    ) -> AdmissionRequest<ObjectMetadata> {
+    ) -> AdmissionRequest<ReviewedObject> {
         let resource = format!("{}s", kind.to_lowercase());
         let namespace = if kind == "Namespace" {
             Value::Null
@@ -505,5 +679,188 @@ mod tests {
             Value::Null,
         ));
         assert!(good.allowed);
+    }
+
+    /// A review of `operation` on a route of `kind` (HTTPRoute, GRPCRoute).
+    fn route_request(
+        kind: &str,
+        operation: &str,
+        object: Value,
+        old_object: Value,
+    ) -> AdmissionRequest<ReviewedObject> {
+        let resource = format!("{}s", kind.to_lowercase());
+        serde_json::from_value(json!({
+            "uid": "uid-route",
+            "kind": {"group": "gateway.networking.k8s.io", "version": "v1", "kind": kind},
+            "resource": {"group": "gateway.networking.k8s.io", "version": "v1", "resource": resource},
+            "name": object["metadata"]["name"].as_str().unwrap_or_default(),
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "oldObject": old_object,
+            "dryRun": false,
+        }))
+        .expect("a valid request")
+    }
+
+    /// An HTTPRoute `reviews` in `shop` with these parents and rules.
+    fn http_route(parent_refs: Value, rules: Value) -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "reviews", "namespace": "shop"},
+            "spec": {"parentRefs": parent_refs, "rules": rules}
+        })
+    }
+
+    fn mesh_parent() -> Value {
+        json!([{"group": "", "kind": "Service", "name": "reviews", "port": 9080}])
+    }
+
+    fn gateway_parent() -> Value {
+        json!([{"name": "ingress", "namespace": "edge"}])
+    }
+
+    fn cors_rule() -> Value {
+        json!([{"filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://example.com"]}}],
+                "backendRefs": [{"name": "reviews-v1", "port": 9080}]}])
+    }
+
+    #[test]
+    fn a_mesh_route_meshd_cannot_use_is_denied_naming_route_field_and_what_is_accepted() {
+        let response = review(&route_request(
+            "HTTPRoute",
+            "CREATE",
+            http_route(mesh_parent(), cors_rule()),
+            Value::Null,
+        ));
+        let message = denial_message(&response);
+        assert!(
+            message.starts_with(
+                "invalid mesh route: HTTPRoute shop/reviews: spec.rules[0].filters[0].type: CORS is not supported by meshd for HTTPRoute; accepted: "
+            ),
+            "{message}"
+        );
+        assert_eq!(response.uid, "uid-route");
+
+        // A value the Gateway API types cannot hold names its field too.
+        let response = review(&route_request(
+            "HTTPRoute",
+            "CREATE",
+            http_route(
+                mesh_parent(),
+                json!([{"matches": [{"path": {"type": "Glob", "value": "/*"}}]}]),
+            ),
+            Value::Null,
+        ));
+        let message = denial_message(&response);
+        assert!(
+            message.starts_with(
+                "invalid mesh route: HTTPRoute shop/reviews: spec.rules[0].matches[0].path.type: unknown variant `Glob`"
+            ),
+            "{message}"
+        );
+
+        let grpc = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "echo", "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+                     "rules": [{"matches": [{"method": {"type": "Exact"}}]}]}
+        });
+        let message = denial_message(&review(&route_request(
+            "GRPCRoute",
+            "CREATE",
+            grpc,
+            Value::Null,
+        )))
+        .to_string();
+        assert!(
+            message.starts_with(
+                "invalid mesh route: GRPCRoute shop/echo: spec.rules[0].matches[0].method: names neither service nor method"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_route_attached_only_to_gateways_is_never_denied() {
+        for parents in [gateway_parent(), json!([]), Value::Null] {
+            let response = review(&route_request(
+                "HTTPRoute",
+                "CREATE",
+                http_route(parents.clone(), cors_rule()),
+                Value::Null,
+            ));
+            assert!(response.allowed, "{parents}: {response:?}");
+            assert!(response.warnings.is_none());
+        }
+        // Even one the Gateway API types cannot hold: it is another
+        // controller's to judge.
+        let response = review(&route_request(
+            "HTTPRoute",
+            "UPDATE",
+            http_route(gateway_parent(), json!([{"timeouts": {"request": 5}}])),
+            Value::Null,
+        ));
+        assert!(response.allowed, "{response:?}");
+        // Group and kind must both say Service: a Service-named Gateway is not one.
+        let response = review(&route_request(
+            "HTTPRoute",
+            "CREATE",
+            http_route(json!([{"kind": "Service", "name": "reviews"}]), cors_rule()),
+            Value::Null,
+        ));
+        assert!(response.allowed, "{response:?}");
+    }
+
+    #[test]
+    fn what_is_only_unresolved_is_left_to_the_route_status() {
+        // A backend that does not exist, one in another namespace with no
+        // ReferenceGrant in sight, one of another kind: status conditions.
+        let response = review(&route_request(
+            "HTTPRoute",
+            "CREATE",
+            http_route(
+                json!([{"group": "", "kind": "Service", "name": "reviews"},
+                       {"name": "ingress"}]),
+                json!([{"backendRefs": [
+                    {"name": "reviews-v1", "port": 9080, "weight": 90},
+                    {"name": "reviews-v2", "namespace": "canary", "port": 9080, "weight": 10},
+                    {"group": "example.com", "kind": "Bucket", "name": "b"},
+                    {"name": "no-port"}]}]),
+            ),
+            Value::Null,
+        ));
+        assert!(response.allowed, "{response:?}");
+    }
+
+    #[test]
+    fn an_update_that_leaves_a_bad_route_alone_warns_and_status_is_not_reviewed() {
+        let bad = http_route(mesh_parent(), cors_rule());
+        let mut labelled = bad.clone();
+        labelled["metadata"]["labels"] = json!({"team": "books"});
+        let response = review(&route_request("HTTPRoute", "UPDATE", labelled, bad.clone()));
+        assert!(response.allowed, "{response:?}");
+        let warnings = response.warnings.expect("a warning");
+        assert!(
+            warnings[0].starts_with("HTTPRoute shop/reviews: spec.rules[0].filters[0].type: CORS")
+                && warnings[0].ends_with("(unchanged by this update)"),
+            "{warnings:?}"
+        );
+
+        // Attaching a stored Gateway route with the defect to a Service is
+        // a new problem for meshd.
+        let response = review(&route_request(
+            "HTTPRoute",
+            "UPDATE",
+            bad.clone(),
+            http_route(gateway_parent(), cors_rule()),
+        ));
+        assert!(!response.allowed, "{response:?}");
+
+        let mut status = route_request("HTTPRoute", "UPDATE", bad.clone(), Value::Null);
+        status.sub_resource = Some("status".into());
+        assert!(review(&status).allowed);
+        assert!(review(&route_request("HTTPRoute", "DELETE", Value::Null, bad)).allowed);
     }
 }

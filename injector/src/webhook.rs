@@ -6,8 +6,8 @@
 //!            <──AdmissionReview (allowed + base64 JSONPatch, or denied)───────────┘
 //!                                          Patched, not dry-run:
 //!                                          IdentityProvisioner::ensure(ns, sa) first
-//! API server ──POST /validate (Service, Namespace)──> decode ──> validate::review ─┐
-//!            <──AdmissionReview (allowed, or denied naming every bad annotation)──┘
+//! API server ──POST /validate (Service, Namespace, route)──> decode ──> validate::review ─┐
+//!            <──AdmissionReview (allowed, or denied naming every bad annotation or field)─┘
 //! ```
 //!
 //! The handlers only decode, call [`crate::inject::inject`] or
@@ -66,7 +66,7 @@ use tokio::net::TcpListener;
 use crate::config::{InjectorConfig, identity_secret_name};
 use crate::identity::IdentityProvisioner;
 use crate::inject::{Injection, PodForInjection, inject_patch};
-use crate::validate::{self, ObjectMetadata};
+use crate::validate::{self, ReviewedObject};
 
 /// Where the API server posts Pod reviews.
 pub const INJECT_PATH: &str = "/inject";
@@ -307,14 +307,15 @@ async fn inject_handler(
 }
 
 /// `POST /validate`: the routing annotations of a Service or Namespace,
-/// checked by [`crate::validate`]. It has no side effects, so dry runs
+/// and HTTPRoutes and GRPCRoutes attached to Services, checked by
+/// [`crate::validate`]. It has no side effects, so dry runs
 /// need no special care.
 async fn validate_handler(body: Result<Bytes, BytesRejection>) -> Response {
     let body = match read_body(body) {
         Ok(body) => body,
         Err((status, message)) => return text(status, message),
     };
-    match decode_review::<ObjectMetadata>(&body) {
+    match decode_review::<ReviewedObject>(&body) {
         Ok(Decoded::Request {
             mut request,
             object,

@@ -601,6 +601,111 @@ async fn validation_allows_deletes_and_unchanged_problems_and_names_undecodable_
     );
 }
 
+/// An HTTPRoute `reviews` in `shop` whose rule splits 90/10 and carries
+/// `filters`, attached to `parent_refs`, as `kubectl apply` sends it.
+fn http_route(parent_refs: Value, filters: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "reviews", "namespace": "shop", "generation": 1,
+                     "uid": "5b1f0c84-7d0e-4f7c-9c1e-2a1f0a9b8c7d"},
+        "spec": {
+            "parentRefs": parent_refs,
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "filters": filters,
+                "backendRefs": [{"name": "reviews-v1", "port": 9080, "weight": 90},
+                                {"name": "reviews-v2", "port": 9080, "weight": 10}]
+            }]
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_http_route_on_a_service_is_checked_and_one_on_gateways_only_is_not() {
+    let server = Server::start(None).await;
+    let mut client = server.client().await;
+    let route = ("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    let service_parent = json!([{"group": "", "kind": "Service", "name": "reviews", "port": 9080}]);
+    let gateway_parent = json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                 "name": "ingress", "namespace": "edge"}]);
+    // ReplacePrefixMatch needs a PathPrefix match; an Exact one has no
+    // prefix to replace.
+    let rewrite = json!([{"type": "URLRewrite",
+                          "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}]);
+    let mut bad = http_route(service_parent.clone(), rewrite.clone());
+    bad["spec"]["rules"][0]["matches"][0]["path"] = json!({"type": "Exact", "value": "/reviews"});
+
+    let response = validation(
+        &mut client,
+        &review_of("uid-route-bad", route, bad.clone(), false),
+    )
+    .await;
+    let message = denial_message(&response);
+    assert!(
+        message.starts_with(
+            "invalid mesh route: HTTPRoute shop/reviews: spec.rules[0].filters: \
+             ReplacePrefixMatch needs every match of the rule to be a PathPrefix match; accepted: "
+        ),
+        "{message}"
+    );
+    assert_eq!(response["status"]["code"], 400, "{response}");
+
+    // The same defect on a route attached only to a Gateway: another
+    // controller's route, allowed without a word.
+    let mut gateway_only = bad.clone();
+    gateway_only["spec"]["parentRefs"] = gateway_parent;
+    let response = validation(
+        &mut client,
+        &review_of("uid-route-gateway", route, gateway_only, false),
+    )
+    .await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(response.get("warnings").is_none(), "{response}");
+
+    // A good mesh route: a 90/10 split with a rewrite, its backends not
+    // checked for existence (that is the route's ResolvedRefs condition).
+    let response = validation(
+        &mut client,
+        &review_of(
+            "uid-route-good",
+            route,
+            http_route(service_parent, rewrite),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(response["allowed"], true, "{response}");
+
+    // A GRPCRoute on a Service with a filter only HTTPRoutes have.
+    let grpc = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "echo", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 7070}],
+                 "rules": [{"filters": [{"type": "ExtensionRef",
+                                         "extensionRef": {"group": "example.com", "kind": "Retry", "name": "r"}}],
+                            "backendRefs": [{"name": "echo-v1", "port": 7070}]}]}
+    });
+    let message = denial_message(
+        &validation(
+            &mut client,
+            &review_of(
+                "uid-grpc-bad",
+                ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+                grpc,
+                false,
+            ),
+        )
+        .await,
+    );
+    assert!(
+        message.starts_with(
+            "invalid mesh route: GRPCRoute shop/echo: spec.rules[0].filters[0].type: \
+             ExtensionRef is not supported by meshd for GRPCRoute; accepted: "
+        ),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn validation_answers_bad_envelopes_like_injection() {
     let server = Server::start(None).await;
