@@ -810,6 +810,57 @@ mod tests {
         Enforced::new(&policy, default, "shop", 80, Some("cluster.local")).unwrap()
     }
 
+    /// As an Istio ALLOW policy does for its workload: an allow rule
+    /// scoped to one port makes the Service's other ports deny-by-default
+    /// too (the rule's allow-all baseline gives way to the rules on every
+    /// port), rather than leaving them open.
+    #[test]
+    fn an_allow_rule_scoped_to_one_port_closes_the_services_other_ports() {
+        let key = meshd_api::names::ServiceKey::new("shop", "web");
+        let annotations = [(
+            "meshd.io/allow".to_string(),
+            "shop/client-0 port=80".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let policy =
+            meshd_api::annotations::authorization::parse(&key, &annotations, &Default::default())
+                .unwrap();
+        let td = Some("cluster.local");
+        let scoped = Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 80, td).unwrap();
+        let names: Vec<&String> = scoped.http.policies.keys().collect();
+        assert_eq!(names, ["allow:0"]);
+        // Port 8080: enforced, and nobody is allowed.
+        let other = Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 8080, td)
+            .expect("the other port is enforced, not left open");
+        assert_eq!(other.http.action, rbac::Action::Allow as i32);
+        assert!(other.http.policies.is_empty(), "{other:?}");
+        assert!(other.tcp.policies.is_empty(), "{other:?}");
+        // Kept open by a rule of its own, as the README shows.
+        let annotations = [(
+            "meshd.io/allow".to_string(),
+            "shop/client-0 port=80; * port=8080".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let policy =
+            meshd_api::annotations::authorization::parse(&key, &annotations, &Default::default())
+                .unwrap();
+        let opened = Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 8080, td).unwrap();
+        assert_eq!(opened.http.policies["allow:0"].principals, [any()]);
+        // A deny rule scoped to one port leaves the others as they were.
+        let annotations = [(
+            "meshd.io/deny".to_string(),
+            "shop/client-0 port=80".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let policy =
+            meshd_api::annotations::authorization::parse(&key, &annotations, &Default::default())
+                .unwrap();
+        assert!(Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 8080, td).is_none());
+    }
+
     #[test]
     fn callers_are_matched_on_their_spiffe_id_only() {
         let e = rules("shop/web-0, other/*, */prom", DefaultPolicy::AllowAll);
