@@ -563,19 +563,29 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
 
     if validating:
         hooks = validating[0].get("webhooks", [])
-        if f.expect(len(hooks) == 1, "the validator configuration must hold one webhook"):
-            w = hooks[0]
-            check_client(w, "/validate")
-            rules = w.get("rules", [])
-            f.expect(
-                len(rules) == 1
-                and sorted(rules[0]["operations"]) == ["CREATE", "UPDATE"]
-                and sorted(rules[0]["resources"]) == ["namespaces", "services"]
-                and rules[0]["apiGroups"] == [""],
-                "the validator must see Service and Namespace CREATE and UPDATE",
-            )
-            f.expect(w.get("sideEffects") == "None", "the validator's sideEffects must be None")
-            f.expect(w.get("failurePolicy") == v["validator"]["failurePolicy"], "validator failurePolicy differs from the value")
+        # One webhook for routing annotations (Services, Namespaces), one for
+        # Gateway API routes attached to Services: both call /validate.
+        expected = {
+            "routing-annotations.meshd.io": ([""], ["namespaces", "services"]),
+            "mesh-routes.meshd.io": (["gateway.networking.k8s.io"], ["grpcroutes", "httproutes"]),
+        }
+        if f.expect(
+            sorted(w.get("name") for w in hooks) == sorted(expected),
+            f"the validator configuration must hold the webhooks {sorted(expected)}",
+        ):
+            for w in hooks:
+                groups, resources = expected[w["name"]]
+                check_client(w, "/validate")
+                rules = w.get("rules", [])
+                f.expect(
+                    len(rules) == 1
+                    and sorted(rules[0]["operations"]) == ["CREATE", "UPDATE"]
+                    and sorted(rules[0]["resources"]) == resources
+                    and rules[0]["apiGroups"] == groups,
+                    f"the validator {w['name']} must see {', '.join(resources)} CREATE and UPDATE",
+                )
+                f.expect(w.get("sideEffects") == "None", "the validator's sideEffects must be None")
+                f.expect(w.get("failurePolicy") == v["validator"]["failurePolicy"], "validator failurePolicy differs from the value")
 
     # --- RBAC ---
     sa = account["metadata"]["name"]
