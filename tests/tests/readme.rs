@@ -111,3 +111,42 @@ fn the_readmes_log_filters_keep_a_default_level() {
         );
     }
 }
+
+/// The Gateway API section's example route is one meshd accepts, and does
+/// what the text says: a 90/10 split of `reviews`. (It is not a `yaml`
+/// block: the registry examples above are parsed as registry files, and
+/// this one is a route to apply next to Services that exist.)
+#[test]
+fn the_readmes_http_route_example_is_a_valid_mesh_route() {
+    use meshd_api::gateway::{HttpRouteObject, ParentRef, http_route};
+    let readme = readme();
+    let section = readme
+        .split("\n## Gateway API routes\n")
+        .nth(1)
+        .expect("a Gateway API routes section")
+        .split("\n## ")
+        .next()
+        .unwrap_or_default();
+    let examples: Vec<String> = code_blocks(section, "text")
+        .into_iter()
+        .filter(|b| b.contains("kind: HTTPRoute"))
+        .collect();
+    assert_eq!(examples.len(), 1, "{examples:?}");
+    let object: HttpRouteObject = serde_yaml::from_str(&examples[0])
+        .unwrap_or_else(|e| panic!("not an HTTPRoute: {e}\n{}", examples[0]));
+    let route = http_route(&object).unwrap_or_else(|e| panic!("meshd refuses it: {e}"));
+    assert_eq!(
+        route.parents,
+        [ParentRef {
+            namespace: "shop".into(),
+            name: "reviews".into(),
+            port: Some(9080)
+        }]
+    );
+    let split: Vec<(&str, u32)> = route.rules[0]
+        .backends
+        .iter()
+        .map(|b| (b.target.name.as_str(), b.weight))
+        .collect();
+    assert_eq!(split, [("reviews-v1", 90), ("reviews-v2", 10)]);
+}
