@@ -364,15 +364,13 @@ fn policy(layers: &[Layer<'_>], namespace: &str) -> Result<Policy, Vec<Annotatio
     }
 }
 
-/// The authorization of one service from its own annotations and its
-/// namespace's (per annotation, the service's own value wins). Pure: the
-/// validating webhook calls it on the object under review.
-pub fn parse(
+/// A Service's lookup: its own annotations, then its Namespace's.
+fn service_layers<'a>(
     service: &ServiceKey,
-    service_annotations: &Annotations,
-    namespace_annotations: &Annotations,
-) -> Result<Policy, Vec<AnnotationError>> {
-    let layers = [
+    service_annotations: &'a Annotations,
+    namespace_annotations: &'a Annotations,
+) -> [Layer<'a>; 2] {
+    [
         Layer {
             object: format!("Service {service}"),
             annotations: service_annotations,
@@ -381,8 +379,65 @@ pub fn parse(
             object: format!("Namespace {}", service.namespace),
             annotations: namespace_annotations,
         },
-    ];
+    ]
+}
+
+/// The authorization of one service from its own annotations and its
+/// namespace's (per annotation, the service's own value wins). Pure: the
+/// validating webhook calls it on the object under review.
+pub fn parse(
+    service: &ServiceKey,
+    service_annotations: &Annotations,
+    namespace_annotations: &Annotations,
+) -> Result<Policy, Vec<AnnotationError>> {
+    let layers = service_layers(service, service_annotations, namespace_annotations);
     policy(&layers, &service.namespace)
+}
+
+/// Rule ports of `policy` (as [`parse`] made it) that are not `ports`, the
+/// ports of Service `service`: one error per annotation, on the object
+/// whose value is in force: the Service's own, else its Namespace's (a
+/// Namespace rule with `port=` applies to every Service of the namespace,
+/// and must fit each). The validating webhook calls it with the Service's
+/// `spec.ports` and no namespace annotations; discovery with both.
+pub fn check_ports(
+    service: &ServiceKey,
+    ports: &[u16],
+    service_annotations: &Annotations,
+    namespace_annotations: &Annotations,
+    policy: &Policy,
+) -> Vec<AnnotationError> {
+    let layers = service_layers(service, service_annotations, namespace_annotations);
+    let mut errors = Vec::new();
+    for (annotation, rules) in [(ALLOW, &policy.allow), (DENY, &policy.deny)] {
+        let mut missing: Vec<u16> = rules
+            .iter()
+            .flat_map(|r| &r.ports)
+            .filter(|p| !ports.contains(p))
+            .copied()
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            continue;
+        }
+        let (object, value) = lookup(&layers, annotation)
+            .map_or((layers[0].object.clone(), ""), |(l, v)| {
+                (l.object.clone(), v)
+            });
+        let missing: Vec<String> = missing.iter().map(u16::to_string).collect();
+        errors.push(AnnotationError {
+            object,
+            annotation: annotation.to_string(),
+            value: value.to_string(),
+            message: format!(
+                "Service {service} has no port {}; accepted: {}",
+                missing.join(", "),
+                accepted(annotation)
+            ),
+        });
+    }
+    errors
 }
 
 /// Checks a Namespace's authorization defaults on their own.
@@ -679,5 +734,45 @@ mod tests {
         let service = ann(&[(ALLOW, "shop/web"), (AUTHORIZATION_MODE, "dry-run")]);
         assert!(routing::parse(&key(), &service, &Annotations::new()).is_ok());
         assert!(routing::validate_namespace("shop", &service).is_ok());
+    }
+
+    #[test]
+    fn rule_ports_must_be_the_services_named_on_the_object_whose_value_it_is() {
+        let key = ServiceKey::new("shop", "reviews");
+        let check = |svc: &Annotations, ns: &Annotations| {
+            let policy = parse(&key, svc, ns).unwrap();
+            check_ports(&key, &[80, 9090], svc, ns, &policy)
+        };
+        let fits = ann(&[(ALLOW, "shop/web port=80; * port=9090")]);
+        assert!(check(&fits, &Annotations::new()).is_empty());
+        // The Service's own value.
+        let own = ann(&[(DENY, "* port=8080,80,8080")]);
+        let errors = check(&own, &Annotations::new());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "Service shop/reviews");
+        assert_eq!(errors[0].annotation, DENY);
+        assert_eq!(errors[0].value, "* port=8080,80,8080");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("Service shop/reviews has no port 8080; accepted: "),
+            "{}",
+            errors[0].message
+        );
+        // The Namespace's value (the Service sets none): the Namespace is
+        // named, with its value, and the Service it does not fit.
+        let ns = ann(&[(ALLOW, "./* port=8443")]);
+        let errors = check(&Annotations::new(), &ns);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "Namespace shop");
+        assert_eq!(errors[0].annotation, ALLOW);
+        assert_eq!(errors[0].value, "./* port=8443");
+        assert!(
+            errors[0]
+                .message
+                .contains("Service shop/reviews has no port 8443"),
+            "{}",
+            errors[0].message
+        );
     }
 }

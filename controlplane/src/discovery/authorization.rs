@@ -18,44 +18,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use meshd_api::annotations::authorization::{ALLOW, DENY, Policy, accepted, parse};
+use meshd_api::annotations::authorization::{Policy, check_ports, parse};
 use meshd_api::annotations::routing::{AnnotationError, Annotations};
 
-use crate::model::{Mesh, MeshAuthorization, Service, ServiceKey};
-
-/// Rule ports that are not ports of `service`.
-fn check_ports(service: &Service, policy: &Policy) -> Vec<AnnotationError> {
-    let mut errors = Vec::new();
-    for (annotation, rules) in [(ALLOW, &policy.allow), (DENY, &policy.deny)] {
-        let missing: Vec<String> = rules
-            .iter()
-            .flat_map(|r| &r.ports)
-            .filter(|p| !service.ports.iter().any(|q| q.port == **p))
-            .map(u16::to_string)
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        // The value in force may be the Namespace's: name the Service,
-        // whose ports it does not fit.
-        errors.push(AnnotationError {
-            object: format!("Service {}", service.key),
-            annotation: annotation.to_string(),
-            value: service
-                .annotations
-                .get(annotation)
-                .cloned()
-                .unwrap_or_default(),
-            message: format!(
-                "Service {} has no port {}; accepted: {}",
-                service.key,
-                missing.join(", "),
-                accepted(annotation)
-            ),
-        });
-    }
-    errors
-}
+use crate::model::{Mesh, MeshAuthorization, ServiceKey};
 
 /// The last good policy of every service, across meshes. A discovery
 /// source's index owns it and calls [`AuthorizationIndex::update`] for
@@ -85,14 +51,25 @@ impl AuthorizationIndex {
                 .namespaces
                 .get(&svc.key.namespace)
                 .map_or(&no_annotations, |n| &n.annotations);
-            let parsed = parse(&svc.key, &svc.annotations, namespace).and_then(|policy| {
-                let problems = check_ports(svc, &policy);
-                if problems.is_empty() {
-                    Ok(policy)
-                } else {
-                    Err(problems)
+            let parsed = match parse(&svc.key, &svc.annotations, namespace) {
+                // The Namespace's parse errors are reported once, above.
+                Err(e) => Err(e
+                    .into_iter()
+                    .filter(|e| e.object.starts_with("Service "))
+                    .collect()),
+                // A Namespace rule's port that does not fit this Service is
+                // reported on the Namespace, once per Service.
+                Ok(policy) => {
+                    let ports: Vec<u16> = svc.ports.iter().map(|p| p.port).collect();
+                    let problems =
+                        check_ports(&svc.key, &ports, &svc.annotations, namespace, &policy);
+                    if problems.is_empty() {
+                        Ok(policy)
+                    } else {
+                        Err(problems)
+                    }
                 }
-            });
+            };
             let policy = match parsed {
                 Ok(policy) => {
                     // Keep the Arc when nothing changed: translation tells
@@ -105,8 +82,7 @@ impl AuthorizationIndex {
                     Some(policy)
                 }
                 Err(e) => {
-                    // The Namespace's errors are reported once, above.
-                    errors.extend(e.into_iter().filter(|e| e.object.starts_with("Service ")));
+                    errors.extend(e);
                     self.services.get(&svc.key).cloned()
                 }
             };
@@ -122,8 +98,10 @@ impl AuthorizationIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Namespace, Protocol, ServicePort};
-    use meshd_api::annotations::authorization::{AUTHORIZATION, Caller, DefaultPolicy};
+    use crate::model::{Namespace, Protocol, Service, ServicePort};
+    use meshd_api::annotations::authorization::{
+        ALLOW, AUTHORIZATION, Caller, DENY, DefaultPolicy,
+    };
 
     fn ann(pairs: &[(&str, &str)]) -> Annotations {
         pairs
@@ -194,6 +172,20 @@ mod tests {
             "{errors:?}"
         );
         assert_eq!(*third.service(&key()), good);
+
+        // A Namespace rule's port the Service does not have: reported on
+        // the Namespace, with its value (not the Service's, which is
+        // empty), naming the Service.
+        let (_, errors) = index.update(&mesh(&[], &[(ALLOW, "./* port=9090")]));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].object, "Namespace shop");
+        assert_eq!(errors[0].value, "./* port=9090");
+        assert!(
+            errors[0]
+                .message
+                .contains("Service shop/reviews has no port 9090"),
+            "{errors:?}"
+        );
 
         // Fixed, and from the namespace: applied.
         let (fourth, errors) = index.update(&mesh(&[], &[(AUTHORIZATION, "deny-all")]));
