@@ -175,12 +175,18 @@ pub fn review(request: &AdmissionRequest<ReviewedObject>) -> AdmissionResponse {
             let mut errors = routing::parse(&key, annotations, &Annotations::new())
                 .err()
                 .unwrap_or_default();
-            errors.extend(
-                authorization::parse(&key, annotations, &Annotations::new())
-                    .err()
-                    .into_iter()
-                    .flatten(),
-            );
+            // Rule ports must be among the Service's own `spec.ports`.
+            let ports: Vec<u16> = (object.spec.as_ref())
+                .and_then(|spec| spec["ports"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| u16::try_from(p["port"].as_u64()?).ok())
+                .collect();
+            let none = Annotations::new();
+            errors.extend(match authorization::parse(&key, annotations, &none) {
+                Ok(policy) => authorization::check_ports(&key, &ports, annotations, &none, &policy),
+                Err(e) => e,
+            });
             Some(errors)
         }
         Kind::Namespace => {
