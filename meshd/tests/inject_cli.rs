@@ -132,3 +132,43 @@ fn pull_secrets_for_the_injected_images_reach_the_pod() {
     let without = inject(POD, &["-f", "-"]);
     assert!(!String::from_utf8_lossy(&without.stdout).contains("imagePullSecrets"));
 }
+
+/// Issue #15: Gateway API routes travel in the same manifests as the
+/// workloads they route to. `meshd inject` leaves them as written, byte
+/// for byte (comments, flow style, quoting and key order included), and
+/// says nothing about them.
+#[test]
+fn gateway_api_routes_pass_through_untouched() {
+    const HTTP_ROUTE: &str = r#"# reviews: 90/10 canary
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-split, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]   # the canary's paths
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: '/'}}
+    backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 90}
+    - {name: reviews-v2, port: 9080, weight: 10}
+    timeouts: {request: "5s"}
+"#;
+    const GRPC_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: echo\n  namespace: shop\nspec:\n  parentRefs: [{group: '', kind: Service, name: echo}]\n  rules: [{backendRefs: [{name: echo-v1, port: 7070}]}]\n";
+    let input = format!("{HTTP_ROUTE}---\n{POD}---\n{GRPC_ROUTE}");
+    let out = inject(&input, &["-f", "-"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(HTTP_ROUTE), "{stdout}");
+    assert!(stdout.contains(GRPC_ROUTE), "{stdout}");
+    // In their places around the Pod, which is injected.
+    let documents: Vec<&str> = stdout.split("\n---\n").collect();
+    assert_eq!(documents.len(), 3, "{stdout}");
+    assert!(documents[0].contains("kind: HTTPRoute"), "{stdout}");
+    assert!(documents[1].contains("meshd.io/status"), "{stdout}");
+    assert!(documents[2].contains("kind: GRPCRoute"), "{stdout}");
+}
