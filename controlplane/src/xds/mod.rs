@@ -340,14 +340,97 @@ pub struct ServerState {
     /// that holds up a root rotation) or asked what it sent, by stream id.
     streams: Mutex<BTreeMap<u64, Arc<StreamControl>>>,
     /// The NACKs proxies stand by now (their last response of a type was
-    /// rejected), by stream and type; cleared by an ACK or the stream's end.
-    current_nacks: Mutex<BTreeMap<(u64, Kind), ProxyNack>>,
-    /// The same, for subscribers (the Kubernetes Event recorder); changes
-    /// only when the set does.
+    /// rejected); cleared by an ACK or the stream's end.
+    current_nacks: Mutex<CurrentNacks>,
+    /// The same, sorted and each once, for subscribers (the Kubernetes
+    /// Event recorder); changes only when the set does, and is kept only
+    /// while someone subscribes.
     nack_updates: watch::Sender<Vec<ProxyNack>>,
     /// When the mesh changes that recent snapshots carry began, by
     /// snapshot id (for the push latency).
     change_times: Mutex<VecDeque<(u64, tokio::time::Instant)>>,
+}
+
+/// The NACKs proxies stand by, kept so that a change costs the same with
+/// ten proxies rejecting a resource as with ten thousand: by stream, so a
+/// stream's end finds its own, and each distinct NACK with how many
+/// (stream, type) stand by it, so the published list changes by one
+/// insertion or removal instead of being rebuilt and sorted.
+#[derive(Debug, Default)]
+struct CurrentNacks {
+    by_stream: BTreeMap<u64, BTreeMap<Kind, ProxyNack>>,
+    distinct: BTreeMap<ProxyNack, usize>,
+}
+
+/// A change to the set of distinct NACKs.
+enum NackChange {
+    Added(ProxyNack),
+    Removed(ProxyNack),
+}
+
+impl CurrentNacks {
+    fn set(&mut self, stream: u64, kind: Kind, nack: Option<ProxyNack>) -> Vec<NackChange> {
+        let mut changes = Vec::new();
+        let old = match nack {
+            Some(nack) => {
+                let kinds = self.by_stream.entry(stream).or_default();
+                match kinds.insert(kind, nack.clone()) {
+                    Some(old) if old == nack => return changes,
+                    old => {
+                        self.add(nack, &mut changes);
+                        old
+                    }
+                }
+            }
+            None => {
+                let Some(kinds) = self.by_stream.get_mut(&stream) else {
+                    return changes;
+                };
+                let old = kinds.remove(&kind);
+                if kinds.is_empty() {
+                    self.by_stream.remove(&stream);
+                }
+                old
+            }
+        };
+        if let Some(old) = old {
+            self.remove(old, &mut changes);
+        }
+        changes
+    }
+
+    fn forget(&mut self, stream: u64) -> Vec<NackChange> {
+        let mut changes = Vec::new();
+        for old in self
+            .by_stream
+            .remove(&stream)
+            .into_iter()
+            .flat_map(|k| k.into_values())
+        {
+            self.remove(old, &mut changes);
+        }
+        changes
+    }
+
+    fn add(&mut self, nack: ProxyNack, changes: &mut Vec<NackChange>) {
+        match self.distinct.get_mut(&nack) {
+            Some(count) => *count += 1,
+            None => {
+                self.distinct.insert(nack.clone(), 1);
+                changes.push(NackChange::Added(nack));
+            }
+        }
+    }
+
+    fn remove(&mut self, nack: ProxyNack, changes: &mut Vec<NackChange>) {
+        if let Some(count) = self.distinct.get_mut(&nack) {
+            *count -= 1;
+            if *count == 0 {
+                self.distinct.remove(&nack);
+                changes.push(NackChange::Removed(nack));
+            }
+        }
+    }
 }
 
 /// A rejected response a proxy stands by (for Kubernetes Events).
@@ -471,6 +554,13 @@ impl ServerState {
 
     /// The NACKs connected proxies stand by (sorted), now and at every change.
     pub fn watch_nacks(&self) -> watch::Receiver<Vec<ProxyNack>> {
+        // Unwatched, the published list is not kept up: bring it up to
+        // date before the first subscriber reads it.
+        let current = lock(&self.current_nacks);
+        if self.nack_updates.receiver_count() == 0 {
+            self.nack_updates
+                .send_replace(current.distinct.keys().cloned().collect());
+        }
         self.nack_updates.subscribe()
     }
 
@@ -478,29 +568,39 @@ impl ServerState {
     /// for `kind`, and tells subscribers when the set changed.
     fn set_current_nack(&self, stream: u64, kind: Kind, nack: Option<ProxyNack>) {
         let mut current = lock(&self.current_nacks);
-        let changed = match nack {
-            Some(nack) => current.insert((stream, kind), nack.clone()) != Some(nack),
-            None => current.remove(&(stream, kind)).is_some(),
-        };
-        if changed {
-            self.publish_nacks(&current);
-        }
+        let changes = current.set(stream, kind, nack);
+        self.publish_nacks(changes);
     }
 
     fn forget_nacks(&self, stream: u64) {
         let mut current = lock(&self.current_nacks);
-        let before = current.len();
-        current.retain(|(s, _), _| *s != stream);
-        if current.len() != before {
-            self.publish_nacks(&current);
-        }
+        let changes = current.forget(stream);
+        self.publish_nacks(changes);
     }
 
-    fn publish_nacks(&self, current: &BTreeMap<(u64, Kind), ProxyNack>) {
-        let mut nacks: Vec<ProxyNack> = current.values().cloned().collect();
-        nacks.sort();
-        nacks.dedup();
-        self.nack_updates.send_replace(nacks);
+    /// Applies `changes` to the published list in place: a binary search
+    /// and one insertion or removal each, no copy of the other NACKs.
+    /// Called with `current_nacks` held, so changes apply in order.
+    fn publish_nacks(&self, changes: Vec<NackChange>) {
+        if changes.is_empty() || self.nack_updates.receiver_count() == 0 {
+            return;
+        }
+        self.nack_updates.send_modify(|published| {
+            for change in changes {
+                match change {
+                    NackChange::Added(nack) => {
+                        if let Err(at) = published.binary_search(&nack) {
+                            published.insert(at, nack);
+                        }
+                    }
+                    NackChange::Removed(nack) => {
+                        if let Ok(at) = published.binary_search(&nack) {
+                            published.remove(at);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Remembers when the change snapshot `snapshot` carries began.
@@ -1362,5 +1462,83 @@ where
                 .collect()
         });
         TypeInspection { kind, sent, acked }
+    }
+}
+
+#[cfg(test)]
+mod nack_tests {
+    use super::*;
+
+    fn nack(node: &str, r#type: &'static str, message: &str) -> ProxyNack {
+        ProxyNack {
+            node_id: node.into(),
+            r#type,
+            type_url: "type.googleapis.com/envoy.config.listener.v3.Listener",
+            version: "7".into(),
+            message: message.into(),
+        }
+    }
+
+    /// What the list was when it was rebuilt at every change: every
+    /// stream's NACKs, sorted, each once.
+    fn rebuilt(state: &ServerState) -> Vec<ProxyNack> {
+        let current = lock(&state.current_nacks);
+        let mut all: Vec<ProxyNack> = current
+            .by_stream
+            .values()
+            .flat_map(|kinds| kinds.values().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    #[test]
+    fn the_published_nacks_follow_each_change_sorted_and_each_once() {
+        let state = ServerState::default();
+        // Before anyone subscribes the list is not kept up, but the first
+        // subscriber reads the current set.
+        state.set_current_nack(1, Kind::Listener, Some(nack("b.shop", "LDS", "bad")));
+        let nacks = state.watch_nacks();
+        assert_eq!(*nacks.borrow(), [nack("b.shop", "LDS", "bad")]);
+
+        // A thousand proxies reject the same listener, in reverse order.
+        for stream in (2..1002).rev() {
+            let node = format!("p{stream:04}.shop");
+            state.set_current_nack(stream, Kind::Listener, Some(nack(&node, "LDS", "bad")));
+        }
+        assert_eq!(nacks.borrow().len(), 1001);
+        assert_eq!(*nacks.borrow(), rebuilt(&state));
+
+        // One of them reconnected and rejects it on its new stream too: it
+        // is listed once, and stays while either stream stands by it.
+        state.set_current_nack(5000, Kind::Listener, Some(nack("p0002.shop", "LDS", "bad")));
+        assert_eq!(nacks.borrow().len(), 1001);
+        state.forget_nacks(5000);
+        assert!(nacks.borrow().contains(&nack("p0002.shop", "LDS", "bad")));
+        // Its old stream ACKs: gone.
+        state.set_current_nack(2, Kind::Listener, None);
+        assert!(!nacks.borrow().contains(&nack("p0002.shop", "LDS", "bad")));
+
+        // A new message replaces the old one; the same one changes nothing.
+        state.set_current_nack(3, Kind::Listener, Some(nack("p0003.shop", "LDS", "worse")));
+        let before = nacks.borrow().clone();
+        let mut seen = nacks.clone();
+        seen.mark_unchanged();
+        state.set_current_nack(3, Kind::Listener, Some(nack("p0003.shop", "LDS", "worse")));
+        assert!(
+            !seen.has_changed().unwrap(),
+            "an unchanged NACK is not a change"
+        );
+        assert_eq!(*nacks.borrow(), before);
+        assert!(!before.contains(&nack("p0003.shop", "LDS", "bad")));
+
+        // Two types on one stream; the stream's end clears both.
+        state.set_current_nack(4, Kind::Route, Some(nack("p0004.shop", "RDS", "bad")));
+        assert_eq!(*nacks.borrow(), rebuilt(&state));
+        state.forget_nacks(4);
+        assert!(!nacks.borrow().iter().any(|n| n.node_id == "p0004.shop"));
+        assert_eq!(*nacks.borrow(), rebuilt(&state));
+        assert_eq!(nacks.borrow().len(), 999);
     }
 }
