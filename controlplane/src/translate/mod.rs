@@ -557,7 +557,7 @@ impl Snapshot {
                     .map(|p| lock(&p.inbound).carry_over())
                     .unwrap_or_default(),
             ),
-            traced: Default::default(),
+            traced: previous.map(|p| p.traced.carry_over()).unwrap_or_default(),
         }
     }
 

@@ -21,8 +21,9 @@
 //! mesh's percentage or the Pod's `meshd.io/tracing-sampling`). Envoy
 //! propagates `traceparent` to the upstream, so the callee's proxy makes
 //! its span a child of the caller's. The traced variant of a listener is
-//! made once per (listener, workload, sampling) and shared by the proxies
-//! of that workload.
+//! made once per (listener, workload, sampling), shared by the proxies
+//! of that workload, and kept across snapshots while the listener it
+//! derives from does not change.
 //!
 //! ```text
 //! listener ──with_tracing──> same listener, each HCM + tracing { opentelemetry → TRACING_COLLECTOR_CLUSTER }
@@ -295,11 +296,51 @@ fn traced(listener: &Arc<Resource>, key: &TracingKey) -> Arc<Resource> {
 
 /// What tracing adds to a snapshot's proxies, made once: the traced
 /// listeners by (listener version, how traced), which the proxies of one
-/// workload share, and the collector's cluster, which all share.
+/// workload share, and the collector's cluster, which all share. The
+/// traced listeners the proxies used are carried over to the next
+/// snapshot ([`TracedListeners::carry_over`]): each workload's copy of the
+/// outbound listener is made again only when that listener changes, not
+/// decoded and re-encoded at every snapshot.
 #[derive(Debug, Default)]
 pub(super) struct TracedListeners {
-    listeners: Mutex<HashMap<(String, TracingKey), Arc<Resource>>>,
+    listeners: Mutex<HashMap<(String, TracingKey), TracedListener>>,
     collector: OnceLock<Arc<Resource>>,
+}
+
+#[derive(Debug)]
+struct TracedListener {
+    traced: Arc<Resource>,
+    /// Asked for since the snapshot was made: worth carrying over.
+    used: bool,
+}
+
+impl TracedListeners {
+    /// The traced listeners this snapshot's proxies used, for the next
+    /// snapshot (what nobody asked for is dropped, so listeners that
+    /// changed do not pile up). The key is the version of the listener a
+    /// copy derives from, a hash of its bytes: an unchanged listener (the
+    /// same `Arc`, or the same bytes built again) finds its copy.
+    pub(super) fn carry_over(&self) -> TracedListeners {
+        let listeners = lock(&self.listeners)
+            .iter()
+            .filter(|(_, t)| t.used)
+            .map(|(key, t)| {
+                let fresh = TracedListener {
+                    traced: t.traced.clone(),
+                    used: false,
+                };
+                (key.clone(), fresh)
+            })
+            .collect();
+        TracedListeners {
+            listeners: Mutex::new(listeners),
+            collector: OnceLock::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A proxy's listeners and local clusters, traced when the mesh has a
@@ -316,15 +357,18 @@ pub(super) fn with_tracing(
         return (listeners, local_clusters);
     };
     let key = tracing_for(workload, tracing);
-    let mut traced_listeners = cache.listeners.lock().unwrap_or_else(|p| p.into_inner());
+    let mut traced_listeners = lock(&cache.listeners);
     let listeners = listeners
         .into_iter()
         .map(|(name, l)| {
-            let traced = traced_listeners
+            let entry = traced_listeners
                 .entry((l.version.clone(), key.clone()))
-                .or_insert_with(|| traced(&l, &key))
-                .clone();
-            (name, traced)
+                .or_insert_with(|| TracedListener {
+                    traced: traced(&l, &key),
+                    used: false,
+                });
+            entry.used = true;
+            (name, entry.traced.clone())
         })
         .collect();
     let mut clusters = (*local_clusters).clone();
@@ -515,6 +559,45 @@ status: {podIP: 198.18.0.4}
         assert!(Arc::ptr_eq(a, b));
         let client_out = client.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
         assert_ne!(a.version, client_out.version);
+    }
+
+    #[test]
+    fn an_unchanged_listener_keeps_its_traced_copy_across_snapshots() {
+        let first = snapshot(Some(mesh_tracing()));
+        let listener = |snap: &Snapshot, node: &str| {
+            let view = snap.proxy(node).unwrap();
+            view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap().clone()
+        };
+        let before = listener(&first, "web-0.shop");
+        let before_client = listener(&first, "client-0.shop");
+        // The same mesh again: the same traced copies, not rebuilt ones.
+        let options = first.options.clone();
+        let second = Snapshot::next(2, first.mesh.clone(), options.clone(), &first);
+        assert!(Arc::ptr_eq(&before, &listener(&second, "web-0.shop")));
+        assert!(Arc::ptr_eq(
+            &before_client,
+            &listener(&second, "client-0.shop")
+        ));
+        // Another sampling for the mesh: client's copy is made again (web
+        // has its own percentage and keeps its copy).
+        let mut resampled = options;
+        if let Some(t) = &mut resampled.telemetry.tracing {
+            t.sampling = SamplingPercent::parse("50").unwrap();
+        }
+        let third = Snapshot::next(3, second.mesh.clone(), resampled, &second);
+        let after_client = listener(&third, "client-0.shop");
+        assert!(!Arc::ptr_eq(&before_client, &after_client));
+        assert_ne!(before_client.version, after_client.version);
+        assert!(Arc::ptr_eq(&before, &listener(&third, "web-0.shop")));
+        // What the third snapshot's proxies did not use is not carried on.
+        let fourth = Snapshot::next(4, third.mesh.clone(), third.options.clone(), &third);
+        let carried = lock(&fourth.traced.listeners);
+        assert!(
+            carried
+                .values()
+                .all(|t| !Arc::ptr_eq(&t.traced, &before_client)),
+            "a copy nobody used any more is dropped"
+        );
     }
 
     #[test]
