@@ -8,6 +8,7 @@ pub mod http;
 pub mod load;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod registry;

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshd_api::annotations::pod::{SamplingPercent, TRACING_SAMPLING};
@@ -25,15 +24,8 @@ use meshd_controlplane::identity::IdentityConfig;
 use meshd_tests::envoy::wait_for;
 use meshd_tests::http::Connection;
 use meshd_tests::mesh::{Extras, PodSpec, TestMesh, pod_ip};
+use meshd_tests::otlp::{Collector, ReceivedSpan, SpanKind, hex};
 use meshd_tests::registry;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 const NS: &str = "e2e";
 const CLIENT: &str = "client-0";
@@ -65,59 +57,6 @@ fn registry_text() -> String {
         registry::pod_with(NS, CLIENT, ip(2), true, &all),
         registry::pod(NS, WEB, ip(3), true),
     ])
-}
-
-/// A span as the collector received it, with the service that sent it.
-#[derive(Clone, Debug)]
-struct ReceivedSpan {
-    service: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-    kind: SpanKind,
-}
-
-/// The test's OpenTelemetry collector: keeps every span it is sent.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-                received.push(ReceivedSpan {
-                    service: service.clone(),
-                    kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
-                    trace_id: span.trace_id,
-                    span_id: span.span_id,
-                    parent_span_id: span.parent_span_id,
-                });
-            }
-        }
-        self.spans.lock().unwrap().extend(received);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One request from the client app to web's VIP: the status and the
@@ -155,20 +94,8 @@ fn both_proxies_report_spans_and_the_servers_is_a_child_of_the_clients() {
     ) else {
         return;
     };
-    let collector = Collector::default();
     let listener = mesh.tracing_collector.take().expect("a collector listener");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let incoming = {
-        let _entered = rt.enter();
-        tonic::transport::server::TcpIncoming::from(
-            tokio::net::TcpListener::from_std(listener).unwrap(),
-        )
-    };
-    rt.spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(incoming),
-    );
+    let (collector, _collector_runtime) = Collector::serve(listener).unwrap();
 
     let ready = wait_for("web to answer through the mesh", WAIT, || {
         match request(&mesh, "/") {
@@ -200,7 +127,7 @@ fn both_proxies_report_spans_and_the_servers_is_a_child_of_the_clients() {
     // Envoy sends its spans in batches: wait until both proxies' spans of
     // this trace have arrived.
     let trace: Vec<ReceivedSpan> = wait_for("both proxies' spans at the collector", WAIT, || {
-        let spans = collector.spans.lock().unwrap().clone();
+        let spans = collector.spans();
         let trace: Vec<ReceivedSpan> = spans
             .iter()
             .filter(|s| hex(&s.trace_id) == *trace_id)

@@ -1,6 +1,8 @@
 //! The local demo: `meshd run` on the embedded default registry, two
 //! sidecars bootstrapped by `meshd bootstrap`, a sample server app, and one
-//! request routed client → client proxy → server proxy → server app.
+//! request routed client → client proxy → server proxy → server app. The
+//! demo also serves a minimal OpenTelemetry collector on loopback, which
+//! the sidecars send their spans to.
 //!
 //! Run it with `scripts/demo`, which installs Envoy first.
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use meshd_tests::envoy::{self, Envoy, admin_get, stat, wait_for};
 use meshd_tests::http::{self, App};
+use meshd_tests::otlp::{self, Collector};
 use meshd_tests::process::local_bootstrap;
 
 const XDS: &str = "127.0.0.1:15010";
@@ -21,6 +24,8 @@ const SERVER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 2));
 const SERVER_APP: &str = "127.0.0.1:18080";
 const SERVER_V2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 10, 3));
 const SERVER_V2_APP: &str = "127.0.0.1:18081";
+/// The demo's OpenTelemetry collector (OTLP/gRPC).
+const COLLECTOR: &str = "127.0.0.1:14317";
 
 struct Process(Child);
 
@@ -68,11 +73,15 @@ fn demo() -> anyhow::Result<()> {
     let work = meshd_tests::workdir()?;
     println!("meshd demo: a control plane, two sidecars and two apps on loopback\n");
 
+    let in_use = |addr: &str| {
+        format!("{addr} is in use: is another demo or meshd running? Stop it and retry")
+    };
     for addr in [XDS, DEBUG, SERVER_APP, SERVER_V2_APP] {
-        TcpListener::bind(addr).with_context(|| {
-            format!("{addr} is in use: is another demo or meshd running? Stop it and retry")
-        })?;
+        TcpListener::bind(addr).with_context(|| in_use(addr))?;
     }
+    // Kept from here on: the sidecars send their spans to it (step 9).
+    let collector_listener = TcpListener::bind(COLLECTOR).with_context(|| in_use(COLLECTOR))?;
+    let (collector, _collector_runtime) = Collector::serve(collector_listener)?;
 
     let cp_log = std::fs::File::create(work.path().join("meshd.log"))?;
     let _control_plane = Process(
@@ -80,6 +89,14 @@ fn demo() -> anyhow::Result<()> {
             .args(["run", "--xds-address", XDS, "--debug-address", DEBUG])
             // JSON access logs on every proxy's stdout, shown in step 8.
             .args(["--access-log", "true"])
+            // Every request traced (a demo; the default is 1 %), shown in
+            // step 9.
+            .args([
+                "--tracing-collector",
+                COLLECTOR,
+                "--tracing-sampling",
+                "100",
+            ])
             .arg("--ca-dir")
             .arg(work.path().join("ca"))
             .stdout(Stdio::null())
@@ -263,6 +280,68 @@ fn demo() -> anyhow::Result<()> {
     );
     println!("   {access_log}");
 
+    // Both sidecars report their span of each request to the collector;
+    // the server's is the child of the client's (the client's sidecar
+    // sends `traceparent` along), and the app is handed the server's.
+    println!(
+        "\n9. tracing (meshd run --tracing-collector {COLLECTOR} --tracing-sampling 100): GET /traced from client-0"
+    );
+    let traced = http::get(proxy, "server.demo", "/traced", true)?;
+    let traceparent = traced
+        .body
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("traceparent")
+                .then(|| value.trim().to_string())
+        })
+        .with_context(|| format!("the server app was handed no traceparent: {}", traced.body))?;
+    let trace_id = traceparent
+        .split('-')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    println!(
+        "   HTTP {}; the server app was handed traceparent: {traceparent}",
+        traced.status
+    );
+    // Envoy sends spans in batches, every few seconds.
+    let trace = wait_for(
+        "both sidecars' spans at the collector",
+        Duration::from_secs(30),
+        || {
+            let trace: Vec<otlp::ReceivedSpan> = collector
+                .spans()
+                .into_iter()
+                .filter(|s| otlp::hex(&s.trace_id) == trace_id)
+                .collect();
+            let services: std::collections::BTreeSet<&str> =
+                trace.iter().map(|s| s.service.as_str()).collect();
+            if services.len() >= 2 {
+                Ok(Some(trace.clone()))
+            } else {
+                Err(format!("spans of the trace from {services:?}"))
+            }
+        },
+    )?;
+    println!("   trace {trace_id}, as the demo's OTLP collector on {COLLECTOR} received it:");
+    for span in &trace {
+        let parent = if span.parent_span_id.is_empty() {
+            "(root)".to_string()
+        } else {
+            format!("parent {}", otlp::hex(&span.parent_span_id))
+        };
+        println!(
+            "     {:<12} {:<7} span {}  {:<23} {}",
+            span.service,
+            format!("{:?}", span.kind).to_uppercase(),
+            otlp::hex(&span.span_id),
+            parent,
+            span.name
+        );
+    }
+
     // The debugging commands, as an operator runs them (against the
     // debug port; in a cluster, through `kubectl port-forward`).
     let cli = |args: &[&str]| -> anyhow::Result<String> {
@@ -281,10 +360,10 @@ fn demo() -> anyhow::Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let indent = |text: &str| -> String { text.lines().map(|l| format!("   {l}\n")).collect() };
-    println!("\n9. what each proxy has, and did it take it: meshd proxy-status");
+    println!("\n10. what each proxy has, and did it take it: meshd proxy-status");
     print!("{}", indent(&cli(&["proxy-status"])?));
     println!(
-        "\n10. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
+        "\n11. what client-0 was sent: meshd proxy-config cluster client-0.demo (and route, secret)"
     );
     print!(
         "{}",
@@ -306,7 +385,7 @@ fn demo() -> anyhow::Result<()> {
     );
     let admin = envoys[0].admin.to_string();
     println!(
-        "\n11. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
+        "\n12. the same against Envoy's own /config_dump: meshd proxy-config all client-0.demo --diff --admin {admin}"
     );
     print!(
         "{}",
