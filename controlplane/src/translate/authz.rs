@@ -32,6 +32,14 @@
 //! ports and chain kinds, per proxy (whose workload labels name the
 //! destination).
 //!
+//! **Ports no Service declares** reach the app through the inbound
+//! listener's catch-all chain, which does not terminate mTLS: there is no
+//! caller to match, so the chain is open or closed to everyone. It gets a
+//! network RBAC filter that allows nobody ([`guard_undeclared`]) on a pod
+//! behind a Service whose policy admits only some callers (as an Istio
+//! ALLOW policy denies the workload's other ports), and on pods behind no
+//! Service when the mesh default is not allow-all ([`policies`]).
+//!
 //! **What changes on a policy edit.** Only the inbound side of the pods
 //! behind the service: the cache of inbound sides by shape (ports, mTLS
 //! mode, faults, policies) gives them a new listener; every other proxy's
