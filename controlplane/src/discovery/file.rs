@@ -683,9 +683,30 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, String> {
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             decode_as(value, &kind, &name, Object::from_endpoint_slice)
         }
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            decode_as(value, &kind, &name, Object::from_http_route).inspect(log_refused)
+        }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+            decode_as(value, &kind, &name, Object::from_grpc_route).inspect(log_refused)
+        }
+        // v1beta1 is the version most clusters still serve; the shape is v1's.
+        (
+            "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+            "ReferenceGrant",
+        ) => decode_as(value, &kind, &name, Object::from_reference_grant),
         _ => Err(format!(
             "{kind} {name}: unsupported kind `{api_version} {kind}`; accepted: {ACCEPTED_KINDS}"
         )),
+    }
+}
+
+/// A route the mesh cannot use is still applied (its last good version
+/// keeps serving; its conditions on /debug/routing say why), and logged.
+fn log_refused(object: &Object) {
+    if let Object::Route(route) = object
+        && let Err(e) = &route.route
+    {
+        tracing::warn!("registry: {e}; the route's last good version, if any, keeps serving");
     }
 }
 
@@ -847,6 +868,86 @@ spec:
         assert!(load.errors.is_empty(), "{:?}", load.errors);
         assert!(!load.mesh.services.is_empty());
         assert!(!load.mesh.workloads.is_empty());
+        // The demo's HTTPRoute attaches to server-v2.
+        let status = load.mesh.routes.statuses.values().next().expect("a route");
+        assert!(status.parents[0].accepted.status, "{status:?}");
+        assert!(status.parents[0].resolved_refs.status, "{status:?}");
+        assert!(
+            load.mesh
+                .routes
+                .attaches(&ServiceKey::new("demo", "server-v2"), 80)
+        );
+    }
+
+    #[test]
+    fn gateway_api_routes_and_grants_are_read_and_a_refused_route_keeps_its_last_good_version() {
+        let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-split, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /v1}}], backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-web, namespace: shop}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: other}]
+  to: [{group: "", kind: Service}]
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", SERVICE);
+        write(dir.path(), "route.yaml", route);
+        let mut registry = FileRegistry::new(dir.path());
+        let load = registry.load();
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        let web = ServiceKey::new("shop", "web");
+        assert!(load.mesh.routes.attaches(&web, 80));
+
+        // A regular expression RE2 refuses: the route is still an object,
+        // its last good version keeps serving, the file has no error.
+        write(
+            dir.path(),
+            "route.yaml",
+            &route.replace(
+                "{type: PathPrefix, value: /v1}",
+                "{type: RegularExpression, value: '(?=x)'}",
+            ),
+        );
+        let load = registry.load();
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        let entries = load.mesh.routes.for_caller(&web, 80, "shop").unwrap();
+        assert_eq!(
+            entries[0].route_match().unwrap().path,
+            Some(meshd_api::gateway::PathMatch::Prefix("/v1".into()))
+        );
+        let status = load.mesh.routes.statuses.values().next().unwrap();
+        assert!(!status.parents[0].accepted.status);
+        assert!(
+            status.parents[0]
+                .accepted
+                .message
+                .contains("spec.rules[0].matches[0].path.value"),
+            "{status:?}"
+        );
+
+        write(
+            dir.path(),
+            "route.yaml",
+            &route.replace(
+                "gateway.networking.k8s.io/v1\nkind: HTTPRoute",
+                "gateway.networking.k8s.io/v9\nkind: HTTPRoute",
+            ),
+        );
+        let load = registry.load();
+        assert!(
+            load.errors[0]
+                .message
+                .contains("unsupported kind `gateway.networking.k8s.io/v9 HTTPRoute`; accepted:"),
+            "{:?}",
+            load.errors
+        );
     }
 
     #[test]

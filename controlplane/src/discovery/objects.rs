@@ -42,8 +42,7 @@ pub const MAX_SLICE_ENDPOINTS: usize = 1000;
 pub const MAX_ENDPOINT_ADDRESSES: usize = 100;
 
 /// The kinds a source accepts, as `apiVersion kind`.
-pub const ACCEPTED_KINDS: &str =
-    "v1 Namespace, v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice";
+pub const ACCEPTED_KINDS: &str = "v1 Namespace, v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 HTTPRoute, gateway.networking.k8s.io/v1 GRPCRoute, gateway.networking.k8s.io/v1 (or v1beta1) ReferenceGrant";
 
 /// A problem with one object: which object, which field, what is wrong and
 /// what would be accepted.
