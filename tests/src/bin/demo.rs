@@ -228,6 +228,44 @@ fn demo() -> anyhow::Result<()> {
         app_v2.requests()
     );
 
+    // And a Gateway API HTTPRoute on `server-v2` (in the embedded
+    // registry) sends its /canary/ paths to `server`, rewriting the prefix
+    // to / and setting x-route.
+    println!(
+        "   by a Gateway API HTTPRoute (demo/server-v2-canary, parentRef Service server-v2): GET http://server-v2.demo/canary/hello"
+    );
+    let canary = wait_for(
+        "the HTTPRoute to send /canary/ to server",
+        Duration::from_secs(30),
+        || match http::get(proxy, "server-v2.demo", "/canary/hello", true) {
+            Ok(r) if r.status == 200 && r.header("x-served-by") == Some("server-0") => Ok(Some(r)),
+            Ok(r) => Err(format!(
+                "HTTP {} from {:?}",
+                r.status,
+                r.header("x-served-by")
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    )?;
+    let saw = |name: &str| {
+        canary
+            .body
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(name))
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!(
+        "   HTTP {} from {}; the server app saw \"{}\" and \"{}\"",
+        canary.status,
+        canary.header("x-served-by").unwrap_or("?"),
+        saw("get "),
+        saw("x-route:"),
+    );
+    println!(
+        "   the route's conditions: curl http://{DEBUG}/debug/routing ; kubectl get httproute -o yaml in a cluster"
+    );
+
     // The embedded registry also denies /admin/* on `server` to every
     // caller (meshd.io/deny): server-0's sidecar refuses it with a 403.
     println!(
