@@ -140,6 +140,9 @@ struct State {
     parked: Vec<Parked>,
     seen: Vec<Seen>,
     unexpected: Vec<String>,
+    /// Lookups of the Gateway API kinds, answered 404: this fake is a
+    /// cluster without their CRDs.
+    gateway_lookups: Vec<String>,
 }
 
 impl State {
@@ -322,6 +325,22 @@ impl FakeApiServer {
         let kind = Kind::ALL
             .into_iter()
             .find(|k| k.path() == request.uri().path());
+        if request
+            .uri()
+            .path()
+            .starts_with("/apis/gateway.networking.k8s.io/")
+        {
+            state.gateway_lookups.push(request.uri().path().to_owned());
+            respond.send_response(json_response(
+                StatusCode::NOT_FOUND,
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            ));
+            return;
+        }
         let (Some(kind), &Method::GET) = (kind, request.method()) else {
             state
                 .unexpected
@@ -833,6 +852,21 @@ async fn the_first_mesh_waits_for_every_kind_and_has_them_all() {
     assert_mesh(&mesh, &cluster_mesh());
     assert_quiet(&mut meshes, "nothing changed after the first mesh").await;
     api.assert_nothing_unexpected();
+    // The Gateway API kinds were looked for; their missing CRDs held
+    // nothing back.
+    let looked_for: BTreeSet<String> = api.lock().gateway_lookups.iter().cloned().collect();
+    assert_eq!(
+        looked_for,
+        BTreeSet::from(
+            [
+                "/apis/gateway.networking.k8s.io/v1/httproutes",
+                "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+                "/apis/gateway.networking.k8s.io/v1/referencegrants",
+                "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
+            ]
+            .map(String::from)
+        )
+    );
 }
 
 #[tokio::test]
