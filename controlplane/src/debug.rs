@@ -1,6 +1,6 @@
 //! The control plane's HTTP endpoints: health, Prometheus metrics, and JSON
-//! debug views of connected proxies, rejected config, registry problems and
-//! rejected routing annotations.
+//! debug views of connected proxies, rejected config, registry problems,
+//! rejected routing annotations and the Gateway API routes' conditions.
 //!
 //! Bind it to loopback (the default) or a port only operators reach: it
 //! reveals topology, though never key material.
@@ -95,6 +95,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/xds/nacks", get(nacks))
         .route("/debug/registry", get(registry))
         .route("/debug/routing", get(routing))
+        .route("/debug/routing/routes", get(routes))
         .route("/ca/rotate-root", axum::routing::post(rotate_root))
         .with_state(state)
 }
@@ -290,6 +291,27 @@ async fn registry(State(s): State<DebugState>) -> impl IntoResponse {
 /// what is accepted. Their services keep their last good routing.
 async fn routing(State(s): State<DebugState>) -> impl IntoResponse {
     Json(s.xds.routing_errors())
+}
+
+/// Every Gateway API route discovery knows, with the conditions it has (or,
+/// in Kubernetes, that the leader writes to) in `status.parents`: why a
+/// route does or does not apply, also with the file registry.
+async fn routes(State(s): State<DebugState>) -> impl IntoResponse {
+    let routes = s.xds.routes();
+    let list: Vec<serde_json::Value> = routes
+        .statuses
+        .iter()
+        .map(|(key, status)| {
+            serde_json::json!({
+                "kind": key.kind.as_str(),
+                "namespace": key.namespace,
+                "name": key.name,
+                "generation": status.generation,
+                "status": {"parents": status.parents_json()},
+            })
+        })
+        .collect();
+    Json(list)
 }
 
 async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {

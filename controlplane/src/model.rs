@@ -317,6 +317,46 @@ pub struct Condition {
     pub message: String,
 }
 
+impl RouteStatus {
+    /// This status as the Gateway API's `status.parents` entries of our
+    /// controller (conditions without `lastTransitionTime`, which whoever
+    /// writes them sets): what `/debug/routing/routes` shows and the
+    /// leader writes to the route.
+    pub fn parents_json(&self) -> serde_json::Value {
+        let condition = |kind: &str, c: &Condition| {
+            serde_json::json!({
+                "type": kind,
+                "status": if c.status { "True" } else { "False" },
+                "reason": c.reason,
+                "message": c.message,
+                "observedGeneration": self.generation,
+            })
+        };
+        self.parents
+            .iter()
+            .map(|p| {
+                let mut parent_ref = serde_json::json!({
+                    "group": "",
+                    "kind": "Service",
+                    "namespace": p.parent.namespace,
+                    "name": p.parent.name,
+                });
+                if let Some(port) = p.parent.port {
+                    parent_ref["port"] = port.into();
+                }
+                serde_json::json!({
+                    "parentRef": parent_ref,
+                    "controllerName": meshd_api::gateway::CONTROLLER_NAME,
+                    "conditions": [
+                        condition("Accepted", &p.accepted),
+                        condition("ResolvedRefs", &p.resolved_refs),
+                    ],
+                })
+            })
+            .collect()
+    }
+}
+
 impl MeshRoutes {
     /// The routes callers in `caller_namespace` see for a Service port;
     /// `None`: no route attaches there (the annotations route it).

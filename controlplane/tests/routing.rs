@@ -170,3 +170,70 @@ async fn an_invalid_annotation_keeps_the_last_good_routing_and_is_reported() {
     );
     h.cp.shutdown().await;
 }
+
+/// A Gateway API route's conditions on `/debug/routing/routes`, as the
+/// leader would write them into its `status.parents`: a route whose backend
+/// is missing is accepted with ResolvedRefs False, and once the backend
+/// Service exists ResolvedRefs turns True.
+#[tokio::test]
+async fn a_routes_conditions_are_shown_on_debug_routing_routes() {
+    let route = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-split, namespace: shop, generation: 2}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 80}]
+  rules: [{backendRefs: [{name: reviews-v2, port: 80}]}]
+"#;
+    let v2 = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec: {clusterIP: 198.19.0.2, ports: [{name: http, port: 80}]}
+"#;
+    let h = Harness::start(&format!("{}{route}", registry("3s"))).await;
+    h.snapshot_where(|s| !s.mesh.routes.statuses.is_empty())
+        .await;
+    let routes: serde_json::Value =
+        serde_json::from_str(&h.get("/debug/routing/routes").await).expect("JSON");
+    assert_eq!(routes[0]["kind"], "HTTPRoute", "{routes}");
+    assert_eq!(routes[0]["name"], "reviews-split");
+    let parent = &routes[0]["status"]["parents"][0];
+    assert_eq!(
+        parent["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "namespace": "shop", "name": "reviews", "port": 80})
+    );
+    assert_eq!(parent["controllerName"], "meshd.io/mesh-controller");
+    let conditions = parent["conditions"].as_array().unwrap();
+    assert_eq!(conditions[0]["type"], "Accepted");
+    assert_eq!(conditions[0]["status"], "True");
+    assert_eq!(conditions[0]["observedGeneration"], 2);
+    assert_eq!(conditions[1]["type"], "ResolvedRefs");
+    assert_eq!(conditions[1]["status"], "False");
+    assert_eq!(conditions[1]["reason"], "BackendNotFound");
+    assert!(
+        conditions[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Service shop/reviews-v2 does not exist"),
+        "{routes}"
+    );
+
+    h.write(&format!("{}{route}{v2}", registry("3s")));
+    h.snapshot_where(|s| {
+        s.mesh
+            .routes
+            .statuses
+            .values()
+            .all(|r| r.parents.iter().all(|p| p.resolved_refs.status))
+    })
+    .await;
+    let routes: serde_json::Value =
+        serde_json::from_str(&h.get("/debug/routing/routes").await).expect("JSON");
+    assert_eq!(
+        routes[0]["status"]["parents"][0]["conditions"][1]["reason"], "ResolvedRefs",
+        "{routes}"
+    );
+}

@@ -44,7 +44,7 @@ use grpc::{Outgoing, RequestReader, ResponseBody};
 pub use session::{Outcome, Push, Request, Session, Subscribe};
 
 use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
-use crate::model::Mesh;
+use crate::model::{Mesh, MeshRoutes};
 use crate::translate::{Kind, ProxyView, Resource, Snapshot, TranslateOptions};
 use meshd_api::annotations::routing::AnnotationError;
 use meshd_ca::SpiffeId;
@@ -335,6 +335,9 @@ pub struct ServerState {
     /// The same errors for subscribers (the Kubernetes Event recorder);
     /// changes only when the set does.
     routing_error_updates: watch::Sender<Vec<AnnotationError>>,
+    /// The Gateway API routes of the current snapshot, with their
+    /// conditions (`/debug/routing/routes`).
+    routes: Mutex<Arc<MeshRoutes>>,
     next_stream: AtomicU64,
     /// Each open stream's way to be ended by the control plane (a proxy
     /// that holds up a root rotation) or asked what it sent, by stream id.
@@ -663,6 +666,11 @@ impl ServerState {
         lock(&self.routing_errors).clone()
     }
 
+    /// The Gateway API routes of the current snapshot and their conditions.
+    pub fn routes(&self) -> Arc<MeshRoutes> {
+        lock(&self.routes).clone()
+    }
+
     /// The routing annotation problems (sorted) now and at every change.
     pub fn watch_routing_errors(&self) -> watch::Receiver<Vec<AnnotationError>> {
         self.routing_error_updates.subscribe()
@@ -733,6 +741,7 @@ pub fn spawn_publisher(
         options.clone(),
     ));
     state.set_routing_errors(&first.routing.errors);
+    *lock(&state.routes) = first.mesh.routes.clone();
     state.metrics.snapshots.inc();
     let mut last = first.clone();
     let (tx, rx) = watch::channel(first);
@@ -770,6 +779,7 @@ pub fn spawn_publisher(
                 .expect("translation does not panic");
                 published = tokio::time::Instant::now();
                 state.set_routing_errors(&snapshot.routing.errors);
+                *lock(&state.routes) = snapshot.mesh.routes.clone();
                 state.metrics.snapshots.inc();
                 state.record_change(snapshot.id(), changed_at);
                 tracing::debug!(version, "snapshot published");

@@ -263,7 +263,7 @@ fn demo() -> anyhow::Result<()> {
         saw("x-route:"),
     );
     println!(
-        "   the route's conditions: curl http://{DEBUG}/debug/routing ; kubectl get httproute -o yaml in a cluster"
+        "   the route's conditions: curl http://{DEBUG}/debug/routing/routes ; kubectl get httproute -o yaml in a cluster"
     );
 
     // The embedded registry also denies /admin/* on `server` to every
