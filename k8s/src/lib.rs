@@ -11,6 +11,7 @@
 //! - [`webhook_ca`]: the webhook configurations' `caBundle`, kept current.
 //! - [`identity_secrets`]: each meshed service account's bootstrap identity
 //!   Secret.
+//! - [`route_status`]: the Gateway API routes' `status.parents` conditions.
 //!
 //! The binary wires them to the core: the watch source as a
 //! `server::Source::Custom`, the CA store through `meshd_ca::CaStore`,
@@ -21,5 +22,6 @@ pub mod ca_secret;
 pub mod events;
 pub mod identity_secrets;
 pub mod leader;
+pub mod route_status;
 pub mod watch;
 pub mod webhook_ca;
