@@ -246,6 +246,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                     pod_name(&args.ha),
                     leading.clone(),
                 ));
+                // Each Gateway API route's status.parents conditions, from
+                // the leader only, written when a route's status changes.
+                background.push(meshd_k8s::route_status::spawn_leader_route_status_writer(
+                    client.clone(),
+                    control_plane.snapshots.clone(),
+                    |snapshot| snapshot.mesh.routes.clone(),
+                    leading.clone(),
+                ));
             }
             if let Some(client) = &kube_client {
                 // A Warning on a proxy's Pod once per new NACK, from every
