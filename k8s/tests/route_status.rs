@@ -20,7 +20,13 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use meshd_api::gateway::{CONTROLLER_NAME, RouteKey, RouteKind};
-use meshd_controlplane::model::{Condition, MeshRoutes, ParentRef, ParentStatus, RouteStatus};
+use meshd_controlplane::discovery::file;
+use meshd_controlplane::discovery::index::Index;
+use meshd_controlplane::model::{
+    Condition, Mesh, MeshRoutes, ParentRef, ParentStatus, RouteStatus,
+};
+use meshd_controlplane::translate::{Snapshot, TranslateOptions};
+use meshd_controlplane::xds::{ServerState, spawn_publisher};
 use meshd_k8s::route_status;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -411,4 +417,73 @@ async fn only_the_leader_writes() {
         .await;
     let patch = api.expect_patch(RouteKind::Http, "stock", 200).await;
     assert_eq!(patch["metadata"]["resourceVersion"], "3");
+}
+
+/// The wiring the server uses: the publisher's snapshots carry the routes'
+/// statuses; a route whose backend appears is written again, resolved.
+#[tokio::test]
+async fn the_publishers_route_statuses_are_written() {
+    let manifests = |backend_exists: bool| {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\n\
+             spec: {clusterIP: 198.19.0.20, ports: [{name: http, port: 9080}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: reviews, namespace: shop, generation: 3}\n\
+             spec:\n  parentRefs: [{group: \"\", kind: Service, name: reviews, port: 9080}]\n  \
+             rules: [{backendRefs: [{name: reviews-v2, port: 9080}]}]\n",
+        );
+        if backend_exists {
+            yaml.push_str(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews-v2, namespace: shop}\n\
+                 spec: {clusterIP: 198.19.0.21, ports: [{name: http, port: 9080}]}\n",
+            );
+        }
+        yaml
+    };
+    let mesh = |backend_exists: bool| -> Arc<Mesh> {
+        let mut index = Index::default();
+        for object in file::parse(&manifests(backend_exists)).expect("valid manifests") {
+            index.apply(object);
+        }
+        Arc::new(index.mesh())
+    };
+    let (meshes, rx) = watch::channel(mesh(false));
+    let snapshots = spawn_publisher(
+        rx,
+        Duration::from_millis(10),
+        Arc::new(ServerState::default()),
+        TranslateOptions::default(),
+    );
+    let (client, mut api) = client();
+    let (_leader, leading) = watch::channel(true);
+    let _writer = route_status::spawn_leader_route_status_writer(
+        client,
+        snapshots,
+        |snapshot: &Arc<Snapshot>| snapshot.mesh.routes.clone(),
+        leading,
+    );
+
+    api.expect_get(RouteKind::Http, "reviews", Some(("1", &json!([]))))
+        .await;
+    let patch = api.expect_patch(RouteKind::Http, "reviews", 200).await;
+    let conditions = &patch["status"]["parents"][0]["conditions"];
+    assert_eq!(conditions[0]["status"], "True", "{patch}");
+    assert_eq!(conditions[1]["status"], "False", "{patch}");
+    assert_eq!(conditions[1]["reason"], "BackendNotFound", "{patch}");
+    assert_eq!(conditions[1]["observedGeneration"], 3, "{patch}");
+    let written = patch["status"]["parents"].clone();
+
+    meshes.send_replace(mesh(true));
+    api.expect_get(RouteKind::Http, "reviews", Some(("2", &written)))
+        .await;
+    let patch = api.expect_patch(RouteKind::Http, "reviews", 200).await;
+    let conditions = &patch["status"]["parents"][0]["conditions"];
+    assert_eq!(conditions[1]["status"], "True", "{patch}");
+    assert_eq!(conditions[1]["reason"], "ResolvedRefs", "{patch}");
+    // Accepted did not change: its time is the one written first.
+    assert_eq!(
+        conditions[0]["lastTransitionTime"],
+        written[0]["conditions"][0]["lastTransitionTime"]
+    );
 }
