@@ -189,7 +189,7 @@ impl RouteStatusWriter {
                     failed = true;
                     self.written.remove(key);
                     if self.warned.insert((key.clone(), error_kind(&e))) {
-                        tracing::warn!(route = %key, "cannot write the route's status (tried again at the next change): {e}");
+                        tracing::warn!(route = %key, "cannot write the route's status (tried again at the next change, or in {}s): {e}", RETRY_AFTER.as_secs());
                     } else {
                         tracing::debug!(route = %key, "cannot write the route's status: {e}");
                     }
