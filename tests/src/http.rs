@@ -262,9 +262,10 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// A sample application: answers every request with its own name and the
-/// request headers it saw, one per line, so a test can tell which server
-/// answered and what the proxies added on the way.
+/// A sample application: answers every request with its own name, then the
+/// request line and the request headers it saw, one per line, so a test can
+/// tell which server answered, which path it was asked for and what the
+/// proxies added on the way.
 pub struct App {
     pub name: String,
     pub addr: SocketAddr,
@@ -319,8 +320,11 @@ fn answer(name: &str, mut stream: TcpStream, counter: &AtomicU64) -> std::io::Re
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         buf.drain(..head_end + 4);
         counter.fetch_add(1, Ordering::Relaxed);
+        // The request line second, so a test sees the path the app was
+        // asked for (after any rewrite on the way); the first line stays
+        // the app's name.
         let mut body = format!("hello from {name}\n");
-        for line in head.lines().skip(1) {
+        for line in head.lines() {
             body.push_str(line);
             body.push('\n');
         }

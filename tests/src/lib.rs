@@ -4,6 +4,7 @@
 //! (`meshd-load`, in [`load`]).
 
 pub mod envoy;
+pub mod grpc_echo;
 pub mod http;
 pub mod load;
 pub mod mesh;
