@@ -267,7 +267,14 @@ impl GatewayIndex {
                 ),
             ));
         }
-        if target.namespace != route.key.namespace {
+        // A consumer route may send to the Service it routes (its parent)
+        // without a grant: its callers reach that Service anyway, and the
+        // Gateway API's mesh profile (MeshConsumerRoute) asks for no grant.
+        let is_parent = route
+            .parents
+            .iter()
+            .any(|p| p.namespace == target.namespace && p.name == target.name);
+        if target.namespace != route.key.namespace && !is_parent {
             let permitted = self.grants.values().any(|g| {
                 g.namespace == target.namespace
                     && g.permits(route.key.kind, &route.key.namespace, &target.name)
@@ -585,6 +592,13 @@ metadata: {name: consumer, namespace: other}
 spec:
   parentRefs: [{group: "", kind: Service, name: echo, namespace: mesh, port: 80}]
   rules: [{backendRefs: [{name: echo, namespace: mesh, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: other}
+spec:
+  parentRefs: [{group: "", kind: Service, name: api, port: 80}]
+  rules: [{backendRefs: [{name: echo-v1, namespace: mesh, port: 80}]}]
 "#,
         );
         let echo = ServiceKey::new("mesh", "echo");
@@ -599,13 +613,22 @@ spec:
         assert_eq!(names("other"), ["consumer"]);
         assert_eq!(names("mesh"), ["producer"]);
         assert_eq!(names("third"), ["producer"]);
-        // The consumer's backend is in another namespace, with no grant.
+        // The consumer's backend is the Service it routes, in another
+        // namespace: no grant needed for that one.
         let status = &mesh.routes.statuses[&key(RouteKind::Http, "other", "consumer")];
         assert!(status.parents[0].accepted.status);
-        assert!(!status.parents[0].resolved_refs.status);
-        assert_eq!(status.parents[0].resolved_refs.reason, "RefNotPermitted");
+        assert!(status.parents[0].resolved_refs.status, "{status:?}");
         let entry = &mesh.routes.for_caller(&echo, 80, "other").unwrap()[0];
-        assert_eq!(entry.route.cluster(&entry.rule().backends[0].target), None);
+        assert_eq!(
+            entry
+                .route
+                .cluster(&entry.rule().backends[0].target)
+                .as_deref(),
+            Some("outbound|80||echo.mesh.svc.cluster.local")
+        );
+        // Any other Service of another namespace needs a ReferenceGrant.
+        let status = &mesh.routes.statuses[&key(RouteKind::Http, "other", "elsewhere")];
+        assert_eq!(status.parents[0].resolved_refs.reason, "RefNotPermitted");
     }
 
     #[test]
