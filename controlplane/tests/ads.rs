@@ -48,6 +48,8 @@ const CLIENT: &str = "client-0.shop";
 const WEB_CLUSTER: &str = "outbound|80||web.shop.svc.cluster.local";
 const API_CLUSTER: &str = "outbound|80||api.shop.svc.cluster.local";
 const PASSTHROUGH: &str = "PassthroughCluster";
+/// The inbound catch-all's cluster, which every captured pod has.
+const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
 // ---- registry manifests ----------------------------------------------------
 
@@ -499,7 +501,7 @@ async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
     assert_eq!(cds.type_url, type_url::CLUSTER);
     assert_eq!(
         delta_names(&cds),
-        set(&[API_CLUSTER, WEB_CLUSTER, PASSTHROUGH])
+        set(&[API_CLUSTER, WEB_CLUSTER, PASSTHROUGH, INBOUND_PASSTHROUGH])
     );
     assert!(cds.removed_resources.is_empty(), "{cds:?}");
     assert!(

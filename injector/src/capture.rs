@@ -8,6 +8,7 @@
 //! ```text
 //! inbound:  PREROUTING ─> MESHD_INBOUND ─(excluded port? RETURN)─> REDIRECT :15006
 //! outbound: OUTPUT ─> MESHD_OUTPUT ─(proxy's own uid/gid, loopback, excluded? RETURN)─> REDIRECT :15001
+//!                      └─(the proxy to its own pod over lo: MESHD_IN_REDIRECT, as a caller)
 //! ```
 //!
 //! The proxy's own traffic (UID/GID 1337) is never redirected; otherwise
@@ -92,6 +93,32 @@ impl CaptureConfig {
         let _ = writeln!(r, "-A MESHD_INBOUND -p tcp -j MESHD_IN_REDIRECT");
 
         let _ = writeln!(r, "-A OUTPUT -p tcp -j MESHD_OUTPUT");
+        if !ipv6 {
+            // The proxy connecting to its own pod (a Service whose chosen
+            // endpoint is this pod, over mTLS) goes through the inbound
+            // side, as any other caller's connection does; without this the
+            // mTLS connection would reach the plaintext app. The inbound
+            // catch-all's own connections to the app leave from
+            // INBOUND_PASSTHROUGH_SOURCE and are let through, or they would
+            // loop. The app talking to its own pod address stays local, as
+            // it would without the mesh. (IPv4 only: IPv6 has no second
+            // loopback address to tell the catch-all's connections by.)
+            let _ = writeln!(
+                r,
+                "-A MESHD_OUTPUT -s {}/32 -o lo -j RETURN",
+                meshd_api::sidecar::INBOUND_PASSTHROUGH_SOURCE
+            );
+            for owner in [
+                format!("--uid-owner {}", self.proxy_uid),
+                format!("--gid-owner {}", self.proxy_gid),
+            ] {
+                let _ = writeln!(
+                    r,
+                    "-A MESHD_OUTPUT ! -d {loopback} -o lo -m owner {owner} -j MESHD_IN_REDIRECT"
+                );
+                let _ = writeln!(r, "-A MESHD_OUTPUT -o lo -m owner ! {owner} -j RETURN");
+            }
+        }
         // The proxy's own connections leave as they are.
         let _ = writeln!(
             r,
@@ -182,6 +209,30 @@ mod tests {
         let uid = rules.find("--uid-owner").unwrap();
         let redirect = rules.find("-A MESHD_OUTPUT -j MESHD_REDIRECT").unwrap();
         assert!(uid < redirect);
+    }
+
+    #[test]
+    fn the_proxy_calling_its_own_pod_goes_through_the_inbound_side() {
+        let rules = CaptureConfig::default().render(false);
+        let lines: Vec<&str> = rules.lines().collect();
+        let at = |rule: &str| {
+            lines
+                .iter()
+                .position(|l| *l == rule)
+                .unwrap_or_else(|| panic!("no `{rule}` in\n{rules}"))
+        };
+        let passthrough = at("-A MESHD_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN");
+        let to_inbound = at(
+            "-A MESHD_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j MESHD_IN_REDIRECT",
+        );
+        let app_local = at("-A MESHD_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN");
+        let proxy = at("-A MESHD_OUTPUT -m owner --uid-owner 1337 -j RETURN");
+        // The catch-all's connections first, then the proxy's own pod,
+        // before the proxy's other connections leave untouched.
+        assert!(passthrough < to_inbound && to_inbound < app_local && app_local < proxy);
+        // IPv6 has no such rules: nothing to tell the catch-all's
+        // connections by.
+        assert!(!CaptureConfig::default().render(true).contains("-o lo"));
     }
 
     #[test]

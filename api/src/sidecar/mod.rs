@@ -14,3 +14,12 @@ pub mod ports {
     pub const READINESS: u16 = 15021;
     pub const PROMETHEUS: u16 = 15090;
 }
+
+/// The source address of the connections the sidecar passes on to its own
+/// pod's app for ports no Service declares (the inbound catch-all). The
+/// capture rules send the sidecar's other connections to its own pod's
+/// address back through the inbound side (so a pod calling a Service whose
+/// endpoint is itself gets mTLS on both ends); these must not be, or they
+/// would loop, so they leave from this loopback address, which the rules
+/// let through (Istio uses the same one).
+pub const INBOUND_PASSTHROUGH_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);

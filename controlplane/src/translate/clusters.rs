@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use meshd_proto::envoy::config::cluster::v3::{Cluster, TrackClusterStats, cluster};
 use meshd_proto::envoy::config::core::v3::{
-    Address, HealthStatus, Http2ProtocolOptions, SocketAddress, address,
+    Address, BindConfig, HealthStatus, Http2ProtocolOptions, SocketAddress, address,
     socket_address::PortSpecifier,
 };
 use meshd_proto::envoy::config::endpoint::v3::{
@@ -19,7 +19,7 @@ use meshd_proto::{Any, Duration, to_any};
 
 use crate::model::Protocol;
 
-use super::resource::{PASSTHROUGH_CLUSTER, ads};
+use super::resource::{INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, ads};
 
 pub fn inbound_cluster_name(port: u16) -> String {
     format!("inbound|{port}||")
@@ -191,4 +191,21 @@ pub(super) fn inbound_cluster(name: &str, port: u16, protocol: Protocol) -> Clus
 /// application asked for, untouched.
 pub(super) fn passthrough_cluster() -> Cluster {
     original_dst_cluster(PASSTHROUGH_CLUSTER)
+}
+
+/// The inbound catch-all's way on to the app: the original destination (the
+/// pod's own address), from a loopback source the capture rules let
+/// through, so the connection is not captured into the inbound side again.
+pub(super) fn inbound_passthrough_cluster() -> Cluster {
+    Cluster {
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(SocketAddress {
+                address: meshd_api::sidecar::INBOUND_PASSTHROUGH_SOURCE.to_string(),
+                port_specifier: Some(PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER)
+    }
 }

@@ -63,8 +63,9 @@ use clusters::{inbound_cluster, passthrough_cluster, socket_address};
 use resource::ads;
 pub use resource::{Collector, Tracing};
 pub use resource::{
-    DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER,
-    PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources, Telemetry, TranslateOptions, decode,
+    DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, INBOUND_PASSTHROUGH_CLUSTER, Kind,
+    MtlsOptions, OUTBOUND_LISTENER, PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources,
+    Telemetry, TranslateOptions, decode,
 };
 use routing::{route_to, service_hosts};
 pub use telemetry::{ACCESS_LOG_FIELDS, TRACING_COLLECTOR_CLUSTER};
@@ -289,7 +290,7 @@ impl InboundCache {
         let side = match found {
             Some(side) => side,
             None => {
-                let clusters = ports
+                let mut clusters: Resources = ports
                     .iter()
                     .map(|(&port, &protocol)| {
                         let name = inbound_cluster_name(port);
@@ -297,6 +298,14 @@ impl InboundCache {
                         (name.clone(), Resource::new(name, &cluster, vec![]))
                     })
                     .collect();
+                clusters.insert(
+                    INBOUND_PASSTHROUGH_CLUSTER.into(),
+                    Resource::new(
+                        INBOUND_PASSTHROUGH_CLUSTER.into(),
+                        &clusters::inbound_passthrough_cluster(),
+                        vec![],
+                    ),
+                );
                 let side = Arc::new(Inbound {
                     clusters: Arc::new(clusters),
                     listener: redirect_inbound_listener(ports, faults, mtls, policies),
@@ -891,10 +900,10 @@ fn listener(
     }
 }
 
-fn passthrough_chain(stat_prefix: &str) -> FilterChain {
+fn passthrough_chain(stat_prefix: &str, cluster: &str) -> FilterChain {
     FilterChain {
-        name: PASSTHROUGH_CLUSTER.into(),
-        filters: vec![tcp_proxy_filter(stat_prefix, PASSTHROUGH_CLUSTER)],
+        name: cluster.into(),
+        filters: vec![tcp_proxy_filter(stat_prefix, cluster)],
         ..Default::default()
     }
 }
@@ -1077,7 +1086,7 @@ fn redirect_outbound_listener(
         TrafficDirection::Outbound,
         true,
         chains,
-        Some(passthrough_chain("PassthroughCluster")),
+        Some(passthrough_chain(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)),
     );
     Resource::new(OUTBOUND_LISTENER.into(), &l, refs.into_iter().collect())
 }
@@ -1226,7 +1235,7 @@ fn redirect_inbound_listener(
     mtls: Option<MtlsMode>,
     policies: &authz::PortPolicies,
 ) -> Arc<Resource> {
-    let mut refs = vec![PASSTHROUGH_CLUSTER.to_string()];
+    let mut refs = vec![INBOUND_PASSTHROUGH_CLUSTER.to_string()];
     let mut chains = Vec::new();
     for (&port, &protocol) in inbound {
         refs.push(inbound_cluster_name(port));
@@ -1236,7 +1245,7 @@ fn redirect_inbound_listener(
     }
     // Ports no Service declares: closed when the pod's policies say so.
     let catch_all = authz::guard_undeclared(
-        passthrough_chain(INBOUND_PASSTHROUGH),
+        passthrough_chain(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_CLUSTER),
         policies.undeclared(),
         INBOUND_PASSTHROUGH,
     );

@@ -19,6 +19,9 @@ use meshd_api::annotations::pod::SamplingPercent;
 pub const OUTBOUND_LISTENER: &str = "outbound";
 pub const INBOUND_LISTENER: &str = "inbound";
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// The inbound catch-all's way to the app: the original destination, from
+/// `meshd_api::sidecar::INBOUND_PASSTHROUGH_SOURCE`.
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
 
 /// The SDS name of a proxy's own certificate and key.
 pub const DEFAULT_SECRET: &str = "default";

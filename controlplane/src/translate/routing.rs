@@ -1095,7 +1095,8 @@ status: {podIP: 198.18.0.13}
         let view = snap.proxy("scoped-0.shop").unwrap();
         let clusters: Vec<_> = view.all(Kind::Cluster).map(|r| r.name.as_str()).collect();
         // reviews and postgres are in scope; reviews' split and rule need
-        // reviews-v1 and -v2; ratings is out.
+        // reviews-v1 and -v2; ratings is out. (The pod's own inbound
+        // catch-all cluster comes with its capture.)
         assert_eq!(
             clusters,
             [
@@ -1103,7 +1104,8 @@ status: {podIP: 198.18.0.13}
                 POSTGRES,
                 REVIEWS_V1,
                 REVIEWS_V2,
-                REVIEWS
+                REVIEWS,
+                "InboundPassthroughCluster",
             ]
         );
         let endpoints: Vec<_> = view.all(Kind::Endpoint).map(|r| r.name.as_str()).collect();
@@ -1137,7 +1139,7 @@ status: {podIP: 198.18.0.13}
 
         // The unscoped proxy sees the whole mesh.
         let all = snap.proxy("client-0.shop").unwrap();
-        assert_eq!(all.all(Kind::Cluster).count(), 6);
+        assert_eq!(all.all(Kind::Cluster).count(), 7);
         assert_eq!(route_config(&all, "80").virtual_hosts.len(), 5);
 
         // Proxies with equal scopes (written differently) share one copy.
