@@ -369,10 +369,10 @@ fn envoy_accepts_external_name_and_headless_services() {
                 })
                 .count()
         };
-        // payments' HTTP and gRPC ports; db's two and cache's one port, and
-        // the passthrough.
+        // payments' HTTP and gRPC ports; db's two and cache's one port, the
+        // outbound passthrough and the inbound catch-all's.
         assert_eq!(kinds(cluster::DiscoveryType::LogicalDns), 2, "{node}");
-        assert_eq!(kinds(cluster::DiscoveryType::OriginalDst), 4, "{node}");
+        assert_eq!(kinds(cluster::DiscoveryType::OriginalDst), 5, "{node}");
         let with_tls = clusters
             .iter()
             .filter(|c| c.transport_socket.is_some())
