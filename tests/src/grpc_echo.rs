@@ -96,8 +96,9 @@ impl EchoResponse {
 }
 
 /// Encodes `E`, decodes `D` (tonic's own prost codec lives in another
-/// crate; this is all of it that is needed).
-struct ProstCodec<E, D>(PhantomData<fn(E) -> D>);
+/// crate; this is all of it that is needed). The probes test's gRPC
+/// health service uses it too.
+pub struct ProstCodec<E, D>(PhantomData<fn(E) -> D>);
 
 impl<E, D> Default for ProstCodec<E, D> {
     fn default() -> Self {
@@ -105,8 +106,8 @@ impl<E, D> Default for ProstCodec<E, D> {
     }
 }
 
-struct ProstEncoder<E>(PhantomData<fn(E)>);
-struct ProstDecoder<D>(PhantomData<fn() -> D>);
+pub struct ProstEncoder<E>(PhantomData<fn(E)>);
+pub struct ProstDecoder<D>(PhantomData<fn() -> D>);
 
 impl<E, D> Codec for ProstCodec<E, D>
 where

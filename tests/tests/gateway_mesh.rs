@@ -27,6 +27,10 @@
 //! `Location` are compared as upstream's gateway client does. Names like
 //! `example.org` only ever appear in `Location`: nothing connects to them.
 //!
+//! The scenarios' manifests are upstream's (kubernetes-sigs/gateway-api,
+//! Apache-2.0), reproduced as test data because they define the scenarios:
+//! the issue asks for the conformance suite's own objects.
+//!
 //! `GATEWAY_MESH_SCENARIOS=MeshBasic,MeshPorts` runs only those (for
 //! debugging one scenario); unset, all of them run.
 

@@ -140,18 +140,17 @@ fn kubelet_probes_reach_the_app_through_the_proxy_under_strict_mtls() {
     assert_eq!(mesh.apps[0].requests(), before);
 }
 
-/// grpc.health.v1's Check, written out: its two messages and a prost codec
-/// for them, enough for a real gRPC client and server.
+/// grpc.health.v1's Check, written out: its two messages (with the harness's
+/// prost codec), enough for a real gRPC client and server.
 mod health {
     use std::collections::BTreeMap;
     use std::convert::Infallible;
-    use std::marker::PhantomData;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::task::{Context, Poll};
 
+    pub use meshd_tests::grpc_echo::ProstCodec;
     use prost::Message;
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
     use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
     use tonic::{Request, Response, Status};
 
@@ -170,58 +169,6 @@ mod health {
         /// `ServingStatus`: 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN.
         #[prost(int32, tag = "1")]
         pub status: i32,
-    }
-
-    /// Encodes `E`, decodes `D`.
-    pub struct ProstCodec<E, D>(PhantomData<fn(E) -> D>);
-
-    impl<E, D> Default for ProstCodec<E, D> {
-        fn default() -> Self {
-            ProstCodec(PhantomData)
-        }
-    }
-
-    pub struct ProstEncoder<E>(PhantomData<fn(E)>);
-    pub struct ProstDecoder<D>(PhantomData<fn() -> D>);
-
-    impl<E, D> Codec for ProstCodec<E, D>
-    where
-        E: Message + Send + 'static,
-        D: Message + Default + Send + 'static,
-    {
-        type Encode = E;
-        type Decode = D;
-        type Encoder = ProstEncoder<E>;
-        type Decoder = ProstDecoder<D>;
-
-        fn encoder(&mut self) -> ProstEncoder<E> {
-            ProstEncoder(PhantomData)
-        }
-
-        fn decoder(&mut self) -> ProstDecoder<D> {
-            ProstDecoder(PhantomData)
-        }
-    }
-
-    impl<E: Message> Encoder for ProstEncoder<E> {
-        type Item = E;
-        type Error = Status;
-
-        fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            item.encode(dst)
-                .map_err(|e| Status::internal(e.to_string()))
-        }
-    }
-
-    impl<D: Message + Default> Decoder for ProstDecoder<D> {
-        type Item = D;
-        type Error = Status;
-
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-            D::decode(src)
-                .map(Some)
-                .map_err(|e| Status::internal(e.to_string()))
-        }
     }
 
     /// The app: a gRPC server whose health service answers Check with the
