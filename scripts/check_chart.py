@@ -652,6 +652,24 @@ def check_render(f: Findings, v: dict[str, Any], objects: list[dict[str, Any]]) 
         "the root CA Secret rules must exist exactly when no plug-in CA is set",
     )
 
+    # Gateway API: the routes and grants are only listed and watched (the
+    # watch source); only the routes' status subresource is read and
+    # patched (the leader's conditions); their spec is never written.
+    gateway_rules = {
+        resource: [(role, rule) for role, rule in rules_for(resource)]
+        for resource in ("httproutes", "grpcroutes", "referencegrants", "httproutes/status", "grpcroutes/status")
+    }
+    for resource, found in gateway_rules.items():
+        expected = {"get", "patch"} if resource.endswith("/status") else {"list", "watch"}
+        f.expect(bool(found), f"no RBAC rule for {resource} (gateway.networking.k8s.io)")
+        for role, rule in found:
+            f.expect(
+                role["kind"] == "ClusterRole"
+                and rule.get("apiGroups") == ["gateway.networking.k8s.io"]
+                and set(rule["verbs"]) == expected,
+                f"{describe(role)}: {resource} must be exactly {sorted(expected)} in gateway.networking.k8s.io",
+            )
+
     for role, rule in rules_for("leases"):
         f.expect(role["kind"] == "Role", "Lease rules belong in the release namespace's Role")
         if rule.get("resourceNames"):
