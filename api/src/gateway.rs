@@ -782,10 +782,12 @@ fn grpc_path(
     }))
 }
 
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+/// `text` matched literally by RE2 (Envoy's regular expressions). Only
+/// ASCII punctuation is escaped: RE2 refuses an escaped letter (`\é`).
+pub fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_punctuation() && c != '-' && c != '_' && c != '/' {
             out.push('\\');
         }
         out.push(c);
@@ -847,24 +849,52 @@ fn header_name(ctx: &Ctx<'_>, field: &str, name: &str) -> Result<String, RouteEr
     Ok(name.to_ascii_lowercase())
 }
 
+/// An HTTP header value cannot carry CR, LF or NUL (Envoy refuses such a
+/// value, so the whole configuration would be NACKed).
+fn header_value(ctx: &Ctx<'_>, field: &str, value: &str) -> Result<String, RouteError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(ctx.err(
+            field,
+            "contains a carriage return, line feed or NUL; accepted: a header value on one line",
+        ));
+    }
+    Ok(value.to_string())
+}
+
 fn header_modifier(
     ctx: &Ctx<'_>,
     field: &str,
     m: &HttpRouteRulesFiltersRequestHeaderModifier,
 ) -> Result<HeaderModifier, RouteError> {
     let mut out = HeaderModifier::default();
-    for (i, h) in m.set.iter().flatten().enumerate() {
-        out.set.push((
-            header_name(ctx, &format!("{field}.set[{i}].name"), &h.name)?,
-            h.value.clone(),
-        ));
-    }
-    for (i, h) in m.add.iter().flatten().enumerate() {
-        out.add.push((
-            header_name(ctx, &format!("{field}.add[{i}].name"), &h.name)?,
-            h.value.clone(),
-        ));
-    }
+    let pairs =
+        |list: Vec<(&String, &String)>, part: &str| -> Result<Vec<(String, String)>, RouteError> {
+            list.into_iter()
+                .enumerate()
+                .map(|(i, (name, value))| {
+                    Ok((
+                        header_name(ctx, &format!("{field}.{part}[{i}].name"), name)?,
+                        header_value(ctx, &format!("{field}.{part}[{i}].value"), value)?,
+                    ))
+                })
+                .collect()
+        };
+    out.set = pairs(
+        m.set
+            .iter()
+            .flatten()
+            .map(|h| (&h.name, &h.value))
+            .collect(),
+        "set",
+    )?;
+    out.add = pairs(
+        m.add
+            .iter()
+            .flatten()
+            .map(|h| (&h.name, &h.value))
+            .collect(),
+        "add",
+    )?;
     for (i, h) in m.remove.iter().flatten().enumerate() {
         out.remove
             .push(header_name(ctx, &format!("{field}.remove[{i}]"), h)?);
@@ -1246,6 +1276,24 @@ spec:
         .unwrap_err();
         assert_eq!(e.field, "spec.rules[0].filters[0].type");
         assert!(e.message.contains("CORS is not supported"), "{e}");
+
+        let e = http(
+            r#"
+metadata: {name: r, namespace: shop}
+spec:
+  rules:
+  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-a, value: "one\r\nx-b: two"}]}}]
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field,
+            "spec.rules[0].filters[0].requestHeaderModifier.add[0].value"
+        );
+        assert!(
+            e.message.contains("accepted: a header value on one line"),
+            "{e}"
+        );
 
         let e = http(
             r#"

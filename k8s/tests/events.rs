@@ -13,12 +13,12 @@
 //! already reported" shows as the next request being about the next
 //! error, not as waiting for silence.
 
+mod scripted_api;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use http::{Method, StatusCode, header};
 use meshd_api::annotations::routing::AnnotationError;
 use meshd_controlplane::discovery::file;
 use meshd_controlplane::discovery::index::Index;
@@ -26,47 +26,12 @@ use meshd_controlplane::model::Mesh;
 use meshd_controlplane::translate::TranslateOptions;
 use meshd_controlplane::xds::{ServerState, spawn_publisher};
 use meshd_k8s::events::{self, REASON_INVALID, REASON_RESOLVED};
+use scripted_api::{Api, WAIT, body_json, client, json_response};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::timeout;
-use tower_test::mock;
-
-type Handle = mock::Handle<Request<kube::client::Body>, Response<Full<Bytes>>>;
-
-/// A generous bound on any one exchange: never a performance assertion.
-const WAIT: Duration = Duration::from_secs(15);
-
-/// The API server side: each request is taken and answered by the test.
-struct Api {
-    handle: Handle,
-}
-
-fn client() -> (kube::Client, Api) {
-    let (service, handle) = mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
-    (kube::Client::new(service, "default"), Api { handle })
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a valid response")
-}
 
 impl Api {
-    async fn next(
-        &mut self,
-    ) -> (
-        Request<kube::client::Body>,
-        mock::SendResponse<Response<Full<Bytes>>>,
-    ) {
-        timeout(WAIT, self.handle.next_request())
-            .await
-            .expect("a request in time")
-            .expect("the client is alive")
-    }
-
     /// Expects a metadata GET of `path`; answers with `uid`, or 404 when
     /// `None`.
     async fn expect_get(&mut self, path: &str, uid: Option<&str>) {
@@ -100,13 +65,7 @@ impl Api {
             request.uri().path(),
             format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events")
         );
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .expect("the request body")
-            .to_bytes();
-        let mut event: Value = serde_json::from_slice(&body).expect("a JSON event");
+        let mut event = body_json(request).await;
         let mut created = event.clone();
         created["metadata"]["name"] = json!("created.1");
         respond.send_response(json_response(StatusCode::CREATED, &created));

@@ -12,13 +12,13 @@
 //! "Not written again" shows as the next request being about the next
 //! change, not as waiting for silence.
 
+mod scripted_api;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use http::{Method, StatusCode, header};
 use meshd_api::gateway::{CONTROLLER_NAME, RouteKey, RouteKind};
 use meshd_controlplane::discovery::file;
 use meshd_controlplane::discovery::index::Index;
@@ -28,40 +28,10 @@ use meshd_controlplane::model::{
 use meshd_controlplane::translate::{Snapshot, TranslateOptions};
 use meshd_controlplane::xds::{ServerState, spawn_publisher};
 use meshd_k8s::route_status;
+use scripted_api::{Api, api_error, body_json, client, json_response};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::timeout;
-use tower_test::mock;
-
-type Handle = mock::Handle<Request<kube::client::Body>, Response<Full<Bytes>>>;
-
-/// A generous bound on any one exchange: never a performance assertion.
-const WAIT: Duration = Duration::from_secs(15);
-
-struct Api {
-    handle: Handle,
-}
-
-fn client() -> (kube::Client, Api) {
-    let (service, handle) = mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
-    (kube::Client::new(service, "default"), Api { handle })
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a valid response")
-}
-
-fn api_error(code: u16, reason: &str) -> Response<Full<Bytes>> {
-    json_response(
-        StatusCode::from_u16(code).expect("a status code"),
-        &json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                "reason": reason, "code": code, "message": reason}),
-    )
-}
 
 fn status_path(kind: RouteKind, name: &str) -> String {
     format!(
@@ -81,18 +51,6 @@ fn route_object(kind: RouteKind, name: &str, version: &str, parents: &Value) -> 
 }
 
 impl Api {
-    async fn next(
-        &mut self,
-    ) -> (
-        Request<kube::client::Body>,
-        mock::SendResponse<Response<Full<Bytes>>>,
-    ) {
-        timeout(WAIT, self.handle.next_request())
-            .await
-            .expect("a request in time")
-            .expect("the client is alive")
-    }
-
     /// Expects a GET of the route's status; answers with the route holding
     /// `parents`, or 404 when `None`.
     async fn expect_get(&mut self, kind: RouteKind, name: &str, answer: Option<(&str, &Value)>) {
@@ -117,13 +75,7 @@ impl Api {
             request.headers()[header::CONTENT_TYPE],
             "application/merge-patch+json"
         );
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .expect("the request body")
-            .to_bytes();
-        let patch: Value = serde_json::from_slice(&body).expect("a JSON patch");
+        let patch = body_json(request).await;
         respond.send_response(if code == 200 {
             json_response(
                 StatusCode::OK,

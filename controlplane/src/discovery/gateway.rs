@@ -42,12 +42,25 @@ struct RouteState {
 pub struct GatewayIndex {
     routes: BTreeMap<RouteKey, RouteState>,
     grants: BTreeMap<(String, String), Arc<Grant>>,
-    /// The last result, handed out again (same `Arc`) while nothing changes.
+    /// The last result and its problems, handed out again (same `Arc`)
+    /// while nothing they depend on changes.
     last: Arc<MeshRoutes>,
+    last_problems: Vec<AnnotationError>,
+    /// Routes, grants or Services changed since the last [`Self::update`].
+    /// Endpoint and Pod changes, the common ones, leave routes as they
+    /// are: they are not worked out again for those.
+    dirty: bool,
 }
 
 impl GatewayIndex {
+    /// Services changed: which ports routes attach to and which backends
+    /// resolve may have too.
+    pub fn services_changed(&mut self) {
+        self.dirty = true;
+    }
+
     pub fn apply_route(&mut self, object: RouteObject) {
+        self.dirty = true;
         let previous = self.routes.remove(&object.key);
         let state = match object.route {
             Ok(route) => RouteState {
@@ -67,31 +80,40 @@ impl GatewayIndex {
     }
 
     pub fn delete_route(&mut self, key: &RouteKey) {
+        self.dirty = true;
         self.routes.remove(key);
     }
 
     pub fn apply_grant(&mut self, grant: Arc<Grant>) {
+        self.dirty = true;
         self.grants
             .insert((grant.namespace.clone(), grant.name.clone()), grant);
     }
 
     pub fn delete_grant(&mut self, namespace: &str, name: &str) {
+        self.dirty = true;
         self.grants
             .remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// Keeps only the routes of `kind` that `keep` accepts (a re-list).
     pub fn retain_routes(&mut self, kind: RouteKind, keep: impl Fn(&RouteKey) -> bool) {
+        self.dirty = true;
         self.routes.retain(|k, _| k.kind != kind || keep(k));
     }
 
     pub fn retain_grants(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.dirty = true;
         self.grants.retain(|(ns, name), _| keep(ns, name));
     }
 
     /// The routes in force for `mesh`, and the routing problems they cause
     /// (a Service whose own routing annotations a route replaces).
     pub fn update(&mut self, mesh: &Mesh) -> (Arc<MeshRoutes>, Vec<AnnotationError>) {
+        if !self.dirty {
+            return (self.last.clone(), self.last_problems.clone());
+        }
+        self.dirty = false;
         let mut routes = MeshRoutes::default();
         let mut attached_ports: BTreeMap<ServiceKey, BTreeSet<(u16, RouteKey)>> = BTreeMap::new();
         for (key, state) in &self.routes {
@@ -217,11 +239,11 @@ impl GatewayIndex {
                 }
             }
         }
-        let problems = conflicts(mesh, &attached_ports);
+        self.last_problems = conflicts(mesh, &attached_ports);
         if routes != *self.last {
             self.last = Arc::new(routes);
         }
-        (self.last.clone(), problems)
+        (self.last.clone(), self.last_problems.clone())
     }
 
     /// Which backend references of `route` resolve, and its ResolvedRefs

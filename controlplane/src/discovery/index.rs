@@ -114,6 +114,7 @@ impl Index {
                 self.namespaces.insert(ns.name.clone(), Arc::new(ns));
             }
             Object::Service(svc) => {
+                self.gateway_mut().services_changed();
                 self.services.insert(svc.key.clone(), Arc::new(svc));
             }
             Object::EndpointSlice(slice) => {
@@ -159,6 +160,7 @@ impl Index {
             }
             "Service" => {
                 let (namespace, name) = key();
+                self.gateway_mut().services_changed();
                 self.services.remove(&ServiceKey { namespace, name });
             }
             "EndpointSlice" => {
@@ -206,7 +208,10 @@ impl Index {
         };
         match kind {
             "Namespace" => self.namespaces.retain(|name, _| kept("", name)),
-            "Service" => self.services.retain(|k, _| kept(&k.namespace, &k.name)),
+            "Service" => {
+                self.gateway_mut().services_changed();
+                self.services.retain(|k, _| kept(&k.namespace, &k.name));
+            }
             "EndpointSlice" => self.slices.retain(|(ns, name), _| kept(ns, name)),
             "Pod" => self.pods.retain(|(ns, name), _| kept(ns, name)),
             "HTTPRoute" | "GRPCRoute" => self

@@ -59,7 +59,8 @@
 use std::collections::BTreeSet;
 
 use meshd_api::gateway::{
-    Backend, Filter, HeaderModifier, Mirror, PathMatch, PathModifier, Redirect, Rewrite, ValueMatch,
+    Backend, Filter, HeaderModifier, Mirror, PathMatch, PathModifier, Redirect, Rewrite,
+    ValueMatch, regex_escape,
 };
 use meshd_proto::UInt32Value;
 use meshd_proto::envoy::config::core::v3::{
@@ -366,11 +367,6 @@ impl Headers {
         ];
         for (headers, action) in actions {
             for (name, value) in headers {
-                // Envoy refuses values with these (an HTTP header value
-                // cannot carry them either).
-                if value.contains(['\r', '\n', '\0']) {
-                    continue;
-                }
                 if name == "host" {
                     if request {
                         self.host = Some(value.clone());
@@ -485,19 +481,6 @@ fn regex(regex: String) -> RegexMatcher {
         regex,
         ..Default::default()
     }
-}
-
-/// `text` matched literally. Only ASCII punctuation is escaped: RE2
-/// refuses an escaped letter (`\é`).
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii_punctuation() && c != '-' && c != '_' && c != '/' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A substitution string for RE2, where `\` introduces a capture group.
