@@ -149,6 +149,14 @@ struct Refresh {
     /// else (the directory, a hidden file such as a ConfigMap's `..data`
     /// swap, an editor's temporary file) or events were lost.
     all: bool,
+    /// The last event renamed a manifest into place and no manifest saw
+    /// anything but such renames: the writer is done, there is nothing to
+    /// settle.
+    in_place: bool,
+    /// A manifest saw a write, a creation or a removal: it may be half
+    /// written or half replaced (an editor's save), so wait for it to
+    /// settle.
+    unsettled: bool,
 }
 
 /// A file's new content, or its removal.
@@ -186,6 +194,7 @@ impl FileRegistry {
         self.refresh(Refresh {
             files: BTreeSet::new(),
             all: true,
+            ..Default::default()
         });
         Load {
             mesh: self.mesh(),
@@ -741,28 +750,53 @@ impl Refresh {
     /// Adds what a notify event names. `watched` is the directory as
     /// notify reports it (absolute), `dir` as the registry names it.
     fn note(&mut self, event: notify::Result<notify::Event>, watched: &Path, dir: &Path) {
+        use notify::event::{EventKind, ModifyKind, RenameMode};
         let event = match event {
             Ok(event) if !event.need_rescan() && !event.paths.is_empty() => event,
             Ok(_) => {
                 self.all = true;
+                self.unsettled = true;
                 return;
             }
             Err(e) => {
                 tracing::warn!("registry watch: {e}; looking at every file");
                 self.all = true;
+                self.unsettled = true;
                 return;
             }
         };
-        for path in event.paths {
-            match (path.parent(), path.file_name()) {
-                (Some(parent), Some(name))
-                    if parent == watched && is_manifest_name(Path::new(name)) =>
-                {
-                    self.files.insert(dir.join(name));
+        let manifest = |path: &Path| match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name))
+                if parent == watched && is_manifest_name(Path::new(name)) =>
+            {
+                Some(dir.join(name))
+            }
+            _ => None,
+        };
+        // A rename's target is the last path (`Both` names from and to).
+        let renamed_in = matches!(
+            event.kind,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        ) && event.paths.last().and_then(|p| manifest(p)).is_some();
+        self.in_place = renamed_in;
+        for path in &event.paths {
+            match manifest(path) {
+                Some(file) => {
+                    if !renamed_in {
+                        self.unsettled = true;
+                    }
+                    self.files.insert(file);
                 }
-                _ => self.all = true,
+                None => self.all = true,
             }
         }
+    }
+
+    /// Whether the files can be read now: every manifest named was renamed
+    /// into place, which a writer does only once it has written the whole
+    /// file (Kubernetes' atomic writer, `meshd-load`, most deploy tools).
+    fn settled(&self) -> bool {
+        self.in_place && !self.unsettled
     }
 }
 
@@ -807,8 +841,16 @@ pub async fn run(
         while let Some(first) = events.recv().await {
             let mut refresh = Refresh::default();
             refresh.note(first, &watched, &dir);
-            // Editors write a file in several steps: wait for them to settle.
-            tokio::time::sleep(settle).await;
+            // Editors write a file in several steps: wait for them to
+            // settle, unless the writer renamed the finished file into
+            // place (then an endpoint change is not held back for nothing).
+            let deadline = tokio::time::Instant::now() + settle;
+            while !refresh.settled() {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Some(event)) => refresh.note(event, &watched, &dir),
+                    Ok(None) | Err(_) => break,
+                }
+            }
             while let Ok(event) = events.try_recv() {
                 refresh.note(event, &watched, &dir);
             }
@@ -1178,6 +1220,7 @@ endpoints:
         let changed = registry.refresh(Refresh {
             files: BTreeSet::from([dir.path().join("api.yaml")]),
             all: false,
+            ..Default::default()
         });
         assert!(changed);
         assert!(registry.errors().is_empty(), "{:?}", registry.errors());
@@ -1200,6 +1243,7 @@ endpoints:
         assert!(!registry.refresh(Refresh {
             files: BTreeSet::from([dir.path().join("api.yaml")]),
             all: false,
+            ..Default::default()
         }));
     }
 
@@ -1375,5 +1419,82 @@ endpoints:
         let with_bom = format!("\u{feff}{}", SERVICE.trim_start());
         assert_eq!(parse(&with_bom), parse(SERVICE));
         assert_eq!(parse(&with_bom).unwrap().len(), 1);
+    }
+
+    /// Which writes are read at once and which wait for the settle window.
+    #[test]
+    fn only_a_finished_file_renamed_into_place_skips_the_settle_window() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, Event, EventKind, ModifyKind,
+            RemoveKind, RenameMode,
+        };
+        let dir = Path::new("/registry");
+        let event = |kind: EventKind, names: &[&str]| {
+            let mut event = Event::new(kind);
+            for name in names {
+                event = event.add_path(dir.join(name));
+            }
+            event
+        };
+        let create = EventKind::Create(CreateKind::File);
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let removed = EventKind::Remove(RemoveKind::File);
+        let settled = |events: Vec<Event>| {
+            let mut refresh = Refresh::default();
+            for e in events {
+                refresh.note(Ok(e), dir, dir);
+            }
+            (refresh.settled(), refresh.files.len())
+        };
+
+        // Written to a hidden file, then renamed over the manifest.
+        let atomic = vec![
+            event(create, &[".api.yaml.tmp"]),
+            event(data, &[".api.yaml.tmp"]),
+            event(closed, &[".api.yaml.tmp"]),
+            event(from, &[".api.yaml.tmp"]),
+            event(to, &["api.yaml"]),
+            event(both, &[".api.yaml.tmp", "api.yaml"]),
+        ];
+        assert_eq!(settled(atomic.clone()), (true, 1));
+        // Only the first events are in yet: the rename is still to come.
+        assert!(!settled(atomic[..3].to_vec()).0);
+        // Written in place: may be written again at once (`>>`).
+        assert!(
+            !settled(vec![
+                event(create, &["api.yaml"]),
+                event(data, &["api.yaml"]),
+                event(closed, &["api.yaml"])
+            ])
+            .0
+        );
+        // An editor's save: the old file moved aside, a new one written.
+        assert!(
+            !settled(vec![
+                event(from, &["api.yaml"]),
+                event(to, &["api.yaml~"]),
+                event(create, &["api.yaml"]),
+                event(closed, &["api.yaml"])
+            ])
+            .0
+        );
+        // A removal may be the first half of a replacement.
+        assert!(!settled(vec![event(removed, &["api.yaml"])]).0);
+        // A ConfigMap's `..data` swap is not a manifest: it still settles.
+        assert!(
+            !settled(vec![
+                event(create, &["..data_tmp"]),
+                event(from, &["..data_tmp"]),
+                event(to, &["..data"])
+            ])
+            .0
+        );
+        // A rename in place after a write to the same manifest: the write
+        // may belong to something else still under way.
+        assert!(!settled(vec![event(data, &["api.yaml"]), event(to, &["api.yaml"])]).0);
     }
 }
