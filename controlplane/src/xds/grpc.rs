@@ -81,11 +81,12 @@ impl RequestReader {
 
     /// The next message, `None` once the client has closed its side.
     /// Cancel-safe: bytes read are kept until a whole message is there.
-    pub(crate) async fn message<M: prost::Message + Default>(
+    pub(crate) async fn message<M>(
         &mut self,
+        mut decode: impl FnMut(&[u8]) -> Result<M, prost::DecodeError>,
     ) -> Result<Option<M>, Status> {
         loop {
-            if let Some(message) = self.decode()? {
+            if let Some(message) = self.decode(&mut decode)? {
                 return Ok(Some(message));
             }
             match self.body.frame().await {
@@ -112,7 +113,10 @@ impl RequestReader {
         }
     }
 
-    fn decode<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+    fn decode<M>(
+        &mut self,
+        decode: &mut impl FnMut(&[u8]) -> Result<M, prost::DecodeError>,
+    ) -> Result<Option<M>, Status> {
         let Some(prefix) = self.buf.get(..5) else {
             return Ok(None);
         };
@@ -132,7 +136,7 @@ impl RequestReader {
             self.buf.reserve(end - self.buf.len());
             return Ok(None);
         }
-        let message = M::decode(&self.buf[5..end])
+        let message = decode(&self.buf[5..end])
             .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
         self.buf.advance(end);
         if self.buf.is_empty() && self.buf.capacity() > KEEP_REQUEST_BUFFER {
@@ -393,6 +397,13 @@ pub(crate) fn response(body: ResponseBody) -> http::Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode(
+        bytes: &[u8],
+    ) -> Result<meshd_proto::envoy::service::discovery::v3::DiscoveryRequest, prost::DecodeError>
+    {
+        prost::Message::decode(bytes)
+    }
     use meshd_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use meshd_proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
     use prost::Message;
@@ -528,18 +539,12 @@ mod tests {
             .collect();
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
         let mut reader = RequestReader::new(Body::new(body));
-        let first: DiscoveryRequest = reader.message().await.unwrap().unwrap();
+        let first = reader.message(decode).await.unwrap().unwrap();
         assert_eq!(first, big);
-        let second: DiscoveryRequest = reader.message().await.unwrap().unwrap();
+        let second = reader.message(decode).await.unwrap().unwrap();
         assert_eq!(second, small);
         assert!(reader.buf.capacity() <= KEEP_REQUEST_BUFFER);
-        assert!(
-            reader
-                .message::<DiscoveryRequest>()
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(reader.message(decode).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -553,9 +558,7 @@ mod tests {
         ];
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
         let mut reader = RequestReader::new(Body::new(body));
-        let next = reader
-            .message::<meshd_proto::envoy::service::discovery::v3::DiscoveryRequest>()
-            .await;
+        let next = reader.message(decode).await;
         assert!(matches!(next, Ok(None)), "{next:?}");
     }
 
@@ -566,10 +569,7 @@ mod tests {
         let frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(prefix.into()))];
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
         let mut reader = RequestReader::new(Body::new(body));
-        let err = reader
-            .message::<meshd_proto::envoy::service::discovery::v3::DiscoveryRequest>()
-            .await
-            .unwrap_err();
+        let err = reader.message(decode).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }
 

@@ -15,6 +15,7 @@ pub mod dump;
 mod grpc;
 mod overlay;
 mod session;
+mod sotw;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use meshd_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -863,7 +864,10 @@ impl tower_service::Service<http::Request<Body>> for AdsService {
 /// The two wire flavours, as the stream loop sees them.
 trait Wire: Send + 'static {
     type Req: Send + 'static;
+    /// What a stream keeps between requests to read the next one.
+    type Reader: Default + Send + 'static;
     const NAME: &'static str;
+    fn decode(bytes: &[u8], reader: &mut Self::Reader) -> Result<Self::Req, prost::DecodeError>;
     fn node_id(req: &Self::Req) -> Option<&str>;
     fn type_url(req: &Self::Req) -> &str;
     fn request(req: Self::Req, kind: Kind) -> Request;
@@ -874,23 +878,35 @@ struct Sotw;
 struct Delta;
 
 impl Wire for Sotw {
-    type Req = DiscoveryRequest;
+    type Req = sotw::SotwRequest;
+    type Reader = sotw::SeenNames;
     const NAME: &'static str = "sotw";
 
-    fn node_id(req: &DiscoveryRequest) -> Option<&str> {
-        req.node.as_ref().map(|n| n.id.as_str())
+    fn decode(bytes: &[u8], seen: &mut sotw::SeenNames) -> Result<Self::Req, prost::DecodeError> {
+        seen.decode(bytes)
     }
 
-    fn type_url(req: &DiscoveryRequest) -> &str {
-        &req.type_url
+    fn node_id(req: &Self::Req) -> Option<&str> {
+        req.request.node.as_ref().map(|n| n.id.as_str())
     }
 
-    fn request(req: DiscoveryRequest, kind: Kind) -> Request {
+    fn type_url(req: &Self::Req) -> &str {
+        &req.request.type_url
+    }
+
+    fn request(req: Self::Req, kind: Kind) -> Request {
+        let sotw::SotwRequest {
+            request: req,
+            same_names,
+        } = req;
         Request {
             kind,
             response_nonce: req.response_nonce,
             error: req.error_detail.map(|e| e.message),
-            subscribe: Subscribe::Replace(req.resource_names),
+            subscribe: match same_names {
+                true => Subscribe::Same,
+                false => Subscribe::Replace(req.resource_names),
+            },
         }
     }
 
@@ -915,7 +931,12 @@ impl Wire for Sotw {
 
 impl Wire for Delta {
     type Req = DeltaDiscoveryRequest;
+    type Reader = ();
     const NAME: &'static str = "delta";
+
+    fn decode(bytes: &[u8], (): &mut ()) -> Result<Self::Req, prost::DecodeError> {
+        DeltaDiscoveryRequest::decode(bytes)
+    }
 
     fn node_id(req: &DeltaDiscoveryRequest) -> Option<&str> {
         req.node.as_ref().map(|n| n.id.as_str())
@@ -957,10 +978,7 @@ fn peer_of<T>(request: &tonic::Request<T>) -> Option<SpiffeId> {
 }
 
 impl Ads {
-    fn open<W: Wire>(&self, request: http::Request<Body>) -> http::Response<Body>
-    where
-        W::Req: prost::Message + Default,
-    {
+    fn open<W: Wire>(&self, request: http::Request<Body>) -> http::Response<Body> {
         let request = tonic::Request::from_http(request);
         let peer = peer_of(&request);
         let requests = RequestReader::new(request.into_inner());
@@ -986,6 +1004,7 @@ impl Ads {
             secrets_generation: None,
             sds_sent: None,
             sds_acked: None,
+            reader: W::Reader::default(),
             tx,
             _wire: std::marker::PhantomData,
         };
@@ -1033,14 +1052,14 @@ struct StreamTask<W: Wire> {
     sds_sent: Option<(String, u64)>,
     /// The CA generation of the last secrets the proxy acknowledged.
     sds_acked: Option<u64>,
+    /// What reading the next request needs (State of the World: the names
+    /// each type last asked for, hashed).
+    reader: W::Reader,
     tx: mpsc::Sender<Result<Outgoing, Box<Status>>>,
     _wire: std::marker::PhantomData<W>,
 }
 
-impl<W: Wire> StreamTask<W>
-where
-    W::Req: prost::Message + Default,
-{
+impl<W: Wire> StreamTask<W> {
     async fn run(mut self, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
         lock(&self.state.streams).remove(&self.stream_id);
@@ -1088,7 +1107,7 @@ where
                     "ended by the control plane: this proxy did not acknowledge its secrets \
                      in time during a root rotation; reconnect to be sent the current ones",
                 )),
-                message = requests.message::<W::Req>() => {
+                message = requests.message(|bytes| W::decode(bytes, &mut self.reader)) => {
                     let Some(req) = message? else { return Ok(()) };
                     self.on_request(req)?;
                 }
@@ -1190,6 +1209,8 @@ where
         let names = match &mut request.subscribe {
             Subscribe::Replace(names) => names,
             Subscribe::Change { subscribe, .. } => subscribe,
+            // Never for secrets (see `sotw::SeenNames`): nothing new to check.
+            Subscribe::Same => return,
         };
         let before = names.len();
         let mut example = None;

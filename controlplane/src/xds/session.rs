@@ -42,6 +42,9 @@ pub enum Subscribe {
     /// State-of-the-World: the complete list of names (empty = wildcard for
     /// listeners and clusters).
     Replace(Vec<String>),
+    /// State-of-the-World: the same names as the last request of this
+    /// type on the stream (read without them, see `sotw.rs`).
+    Same,
     /// Delta: names added and removed, and what the proxy already holds.
     Change {
         subscribe: Vec<String>,
@@ -217,6 +220,7 @@ impl Session {
                     state.sent.retain_in(&state.names);
                 }
             }
+            Subscribe::Same => {}
             Subscribe::Change {
                 subscribe,
                 unsubscribe,
