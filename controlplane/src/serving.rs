@@ -807,6 +807,10 @@ async fn watchdog(connection: &Connection, limits: &Limits, protocol: Protocol) 
     }
 }
 
+/// The TLS records a connection may hold unsent (see `serve_connection`):
+/// one full record.
+const TLS_SEND_BUFFER: usize = 16 * 1024 + 256;
+
 async fn serve_connection<S, B>(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -856,6 +860,12 @@ async fn serve_connection<S, B>(
         }
         () = stop.cancelled() => return,
     };
+    let mut tls = tls;
+    // What rustls keeps of records the socket has not taken yet. HTTP/2
+    // hands it data as fast as it accepts it; at rustls' default (64 KiB)
+    // a push of hundreds of kilobytes to thousands of proxies parked most
+    // of it here, outside the server's send budget.
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let info = ConnInfo {
         peer,
         tls: Some(tls.connect_info()),
