@@ -1,5 +1,6 @@
-//! Kubernetes Events for rejected routing annotations, through
-//! `kube::Client` against a scripted API server.
+//! Kubernetes Events for rejected routing annotations and for config a
+//! proxy rejected (NACKs), through `kube::Client` against a scripted API
+//! server.
 //!
 //! ```text
 //! errors (watch) ──> event recorder ── kube::Client ── tower_test::mock::pair
@@ -24,8 +25,8 @@ use meshd_controlplane::discovery::file;
 use meshd_controlplane::discovery::index::Index;
 use meshd_controlplane::model::Mesh;
 use meshd_controlplane::translate::TranslateOptions;
-use meshd_controlplane::xds::{ServerState, spawn_publisher};
-use meshd_k8s::events::{self, REASON_INVALID, REASON_RESOLVED};
+use meshd_controlplane::xds::{ProxyNack, ServerState, spawn_publisher};
+use meshd_k8s::events::{self, REASON_INVALID, REASON_NACK, REASON_RESOLVED};
 use scripted_api::{Api, WAIT, body_json, client, json_response};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -320,4 +321,81 @@ async fn only_the_leader_posts_events() {
     ]);
     api.expect_get("/api/v1/namespaces/shop/services/stock", Some("stock-uid"))
         .await;
+}
+
+fn nack(node: &str, message: &str) -> ProxyNack {
+    ProxyNack {
+        node_id: node.into(),
+        r#type: "LDS",
+        type_url: "type.googleapis.com/envoy.config.listener.v3.Listener",
+        version: "00ab".into(),
+        message: message.into(),
+    }
+}
+
+/// A proxy's rejected config becomes one Warning on its Pod, as the API
+/// server receives it; the same NACK again (another version, a reconnect)
+/// posts nothing, and a Pod that is gone gets none.
+#[tokio::test]
+async fn a_rejected_config_is_one_warning_on_the_proxys_pod() {
+    let (client, mut api) = client();
+    let bad_bind = nack("web-0.shop", "cannot bind 198.18.255.254:15001");
+    let (nacks, rx) = watch::channel(vec![bad_bind.clone()]);
+    let recorder = events::spawn_nack_event_recorder(client, rx, "meshd-0".into());
+
+    api.expect_get("/api/v1/namespaces/shop/pods/web-0", Some("pod-uid"))
+        .await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(
+        event,
+        json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": "web-0.", "namespace": "shop"},
+            "type": "Warning",
+            "reason": REASON_NACK,
+            "action": "Configure",
+            "reportingController": "meshd",
+            "reportingInstance": "meshd-0",
+            "regarding": regarding("Pod", Some("shop"), "web-0", "pod-uid"),
+            "note": "the proxy rejected its LDS (type.googleapis.com/envoy.config.listener.v3.Listener) \
+                     version 00ab; it keeps its last accepted config. Envoy: cannot bind 198.18.255.254:15001",
+        })
+    );
+
+    // The same rejection of a newer version: the same problem, nothing.
+    // A Pod already gone: nothing posted. Then a new rejection: the next
+    // request is about it alone.
+    let mut newer = bad_bind.clone();
+    newer.version = "00ac".into();
+    nacks.send_replace(vec![newer.clone()]);
+    tokio::task::yield_now().await;
+    nacks.send_replace(vec![newer.clone(), nack("gone-0.shop", "bad route")]);
+    api.expect_get("/api/v1/namespaces/shop/pods/gone-0", None)
+        .await;
+    nacks.send_replace(vec![
+        newer,
+        nack("gone-0.shop", "bad route"),
+        nack("api-0.store", "unknown cluster"),
+    ]);
+    api.expect_get("/api/v1/namespaces/store/pods/api-0", Some("api-uid"))
+        .await;
+    let event = api.expect_event("store").await;
+    assert_eq!(
+        event["regarding"],
+        regarding("Pod", Some("store"), "api-0", "api-uid")
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("Envoy: unknown cluster"),
+        "{event}"
+    );
+
+    drop(nacks);
+    timeout(WAIT, recorder)
+        .await
+        .expect("the recorder ends with its channel")
+        .expect("no panic");
 }
