@@ -417,6 +417,9 @@ impl MeshRoutes {
 pub struct MeshAuthorization {
     /// Services with authorization annotations (or their namespace's).
     pub(crate) services: BTreeMap<ServiceKey, Arc<Policy>>,
+    /// Namespaces with authorization annotations: the policy of their
+    /// pods behind no Service.
+    pub(crate) namespaces: BTreeMap<String, Arc<Policy>>,
 }
 
 static NO_POLICY: Policy = Policy::NONE;
@@ -429,6 +432,11 @@ impl MeshAuthorization {
     /// The services with a policy of their own.
     pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &Arc<Policy>)> {
         self.services.iter()
+    }
+
+    /// The namespaces with a policy of their own.
+    pub fn namespaces(&self) -> impl Iterator<Item = (&str, &Arc<Policy>)> {
+        self.namespaces.iter().map(|(k, p)| (k.as_str(), p))
     }
 }
 

@@ -445,11 +445,20 @@ pub fn validate_namespace(
     namespace: &str,
     annotations: &Annotations,
 ) -> Result<(), Vec<AnnotationError>> {
+    parse_namespace(namespace, annotations).map(|_| ())
+}
+
+/// A Namespace's own policy: what its Services inherit, and what its pods
+/// behind no Service get.
+pub fn parse_namespace(
+    namespace: &str,
+    annotations: &Annotations,
+) -> Result<Policy, Vec<AnnotationError>> {
     let layers = [Layer {
         object: format!("Namespace {namespace}"),
         annotations,
     }];
-    policy(&layers, namespace).map(|_| ())
+    policy(&layers, namespace)
 }
 
 const METHODS: [&str; 9] = [

@@ -29,6 +29,7 @@ use crate::model::{Mesh, MeshAuthorization, ServiceKey};
 #[derive(Clone, Debug, Default)]
 pub struct AuthorizationIndex {
     services: BTreeMap<ServiceKey, Arc<Policy>>,
+    namespaces: BTreeMap<String, Arc<Policy>>,
 }
 
 impl AuthorizationIndex {
@@ -37,13 +38,32 @@ impl AuthorizationIndex {
     /// there never was one), and the errors are returned.
     pub fn update(&mut self, mesh: &Mesh) -> (MeshAuthorization, Vec<AnnotationError>) {
         let mut errors = Vec::new();
+        let mut namespaces = BTreeMap::new();
         for ns in mesh.namespaces.values() {
-            if let Err(e) =
-                meshd_api::annotations::authorization::validate_namespace(&ns.name, &ns.annotations)
-            {
-                errors.extend(e);
+            let policy = match meshd_api::annotations::authorization::parse_namespace(
+                &ns.name,
+                &ns.annotations,
+            ) {
+                Ok(policy) => {
+                    let policy = match self.namespaces.get(&ns.name) {
+                        Some(old) if **old == policy => old.clone(),
+                        _ => Arc::new(policy),
+                    };
+                    self.namespaces.insert(ns.name.clone(), policy.clone());
+                    Some(policy)
+                }
+                // The last good policy stays, as for Services.
+                Err(e) => {
+                    errors.extend(e);
+                    self.namespaces.get(&ns.name).cloned()
+                }
+            };
+            if let Some(policy) = policy.filter(|p| **p != Policy::NONE) {
+                namespaces.insert(ns.name.clone(), policy);
             }
         }
+        self.namespaces
+            .retain(|k, _| mesh.namespaces.contains_key(k));
         let no_annotations = Annotations::new();
         let mut services = BTreeMap::new();
         for svc in mesh.services.values() {
@@ -91,7 +111,13 @@ impl AuthorizationIndex {
             }
         }
         self.services.retain(|k, _| mesh.services.contains_key(k));
-        (MeshAuthorization { services }, errors)
+        (
+            MeshAuthorization {
+                services,
+                namespaces,
+            },
+            errors,
+        )
     }
 }
 

@@ -124,10 +124,12 @@ impl PortPolicies {
 }
 
 /// [`PortPolicies`] per workload: (namespace, pod); the others (pods
-/// behind no Service, or not yet in an EndpointSlice) get `fallback`.
+/// behind no Service, or not yet in an EndpointSlice) get their
+/// namespace's, else `fallback`.
 #[derive(Debug, Default)]
 pub(super) struct Policies {
     by_pod: HashMap<(String, String), PortPolicies>,
+    by_namespace: HashMap<String, PortPolicies>,
     fallback: PortPolicies,
 }
 
@@ -135,6 +137,7 @@ impl Policies {
     pub(super) fn workload(&self, namespace: &str, pod: &str) -> &PortPolicies {
         self.by_pod
             .get(&(namespace.to_string(), pod.to_string()))
+            .or_else(|| self.by_namespace.get(namespace))
             .unwrap_or(&self.fallback)
     }
 }
@@ -144,8 +147,9 @@ impl Policies {
 /// authorization annotations are looked at.
 ///
 /// Undeclared ports: closed on a pod behind a Service whose baseline is
-/// not allow-all (an allow rule, or a default other than allow-all), and,
-/// when the mesh default is not allow-all, on pods behind no Service. The
+/// not allow-all (an allow rule, or a default other than allow-all), and
+/// on pods behind no Service when their Namespace's baseline (else the
+/// mesh default) is not allow-all. The
 /// catch-all chain does not terminate mTLS (callers' proxies send those
 /// connections as they are), so there is no caller identity to allow:
 /// closed means closed to everyone.
@@ -210,7 +214,25 @@ pub(super) fn policies(
         ports: BTreeMap::new(),
         undeclared: (default != DefaultPolicy::AllowAll).then_some(Mode::Enforce),
     };
-    Policies { by_pod, fallback }
+    // A pod behind no Service has no declared port: its namespace's
+    // baseline decides whether the rest is open, as for a Service's pods.
+    let by_namespace = mesh
+        .authorization
+        .namespaces()
+        .map(|(namespace, policy)| {
+            let closes = policy.baseline(default) != DefaultPolicy::AllowAll;
+            let ports = PortPolicies {
+                ports: BTreeMap::new(),
+                undeclared: closes.then_some(policy.mode),
+            };
+            (namespace.to_string(), ports)
+        })
+        .collect();
+    Policies {
+        by_pod,
+        by_namespace,
+        fallback,
+    }
 }
 
 impl Enforced {
@@ -803,6 +825,71 @@ mod tests {
         );
         assert_eq!(catch_all(&opted_out, "web-0.shop"), open);
         assert_eq!(catch_all(&opted_out, "client-0.shop"), closed);
+    }
+
+    /// shop's Namespace with `annotations` (a flow mapping's body).
+    fn with_namespace(annotations: &str) -> String {
+        registry("").replacen(
+            "metadata: {name: shop}",
+            &format!("metadata: {{name: shop, annotations: {{{annotations}}}}}"),
+            1,
+        )
+    }
+
+    #[test]
+    fn a_pod_behind_no_service_follows_its_namespaces_policy() {
+        let open = (vec!["envoy.filters.network.tcp_proxy".to_string()], false);
+        let closed = (
+            vec![
+                NETWORK_RBAC_FILTER.to_string(),
+                "envoy.filters.network.tcp_proxy".to_string(),
+            ],
+            false,
+        );
+        let counted = (closed.0.clone(), true);
+        let allow_all = options(DefaultPolicy::AllowAll);
+        // client-0 is behind no Service; deny-all on its Namespace closes
+        // its ports as it closes those of the namespace's Services' pods.
+        let deny = Snapshot::new(
+            1,
+            mesh(&with_namespace("meshd.io/authorization: deny-all")),
+            allow_all.clone(),
+        );
+        for node in ["client-0.shop", "web-0.shop", "db-0.shop"] {
+            assert_eq!(catch_all(&deny, node), closed, "{node}");
+        }
+        // An allow rule on the Namespace: its baseline denies the rest.
+        let allow = Snapshot::next(
+            2,
+            mesh(&with_namespace("meshd.io/allow: 'shop/*'")),
+            allow_all.clone(),
+            &deny,
+        );
+        assert_eq!(catch_all(&allow, "client-0.shop"), closed);
+        // Dry-run on the Namespace: counted, not closed.
+        let dry_run = Snapshot::next(
+            3,
+            mesh(&with_namespace(
+                "meshd.io/authorization: deny-all, meshd.io/authorization-mode: dry-run",
+            )),
+            allow_all.clone(),
+            &allow,
+        );
+        assert_eq!(catch_all(&dry_run, "client-0.shop"), counted);
+        // A Namespace that allows all opens it under a deny-all mesh.
+        let opted_out = Snapshot::new(
+            4,
+            mesh(&with_namespace("meshd.io/authorization: allow-all")),
+            options(DefaultPolicy::DenyAll),
+        );
+        assert_eq!(catch_all(&opted_out, "client-0.shop"), open);
+        // A deny rule alone leaves allow-all in place.
+        let deny_rule = Snapshot::new(
+            5,
+            mesh(&with_namespace("meshd.io/deny: 'other/*'")),
+            allow_all,
+        );
+        assert_eq!(catch_all(&deny_rule, "client-0.shop"), open);
     }
 
     /// The rules as Envoy gets them, for one service port.
