@@ -74,7 +74,7 @@ use meshd_api::annotations::workload::Interception;
 use meshd_api::sidecar::bootstrap::{
     self, APP_HEALTH_PREFIX, AppProbe, BootstrapConfig, GrpcProbe, XdsProtocol,
 };
-use meshd_api::sidecar::ports;
+use meshd_api::sidecar::{TRACING_RESOURCE_ENV, ports, tracing_resource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -1293,6 +1293,13 @@ impl Plan {
                     &format!("metadata.annotations['{}']", annotations::WORKLOAD),
                 ),
                 field(SERVICE_ACCOUNT_ENV, "spec.serviceAccountName"),
+                // Names the workload in the proxy's spans (Kubernetes
+                // expands the reference to the variable above).
+                EnvVar {
+                    name: TRACING_RESOURCE_ENV.into(),
+                    value: Some(tracing_resource(&format!("$({WORKLOAD_ENV})"))),
+                    ..Default::default()
+                },
             ]),
             ports: Some(
                 DECLARED_PORTS
@@ -2638,17 +2645,13 @@ mod tests {
             .iter()
             .flatten()
             .map(|e| {
-                (
-                    e.name.as_str(),
-                    e.value_from
-                        .as_ref()
-                        .unwrap()
-                        .field_ref
-                        .as_ref()
-                        .unwrap()
-                        .field_path
-                        .as_str(),
-                )
+                // A value, or the downward API field it comes from.
+                let source = match (&e.value, &e.value_from) {
+                    (Some(value), None) => value.as_str(),
+                    (None, Some(from)) => from.field_ref.as_ref().unwrap().field_path.as_str(),
+                    other => panic!("{other:?}"),
+                };
+                (e.name.as_str(), source)
             })
             .collect();
         assert_eq!(
@@ -2661,6 +2664,9 @@ mod tests {
                     "metadata.annotations['meshd.io/workload']"
                 ),
                 ("MESHD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+                // After MESHD_WORKLOAD: Kubernetes expands only references
+                // to variables defined before.
+                ("OTEL_RESOURCE_ATTRIBUTES", "service.name=$(MESHD_WORKLOAD)"),
             ]
         );
         let mount = &proxy.volume_mounts.as_ref().unwrap()[0];

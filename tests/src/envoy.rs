@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshd_api::sidecar::{TRACING_RESOURCE_ENV, tracing_resource};
 
 use crate::http;
 
@@ -103,6 +104,9 @@ impl Envoy {
             .with_context(|| format!("creating {}", stdout.display()))?;
         let child = Command::new(&argv[0])
             .args(&argv[1..])
+            // As the injector sets it: the proxies of these tests are each
+            // their own workload, named for their pod.
+            .env(TRACING_RESOURCE_ENV, tracing_resource(name))
             .stdin(Stdio::null())
             .stdout(stdout_file)
             .stderr(Stdio::null())

@@ -23,3 +23,16 @@ pub mod ports {
 /// would loop, so they leave from this loopback address, which the rules
 /// let through (Istio uses the same one).
 pub const INBOUND_PASSTHROUGH_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
+/// The environment variable Envoy's OpenTelemetry tracer reads resource
+/// attributes from (the control plane configures its `environment`
+/// resource detector): the injector sets it to name the workload, so the
+/// spans of every proxy name their workload while the proxies of a
+/// namespace still share one listener.
+pub const TRACING_RESOURCE_ENV: &str = "OTEL_RESOURCE_ATTRIBUTES";
+
+/// The value of [`TRACING_RESOURCE_ENV`] for `workload` (a DNS label, or a
+/// `$(VAR)` reference Kubernetes expands).
+pub fn tracing_resource(workload: &str) -> String {
+    format!("service.name={workload}")
+}

@@ -20,10 +20,14 @@
 //! collector needs no re-injection), a share of requests sampled (the
 //! mesh's percentage or the Pod's `meshd.io/tracing-sampling`). Envoy
 //! propagates `traceparent` to the upstream, so the callee's proxy makes
-//! its span a child of the caller's. The traced variant of a listener is
-//! made once per (listener, workload, sampling), shared by the proxies
-//! of that workload, and kept across snapshots while the listener it
-//! derives from does not change.
+//! its span a child of the caller's. The workload's name is not in the
+//! listener: Envoy's `environment` resource detector reads it from the
+//! sidecar's `OTEL_RESOURCE_ATTRIBUTES`, which the injector sets (with
+//! the name in the listener, every workload needed its own copy of the
+//! outbound listener: +65 KiB per workload at 1,000 services). The traced
+//! variant of a listener is made once per (listener, sampling), shared by
+//! every proxy with that sampling, and kept across snapshots while the
+//! listener it derives from does not change.
 //!
 //! ```text
 //! listener ──with_tracing──> same listener, each HCM + tracing { opentelemetry → TRACING_COLLECTOR_CLUSTER }
@@ -33,13 +37,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use meshd_proto::envoy::config::accesslog::v3::{AccessLog, access_log};
-use meshd_proto::envoy::config::core::v3::{GrpcService, TrafficDirection, grpc_service};
+use meshd_proto::envoy::config::core::v3::{
+    GrpcService, TrafficDirection, TypedExtensionConfig, grpc_service,
+};
 use meshd_proto::envoy::config::listener::v3::{Listener, filter};
 use meshd_proto::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
 use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
 use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use meshd_proto::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::EnvironmentResourceDetectorConfig;
 use meshd_proto::envoy::r#type::v3::Percent;
 use meshd_proto::{Any, Struct, Value, pb::google::protobuf::value::Kind as ValueKind, to_any};
 use prost::{Message, Name};
@@ -191,12 +198,15 @@ pub(super) fn with_access_log(listener: &Arc<Resource>) -> Arc<Resource> {
     Resource::new(listener.name.clone(), &l, listener.cluster_refs.clone())
 }
 
-/// How a proxy traces: the workload its spans name, and its sampling.
+/// How a proxy traces: its sampling. (The workload its spans name comes
+/// from the sidecar's environment, see the module docs.)
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TracingKey {
-    service_name: String,
     sampling: SamplingPercent,
 }
+
+/// Envoy's resource detector that reads `OTEL_RESOURCE_ATTRIBUTES`.
+const ENVIRONMENT_DETECTOR: &str = "envoy.tracers.opentelemetry.resource_detectors.environment";
 
 /// `workload`'s tracing, when the mesh has a collector: its Pod's
 /// `meshd.io/tracing-sampling`, else the mesh's percentage. The injector
@@ -208,18 +218,7 @@ fn tracing_for(workload: &Workload, tracing: &Tracing) -> TracingKey {
         .get(pod_annotations::TRACING_SAMPLING)
         .and_then(|v| SamplingPercent::parse(v))
         .unwrap_or(tracing.sampling);
-    // The workload the proxy's metrics name (the injector sets
-    // `meshd.io/workload`), so spans and metrics agree.
-    let service_name = workload
-        .annotations
-        .get(pod_annotations::WORKLOAD)
-        .filter(|w| pod_annotations::valid_workload(w))
-        .cloned()
-        .unwrap_or_else(|| workload.name.clone());
-    TracingKey {
-        service_name,
-        sampling,
-    }
+    TracingKey { sampling }
 }
 
 /// The collector's cluster: Envoy resolves the name itself (an IP address
@@ -244,7 +243,12 @@ fn hcm_tracing(key: &TracingKey) -> http_connection_manager::Tracing {
             )),
             ..Default::default()
         }),
-        service_name: key.service_name.clone(),
+        // The injector sets `OTEL_RESOURCE_ATTRIBUTES=service.name=<the
+        // workload the proxy's metrics name>`, so spans and metrics agree.
+        resource_detectors: vec![TypedExtensionConfig {
+            name: ENVIRONMENT_DETECTOR.into(),
+            typed_config: Some(to_any(&EnvironmentResourceDetectorConfig {})),
+        }],
         ..Default::default()
     };
     http_connection_manager::Tracing {
@@ -483,8 +487,9 @@ status: {podIP: 198.18.0.4}
             .collect()
     }
 
-    /// (service name, collector cluster, sampling percentage) of a tracing.
-    fn provider(t: &http_connection_manager::Tracing) -> (String, String, f64) {
+    /// (resource detectors, collector cluster, sampling percentage) of a
+    /// tracing; its service name is left to the detectors.
+    fn provider(t: &http_connection_manager::Tracing) -> (Vec<String>, String, f64) {
         let http = t.provider.as_ref().unwrap();
         assert_eq!(http.name, "envoy.tracers.opentelemetry");
         let Some(tracing::http::ConfigType::TypedConfig(any)) = &http.config_type else {
@@ -492,13 +497,23 @@ status: {podIP: 198.18.0.4}
         };
         assert_eq!(any.type_url, OpenTelemetryConfig::type_url());
         let otel = OpenTelemetryConfig::decode(any.value.as_slice()).unwrap();
+        assert_eq!(otel.service_name, "", "the workload is not in the listener");
+        let detectors = otel
+            .resource_detectors
+            .iter()
+            .map(|d| {
+                let any = d.typed_config.as_ref().unwrap();
+                assert_eq!(any.type_url, EnvironmentResourceDetectorConfig::type_url());
+                d.name.clone()
+            })
+            .collect();
         let Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc)) =
             otel.grpc_service.and_then(|g| g.target_specifier)
         else {
             panic!("no Envoy gRPC target")
         };
         (
-            otel.service_name,
+            detectors,
             grpc.cluster_name,
             t.random_sampling.unwrap().value,
         )
@@ -515,15 +530,21 @@ status: {podIP: 198.18.0.4}
     }
 
     #[test]
-    fn every_http_connection_manager_traces_to_the_collector_named_for_the_workload() {
+    fn every_http_connection_manager_traces_to_the_collector_and_the_workload_comes_from_the_environment()
+     {
         let snap = snapshot(Some(mesh_tracing()));
         let client = snap.proxy("client-0.shop").unwrap();
-        // The mesh's percentage; the pod's name when it has no workload.
+        // The mesh's percentage; the workload's name from the sidecar's
+        // OTEL_RESOURCE_ATTRIBUTES, which the injector sets.
         let tracings = hcm_tracings(&client, OUTBOUND_LISTENER);
         assert!(!tracings.is_empty());
         for t in &tracings {
             let t = t.as_ref().expect("traced");
-            let expected = ("client-0".into(), TRACING_COLLECTOR_CLUSTER.into(), 1.0);
+            let expected = (
+                vec![ENVIRONMENT_DETECTOR.to_string()],
+                TRACING_COLLECTOR_CLUSTER.into(),
+                1.0,
+            );
             assert_eq!(provider(t), expected);
         }
         let cluster: Cluster = decode(
@@ -540,17 +561,18 @@ status: {podIP: 198.18.0.4}
         // HTTP/2 for gRPC.
         assert!(!cluster.typed_extension_protocol_options.is_empty());
 
-        // The pod's own percentage and workload, inbound and outbound.
+        // The pod's own percentage, inbound and outbound.
         let web = snap.proxy("web-0.shop").unwrap();
         for listener in [OUTBOUND_LISTENER, INBOUND_LISTENER] {
             let tracings = hcm_tracings(&web, listener);
             assert!(!tracings.is_empty(), "{listener}");
             for t in &tracings {
-                let (service, _, sampling) = provider(t.as_ref().expect("traced"));
-                assert_eq!((service.as_str(), sampling), ("web", 100.0), "{listener}");
+                let (_, _, sampling) = provider(t.as_ref().expect("traced"));
+                assert_eq!(sampling, 100.0, "{listener}");
             }
         }
-        // The pods of one workload share their traced listeners.
+        // Proxies with one sampling share their traced listeners, whatever
+        // their workload: web's two pods, and client and db.
         let web_1 = snap.proxy("web-1.shop").unwrap();
         let (a, b) = (
             web.get(Kind::Listener, OUTBOUND_LISTENER).unwrap(),
@@ -559,6 +581,9 @@ status: {podIP: 198.18.0.4}
         assert!(Arc::ptr_eq(a, b));
         let client_out = client.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
         assert_ne!(a.version, client_out.version);
+        let db = snap.proxy("db-0.shop").unwrap();
+        let db_out = db.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
+        assert!(Arc::ptr_eq(client_out, db_out));
     }
 
     #[test]
