@@ -19,7 +19,7 @@ use meshd_proto::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::Message;
 use prost::encoding::{WireType, decode_key, decode_varint};
 
-use super::Kind;
+use crate::translate::Kind;
 
 /// `DiscoveryRequest.resource_names`.
 const RESOURCE_NAMES: u32 = 3;
