@@ -33,32 +33,16 @@ pub struct AuthorizationIndex {
 }
 
 impl AuthorizationIndex {
-    /// Parses every service's policy. Where a value is invalid the last
-    /// good policy of that service stays in force (the mesh default when
-    /// there never was one), and the errors are returned.
+    /// Parses every namespace's and service's policy. Where a value is
+    /// invalid the last good policy of that object stays in force (the
+    /// mesh default when there never was one), and the errors are returned.
     pub fn update(&mut self, mesh: &Mesh) -> (MeshAuthorization, Vec<AnnotationError>) {
         let mut errors = Vec::new();
         let mut namespaces = BTreeMap::new();
         for ns in mesh.namespaces.values() {
-            let policy = match meshd_api::annotations::authorization::parse_namespace(
-                &ns.name,
-                &ns.annotations,
-            ) {
-                Ok(policy) => {
-                    let policy = match self.namespaces.get(&ns.name) {
-                        Some(old) if **old == policy => old.clone(),
-                        _ => Arc::new(policy),
-                    };
-                    self.namespaces.insert(ns.name.clone(), policy.clone());
-                    Some(policy)
-                }
-                // The last good policy stays, as for Services.
-                Err(e) => {
-                    errors.extend(e);
-                    self.namespaces.get(&ns.name).cloned()
-                }
-            };
-            if let Some(policy) = policy.filter(|p| **p != Policy::NONE) {
+            let parsed =
+                meshd_api::annotations::authorization::parse_namespace(&ns.name, &ns.annotations);
+            if let Some(policy) = in_force(&mut self.namespaces, &ns.name, parsed, &mut errors) {
                 namespaces.insert(ns.name.clone(), policy);
             }
         }
@@ -90,23 +74,7 @@ impl AuthorizationIndex {
                     }
                 }
             };
-            let policy = match parsed {
-                Ok(policy) => {
-                    // Keep the Arc when nothing changed: translation tells
-                    // unchanged inbound sides apart by it.
-                    let policy = match self.services.get(&svc.key) {
-                        Some(old) if **old == policy => old.clone(),
-                        _ => Arc::new(policy),
-                    };
-                    self.services.insert(svc.key.clone(), policy.clone());
-                    Some(policy)
-                }
-                Err(e) => {
-                    errors.extend(e);
-                    self.services.get(&svc.key).cloned()
-                }
-            };
-            if let Some(policy) = policy.filter(|p| **p != Policy::NONE) {
+            if let Some(policy) = in_force(&mut self.services, &svc.key, parsed, &mut errors) {
                 services.insert(svc.key.clone(), policy);
             }
         }
@@ -119,6 +87,33 @@ impl AuthorizationIndex {
             errors,
         )
     }
+}
+
+/// The policy in force for `key` from its latest parse: the new one when
+/// good (the same `Arc` as before when unchanged: translation tells
+/// unchanged inbound sides apart by it), else the last good one, with the
+/// errors added to `errors`. `None` when it is the mesh default.
+fn in_force<K: Ord + Clone>(
+    last_good: &mut BTreeMap<K, Arc<Policy>>,
+    key: &K,
+    parsed: Result<Policy, Vec<AnnotationError>>,
+    errors: &mut Vec<AnnotationError>,
+) -> Option<Arc<Policy>> {
+    let policy = match parsed {
+        Ok(policy) => {
+            let policy = match last_good.get(key) {
+                Some(old) if **old == policy => old.clone(),
+                _ => Arc::new(policy),
+            };
+            last_good.insert(key.clone(), policy.clone());
+            Some(policy)
+        }
+        Err(e) => {
+            errors.extend(e);
+            last_good.get(key).cloned()
+        }
+    };
+    policy.filter(|p| **p != Policy::NONE)
 }
 
 #[cfg(test)]

@@ -766,17 +766,24 @@ mod tests {
         )
     }
 
+    /// What [`catch_all`] says of a chain: its filters, and whether its
+    /// RBAC only counts.
+    type ChainState = (Vec<String>, bool);
+
+    /// A chain left open, closed, and counting (dry-run).
+    fn catch_all_states() -> (ChainState, ChainState, ChainState) {
+        let tcp_proxy = "envoy.filters.network.tcp_proxy".to_string();
+        let closed = vec![NETWORK_RBAC_FILTER.to_string(), tcp_proxy.clone()];
+        (
+            (vec![tcp_proxy], false),
+            (closed.clone(), false),
+            (closed, true),
+        )
+    }
+
     #[test]
     fn undeclared_ports_close_when_the_pods_policy_or_the_mesh_default_denies() {
-        let open = (vec!["envoy.filters.network.tcp_proxy".to_string()], false);
-        let closed = (
-            vec![
-                NETWORK_RBAC_FILTER.to_string(),
-                "envoy.filters.network.tcp_proxy".to_string(),
-            ],
-            false,
-        );
-        let counted = (closed.0.clone(), true);
+        let (open, closed, counted) = catch_all_states();
         let allow_all = options(DefaultPolicy::AllowAll);
         // Today's behaviour without policies.
         let none = Snapshot::new(1, mesh(&registry("")), allow_all.clone());
@@ -838,15 +845,7 @@ mod tests {
 
     #[test]
     fn a_pod_behind_no_service_follows_its_namespaces_policy() {
-        let open = (vec!["envoy.filters.network.tcp_proxy".to_string()], false);
-        let closed = (
-            vec![
-                NETWORK_RBAC_FILTER.to_string(),
-                "envoy.filters.network.tcp_proxy".to_string(),
-            ],
-            false,
-        );
-        let counted = (closed.0.clone(), true);
+        let (open, closed, counted) = catch_all_states();
         let allow_all = options(DefaultPolicy::AllowAll);
         // client-0 is behind no Service; deny-all on its Namespace closes
         // its ports as it closes those of the namespace's Services' pods.
