@@ -706,21 +706,26 @@ impl Coordinator {
         Ok(result)
     }
 
-    /// meshd's usage once its memory has stopped falling (an allocator
-    /// gives memory back some seconds after it is freed), or at `until`.
+    /// meshd's usage once its memory has fallen and then stopped falling
+    /// (an allocator gives memory back some seconds after it is freed), or
+    /// at `until`. Memory that has not begun to fall is not settled:
+    /// jemalloc starts returning a disconnected fleet's pages only seconds
+    /// later, so a reading taken then would count them as kept.
     async fn settle(&self, until: Instant) -> Option<Usage> {
         let until = until.min(self.deadline);
         let mut usage = self.meshd.usage();
         let mut lowest = usage.map_or(0, |u| u.rss_kib);
-        let mut last_drop = Instant::now();
-        while Instant::now() + SETTLE_POLL <= until && last_drop.elapsed() < SETTLED_AFTER {
+        let mut last_drop: Option<Instant> = None;
+        while Instant::now() + SETTLE_POLL <= until
+            && last_drop.is_none_or(|at| at.elapsed() < SETTLED_AFTER)
+        {
             tokio::time::sleep(SETTLE_POLL).await;
             usage = self.meshd.usage();
             let rss = usage.map_or(0, |u| u.rss_kib);
             // Less than 1 % is noise, not memory being given back.
             if rss < lowest - lowest / 100 {
                 lowest = rss;
-                last_drop = Instant::now();
+                last_drop = Some(Instant::now());
             }
         }
         usage
