@@ -287,8 +287,9 @@ async fn registry(State(s): State<DebugState>) -> impl IntoResponse {
     Json(serde_json::json!({ "errors": problems }))
 }
 
-/// Routing annotations currently rejected: object, annotation, value and
-/// what is accepted. Their services keep their last good routing.
+/// Annotation problems now: values rejected (object, annotation, value and
+/// what is accepted; their objects keep their last good values) and values
+/// in force with a warning, told apart by `severity`.
 async fn routing(State(s): State<DebugState>) -> impl IntoResponse {
     Json(s.xds.routing_errors())
 }

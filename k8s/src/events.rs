@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use meshd_api::annotations::routing::AnnotationError;
+use meshd_api::annotations::routing::{AnnotationError, Severity};
 use meshd_controlplane::xds::ProxyNack;
 
 /// `reportingController` of every event.
@@ -51,6 +51,11 @@ pub const REPORTING_CONTROLLER: &str = "meshd";
 pub const REASON_INVALID: &str = "InvalidRoutingAnnotation";
 /// The reason of the Normal event when an annotation is accepted again.
 pub const REASON_RESOLVED: &str = "RoutingAnnotationAccepted";
+/// The reason of the Warning for an annotation in force that likely does
+/// not do what it says (an identity rule on pods that accept plaintext).
+pub const REASON_WARNING: &str = "AnnotationWarning";
+/// The reason of the Normal event when that warning no longer applies.
+pub const REASON_WARNING_CLEARED: &str = "AnnotationWarningCleared";
 /// What meshd did: it validated the object's annotations.
 pub const ACTION: &str = "Validate";
 /// The reason of the Warning on a Pod whose proxy rejected its config.
@@ -428,8 +433,8 @@ fn event(error: &AnnotationError, kind: Kind, regarding: ObjectReference, instan
         .namespace
         .clone()
         .unwrap_or_else(|| CLUSTER_SCOPED_EVENT_NAMESPACE.into());
-    let (type_, reason, note) = match kind {
-        Kind::Invalid => (
+    let (type_, reason, note) = match (kind, error.severity) {
+        (Kind::Invalid, Severity::Rejected) => (
             "Warning",
             REASON_INVALID,
             format!(
@@ -439,10 +444,28 @@ fn event(error: &AnnotationError, kind: Kind, regarding: ObjectReference, instan
                 error.message
             ),
         ),
-        Kind::Resolved => (
+        (Kind::Invalid, Severity::Warning) => (
+            "Warning",
+            REASON_WARNING,
+            format!(
+                "annotation {} = {:?} is in force, but: {}",
+                error.annotation,
+                quoted(&error.value),
+                error.message
+            ),
+        ),
+        (Kind::Resolved, Severity::Rejected) => (
             "Normal",
             REASON_RESOLVED,
             format!("annotation {} is accepted again", error.annotation),
+        ),
+        (Kind::Resolved, Severity::Warning) => (
+            "Normal",
+            REASON_WARNING_CLEARED,
+            format!(
+                "annotation {}: the warning no longer applies",
+                error.annotation
+            ),
         ),
     };
     Event {
@@ -519,6 +542,7 @@ mod tests {
 
     fn error(object: &str, value: &str) -> AnnotationError {
         AnnotationError {
+            severity: Severity::Rejected,
             object: object.into(),
             annotation: "meshd.io/routes".into(),
             value: value.into(),
@@ -558,6 +582,27 @@ mod tests {
             )
         );
         assert_eq!(event.reporting_instance.as_deref(), Some("meshd-0"));
+    }
+
+    #[test]
+    fn an_annotation_in_force_with_a_warning_is_not_called_rejected() {
+        let e = AnnotationError {
+            severity: Severity::Warning,
+            ..error("Service shop/reviews", "shop/legacy")
+        };
+        let regarding = || reference(Some("shop"), "Service", "reviews");
+        let warning = event(&e, Kind::Invalid, regarding(), "meshd-0");
+        assert_eq!(warning.type_.as_deref(), Some("Warning"));
+        assert_eq!(warning.reason.as_deref(), Some(REASON_WARNING));
+        let note = warning.note.unwrap();
+        assert!(
+            note.starts_with("annotation meshd.io/routes = \"shop/legacy\" is in force, but: ")
+                && !note.contains("rejected"),
+            "{note}"
+        );
+        let cleared = event(&e, Kind::Resolved, regarding(), "meshd-0");
+        assert_eq!(cleared.type_.as_deref(), Some("Normal"));
+        assert_eq!(cleared.reason.as_deref(), Some(REASON_WARNING_CLEARED));
     }
 
     fn nack(node: &str, message: &str) -> ProxyNack {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode, header};
-use meshd_api::annotations::routing::AnnotationError;
+use meshd_api::annotations::routing::{AnnotationError, Severity};
 use meshd_controlplane::discovery::file;
 use meshd_controlplane::discovery::index::Index;
 use meshd_controlplane::model::Mesh;
@@ -81,6 +81,7 @@ impl Api {
 
 fn timeout_error(object: &str, value: &str) -> AnnotationError {
     AnnotationError {
+        severity: Severity::Rejected,
         object: object.into(),
         annotation: "meshd.io/timeout".into(),
         value: value.into(),

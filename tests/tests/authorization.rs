@@ -324,6 +324,17 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     let plain = |path| request(&mesh, KUBELET, web_pod, "GET", path).map(|(s, _)| s);
     assert_eq!(plain("/healthz").unwrap(), 200);
     assert_eq!(plain("/").unwrap(), 403);
+    // ...which the rules naming identities on web say, as a warning.
+    let problems = mesh.debug_get("/debug/routing").unwrap();
+    let problems: serde_json::Value = serde_json::from_str(&problems.body).unwrap();
+    let warned = problems.as_array().into_iter().flatten().any(|p| {
+        p["severity"] == "warning"
+            && p["object"] == "Service shop/web"
+            && p["message"].as_str().is_some_and(|m| {
+                m.contains("pod shop/web-0 behind Service shop/web accepts plaintext")
+            })
+    });
+    assert!(warned, "{problems:#}");
     // TCP: the connection is closed, nothing echoed.
     let tcp = wait_for("db to close denied connections", WAIT, || {
         match echo(&mesh, CLIENT) {

@@ -29,7 +29,7 @@
 
 use std::fmt;
 
-use super::routing::{AnnotationDoc, AnnotationError, Annotations, Applies};
+use super::routing::{AnnotationDoc, AnnotationError, Annotations, Applies, Severity};
 use crate::names::{ServiceKey, is_dns_label};
 
 pub const AUTHORIZATION: &str = "meshd.io/authorization";
@@ -292,6 +292,7 @@ fn lookup<'a, 'b>(layers: &'b [Layer<'a>], name: &str) -> Option<(&'b Layer<'a>,
 
 fn error(layer: &Layer<'_>, name: &str, value: &str, detail: String) -> AnnotationError {
     AnnotationError {
+        severity: Severity::Rejected,
         object: layer.object.clone(),
         annotation: name.to_string(),
         value: value.to_string(),
@@ -427,6 +428,7 @@ pub fn check_ports(
             });
         let missing: Vec<String> = missing.iter().map(u16::to_string).collect();
         errors.push(AnnotationError {
+            severity: Severity::Rejected,
             object,
             annotation: annotation.to_string(),
             value: value.to_string(),
@@ -438,6 +440,85 @@ pub fn check_ports(
         });
     }
     errors
+}
+
+impl Caller {
+    /// Whether matching this caller takes a certificate: a plaintext caller
+    /// has none, so it can only ever be `*` or `unauthenticated`.
+    pub fn needs_identity(&self) -> bool {
+        !matches!(self, Caller::Any | Caller::Unauthenticated)
+    }
+}
+
+/// An annotation in force for a Service whose value tells callers apart by
+/// their mTLS identity: on a workload that also accepts plaintext, it does
+/// not do what it says for plaintext callers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NamesIdentities {
+    /// The object whose value is in force: the Service, else its Namespace.
+    pub object: String,
+    pub annotation: &'static str,
+    pub value: String,
+}
+
+impl NamesIdentities {
+    /// The warning for this annotation, where `plaintext` says which of the
+    /// Service's workloads accept plaintext and why (`pods shop/db-0 and 2
+    /// more of Service shop/db accept plaintext (meshd.io/mtls PERMISSIVE)`).
+    pub fn warning(&self, plaintext: &str) -> AnnotationError {
+        let consequence = match self.annotation {
+            DENY => "so these deny rules do not stop it",
+            ALLOW => "so it is refused unless a rule allows `unauthenticated` or `*`",
+            _ => "so this default refuses it",
+        };
+        AnnotationError {
+            severity: Severity::Warning,
+            object: self.object.clone(),
+            annotation: self.annotation.to_string(),
+            value: self.value.clone(),
+            message: format!(
+                "names callers by their mTLS identity, but {plaintext}: a plaintext caller has no identity and matches only `unauthenticated` or `*`, {consequence}; set meshd.io/mtls: STRICT on the Namespace (or the Pods) to refuse plaintext"
+            ),
+        }
+    }
+}
+
+/// The annotations in force for `service` (as [`parse`] made `policy`)
+/// that name callers by identity: `allow` or `deny` rules with a caller
+/// other than `*` and `unauthenticated`, and the defaults
+/// allow-authenticated and allow-same-namespace.
+pub fn names_identities(
+    service: &ServiceKey,
+    service_annotations: &Annotations,
+    namespace_annotations: &Annotations,
+    policy: &Policy,
+) -> Vec<NamesIdentities> {
+    let layers = service_layers(service, service_annotations, namespace_annotations);
+    let by_identity = |rules: &[Rule]| {
+        rules
+            .iter()
+            .any(|r| r.callers.iter().any(Caller::needs_identity))
+    };
+    let default = matches!(
+        policy.default,
+        Some(DefaultPolicy::AllowAuthenticated | DefaultPolicy::AllowSameNamespace)
+    );
+    [
+        (AUTHORIZATION, default),
+        (ALLOW, by_identity(&policy.allow)),
+        (DENY, by_identity(&policy.deny)),
+    ]
+    .into_iter()
+    .filter(|(_, names)| *names)
+    .filter_map(|(annotation, _)| {
+        let (layer, value) = lookup(&layers, annotation)?;
+        Some(NamesIdentities {
+            object: layer.object.clone(),
+            annotation,
+            value: value.to_string(),
+        })
+    })
+    .collect()
 }
 
 /// Checks a Namespace's authorization defaults on their own.
@@ -617,6 +698,51 @@ mod tests {
 
     fn key() -> ServiceKey {
         ServiceKey::new("shop", "reviews")
+    }
+
+    #[test]
+    fn identity_rules_are_found_on_the_object_whose_value_is_in_force() {
+        let service = ann(&[(DENY, "shop/legacy")]);
+        let namespace = ann(&[
+            (AUTHORIZATION, "allow-same-namespace"),
+            (ALLOW, "unauthenticated GET /healthz"),
+        ]);
+        let policy = parse(&key(), &service, &namespace).unwrap();
+        let found = names_identities(&key(), &service, &namespace, &policy);
+        assert_eq!(
+            found,
+            [
+                NamesIdentities {
+                    object: "Namespace shop".into(),
+                    annotation: AUTHORIZATION,
+                    value: "allow-same-namespace".into(),
+                },
+                NamesIdentities {
+                    object: "Service shop/reviews".into(),
+                    annotation: DENY,
+                    value: "shop/legacy".into(),
+                },
+            ],
+            "an allow rule for `unauthenticated` alone names no identity"
+        );
+        let warning = found[1].warning("pods shop/reviews-0 accept plaintext");
+        assert_eq!(warning.severity, Severity::Warning);
+        assert!(
+            warning
+                .message
+                .contains("pods shop/reviews-0 accept plaintext")
+                && warning.message.contains("do not stop it")
+                && warning.message.contains("meshd.io/mtls: STRICT"),
+            "{warning}"
+        );
+
+        // `*` and `unauthenticated` match plaintext callers as written.
+        let open = ann(&[(ALLOW, "*"), (DENY, "unauthenticated POST")]);
+        let policy = parse(&key(), &open, &Annotations::new()).unwrap();
+        assert_eq!(
+            names_identities(&key(), &open, &Annotations::new(), &policy),
+            []
+        );
     }
 
     #[test]

@@ -296,12 +296,26 @@ pub fn markdown_table() -> String {
 )]
 #[error("{object}: {annotation}: {message}")]
 pub struct AnnotationError {
+    /// Whether the value was refused (the last good one stays) or is in
+    /// force with a warning.
+    pub severity: Severity,
     /// `Service shop/reviews`, `Namespace shop` or `Pod shop/web-0`.
     pub object: String,
     pub annotation: String,
     pub value: String,
     /// What is wrong, and what is accepted.
     pub message: String,
+}
+
+/// What became of an annotation's value that has a problem.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Not accepted: the object's last good value stays in force.
+    #[default]
+    Rejected,
+    /// In force, but likely not doing what its author meant.
+    Warning,
 }
 
 impl AnnotationError {
@@ -568,6 +582,7 @@ impl<'a> Parser<'a> {
             Ok(v) => Some(v),
             Err(detail) => {
                 let error = AnnotationError {
+                    severity: Severity::Rejected,
                     object: layer.object.clone(),
                     annotation: name.to_string(),
                     value: value.to_string(),
@@ -658,6 +673,7 @@ impl<'a> Parser<'a> {
                 ),
             };
             self.errors.push(AnnotationError {
+                severity: Severity::Rejected,
                 object: object.to_string(),
                 annotation: name.clone(),
                 value: value.clone(),
@@ -1065,6 +1081,7 @@ pub struct EgressRule {
 impl EgressRule {
     pub fn parse(object: &str, value: &str) -> Result<EgressRule, AnnotationError> {
         let error = |detail: String| AnnotationError {
+            severity: Severity::Rejected,
             object: object.to_string(),
             annotation: EGRESS.to_string(),
             value: value.to_string(),

@@ -58,4 +58,13 @@ impl MtlsMode {
             _ => None,
         }
     }
+
+    /// The value as users write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Disable => "DISABLE",
+        }
+    }
 }

@@ -16,7 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use meshd_api::annotations::routing::{AnnotationError, RETRIES, ROUTES, TIMEOUT, TRAFFIC_SPLIT};
+use meshd_api::annotations::routing::{
+    AnnotationError, RETRIES, ROUTES, Severity, TIMEOUT, TRAFFIC_SPLIT,
+};
 use meshd_api::gateway::{BackendRef, Grant, PathMatch, RouteError, RouteKind};
 
 use super::objects::RouteObject;
@@ -481,6 +483,7 @@ fn conflicts(
                 .map(|(port, routes)| format!("port {port} ({})", routes.join(", ")))
                 .collect();
             problems.push(AnnotationError {
+                severity: Severity::Rejected,
                 object: format!("Service {key}"),
                 annotation: annotation.to_string(),
                 value: value.clone(),

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use meshd_api::annotations::routing::{
-    AnnotationError, Annotations, EGRESS, Egress, EgressRule, ROUTES, Routing, TRAFFIC_SPLIT,
-    accepted, parse, pod_egress, validate_namespace,
+    AnnotationError, Annotations, EGRESS, Egress, EgressRule, ROUTES, Routing, Severity,
+    TRAFFIC_SPLIT, accepted, parse, pod_egress, validate_namespace,
 };
 
 use crate::model::{Mesh, MeshRouting, Service, ServiceKey, node_id};
@@ -82,6 +82,7 @@ pub fn check_references(service: &Service, routing: &Routing, mesh: &Mesh) -> Ve
         }
         if !problems.is_empty() {
             errors.push(AnnotationError {
+                severity: Severity::Rejected,
                 object: format!("Service {}", service.key),
                 annotation: annotation.to_string(),
                 value: service

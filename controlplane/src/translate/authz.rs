@@ -48,7 +48,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
-use meshd_api::annotations::authorization::{Caller, DefaultPolicy, Mode, PathMatch, Policy, Rule};
+use meshd_api::annotations::authorization::{
+    Caller, DefaultPolicy, Mode, NamesIdentities, PathMatch, Policy, Rule, names_identities,
+};
+use meshd_api::annotations::routing::{AnnotationError, Annotations};
+use meshd_api::names::node_id;
 use meshd_proto::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, MetadataFilter, OrFilter, access_log, access_log_filter,
 };
@@ -71,7 +75,7 @@ use meshd_proto::to_any;
 use prost::Message;
 
 use super::telemetry;
-use crate::model::Mesh;
+use crate::model::{Mesh, MtlsMode, ServiceKey};
 
 /// The prefix of the dry-run counters: Envoy adds a dot,
 /// `rbac.dry_run.shadow_denied`.
@@ -232,6 +236,102 @@ pub(super) fn policies(
         by_pod,
         by_namespace,
         fallback,
+    }
+}
+
+/// A warning for every authorization annotation that names callers by
+/// identity on Services with pods that accept plaintext (`mtls`: the mesh
+/// default mode, `None` when the mesh runs without mTLS). A plaintext
+/// caller has no certificate: it matches only `unauthenticated` and `*`,
+/// so an identity deny rule does not stop it and an identity allow rule
+/// refuses it. One warning per annotation, naming the Services and pods.
+pub(super) fn plaintext_warnings(mesh: &Mesh, mtls: Option<MtlsMode>) -> Vec<AnnotationError> {
+    let no_annotations = Annotations::new();
+    // Per annotation in force: the Services it covers that have plaintext
+    // pods, with their pods, and why the first of them accepts plaintext.
+    let mut found: BTreeMap<NamesIdentities, (Vec<&ServiceKey>, Vec<String>, String)> =
+        BTreeMap::new();
+    for (key, policy) in mesh.authorization.services() {
+        let Some(svc) = mesh.services.get(key) else {
+            continue;
+        };
+        let namespace = mesh.namespaces.get(&key.namespace);
+        let names = names_identities(
+            key,
+            &svc.annotations,
+            namespace.map_or(&no_annotations, |n| &n.annotations),
+            policy,
+        );
+        if names.is_empty() {
+            continue;
+        }
+        let mut pods: Vec<(String, String)> = mesh
+            .endpoints_of(key)
+            .iter()
+            .filter_map(|ep| ep.pod.as_deref())
+            .filter_map(|pod| {
+                let why = plaintext_because(mesh, &key.namespace, pod, mtls)?;
+                Some((format!("{}/{pod}", key.namespace), why))
+            })
+            .collect();
+        if pods.is_empty() {
+            continue;
+        }
+        pods.sort();
+        pods.dedup_by(|a, b| a.0 == b.0);
+        for name in names {
+            let (services, all, why) = found.entry(name).or_default();
+            services.push(key);
+            if why.is_empty() {
+                why.clone_from(&pods[0].1);
+            }
+            all.extend(pods.iter().map(|(pod, _)| pod.clone()));
+        }
+    }
+    found
+        .into_iter()
+        .map(|(name, (services, pods, why))| {
+            let plaintext = format!(
+                "{} behind {} accept{} plaintext ({why})",
+                listed("pod", &pods),
+                listed("Service", &services),
+                if pods.len() == 1 { "s" } else { "" }
+            );
+            name.warning(&plaintext)
+        })
+        .collect()
+}
+
+/// Why pod `pod` of `namespace` accepts plaintext, or `None` if it does
+/// not (STRICT).
+fn plaintext_because(
+    mesh: &Mesh,
+    namespace: &str,
+    pod: &str,
+    mtls: Option<MtlsMode>,
+) -> Option<String> {
+    let Some(default) = mtls else {
+        return Some("the mesh runs without mTLS".into());
+    };
+    let (mode, from) = match mesh.workloads.get(&node_id(namespace, pod)) {
+        Some(w) if w.mtls.is_some() => (w.mtls, "its Pod's meshd.io/mtls"),
+        _ => match mesh.namespaces.get(namespace).and_then(|n| n.mtls) {
+            Some(mode) => (Some(mode), "its Namespace's meshd.io/mtls"),
+            None => (None, "the mesh default, --mtls-mode"),
+        },
+    };
+    let mode = mode.unwrap_or(default);
+    (mode != MtlsMode::Strict).then(|| format!("{} {}", from, mode.name()))
+}
+
+/// `pods shop/a-0, shop/a-1 and 3 more`: the first two of `items`.
+fn listed<T: std::fmt::Display>(what: &str, items: &[T]) -> String {
+    const SHOWN: usize = 2;
+    let shown: Vec<String> = items.iter().take(SHOWN).map(ToString::to_string).collect();
+    let plural = if items.len() == 1 { "" } else { "s" };
+    match items.len().saturating_sub(SHOWN) {
+        0 => format!("{what}{plural} {}", shown.join(", ")),
+        more => format!("{what}{plural} {} and {more} more", shown.join(", ")),
     }
 }
 
@@ -623,7 +723,7 @@ mod tests {
     use crate::translate::{
         INBOUND_LISTENER, Kind, MtlsOptions, OUTBOUND_LISTENER, Snapshot, TranslateOptions, decode,
     };
-    use meshd_api::annotations::workload::MtlsMode;
+    use meshd_api::annotations::routing::Severity;
     use meshd_proto::envoy::config::listener::v3::Listener;
 
     /// web (two pods, HTTP) and db (one pod, TCP) in shop; client in shop.
@@ -695,6 +795,43 @@ mod tests {
             .unwrap()
             .version
             .clone()
+    }
+
+    #[test]
+    fn identity_rules_on_pods_that_accept_plaintext_are_called_out() {
+        let warnings = |web: &str, mtls: Option<MtlsMode>| -> Vec<AnnotationError> {
+            let mut options = options(DefaultPolicy::AllowAll);
+            options.mtls = mtls.map(|default_mode| MtlsOptions {
+                trust_domain: "cluster.local".into(),
+                default_mode,
+            });
+            Snapshot::new(1, mesh(&registry(web)), options).problems()
+        };
+        let deny = "meshd.io/deny: shop/legacy";
+        let found = warnings(deny, Some(MtlsMode::Permissive));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].severity, Severity::Warning);
+        assert_eq!(found[0].object, "Service shop/web");
+        assert_eq!(found[0].annotation, "meshd.io/deny");
+        assert!(
+            found[0].message.contains(
+                "pods shop/web-0, shop/web-1 behind Service shop/web accept plaintext \
+                 (the mesh default, --mtls-mode PERMISSIVE)"
+            ),
+            "{}",
+            found[0].message
+        );
+        let found = warnings(deny, None);
+        assert!(
+            found[0].message.contains("the mesh runs without mTLS"),
+            "{found:?}"
+        );
+        assert_eq!(warnings(deny, Some(MtlsMode::Strict)), []);
+        // `*` admits plaintext callers as it says: nothing to call out.
+        assert_eq!(
+            warnings("meshd.io/allow: '*'", Some(MtlsMode::Permissive)),
+            []
+        );
     }
 
     #[test]

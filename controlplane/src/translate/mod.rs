@@ -42,7 +42,7 @@ use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, 
 use meshd_proto::{BoolValue, UInt32Value, to_any};
 
 use crate::model::{Interception, Mesh, MtlsMode, Protocol, ServiceKey, Workload};
-use meshd_api::annotations::routing::Egress;
+use meshd_api::annotations::routing::{AnnotationError, Egress};
 use meshd_api::sidecar::stats::{ConnectionSecurity, inbound_stat_prefix};
 
 use crate::model::MeshRouting;
@@ -364,6 +364,9 @@ pub struct Snapshot {
     pub mesh: Arc<Mesh>,
     /// The routing in force, and the annotation errors of this mesh.
     pub routing: Arc<MeshRouting>,
+    /// Annotations in force that likely do not do what they say (see
+    /// [`authz::plaintext_warnings`]).
+    warnings: Vec<AnnotationError>,
     /// Every outbound cluster and load assignment of the mesh.
     clusters: Arc<Resources>,
     /// What proxies without an egress scope share.
@@ -545,12 +548,15 @@ impl Snapshot {
         let inbound_faults = inbound::faults(&mesh, &routing);
         let trust_domain = options.mtls.as_ref().map(|m| m.trust_domain.as_str());
         let inbound_policies = authz::policies(&mesh, options.authorization, trust_domain);
+        let warnings =
+            authz::plaintext_warnings(&mesh, options.mtls.as_ref().map(|m| m.default_mode));
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Snapshot {
             version,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             mesh,
             routing,
+            warnings,
             clusters,
             mesh_wide,
             scoped: Mutex::new(scoped),
@@ -568,6 +574,17 @@ impl Snapshot {
             ),
             traced: previous.map(|p| p.traced.carry_over()).unwrap_or_default(),
         }
+    }
+
+    /// Every annotation problem of this mesh, sorted, each once: the
+    /// values refused (their objects' last good values stay) and the
+    /// warnings about values in force.
+    pub fn problems(&self) -> Vec<AnnotationError> {
+        let mut all = self.routing.errors.clone();
+        all.extend(self.warnings.iter().cloned());
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// The outbound side for an egress scope (`None`: the whole mesh).

@@ -47,7 +47,7 @@ pub use session::{Outcome, Push, Request, Session, Subscribe};
 use crate::identity::{DEFAULT_SECRET, Identity, ROOT_SECRET, WorkloadCert};
 use crate::model::{Mesh, MeshRoutes};
 use crate::translate::{Kind, ProxyView, Resource, Snapshot, TranslateOptions};
-use meshd_api::annotations::routing::AnnotationError;
+use meshd_api::annotations::routing::{AnnotationError, Severity};
 use meshd_ca::SpiffeId;
 
 /// How many NACKs the debug endpoint remembers.
@@ -126,6 +126,9 @@ pub struct Metrics {
     pub routing_annotation_errors: Gauge,
     /// Routing annotation problems as they appear (each distinct one once).
     pub routing_annotation_rejections: Counter,
+    /// Annotations in force with a warning (an identity rule on workloads
+    /// that accept plaintext).
+    pub annotation_warnings: Gauge,
     /// TLS handshakes on the xDS port that failed, by reason: a proxy
     /// locked out shows here even though it never reaches a stream.
     pub tls_handshake_failures: Family<crate::serving::HandshakeFailureLabels, Counter>,
@@ -180,6 +183,11 @@ impl Metrics {
             "annotation_errors",
             "Routing annotations currently rejected (their services keep their last good routing)",
             self.routing_annotation_errors.clone(),
+        );
+        r.register(
+            "annotation_warnings",
+            "Annotations in force with a warning (authorization rules naming identities on workloads that accept plaintext); /debug/routing lists them",
+            self.annotation_warnings.clone(),
         );
         r.register(
             "annotation_rejections",
@@ -683,8 +691,15 @@ impl ServerState {
         let mut current = lock(&self.routing_errors);
         for e in errors {
             if current.binary_search(e).is_err() {
-                self.metrics.routing_annotation_rejections.inc();
-                tracing::warn!(object = %e.object, annotation = %e.annotation, value = %e.value, "routing annotation rejected, the last good routing stays: {}", e.message);
+                match e.severity {
+                    Severity::Rejected => {
+                        self.metrics.routing_annotation_rejections.inc();
+                        tracing::warn!(object = %e.object, annotation = %e.annotation, value = %e.value, "routing annotation rejected, the last good routing stays: {}", e.message);
+                    }
+                    Severity::Warning => {
+                        tracing::warn!(object = %e.object, annotation = %e.annotation, value = %e.value, "annotation in force, with a warning: {}", e.message);
+                    }
+                }
             }
         }
         for e in current.iter() {
@@ -700,9 +715,15 @@ impl ServerState {
             }
             changed
         });
+        let warnings = errors
+            .iter()
+            .filter(|e| e.severity == Severity::Warning)
+            .count();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics
             .routing_annotation_errors
-            .set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
+            .set(count(errors.len() - warnings));
+        self.metrics.annotation_warnings.set(count(warnings));
     }
 }
 
@@ -741,7 +762,7 @@ pub fn spawn_publisher(
         meshes.borrow_and_update().clone(),
         options.clone(),
     ));
-    state.set_routing_errors(&first.routing.errors);
+    state.set_routing_errors(&first.problems());
     *lock(&state.routes) = first.mesh.routes.clone();
     state.metrics.snapshots.inc();
     let mut last = first.clone();
@@ -779,7 +800,7 @@ pub fn spawn_publisher(
                 .await
                 .expect("translation does not panic");
                 published = tokio::time::Instant::now();
-                state.set_routing_errors(&snapshot.routing.errors);
+                state.set_routing_errors(&snapshot.problems());
                 *lock(&state.routes) = snapshot.mesh.routes.clone();
                 state.metrics.snapshots.inc();
                 state.record_change(snapshot.id(), changed_at);
