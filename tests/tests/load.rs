@@ -99,6 +99,16 @@ fn small_fleet_run(source: &str, flavour: &[&str]) {
         assert_eq!(change["expected"], PROXIES, "{change}");
         assert_eq!(change["received"], PROXIES, "{change}");
     }
+    // A policy change reaches the proxies of the service's pods (one
+    // here: 50 proxies over 50 services) and nobody else.
+    let policies = report["policy_changes"].as_array().unwrap();
+    assert_eq!(policies.len(), 1, "{context}");
+    let policy = &policies[0];
+    assert_eq!(policy["covered"], 1, "{policy}");
+    assert_eq!(policy["responses"]["LDS"], 1, "{policy}");
+    for kind in ["CDS", "EDS", "RDS", "SDS"] {
+        assert_eq!(policy["responses"][kind], 0, "{kind}: {policy}");
+    }
     let disconnects = report["disconnects"].as_array().unwrap();
     assert_eq!(disconnects.len(), 2);
     for gone in disconnects {

@@ -39,6 +39,8 @@ pub struct Mesh {
     pub trust_domain: String,
     /// Readiness of the endpoints of services whose files were rewritten.
     ready: HashMap<usize, Vec<bool>>,
+    /// The `meshd.io/allow` value of services given one.
+    allow: HashMap<usize, String>,
 }
 
 /// A service's port as meshd names its cluster (`outbound|<port>||<fqdn>`).
@@ -78,6 +80,7 @@ impl Mesh {
             endpoints,
             trust_domain: trust_domain.to_string(),
             ready: HashMap::new(),
+            allow: HashMap::new(),
         })
     }
 
@@ -189,8 +192,11 @@ impl Mesh {
         let port = Self::port_of(service);
         let vip = Self::vip(service);
         let mut docs = Vec::with_capacity(self.endpoints + 2);
+        let annotations = self.allow.get(&service).map_or(String::new(), |allow| {
+            format!(", annotations: {{meshd.io/allow: \"{allow}\"}}")
+        });
         docs.push(format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: {pname}, port: {pport}}}]\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}{annotations}}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: {pname}, port: {pport}}}]\n",
             pname = port.name,
             pport = port.port,
         ));
@@ -234,6 +240,20 @@ impl Mesh {
             .entry(service)
             .or_insert_with(|| vec![true; endpoints]);
         ready[k] = !ready[k];
+    }
+
+    /// Sets the service's `meshd.io/allow` in memory; [`Mesh::write_service`]
+    /// puts it in the registry.
+    pub fn set_allow(&mut self, service: usize, rules: String) {
+        self.allow.insert(service, rules);
+    }
+
+    /// How many of the fleet's first `proxies` proxies are pods of
+    /// `service` (see [`Mesh::proxies`]).
+    pub fn proxies_of(&self, service: usize, proxies: usize) -> usize {
+        (0..proxies)
+            .filter(|j| j % self.services == service)
+            .count()
     }
 
     /// Rewrites (or adds) the service's file at once: the watcher never

@@ -155,6 +155,13 @@ pub struct Args {
     #[arg(long, env = "MESHD_LOAD_CHANGE_INTERVAL_MS", default_value_t = 1000)]
     pub change_interval_ms: u64,
 
+    /// Authorization policy changes: each sets a `meshd.io/allow` rule on one
+    /// service. Only the proxies of that service's pods should receive
+    /// anything (their inbound listener); the run reports what the fleet
+    /// received, by type.
+    #[arg(long, env = "MESHD_LOAD_POLICY_CHANGES", default_value_t = 1)]
+    pub policy_changes: usize,
+
     /// Services added (a new file each: Service, EndpointSlice and pods).
     #[arg(long, env = "MESHD_LOAD_SERVICE_ADDS", default_value_t = 5)]
     pub service_adds: usize,

@@ -75,6 +75,36 @@ pub struct Change {
     pub client_cpu_ms: u64,
 }
 
+/// One authorization policy change: which proxies received what.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PolicyChange {
+    pub service: String,
+    /// Connected proxies that are pods of the service: each should receive
+    /// a new inbound listener, and no other proxy anything.
+    pub covered: usize,
+    /// Responses the fleet received from the write until the next change,
+    /// by type (LDS: `covered` expected; the others: none).
+    pub responses: BTreeMap<String, u64>,
+    /// From the write until the fleet had `covered` listener responses.
+    pub reached_ms: Option<f64>,
+    /// meshd's CPU time from the write until the next change.
+    pub meshd_cpu_ms: u64,
+}
+
+impl PolicyChange {
+    /// Responses beyond one listener per covered proxy: what the proxies
+    /// the policy does not cover received, and anything but that listener
+    /// the covered ones did. None is expected.
+    pub fn beyond(&self) -> u64 {
+        let all: u64 = self.responses.values().sum();
+        all.saturating_sub(self.covered as u64)
+    }
+
+    pub fn listeners(&self) -> u64 {
+        self.responses.get("LDS").copied().unwrap_or(0)
+    }
+}
+
 /// meshd once the fleet has disconnected.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Disconnect {
@@ -103,6 +133,7 @@ pub struct LoadReport {
     pub syncs: Vec<Sync>,
     pub endpoint_changes: Vec<Change>,
     pub service_adds: Vec<Change>,
+    pub policy_changes: Vec<PolicyChange>,
     /// After each disconnect of the fleet: the first after the changes,
     /// then one per reconnect cycle.
     pub disconnects: Vec<Disconnect>,
@@ -152,6 +183,10 @@ impl LoadReport {
             && self.syncs.iter().all(|s| s.synced == self.proxies)
             && self.endpoint_changes.iter().all(full)
             && self.service_adds.iter().all(full)
+            && self
+                .policy_changes
+                .iter()
+                .all(|p| p.listeners() >= p.covered as u64)
     }
 
     /// The one line a run ends with.
@@ -207,7 +242,7 @@ impl LoadReport {
             .max()
             .unwrap_or(0);
         format!(
-            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} settled_mib={} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={} source={}",
+            "meshd-load: proxies={} synced={} sync_s={:.1} rss_mib={:.0} settled_mib={} peak_mib={:.0} per_proxy_kib={:.0} cpu_ms_per_proxy={:.2} eds_p50_ms={} eds_p99_ms={} eds_max_ms={} eds_received={} eds_cpu_ms={} add_p50_ms={} add_p99_ms={} add_max_ms={} add_received={} add_cpu_ms={} policy_covered={} policy_lds={} policy_beyond={} idle_mib={:.0} disconnected_mib={} resynced_mib={} client_cpu_s={:.1} client_saturated={} machine_saturated={} nacks={} failed={} source={}",
             self.proxies,
             cold.map_or(0, |s| s.synced),
             cold.map_or(0.0, |s| s.sync_s),
@@ -226,6 +261,15 @@ impl LoadReport {
             spread(self.service_add_latency, |s| s.max_ms),
             received(&self.service_adds),
             mean_cpu(&self.service_adds),
+            self.policy_changes.iter().map(|p| p.covered).sum::<usize>(),
+            self.policy_changes
+                .iter()
+                .map(PolicyChange::listeners)
+                .sum::<u64>(),
+            self.policy_changes
+                .iter()
+                .map(PolicyChange::beyond)
+                .sum::<u64>(),
             mib(idle_kib),
             if disconnected.is_empty() {
                 "-".into()

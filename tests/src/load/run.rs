@@ -24,7 +24,7 @@ use super::apiserver::{self, ApiServer};
 use super::mesh::Mesh;
 use super::meshd::{self, Launch, Meshd, Usage};
 use super::protocol::{Command, FleetConfig, FleetStats, Kind, Nack, Probe, Report, now_us};
-use super::report::{Change, Disconnect, LoadReport, Spread, Sync};
+use super::report::{Change, Disconnect, LoadReport, PolicyChange, Spread, Sync};
 use super::{Args, Source, fleet};
 
 /// How long the last proxy may take to receive one change.
@@ -419,6 +419,10 @@ impl Coordinator {
             let add = self.service_add(n).await?;
             self.report.service_adds.push(add);
         }
+        for n in 0..self.args.policy_changes {
+            let change = self.policy_change(n).await?;
+            self.report.policy_changes.push(change);
+        }
         let gone = self.disconnect("disconnect").await?;
         self.report.disconnects.push(gone);
         for cycle in 1..=self.args.reconnect_cycles {
@@ -579,6 +583,74 @@ impl Coordinator {
         );
         let (change, latencies) = self.watch_change(probe, service, cluster, &label).await?;
         self.add_latencies.extend(latencies);
+        Ok(change)
+    }
+
+    /// Gives one service an allow rule and counts what the fleet receives:
+    /// the proxies of the service's pods a new inbound listener each, every
+    /// other proxy nothing.
+    async fn policy_change(&mut self, n: usize) -> Result<PolicyChange, Stop> {
+        // A service with proxies among its pods (proxy j is a pod of
+        // service j % services).
+        let with_proxies = self.mesh.services.min(self.args.proxies).max(1);
+        let service = (3 + n * 41) % with_proxies;
+        let covered = self.mesh.proxies_of(service, self.args.proxies);
+        let namespace = self.mesh.namespace_of(service);
+        self.mesh
+            .set_allow(service, format!("{namespace}/policy-caller-{n}"));
+        let label = format!(
+            "policy change {}/{}: {} allows {namespace}/policy-caller-{n}",
+            n + 1,
+            self.args.policy_changes,
+            Mesh::service_name(service)
+        );
+        let before_stats = self.stats().await?;
+        let before = self.meshd.usage();
+        let written = Instant::now();
+        self.publish(service).map_err(Stop::Failed)?;
+        let until = (written + CHANGE_LIMIT).min(self.deadline);
+        let lds = Kind::Lds.index();
+        let mut reached_ms = None;
+        while Instant::now() < until {
+            let now = self.stats().await?;
+            if now.responses[lds] - before_stats.responses[lds] >= covered as u64 {
+                reached_ms = Some(written.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Anything else the change sets off arrives within the interval.
+        let interval = Duration::from_millis(self.args.change_interval_ms);
+        tokio::time::sleep_until((written + interval).min(self.deadline).into()).await;
+        let after_stats = self.stats().await?;
+        let after = self.meshd.usage();
+        let change = PolicyChange {
+            service: Mesh::service_name(service),
+            covered,
+            responses: Kind::ALL
+                .iter()
+                .map(|k| {
+                    let i = k.index();
+                    let got = after_stats.responses[i] - before_stats.responses[i];
+                    (k.label().to_string(), got)
+                })
+                .collect(),
+            reached_ms,
+            meshd_cpu_ms: cpu_between(before, after),
+        };
+        progress(
+            self.started,
+            &format!(
+                "{label}: {covered} proxies covered, {} listener responses{}, {} responses beyond one listener per covered proxy; meshd CPU {} ms",
+                change.listeners(),
+                reached_ms.map_or(String::new(), |ms| format!(" ({covered} after {ms:.0} ms)")),
+                change.beyond(),
+                change.meshd_cpu_ms
+            ),
+        );
+        if reached_ms.is_none() {
+            return Err(self.stopped(&label));
+        }
         Ok(change)
     }
 
