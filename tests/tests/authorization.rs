@@ -335,6 +335,27 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
             })
     });
     assert!(warned, "{problems:#}");
+    // `meshd proxy-config`'s source says who may call web, as written.
+    let config = mesh
+        .debug_get(&format!("/debug/xds/proxies/{WEB}.{NS}/config"))
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config.body).unwrap();
+    let shown = &config["authorization"];
+    assert_eq!(shown["undeclared_ports"], "closed", "{shown:#}");
+    assert_eq!(
+        shown["services"],
+        serde_json::json!([{
+            "service": "shop/web",
+            "mode": "enforce",
+            "default": "deny-all",
+            "allow": [
+                "shop/client-0",
+                "shop/other-0 GET /public/*",
+                "unauthenticated GET /healthz"
+            ],
+            "deny": ["shop/client-0 /admin/*"],
+        }])
+    );
     // TCP: the connection is closed, nothing echoed.
     let tcp = wait_for("db to close denied connections", WAIT, || {
         match echo(&mesh, CLIENT) {

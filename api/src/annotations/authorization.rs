@@ -173,6 +173,16 @@ pub enum Mode {
     DryRun,
 }
 
+impl Mode {
+    /// The value as users write it (`meshd.io/authorization-mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+        }
+    }
+}
+
 /// Who a rule names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Caller {
@@ -210,6 +220,16 @@ pub enum PathMatch {
     Prefix(String),
 }
 
+/// As written: `/healthz`, or `/api/*` for a prefix.
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Exact(path) => f.write_str(path),
+            PathMatch::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
 /// One `meshd.io/allow` or `meshd.io/deny` rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
@@ -220,6 +240,33 @@ pub struct Rule {
     pub paths: Vec<PathMatch>,
     /// Service ports; empty: every port.
     pub ports: Vec<u16>,
+}
+
+/// In the annotation's syntax (`shop/web, ./* GET /api/* port=80`, with
+/// `.` already resolved to its namespace): what [`parse_rules`] reads back
+/// as the same rule.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn joined<T: fmt::Display>(items: &[T]) -> String {
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        let callers: Vec<String> = self.callers.iter().map(ToString::to_string).collect();
+        f.write_str(&callers.join(", "))?;
+        if !self.methods.is_empty() {
+            write!(f, " {}", self.methods.join(","))?;
+        }
+        if !self.paths.is_empty() {
+            write!(f, " {}", joined(&self.paths))?;
+        }
+        if !self.ports.is_empty() {
+            write!(f, " port={}", joined(&self.ports))?;
+        }
+        Ok(())
+    }
 }
 
 impl Rule {
@@ -743,6 +790,22 @@ mod tests {
             names_identities(&key(), &open, &Annotations::new(), &policy),
             []
         );
+    }
+
+    #[test]
+    fn a_rule_is_shown_as_it_is_written() {
+        let text = "shop/web, batch/* GET,HEAD /api/*,/healthz port=80,8080; unauthenticated";
+        let rules = parse_rules(text, "shop").unwrap();
+        let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                // Paths in the order the parser keeps them.
+                "shop/web, batch/* GET,HEAD /healthz,/api/* port=80,8080",
+                "unauthenticated"
+            ]
+        );
+        assert_eq!(parse_rules(&shown.join("; "), "shop").unwrap(), rules);
     }
 
     #[test]

@@ -73,6 +73,7 @@ use meshd_proto::envoy::r#type::matcher::v3::{
 };
 use meshd_proto::to_any;
 use prost::Message;
+use serde::Serialize;
 
 use super::telemetry;
 use crate::model::{Mesh, MtlsMode, ServiceKey};
@@ -236,6 +237,71 @@ pub(super) fn policies(
         by_pod,
         by_namespace,
         fallback,
+    }
+}
+
+/// What one workload's sidecar enforces on its inbound side, as the
+/// debugging commands show it (`meshd proxy-config`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkloadAuthorization {
+    /// Each Service the pod serves (by the EndpointSlices), with its policy.
+    pub services: Vec<ServiceAuthorization>,
+    /// Ports no Service declares: `open`, `closed`, or `closed (dry-run)`.
+    pub undeclared_ports: &'static str,
+}
+
+/// One Service's policy in force, in the annotations' own terms.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceAuthorization {
+    pub service: String,
+    /// `enforce` or `dry-run`.
+    pub mode: &'static str,
+    /// Who gets in besides the allow rules: the Service's default, else its
+    /// Namespace's, else the mesh's (deny-all where allow rules stand
+    /// alone under allow-all).
+    pub default: &'static str,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// The authorization pod `pod` of `namespace` enforces.
+pub(super) fn workload_authorization(
+    mesh: &Mesh,
+    default: DefaultPolicy,
+    policies: &Policies,
+    namespace: &str,
+    pod: &str,
+) -> WorkloadAuthorization {
+    let services = mesh
+        .services
+        .values()
+        .filter(|s| {
+            s.key.namespace == namespace
+                && mesh
+                    .endpoints_of(&s.key)
+                    .iter()
+                    .any(|ep| ep.pod.as_deref() == Some(pod))
+        })
+        .map(|svc| {
+            let policy = mesh.authorization.service(&svc.key);
+            let rules = |rules: &[Rule]| rules.iter().map(ToString::to_string).collect();
+            ServiceAuthorization {
+                service: svc.key.to_string(),
+                mode: policy.mode.name(),
+                default: policy.baseline(default).name(),
+                allow: rules(&policy.allow),
+                deny: rules(&policy.deny),
+            }
+        })
+        .collect();
+    let undeclared_ports = match policies.workload(namespace, pod).undeclared() {
+        None => "open",
+        Some(Mode::Enforce) => "closed",
+        Some(Mode::DryRun) => "closed (dry-run)",
+    };
+    WorkloadAuthorization {
+        services,
+        undeclared_ports,
     }
 }
 

@@ -58,6 +58,7 @@ mod routing;
 mod telemetry;
 mod tls;
 
+pub use authz::{ServiceAuthorization, WorkloadAuthorization};
 pub use clusters::inbound_cluster_name;
 use clusters::{inbound_cluster, passthrough_cluster, socket_address};
 use resource::ads;
@@ -574,6 +575,18 @@ impl Snapshot {
             ),
             traced: previous.map(|p| p.traced.carry_over()).unwrap_or_default(),
         }
+    }
+
+    /// What `workload`'s sidecar enforces on its inbound side, for the
+    /// debugging commands.
+    pub fn authorization_of(&self, workload: &Workload) -> WorkloadAuthorization {
+        authz::workload_authorization(
+            &self.mesh,
+            self.options.authorization,
+            &self.inbound_policies,
+            &workload.namespace,
+            &workload.name,
+        )
     }
 
     /// Every annotation problem of this mesh, sorted, each once: the

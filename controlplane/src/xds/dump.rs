@@ -62,6 +62,8 @@ pub struct ProxyConfig {
     pub config_dump: Value,
     /// The certificates in the secrets the proxy was sent.
     pub certificates: Vec<CertificateInfo>,
+    /// Who may call the proxy's workload, as the control plane has it now.
+    pub authorization: Option<crate::translate::WorkloadAuthorization>,
 }
 
 /// One certificate of a secret, as `meshd proxy-config secret` shows it.
@@ -133,6 +135,7 @@ pub fn render(inspection: Inspection) -> ProxyConfig {
         acknowledged,
         config_dump: json!({ "configs": configs }),
         certificates,
+        authorization: inspection.authorization,
     }
 }
 

@@ -479,6 +479,9 @@ struct InspectQuery {
 pub struct Inspection {
     pub status: ProxyStatus,
     pub types: Vec<TypeInspection>,
+    /// What the proxy's workload enforces on its inbound side (`None`
+    /// before the proxy is known as a workload of the mesh).
+    pub authorization: Option<crate::translate::WorkloadAuthorization>,
 }
 
 #[derive(Debug)]
@@ -1476,7 +1479,15 @@ impl<W: Wire> StreamTask<W> {
                 .get(&self.stream_id)
                 .cloned()
                 .unwrap_or_else(|| self.status(self.view.is_some(), BTreeMap::new()));
-            let _ = query.reply.send(Inspection { status, types });
+            let authorization = self.view.as_ref().map(|view| {
+                let snapshot = self.snapshots.borrow().clone();
+                snapshot.authorization_of(&view.workload)
+            });
+            let _ = query.reply.send(Inspection {
+                status,
+                types,
+                authorization,
+            });
         }
     }
 

@@ -405,7 +405,43 @@ pub fn config_tables(config: &Value, shown: &[ConfigType]) -> String {
             ConfigType::Secret | ConfigType::All => secrets(config),
         };
         out.push_str(&table.render());
+        if t == ConfigType::Listener {
+            out.push_str(&authorization(&config["authorization"]));
+        }
     }
+    out
+}
+
+/// Who may call the workload, by the Services it serves: what its inbound
+/// listener's RBAC filters enforce, in the annotations' terms.
+fn authorization(a: &Value) -> String {
+    if !a.is_object() {
+        return String::new();
+    }
+    let mut out = format!(
+        "
+Authorization (inbound); ports no Service declares: {}
+",
+        text(&a["undeclared_ports"])
+    );
+    let rules = |v: &Value| {
+        let rules: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        match rules.is_empty() {
+            true => "-".to_string(),
+            false => rules.join("; "),
+        }
+    };
+    let mut table = Table::new(&["SERVICE", "MODE", "DEFAULT", "ALLOW", "DENY"]);
+    for s in a["services"].as_array().into_iter().flatten() {
+        table.row(vec![
+            text(&s["service"]),
+            text(&s["mode"]),
+            text(&s["default"]),
+            rules(&s["allow"]),
+            rules(&s["deny"]),
+        ]);
+    }
+    out.push_str(&table.render());
     out
 }
 
@@ -728,6 +764,42 @@ mod tests {
         assert!(out.contains("2 on 5xx"), "{out}");
         assert!(out.contains("last NACK: bad route"), "{out}");
         assert!(out.contains("older version"), "{out}");
+    }
+
+    #[test]
+    fn listeners_end_with_who_may_call_the_workload() {
+        let mut c = config();
+        c["authorization"] = json!({
+            "undeclared_ports": "closed",
+            "services": [{"service": "shop/web", "mode": "dry-run", "default": "deny-all",
+                          "allow": ["shop/client GET /api/*", "unauthenticated GET /healthz"],
+                          "deny": []}]
+        });
+        let out = config_tables(&c, &[ConfigType::Listener]);
+        assert!(
+            out.contains("Authorization (inbound); ports no Service declares: closed"),
+            "{out}"
+        );
+        let row = out.lines().find(|l| l.starts_with("shop/web")).unwrap();
+        let cells: Vec<&str> = row
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "shop/web",
+                "dry-run",
+                "deny-all",
+                "shop/client GET /api/*; unauthenticated GET /healthz",
+                "-"
+            ],
+            "{out}"
+        );
+        // Other types, and a proxy not yet known as a workload: nothing.
+        assert!(!config_tables(&c, &[ConfigType::Cluster]).contains("Authorization"));
+        assert!(!config_tables(&config(), &[ConfigType::Listener]).contains("Authorization"));
     }
 
     #[test]
