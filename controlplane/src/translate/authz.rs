@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use meshd_api::annotations::authorization::{
-    Caller, DefaultPolicy, Mode, NamesIdentities, PathMatch, Policy, Rule, names_identities,
+    Caller, DefaultPolicy, Mode, NamesIdentities, PathMatch, Policy, Rule, names_identities, parse,
 };
 use meshd_api::annotations::routing::{AnnotationError, Annotations};
 use meshd_api::names::node_id;
@@ -321,13 +321,16 @@ pub(super) fn plaintext_warnings(mesh: &Mesh, mtls: Option<MtlsMode>) -> Vec<Ann
         let Some(svc) = mesh.services.get(key) else {
             continue;
         };
-        let namespace = mesh.namespaces.get(&key.namespace);
-        let names = names_identities(
-            key,
-            &svc.annotations,
-            namespace.map_or(&no_annotations, |n| &n.annotations),
-            policy,
-        );
+        let namespace = mesh
+            .namespaces
+            .get(&key.namespace)
+            .map_or(&no_annotations, |n| &n.annotations);
+        // A value refused now is reported as such; the warning would quote
+        // it while the last good policy is what is in force.
+        if parse(key, &svc.annotations, namespace).is_err() {
+            continue;
+        }
+        let names = names_identities(key, &svc.annotations, namespace, policy);
         if names.is_empty() {
             continue;
         }
@@ -893,6 +896,33 @@ mod tests {
             "{found:?}"
         );
         assert_eq!(warnings(deny, Some(MtlsMode::Strict)), []);
+        // A good value, then one refused: the last good one stays in force,
+        // and the error alone speaks of the annotation (a warning would
+        // quote the refused value).
+        let mut index = crate::discovery::index::Index::default();
+        for text in [
+            registry(deny),
+            registry("meshd.io/deny: 'shop/legacy GETT'"),
+        ] {
+            for object in crate::discovery::file::parse(&text).unwrap() {
+                index.apply(object);
+            }
+            // Each version is seen: the first becomes the last good one.
+            let _ = index.mesh();
+        }
+        let mut options = options(DefaultPolicy::AllowAll);
+        options.mtls.as_mut().unwrap().default_mode = MtlsMode::Permissive;
+        let mesh = index.mesh();
+        assert_eq!(
+            mesh.authorization
+                .service(&ServiceKey::new("shop", "web"))
+                .deny
+                .len(),
+            1
+        );
+        let refused = Snapshot::new(1, Arc::new(mesh), options).problems();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].severity, Severity::Rejected);
         // `*` admits plaintext callers as it says: nothing to call out.
         assert_eq!(
             warnings("meshd.io/allow: '*'", Some(MtlsMode::Permissive)),
