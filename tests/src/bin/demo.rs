@@ -268,6 +268,25 @@ fn demo() -> anyhow::Result<()> {
 
     // The embedded registry also denies /admin/* on `server` to every
     // caller (meshd.io/deny): server-0's sidecar refuses it with a 403.
+    // The debugging commands, as an operator runs them (against the
+    // debug port; in a cluster, through `kubectl port-forward`).
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&meshd)
+            .args(args)
+            .args(["--control-plane", DEBUG])
+            .output()
+            .with_context(|| format!("running meshd {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "meshd {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let indent = |text: &str| -> String { text.lines().map(|l| format!("   {l}\n")).collect() };
+
     println!(
         "\n7. authorization (meshd.io/deny: \"* /admin/*\" on service server): GET /admin/ from client-0"
     );
@@ -289,6 +308,15 @@ fn demo() -> anyhow::Result<()> {
         stat(&rbac, "http.inbound_18080_mtls.rbac.allowed"),
         stat(&rbac, "http.inbound_18080_mtls.rbac.denied"),
     );
+    // Who may call server-0, as the control plane has it: the end of its
+    // listener table.
+    let listeners = cli(&["proxy-config", "listener", "server-0.demo"])?;
+    let who = listeners
+        .split_once("\nAuthorization")
+        .map(|(_, rest)| format!("Authorization{rest}"))
+        .context("meshd proxy-config listener server-0.demo shows no authorization")?;
+    println!("   meshd proxy-config listener server-0.demo ends with who may call it:");
+    print!("{}", indent(&who));
 
     // What Prometheus scrapes from a sidecar (port 15090), and the
     // server's access log of the request of step 4.
@@ -380,24 +408,6 @@ fn demo() -> anyhow::Result<()> {
         );
     }
 
-    // The debugging commands, as an operator runs them (against the
-    // debug port; in a cluster, through `kubectl port-forward`).
-    let cli = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(&meshd)
-            .args(args)
-            .args(["--control-plane", DEBUG])
-            .output()
-            .with_context(|| format!("running meshd {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "meshd {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let indent = |text: &str| -> String { text.lines().map(|l| format!("   {l}\n")).collect() };
     println!("\n10. what each proxy has, and did it take it: meshd proxy-status");
     print!("{}", indent(&cli(&["proxy-status"])?));
     println!(
