@@ -374,6 +374,34 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
         stat(&mesh.admin(WEB, "/stats"), UNDECLARED_DENIED) >= 2,
         "undeclared ports' denials are counted"
     );
+    // Each HTTP request the policy denied is a line on web's proxy's
+    // stdout naming both identities, access logs off: batch-0 (refused by
+    // allow-same-namespace, then by deny-all) among the callers.
+    let denied = wait_for("web's denial log lines", WAIT, || {
+        let lines: Vec<serde_json::Value> = mesh
+            .access_log(WEB)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["authorization"] == "denied")
+            .collect();
+        let from_batch = lines.iter().any(|l| {
+            l["caller_identity"]
+                .as_str()
+                .is_some_and(|c| c.contains("/ns/batch/"))
+        });
+        match from_batch {
+            true => Ok(Some(lines)),
+            false => Err(format!("{} lines, none from batch", lines.len())),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.access_log(WEB)));
+    assert!(
+        denied.iter().all(|l| l["response_code"] == 403
+            && l["workload_identity"]
+                .as_str()
+                .is_some_and(|w| w.contains("/sa/web"))),
+        "{denied:#?}"
+    );
     // The kubelet's probe through the proxy's probe port still passes.
     let probe_addr = SocketAddr::new(IpAddr::V4(pod_ip(4)), 15021);
     let probe = mesh

@@ -30,7 +30,9 @@
 //! `<inbound stat prefix>.rbac.…` the same. The stat prefix is the inbound
 //! chain's (`inbound_<port>_<mtls|plaintext>`), so the series are bounded by
 //! ports and chain kinds, per proxy (whose workload labels name the
-//! destination).
+//! destination). Who was denied is logged instead of counted (callers are
+//! an unbounded set): each HTTP request denied, or in dry-run that would
+//! be, is a JSON line on the serving proxy's stdout ([`denial_log`]).
 //!
 //! **Ports no Service declares** reach the app through the inbound
 //! listener's catch-all chain, which does not terminate mTLS: there is no
@@ -625,8 +627,10 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                 if let Ok(mut hcm) = decode::<HttpConnectionManager>(any) {
                     let rbac = policies.iter().map(|p| http_rbac(p));
                     hcm.http_filters.splice(0..0, rbac);
-                    if policies.iter().any(|p| p.mode == Mode::DryRun) {
-                        hcm.access_log.push(would_deny_log());
+                    for mode in [Mode::Enforce, Mode::DryRun] {
+                        if policies.iter().any(|p| p.mode == mode) {
+                            hcm.access_log.push(denial_log(mode));
+                        }
                     }
                     vec![Filter {
                         name: f.name,
@@ -703,16 +707,17 @@ fn http_rbac(policy: &Enforced) -> HttpFilter {
     }
 }
 
-/// The dry-run's record of each HTTP request the policy would deny: a
-/// JSON line on the serving proxy's stdout naming both identities, whether
-/// or not access logs are on (the counter says how many; this says who).
-/// Envoy's RBAC filter puts its shadow verdict in the request's dynamic
-/// metadata, under the shadow stat prefix followed by
-/// `shadow_engine_result`; the unprefixed key is matched too.
-fn would_deny_log() -> AccessLog {
-    static LOGGER: LazyLock<meshd_proto::Any> = LazyLock::new(|| {
+/// The record of each HTTP request a policy denies (or, in dry-run, would
+/// deny): a JSON line on the serving proxy's stdout naming both
+/// identities, whether or not access logs are on (the counters say how
+/// many; this says who). Envoy's RBAC filter puts its verdict in the
+/// request's dynamic metadata: `enforced_engine_result` for the rules it
+/// enforces, and for shadow rules the shadow stat prefix followed by
+/// `shadow_engine_result` (the unprefixed key is matched too).
+fn denial_log(mode: Mode) -> AccessLog {
+    fn logger(verdict: &str) -> meshd_proto::Any {
         telemetry::json_stdout_logger(vec![
-            ("authorization", "dry-run: would deny"),
+            ("authorization", verdict),
             ("start_time", "%START_TIME%"),
             ("caller_identity", "%DOWNSTREAM_PEER_URI_SAN%"),
             ("workload_identity", "%DOWNSTREAM_LOCAL_URI_SAN%"),
@@ -724,7 +729,9 @@ fn would_deny_log() -> AccessLog {
             ("request_id", "%REQ(X-REQUEST-ID)%"),
             ("response_code", "%RESPONSE_CODE%"),
         ])
-    });
+    }
+    static DENIED: LazyLock<meshd_proto::Any> = LazyLock::new(|| logger("denied"));
+    static WOULD_DENY: LazyLock<meshd_proto::Any> = LazyLock::new(|| logger("dry-run: would deny"));
     let denied = |key: String| AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::MetadataFilter(
             MetadataFilter {
@@ -746,25 +753,34 @@ fn would_deny_log() -> AccessLog {
                     invert: false,
                 }),
                 // Unset would log a request without the verdict (and one
-                // of the two keys is always missing).
+                // of the dry-run's two keys is always missing).
                 match_if_key_not_found: Some(meshd_proto::BoolValue { value: false }),
             },
         )),
     };
+    let (filter, logger) = match mode {
+        Mode::Enforce => (denied(ENFORCED_ENGINE_RESULT.into()), &*DENIED),
+        Mode::DryRun => (
+            AccessLogFilter {
+                filter_specifier: Some(access_log_filter::FilterSpecifier::OrFilter(OrFilter {
+                    filters: vec![
+                        denied(format!("{DRY_RUN_STAT_PREFIX}{SHADOW_ENGINE_RESULT}")),
+                        denied(SHADOW_ENGINE_RESULT.into()),
+                    ],
+                })),
+            },
+            &*WOULD_DENY,
+        ),
+    };
     AccessLog {
         name: "envoy.access_loggers.stdout".into(),
-        filter: Some(AccessLogFilter {
-            filter_specifier: Some(access_log_filter::FilterSpecifier::OrFilter(OrFilter {
-                filters: vec![
-                    denied(format!("{DRY_RUN_STAT_PREFIX}{SHADOW_ENGINE_RESULT}")),
-                    denied(SHADOW_ENGINE_RESULT.into()),
-                ],
-            })),
-        }),
-        config_type: Some(access_log::ConfigType::TypedConfig(LOGGER.clone())),
+        filter: Some(filter),
+        config_type: Some(access_log::ConfigType::TypedConfig(logger.clone())),
     }
 }
 
+/// Envoy's dynamic-metadata key for the enforced rules' verdict.
+const ENFORCED_ENGINE_RESULT: &str = "enforced_engine_result";
 /// Envoy's dynamic-metadata key for the shadow rules' verdict.
 const SHADOW_ENGINE_RESULT: &str = "shadow_engine_result";
 
