@@ -509,9 +509,9 @@ pub struct NamesIdentities {
 }
 
 impl NamesIdentities {
-    /// The warning for this annotation, where `plaintext` says which of the
-    /// Service's workloads accept plaintext and why (`pods shop/db-0 and 2
-    /// more of Service shop/db accept plaintext (meshd.io/mtls PERMISSIVE)`).
+    /// The warning for this annotation, where `plaintext` says whose
+    /// workloads accept plaintext and why (`pods behind Service shop/db
+    /// accept plaintext (its Namespace's meshd.io/mtls PERMISSIVE)`).
     pub fn warning(&self, plaintext: &str) -> AnnotationError {
         let consequence = match self.annotation {
             DENY => "so these deny rules do not stop it",

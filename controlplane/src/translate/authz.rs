@@ -312,13 +312,14 @@ pub(super) fn workload_authorization(
 /// default mode, `None` when the mesh runs without mTLS). A plaintext
 /// caller has no certificate: it matches only `unauthenticated` and `*`,
 /// so an identity deny rule does not stop it and an identity allow rule
-/// refuses it. One warning per annotation, naming the Services and pods.
+/// refuses it. One warning per annotation, naming the Services (not their
+/// pods: a warning's text is its identity, and pods come and go with every
+/// rollout, which would post a new Event each time).
 pub(super) fn plaintext_warnings(mesh: &Mesh, mtls: Option<MtlsMode>) -> Vec<AnnotationError> {
     let no_annotations = Annotations::new();
     // Per annotation in force: the Services it covers that have plaintext
-    // pods, with their pods, and why the first of them accepts plaintext.
-    let mut found: BTreeMap<NamesIdentities, (Vec<&ServiceKey>, Vec<String>, String)> =
-        BTreeMap::new();
+    // pods, and why the first of those pods accepts plaintext.
+    let mut found: BTreeMap<NamesIdentities, (Vec<&ServiceKey>, String)> = BTreeMap::new();
     for (key, policy) in mesh.authorization.services() {
         let Some(svc) = mesh.services.get(key) else {
             continue;
@@ -336,37 +337,31 @@ pub(super) fn plaintext_warnings(mesh: &Mesh, mtls: Option<MtlsMode>) -> Vec<Ann
         if names.is_empty() {
             continue;
         }
-        let mut pods: Vec<(String, String)> = mesh
+        // Of the reasons its pods accept plaintext, the same one whichever
+        // pods there are now.
+        let Some(reason) = mesh
             .endpoints_of(key)
             .iter()
             .filter_map(|ep| ep.pod.as_deref())
-            .filter_map(|pod| {
-                let why = plaintext_because(mesh, &key.namespace, pod, mtls)?;
-                Some((format!("{}/{pod}", key.namespace), why))
-            })
-            .collect();
-        if pods.is_empty() {
+            .filter_map(|pod| plaintext_because(mesh, &key.namespace, pod, mtls))
+            .min()
+        else {
             continue;
-        }
-        pods.sort();
-        pods.dedup_by(|a, b| a.0 == b.0);
+        };
         for name in names {
-            let (services, all, why) = found.entry(name).or_default();
+            let (services, why) = found.entry(name).or_default();
             services.push(key);
-            if why.is_empty() {
-                why.clone_from(&pods[0].1);
+            if why.is_empty() || reason < *why {
+                why.clone_from(&reason);
             }
-            all.extend(pods.iter().map(|(pod, _)| pod.clone()));
         }
     }
     found
         .into_iter()
-        .map(|(name, (services, pods, why))| {
+        .map(|(name, (services, why))| {
             let plaintext = format!(
-                "{} behind {} accept{} plaintext ({why})",
-                listed("pod", &pods),
-                listed("Service", &services),
-                if pods.len() == 1 { "s" } else { "" }
+                "pods behind {} accept plaintext ({why})",
+                listed("Service", &services)
             );
             name.warning(&plaintext)
         })
@@ -395,7 +390,7 @@ fn plaintext_because(
     (mode != MtlsMode::Strict).then(|| format!("{} {}", from, mode.name()))
 }
 
-/// `pods shop/a-0, shop/a-1 and 3 more`: the first two of `items`.
+/// `Services shop/a, shop/b and 3 more`: the first two of `items`.
 fn listed<T: std::fmt::Display>(what: &str, items: &[T]) -> String {
     const SHOWN: usize = 2;
     let shown: Vec<String> = items.iter().take(SHOWN).map(ToString::to_string).collect();
@@ -900,7 +895,7 @@ mod tests {
         assert_eq!(found[0].annotation, "meshd.io/deny");
         assert!(
             found[0].message.contains(
-                "pods shop/web-0, shop/web-1 behind Service shop/web accept plaintext \
+                "pods behind Service shop/web accept plaintext \
                  (the mesh default, --mtls-mode PERMISSIVE)"
             ),
             "{}",
