@@ -14,7 +14,7 @@
 //! Workload ───────┘ (a Pod: node id, IP, service account, annotations)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -420,6 +420,9 @@ pub struct MeshAuthorization {
     /// Namespaces with authorization annotations: the policy of their
     /// pods behind no Service.
     pub(crate) namespaces: BTreeMap<String, Arc<Policy>>,
+    /// Services whose annotations (or their Namespace's) are refused now:
+    /// the policy in force is their last good one, not what they say.
+    pub(crate) refused: BTreeSet<ServiceKey>,
 }
 
 static NO_POLICY: Policy = Policy::NONE;
@@ -432,6 +435,12 @@ impl MeshAuthorization {
     /// The services with a policy of their own.
     pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &Arc<Policy>)> {
         self.services.iter()
+    }
+
+    /// Whether `key`'s annotations are refused now (its policy in force is
+    /// the last good one).
+    pub fn is_refused(&self, key: &ServiceKey) -> bool {
+        self.refused.contains(key)
     }
 
     /// The namespaces with a policy of their own.

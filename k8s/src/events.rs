@@ -160,13 +160,19 @@ impl EventRecorder {
         for error in current.difference(&self.reported) {
             self.publish(error, Kind::Invalid).await;
         }
-        let still_wrong: BTreeSet<(&str, &str)> = current
+        // A warning does not clear an error on the same annotation, nor
+        // the other way round: each has its own Normal event when gone.
+        let still_wrong: BTreeSet<(Severity, &str, &str)> = current
             .iter()
-            .map(|e| (e.object.as_str(), e.annotation.as_str()))
+            .map(|e| (e.severity, e.object.as_str(), e.annotation.as_str()))
             .collect();
         let mut resolved = BTreeSet::new();
         for error in self.reported.difference(&current) {
-            let key = (error.object.as_str(), error.annotation.as_str());
+            let key = (
+                error.severity,
+                error.object.as_str(),
+                error.annotation.as_str(),
+            );
             if !still_wrong.contains(&key) && resolved.insert(key) {
                 self.publish(error, Kind::Resolved).await;
             }

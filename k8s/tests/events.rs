@@ -26,7 +26,9 @@ use meshd_controlplane::discovery::index::Index;
 use meshd_controlplane::model::Mesh;
 use meshd_controlplane::translate::TranslateOptions;
 use meshd_controlplane::xds::{ProxyNack, ServerState, spawn_publisher};
-use meshd_k8s::events::{self, REASON_INVALID, REASON_NACK, REASON_RESOLVED};
+use meshd_k8s::events::{
+    self, REASON_INVALID, REASON_NACK, REASON_RESOLVED, REASON_WARNING, REASON_WARNING_CLEARED,
+};
 use scripted_api::{Api, WAIT, body_json, client, json_response};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -86,6 +88,20 @@ fn timeout_error(object: &str, value: &str) -> AnnotationError {
         annotation: "meshd.io/timeout".into(),
         value: value.into(),
         message: format!("`{value}` is not a duration; accepted: a duration"),
+    }
+}
+
+/// What the control plane says of a rule that names identities while its
+/// value is in force and the Service's pods accept plaintext.
+fn plaintext_warning() -> AnnotationError {
+    AnnotationError {
+        severity: Severity::Warning,
+        object: "Service shop/reviews".into(),
+        annotation: "meshd.io/deny".into(),
+        value: "shop/legacy".into(),
+        message:
+            "names callers by their mTLS identity, but pods behind this Service accept plaintext"
+                .into(),
     }
 }
 
@@ -395,6 +411,55 @@ async fn a_rejected_config_is_one_warning_on_the_proxys_pod() {
     );
 
     drop(nacks);
+    timeout(WAIT, recorder)
+        .await
+        .expect("the recorder ends with its channel")
+        .expect("no panic");
+}
+
+/// An edit refused while a warning stood on the same annotation: the
+/// warning is gone (its value is no longer in force) and says so, the
+/// error is reported; fixed again, each turns back.
+#[tokio::test]
+async fn a_warning_and_an_error_on_one_annotation_are_reported_and_cleared_apart() {
+    let (client, mut api) = client();
+    let (problems, rx) = watch::channel(vec![plaintext_warning()]);
+    let recorder = events::spawn_event_recorder(client, rx, "meshd-0".into());
+    let reviews = "/api/v1/namespaces/shop/services/reviews";
+    let refused = AnnotationError {
+        severity: Severity::Rejected,
+        object: "Service shop/reviews".into(),
+        annotation: "meshd.io/deny".into(),
+        value: "shop/legacy GETT".into(),
+        message: "`GETT` is not a method".into(),
+    };
+
+    api.expect_get(reviews, Some("svc-uid")).await;
+    assert_eq!(api.expect_event("shop").await["reason"], REASON_WARNING);
+
+    problems.send_replace(vec![refused.clone()]);
+    api.expect_get(reviews, Some("svc-uid")).await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!(REASON_INVALID)),
+        "{event}"
+    );
+    api.expect_get(reviews, Some("svc-uid")).await;
+    let event = api.expect_event("shop").await;
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Normal"), &json!(REASON_WARNING_CLEARED)),
+        "{event}"
+    );
+
+    problems.send_replace(vec![plaintext_warning()]);
+    api.expect_get(reviews, Some("svc-uid")).await;
+    assert_eq!(api.expect_event("shop").await["reason"], REASON_WARNING);
+    api.expect_get(reviews, Some("svc-uid")).await;
+    assert_eq!(api.expect_event("shop").await["reason"], REASON_RESOLVED);
+
+    drop(problems);
     timeout(WAIT, recorder)
         .await
         .expect("the recorder ends with its channel")

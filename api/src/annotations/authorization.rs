@@ -495,77 +495,137 @@ impl Caller {
     pub fn needs_identity(&self) -> bool {
         !matches!(self, Caller::Any | Caller::Unauthenticated)
     }
+
+    /// Whether a plaintext caller can match it.
+    fn admits_plaintext(&self) -> bool {
+        !self.needs_identity()
+    }
 }
 
-/// An annotation in force for a Service whose value tells callers apart by
-/// their mTLS identity: on a workload that also accepts plaintext, it does
-/// not do what it says for plaintext callers.
+/// What an annotation in force does to plaintext callers (on a workload
+/// that accepts plaintext) that its text does not say: a plaintext caller
+/// has no identity, and matches only `unauthenticated` and `*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PlaintextSurprise {
+    /// `allow-same-namespace`, and no allow rule admits plaintext: a
+    /// plaintext caller of the Service's own namespace is refused.
+    SameNamespaceRefused,
+    /// Allow rules name callers by identity and none admits plaintext:
+    /// every plaintext caller is refused, those the rules name included.
+    /// (`authenticated` alone says as much, as `allow-authenticated` does:
+    /// neither is a surprise.)
+    NamedCallersRefused,
+    /// Deny rules name callers by identity: the same callers in plaintext
+    /// are not stopped.
+    DenyMissed,
+}
+
+impl PlaintextSurprise {
+    fn consequence(self) -> &'static str {
+        match self {
+            PlaintextSurprise::SameNamespaceRefused => {
+                "so this default refuses plaintext callers of the namespace too"
+            }
+            PlaintextSurprise::NamedCallersRefused => {
+                "so the callers these rules name are refused when they call in plaintext"
+            }
+            PlaintextSurprise::DenyMissed => {
+                "so these deny rules do not stop the callers they name when they call in plaintext"
+            }
+        }
+    }
+}
+
+impl Policy {
+    /// The annotations of this policy that do not do what they say for
+    /// plaintext callers, each with its annotation; cheap, for every
+    /// Service at every snapshot.
+    pub fn plaintext_surprises(&self) -> Vec<(&'static str, PlaintextSurprise)> {
+        let admits_plaintext = self
+            .allow
+            .iter()
+            .any(|r| r.callers.iter().any(Caller::admits_plaintext));
+        let names = |rules: &[Rule]| {
+            rules.iter().any(|r| {
+                r.callers
+                    .iter()
+                    .any(|c| c.needs_identity() && *c != Caller::Authenticated)
+            })
+        };
+        let mut found = Vec::new();
+        if self.default == Some(DefaultPolicy::AllowSameNamespace) && !admits_plaintext {
+            found.push((AUTHORIZATION, PlaintextSurprise::SameNamespaceRefused));
+        }
+        if names(&self.allow) && !admits_plaintext {
+            found.push((ALLOW, PlaintextSurprise::NamedCallersRefused));
+        }
+        // A deny rule for `authenticated` does not stop plaintext callers
+        // either, which its text does not say.
+        if self
+            .deny
+            .iter()
+            .any(|r| r.callers.iter().any(Caller::needs_identity))
+        {
+            found.push((DENY, PlaintextSurprise::DenyMissed));
+        }
+        found
+    }
+}
+
+/// An annotation in force for a Service that does not do what it says for
+/// plaintext callers (see [`PlaintextSurprise`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NamesIdentities {
+pub struct PlaintextWarning {
     /// The object whose value is in force: the Service, else its Namespace.
     pub object: String,
     pub annotation: &'static str,
     pub value: String,
+    pub surprise: PlaintextSurprise,
 }
 
-impl NamesIdentities {
+impl PlaintextWarning {
     /// The warning for this annotation, where `plaintext` says whose
-    /// workloads accept plaintext and why (`pods behind Service shop/db
-    /// accept plaintext (its Namespace's meshd.io/mtls PERMISSIVE)`).
-    pub fn warning(&self, plaintext: &str) -> AnnotationError {
-        let consequence = match self.annotation {
-            DENY => "so these deny rules do not stop it",
-            ALLOW => "so it is refused unless a rule allows `unauthenticated` or `*`",
-            _ => "so this default refuses it",
-        };
+    /// workloads accept plaintext and why (`pods behind this Service accept
+    /// plaintext (its Namespace's meshd.io/mtls is PERMISSIVE)`) and
+    /// `remedy` how to refuse plaintext there.
+    pub fn warning(&self, plaintext: &str, remedy: &str) -> AnnotationError {
         AnnotationError {
             severity: Severity::Warning,
             object: self.object.clone(),
             annotation: self.annotation.to_string(),
             value: self.value.clone(),
             message: format!(
-                "names callers by their mTLS identity, but {plaintext}: a plaintext caller has no identity and matches only `unauthenticated` or `*`, {consequence}; set meshd.io/mtls: STRICT on the Namespace (or the Pods) to refuse plaintext"
+                "names callers by their mTLS identity, but {plaintext}: a plaintext caller has no identity and matches only `unauthenticated` or `*`, {}; {remedy}",
+                self.surprise.consequence()
             ),
         }
     }
 }
 
 /// The annotations in force for `service` (as [`parse`] made `policy`)
-/// that name callers by identity: `allow` or `deny` rules with a caller
-/// other than `*` and `unauthenticated`, and the defaults
-/// allow-authenticated and allow-same-namespace.
-pub fn names_identities(
+/// that do not do what they say for plaintext callers
+/// ([`Policy::plaintext_surprises`]), on the objects whose values are in
+/// force.
+pub fn plaintext_warnings(
     service: &ServiceKey,
     service_annotations: &Annotations,
     namespace_annotations: &Annotations,
     policy: &Policy,
-) -> Vec<NamesIdentities> {
+) -> Vec<PlaintextWarning> {
     let layers = service_layers(service, service_annotations, namespace_annotations);
-    let by_identity = |rules: &[Rule]| {
-        rules
-            .iter()
-            .any(|r| r.callers.iter().any(Caller::needs_identity))
-    };
-    let default = matches!(
-        policy.default,
-        Some(DefaultPolicy::AllowAuthenticated | DefaultPolicy::AllowSameNamespace)
-    );
-    [
-        (AUTHORIZATION, default),
-        (ALLOW, by_identity(&policy.allow)),
-        (DENY, by_identity(&policy.deny)),
-    ]
-    .into_iter()
-    .filter(|(_, names)| *names)
-    .filter_map(|(annotation, _)| {
-        let (layer, value) = lookup(&layers, annotation)?;
-        Some(NamesIdentities {
-            object: layer.object.clone(),
-            annotation,
-            value: value.to_string(),
+    policy
+        .plaintext_surprises()
+        .into_iter()
+        .filter_map(|(annotation, surprise)| {
+            let (layer, value) = lookup(&layers, annotation)?;
+            Some(PlaintextWarning {
+                object: layer.object.clone(),
+                annotation,
+                value: value.to_string(),
+                surprise,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Checks a Namespace's authorization defaults on their own.
@@ -649,6 +709,15 @@ fn rule(text: &str, namespace: &str) -> Result<Rule, String> {
         } else {
             return Err(format!(
                 "`{part}` is neither methods, paths nor port= in rule `{text}`"
+            ));
+        }
+    }
+    // Paths and ports may come in several parts; the bound is on the rule
+    // (it is what becomes matchers), so that it reads back as one part.
+    for (what, count) in [("paths", rule.paths.len()), ("ports", rule.ports.len())] {
+        if count > MAX_ITEMS {
+            return Err(format!(
+                "rule `{text}` lists {count} {what}, at most {MAX_ITEMS}"
             ));
         }
     }
@@ -748,47 +817,87 @@ mod tests {
     }
 
     #[test]
-    fn identity_rules_are_found_on_the_object_whose_value_is_in_force() {
+    fn plaintext_surprises_are_found_on_the_object_whose_value_is_in_force() {
         let service = ann(&[(DENY, "shop/legacy")]);
         let namespace = ann(&[
             (AUTHORIZATION, "allow-same-namespace"),
-            (ALLOW, "unauthenticated GET /healthz"),
+            (ALLOW, "shop/web GET /api/*"),
         ]);
         let policy = parse(&key(), &service, &namespace).unwrap();
-        let found = names_identities(&key(), &service, &namespace, &policy);
+        let found = plaintext_warnings(&key(), &service, &namespace, &policy);
         assert_eq!(
             found,
             [
-                NamesIdentities {
+                PlaintextWarning {
                     object: "Namespace shop".into(),
                     annotation: AUTHORIZATION,
                     value: "allow-same-namespace".into(),
+                    surprise: PlaintextSurprise::SameNamespaceRefused,
                 },
-                NamesIdentities {
+                PlaintextWarning {
+                    object: "Namespace shop".into(),
+                    annotation: ALLOW,
+                    value: "shop/web GET /api/*".into(),
+                    surprise: PlaintextSurprise::NamedCallersRefused,
+                },
+                PlaintextWarning {
                     object: "Service shop/reviews".into(),
                     annotation: DENY,
                     value: "shop/legacy".into(),
+                    surprise: PlaintextSurprise::DenyMissed,
                 },
-            ],
-            "an allow rule for `unauthenticated` alone names no identity"
+            ]
         );
-        let warning = found[1].warning("pods shop/reviews-0 accept plaintext");
+        let warning = found[2].warning(
+            "pods behind this Service accept plaintext",
+            "set the Namespace's meshd.io/mtls to STRICT",
+        );
         assert_eq!(warning.severity, Severity::Warning);
         assert!(
             warning
                 .message
-                .contains("pods shop/reviews-0 accept plaintext")
-                && warning.message.contains("do not stop it")
-                && warning.message.contains("meshd.io/mtls: STRICT"),
+                .contains("pods behind this Service accept plaintext")
+                && warning
+                    .message
+                    .contains("do not stop the callers they name")
+                && warning.message.ends_with("meshd.io/mtls to STRICT"),
             "{warning}"
         );
+    }
 
+    #[test]
+    fn rules_that_say_what_they_do_to_plaintext_are_no_surprise() {
+        let surprises = |pairs: &[(&str, &str)]| {
+            parse(&key(), &ann(pairs), &Annotations::new())
+                .unwrap()
+                .plaintext_surprises()
+        };
         // `*` and `unauthenticated` match plaintext callers as written.
-        let open = ann(&[(ALLOW, "*"), (DENY, "unauthenticated POST")]);
-        let policy = parse(&key(), &open, &Annotations::new()).unwrap();
         assert_eq!(
-            names_identities(&key(), &open, &Annotations::new(), &policy),
+            surprises(&[(ALLOW, "*"), (DENY, "unauthenticated POST")]),
             []
+        );
+        // Refusing plaintext is what `authenticated` and
+        // allow-authenticated ask for.
+        assert_eq!(surprises(&[(AUTHORIZATION, "allow-authenticated")]), []);
+        assert_eq!(surprises(&[(ALLOW, "authenticated GET")]), []);
+        // An allow rule that admits plaintext: the rules were written
+        // with plaintext callers in mind.
+        assert_eq!(
+            surprises(&[(ALLOW, "shop/web; unauthenticated GET /healthz")]),
+            []
+        );
+        assert_eq!(
+            surprises(&[
+                (AUTHORIZATION, "allow-same-namespace"),
+                (ALLOW, "unauthenticated GET /healthz"),
+            ]),
+            []
+        );
+        // Denying `authenticated` leaves plaintext callers in, unsaid.
+        assert_eq!(
+            surprises(&[(DENY, "authenticated POST")]),
+            [(DENY, PlaintextSurprise::DenyMissed)]
         );
     }
 
@@ -806,6 +915,21 @@ mod tests {
             ]
         );
         assert_eq!(parse_rules(&shown.join("; "), "shop").unwrap(), rules);
+
+        // Paths in several parts are bounded together, so that the rule
+        // shown (one part) reads back.
+        let part = |from: usize, count: usize| {
+            (from..from + count)
+                .map(|i| format!("/p{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let text = format!("shop/web {} {}", part(0, 40), part(40, 40));
+        let error = parse_rules(&text, "shop").unwrap_err();
+        assert!(error.contains("lists 80 paths, at most 64"), "{error}");
+        let text = format!("shop/web {} {}", part(0, 40), part(40, 24));
+        let rules = parse_rules(&text, "shop").unwrap();
+        assert_eq!(parse_rules(&rules[0].to_string(), "shop").unwrap(), rules);
     }
 
     #[test]

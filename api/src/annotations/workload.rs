@@ -36,7 +36,7 @@ impl Interception {
 
 /// How a workload's inbound side treats TLS, set mesh-wide and overridden
 /// per namespace and per workload with the `meshd.io/mtls` annotation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MtlsMode {
     /// Only mutual TLS from mesh workloads is accepted.
     Strict,

@@ -15,7 +15,7 @@
 //! what last worked until the annotation is fixed. A service that never
 //! had a good policy gets the mesh default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use meshd_api::annotations::authorization::{Policy, check_ports, parse};
@@ -50,6 +50,7 @@ impl AuthorizationIndex {
             .retain(|k, _| mesh.namespaces.contains_key(k));
         let no_annotations = Annotations::new();
         let mut services = BTreeMap::new();
+        let mut refused = BTreeSet::new();
         for svc in mesh.services.values() {
             let namespace = mesh
                 .namespaces
@@ -74,6 +75,9 @@ impl AuthorizationIndex {
                     }
                 }
             };
+            if parsed.is_err() {
+                refused.insert(svc.key.clone());
+            }
             if let Some(policy) = in_force(&mut self.services, &svc.key, parsed, &mut errors) {
                 services.insert(svc.key.clone(), policy);
             }
@@ -83,6 +87,7 @@ impl AuthorizationIndex {
             MeshAuthorization {
                 services,
                 namespaces,
+                refused,
             },
             errors,
         )

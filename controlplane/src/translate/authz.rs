@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use meshd_api::annotations::authorization::{
-    Caller, DefaultPolicy, Mode, NamesIdentities, PathMatch, Policy, Rule, names_identities, parse,
+    Caller, DefaultPolicy, Mode, PathMatch, PlaintextWarning, Policy, Rule,
 };
 use meshd_api::annotations::routing::{AnnotationError, Annotations};
 use meshd_api::names::node_id;
@@ -78,7 +78,7 @@ use prost::Message;
 use serde::Serialize;
 
 use super::telemetry;
-use crate::model::{Mesh, MtlsMode, ServiceKey};
+use crate::model::{Mesh, MtlsMode};
 
 /// The prefix of the dry-run counters: Envoy adds a dot,
 /// `rbac.dry_run.shadow_denied`.
@@ -307,20 +307,33 @@ pub(super) fn workload_authorization(
     }
 }
 
-/// A warning for every authorization annotation that names callers by
-/// identity on Services with pods that accept plaintext (`mtls`: the mesh
-/// default mode, `None` when the mesh runs without mTLS). A plaintext
-/// caller has no certificate: it matches only `unauthenticated` and `*`,
-/// so an identity deny rule does not stop it and an identity allow rule
-/// refuses it. One warning per annotation, naming the Services (not their
-/// pods: a warning's text is its identity, and pods come and go with every
-/// rollout, which would post a new Event each time).
+/// A warning for every authorization annotation in force that does not do
+/// what it says for plaintext callers ([`Policy::plaintext_surprises`]) on
+/// Services with pods that accept plaintext (`mtls`: the mesh default
+/// mode, `None` when the control plane has no CA). One warning per
+/// annotation; its text (its identity: a new text is a new Event) names no
+/// pods, which come and go with every rollout, and no list of Services.
 pub(super) fn plaintext_warnings(mesh: &Mesh, mtls: Option<MtlsMode>) -> Vec<AnnotationError> {
     let no_annotations = Annotations::new();
-    // Per annotation in force: the Services it covers that have plaintext
-    // pods, and why the first of those pods accepts plaintext.
-    let mut found: BTreeMap<NamesIdentities, (Vec<&ServiceKey>, String)> = BTreeMap::new();
+    // Per annotation: the reason shared by the most pods that accept
+    // plaintext, whichever pods there are now.
+    let mut found: BTreeMap<PlaintextWarning, Plaintext> = BTreeMap::new();
     for (key, policy) in mesh.authorization.services() {
+        // While a value is refused, the last good policy is in force and
+        // the error speaks for the annotation: a warning would quote the
+        // refused value.
+        if mesh.authorization.is_refused(key) || policy.plaintext_surprises().is_empty() {
+            continue;
+        }
+        let Some(reason) = mesh
+            .endpoints_of(key)
+            .iter()
+            .filter_map(|ep| ep.pod.as_deref())
+            .filter_map(|pod| Plaintext::of(mesh, &key.namespace, pod, mtls))
+            .min()
+        else {
+            continue;
+        };
         let Some(svc) = mesh.services.get(key) else {
             continue;
         };
@@ -328,76 +341,91 @@ pub(super) fn plaintext_warnings(mesh: &Mesh, mtls: Option<MtlsMode>) -> Vec<Ann
             .namespaces
             .get(&key.namespace)
             .map_or(&no_annotations, |n| &n.annotations);
-        // A value refused now is reported as such; the warning would quote
-        // it while the last good policy is what is in force.
-        if parse(key, &svc.annotations, namespace).is_err() {
-            continue;
-        }
-        let names = names_identities(key, &svc.annotations, namespace, policy);
-        if names.is_empty() {
-            continue;
-        }
-        // Of the reasons its pods accept plaintext, the same one whichever
-        // pods there are now.
-        let Some(reason) = mesh
-            .endpoints_of(key)
-            .iter()
-            .filter_map(|ep| ep.pod.as_deref())
-            .filter_map(|pod| plaintext_because(mesh, &key.namespace, pod, mtls))
-            .min()
-        else {
-            continue;
-        };
-        for name in names {
-            let (services, why) = found.entry(name).or_default();
-            services.push(key);
-            if why.is_empty() || reason < *why {
-                why.clone_from(&reason);
-            }
+        for warning in meshd_api::annotations::authorization::plaintext_warnings(
+            key,
+            &svc.annotations,
+            namespace,
+            policy,
+        ) {
+            let shared = found.entry(warning).or_insert(reason);
+            *shared = (*shared).min(reason);
         }
     }
     found
         .into_iter()
-        .map(|(name, (services, why))| {
-            let plaintext = format!(
-                "pods behind {} accept plaintext ({why})",
-                listed("Service", &services)
-            );
-            name.warning(&plaintext)
+        .map(|(warning, reason)| {
+            let whose = if warning.object.starts_with("Namespace ") {
+                "pods behind its Services"
+            } else {
+                "pods behind this Service"
+            };
+            warning.warning(
+                &format!("{whose} accept plaintext ({})", reason.why()),
+                reason.remedy(),
+            )
         })
         .collect()
 }
 
-/// Why pod `pod` of `namespace` accepts plaintext, or `None` if it does
-/// not (STRICT).
-fn plaintext_because(
-    mesh: &Mesh,
-    namespace: &str,
-    pod: &str,
-    mtls: Option<MtlsMode>,
-) -> Option<String> {
-    let Some(default) = mtls else {
-        return Some("the mesh runs without mTLS".into());
-    };
-    let (mode, from) = match mesh.workloads.get(&node_id(namespace, pod)) {
-        Some(w) if w.mtls.is_some() => (w.mtls, "its Pod's meshd.io/mtls"),
-        _ => match mesh.namespaces.get(namespace).and_then(|n| n.mtls) {
-            Some(mode) => (Some(mode), "its Namespace's meshd.io/mtls"),
-            None => (None, "the mesh default, --mtls-mode"),
-        },
-    };
-    let mode = mode.unwrap_or(default);
-    (mode != MtlsMode::Strict).then(|| format!("{} {}", from, mode.name()))
+/// Why a pod accepts plaintext, the most widely shared reason first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Plaintext {
+    /// The control plane has no CA: no workload has an identity.
+    NoCa,
+    MeshDefault(MtlsMode),
+    Namespace(MtlsMode),
+    Pod(MtlsMode),
 }
 
-/// `Services shop/a, shop/b and 3 more`: the first two of `items`.
-fn listed<T: std::fmt::Display>(what: &str, items: &[T]) -> String {
-    const SHOWN: usize = 2;
-    let shown: Vec<String> = items.iter().take(SHOWN).map(ToString::to_string).collect();
-    let plural = if items.len() == 1 { "" } else { "s" };
-    match items.len().saturating_sub(SHOWN) {
-        0 => format!("{what}{plural} {}", shown.join(", ")),
-        more => format!("{what}{plural} {} and {more} more", shown.join(", ")),
+impl Plaintext {
+    /// Why pod `pod` of `namespace` accepts plaintext, or `None` if it
+    /// does not (STRICT).
+    fn of(mesh: &Mesh, namespace: &str, pod: &str, mtls: Option<MtlsMode>) -> Option<Plaintext> {
+        let Some(default) = mtls else {
+            return Some(Plaintext::NoCa);
+        };
+        let pod_mode = mesh
+            .workloads
+            .get(&node_id(namespace, pod))
+            .and_then(|w| w.mtls);
+        let reason = match (
+            pod_mode,
+            mesh.namespaces.get(namespace).and_then(|n| n.mtls),
+        ) {
+            (Some(mode), _) => Plaintext::Pod(mode),
+            (None, Some(mode)) => Plaintext::Namespace(mode),
+            (None, None) => Plaintext::MeshDefault(default),
+        };
+        match reason {
+            Plaintext::Pod(MtlsMode::Strict)
+            | Plaintext::Namespace(MtlsMode::Strict)
+            | Plaintext::MeshDefault(MtlsMode::Strict) => None,
+            other => Some(other),
+        }
+    }
+
+    fn why(self) -> String {
+        match self {
+            Plaintext::NoCa => "the control plane has no CA".into(),
+            Plaintext::MeshDefault(mode) => format!("the mesh's --mtls-mode is {}", mode.name()),
+            Plaintext::Namespace(mode) => {
+                format!("the Namespace's meshd.io/mtls is {}", mode.name())
+            }
+            Plaintext::Pod(mode) => format!("their Pods' meshd.io/mtls is {}", mode.name()),
+        }
+    }
+
+    fn remedy(self) -> &'static str {
+        match self {
+            Plaintext::NoCa => "run the control plane with its CA to give workloads identities",
+            Plaintext::MeshDefault(_) => {
+                "set meshd.io/mtls: STRICT on the Namespace (or run meshd with --mtls-mode STRICT) to refuse plaintext"
+            }
+            Plaintext::Namespace(_) => {
+                "set the Namespace's meshd.io/mtls to STRICT to refuse plaintext"
+            }
+            Plaintext::Pod(_) => "set the Pods' meshd.io/mtls to STRICT to refuse plaintext",
+        }
     }
 }
 
@@ -717,9 +745,11 @@ fn denial_log(mode: Mode) -> AccessLog {
             ("caller_identity", "%DOWNSTREAM_PEER_URI_SAN%"),
             ("workload_identity", "%DOWNSTREAM_LOCAL_URI_SAN%"),
             ("method", "%REQ(:METHOD)%"),
-            // The path the decision saw: inbound nothing rewrites it, and
-            // x-envoy-original-path would be the caller's to set.
-            ("path", "%REQ(:PATH)%"),
+            // The path the decision saw (inbound nothing rewrites it, and
+            // x-envoy-original-path would be the caller's to set), without
+            // its query string: this line is written with access logs off,
+            // and a query often carries tokens nobody opted to log.
+            ("path", "%PATH(NQ)%"),
             ("authority", "%REQ(:AUTHORITY)%"),
             ("request_id", "%REQ(X-REQUEST-ID)%"),
             ("response_code", "%RESPONSE_CODE%"),
@@ -895,48 +925,110 @@ mod tests {
         assert_eq!(found[0].annotation, "meshd.io/deny");
         assert!(
             found[0].message.contains(
-                "pods behind Service shop/web accept plaintext \
-                 (the mesh default, --mtls-mode PERMISSIVE)"
+                "pods behind this Service accept plaintext \
+                 (the mesh's --mtls-mode is PERMISSIVE)"
             ),
             "{}",
             found[0].message
         );
         let found = warnings(deny, None);
         assert!(
-            found[0].message.contains("the mesh runs without mTLS"),
+            found[0].message.contains("the control plane has no CA"),
             "{found:?}"
         );
         assert_eq!(warnings(deny, Some(MtlsMode::Strict)), []);
-        // A good value, then one refused: the last good one stays in force,
-        // and the error alone speaks of the annotation (a warning would
-        // quote the refused value).
-        let mut index = crate::discovery::index::Index::default();
-        for text in [
-            registry(deny),
-            registry("meshd.io/deny: 'shop/legacy GETT'"),
+        // A good value, then one refused (a bad method; a rule port the
+        // Service lacks): the last good one stays in force, and the error
+        // alone speaks of the annotation (a warning would quote the refused
+        // value).
+        for refused in [
+            "meshd.io/deny: 'shop/legacy GETT'",
+            "meshd.io/deny: 'shop/legacy port=81'",
         ] {
-            for object in crate::discovery::file::parse(&text).unwrap() {
-                index.apply(object);
+            let mut index = crate::discovery::index::Index::default();
+            for text in [registry(deny), registry(refused)] {
+                for object in crate::discovery::file::parse(&text).unwrap() {
+                    index.apply(object);
+                }
+                // Each version is seen: the first becomes the last good one.
+                let _ = index.mesh();
             }
-            // Each version is seen: the first becomes the last good one.
-            let _ = index.mesh();
+            let mut options = options(DefaultPolicy::AllowAll);
+            options.mtls.as_mut().unwrap().default_mode = MtlsMode::Permissive;
+            let mesh = index.mesh();
+            assert_eq!(
+                mesh.authorization
+                    .service(&crate::model::ServiceKey::new("shop", "web"))
+                    .deny
+                    .len(),
+                1
+            );
+            let problems = Snapshot::new(1, Arc::new(mesh), options).problems();
+            assert_eq!(problems.len(), 1, "{refused}: {problems:?}");
+            assert_eq!(problems[0].severity, Severity::Rejected, "{refused}");
         }
-        let mut options = options(DefaultPolicy::AllowAll);
-        options.mtls.as_mut().unwrap().default_mode = MtlsMode::Permissive;
-        let mesh = index.mesh();
-        assert_eq!(
-            mesh.authorization
-                .service(&ServiceKey::new("shop", "web"))
-                .deny
-                .len(),
-            1
-        );
-        let refused = Snapshot::new(1, Arc::new(mesh), options).problems();
-        assert_eq!(refused.len(), 1, "{refused:?}");
-        assert_eq!(refused[0].severity, Severity::Rejected);
         // `*` admits plaintext callers as it says: nothing to call out.
         assert_eq!(
             warnings("meshd.io/allow: '*'", Some(MtlsMode::Permissive)),
+            []
+        );
+    }
+
+    #[test]
+    fn a_namespace_rule_is_called_out_once_with_the_reason_and_remedy_of_its_pods() {
+        let problems = |text: &str| {
+            let mut options = options(DefaultPolicy::AllowAll);
+            options.mtls.as_mut().unwrap().default_mode = MtlsMode::Permissive;
+            Snapshot::new(1, mesh(text), options).problems()
+        };
+        // The Namespace's deny rule covers web and db: one warning, on the
+        // Namespace, naming neither (its text stays as pods and Services
+        // come and go).
+        let found = problems(&with_namespace("meshd.io/deny: 'batch/*'"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].object, "Namespace shop");
+        assert!(
+            found[0].message.contains(
+                "pods behind its Services accept plaintext (the mesh's --mtls-mode is PERMISSIVE)"
+            ) && found[0]
+                .message
+                .ends_with("set meshd.io/mtls: STRICT on the Namespace (or run meshd with --mtls-mode STRICT) to refuse plaintext"),
+            "{}",
+            found[0].message
+        );
+        // PERMISSIVE set on the Namespace: its remedy is the Namespace's.
+        let found = problems(&with_namespace(
+            "meshd.io/deny: 'batch/*', meshd.io/mtls: PERMISSIVE",
+        ));
+        assert!(
+            found[0]
+                .message
+                .contains("(the Namespace's meshd.io/mtls is PERMISSIVE)")
+                && found[0]
+                    .message
+                    .ends_with("set the Namespace's meshd.io/mtls to STRICT to refuse plaintext"),
+            "{}",
+            found[0].message
+        );
+        // A STRICT Namespace with one PERMISSIVE Pod: the Pod is the reason.
+        let text = with_namespace("meshd.io/deny: 'batch/*', meshd.io/mtls: STRICT").replacen(
+            "metadata: {name: db-0, namespace: shop}",
+            "metadata: {name: db-0, namespace: shop, annotations: {meshd.io/mtls: PERMISSIVE}}",
+            1,
+        );
+        let found = problems(&text);
+        assert!(
+            found[0]
+                .message
+                .contains("(their Pods' meshd.io/mtls is PERMISSIVE)"),
+            "{}",
+            found[0].message
+        );
+        // allow-authenticated refuses plaintext callers, as it says.
+        assert_eq!(
+            problems(&with_namespace(
+                "meshd.io/authorization: allow-authenticated"
+            )),
             []
         );
     }

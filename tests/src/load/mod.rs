@@ -171,8 +171,9 @@ pub struct Args {
     pub reconnect_cycles: usize,
 
     /// After the fleet synced (still connected) and after it disconnected,
-    /// meshd's memory is read once it has not fallen for 3 s (an allocator
-    /// returns freed memory over seconds), and at the latest after this many
+    /// meshd's memory is read once it has fallen and then not fallen for
+    /// 3 s (an allocator returns freed memory over seconds, starting some
+    /// seconds after it was freed), and at the latest after this many
     /// seconds.
     #[arg(long, env = "MESHD_LOAD_SETTLE_SECONDS", default_value_t = 20)]
     pub settle_seconds: u64,
