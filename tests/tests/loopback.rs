@@ -239,7 +239,7 @@ fn request_crosses_both_proxies(protocol: XdsProtocol) {
     assert!(
         stat(
             &client_stats,
-            "cluster.outbound|80||server.e2e.svc.cluster.local.upstream_rq_200"
+            "cluster.outbound|80|mtls|server.e2e.svc.cluster.local.upstream_rq_200"
         ) >= 1,
         "client proxy did not route the request:\n{client_stats}"
     );

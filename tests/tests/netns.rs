@@ -251,14 +251,14 @@ fn captured_traffic_crosses_both_proxies_over_mtls() {
     assert!(
         stat(
             &client_stats,
-            "cluster.outbound|80||server.e2e.svc.cluster.local.upstream_rq_200"
+            "cluster.outbound|80|mtls|server.e2e.svc.cluster.local.upstream_rq_200"
         ) >= 1,
         "{client_stats}"
     );
     assert!(
         stat(
             &client_stats,
-            "cluster.outbound|80||server.e2e.svc.cluster.local.ssl.handshake"
+            "cluster.outbound|80|mtls|server.e2e.svc.cluster.local.ssl.handshake"
         ) >= 1,
         "{client_stats}"
     );

@@ -204,6 +204,8 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
         ("destination_service", "web"),
         ("destination_namespace", NS),
         ("destination_port", "80"),
+        // Every endpoint of web takes mTLS, so every request did.
+        ("connection_security", "mtls"),
     ];
     let to_db = [
         ("workload", CLIENT),
@@ -228,6 +230,9 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
         all.extend_from_slice(more);
         all
     };
+    // The TCP proxy's series are named by its listener's stat prefix, the
+    // cluster's own name: the cluster's series carry the security.
+    let to_db_cluster = with(&to_db, &[("connection_security", "mtls")]);
     // (pod, metric, labels, the increase expected, at least rather than exactly)
     let expectations: Vec<Expectation> = vec![
         // Outbound, per response code, with the caller named.
@@ -329,16 +334,23 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
         (
             CLIENT,
             "envoy_cluster_upstream_cx_total",
-            to_db.to_vec(),
+            to_db_cluster.clone(),
             1.0,
             false,
         ),
         (
             CLIENT,
             "envoy_cluster_upstream_cx_destroy",
-            to_db.to_vec(),
+            to_db_cluster.clone(),
             1.0,
             false,
+        ),
+        (
+            CLIENT,
+            "envoy_cluster_upstream_cx_tx_bytes_total",
+            to_db_cluster,
+            4.0,
+            true,
         ),
         (
             CLIENT,

@@ -316,7 +316,7 @@ fn retries_raise_the_success_rate_under_a_fault_abort() {
     wait_for_client_routes(&mut mesh, "\"num_retries\": 3", true);
     let retries_before = stat(
         &mesh.admin(CLIENT, "/stats?filter=upstream_rq_retry$"),
-        "cluster.outbound|80||reviews.e2e.svc.cluster.local.upstream_rq_retry",
+        "cluster.outbound|80|mtls|reviews.e2e.svc.cluster.local.upstream_rq_retry",
     );
     let after = send(&mesh, REVIEWS_VIP, "reviews", "/", &[], N);
     println!("abort 503@50, 3 retries, {N} requests: {after:?}");
@@ -331,7 +331,7 @@ fn retries_raise_the_success_rate_under_a_fault_abort() {
     // + 0.125 on average).
     let retries = stat(
         &mesh.admin(CLIENT, "/stats?filter=upstream_rq_retry$"),
-        "cluster.outbound|80||reviews.e2e.svc.cluster.local.upstream_rq_retry",
+        "cluster.outbound|80|mtls|reviews.e2e.svc.cluster.local.upstream_rq_retry",
     ) - retries_before;
     assert!(retries >= u64::from(N) / 2, "{retries} retries");
     assert!(faults_injected(&mesh, "aborts_injected") >= u64::from(N));

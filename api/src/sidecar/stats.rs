@@ -12,8 +12,9 @@
 //!   stat prefixes (see `controlplane/src/translate`):
 //!
 //! ```text
-//! cluster.outbound|80||reviews.shop.svc.cluster.local.upstream_rq_503
-//!         └direction └port └service └namespace          └envoy_response_code
+//! cluster.outbound|80|mtls|reviews.shop.svc.cluster.local.upstream_rq_503
+//!         └direction └port └connection_security           └envoy_response_code
+//!                              └service └namespace
 //! http.inbound_8080_mtls.downstream_rq_5xx          tcp.inbound_5432_plaintext.downstream_cx_total
 //!      └direction └port └connection_security
 //! ```
@@ -42,14 +43,20 @@ pub const DESTINATION_NAMESPACE: &str = "destination_namespace";
 /// The service port called (outbound) or the app port served (inbound).
 pub const DESTINATION_PORT: &str = "destination_port";
 /// `mtls` or `plaintext`: how the caller connected (inbound series of the
-/// HTTP connection manager and the TCP proxy).
+/// HTTP connection manager and the TCP proxy); on outbound cluster series,
+/// how the proxy connects to the service's endpoints (`mixed` while some
+/// take mTLS and some do not).
 pub const CONNECTION_SECURITY: &str = "connection_security";
 
-/// How an inbound connection arrived, as its filter chain knows it.
+/// How a connection is secured: an inbound one as its filter chain knows
+/// it; an outbound cluster's as its endpoints take it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionSecurity {
     Mtls,
     Plaintext,
+    /// Outbound only: some of the service's endpoints take mTLS and some
+    /// do not (a migration in progress); a request goes either way.
+    Mixed,
 }
 
 impl ConnectionSecurity {
@@ -57,8 +64,33 @@ impl ConnectionSecurity {
         match self {
             ConnectionSecurity::Mtls => "mtls",
             ConnectionSecurity::Plaintext => "plaintext",
+            ConnectionSecurity::Mixed => "mixed",
         }
     }
+}
+
+/// The statistics name (Envoy's `alt_stat_name`) of outbound cluster
+/// `cluster` whose connections are secured as `security`: the security
+/// takes the subset's place (`outbound|80|mtls|reviews.shop.svc.cluster.local`),
+/// or joins it (`outbound|80|v1+mtls|…`). `None` for another shape of name.
+///
+/// Not a new field: a proxy whose bootstrap predates this label still
+/// reads the service, namespace and port from such a name (only its
+/// `envoy_cluster_name` then shows the statistics name).
+pub fn outbound_stat_name(cluster: &str, security: ConnectionSecurity) -> Option<String> {
+    let mut parts = cluster.splitn(4, '|');
+    let (Some("outbound"), Some(port), Some(subset), Some(fqdn)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let security = security.as_str();
+    Some(match subset {
+        "" => format!("outbound|{port}|{security}|{fqdn}"),
+        // A plaintext twin says it already.
+        same if same == security => cluster.to_string(),
+        subset => format!("outbound|{port}|{subset}+{security}|{fqdn}"),
+    })
 }
 
 /// The stat prefix of the HTTP connection manager or TCP proxy serving an
@@ -126,7 +158,8 @@ fn tag_specifiers() -> Vec<Value> {
         ),
         regex(
             CONNECTION_SECURITY,
-            r"^(?:http|tcp)\.inbound_\d+_((mtls|plaintext)\.)".into(),
+            r"^(?:(?:http|tcp)\.inbound_\d+_|cluster\.outbound\|\d+\|(?:[^|.+]*\+)?)((mtls|plaintext|mixed)[.|])"
+                .into(),
         ),
     ]);
     tags
@@ -218,6 +251,71 @@ mod tests {
         assert_eq!(
             inbound_stat_prefix(8080, ConnectionSecurity::Mtls),
             "inbound_8080_mtls"
+        );
+    }
+
+    #[test]
+    fn an_outbound_stat_name_carries_its_security_where_old_tags_still_read_it() {
+        let reviews = "outbound|80||reviews.shop.svc.cluster.local";
+        let name = |cluster, security| outbound_stat_name(cluster, security).unwrap();
+        assert_eq!(
+            name(reviews, ConnectionSecurity::Mtls),
+            "outbound|80|mtls|reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            name(
+                "outbound|80|v1|reviews.shop.svc.cluster.local",
+                ConnectionSecurity::Mixed
+            ),
+            "outbound|80|v1+mixed|reviews.shop.svc.cluster.local"
+        );
+        let twin = "outbound|80|plaintext|reviews.shop.svc.cluster.local";
+        assert_eq!(name(twin, ConnectionSecurity::Plaintext), twin);
+        assert_eq!(
+            outbound_stat_name("inbound|8080||", ConnectionSecurity::Mtls),
+            None
+        );
+
+        // Each tag expression on a statistic of such a cluster, as Envoy
+        // applies it: the first group is cut from the name, the second is
+        // the value.
+        let tags = tag_specifiers();
+        let value = |tag: &str, stat: &str| -> Option<String> {
+            let spec = tags.iter().find(|t| t["tag_name"] == tag)?;
+            let re = regex::Regex::new(spec["regex"].as_str()?).unwrap();
+            re.captures(stat).map(|c| c[2].to_string())
+        };
+        for (subset, security) in [
+            ("mtls", "mtls"),
+            ("v1+mixed", "mixed"),
+            ("plaintext", "plaintext"),
+        ] {
+            let stat = format!(
+                "cluster.outbound|80|{subset}|reviews.shop.svc.cluster.local.upstream_rq_503"
+            );
+            assert_eq!(
+                value(CONNECTION_SECURITY, &stat).as_deref(),
+                Some(security),
+                "{stat}"
+            );
+            assert_eq!(
+                value(DESTINATION_SERVICE, &stat).as_deref(),
+                Some("reviews")
+            );
+            assert_eq!(value(DESTINATION_NAMESPACE, &stat).as_deref(), Some("shop"));
+            assert_eq!(value(DESTINATION_PORT, &stat).as_deref(), Some("80"));
+            assert_eq!(value("envoy.response_code", &stat), None, "Envoy's own");
+        }
+        // A subset that is not a security, and inbound chains, as before.
+        let http = "cluster.outbound|80|http|reviews.shop.svc.cluster.local.upstream_rq_503";
+        assert_eq!(value(CONNECTION_SECURITY, http), None);
+        assert_eq!(
+            value(
+                CONNECTION_SECURITY,
+                "http.inbound_8080_plaintext.downstream_rq_5xx"
+            )
+            .as_deref(),
+            Some("plaintext")
         );
     }
 }

@@ -1770,6 +1770,10 @@ status: {{podIP: 198.18.0.3}}
         );
         // Outside the mesh: no mTLS; circuit breaking still applies.
         assert!(c.transport_socket.is_none() && c.transport_socket_matches.is_empty());
+        assert_eq!(
+            c.alt_stat_name,
+            "outbound|80|plaintext|payments.shop.svc.cluster.local"
+        );
         let limits = &c.circuit_breakers.unwrap().thresholds[0];
         assert_eq!(limits.max_connections, Some(UInt32Value { value: 7 }));
         // Envoy waits for no load assignment, and the TCP port has no cluster.

@@ -25,6 +25,8 @@ use super::resource::{MtlsOptions, Resource, Resources, TranslateOptions};
 use super::{routing, tls};
 use crate::model::{Endpoint, Mesh, MtlsMode, Protocol, Service, ServiceKey};
 use meshd_api::annotations::routing::Routing;
+use meshd_api::sidecar::stats::{ConnectionSecurity, outbound_stat_name};
+use meshd_proto::envoy::config::cluster::v3::Cluster;
 
 use crate::model::MeshRouting;
 
@@ -263,6 +265,7 @@ fn clusters<'e>(
                 let mut cluster = original_dst_cluster(&name);
                 routing::configure_cluster(&mut cluster, service_routing, port.protocol);
                 cluster.lb_policy = original_dst_cluster(&name).lb_policy;
+                name_stats_by_security(&mut cluster);
                 keep_if_equal(
                     Resource::new(name, &cluster, vec![]),
                     old.map(|o| &o.clusters),
@@ -281,7 +284,7 @@ fn clusters<'e>(
         .filter(|port| svc.external_name.is_none() || port.protocol.is_http())
         .map(|port| {
             let name = svc.cluster_name(port.port);
-            let cluster = if let Some(host) = &svc.external_name {
+            let mut cluster = if let Some(host) = &svc.external_name {
                 // Outside the mesh: no mTLS.
                 let mut cluster = dns_cluster(&name, host, port.port, port.protocol);
                 routing::configure_cluster(&mut cluster, service_routing, port.protocol);
@@ -310,6 +313,7 @@ fn clusters<'e>(
                 }
                 cluster
             };
+            name_stats_by_security(&mut cluster);
             keep_if_equal(
                 Resource::new(name, &cluster, vec![]),
                 old.map(|o| &o.clusters),
@@ -318,6 +322,27 @@ fn clusters<'e>(
         .collect();
     resources.extend(plaintext_twins);
     resources
+}
+
+/// Gives an outbound cluster's statistics a name that says how its
+/// connections are secured (`connection_security` on its series), as the
+/// cluster takes its endpoints: TLS for all, TLS with a plaintext match
+/// for the unlabelled ones (mixed), or no TLS. Only a change of that state
+/// changes the cluster; it already does (the match comes and goes).
+fn name_stats_by_security(cluster: &mut Cluster) {
+    let security = match (
+        &cluster.transport_socket,
+        cluster.transport_socket_matches.is_empty(),
+    ) {
+        (None, _) => ConnectionSecurity::Plaintext,
+        (Some(_), true) => ConnectionSecurity::Mtls,
+        (Some(_), false) => ConnectionSecurity::Mixed,
+    };
+    if let Some(stat_name) = outbound_stat_name(&cluster.name, security)
+        && stat_name != cluster.name
+    {
+        cluster.alt_stat_name = stat_name;
+    }
 }
 
 /// The plaintext twin of a headless service port's cluster, for its pods
@@ -833,6 +858,11 @@ status: {{podIP: 198.18.0.30}}
         let c = cluster(&all);
         assert!(c.transport_socket.is_some(), "every endpoint takes mTLS");
         assert!(c.transport_socket_matches.is_empty());
+        // Its series say so: `connection_security="mtls"`.
+        assert_eq!(
+            c.alt_stat_name,
+            "outbound|80|mtls|reviews.shop.svc.cluster.local"
+        );
         assert!(marked(&all).is_empty(), "no endpoint needs a mark");
 
         // A pod without mTLS joins: the cluster keeps TLS as its default
@@ -843,6 +873,10 @@ status: {{podIP: 198.18.0.30}}
         assert!(c.transport_socket.is_some());
         assert_eq!(c.transport_socket_matches.len(), 1);
         assert_eq!(c.transport_socket_matches[0].name, "plaintext");
+        assert_eq!(
+            c.alt_stat_name,
+            "outbound|80|mixed|reviews.shop.svc.cluster.local"
+        );
         assert_eq!(marked(&mixed), ["198.18.0.4"]);
         let view = mixed.proxy("ratings-0.shop").unwrap();
         let changes = view.changes().expect("a shared change");

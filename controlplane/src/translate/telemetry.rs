@@ -67,7 +67,9 @@ pub const ACCESS_LOG_FIELDS: &[(&str, &str)] = &[
     ("caller_identity", "%DOWNSTREAM_PEER_URI_SAN%"),
     // The called workload's SPIFFE ID, as verified: outbound mTLS.
     ("upstream_identity", "%UPSTREAM_PEER_URI_SAN%"),
-    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    // The cluster's own name, as `meshd proxy-config` shows it, not its
+    // statistics name (which carries the connection security).
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
     ("upstream_host", "%UPSTREAM_HOST%"),
     ("response_code", "%RESPONSE_CODE%"),
     ("response_flags", "%RESPONSE_FLAGS%"),

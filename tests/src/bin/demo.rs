@@ -196,7 +196,7 @@ fn demo() -> anyhow::Result<()> {
         "\n5. the path, from the proxies' own counters:\n   client-0 sidecar  cluster outbound|80||server.demo.svc.cluster.local  requests OK: {}\n   server-0 sidecar  cluster inbound|18080||                           requests OK: {}\n   server app        requests served: {}",
         stat(
             &client_stats,
-            "cluster.outbound|80||server.demo.svc.cluster.local.upstream_rq_200"
+            "cluster.outbound|80|mtls|server.demo.svc.cluster.local.upstream_rq_200"
         ),
         stat(&server_stats, "cluster.inbound|18080||.upstream_rq_200"),
         app.requests(),
