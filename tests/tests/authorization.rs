@@ -444,6 +444,27 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
         stat(&db_stats, "inbound_5432_mtls.rbac.denied") >= 1,
         "{db_stats}"
     );
+    // ...and logged, at the connection's close, with both identities.
+    let tcp_denied = wait_for("db's denial log line", WAIT, || {
+        let line = mesh
+            .access_log(DB)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["authorization"] == "denied");
+        Ok::<_, String>(line)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.access_log(DB)));
+    assert_eq!(tcp_denied["protocol"], "tcp", "{tcp_denied}");
+    assert_eq!(tcp_denied["port"], DB_PORT, "{tcp_denied}");
+    assert!(
+        tcp_denied["caller_identity"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/ns/shop/sa/client-0"))
+            && tcp_denied["workload_identity"]
+                .as_str()
+                .is_some_and(|w| w.ends_with("/sa/db-0")),
+        "{tcp_denied}"
+    );
 
     // Dry-run of the same policy: nothing is blocked, and the would-deny
     // counter grows by exactly the requests the policy would deny.

@@ -652,19 +652,29 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                     hcm.http_filters.splice(0..0, rbac);
                     for mode in [Mode::Enforce, Mode::DryRun] {
                         if policies.iter().any(|p| p.mode == mode) {
-                            hcm.access_log.push(denial_log(mode));
+                            hcm.access_log.push(denial_log(Layer::Http, mode));
                         }
                     }
                     vec![Filter {
                         name: f.name,
                         config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
                     }]
-                } else if let Ok(tcp) = decode::<TcpProxy>(any) {
+                } else if let Ok(mut tcp) = decode::<TcpProxy>(any) {
                     let mut out: Vec<Filter> = policies
                         .iter()
                         .map(|p| network_rbac(p, &tcp.stat_prefix))
                         .collect();
-                    out.push(f);
+                    // The TCP proxy logs at the connection's close, with
+                    // the verdict the RBAC filter left on the connection.
+                    for mode in [Mode::Enforce, Mode::DryRun] {
+                        if policies.iter().any(|p| p.mode == mode) {
+                            tcp.access_log.push(denial_log(Layer::Tcp, mode));
+                        }
+                    }
+                    out.push(Filter {
+                        name: f.name,
+                        config_type: Some(filter::ConfigType::TypedConfig(to_any(&tcp))),
+                    });
                     out
                 } else {
                     vec![f]
@@ -730,38 +740,64 @@ fn http_rbac(policy: &Enforced) -> HttpFilter {
     }
 }
 
-/// The record of each HTTP request a policy denies (or, in dry-run, would
-/// deny): a JSON line on the serving proxy's stdout naming both
-/// identities, whether or not access logs are on (the counters say how
-/// many; this says who). Envoy's RBAC filter puts its verdict in the
-/// request's dynamic metadata: `enforced_engine_result` for the rules it
-/// enforces, and for shadow rules the shadow stat prefix followed by
-/// `shadow_engine_result` (the unprefixed key is matched too).
-fn denial_log(mode: Mode) -> AccessLog {
-    fn logger(verdict: &str) -> meshd_proto::Any {
-        telemetry::json_stdout_logger(vec![
+/// Where a policy decides: per HTTP request, or per TCP connection.
+#[derive(Clone, Copy)]
+enum Layer {
+    Http,
+    Tcp,
+}
+
+/// The record of each HTTP request (or TCP connection) a policy denies
+/// (or, in dry-run, would deny): a JSON line on the serving proxy's stdout
+/// naming both identities, whether or not access logs are on (the counters
+/// say how many; this says who). Envoy's RBAC filters put their verdict in
+/// the stream's dynamic metadata (for TCP, the connection's):
+/// `enforced_engine_result` for the rules they enforce, and for shadow
+/// rules the shadow stat prefix followed by `shadow_engine_result` (the
+/// unprefixed key is matched too).
+fn denial_log(layer: Layer, mode: Mode) -> AccessLog {
+    fn logger(layer: Layer, verdict: &str) -> meshd_proto::Any {
+        let mut fields = vec![
             ("authorization", verdict),
             ("start_time", "%START_TIME%"),
             ("caller_identity", "%DOWNSTREAM_PEER_URI_SAN%"),
             ("workload_identity", "%DOWNSTREAM_LOCAL_URI_SAN%"),
-            ("method", "%REQ(:METHOD)%"),
-            // The path the decision saw (inbound nothing rewrites it, and
-            // x-envoy-original-path would be the caller's to set), without
-            // its query string: this line is written with access logs off,
-            // and a query often carries tokens nobody opted to log.
-            ("path", "%PATH(NQ)%"),
-            ("authority", "%REQ(:AUTHORITY)%"),
-            ("request_id", "%REQ(X-REQUEST-ID)%"),
-            ("response_code", "%RESPONSE_CODE%"),
-        ])
+        ];
+        fields.extend(match layer {
+            Layer::Http => [
+                ("method", "%REQ(:METHOD)%"),
+                // The path the decision saw (inbound nothing rewrites it,
+                // and x-envoy-original-path would be the caller's to set),
+                // without its query string: this line is written with
+                // access logs off, and a query often carries tokens nobody
+                // opted to log.
+                ("path", "%PATH(NQ)%"),
+                ("authority", "%REQ(:AUTHORITY)%"),
+                ("request_id", "%REQ(X-REQUEST-ID)%"),
+                ("response_code", "%RESPONSE_CODE%"),
+            ]
+            .as_slice(),
+            Layer::Tcp => [("protocol", "tcp"), ("port", "%DOWNSTREAM_LOCAL_PORT%")].as_slice(),
+        });
+        telemetry::json_stdout_logger(fields)
     }
-    static DENIED: LazyLock<meshd_proto::Any> = LazyLock::new(|| logger("denied"));
-    static WOULD_DENY: LazyLock<meshd_proto::Any> = LazyLock::new(|| logger("dry-run: would deny"));
+    static LOGGERS: LazyLock<[meshd_proto::Any; 4]> = LazyLock::new(|| {
+        [
+            logger(Layer::Http, "denied"),
+            logger(Layer::Http, "dry-run: would deny"),
+            logger(Layer::Tcp, "denied"),
+            logger(Layer::Tcp, "dry-run: would deny"),
+        ]
+    });
+    let namespace = match layer {
+        Layer::Http => HTTP_RBAC_FILTER,
+        Layer::Tcp => NETWORK_RBAC_FILTER,
+    };
     let denied = |key: String| AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::MetadataFilter(
             MetadataFilter {
                 matcher: Some(MetadataMatcher {
-                    filter: HTTP_RBAC_FILTER.into(),
+                    filter: namespace.into(),
                     path: vec![metadata_matcher::PathSegment {
                         segment: Some(metadata_matcher::path_segment::Segment::Key(key)),
                     }],
@@ -783,8 +819,17 @@ fn denial_log(mode: Mode) -> AccessLog {
             },
         )),
     };
+    let loggers = &*LOGGERS;
+    let layer_loggers = match layer {
+        Layer::Http => &loggers[..2],
+        Layer::Tcp => &loggers[2..],
+    };
+    let enforced = match layer {
+        Layer::Http => ENFORCED_ENGINE_RESULT.to_string(),
+        Layer::Tcp => format!("{TCP_ENFORCED_SHADOW_PREFIX}{SHADOW_ENGINE_RESULT}"),
+    };
     let (filter, logger) = match mode {
-        Mode::Enforce => (denied(ENFORCED_ENGINE_RESULT.into()), &*DENIED),
+        Mode::Enforce => (denied(enforced), &layer_loggers[0]),
         Mode::DryRun => (
             AccessLogFilter {
                 filter_specifier: Some(access_log_filter::FilterSpecifier::OrFilter(OrFilter {
@@ -794,7 +839,7 @@ fn denial_log(mode: Mode) -> AccessLog {
                     ],
                 })),
             },
-            &*WOULD_DENY,
+            &layer_loggers[1],
         ),
     };
     AccessLog {
@@ -806,6 +851,9 @@ fn denial_log(mode: Mode) -> AccessLog {
 
 /// Envoy's dynamic-metadata key for the enforced rules' verdict.
 const ENFORCED_ENGINE_RESULT: &str = "enforced_engine_result";
+/// The shadow stat prefix of the copy of enforced TCP rules that records
+/// their verdict (see [`network_rbac`]).
+const TCP_ENFORCED_SHADOW_PREFIX: &str = "enforced.";
 /// Envoy's dynamic-metadata key for the shadow rules' verdict.
 const SHADOW_ENGINE_RESULT: &str = "shadow_engine_result";
 
@@ -815,7 +863,14 @@ fn network_rbac(policy: &Enforced, stat_prefix: &str) -> Filter {
         ..Default::default()
     };
     match policy.mode {
-        Mode::Enforce => config.rules = Some(policy.tcp.clone()),
+        Mode::Enforce => {
+            config.rules = Some(policy.tcp.clone());
+            // Envoy's network RBAC filter leaves no enforced verdict on
+            // the connection when it closes it, only its shadow one: the
+            // same rules as shadow rules give the denial log its key.
+            config.shadow_rules = Some(policy.tcp.clone());
+            config.shadow_rules_stat_prefix = TCP_ENFORCED_SHADOW_PREFIX.into();
+        }
         Mode::DryRun => {
             config.shadow_rules = Some(policy.tcp.clone());
             config.shadow_rules_stat_prefix = DRY_RUN_STAT_PREFIX.into();
