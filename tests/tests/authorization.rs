@@ -14,6 +14,7 @@
 //! registry while everything runs; each phase waits for a sign that the
 //! new policy is in force, then checks every caller.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -137,6 +138,42 @@ fn request(
 fn web(mesh: &TestMesh, pod: &str, method: &str, path: &str) -> u16 {
     let addr: SocketAddr = format!("{WEB_VIP}:80").parse().unwrap();
     request(mesh, pod, addr, method, path).map_or(0, |(status, _)| status)
+}
+
+/// The value of `metric` in a Prometheus scrape for the caller whose
+/// SPIFFE ID ends with `caller` on inbound port `port` (0 if none).
+fn caller_count(scrape: &str, metric: &str, caller: &str, port: u16) -> u64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            l.contains(&format!("{caller}\"")) && l.contains(&format!("destination_port=\"{port}\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// web's would-deny counts by caller (its service account name).
+fn would_deny_by_caller(mesh: &TestMesh) -> BTreeMap<String, u64> {
+    let scrape = mesh.scrape(WEB).unwrap();
+    let mut counts = BTreeMap::new();
+    for line in scrape
+        .lines()
+        .filter(|l| l.starts_with("envoy_authorization_would_deny{"))
+    {
+        let caller = line
+            .split("caller_identity=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|id| id.rsplit('/').next())
+            .unwrap_or_default();
+        let value: u64 = line
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        *counts.entry(caller.to_string()).or_default() += value;
+    }
+    counts
 }
 
 /// One TCP exchange from `pod` with db's echo server: the echo, or the
@@ -444,6 +481,19 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
         stat(&db_stats, "inbound_5432_mtls.rbac.denied") >= 1,
         "{db_stats}"
     );
+    // Per caller identity and port, as Prometheus scrapes them: batch-0
+    // was refused by web, client-0 by db.
+    let web_scrape = mesh.scrape(WEB).unwrap();
+    assert!(
+        caller_count(&web_scrape, "envoy_authorization_denied", "/ns/batch/sa/batch-0", 8080) >= 2,
+        "{web_scrape}"
+    );
+    let db_scrape = mesh.scrape(DB).unwrap();
+    assert!(
+        caller_count(&db_scrape, "envoy_authorization_denied", "/ns/shop/sa/client-0", DB_PORT)
+            >= 1,
+        "{db_scrape}"
+    );
     // ...and logged, at the connection's close, with both identities.
     let tcp_denied = wait_for("db's denial log line", WAIT, || {
         let line = mesh
@@ -473,6 +523,7 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     let text = registry_text(&dry_run, &[]);
     switch(&mut mesh, &text, (OTHER, "GET", "/", 200));
     let before = stat(&mesh.admin(WEB, "/stats"), WOULD_DENY);
+    let by_caller_before = would_deny_by_caller(&mesh);
     let mut would_deny = 0;
     for (pod, method, path, denied) in [
         (CLIENT, "GET", "/", false),
@@ -497,6 +548,14 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     );
     let after = stat(&mesh.admin(WEB, "/stats"), WOULD_DENY);
     assert_eq!(after - before, would_deny);
+    // Counted per caller too, each exactly: client-0 once, other-0 and
+    // batch-0 twice.
+    let by_caller = would_deny_by_caller(&mesh);
+    for (caller, expected) in [("client-0", 1), ("other-0", 2), ("batch-0", 2)] {
+        let grew = by_caller.get(caller).copied().unwrap_or(0)
+            - by_caller_before.get(caller).copied().unwrap_or(0);
+        assert_eq!(grew, expected, "{caller}: {by_caller:?}");
+    }
     // And each of them is a line on web's proxy's stdout naming the caller
     // (access logs are off: this log is the dry-run's own), as is the one
     // request of `switch` that found the dry-run in force (other-0's GET /,

@@ -55,6 +55,7 @@ use meshd_api::annotations::authorization::{
 };
 use meshd_api::annotations::routing::{AnnotationError, Annotations};
 use meshd_api::names::node_id;
+use meshd_api::sidecar::stats;
 use meshd_proto::envoy::config::accesslog::v3::{
     AccessLog, AccessLogFilter, MetadataFilter, OrFilter, access_log, access_log_filter,
 };
@@ -652,7 +653,7 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                     hcm.http_filters.splice(0..0, rbac);
                     for mode in [Mode::Enforce, Mode::DryRun] {
                         if policies.iter().any(|p| p.mode == mode) {
-                            hcm.access_log.push(denial_log(Layer::Http, mode));
+                            hcm.access_log.extend(denial_records(Layer::Http, mode));
                         }
                     }
                     vec![Filter {
@@ -668,7 +669,7 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                     // the verdict the RBAC filter left on the connection.
                     for mode in [Mode::Enforce, Mode::DryRun] {
                         if policies.iter().any(|p| p.mode == mode) {
-                            tcp.access_log.push(denial_log(Layer::Tcp, mode));
+                            tcp.access_log.extend(denial_records(Layer::Tcp, mode));
                         }
                     }
                     out.push(Filter {
@@ -747,15 +748,20 @@ enum Layer {
     Tcp,
 }
 
-/// The record of each HTTP request (or TCP connection) a policy denies
+/// The most caller series (caller identity × inbound port) one proxy keeps
+/// for each of its denial counters: callers beyond are in the per-port
+/// totals only, so no caller can grow a proxy's series without bound.
+pub const MAX_CALLER_SERIES: u32 = 256;
+
+/// The records of each HTTP request (or TCP connection) a policy denies
 /// (or, in dry-run, would deny): a JSON line on the serving proxy's stdout
-/// naming both identities, whether or not access logs are on (the counters
-/// say how many; this says who). Envoy's RBAC filters put their verdict in
-/// the stream's dynamic metadata (for TCP, the connection's):
+/// naming both identities, and a count per caller identity and port,
+/// whether or not access logs are on. Envoy's RBAC filters put their
+/// verdict in the stream's dynamic metadata (for TCP, the connection's):
 /// `enforced_engine_result` for the rules they enforce, and for shadow
 /// rules the shadow stat prefix followed by `shadow_engine_result` (the
 /// unprefixed key is matched too).
-fn denial_log(layer: Layer, mode: Mode) -> AccessLog {
+fn denial_records(layer: Layer, mode: Mode) -> [AccessLog; 2] {
     fn logger(layer: Layer, verdict: &str) -> meshd_proto::Any {
         let mut fields = vec![
             ("authorization", verdict),
@@ -842,11 +848,61 @@ fn denial_log(layer: Layer, mode: Mode) -> AccessLog {
             &layer_loggers[1],
         ),
     };
-    AccessLog {
-        name: "envoy.access_loggers.stdout".into(),
-        filter: Some(filter),
-        config_type: Some(access_log::ConfigType::TypedConfig(logger.clone())),
-    }
+    static COUNTERS: LazyLock<[meshd_proto::Any; 2]> =
+        LazyLock::new(|| [caller_counter("denied"), caller_counter("would_deny")]);
+    let counter = match mode {
+        Mode::Enforce => &COUNTERS[0],
+        Mode::DryRun => &COUNTERS[1],
+    };
+    [
+        AccessLog {
+            name: "envoy.access_loggers.stdout".into(),
+            filter: Some(filter.clone()),
+            config_type: Some(access_log::ConfigType::TypedConfig(logger.clone())),
+        },
+        AccessLog {
+            name: "envoy.access_loggers.stats".into(),
+            filter: Some(filter),
+            config_type: Some(access_log::ConfigType::TypedConfig(counter.clone())),
+        },
+    ]
+}
+
+/// Envoy's stats access logger counting each record under
+/// `authorization.<name>` with the caller's identity and the inbound port
+/// as tags (`envoy_authorization_denied{caller_identity, destination_port}`
+/// besides the proxy's own labels). One scope per proxy, shared by every
+/// chain (its `sharing_name`), holds at most [`MAX_CALLER_SERIES`].
+fn caller_counter(name: &str) -> meshd_proto::Any {
+    use meshd_proto::envoy::extensions::access_loggers::stats::v3::{Config, config};
+    let tag = |name: &str, value_format: &str| config::Tag {
+        name: name.into(),
+        value_format: value_format.into(),
+        rules: None,
+    };
+    let scope = format!("authorization_{name}");
+    to_any(&Config {
+        stats_scope: Some(meshd_proto::envoy::r#type::v3::Scope {
+            prefix: "authorization".into(),
+            max_counters: Some(meshd_proto::UInt32Value {
+                value: MAX_CALLER_SERIES,
+            }),
+            sharing_name: scope,
+            ..Default::default()
+        }),
+        counters: vec![config::Counter {
+            stat: Some(config::Stat {
+                name: name.into(),
+                tags: vec![
+                    tag(stats::CALLER_IDENTITY, "%DOWNSTREAM_PEER_URI_SAN%"),
+                    tag(stats::DESTINATION_PORT, "%DOWNSTREAM_LOCAL_PORT%"),
+                ],
+            }),
+            value_fixed: Some(meshd_proto::pb::google::protobuf::UInt64Value { value: 1 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
 }
 
 /// Envoy's dynamic-metadata key for the enforced rules' verdict.
