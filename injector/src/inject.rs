@@ -95,11 +95,11 @@ pub const KUBE_SYSTEM: &str = "kube-system";
 /// expands `$(NAME)` in `args`, which is how Envoy learns the pod's name
 /// (not known at admission when the pod uses generateName).
 pub const POD_NAME_ENV: &str = "MESHD_POD_NAME";
-pub const POD_NAMESPACE_ENV: &str = "MESHD_POD_NAMESPACE";
+pub use meshd_api::sidecar::POD_NAMESPACE_ENV;
 /// The workload and service account the proxy's metrics carry (fixed tags
 /// of the bootstrap), also from the downward API: the bootstrap is shared
 /// by the pods of a configuration.
-pub const WORKLOAD_ENV: &str = "MESHD_WORKLOAD";
+pub use meshd_api::sidecar::WORKLOAD_ENV;
 pub const SERVICE_ACCOUNT_ENV: &str = "MESHD_SERVICE_ACCOUNT";
 /// Tells `kubectl logs/exec` which container to pick when the proxy is not
 /// the only one.

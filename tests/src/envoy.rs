@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshd_api::sidecar::{TRACING_RESOURCE_ENV, tracing_resource};
+use meshd_api::sidecar::{POD_NAMESPACE_ENV, TRACING_RESOURCE_ENV, WORKLOAD_ENV, tracing_resource};
 
 use crate::http;
 
@@ -81,6 +81,20 @@ impl Envoy {
         launcher: &[String],
         workdir: &Path,
     ) -> anyhow::Result<Envoy> {
+        Envoy::start_in("", name, binary, bootstrap, admin, launcher, workdir)
+    }
+
+    /// [`Envoy::start`] for pod `name` of `namespace`, which the proxy's
+    /// environment names as the injector's would.
+    pub fn start_in(
+        namespace: &str,
+        name: &str,
+        binary: &Path,
+        bootstrap: &Path,
+        admin: SocketAddr,
+        launcher: &[String],
+        workdir: &Path,
+    ) -> anyhow::Result<Envoy> {
         let log = workdir.join(format!("{name}.envoy.log"));
         let mut argv: Vec<String> = launcher.to_vec();
         argv.push(binary.display().to_string());
@@ -107,6 +121,8 @@ impl Envoy {
             // As the injector sets it: the proxies of these tests are each
             // their own workload, named for their pod.
             .env(TRACING_RESOURCE_ENV, tracing_resource(name))
+            .env(WORKLOAD_ENV, name)
+            .env(POD_NAMESPACE_ENV, namespace)
             .stdin(Stdio::null())
             .stdout(stdout_file)
             .stderr(Stdio::null())

@@ -84,7 +84,8 @@ impl Sidecar<'_> {
         config.grpc_probe = grpc_probe;
         pki.provision(&mut config, self.name, work, Some(PROXY_UID))?;
         let bootstrap = crate::write_bootstrap(work, &config)?;
-        Envoy::start(
+        Envoy::start_in(
+            self.namespace,
             self.name,
             envoy,
             &bootstrap,

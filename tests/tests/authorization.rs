@@ -140,14 +140,17 @@ fn web(mesh: &TestMesh, pod: &str, method: &str, path: &str) -> u16 {
     request(mesh, pod, addr, method, path).map_or(0, |(status, _)| status)
 }
 
-/// The value of `metric` in a Prometheus scrape for the caller whose
-/// SPIFFE ID ends with `caller` on inbound port `port` (0 if none).
-fn caller_count(scrape: &str, metric: &str, caller: &str, port: u16) -> u64 {
+/// The value of `metric` in a Prometheus scrape of `workload`'s proxy for
+/// the caller whose SPIFFE ID ends with `caller` on inbound port `port` (0
+/// if none).
+fn caller_count(scrape: &str, metric: &str, workload: &str, caller: &str, port: u16) -> u64 {
+    let labels = format!("workload=\"{workload}\",workload_namespace=\"{NS}\",");
     scrape
         .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| l.starts_with(&format!("{metric}{{{labels}")))
         .filter(|l| {
-            l.contains(&format!("{caller}\"")) && l.contains(&format!("destination_port=\"{port}\""))
+            l.contains(&format!("{caller}\""))
+                && l.contains(&format!("destination_port=\"{port}\""))
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum()
@@ -485,13 +488,24 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
     // was refused by web, client-0 by db.
     let web_scrape = mesh.scrape(WEB).unwrap();
     assert!(
-        caller_count(&web_scrape, "envoy_authorization_denied", "/ns/batch/sa/batch-0", 8080) >= 2,
+        caller_count(
+            &web_scrape,
+            "envoy_authorization_denied",
+            WEB,
+            "/ns/batch/sa/batch-0",
+            8080
+        ) >= 2,
         "{web_scrape}"
     );
     let db_scrape = mesh.scrape(DB).unwrap();
     assert!(
-        caller_count(&db_scrape, "envoy_authorization_denied", "/ns/shop/sa/client-0", DB_PORT)
-            >= 1,
+        caller_count(
+            &db_scrape,
+            "envoy_authorization_denied",
+            DB,
+            "/ns/shop/sa/client-0",
+            DB_PORT
+        ) >= 1,
         "{db_scrape}"
     );
     // ...and logged, at the connection's close, with both identities.

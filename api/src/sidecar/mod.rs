@@ -24,6 +24,14 @@ pub mod ports {
 /// let through (Istio uses the same one).
 pub const INBOUND_PASSTHROUGH_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
 
+/// The proxy's namespace and workload, in its environment (the injector
+/// sets them from the downward API): the bootstrap's fixed tags read them
+/// through Kubernetes' `$(VAR)` expansion, and the authorization denial
+/// counters, whose tags Envoy does not extract from names, through Envoy's
+/// `%ENVIRONMENT(VAR)%`.
+pub const POD_NAMESPACE_ENV: &str = "MESHD_POD_NAMESPACE";
+pub const WORKLOAD_ENV: &str = "MESHD_WORKLOAD";
+
 /// The environment variable Envoy's OpenTelemetry tracer reads resource
 /// attributes from (the control plane configures its `environment`
 /// resource detector): the injector sets it to name the workload, so the

@@ -870,8 +870,9 @@ fn denial_records(layer: Layer, mode: Mode) -> [AccessLog; 2] {
 
 /// Envoy's stats access logger counting each record under
 /// `authorization.<name>` with the caller's identity and the inbound port
-/// as tags (`envoy_authorization_denied{caller_identity, destination_port}`
-/// besides the proxy's own labels). One scope per proxy, shared by every
+/// as tags, and the proxy's workload and namespace
+/// (`envoy_authorization_denied{workload, workload_namespace,
+/// caller_identity, destination_port}`). One scope per proxy, shared by every
 /// chain (its `sharing_name`), holds at most [`MAX_CALLER_SERIES`].
 fn caller_counter(name: &str) -> meshd_proto::Any {
     use meshd_proto::envoy::extensions::access_loggers::stats::v3::{Config, config};
@@ -881,6 +882,10 @@ fn caller_counter(name: &str) -> meshd_proto::Any {
         rules: None,
     };
     let scope = format!("authorization_{name}");
+    // Stats with explicit tags get none of the bootstrap's fixed ones: the
+    // proxy's own labels come from the environment the injector gives it.
+    let workload = format!("%ENVIRONMENT({})%", meshd_api::sidecar::WORKLOAD_ENV);
+    let namespace = format!("%ENVIRONMENT({})%", meshd_api::sidecar::POD_NAMESPACE_ENV);
     to_any(&Config {
         stats_scope: Some(meshd_proto::envoy::r#type::v3::Scope {
             prefix: "authorization".into(),
@@ -894,6 +899,8 @@ fn caller_counter(name: &str) -> meshd_proto::Any {
             stat: Some(config::Stat {
                 name: name.into(),
                 tags: vec![
+                    tag(stats::WORKLOAD, &workload),
+                    tag(stats::WORKLOAD_NAMESPACE, &namespace),
                     tag(stats::CALLER_IDENTITY, "%DOWNSTREAM_PEER_URI_SAN%"),
                     tag(stats::DESTINATION_PORT, "%DOWNSTREAM_LOCAL_PORT%"),
                 ],

@@ -148,7 +148,8 @@ fn demo() -> anyhow::Result<()> {
             &[],
         )?;
         let admin = SocketAddr::new(ip, 15000);
-        envoys.push(Envoy::start(
+        envoys.push(Envoy::start_in(
+            "demo",
             pod,
             &envoy_bin,
             &file,
