@@ -102,7 +102,8 @@ pub struct ProxyConfigArgs {
     #[arg(long, env = "MESHD_PROXY_CONFIG_DIFF", requires = "admin")]
     pub diff: bool,
     /// The proxy's Envoy admin address (local mode, or a `kubectl
-    /// port-forward POD 15000`), for --diff.
+    /// port-forward POD 15000`): for --diff, and for the listener table's
+    /// authorization denials by caller, read from the proxy's counters.
     #[arg(long, env = "MESHD_PROXY_CONFIG_ADMIN", value_name = "HOST:PORT")]
     pub admin: Option<String>,
     /// A control plane's debug address; repeat it (or separate with

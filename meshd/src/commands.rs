@@ -60,14 +60,14 @@ fn proxy_config(args: ProxyConfigArgs) -> anyhow::Result<()> {
         port: args.port,
         name: args.name,
     };
-    let admin = args.diff.then_some(args.admin.as_deref()).flatten();
     client_runtime()?.block_on(crate::inspect::proxy_config(
         &args.control_planes,
         args.r#type,
         &args.proxy,
         args.output,
         &filter,
-        admin,
+        args.admin.as_deref(),
+        args.diff,
     ))
 }
 

@@ -22,9 +22,14 @@ const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 78, 0, 2));
 const SERVER_CLUSTER: &str = "outbound|80||server.dbg.svc.cluster.local";
 
 fn mesh_yaml(client_ip: IpAddr, server_port: u16) -> String {
+    mesh_yaml_with(client_ip, server_port, &[])
+}
+
+/// [`mesh_yaml`] with `server` annotated.
+fn mesh_yaml_with(client_ip: IpAddr, server_port: u16, server: &[(&str, &str)]) -> String {
     registry::documents(&[
         registry::namespace(NS),
-        registry::http_service(NS, "server", "198.19.0.10", 80),
+        registry::http_service_with(NS, "server", "198.19.0.10", 80, server),
         registry::slice(
             NS,
             "server-1",
@@ -255,6 +260,50 @@ fn proxy_status_and_config_show_what_was_sent_and_a_nack() {
         println!("{diff}");
         assert!(diff.contains("no differences"), "{diff}");
     }
+
+    // A policy on server refuses client-0 /admin: the serving proxy counts
+    // the denial by caller, and `proxy-config listener --admin` shows it.
+    std::fs::write(
+        &mesh,
+        mesh_yaml_with(CLIENT, app.addr.port(), &[("meshd.io/deny", "* /admin/*")]),
+    )
+    .unwrap();
+    let explicit_proxy = SocketAddr::new(CLIENT, 15001);
+    wait_for("server's proxy to refuse /admin", WAIT, || match http::get(
+        explicit_proxy,
+        "server",
+        "/admin/users",
+        false,
+    ) {
+        Ok(r) if r.status == 403 => Ok(Some(())),
+        Ok(r) => Err(format!("HTTP {}", r.status)),
+        Err(e) => Err(format!("{e:#}")),
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&envoys)));
+    let server_admin = envoys[1].admin.to_string();
+    let denied = wait_for("the denial in proxy-config's table", WAIT, || {
+        let listeners = cli.ok(&[
+            "proxy-config",
+            "listener",
+            &server,
+            "--admin",
+            &server_admin,
+        ]);
+        match listeners
+            .lines()
+            .find(|l| l.starts_with("spiffe://cluster.local/ns/dbg/sa/client-0 "))
+        {
+            Some(row) => Ok(Some(
+                row.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            )),
+            None => Err(listeners),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // CALLER PORT DENIED WOULD-DENY: the one refused request, no dry-run.
+    assert_eq!(denied[2..], ["1", "0"], "{denied:?}");
 
     // Errors that say what is wrong.
     let unknown = cli.run(&["proxy-config", "cluster", "nobody.dbg"]);

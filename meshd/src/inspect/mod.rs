@@ -6,7 +6,8 @@
 //! ```text
 //! meshd proxy-status ── GET /debug/xds/proxies ──────────> each --control-plane
 //! meshd proxy-config ── GET /debug/xds/proxies/{node}/config ──> the replica the proxy is on
-//!        └─ --diff ──── GET /config_dump?include_eds ─────> the proxy's --admin
+//!        ├─ --diff ──── GET /config_dump?include_eds ─────> the proxy's --admin
+//!        └─ listener ── GET /stats/prometheus (denials) ──> the proxy's --admin
 //! ```
 //!
 //! The rendering is plain functions of the JSON answers (tested here); the
@@ -134,7 +135,8 @@ pub async fn proxy_config(
     proxy: &str,
     output: Output,
     filter: &Filter,
-    diff_admin: Option<&str>,
+    admin: Option<&str>,
+    diff: bool,
 ) -> anyhow::Result<()> {
     let addresses = addresses(control_planes)?;
     let shown = kind.expand();
@@ -151,13 +153,13 @@ pub async fn proxy_config(
     let (replica, mut config) =
         find_proxy(&addresses, proxy, &format!("/config?type={query}")).await?;
     tables::apply_filter(&mut config, filter);
-    if let Some(admin) = diff_admin {
-        let admin = authority(admin)?;
-        let envoy = get_json(Peer::EnvoyAdmin, &admin, "/config_dump?include_eds").await?;
+    let admin = admin.map(authority).transpose()?;
+    if let (true, Some(admin)) = (diff, &admin) {
+        let envoy = get_json(Peer::EnvoyAdmin, admin, "/config_dump?include_eds").await?;
         let differences = diff::differences(&config, &envoy, &shown, filter);
         print!(
             "{}",
-            diff::report(proxy, &replica, &admin, &shown, &differences)
+            diff::report(proxy, &replica, admin, &shown, &differences)
         );
         if !differences.is_empty() {
             bail!(
@@ -168,7 +170,24 @@ pub async fn proxy_config(
         return Ok(());
     }
     match output {
-        Output::Table => print!("{}", tables::config_tables(&config, &shown)),
+        Output::Table => {
+            print!("{}", tables::config_tables(&config, &shown));
+            if let (Some(admin), true) = (&admin, shown.contains(&ConfigType::Listener)) {
+                let stats = client::get(
+                    Peer::EnvoyAdmin,
+                    admin,
+                    "/stats/prometheus?usedonly&filter=%5Eauthorization%5C.",
+                )
+                .await?;
+                if stats.status != 200 {
+                    bail!(
+                        "the proxy's admin at {admin} answered {} to /stats/prometheus",
+                        stats.status
+                    );
+                }
+                print!("{}", tables::denials(admin, &stats.body));
+            }
+        }
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&tables::dump_of(&config, &shown))?

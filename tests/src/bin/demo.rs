@@ -309,14 +309,24 @@ fn demo() -> anyhow::Result<()> {
         stat(&rbac, "http.inbound_18080_mtls.rbac.allowed"),
         stat(&rbac, "http.inbound_18080_mtls.rbac.denied"),
     );
-    // Who may call server-0, as the control plane has it: the end of its
-    // listener table.
-    let listeners = cli(&["proxy-config", "listener", "server-0.demo"])?;
+    // Who may call server-0, as the control plane has it, and whom its
+    // proxy refused (read from the proxy's admin): the end of its listener
+    // table.
+    let server_admin = envoys[1].admin.to_string();
+    let listeners = cli(&[
+        "proxy-config",
+        "listener",
+        "server-0.demo",
+        "--admin",
+        &server_admin,
+    ])?;
     let who = listeners
         .split_once("\nAuthorization")
         .map(|(_, rest)| format!("Authorization{rest}"))
         .context("meshd proxy-config listener server-0.demo shows no authorization")?;
-    println!("   meshd proxy-config listener server-0.demo ends with who may call it:");
+    println!(
+        "   meshd proxy-config listener server-0.demo --admin {server_admin} ends with who may call it, and whom it refused:"
+    );
     print!("{}", indent(&who));
 
     // What Prometheus scrapes from a sidecar (port 15090), and the
