@@ -233,6 +233,18 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
     // The TCP proxy's series are named by its listener's stat prefix, the
     // cluster's own name: the cluster's series carry the security.
     let to_db_cluster = with(&to_db, &[("connection_security", "mtls")]);
+    let web_from_client = [
+        ("workload", WEB),
+        ("workload_namespace", NS),
+        ("caller_identity", client_id),
+        ("destination_port", "8080"),
+    ];
+    let db_from_client = [
+        ("workload", DB),
+        ("workload_namespace", NS),
+        ("caller_identity", client_id),
+        ("destination_port", "5432"),
+    ];
     // (pod, metric, labels, the increase expected, at least rather than exactly)
     let expectations: Vec<Expectation> = vec![
         // Outbound, per response code, with the caller named.
@@ -320,6 +332,56 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
             "envoy_cluster_upstream_rq",
             with(&at_web, &[("envoy_response_code", "503")]),
             2.0,
+            false,
+        ),
+        // The serving side names its caller: by the SPIFFE ID client-0's
+        // certificate proved.
+        (
+            WEB,
+            "envoy_inbound_by_caller_requests",
+            with(
+                &web_from_client,
+                &[("envoy_response_code", "200")],
+            ),
+            3.0,
+            false,
+        ),
+        (
+            WEB,
+            "envoy_inbound_by_caller_requests",
+            with(
+                &web_from_client,
+                &[("envoy_response_code", "503")],
+            ),
+            2.0,
+            false,
+        ),
+        (
+            WEB,
+            "envoy_inbound_by_caller_request_duration_count",
+            web_from_client.to_vec(),
+            5.0,
+            true,
+        ),
+        (
+            DB,
+            "envoy_inbound_by_caller_connections",
+            db_from_client.to_vec(),
+            1.0,
+            false,
+        ),
+        (
+            DB,
+            "envoy_inbound_by_caller_received_bytes",
+            db_from_client.to_vec(),
+            4.0,
+            false,
+        ),
+        (
+            DB,
+            "envoy_inbound_by_caller_sent_bytes",
+            db_from_client.to_vec(),
+            4.0,
             false,
         ),
         // Nothing came in plaintext.

@@ -42,9 +42,13 @@ pub const DESTINATION_SERVICE: &str = "destination_service";
 pub const DESTINATION_NAMESPACE: &str = "destination_namespace";
 /// The service port called (outbound) or the app port served (inbound).
 pub const DESTINATION_PORT: &str = "destination_port";
-/// The caller's SPIFFE ID, on the serving proxy's authorization denial
-/// counters only (bounded there by a per-proxy cap on their series).
+/// The caller's SPIFFE ID (empty for a plaintext caller), on the serving
+/// proxy's metrics by caller only: `envoy_inbound_by_caller_*` and the
+/// authorization denial counters, each bounded by a per-proxy cap on its
+/// series.
 pub const CALLER_IDENTITY: &str = "caller_identity";
+/// The HTTP status, named as Envoy's own tag is.
+pub const RESPONSE_CODE: &str = "envoy_response_code";
 /// `mtls` or `plaintext`: how the caller connected (inbound series of the
 /// HTTP connection manager and the TCP proxy); on outbound cluster series,
 /// how the proxy connects to the service's endpoints (`mixed` while some

@@ -749,7 +749,7 @@ enum Layer {
 }
 
 /// The most caller series (caller identity × inbound port) one proxy keeps
-/// for each of its denial counters: callers beyond are in the per-port
+/// for its denial counters together: callers beyond are in the per-port
 /// totals only, so no caller can grow a proxy's series without bound.
 pub const MAX_CALLER_SERIES: u32 = 256;
 
@@ -868,48 +868,22 @@ fn denial_records(layer: Layer, mode: Mode) -> [AccessLog; 2] {
     ]
 }
 
-/// Envoy's stats access logger counting each record under
-/// `authorization.<name>` with the caller's identity and the inbound port
-/// as tags, and the proxy's workload and namespace
-/// (`envoy_authorization_denied{workload, workload_namespace,
-/// caller_identity, destination_port}`). One scope per proxy, shared by every
-/// chain (its `sharing_name`), holds at most [`MAX_CALLER_SERIES`].
+/// The count of each record under `authorization.<name>` by caller
+/// identity and inbound port (`envoy_authorization_denied{workload,
+/// workload_namespace, caller_identity, destination_port}`), at most
+/// [`MAX_CALLER_SERIES`] series per proxy.
 fn caller_counter(name: &str) -> meshd_proto::Any {
-    use meshd_proto::envoy::extensions::access_loggers::stats::v3::{Config, config};
-    let tag = |name: &str, value_format: &str| config::Tag {
-        name: name.into(),
-        value_format: value_format.into(),
-        rules: None,
-    };
-    let scope = format!("authorization_{name}");
-    // Stats with explicit tags get none of the bootstrap's fixed ones: the
-    // proxy's own labels come from the environment the injector gives it.
-    let workload = format!("%ENVIRONMENT({})%", meshd_api::sidecar::WORKLOAD_ENV);
-    let namespace = format!("%ENVIRONMENT({})%", meshd_api::sidecar::POD_NAMESPACE_ENV);
-    to_any(&Config {
-        stats_scope: Some(meshd_proto::envoy::r#type::v3::Scope {
-            prefix: "authorization".into(),
-            max_counters: Some(meshd_proto::UInt32Value {
-                value: MAX_CALLER_SERIES,
-            }),
-            sharing_name: scope,
-            ..Default::default()
-        }),
-        counters: vec![config::Counter {
-            stat: Some(config::Stat {
-                name: name.into(),
-                tags: vec![
-                    tag(stats::WORKLOAD, &workload),
-                    tag(stats::WORKLOAD_NAMESPACE, &namespace),
-                    tag(stats::CALLER_IDENTITY, "%DOWNSTREAM_PEER_URI_SAN%"),
-                    tag(stats::DESTINATION_PORT, "%DOWNSTREAM_LOCAL_PORT%"),
-                ],
-            }),
-            value_fixed: Some(meshd_proto::pb::google::protobuf::UInt64Value { value: 1 }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    })
+    telemetry::stats_logger(
+        "authorization",
+        MAX_CALLER_SERIES,
+        &[(
+            telemetry::Stat::Count(name),
+            &[
+                (stats::CALLER_IDENTITY, "%DOWNSTREAM_PEER_URI_SAN%"),
+                (stats::DESTINATION_PORT, "%DOWNSTREAM_LOCAL_PORT%"),
+            ],
+        )],
+    )
 }
 
 /// Envoy's dynamic-metadata key for the enforced rules' verdict.

@@ -27,6 +27,7 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use meshd_proto::envoy::config::accesslog::v3::AccessLog;
 use meshd_proto::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use meshd_proto::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
@@ -792,9 +793,14 @@ fn original_dst_filter() -> ListenerFilter {
 }
 
 fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    tcp_proxy_filter_logged(stat_prefix, cluster, Vec::new())
+}
+
+fn tcp_proxy_filter_logged(stat_prefix: &str, cluster: &str, access_log: Vec<AccessLog>) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        access_log,
         ..Default::default()
     };
     Filter {
@@ -874,6 +880,11 @@ fn http_filter(
         // A caller cannot claim an identity by sending the header itself.
         forward_client_cert_details: forward as i32,
         set_current_client_cert_details: set_current,
+        // The serving side counts its requests by caller.
+        access_log: match side {
+            Side::Inbound { .. } => vec![telemetry::inbound_by_caller(true)],
+            Side::Outbound => Vec::new(),
+        },
         ..Default::default()
     };
     Filter {
@@ -1208,7 +1219,11 @@ fn inbound_filters(
             },
         )
     } else {
-        tcp_proxy_filter(&stat_prefix, &cluster)
+        tcp_proxy_filter_logged(
+            &stat_prefix,
+            &cluster,
+            vec![telemetry::inbound_by_caller(false)],
+        )
     };
     vec![filter]
 }

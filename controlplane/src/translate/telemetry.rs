@@ -48,10 +48,13 @@ use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v
 use meshd_proto::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use meshd_proto::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::EnvironmentResourceDetectorConfig;
 use meshd_proto::envoy::r#type::v3::Percent;
-use meshd_proto::{Any, Struct, Value, pb::google::protobuf::value::Kind as ValueKind, to_any};
+use meshd_proto::{
+    Any, Struct, UInt32Value, Value, pb::google::protobuf::value::Kind as ValueKind, to_any,
+};
 use prost::{Message, Name};
 
 use super::clusters::dns_cluster;
+use meshd_api::sidecar::stats as stats_names;
 use super::resource::{Resource, Resources, Telemetry, Tracing, decode};
 use crate::model::{Protocol, Workload};
 use meshd_api::annotations::pod::{self as pod_annotations, SamplingPercent};
@@ -149,6 +152,129 @@ pub(super) fn json_stdout_logger(mut fields: Vec<(&str, &str)>) -> Any {
         type_url:
             meshd_proto::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog::type_url(),
         value: logger,
+    }
+}
+
+/// One statistic of an Envoy stats access logger.
+pub(super) enum Stat<'a> {
+    /// Adds 1 per record.
+    Count(&'a str),
+    /// Adds the value of a command operator (`%BYTES_RECEIVED%`).
+    Sum(&'a str, &'a str),
+    /// Records a command operator's value in milliseconds (`%DURATION%`).
+    Milliseconds(&'a str, &'a str),
+}
+
+/// Envoy's stats access logger (`envoy.access_loggers.stats`): per record,
+/// each of `stats` under `<prefix>.<name>` with the proxy's `workload` and
+/// `workload_namespace` and `tags` (name, command operator) as labels. All
+/// loggers of one `prefix` on a proxy share one scope holding at most
+/// `max_series` counters and a tenth as many histograms: past that, new
+/// label values are not counted, so no caller can grow a proxy's series
+/// without bound.
+pub(super) fn stats_logger(
+    prefix: &str,
+    max_series: u32,
+    stats: &[(Stat<'_>, &[(&str, &str)])],
+) -> Any {
+    use meshd_proto::envoy::extensions::access_loggers::stats::v3::{Config, config};
+    use meshd_proto::pb::google::protobuf::UInt64Value;
+    // Statistics with tags of their own get none of the bootstrap's fixed
+    // ones: the proxy's labels come from the environment the injector
+    // gives it.
+    let proxy = [
+        (stats_names::WORKLOAD, format!("%ENVIRONMENT({})%", meshd_api::sidecar::WORKLOAD_ENV)),
+        (
+            stats_names::WORKLOAD_NAMESPACE,
+            format!("%ENVIRONMENT({})%", meshd_api::sidecar::POD_NAMESPACE_ENV),
+        ),
+    ];
+    let stat = |name: &str, tags: &[(&str, &str)]| config::Stat {
+        name: name.into(),
+        tags: proxy
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .chain(tags.iter().copied())
+            .map(|(name, value_format)| config::Tag {
+                name: name.into(),
+                value_format: value_format.into(),
+                rules: None,
+            })
+            .collect(),
+    };
+    let mut config = Config {
+        stats_scope: Some(meshd_proto::envoy::r#type::v3::Scope {
+            prefix: prefix.into(),
+            max_counters: Some(UInt32Value { value: max_series }),
+            max_histograms: Some(UInt32Value {
+                value: (max_series / 10).max(1),
+            }),
+            sharing_name: prefix.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for (kind, tags) in stats {
+        match *kind {
+            Stat::Count(name) => config.counters.push(config::Counter {
+                stat: Some(stat(name, tags)),
+                value_fixed: Some(UInt64Value { value: 1 }),
+                ..Default::default()
+            }),
+            Stat::Sum(name, value) => config.counters.push(config::Counter {
+                stat: Some(stat(name, tags)),
+                value_format: value.into(),
+                ..Default::default()
+            }),
+            Stat::Milliseconds(name, value) => config.histograms.push(config::Histogram {
+                stat: Some(stat(name, tags)),
+                unit: config::histogram::Unit::Milliseconds as i32,
+                value_format: value.into(),
+            }),
+        }
+    }
+    to_any(&config)
+}
+
+/// The most series per proxy of the inbound metrics by caller.
+pub const MAX_INBOUND_CALLER_SERIES: u32 = 1024;
+
+/// What an inbound HTTP connection manager (`http`) or TCP proxy records
+/// per request or connection by caller: the `envoy_inbound_by_caller_*`
+/// metrics, the caller's SPIFFE ID (empty for a plaintext caller) beside
+/// the port and, for requests, the response code. Envoy's own inbound
+/// statistics cannot name the caller: their names are fixed per filter
+/// chain.
+pub(super) fn inbound_by_caller(http: bool) -> AccessLog {
+    static LOGGERS: LazyLock<[Any; 2]> = LazyLock::new(|| {
+        let caller = (stats_names::CALLER_IDENTITY, "%DOWNSTREAM_PEER_URI_SAN%");
+        let port = (stats_names::DESTINATION_PORT, "%DOWNSTREAM_LOCAL_PORT%");
+        let code = (stats_names::RESPONSE_CODE, "%RESPONSE_CODE%");
+        let http = stats_logger(
+            "inbound_by_caller",
+            MAX_INBOUND_CALLER_SERIES,
+            &[
+                (Stat::Count("requests"), &[caller, port, code]),
+                (Stat::Milliseconds("request_duration", "%DURATION%"), &[caller, port]),
+            ],
+        );
+        let tcp = stats_logger(
+            "inbound_by_caller",
+            MAX_INBOUND_CALLER_SERIES,
+            &[
+                (Stat::Count("connections"), &[caller, port]),
+                (Stat::Sum("received_bytes", "%BYTES_RECEIVED%"), &[caller, port]),
+                (Stat::Sum("sent_bytes", "%BYTES_SENT%"), &[caller, port]),
+            ],
+        );
+        [http, tcp]
+    });
+    AccessLog {
+        name: "envoy.access_loggers.stats".into(),
+        filter: None,
+        config_type: Some(access_log::ConfigType::TypedConfig(
+            LOGGERS[usize::from(!http)].clone(),
+        )),
     }
 }
 
