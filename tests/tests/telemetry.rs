@@ -339,20 +339,14 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
         (
             WEB,
             "envoy_inbound_by_caller_requests",
-            with(
-                &web_from_client,
-                &[("envoy_response_code", "200")],
-            ),
+            with(&web_from_client, &[("envoy_response_code", "200")]),
             3.0,
             false,
         ),
         (
             WEB,
             "envoy_inbound_by_caller_requests",
-            with(
-                &web_from_client,
-                &[("envoy_response_code", "503")],
-            ),
+            with(&web_from_client, &[("envoy_response_code", "503")]),
             2.0,
             false,
         ),

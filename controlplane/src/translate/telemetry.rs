@@ -54,10 +54,10 @@ use meshd_proto::{
 use prost::{Message, Name};
 
 use super::clusters::dns_cluster;
-use meshd_api::sidecar::stats as stats_names;
 use super::resource::{Resource, Resources, Telemetry, Tracing, decode};
 use crate::model::{Protocol, Workload};
 use meshd_api::annotations::pod::{self as pod_annotations, SamplingPercent};
+use meshd_api::sidecar::stats as stats_names;
 
 /// The cluster of the OpenTelemetry collector, on proxies that trace.
 pub const TRACING_COLLECTOR_CLUSTER: &str = "tracing-collector";
@@ -183,7 +183,10 @@ pub(super) fn stats_logger(
     // ones: the proxy's labels come from the environment the injector
     // gives it.
     let proxy = [
-        (stats_names::WORKLOAD, format!("%ENVIRONMENT({})%", meshd_api::sidecar::WORKLOAD_ENV)),
+        (
+            stats_names::WORKLOAD,
+            format!("%ENVIRONMENT({})%", meshd_api::sidecar::WORKLOAD_ENV),
+        ),
         (
             stats_names::WORKLOAD_NAMESPACE,
             format!("%ENVIRONMENT({})%", meshd_api::sidecar::POD_NAMESPACE_ENV),
@@ -255,7 +258,10 @@ pub(super) fn inbound_by_caller(http: bool) -> AccessLog {
             MAX_INBOUND_CALLER_SERIES,
             &[
                 (Stat::Count("requests"), &[caller, port, code]),
-                (Stat::Milliseconds("request_duration", "%DURATION%"), &[caller, port]),
+                (
+                    Stat::Milliseconds("request_duration", "%DURATION%"),
+                    &[caller, port],
+                ),
             ],
         );
         let tcp = stats_logger(
@@ -263,7 +269,10 @@ pub(super) fn inbound_by_caller(http: bool) -> AccessLog {
             MAX_INBOUND_CALLER_SERIES,
             &[
                 (Stat::Count("connections"), &[caller, port]),
-                (Stat::Sum("received_bytes", "%BYTES_RECEIVED%"), &[caller, port]),
+                (
+                    Stat::Sum("received_bytes", "%BYTES_RECEIVED%"),
+                    &[caller, port],
+                ),
                 (Stat::Sum("sent_bytes", "%BYTES_SENT%"), &[caller, port]),
             ],
         );
