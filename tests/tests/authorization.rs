@@ -141,10 +141,14 @@ fn web(mesh: &TestMesh, pod: &str, method: &str, path: &str) -> u16 {
 }
 
 /// The value of `metric` in a Prometheus scrape of `workload`'s proxy for
-/// the caller whose SPIFFE ID ends with `caller` on inbound port `port` (0
-/// if none).
+/// the caller whose SPIFFE ID ends with `caller` on inbound port `port` of
+/// the workload's Service (0 if none).
 fn caller_count(scrape: &str, metric: &str, workload: &str, caller: &str, port: u16) -> u64 {
-    let labels = format!("workload=\"{workload}\",workload_namespace=\"{NS}\",");
+    // The Service is the workload's (web-0 serves web).
+    let service = workload.trim_end_matches("-0");
+    let labels = format!(
+        "workload=\"{workload}\",workload_namespace=\"{NS}\",destination_service=\"{service}\","
+    );
     scrape
         .lines()
         .filter(|l| l.starts_with(&format!("{metric}{{{labels}")))

@@ -291,7 +291,7 @@ fn proxy_status_and_config_show_what_was_sent_and_a_nack() {
         ]);
         match listeners
             .lines()
-            .find(|l| l.starts_with("spiffe://cluster.local/ns/dbg/sa/client-0 "))
+            .find(|l| l.contains(" spiffe://cluster.local/ns/dbg/sa/client-0 "))
         {
             Some(row) => Ok(Some(
                 row.split_whitespace()
@@ -302,8 +302,10 @@ fn proxy_status_and_config_show_what_was_sent_and_a_nack() {
         }
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
-    // CALLER PORT DENIED WOULD-DENY: the one refused request, no dry-run.
-    assert_eq!(denied[2..], ["1", "0"], "{denied:?}");
+    // SERVICE CALLER PORT DENIED WOULD-DENY: server refused the one
+    // request, no dry-run.
+    assert_eq!(denied[0], "server", "{denied:?}");
+    assert_eq!(denied[3..], ["1", "0"], "{denied:?}");
 
     // Errors that say what is wrong.
     let unknown = cli.run(&["proxy-config", "cluster", "nobody.dbg"]);

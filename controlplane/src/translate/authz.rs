@@ -95,6 +95,9 @@ pub(super) struct Enforced {
     http: Rbac,
     tcp: Rbac,
     mode: Mode,
+    /// The Service's name (its namespace is the pod's): the
+    /// `destination_service` of the denials this policy counts.
+    service: String,
 }
 
 /// What one workload's inbound side enforces: per inbound (target) port,
@@ -197,11 +200,12 @@ pub(super) fn policies(
             continue;
         }
         for port in &svc.ports {
-            let Some(enforced) =
+            let Some(mut enforced) =
                 Enforced::new(policy, default, &svc.key.namespace, port.port, trust_domain)
             else {
                 continue;
             };
+            enforced.service.clone_from(&svc.key.name);
             let enforced = Arc::new(enforced);
             for ep in endpoints {
                 if let (Some(pod), Some(target)) = (&ep.pod, ep.port_for(port)) {
@@ -493,6 +497,7 @@ impl Enforced {
             http: build(true),
             tcp: build(false),
             mode: policy.mode,
+            service: String::new(),
         })
     }
 }
@@ -652,8 +657,9 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                     let rbac = policies.iter().map(|p| http_rbac(p));
                     hcm.http_filters.splice(0..0, rbac);
                     for mode in [Mode::Enforce, Mode::DryRun] {
-                        if policies.iter().any(|p| p.mode == mode) {
-                            hcm.access_log.extend(denial_records(Layer::Http, mode));
+                        if let Some(services) = services_in(policies, mode) {
+                            hcm.access_log
+                                .extend(denial_records(Layer::Http, mode, &services));
                         }
                     }
                     vec![Filter {
@@ -668,8 +674,9 @@ pub(super) fn guard(filters: Vec<Filter>, policies: &[Arc<Enforced>]) -> Vec<Fil
                     // The TCP proxy logs at the connection's close, with
                     // the verdict the RBAC filter left on the connection.
                     for mode in [Mode::Enforce, Mode::DryRun] {
-                        if policies.iter().any(|p| p.mode == mode) {
-                            tcp.access_log.extend(denial_records(Layer::Tcp, mode));
+                        if let Some(services) = services_in(policies, mode) {
+                            tcp.access_log
+                                .extend(denial_records(Layer::Tcp, mode, &services));
                         }
                     }
                     out.push(Filter {
@@ -708,6 +715,7 @@ pub(super) fn guard_undeclared(
         http: nobody.clone(),
         tcp: nobody,
         mode,
+        service: String::new(),
     };
     chain.filters.insert(0, network_rbac(&closed, stat_prefix));
     chain
@@ -748,6 +756,23 @@ enum Layer {
     Tcp,
 }
 
+/// The Services whose policies in `mode` guard a chain, comma-separated
+/// (one, but for a port several Services of the pod share); `None` if no
+/// policy there is in `mode`.
+fn services_in(policies: &[Arc<Enforced>], mode: Mode) -> Option<String> {
+    let mut names: Vec<&str> = policies
+        .iter()
+        .filter(|p| p.mode == mode)
+        .map(|p| p.service.as_str())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort_unstable();
+    names.dedup();
+    Some(names.join(","))
+}
+
 /// The most caller series (caller identity × inbound port) one proxy keeps
 /// for its denial counters together: callers beyond are in the per-port
 /// totals only, so no caller can grow a proxy's series without bound.
@@ -761,7 +786,7 @@ pub const MAX_CALLER_SERIES: u32 = 256;
 /// `enforced_engine_result` for the rules they enforce, and for shadow
 /// rules the shadow stat prefix followed by `shadow_engine_result` (the
 /// unprefixed key is matched too).
-fn denial_records(layer: Layer, mode: Mode) -> [AccessLog; 2] {
+fn denial_records(layer: Layer, mode: Mode, services: &str) -> [AccessLog; 2] {
     fn logger(layer: Layer, verdict: &str) -> meshd_proto::Any {
         let mut fields = vec![
             ("authorization", verdict),
@@ -848,12 +873,13 @@ fn denial_records(layer: Layer, mode: Mode) -> [AccessLog; 2] {
             &layer_loggers[1],
         ),
     };
-    static COUNTERS: LazyLock<[meshd_proto::Any; 2]> =
-        LazyLock::new(|| [caller_counter("denied"), caller_counter("would_deny")]);
-    let counter = match mode {
-        Mode::Enforce => &COUNTERS[0],
-        Mode::DryRun => &COUNTERS[1],
-    };
+    let counter = caller_counter(
+        match mode {
+            Mode::Enforce => "denied",
+            Mode::DryRun => "would_deny",
+        },
+        services,
+    );
     [
         AccessLog {
             name: "envoy.access_loggers.stdout".into(),
@@ -863,22 +889,25 @@ fn denial_records(layer: Layer, mode: Mode) -> [AccessLog; 2] {
         AccessLog {
             name: "envoy.access_loggers.stats".into(),
             filter: Some(filter),
-            config_type: Some(access_log::ConfigType::TypedConfig(counter.clone())),
+            config_type: Some(access_log::ConfigType::TypedConfig(counter)),
         },
     ]
 }
 
-/// The count of each record under `authorization.<name>` by caller
-/// identity and inbound port (`envoy_authorization_denied{workload,
-/// workload_namespace, caller_identity, destination_port}`), at most
-/// [`MAX_CALLER_SERIES`] series per proxy.
-fn caller_counter(name: &str) -> meshd_proto::Any {
+/// The count of each record under `authorization.<name>` by destination
+/// Service (`services`, as [`services_in`] names them), caller identity
+/// and inbound port (`envoy_authorization_denied{workload,
+/// workload_namespace, destination_service, caller_identity,
+/// destination_port}`), at most [`MAX_CALLER_SERIES`] series per proxy.
+fn caller_counter(name: &str, services: &str) -> meshd_proto::Any {
     telemetry::stats_logger(
         "authorization",
         MAX_CALLER_SERIES,
         &[(
             telemetry::Stat::Count(name),
             &[
+                // A literal: no command operator in it.
+                (stats::DESTINATION_SERVICE, services),
                 (stats::CALLER_IDENTITY, "%DOWNSTREAM_PEER_URI_SAN%"),
                 (stats::DESTINATION_PORT, "%DOWNSTREAM_LOCAL_PORT%"),
             ],

@@ -449,8 +449,8 @@ Authorization (inbound); ports no Service declares: {}
 /// Prometheus text at `admin` (`envoy_authorization_denied` and, in
 /// dry-run, `_would_deny`; see the README's "What is counted").
 pub fn denials(admin: &str, prometheus: &str) -> String {
-    // (caller, port) -> (denied, would deny)
-    let mut counts: std::collections::BTreeMap<(String, String), (u64, u64)> =
+    // (service, caller, port) -> (denied, would deny)
+    let mut counts: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
         std::collections::BTreeMap::new();
     for line in prometheus.lines() {
         let Some((series, value)) = line.rsplit_once(' ') else {
@@ -476,7 +476,11 @@ pub fn denials(admin: &str, prometheus: &str) -> String {
             continue;
         };
         let entry = counts
-            .entry((label("caller_identity"), label("destination_port")))
+            .entry((
+                label("destination_service"),
+                label("caller_identity"),
+                label("destination_port"),
+            ))
             .or_default();
         match would {
             false => entry.0 += value,
@@ -488,13 +492,25 @@ pub fn denials(admin: &str, prometheus: &str) -> String {
         out.push_str("none counted\n");
         return out;
     }
-    let mut table = Table::new(&["CALLER", "PORT", "DENIED", "WOULD DENY (DRY-RUN)"]);
-    for ((caller, port), (denied, would)) in counts {
+    let mut table = Table::new(&[
+        "SERVICE",
+        "CALLER",
+        "PORT",
+        "DENIED",
+        "WOULD DENY (DRY-RUN)",
+    ]);
+    for ((service, caller, port), (denied, would)) in counts {
         let caller = match caller.is_empty() {
             true => "(plaintext, no identity)".to_string(),
             false => caller,
         };
-        table.row(vec![caller, port, denied.to_string(), would.to_string()]);
+        table.row(vec![
+            service,
+            caller,
+            port,
+            denied.to_string(),
+            would.to_string(),
+        ]);
     }
     out.push_str(&table.render());
     out
@@ -861,9 +877,9 @@ mod tests {
     fn denials_are_shown_by_caller_and_port() {
         let scrape = concat!(
             "# TYPE envoy_authorization_denied counter\n",
-            "envoy_authorization_denied{workload=\"web\",workload_namespace=\"shop\",caller_identity=\"spiffe://cluster.local/ns/batch/sa/batch\",destination_port=\"8080\"} 3\n",
-            "envoy_authorization_denied{workload=\"web\",workload_namespace=\"shop\",caller_identity=\"\",destination_port=\"8080\"} 1\n",
-            "envoy_authorization_would_deny{workload=\"web\",workload_namespace=\"shop\",caller_identity=\"spiffe://cluster.local/ns/batch/sa/batch\",destination_port=\"8080\"} 2\n",
+            "envoy_authorization_denied{workload=\"web\",workload_namespace=\"shop\",destination_service=\"web\",caller_identity=\"spiffe://cluster.local/ns/batch/sa/batch\",destination_port=\"8080\"} 3\n",
+            "envoy_authorization_denied{workload=\"web\",workload_namespace=\"shop\",destination_service=\"web\",caller_identity=\"\",destination_port=\"8080\"} 1\n",
+            "envoy_authorization_would_deny{workload=\"web\",workload_namespace=\"shop\",destination_service=\"web\",caller_identity=\"spiffe://cluster.local/ns/batch/sa/batch\",destination_port=\"8080\"} 2\n",
             "envoy_http_rbac_denied{envoy_http_conn_manager_prefix=\"inbound_8080_mtls\"} 4\n",
         );
         let shown = denials("127.0.0.1:15000", scrape);
@@ -872,21 +888,27 @@ mod tests {
             lines[1],
             "Denied by caller (the proxy's own counters, at 127.0.0.1:15000):"
         );
-        assert!(lines[2].starts_with("CALLER"), "{shown}");
+        assert!(lines[2].starts_with("SERVICE"), "{shown}");
         let row = |caller: &str| {
             lines
                 .iter()
-                .find(|l| l.starts_with(caller))
+                .find(|l| l.contains(caller))
                 .map(|l| l.split_whitespace().collect::<Vec<_>>())
                 .unwrap_or_default()
         };
         assert_eq!(
             row("spiffe://cluster.local/ns/batch/sa/batch"),
-            ["spiffe://cluster.local/ns/batch/sa/batch", "8080", "3", "2"]
+            [
+                "web",
+                "spiffe://cluster.local/ns/batch/sa/batch",
+                "8080",
+                "3",
+                "2"
+            ]
         );
         assert_eq!(
             row("(plaintext"),
-            ["(plaintext,", "no", "identity)", "8080", "1", "0"]
+            ["web", "(plaintext,", "no", "identity)", "8080", "1", "0"]
         );
         assert!(denials("a:1", "").ends_with("none counted\n"));
     }
