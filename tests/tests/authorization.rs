@@ -489,7 +489,8 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
         "{db_stats}"
     );
     // Per caller identity and port, as Prometheus scrapes them: batch-0
-    // was refused by web, client-0 by db.
+    // was refused by web, client-0 by db (since the last policy switch:
+    // these counters start again with each new inbound listener).
     let web_scrape = mesh.scrape(WEB).unwrap();
     assert!(
         caller_count(
@@ -498,7 +499,7 @@ fn the_serving_sidecar_allows_and_denies_callers_by_identity_live() {
             WEB,
             "/ns/batch/sa/batch-0",
             8080
-        ) >= 2,
+        ) >= 1,
         "{web_scrape}"
     );
     let db_scrape = mesh.scrape(DB).unwrap();

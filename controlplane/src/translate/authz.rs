@@ -773,9 +773,9 @@ fn services_in(policies: &[Arc<Enforced>], mode: Mode) -> Option<String> {
     Some(names.join(","))
 }
 
-/// The most caller series (caller identity × inbound port) one proxy keeps
-/// for its denial counters together: callers beyond are in the per-port
-/// totals only, so no caller can grow a proxy's series without bound.
+/// The most caller series each inbound filter chain keeps for its denial
+/// counters together: callers beyond are in the per-port totals only, so
+/// no caller can grow a proxy's series without bound.
 pub const MAX_CALLER_SERIES: u32 = 256;
 
 /// The records of each HTTP request (or TCP connection) a policy denies
@@ -898,7 +898,7 @@ fn denial_records(layer: Layer, mode: Mode, services: &str) -> [AccessLog; 2] {
 /// Service (`services`, as [`services_in`] names them), caller identity
 /// and inbound port (`envoy_authorization_denied{workload,
 /// workload_namespace, destination_service, caller_identity,
-/// destination_port}`), at most [`MAX_CALLER_SERIES`] series per proxy.
+/// destination_port}`), at most [`MAX_CALLER_SERIES`] series per chain.
 fn caller_counter(name: &str, services: &str) -> meshd_proto::Any {
     telemetry::stats_logger(
         "authorization",

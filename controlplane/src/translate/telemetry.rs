@@ -167,11 +167,16 @@ pub(super) enum Stat<'a> {
 
 /// Envoy's stats access logger (`envoy.access_loggers.stats`): per record,
 /// each of `stats` under `<prefix>.<name>` with the proxy's `workload` and
-/// `workload_namespace` and `tags` (name, command operator) as labels. All
-/// loggers of one `prefix` on a proxy share one scope holding at most
+/// `workload_namespace` and `tags` (name, command operator) as labels.
+/// Each logger (one per filter chain) has its own scope holding at most
 /// `max_series` counters and a tenth as many histograms: past that, new
 /// label values are not counted, so no caller can grow a proxy's series
-/// without bound.
+/// without bound. The counts start again when the chain is replaced (a
+/// new inbound listener: a policy edit, a port added), which Prometheus
+/// reads as a counter reset. (One scope shared by a proxy's chains,
+/// Envoy's `sharing_name`, would bound the proxy rather than each chain
+/// and outlive listener changes, but makes Envoy 1.40 crash in `--mode
+/// validate`.)
 pub(super) fn stats_logger(
     prefix: &str,
     max_series: u32,
@@ -212,7 +217,6 @@ pub(super) fn stats_logger(
             max_histograms: Some(UInt32Value {
                 value: (max_series / 10).max(1),
             }),
-            sharing_name: prefix.into(),
             ..Default::default()
         }),
         ..Default::default()
@@ -239,8 +243,10 @@ pub(super) fn stats_logger(
     to_any(&config)
 }
 
-/// The most series per proxy of the inbound metrics by caller.
-pub const MAX_INBOUND_CALLER_SERIES: u32 = 1024;
+/// The most series of the inbound metrics by caller per inbound filter
+/// chain (a port has one for mTLS callers and one for plaintext ones, and
+/// plaintext callers all count as one caller).
+pub const MAX_INBOUND_CALLER_SERIES: u32 = 512;
 
 /// What an inbound HTTP connection manager (`http`) or TCP proxy records
 /// per request or connection by caller: the `envoy_inbound_by_caller_*`
