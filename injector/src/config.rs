@@ -51,7 +51,7 @@ pub struct InjectorConfig {
 impl Default for InjectorConfig {
     fn default() -> Self {
         InjectorConfig {
-            proxy_image: "envoyproxy/envoy:v1.36.2".into(),
+            proxy_image: "envoyproxy/envoy:v1.40.0".into(),
             init_image: format!("ghcr.io/meshd/meshd:{}", env!("CARGO_PKG_VERSION")),
             xds_address: "meshd.meshd-system.svc:15010".into(),
             control_plane_id: meshd_api::sidecar::bootstrap::DEFAULT_CONTROL_PLANE_ID.into(),

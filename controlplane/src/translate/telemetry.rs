@@ -210,6 +210,8 @@ pub(super) fn stats_logger(
             })
             .collect(),
     };
+    // `stats_scope` (Envoy 1.39 and later; Envoy refuses it with the
+    // older `stat_prefix`) is what bounds the series.
     let mut config = Config {
         stats_scope: Some(meshd_proto::envoy::r#type::v3::Scope {
             prefix: prefix.into(),
