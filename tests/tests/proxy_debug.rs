@@ -186,6 +186,70 @@ fn proxy_status_and_config_show_what_was_sent_and_a_nack() {
         "{line}"
     );
 
+    // Several replicas: a second `meshd run` with no proxy on it; the
+    // list merges both, each proxy on the replica it is connected to. A
+    // replica that does not answer is named, the others are still listed,
+    // and the command fails.
+    let (xds2, debug2) = (free_port(), free_port());
+    let _second = Process(
+        Command::new(&meshd)
+            .args(["run", "--debounce-ms", "20"])
+            .arg("--registry")
+            .arg(&registry_dir)
+            .arg("--xds-address")
+            .arg(xds2.to_string())
+            .arg("--debug-address")
+            .arg(debug2.to_string())
+            .arg("--ca-dir")
+            .arg(work.path().join("ca2"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the second replica to be ready", WAIT, || {
+        match http::get(debug2, &debug2.to_string(), "/readyz", false) {
+            Ok(r) if r.status == 200 => Ok(Some(())),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    })
+    .unwrap();
+    let replicas = format!("{debug2},{debug}");
+    let merged = Command::new(&meshd)
+        .args(["proxy-status", "--control-plane", &replicas])
+        .output()
+        .unwrap();
+    let merged_out = String::from_utf8_lossy(&merged.stdout);
+    assert!(merged.status.success(), "{merged_out}");
+    for node in [&client, &server] {
+        let line =
+            status_line(&merged_out, node).unwrap_or_else(|| panic!("{node} in {merged_out}"));
+        assert!(line.contains(&debug.to_string()), "{line}");
+    }
+    let down = free_port();
+    let partial = Command::new(&meshd)
+        .args([
+            "proxy-status",
+            "--control-plane",
+            &format!("{debug},{down}"),
+        ])
+        .output()
+        .unwrap();
+    let (partial_out, partial_err) = (
+        String::from_utf8_lossy(&partial.stdout),
+        String::from_utf8_lossy(&partial.stderr),
+    );
+    assert!(!partial.status.success(), "{partial_out}");
+    assert!(
+        status_line(&partial_out, &client).is_some(),
+        "the answering replica's proxies are still listed: {partial_out}"
+    );
+    assert!(
+        partial_err.contains(&format!("no control plane at {down}: connection refused")),
+        "{partial_err}"
+    );
+
     // What was sent, as tables.
     let clusters = cli.ok(&["proxy-config", "cluster", &client]);
     println!("{clusters}");
