@@ -460,32 +460,35 @@ impl Enforced {
                 }
                 DefaultPolicy::DenyAll => None,
             };
+            // One policy: (the baseline or any allow rule) and no deny
+            // rule, so the deny rules are written once, however many
+            // allow rules there are (a policy per allow rule would repeat
+            // them in each).
+            let mut allowed: Vec<Principal> = base.into_iter().collect();
+            // An HTTP-only rule allows nothing on a TCP chain.
+            allowed.extend(
+                allow
+                    .iter()
+                    .filter(|rule| http || !rule.is_http())
+                    .map(|rule| ids.rule(rule, http)),
+            );
             let denied = or(deny.iter().map(|r| ids.rule(r, http)).collect());
-            let guard = |p: Principal| match &denied {
-                Some(d) => and(vec![p, not(d.clone())]),
-                None => p,
-            };
             let mut policies = HashMap::new();
-            let mut add = |name: String, p: Principal| {
+            if let Some(allowed) = or(allowed) {
+                let principal = match denied {
+                    Some(denied) => and(vec![allowed, not(denied)]),
+                    None => allowed,
+                };
                 policies.insert(
-                    name,
+                    ALLOWED_POLICY.to_string(),
                     RbacPolicy {
                         permissions: vec![Permission {
                             rule: Some(permission::Rule::Any(true)),
                         }],
-                        principals: vec![guard(p)],
+                        principals: vec![principal],
                         ..Default::default()
                     },
                 );
-            };
-            if let Some(base) = base {
-                add(format!("default:{}", baseline.name()), base);
-            }
-            for (i, rule) in allow.iter().enumerate() {
-                // An HTTP-only rule allows nothing on a TCP chain.
-                if http || !rule.is_http() {
-                    add(format!("allow:{i}"), ids.rule(rule, http));
-                }
             }
             Rbac {
                 action: rbac::Action::Allow as i32,
@@ -501,6 +504,10 @@ impl Enforced {
         })
     }
 }
+
+/// The name of the one RBAC policy of an enforced port: what it allows
+/// (no policy: nothing is allowed).
+const ALLOWED_POLICY: &str = "allowed";
 
 /// SPIFFE IDs of the mesh's trust domain.
 struct Identities<'a> {
@@ -1380,7 +1387,17 @@ mod tests {
         let td = Some("cluster.local");
         let scoped = Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 80, td).unwrap();
         let names: Vec<&String> = scoped.http.policies.keys().collect();
-        assert_eq!(names, ["allow:0"]);
+        assert_eq!(names, [ALLOWED_POLICY]);
+        // allow-all gave way to the rule: client-0 only.
+        assert_eq!(
+            scoped.http.policies[ALLOWED_POLICY].principals,
+            [
+                Identities { trust_domain: td }.caller(&Caller::ServiceAccount {
+                    namespace: "shop".into(),
+                    name: "client-0".into()
+                })
+            ]
+        );
         // Port 8080: enforced, and nobody is allowed.
         let other = Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 8080, td)
             .expect("the other port is enforced, not left open");
@@ -1398,7 +1415,7 @@ mod tests {
             meshd_api::annotations::authorization::parse(&key, &annotations, &Default::default())
                 .unwrap();
         let opened = Enforced::new(&policy, DefaultPolicy::AllowAll, "shop", 8080, td).unwrap();
-        assert_eq!(opened.http.policies["allow:0"].principals, [any()]);
+        assert_eq!(opened.http.policies[ALLOWED_POLICY].principals, [any()]);
         // A deny rule scoped to one port leaves the others as they were.
         let annotations = [(
             "meshd.io/deny".to_string(),
@@ -1429,7 +1446,8 @@ mod tests {
             "{text}"
         );
         // allow-all gave way to the rules; no header but :method is read.
-        assert!(!text.contains("default:"), "{text}");
+        let principals = format!("{:?}", e.http.policies[ALLOWED_POLICY].principals);
+        assert!(!principals.contains("Any(true)"), "{principals}");
         assert!(!text.contains("x-forwarded-client-cert"), "{text}");
         let same = rules("", DefaultPolicy::AllowSameNamespace);
         assert!(format!("{:?}", same.http).contains("spiffe://cluster.local/ns/shop/sa/"));
@@ -1437,5 +1455,57 @@ mod tests {
         let http_only = rules("shop/web-0 GET", DefaultPolicy::DenyAll);
         assert_eq!(http_only.http.policies.len(), 1);
         assert!(http_only.tcp.policies.is_empty());
+    }
+
+    /// Deny rules are written once per chain, however many allow rules
+    /// there are: the config grows with allow + deny rules, not their
+    /// product.
+    #[test]
+    fn deny_rules_are_written_once_whatever_the_number_of_allow_rules() {
+        let key = meshd_api::names::ServiceKey::new("shop", "web");
+        let annotations = [
+            (
+                "meshd.io/allow".to_string(),
+                "shop/a GET; shop/b POST; shop/c; shop/d /api/*".to_string(),
+            ),
+            ("meshd.io/deny".to_string(), "batch/x; batch/y".to_string()),
+            (
+                "meshd.io/authorization".to_string(),
+                "allow-same-namespace".to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let policy =
+            meshd_api::annotations::authorization::parse(&key, &annotations, &Default::default())
+                .unwrap();
+        let e = Enforced::new(
+            &policy,
+            DefaultPolicy::AllowAll,
+            "shop",
+            80,
+            Some("cluster.local"),
+        )
+        .unwrap();
+        for (chain, rbac) in [("http", &e.http), ("tcp", &e.tcp)] {
+            assert_eq!(rbac.policies.len(), 1, "{chain}");
+            let text = format!("{rbac:?}");
+            for denied in ["ns/batch/sa/x", "ns/batch/sa/y"] {
+                assert_eq!(text.matches(denied).count(), 1, "{chain}: {text}");
+            }
+            // The baseline (same namespace) is there once, beside the rules.
+            assert_eq!(
+                text.matches("Prefix(\"spiffe://cluster.local/ns/shop/sa/\")")
+                    .count(),
+                1,
+                "{chain}: {text}"
+            );
+        }
+        // The HTTP-only rules (a, b, d) allow nothing on the TCP chain.
+        let tcp = format!("{:?}", e.tcp);
+        assert!(
+            tcp.contains("ns/shop/sa/c") && !tcp.contains("ns/shop/sa/a"),
+            "{tcp}"
+        );
     }
 }
