@@ -484,6 +484,103 @@ async fn sotw_nack_is_recorded_and_not_resent() {
     h.stop().await;
 }
 
+/// `client`'s record on `/debug/xds/proxies` once its CDS status is
+/// `status` (an ACK or NACK is handled after the request is read: wait
+/// for it rather than read once).
+async fn proxy_with_cds(h: &Harness, status: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let proxies = h.get_json("/debug/xds/proxies").await;
+        if let Some(proxy) = proxies
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["node_id"] == CLIENT))
+        {
+            if proxy["types"]["CDS"]["status"] == status {
+                return proxy.clone();
+            }
+            last = proxy.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{CLIENT}'s CDS never became {status}: {last:#}");
+}
+
+/// What `meshd proxy-status` prints per type, from the stream's own
+/// messages: nothing before anything is sent, STALE once sent and until the ACK,
+/// SYNCED after it, STALE again for the next version, NACKED when that is
+/// rejected (the acknowledged version stays the earlier one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_status_follows_sent_acknowledged_and_rejected_versions() {
+    let h = Harness::start(&base()).await;
+    let mut ads = h.sotw().await;
+
+    ads.send(first_request(CLIENT, type_url::CLUSTER)).await;
+    let cds = ads.recv().await;
+    let proxy = proxy_with_cds(&h, "STALE").await;
+    assert_eq!(
+        proxy["types"]["CDS"]["sent_version"],
+        cds.version_info.as_str(),
+        "{proxy:#}"
+    );
+    assert_eq!(proxy["types"]["CDS"]["acked_version"], "", "{proxy:#}");
+    // Nothing of LDS yet: not listed (`meshd proxy-status` prints NOT SENT).
+    assert!(proxy["types"].get("LDS").is_none(), "{proxy:#}");
+
+    ads.send(ack(&cds, &[])).await;
+    let proxy = proxy_with_cds(&h, "SYNCED").await;
+    assert_eq!(
+        proxy["types"]["CDS"]["acked_version"],
+        cds.version_info.as_str(),
+        "{proxy:#}"
+    );
+
+    let mut documents = base();
+    documents.extend(api());
+    h.write_registry(&documents);
+    let cds2 = ads.recv().await;
+    assert!(cluster_names(&cds2).contains(API_CLUSTER));
+    let proxy = proxy_with_cds(&h, "STALE").await;
+    assert_eq!(
+        proxy["types"]["CDS"]["sent_version"],
+        cds2.version_info.as_str(),
+        "{proxy:#}"
+    );
+    assert_eq!(
+        proxy["types"]["CDS"]["acked_version"],
+        cds.version_info.as_str(),
+        "{proxy:#}"
+    );
+
+    // Envoy's NACK names the version it keeps and the rejected nonce.
+    ads.send(DiscoveryRequest {
+        version_info: cds.version_info.clone(),
+        error_detail: Some(RpcStatus {
+            code: Code::InvalidArgument as i32,
+            message: "cluster api: bad".into(),
+            details: vec![],
+        }),
+        ..ack(&cds2, &[])
+    })
+    .await;
+    let proxy = proxy_with_cds(&h, "NACKED").await;
+    let cds_status = &proxy["types"]["CDS"];
+    assert_eq!(
+        cds_status["acked_version"],
+        cds.version_info.as_str(),
+        "{proxy:#}"
+    );
+    assert_eq!(
+        cds_status["last_nack_version"],
+        cds2.version_info.as_str(),
+        "{proxy:#}"
+    );
+    assert_eq!(
+        cds_status["last_nack_message"], "cluster api: bad",
+        "{proxy:#}"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
     let mut documents = base();

@@ -825,4 +825,73 @@ status: {podIP: 198.18.0.4}
         assert_eq!(field("direction"), "inbound");
         assert_eq!(json.fields.len(), ACCESS_LOG_FIELDS.len() + 1);
     }
+
+    /// The stdout access logs of `node`'s inbound and outbound listeners.
+    fn stdout_logs(snap: &Snapshot, node: &str) -> usize {
+        let view = snap.proxy(node).unwrap();
+        [INBOUND_LISTENER, OUTBOUND_LISTENER]
+            .into_iter()
+            .map(|name| {
+                let l: Listener = decode(view.get(Kind::Listener, name).unwrap()).unwrap();
+                l.filter_chains
+                    .iter()
+                    .chain(l.default_filter_chain.as_ref())
+                    .flat_map(|c| &c.filters)
+                    .filter_map(|f| match &f.config_type {
+                        Some(filter::ConfigType::TypedConfig(any)) => {
+                            if any.type_url == HttpConnectionManager::type_url() {
+                                Some(
+                                    HttpConnectionManager::decode(any.value.as_slice())
+                                        .unwrap()
+                                        .access_log,
+                                )
+                            } else if any.type_url == TcpProxy::type_url() {
+                                Some(TcpProxy::decode(any.value.as_slice()).unwrap().access_log)
+                            } else {
+                                None
+                            }
+                        }
+                        _ => None,
+                    })
+                    .flatten()
+                    .filter(|log| log.name == "envoy.access_loggers.stdout")
+                    .count()
+            })
+            .sum()
+    }
+
+    /// `--access-log` sets every proxy's default; a Pod's
+    /// `meshd.io/access-log` wins either way.
+    #[test]
+    fn a_pods_access_log_annotation_wins_over_the_mesh_setting() {
+        let registry = REGISTRY
+            .replace(
+                "metadata: {name: client-0, namespace: shop}",
+                "metadata: {name: client-0, namespace: shop, annotations: {meshd.io/access-log: \"true\"}}",
+            )
+            .replace(
+                "metadata: {name: db-0, namespace: shop}",
+                "metadata: {name: db-0, namespace: shop, annotations: {meshd.io/access-log: \"false\"}}",
+            );
+        let mut index = crate::discovery::index::Index::default();
+        for object in crate::discovery::file::parse(&registry).unwrap() {
+            index.apply(object);
+        }
+        let mesh = Arc::new(index.mesh());
+        let logs = |mesh_wide: bool| {
+            let options = TranslateOptions {
+                telemetry: Telemetry {
+                    access_log: mesh_wide,
+                    tracing: None,
+                },
+                ..Default::default()
+            };
+            let snap = Snapshot::new(1, mesh.clone(), options);
+            ["client-0.shop", "web-0.shop", "db-0.shop"].map(|node| stdout_logs(&snap, node) > 0)
+        };
+        // Mesh-wide on: everyone logs but db-0, which said "false".
+        assert_eq!(logs(true), [true, true, false]);
+        // Mesh-wide off: only client-0, which said "true".
+        assert_eq!(logs(false), [true, false, false]);
+    }
 }
