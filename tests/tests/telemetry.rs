@@ -5,6 +5,8 @@
 //! ```text
 //! client-0 (198.18.0.2) ──mTLS──> web-0 (198.18.0.3): app answering 200, or 503 for /status/503
 //!   app calls web (VIP) 3×200, 2×503
+//!                        ──mTLS──> web-0's gRPC app on 7070 (Service rpc)
+//!   app calls rpc (VIP) 3× Echo, gRPC OK
 //!                        ──mTLS──> db-0 (198.18.0.4): TCP echo on 5432
 //!   app calls db (VIP) once, TCP
 //! ```
@@ -20,6 +22,7 @@ use std::time::Duration;
 use meshd_api::annotations::pod::ACCESS_LOG;
 use meshd_controlplane::identity::IdentityConfig;
 use meshd_tests::envoy::wait_for;
+use meshd_tests::grpc_echo::{self, GrpcEcho};
 use meshd_tests::http::Connection;
 use meshd_tests::mesh::{PodSpec, TestMesh, pod_ip};
 use meshd_tests::registry;
@@ -30,6 +33,9 @@ const WEB: &str = "web-0";
 const DB: &str = "db-0";
 const WEB_VIP: &str = "198.19.0.20";
 const DB_VIP: &str = "198.19.0.21";
+const RPC_VIP: &str = "198.19.0.22";
+/// web-0's gRPC app, behind the Service rpc (same port).
+const RPC_PORT: u16 = 7070;
 const APP_PORT: u16 = 8080;
 const DB_PORT: u16 = 5432;
 const WAIT: Duration = Duration::from_secs(30);
@@ -59,8 +65,13 @@ fn registry_text() -> String {
         "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {NS}}}\nspec: {{clusterIP: {DB_VIP}, ports: [{{name: tcp-echo, port: {DB_PORT}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db-1, namespace: {NS}, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp-echo, port: {DB_PORT}}}]\nendpoints: [{{addresses: [\"{}\"], targetRef: {{kind: Pod, name: {DB}}}}}]\n",
         ip(4)
     );
+    let rpc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: rpc, namespace: {NS}}}\nspec: {{clusterIP: {RPC_VIP}, ports: [{{name: grpc, port: {RPC_PORT}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: rpc-1, namespace: {NS}, labels: {{kubernetes.io/service-name: rpc}}}}\naddressType: IPv4\nports: [{{name: grpc, port: {RPC_PORT}}}]\nendpoints: [{{addresses: [\"{}\"], targetRef: {{kind: Pod, name: {WEB}}}}}]\n",
+        ip(3)
+    );
     registry::documents(&[
         registry::namespace(NS),
+        rpc,
         registry::http_service(NS, "web", WEB_VIP, 80),
         registry::slice(NS, "web-1", "web", APP_PORT, &[(WEB, ip(3))]),
         db,
@@ -143,6 +154,16 @@ fn send(mesh: &TestMesh, path: &str, n: u32) -> Vec<u16> {
         .unwrap()
 }
 
+/// `n` unary gRPC calls from the client app to rpc's VIP, on one HTTP/2
+/// connection; how many were answered OK.
+fn call_rpc(mesh: &TestMesh, n: usize) -> anyhow::Result<usize> {
+    let addr: SocketAddr = format!("{RPC_VIP}:{RPC_PORT}").parse().unwrap();
+    let answers = mesh
+        .pod(CLIENT)
+        .run(|| grpc_echo::call(addr, "rpc", &[], n))??;
+    Ok(answers.iter().filter(|a| a.is_ok()).count())
+}
+
 /// One TCP exchange with db's echo server through both sidecars.
 fn echo(mesh: &TestMesh) -> anyhow::Result<Vec<u8>> {
     let addr: SocketAddr = format!("{DB_VIP}:{DB_PORT}").parse().unwrap();
@@ -178,10 +199,17 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
             }
         }
     });
-    let ready = wait_for("web to answer through the mesh", WAIT, || {
-        match send(&mesh, "/", 1).as_slice() {
-            [200] => Ok(Some(())),
-            other => Err(format!("{other:?}")),
+    // web's gRPC app, beside its HTTP one.
+    let grpc_listener = mesh
+        .pod(WEB)
+        .run(|| TcpListener::bind(("0.0.0.0", RPC_PORT)))
+        .unwrap()
+        .unwrap();
+    GrpcEcho::serve(WEB, NS, grpc_listener).unwrap();
+    let ready = wait_for("web and rpc to answer through the mesh", WAIT, || {
+        match (send(&mesh, "/", 1).as_slice(), call_rpc(&mesh, 1)) {
+            ([200], Ok(1)) => Ok(Some(())),
+            (http, grpc) => Err(format!("HTTP {http:?}, gRPC {grpc:?}")),
         }
     });
     if let Err(e) = ready {
@@ -194,6 +222,7 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
     assert_eq!(send(&mesh, "/", 3), [200, 200, 200]);
     assert_eq!(send(&mesh, "/status/503", 2), [503, 503]);
     assert_eq!(echo(&mesh).unwrap(), b"ping");
+    assert_eq!(call_rpc(&mesh, 3).unwrap(), 3);
 
     let client_id = "spiffe://cluster.local/ns/e2e/sa/client-0";
     let to_web = [
@@ -220,6 +249,21 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
         ("direction", "inbound"),
         ("destination_port", "8080"),
     ];
+    // gRPC: the same request metrics, its own port and service.
+    let to_rpc = [
+        ("workload", CLIENT),
+        ("direction", "outbound"),
+        ("destination_service", "rpc"),
+        ("destination_namespace", NS),
+        ("destination_port", "7070"),
+        ("connection_security", "mtls"),
+    ];
+    let at_rpc = [
+        ("workload", WEB),
+        ("direction", "inbound"),
+        ("destination_port", "7070"),
+        ("connection_security", "mtls"),
+    ];
     let at_db = [
         ("workload", DB),
         ("direction", "inbound"),
@@ -245,8 +289,43 @@ fn sidecars_export_request_and_tcp_metrics_with_the_mesh_labels_and_log_json() {
         ("caller_identity", client_id),
         ("destination_port", "5432"),
     ];
+    let rpc_from_client = [
+        ("workload", WEB),
+        ("caller_identity", client_id),
+        ("destination_port", "7070"),
+    ];
     // (pod, metric, labels, the increase expected, at least rather than exactly)
     let expectations: Vec<Expectation> = vec![
+        // gRPC calls are HTTP/2 requests, counted on both sides (HTTP
+        // status 200; grpc-status is not a label).
+        (
+            CLIENT,
+            "envoy_cluster_upstream_rq",
+            with(&to_rpc, &[("envoy_response_code", "200")]),
+            3.0,
+            false,
+        ),
+        (
+            CLIENT,
+            "envoy_cluster_upstream_rq_time_count",
+            to_rpc.to_vec(),
+            3.0,
+            true,
+        ),
+        (
+            WEB,
+            "envoy_http_downstream_rq_xx",
+            with(&at_rpc, &[("envoy_response_code_class", "2")]),
+            3.0,
+            false,
+        ),
+        (
+            WEB,
+            "envoy_inbound_by_caller_requests",
+            with(&rpc_from_client, &[("envoy_response_code", "200")]),
+            3.0,
+            false,
+        ),
         // Outbound, per response code, with the caller named.
         (
             CLIENT,
