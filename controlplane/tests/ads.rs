@@ -48,6 +48,8 @@ const CLIENT: &str = "client-0.shop";
 const WEB_CLUSTER: &str = "outbound|80||web.shop.svc.cluster.local";
 const API_CLUSTER: &str = "outbound|80||api.shop.svc.cluster.local";
 const PASSTHROUGH: &str = "PassthroughCluster";
+/// The route configuration of port 80 on shop's VIPs.
+const SHOP_ROUTES: &str = "80|shop";
 /// The inbound catch-all's cluster, which every captured pod has.
 const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
@@ -624,10 +626,11 @@ async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
     assert_eq!(delta_names(&lds), set(&["inbound", "outbound"]));
     ads.send(delta_ack(&lds)).await;
 
-    ads.send(subscribe(type_url::ROUTE, &["80"])).await;
+    // Port 80's configuration for shop's VIPs, as the listener names it.
+    ads.send(subscribe(type_url::ROUTE, &[SHOP_ROUTES])).await;
     let rds = ads.recv().await;
     assert_eq!(rds.type_url, type_url::ROUTE);
-    assert_eq!(delta_names(&rds), set(&["80"]));
+    assert_eq!(delta_names(&rds), set(&[SHOP_ROUTES]));
     ads.send(delta_ack(&rds)).await;
     ads.quiet("everything subscribed is acknowledged").await;
 
@@ -673,7 +676,7 @@ async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
     assert!(lds.removed_resources.is_empty(), "{lds:?}");
     let rds = ads.recv().await;
     assert_eq!(rds.type_url, type_url::ROUTE, "{rds:?}");
-    let route: RouteConfiguration = delta_body(&rds, "80");
+    let route: RouteConfiguration = delta_body(&rds, SHOP_ROUTES);
     let hosts: Vec<_> = route
         .virtual_hosts
         .iter()

@@ -106,7 +106,8 @@ fn reviews_timeout(snapshot: &Snapshot) -> i64 {
     let view = snapshot
         .proxy("client-0.shop")
         .expect("the client is known");
-    let rc: RouteConfiguration = decode(view.get(Kind::Route, "80").expect("route 80")).unwrap();
+    let rc: RouteConfiguration =
+        decode(view.get(Kind::Route, "80|shop").expect("route 80|shop")).unwrap();
     let vhost = rc
         .virtual_hosts
         .iter()

@@ -8,7 +8,7 @@
 //!                                       one virtual host "*", the routes for the caller's namespace
 //!   chain outbound|80|http|web.ns…    web's VIPs (no route) ─> inline: web's annotation routes, "*"
 //! on the other port numbers, as without routes:
-//!   chain outbound|8080|http          every VIP of the port ─> RDS "8080" (by Host)
+//!   chain outbound|8080|http|ns       the VIPs of ns on the port ─> RDS "8080|ns" (by Host)
 //! without capture: RDS outbound_http_proxy, echo's virtual host (by Host) holds the same routes
 //!
 //! RouteEntry (one match of one rule, in precedence order) ─> one Envoy route
@@ -801,8 +801,8 @@ spec:
             weights(action(&inline.virtual_hosts[0].routes[0])),
             [(V1.to_string(), 1)]
         );
-        // Port 8080 has no route: one chain routed by Host, as before.
-        let alt = chains.iter().find(|c| c.3 == "8080").unwrap();
+        // Port 8080 has no route: routed by Host, a chain per namespace.
+        let alt = chains.iter().find(|c| c.3 == "8080|mesh").unwrap();
         assert!(alt.2.contains(&"198.19.0.1".to_string()), "{alt:?}");
         assert!(alt.2.contains(&"198.19.0.2".to_string()), "{alt:?}");
 

@@ -998,7 +998,9 @@ fn redirect_outbound_listener(
                 .map(|p| p.port)
         })
         .collect();
-    let mut http_vips: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+    // The VIPs of the HTTP Service ports routed by Host, by port and the
+    // Services' namespace: one chain (and route configuration) each.
+    let mut http_vips: BTreeMap<(u16, &str), Vec<IpAddr>> = BTreeMap::new();
     let mut http_any_destination = BTreeSet::new();
     let mut pod_chains: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
     let mut vip_destinations = HashSet::new();
@@ -1059,7 +1061,10 @@ fn redirect_outbound_listener(
                 let inline = http_connection_manager::RouteSpecifier::RouteConfig(config);
                 chains.push(vip_chain(svc, port.port, &vips, inline));
             } else if port.protocol.is_http() {
-                http_vips.entry(port.port).or_default().extend(&vips);
+                http_vips
+                    .entry((port.port, svc.key.namespace.as_str()))
+                    .or_default()
+                    .extend(&vips);
             } else {
                 let cluster = svc.cluster_name(port.port);
                 chains.push(FilterChain {
@@ -1095,30 +1100,32 @@ fn redirect_outbound_listener(
         });
         refs.insert(cluster);
     }
-    for port in &http_any_destination {
-        http_vips.entry(*port).or_default();
-    }
-    for (port, vips) in http_vips {
-        let prefix_ranges = if http_any_destination.contains(&port) {
-            Vec::new()
-        } else {
-            vips.into_iter().map(cidr).collect()
-        };
-        chains.push(FilterChain {
-            name: format!("outbound|{port}|http"),
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: Some(UInt32Value { value: port.into() }),
-                prefix_ranges,
-                ..Default::default()
-            }),
-            filters: vec![http_filter(
-                &format!("outbound_{port}"),
-                rds(port.to_string()),
-                ClientCert::Strip,
-                Side::Outbound,
-            )],
+    let http_chain = |port: u16, namespace: Option<&str>, vips: Vec<IpAddr>| FilterChain {
+        name: match namespace {
+            Some(namespace) => format!("outbound|{port}|http|{namespace}"),
+            None => format!("outbound|{port}|http"),
+        },
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: port.into() }),
+            prefix_ranges: vips.into_iter().map(cidr).collect(),
             ..Default::default()
-        });
+        }),
+        filters: vec![http_filter(
+            // One prefix for the port's chains: its statistics.
+            &format!("outbound_{port}"),
+            rds(host_routed_config_name(port, namespace)),
+            ClientCert::Strip,
+            Side::Outbound,
+        )],
+        ..Default::default()
+    };
+    for ((port, namespace), vips) in http_vips {
+        chains.push(http_chain(port, Some(namespace), vips));
+    }
+    // An ExternalName's callers connect to whatever its name resolves to:
+    // its port's chain matches every destination the VIP chains do not.
+    for port in http_any_destination {
+        chains.push(http_chain(port, None, Vec::new()));
     }
     refs.insert(PASSTHROUGH_CLUSTER.to_string());
     let l = listener(
@@ -1130,6 +1137,21 @@ fn redirect_outbound_listener(
         Some(passthrough_chain(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)),
     );
     Resource::new(OUTBOUND_LISTENER.into(), &l, refs.into_iter().collect())
+}
+
+/// The route configuration of the capture listener's chain for the HTTP
+/// Service ports numbered `port` of `namespace` that are routed by Host:
+/// `<port>|<namespace>`, matched on those Services' VIPs; `None` for the
+/// ExternalName Services' (`<port>`, every other destination). One per
+/// destination namespace rather than one per port, so that a Service added
+/// or changed re-sends every caller the virtual hosts of its namespace
+/// only, not of the whole mesh; a Host naming a Service of another
+/// namespace than the VIP called goes where it was sent.
+fn host_routed_config_name(port: u16, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(namespace) => format!("{port}|{namespace}"),
+        None => port.to_string(),
+    }
 }
 
 /// The filter chain of one Service port's VIPs, with a route configuration
@@ -1355,7 +1377,15 @@ fn outbound_routes(
             let (config, bare) = match mode {
                 // With capture the chain already matched the port, so the
                 // Host header may or may not carry it.
-                Interception::Redirect => (port.port.to_string(), true),
+                Interception::Redirect => (
+                    host_routed_config_name(
+                        port.port,
+                        svc.external_name
+                            .is_none()
+                            .then_some(svc.key.namespace.as_str()),
+                    ),
+                    true,
+                ),
                 // A forward-proxy client leaves the port out of Host only
                 // when it is 80.
                 Interception::None => (HTTP_PROXY_ROUTE.to_string(), port.port == 80),
@@ -1576,7 +1606,7 @@ status: {podIP: 198.18.0.2}
     fn routes_use_short_names_only_within_the_namespace() {
         let snap = snapshot();
         let other = snap.proxy("client-0.other").unwrap();
-        let rc: RouteConfiguration = decode(other.get(Kind::Route, "80").unwrap()).unwrap();
+        let rc: RouteConfiguration = decode(other.get(Kind::Route, "80|shop").unwrap()).unwrap();
         let domains = &rc.virtual_hosts[0].domains;
         assert!(domains.contains(&"web.shop".to_string()));
         assert!(domains.contains(&"web.shop.svc.cluster.local:80".to_string()));
@@ -1585,7 +1615,7 @@ status: {podIP: 198.18.0.2}
         assert_eq!(rc.virtual_hosts.last().unwrap().name, "allow_any");
 
         let same = snap.proxy("web-0.shop").unwrap();
-        let rc: RouteConfiguration = decode(same.get(Kind::Route, "80").unwrap()).unwrap();
+        let rc: RouteConfiguration = decode(same.get(Kind::Route, "80|shop").unwrap()).unwrap();
         assert!(rc.virtual_hosts[0].domains.contains(&"web".to_string()));
         // TCP ports get no route configuration.
         assert!(same.get(Kind::Route, "5432").is_none());
@@ -1801,12 +1831,17 @@ status: {{podIP: 198.18.0.3}}
             .is_none()
         );
 
-        // Port 80's HTTP chain takes any destination; nothing else does.
+        // Port 80 gets a chain for any destination beside shop's VIPs';
+        // nothing else does.
         let chains = outbound_chains(&view);
         let http: Vec<_> = chains.iter().filter(|c| c.1 == 80).collect();
-        assert_eq!(http.len(), 1);
-        assert_eq!(http[0].0, "outbound|80|http");
-        assert!(http[0].2.is_empty(), "{chains:?}");
+        assert_eq!(
+            http.iter()
+                .map(|c| (c.0.as_str(), c.2.len()))
+                .collect::<Vec<_>>(),
+            [("outbound|80|http|shop", 1), ("outbound|80|http", 0)],
+            "{chains:?}"
+        );
         assert!(
             chains.iter().all(|c| !c.0.contains("payments")),
             "{chains:?}"
@@ -1843,6 +1878,14 @@ status: {{podIP: 198.18.0.3}}
                 .cluster_refs
                 .contains(&PAYMENTS.to_string())
         );
+        // shop's VIPs route among shop's Services, not to it.
+        let shop: RouteConfiguration = decode(view.get(Kind::Route, "80|shop").unwrap()).unwrap();
+        assert!(
+            shop.virtual_hosts
+                .iter()
+                .all(|v| !v.name.contains("payments")),
+            "{shop:?}"
+        );
 
         // A proxy whose egress scope leaves it out keeps port 80 to VIPs.
         let scoped = snap.proxy("scoped-0.shop").unwrap();
@@ -1852,10 +1895,14 @@ status: {{podIP: 198.18.0.3}}
             .collect();
         assert_eq!(
             http,
-            [("outbound|80|http".into(), 80, vec!["198.19.0.1".into()])]
+            [(
+                "outbound|80|http|shop".into(),
+                80,
+                vec!["198.19.0.1".into()]
+            )]
         );
         assert!(scoped.get(Kind::Cluster, PAYMENTS).is_none());
-        let rc: RouteConfiguration = decode(scoped.get(Kind::Route, "80").unwrap()).unwrap();
+        let rc: RouteConfiguration = decode(scoped.get(Kind::Route, "80|shop").unwrap()).unwrap();
         assert!(
             rc.virtual_hosts
                 .iter()
@@ -2085,10 +2132,10 @@ status: {podIP: 198.18.0.3}
                     5432,
                     both.clone()
                 ),
-                ("outbound|80|http".into(), 80, both),
+                ("outbound|80|http|shop".into(), 80, both),
             ]
         );
-        let rc: RouteConfiguration = decode(view.get(Kind::Route, "80").unwrap()).unwrap();
+        let rc: RouteConfiguration = decode(view.get(Kind::Route, "80|shop").unwrap()).unwrap();
         let domains = &rc.virtual_hosts[0].domains;
         for host in ["198.19.0.1", "198.19.0.1:80", "[fd00::1]", "[fd00::1]:80"] {
             assert!(domains.contains(&host.to_string()), "{host}: {domains:?}");

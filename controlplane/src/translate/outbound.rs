@@ -586,7 +586,7 @@ status: {{podIP: 198.18.0.5}}
         );
         assert!(same(Kind::Cluster, RATINGS));
         assert!(same(Kind::Listener, "outbound"));
-        assert!(same(Kind::Route, "80"), "routes carry over");
+        assert!(same(Kind::Route, "80|shop"), "routes carry over");
 
         // Back to ready: the content is what the first snapshot had.
         let third = publish(&objects("true", ""), &mut routing, Some(&second));

@@ -541,6 +541,8 @@ status: {podIP: 198.18.0.3}
                 .is_some()
         );
         let view = snap.proxy("client-0.shop").unwrap();
+        // ExternalName Services are routed by Host wherever their names
+        // resolve: the port's configuration for every other destination.
         let rc = route_config(&view, "80");
         let target = |service: &str| -> String {
             match &route_action(&vhost(&rc, service).routes[0]).cluster_specifier {
@@ -583,7 +585,7 @@ status: {podIP: 198.18.0.3}
     fn routes_carry_timeouts_retries_rules_splits_and_hashing() {
         let snap = snapshot(REGISTRY);
         let view = snap.proxy("client-0.shop").unwrap();
-        let rc = route_config(&view, "80");
+        let rc = route_config(&view, "80|shop");
         let reviews = vhost(&rc, "reviews");
         assert_eq!(reviews.routes.len(), 2);
 
@@ -680,7 +682,7 @@ status: {podIP: 198.18.0.3}
         assert!(ratings.typed_per_filter_config.is_empty());
 
         // The route configuration keeps the split's clusters.
-        let refs = &view.get(Kind::Route, "80").unwrap().cluster_refs;
+        let refs = &view.get(Kind::Route, "80|shop").unwrap().cluster_refs;
         for c in [REVIEWS_V1, REVIEWS_V2, RATINGS, PASSTHROUGH_CLUSTER] {
             assert!(refs.contains(&c.to_string()), "{c} not in {refs:?}");
         }
@@ -751,7 +753,7 @@ status: {podIP: 198.18.0.13}
         // The caller only routes: its router sees the serving side's delay
         // (against its timeout) and aborts (which it retries).
         let client = snap.proxy("client-0.shop").unwrap();
-        let rc = route_config(&client, "80");
+        let rc = route_config(&client, "80|shop");
         assert!(
             rc.virtual_hosts
                 .iter()
@@ -761,7 +763,7 @@ status: {podIP: 198.18.0.13}
         let http = l
             .filter_chains
             .iter()
-            .find(|c| c.name == "outbound|80|http")
+            .find(|c| c.name == "outbound|80|http|shop")
             .unwrap();
         let names: Vec<_> = hcm(http)
             .http_filters
@@ -1026,7 +1028,7 @@ status: {podIP: 198.18.0.13}
 
         // Without history (a fresh index) the same mesh gets defaults.
         let fresh = Snapshot::new(3, mesh(&broken), TranslateOptions::default());
-        let rc = route_config(&fresh.proxy("client-0.shop").unwrap(), "80");
+        let rc = route_config(&fresh.proxy("client-0.shop").unwrap(), "80|shop");
         assert_eq!(
             route_action(&vhost(&rc, "ratings").routes[0]).timeout,
             Some(Duration::default())
@@ -1038,7 +1040,7 @@ status: {podIP: 198.18.0.13}
             .replace("meshd.io/timeout: 2 seconds", "meshd.io/timeout: 1s");
         let third = build(&mut index, 4, &fixed);
         assert!(third.routing.errors.is_empty());
-        let rc = route_config(&third.proxy("client-0.shop").unwrap(), "80");
+        let rc = route_config(&third.proxy("client-0.shop").unwrap(), "80|shop");
         let a = route_action(&vhost(&rc, "reviews").routes[1]);
         assert_eq!(a.timeout.unwrap().seconds, 1);
         assert_eq!(
@@ -1074,7 +1076,7 @@ status: {podIP: 198.18.0.13}
         mesh2.routing = routing;
         let snap = Snapshot::new(2, Arc::new(mesh2), TranslateOptions::default());
         let view = snap.proxy("client-0.shop").unwrap();
-        let rc = route_config(&view, "80");
+        let rc = route_config(&view, "80|shop");
         let reviews = vhost(&rc, "reviews");
         // The rule to reviews-v2 is gone; the split keeps reviews-v1 only.
         assert_eq!(reviews.routes.len(), 1);
@@ -1085,7 +1087,7 @@ status: {podIP: 198.18.0.13}
         };
         assert_eq!(w.clusters.len(), 1);
         assert_eq!(w.clusters[0].name, REVIEWS_V1);
-        let refs = &view.get(Kind::Route, "80").unwrap().cluster_refs;
+        let refs = &view.get(Kind::Route, "80|shop").unwrap().cluster_refs;
         assert!(!refs.contains(&REVIEWS_V2.to_string()));
     }
 
@@ -1129,18 +1131,18 @@ status: {podIP: 198.18.0.13}
             chains,
             [
                 (POSTGRES, vec!["198.19.0.5"]),
-                ("outbound|80|http", vec!["198.19.0.1"]),
+                ("outbound|80|http|shop", vec!["198.19.0.1"]),
             ]
         );
 
-        let rc = route_config(&view, "80");
+        let rc = route_config(&view, "80|shop");
         let vhosts: Vec<_> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(vhosts, ["reviews.shop.svc.cluster.local:80", "allow_any"]);
 
         // The unscoped proxy sees the whole mesh.
         let all = snap.proxy("client-0.shop").unwrap();
         assert_eq!(all.all(Kind::Cluster).count(), 7);
-        assert_eq!(route_config(&all, "80").virtual_hosts.len(), 5);
+        assert_eq!(route_config(&all, "80|shop").virtual_hosts.len(), 5);
 
         // Proxies with equal scopes (written differently) share one copy.
         let twin = snap.proxy("scoped-1.shop").unwrap();
@@ -1149,8 +1151,8 @@ status: {podIP: 198.18.0.13}
             twin.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()
         ));
         assert!(Arc::ptr_eq(
-            view.get(Kind::Route, "80").unwrap(),
-            twin.get(Kind::Route, "80").unwrap()
+            view.get(Kind::Route, "80|shop").unwrap(),
+            twin.get(Kind::Route, "80|shop").unwrap()
         ));
         assert_eq!(lock_len(&snap), 1);
     }
