@@ -1690,6 +1690,120 @@ status: {podIP: 198.18.0.2}
         assert!(l.default_filter_chain.is_some());
     }
 
+    /// Two namespaces' HTTP Services on one port, and optionally a second
+    /// Service in `pay`.
+    fn two_namespaces(with_api2: bool) -> Snapshot {
+        let mut registry = String::from(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 198.19.0.1, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: pay}
+spec: {clusterIP: 198.19.0.2, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: shop}
+status: {podIP: 198.18.0.2}
+"#,
+        );
+        if with_api2 {
+            registry.push_str(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {name: api2, namespace: pay}\nspec: {clusterIP: 198.19.0.3, ports: [{name: http, port: 80}]}\n",
+            );
+        }
+        mtls_snapshot(&registry)
+    }
+
+    /// With capture, a port's HTTP Services are routed by Host per
+    /// destination namespace: a chain on each namespace's VIPs, each with
+    /// its own route configuration, so a Service added in one namespace
+    /// leaves the other namespaces' configurations as they were.
+    #[test]
+    fn http_routes_are_per_destination_namespace_behind_its_vips() {
+        let snap = two_namespaces(false);
+        let view = snap.proxy("client-0.shop").unwrap();
+        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let http: Vec<(String, Vec<String>, String)> = l
+            .filter_chains
+            .iter()
+            .filter(|c| c.name.starts_with("outbound|80|http"))
+            .map(|c| {
+                let m = c.filter_chain_match.as_ref().unwrap();
+                let Some(filter::ConfigType::TypedConfig(any)) = &c.filters[0].config_type else {
+                    panic!("{c:?}")
+                };
+                let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+                let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier
+                else {
+                    panic!("{hcm:?}")
+                };
+                (
+                    c.name.clone(),
+                    m.prefix_ranges
+                        .iter()
+                        .map(|r| r.address_prefix.clone())
+                        .collect(),
+                    rds.route_config_name,
+                )
+            })
+            .collect();
+        assert_eq!(
+            http,
+            [
+                (
+                    "outbound|80|http|pay".into(),
+                    vec!["198.19.0.2".into()],
+                    "80|pay".into()
+                ),
+                (
+                    "outbound|80|http|shop".into(),
+                    vec!["198.19.0.1".into()],
+                    "80|shop".into()
+                ),
+            ]
+        );
+        let vhosts = |view: &ProxyView, name: &str| -> Vec<(String, Vec<String>)> {
+            let rc: RouteConfiguration = decode(view.get(Kind::Route, name).unwrap()).unwrap();
+            rc.virtual_hosts
+                .into_iter()
+                .map(|v| (v.name, v.domains))
+                .collect()
+        };
+        let shop = vhosts(&view, "80|shop");
+        assert_eq!(shop.len(), 2, "{shop:?}");
+        assert_eq!(shop[0].0, "web.shop.svc.cluster.local:80");
+        assert!(
+            shop[0].1.contains(&"web".to_string()),
+            "short name in its namespace"
+        );
+        assert_eq!(shop[1].0, "allow_any");
+        let pay = vhosts(&view, "80|pay");
+        assert_eq!(pay.len(), 2, "{pay:?}");
+        assert_eq!(pay[0].0, "api.pay.svc.cluster.local:80");
+        assert!(pay[0].1.contains(&"api.pay".to_string()));
+        assert!(
+            !pay[0].1.contains(&"api".to_string()),
+            "no short name across namespaces"
+        );
+        assert_eq!(pay[1].0, "allow_any");
+        assert!(view.get(Kind::Route, "80").is_none());
+
+        // A Service added in pay: shop's configuration is unchanged, pay's
+        // gains it.
+        let next = two_namespaces(true);
+        let after = next.proxy("client-0.shop").unwrap();
+        let version =
+            |view: &ProxyView, name: &str| view.get(Kind::Route, name).unwrap().version.clone();
+        assert_eq!(version(&view, "80|shop"), version(&after, "80|shop"));
+        assert_ne!(version(&view, "80|pay"), version(&after, "80|pay"));
+        assert_eq!(vhosts(&after, "80|pay").len(), 3);
+    }
+
     /// An ExternalName service (HTTP and TCP ports), a headless one whose
     /// third pod is not ready, and an ordinary one; `db_1_mtls` is db-1's
     /// `meshd.io/mtls`.
