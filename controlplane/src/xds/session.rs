@@ -20,7 +20,7 @@
 //! every resource: with thousands of proxies, an endpoint change costs each
 //! of them a few lookups rather than a walk over the whole mesh.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::overlay::Overlay;
@@ -135,24 +135,66 @@ struct Synced {
 #[derive(Debug)]
 pub struct Session {
     pub delta: bool,
-    pub types: BTreeMap<Kind, TypeState>,
+    pub types: TypeStates,
     next_nonce: u64,
+}
+
+/// A session's state of each type, one slot per [`Kind`]. (A `BTreeMap`
+/// of the five allocated a node with room for eleven states, ~5 KiB per
+/// connected proxy.)
+#[derive(Debug, Default)]
+pub struct TypeStates([TypeState; Kind::PUSH_ORDER.len()]);
+
+impl TypeStates {
+    fn slot(kind: Kind) -> usize {
+        match kind {
+            Kind::Secret => 0,
+            Kind::Cluster => 1,
+            Kind::Endpoint => 2,
+            Kind::Listener => 3,
+            Kind::Route => 4,
+        }
+    }
+
+    pub fn get(&self, kind: &Kind) -> Option<&TypeState> {
+        self.0.get(Self::slot(*kind))
+    }
+
+    /// Every type, in [`Kind::PUSH_ORDER`].
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, &TypeState)> {
+        Kind::PUSH_ORDER.into_iter().map(|k| (k, &self[&k]))
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut TypeState> {
+        self.0.iter_mut()
+    }
+}
+
+impl std::ops::Index<&Kind> for TypeStates {
+    type Output = TypeState;
+
+    fn index(&self, kind: &Kind) -> &TypeState {
+        &self.0[Self::slot(*kind)]
+    }
+}
+
+impl std::ops::IndexMut<&Kind> for TypeStates {
+    fn index_mut(&mut self, kind: &Kind) -> &mut TypeState {
+        &mut self.0[Self::slot(*kind)]
+    }
 }
 
 impl Session {
     pub fn new(delta: bool) -> Self {
         Session {
             delta,
-            types: Kind::PUSH_ORDER
-                .into_iter()
-                .map(|k| (k, TypeState::default()))
-                .collect(),
+            types: TypeStates::default(),
             next_nonce: 0,
         }
     }
 
     fn state(&mut self, kind: Kind) -> &mut TypeState {
-        self.types.entry(kind).or_default()
+        &mut self.types[&kind]
     }
 
     /// Applies a request: ACK/NACK bookkeeping, then subscription changes.
