@@ -1141,8 +1141,9 @@ fn redirect_outbound_listener(
 
 /// The route configuration of the capture listener's chain for the HTTP
 /// Service ports numbered `port` of `namespace` that are routed by Host:
-/// `<port>|<namespace>`, matched on those Services' VIPs; `None` for the
-/// ExternalName Services' (`<port>`, every other destination). One per
+/// `<port>|<namespace>`, matched on those Services' VIPs; `None` for every
+/// other destination (`<port>`, when an ExternalName Service is on the
+/// port; its virtual host is in each namespace's configuration too). One per
 /// destination namespace rather than one per port, so that a Service added
 /// or changed re-sends every caller the virtual hosts of its namespace
 /// only, not of the whole mesh; a Host naming a Service of another
@@ -1364,6 +1365,10 @@ fn outbound_routes(
     // Configurations with a weighted cluster for a backend that did not
     // resolve (it names no cluster).
     let mut unvalidated: BTreeSet<String> = BTreeSet::new();
+    // With capture: the port of each configuration routed by Host, and the
+    // ExternalName Services' virtual hosts (with their clusters) per port.
+    let mut host_routed: BTreeMap<String, u16> = BTreeMap::new();
+    let mut external: BTreeMap<u16, Vec<(VirtualHost, BTreeSet<String>)>> = BTreeMap::new();
     // Clients of a headless service connect to pod IPs, which the outbound
     // listener forwards as TCP: there is no VIP chain to route them from.
     for svc in snapshot
@@ -1439,16 +1444,53 @@ fn outbound_routes(
                     (routes.routes, routes.clusters)
                 }
             };
-            by_config
-                .entry(config.clone())
-                .or_default()
-                .push(VirtualHost {
-                    name: format!("{}:{}", svc.key.fqdn(), port.port),
-                    domains,
-                    routes,
-                    ..Default::default()
-                });
+            let vhost = VirtualHost {
+                name: format!("{}:{}", svc.key.fqdn(), port.port),
+                domains,
+                routes,
+                ..Default::default()
+            };
+            if mode == Interception::Redirect && !own.contains(&config) {
+                if svc.external_name.is_some() {
+                    external
+                        .entry(port.port)
+                        .or_default()
+                        .push((vhost, clusters.into_iter().collect()));
+                    continue;
+                }
+                host_routed.insert(config.clone(), port.port);
+            }
+            by_config.entry(config.clone()).or_default().push(vhost);
             refs.entry(config).or_default().extend(clusters);
+        }
+    }
+    // An ExternalName's name may resolve to a mesh Service's VIP (an alias
+    // of `web.shop.svc.cluster.local`), whose chain is its namespace's: so
+    // its virtual host is in every configuration of its port routed by
+    // Host, as well as in the port's configuration for other destinations.
+    for (port, vhosts) in external {
+        let mut configs: Vec<String> = host_routed
+            .iter()
+            .filter(|(_, p)| **p == port)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let any_destination = host_routed_config_name(port, None);
+        // A backend of theirs that does not resolve goes with them.
+        let unresolved = unvalidated.contains(&any_destination);
+        configs.push(any_destination);
+        for config in configs {
+            if unresolved {
+                unvalidated.insert(config.clone());
+            }
+            for (vhost, clusters) in &vhosts {
+                by_config
+                    .entry(config.clone())
+                    .or_default()
+                    .push(vhost.clone());
+                refs.entry(config.clone())
+                    .or_default()
+                    .extend(clusters.iter().cloned());
+            }
         }
     }
     if mode == Interception::Redirect {
@@ -1992,13 +2034,23 @@ status: {{podIP: 198.18.0.3}}
                 .cluster_refs
                 .contains(&PAYMENTS.to_string())
         );
-        // shop's VIPs route among shop's Services, not to it.
+        // Its name may resolve to a mesh VIP (an alias): the configuration
+        // of shop's VIPs routes it too, to the same cluster.
         let shop: RouteConfiguration = decode(view.get(Kind::Route, "80|shop").unwrap()).unwrap();
+        let names: Vec<&str> = shop.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "web.shop.svc.cluster.local:80",
+                "payments.shop.svc.cluster.local:80",
+                "allow_any"
+            ]
+        );
         assert!(
-            shop.virtual_hosts
-                .iter()
-                .all(|v| !v.name.contains("payments")),
-            "{shop:?}"
+            view.get(Kind::Route, "80|shop")
+                .unwrap()
+                .cluster_refs
+                .contains(&PAYMENTS.to_string())
         );
 
         // A proxy whose egress scope leaves it out keeps port 80 to VIPs.

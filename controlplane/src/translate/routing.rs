@@ -542,23 +542,29 @@ status: {podIP: 198.18.0.3}
         );
         let view = snap.proxy("client-0.shop").unwrap();
         // ExternalName Services are routed by Host wherever their names
-        // resolve: the port's configuration for every other destination.
-        let rc = route_config(&view, "80");
-        let target = |service: &str| -> String {
-            match &route_action(&vhost(&rc, service).routes[0]).cluster_specifier {
-                Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
-                other => panic!("{other:?}"),
-            }
-        };
-        // Through the mesh (and its mTLS), not a DNS cluster to the VIP.
-        assert_eq!(
-            target("web-alias"),
-            "outbound|80||web.shop.svc.cluster.local"
-        );
-        assert_eq!(
-            target("outside"),
-            "outbound|80||outside.shop.svc.cluster.local"
-        );
+        // resolve: in the port's configuration for every other
+        // destination, and in each namespace's (web-alias resolves to
+        // web's VIP, whose chain is shop's).
+        for config in ["80", "80|shop"] {
+            let rc = route_config(&view, config);
+            let target = |service: &str| -> String {
+                match &route_action(&vhost(&rc, service).routes[0]).cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+                    other => panic!("{other:?}"),
+                }
+            };
+            // Through the mesh (and its mTLS), not a DNS cluster to the VIP.
+            assert_eq!(
+                target("web-alias"),
+                "outbound|80||web.shop.svc.cluster.local",
+                "{config}"
+            );
+            assert_eq!(
+                target("outside"),
+                "outbound|80||outside.shop.svc.cluster.local",
+                "{config}"
+            );
+        }
     }
 
     fn route_action(route: &Route) -> &RouteAction {
