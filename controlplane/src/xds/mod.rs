@@ -1134,6 +1134,15 @@ impl<W: Wire> StreamTask<W> {
                 message = requests.message(|bytes| W::decode(bytes, &mut self.reader)) => {
                     let Some(req) = message? else { return Ok(()) };
                     self.on_request(req)?;
+                    // Most requests only answer a response: with no new
+                    // snapshot and no new subscription there is nothing to
+                    // send, so the push is not worked out (at a mesh change
+                    // each proxy answers four or five responses); only the
+                    // status moves (acknowledged, or rejected).
+                    if !self.session.has_pending() && !self.snapshots.has_changed().unwrap_or(false) {
+                        self.publish_status(self.view.is_some());
+                        continue;
+                    }
                 }
                 changed = self.snapshots.changed(), if updates => {
                     updates = changed.is_ok();

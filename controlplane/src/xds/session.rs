@@ -137,6 +137,9 @@ pub struct Session {
     pub delta: bool,
     pub types: TypeStates,
     next_nonce: u64,
+    /// A request since the last [`Session::push`] changed what it would
+    /// send (see [`Session::has_pending`]).
+    pending: bool,
 }
 
 /// A session's state of each type, one slot per [`Kind`]. (A `BTreeMap`
@@ -190,6 +193,7 @@ impl Session {
             delta,
             types: TypeStates::default(),
             next_nonce: 0,
+            pending: false,
         }
     }
 
@@ -197,9 +201,22 @@ impl Session {
         &mut self.types[&kind]
     }
 
+    /// Whether a request since the last [`Session::push`] may have changed
+    /// what the proxy should be sent: a first request of its type, one
+    /// with no nonce, a changed subscription, or the acknowledgement of a
+    /// listener or route while clusters are kept for what it replaced.
+    /// Otherwise (a plain ACK or NACK, most of a stream's requests) a push
+    /// for the same view sends nothing, and need not be worked out.
+    pub fn has_pending(&self) -> bool {
+        self.pending
+    }
+
     /// Applies a request: ACK/NACK bookkeeping, then subscription changes.
     pub fn on_request(&mut self, req: Request) -> Outcome {
         let delta = self.delta;
+        if req.response_nonce.is_empty() || !self.types[&req.kind].requested {
+            self.pending = true;
+        }
         if !req.response_nonce.is_empty()
             && matches!(req.kind, Kind::Listener | Kind::Route)
             && self.types[&Kind::Cluster].retained > 0
@@ -207,8 +224,10 @@ impl Session {
             // Which clusters are kept depends on the listeners and routes
             // the proxy acknowledged.
             self.state(Kind::Cluster).synced = None;
+            self.pending = true;
         }
-        let state = self.state(req.kind);
+        let mut pending = false;
+        let state = &mut self.types[&req.kind];
         let mut outcome = Outcome::Other;
         if !req.response_nonce.is_empty() {
             match state.inflight.take() {
@@ -253,6 +272,7 @@ impl Session {
                 // ACK; only a different one invalidates what was synced.
                 if wildcard != state.wildcard || !names.same_as(&state.names) {
                     state.synced = None;
+                    pending = true;
                 }
                 state.wildcard = wildcard;
                 state.names = names;
@@ -271,6 +291,7 @@ impl Session {
                 if !(subscribe.is_empty() && unsubscribe.is_empty() && initial_versions.is_empty())
                 {
                     state.synced = None;
+                    pending = true;
                 }
                 let first = !state.wildcard && state.names.is_empty() && state.sent.is_empty();
                 if first && req.kind.is_wildcard() && subscribe.is_empty() {
@@ -301,11 +322,13 @@ impl Session {
                 }
             }
         }
+        self.pending |= pending;
         outcome
     }
 
     /// Everything that should be sent now to bring the proxy up to `view`.
     pub fn push(&mut self, view: &ProxyView) -> Vec<Push> {
+        self.pending = false;
         let mut pushes = Vec::new();
         for kind in Kind::PUSH_ORDER {
             if !self.types[&kind].requested {
@@ -652,6 +675,7 @@ mod tests {
                 Outcome::Ack
             );
         }
+        assert!(!session.has_pending(), "ACKs leave nothing to work out");
         assert!(
             session.push(view).is_empty(),
             "settled sessions send nothing"
@@ -674,6 +698,7 @@ mod tests {
                 message: "bad cluster".into()
             }
         );
+        assert!(!session.has_pending());
         assert!(session.push(&view).is_empty());
         assert_eq!(session.types[&Kind::Cluster].acked_version, "");
 
@@ -694,6 +719,7 @@ mod tests {
             session.on_request(request(Kind::Cluster, "999", &[])),
             Outcome::Other
         );
+        assert!(!session.has_pending());
         assert_eq!(session.types[&Kind::Cluster].acked_version, "");
     }
 
@@ -717,6 +743,7 @@ mod tests {
 
         // Once the proxy ACKs the new listener, the cluster is removed.
         session.on_request(request(Kind::Listener, &lds.nonce, &[]));
+        assert!(session.has_pending(), "the ACK releases a kept cluster");
         let pushes = session.push(&view);
         let cds = pushes
             .iter()
@@ -774,6 +801,66 @@ mod tests {
             1,
             "delta sends only the changed cluster"
         );
+    }
+
+    /// The stream skips the push after a request that leaves nothing
+    /// pending: that is only right if such a push would send nothing.
+    #[test]
+    fn only_requests_that_change_what_is_sent_leave_a_push_pending() {
+        let web = "outbound|80||web.shop.svc.cluster.local";
+        let api = "outbound|80||api.shop.svc.cluster.local";
+        let both =
+            snapshot(&(service("web", "198.19.0.1", false) + &service("api", "198.19.0.2", false)));
+        let view = both.proxy(CLIENT).unwrap();
+        let mut session = Session::new(true);
+        let change = |kind, nonce: &str, subscribe: &[&str], unsubscribe: &[&str]| Request {
+            kind,
+            response_nonce: nonce.to_string(),
+            error: None,
+            subscribe: Subscribe::Change {
+                subscribe: subscribe.iter().map(|n| n.to_string()).collect(),
+                unsubscribe: unsubscribe.iter().map(|n| n.to_string()).collect(),
+                initial_versions: HashMap::new(),
+            },
+        };
+        session.on_request(change(Kind::Cluster, "", &[], &[]));
+        assert!(session.has_pending(), "a first request");
+        let cds = session.push(&view).pop().unwrap();
+        assert!(!session.has_pending());
+        session.on_request(change(Kind::Endpoint, "", &[web], &[]));
+        assert!(session.has_pending(), "a first request");
+        let eds = session.push(&view).pop().unwrap();
+
+        // Plain ACKs: nothing pending, and indeed nothing to send.
+        assert_eq!(
+            session.on_request(change(Kind::Cluster, &cds.nonce, &[], &[])),
+            Outcome::Ack
+        );
+        assert_eq!(
+            session.on_request(change(Kind::Endpoint, &eds.nonce, &[], &[])),
+            Outcome::Ack
+        );
+        assert!(!session.has_pending());
+        assert!(session.push(&view).is_empty());
+
+        // A NACK: the rejected version is not sent again.
+        let mut nack = change(Kind::Endpoint, &eds.nonce, &[], &[]);
+        nack.error = Some("rejected".into());
+        session.on_request(nack);
+        assert!(!session.has_pending());
+        assert!(session.push(&view).is_empty());
+
+        // A new name, then one dropped: each is a push.
+        session.on_request(change(Kind::Endpoint, &eds.nonce, &[api], &[]));
+        assert!(session.has_pending());
+        let pushes = session.push(&view);
+        assert_eq!(names_changed(&pushes[0]), vec![api]);
+        session.on_request(change(Kind::Endpoint, &pushes[0].nonce, &[], &[web]));
+        assert!(session.has_pending());
+        session.push(&view);
+        // A request with no nonce asks again.
+        session.on_request(change(Kind::Cluster, "", &[], &[]));
+        assert!(session.has_pending());
     }
 
     #[test]
@@ -939,6 +1026,7 @@ mod tests {
         );
         // The same nonce again, with one more name.
         session.on_request(request(Kind::Endpoint, &push.nonce, &[web, api]));
+        assert!(session.has_pending());
         let pushes = session.push(&view);
         assert_eq!(pushes.len(), 1, "{pushes:?}");
         assert_eq!(names_changed(&pushes[0]), vec![api]);
