@@ -1011,7 +1011,7 @@ impl Ads {
         let stream_id = self.state.next_stream.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(StreamControl::default());
         lock(&self.state.streams).insert(stream_id, control.clone());
-        let task = StreamTask::<W> {
+        let task = Box::new(StreamTask::<W> {
             stream_id,
             control,
             node_id: String::new(),
@@ -1031,7 +1031,7 @@ impl Ads {
             reader: W::Reader::default(),
             tx,
             _wire: std::marker::PhantomData,
-        };
+        });
         let shutdown = self.shutdown.clone();
         tokio::spawn(
             async move {
@@ -1084,7 +1084,11 @@ struct StreamTask<W: Wire> {
 }
 
 impl<W: Wire> StreamTask<W> {
-    async fn run(mut self, mut requests: RequestReader, shutdown: CancellationToken) {
+    /// Takes the task boxed: its state (~2.7 KiB, the session and the
+    /// view) is then in the spawned task once. Moved by value into this
+    /// future, it had a slot in the spawned block and another in this
+    /// frame, and a stream's task was ~9 KiB.
+    async fn run(mut self: Box<Self>, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
         lock(&self.state.streams).remove(&self.stream_id);
         self.state.forget_nacks(self.stream_id);
