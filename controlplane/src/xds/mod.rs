@@ -1079,7 +1079,7 @@ struct StreamTask<W: Wire> {
     /// What reading the next request needs (State of the World: the names
     /// each type last asked for, hashed).
     reader: W::Reader,
-    tx: mpsc::Sender<Result<Outgoing, Box<Status>>>,
+    tx: mpsc::Sender<grpc::Message>,
     _wire: std::marker::PhantomData<W>,
 }
 
@@ -1387,7 +1387,7 @@ impl<W: Wire> StreamTask<W> {
             );
             if self
                 .tx
-                .send(Ok(W::response(push, snapshot.version)))
+                .send(Ok(Box::new(W::response(push, snapshot.version))))
                 .await
                 .is_err()
             {
