@@ -465,6 +465,13 @@ impl<V: Entry> Overlay<V> {
             .map(|(name, _)| name.as_str())
     }
 
+    /// How many entries are kept apart from the base (what the set costs
+    /// beyond a pointer).
+    #[cfg(test)]
+    pub fn differences(&self) -> usize {
+        self.diff.len()
+    }
+
     /// Which snapshot the base is of.
     pub fn base_snapshot(&self) -> Option<u64> {
         self.base.as_ref().map(|b| b.snapshot)

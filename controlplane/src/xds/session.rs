@@ -394,8 +394,9 @@ impl Session {
         let sent_changes = changed(state.sent.base_snapshot());
         state.sent.rebase(id, base, sent_changes);
         // Envoy subscribes to the load assignment of every cluster it was
-        // sent: the map's own names, usually.
-        if kind == Kind::Endpoint && !state.wildcard {
+        // sent, and to the route configuration every listener names: the
+        // map's own names, usually.
+        if matches!(kind, Kind::Endpoint | Kind::Route) && !state.wildcard {
             let name_changes = changed(state.names.base_snapshot());
             state.names.rebase(id, base, name_changes);
         }
@@ -861,6 +862,33 @@ mod tests {
         // A request with no nonce asks again.
         session.on_request(change(Kind::Cluster, "", &[], &[]));
         assert!(session.has_pending());
+    }
+
+    /// Route configurations are shared by the proxies of a namespace: a
+    /// session that holds its namespace's keeps no copy of their names.
+    #[test]
+    fn a_settled_session_keeps_no_route_names_of_its_own() {
+        let snap =
+            snapshot(&(service("web", "198.19.0.1", false) + &service("db", "198.19.0.3", true)));
+        let view = snap.proxy(CLIENT).unwrap();
+        let configs: Vec<String> = view.all(Kind::Route).map(|r| r.name.clone()).collect();
+        assert!(!configs.is_empty());
+        let subscription: Vec<&str> = configs.iter().map(String::as_str).collect();
+        let mut session = Session::new(false);
+        session.on_request(request(Kind::Route, "", &subscription));
+        let push = session.push(&view).pop().unwrap();
+        assert_eq!(names_changed(&push), subscription);
+        session.on_request(request(Kind::Route, &push.nonce, &subscription));
+        assert!(session.push(&view).is_empty());
+        let routes = &session.types[&Kind::Route];
+        assert_eq!(
+            (
+                routes.names.differences(),
+                routes.sent.differences(),
+                routes.acked.differences()
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[test]
