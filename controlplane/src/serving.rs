@@ -58,6 +58,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tower_service::Service;
 use tracing::Instrument;
 
+mod coalesce;
+use coalesce::{Sender, coalesce};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A TLS handshake is a few round trips: milliseconds in a cluster, well
@@ -832,13 +835,16 @@ async fn serve_connection<S, B>(
     let _permit = permit;
     // Small request/response exchanges: never wait for Nagle.
     let _ = tcp.set_nodelay(true);
+    // Written once per poll of the connection (HTTP/2, after the
+    // handshake): see `coalesce`.
+    let (tcp, sender) = coalesce(tcp);
     let Some(acceptor) = shared.tls.clone() else {
         let info = ConnInfo {
             peer,
             tls: None,
             tcp: Some(tcp.connect_info()),
         };
-        return serve_http(tcp, info, &shared, service, connection, &stop).await;
+        return serve_http(tcp, sender, info, &shared, service, connection, &stop).await;
     };
     let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
@@ -874,7 +880,7 @@ async fn serve_connection<S, B>(
         tls: Some(tls.connect_info()),
         tcp: None,
     };
-    serve_http(tls, info, &shared, service, connection, &stop).await;
+    serve_http(tls, sender, info, &shared, service, connection, &stop).await;
 }
 
 /// The connection's details, put into each request's extensions.
@@ -919,6 +925,7 @@ where
 
 async fn serve_http<I, S, B>(
     io: I,
+    sender: Sender<TcpStream>,
     info: ConnInfo,
     shared: &Shared,
     service: S,
@@ -953,7 +960,7 @@ async fn serve_http<I, S, B>(
                 // timeout between requests, slow heads included.
                 .header_read_timeout(limits.idle_timeout);
             let conn = Box::pin(builder.serve_connection(io, service));
-            drive(conn, &connection, shared, stop).await;
+            drive(conn, &sender, &connection, shared, stop).await;
         }
         Protocol::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -963,7 +970,10 @@ async fn serve_http<I, S, B>(
                 .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
                 .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
             let conn = Box::pin(builder.serve_connection(io, service));
-            drive(conn, &connection, shared, stop).await;
+            // h2 reads on every poll of its connection and writes a frame
+            // at a time: its writes go out together when the poll is over.
+            sender.start();
+            drive(conn, &sender, &connection, shared, stop).await;
         }
     }
 }
@@ -977,6 +987,7 @@ async fn serve_http<I, S, B>(
 /// of its own for it, and a connection's task was ~9 KiB.
 async fn drive<C: HttpConnection>(
     mut conn: Pin<Box<C>>,
+    sender: &Sender<TcpStream>,
     connection: &Connection,
     shared: &Shared,
     stop: &CancellationToken,
@@ -987,8 +998,14 @@ async fn drive<C: HttpConnection>(
     let mut watching = true;
     let mut stopping = false;
     loop {
+        // What the poll wrote is sent when it is over (see `coalesce`).
+        let polled = std::future::poll_fn(|cx| {
+            let polled = conn.as_mut().poll(cx);
+            let _ = sender.poll_send(cx);
+            polled
+        });
         tokio::select! {
-            ended = conn.as_mut() => {
+            ended = polled => {
                 if let Err(e) = ended {
                     tracing::debug!("connection ended: {e}");
                 }
