@@ -52,6 +52,7 @@ pub use outbound::SharedChanges;
 mod authz;
 mod clusters;
 mod gateway;
+mod hosts;
 mod inbound;
 mod outbound;
 mod resource;
@@ -62,6 +63,7 @@ mod tls;
 pub use authz::{ServiceAuthorization, WorkloadAuthorization};
 pub use clusters::inbound_cluster_name;
 use clusters::{inbound_cluster, passthrough_cluster, socket_address};
+use hosts::SharedHost;
 use resource::ads;
 pub use resource::{Collector, Tracing};
 pub use resource::{
@@ -389,6 +391,8 @@ pub struct Snapshot {
     /// service that does not allow everything only).
     inbound_policies: authz::Policies,
     routes: Mutex<HashMap<RouteKey, Arc<Resources>>>,
+    /// The virtual hosts of `routes`, shared by caller namespaces.
+    hosts: hosts::SharedHosts,
     options: TranslateOptions,
     /// Each service's outbound resources with what they were made from,
     /// for the next snapshot to reuse.
@@ -571,6 +575,7 @@ impl Snapshot {
             inbound_faults,
             inbound_policies,
             routes: Mutex::new(routes),
+            hosts: hosts::SharedHosts::default(),
             options,
             entries,
             changes,
@@ -1362,8 +1367,7 @@ fn outbound_routes(
     mode: Interception,
     visible: impl Fn(&ServiceKey) -> bool,
 ) -> Resources {
-    let mut by_config: BTreeMap<String, Vec<VirtualHost>> = BTreeMap::new();
-    let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_config: BTreeMap<String, Vec<Arc<SharedHost>>> = BTreeMap::new();
     // Configurations of Service ports with their own chain (a Gateway API
     // route attaches): one virtual host, no passthrough.
     let mut own: BTreeSet<String> = BTreeSet::new();
@@ -1371,9 +1375,9 @@ fn outbound_routes(
     // resolve (it names no cluster).
     let mut unvalidated: BTreeSet<String> = BTreeSet::new();
     // With capture: the port of each configuration routed by Host, and the
-    // ExternalName Services' virtual hosts (with their clusters) per port.
+    // ExternalName Services' virtual hosts per port.
     let mut host_routed: BTreeMap<String, u16> = BTreeMap::new();
-    let mut external: BTreeMap<u16, Vec<(VirtualHost, BTreeSet<String>)>> = BTreeMap::new();
+    let mut external: BTreeMap<u16, Vec<Arc<SharedHost>>> = BTreeMap::new();
     // Clients of a headless service connect to pod IPs, which the outbound
     // listener forwards as TCP: there is no VIP chain to route them from.
     for svc in snapshot
@@ -1383,7 +1387,6 @@ fn outbound_routes(
         .filter(|s| visible(&s.key) && !s.is_headless())
     {
         for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
-            let hosts = service_hosts(&svc.key, svc.vips(), namespace);
             let (config, bare) = match mode {
                 // With capture the chain already matched the port, so the
                 // Host header may or may not carry it.
@@ -1400,32 +1403,45 @@ fn outbound_routes(
                 // when it is 80.
                 Interception::None => (HTTP_PROXY_ROUTE.to_string(), port.port == 80),
             };
-            let mut domains = Vec::with_capacity(hosts.len() * 2);
-            for host in hosts {
-                domains.push(format!("{host}:{}", port.port));
-                if bare {
-                    domains.push(host);
-                }
-            }
             let mesh_routes = &snapshot.mesh.routes;
             // With capture, a port a route attaches to has its own chain
             // (its VIPs; an ExternalName has none and stays routed by Host):
             // the shared configuration does not claim its names, so a call
             // to another VIP with its Host goes where it was sent.
-            let (config, domains) = if mode == Interception::Redirect
+            let own_chain = mode == Interception::Redirect
                 && mesh_routes.attaches(&svc.key, port.port)
-                && svc.vips().next().is_some()
-            {
+                && svc.vips().next().is_some();
+            let config = if own_chain {
                 let name = gateway::route_config_name(&svc.key, port.port);
                 own.insert(name.clone());
-                (name, vec!["*".to_string()])
+                name
             } else {
-                (config, domains)
+                config
+            };
+            let domains = || {
+                if own_chain {
+                    return vec!["*".to_string()];
+                }
+                let hosts = service_hosts(&svc.key, svc.vips(), namespace);
+                let mut domains = Vec::with_capacity(hosts.len() * 2);
+                for host in hosts {
+                    domains.push(format!("{host}:{}", port.port));
+                    if bare {
+                        domains.push(host);
+                    }
+                }
+                domains
+            };
+            let vhost = |domains: Vec<String>, routes| VirtualHost {
+                name: format!("{}:{}", svc.key.fqdn(), port.port),
+                domains,
+                routes,
+                ..Default::default()
             };
             // A Gateway API route replaces the annotations' routes; a
             // caller it does not apply to (another namespace's consumer
             // route) keeps the annotations'.
-            let (routes, clusters) = match mesh_routes.for_caller(&svc.key, port.port, namespace) {
+            let host = match mesh_routes.for_caller(&svc.key, port.port, namespace) {
                 Some(entries) => {
                     let routes = gateway::service_routes(
                         &snapshot.mesh,
@@ -1436,44 +1452,48 @@ fn outbound_routes(
                     if routes.names_unresolved {
                         unvalidated.insert(config.clone());
                     }
-                    (routes.routes, routes.clusters.into_iter().collect())
+                    let clusters = routes.clusters.into_iter().collect();
+                    SharedHost::new(&vhost(domains(), routes.routes), clusters)
                 }
+                // The same for every caller namespace but the Service's
+                // own: built once per snapshot (see `hosts`).
                 None => {
-                    let routes = routing::service_routes(
-                        &snapshot.mesh,
-                        &snapshot.routing,
-                        &snapshot.clusters,
-                        svc,
+                    let key = (
+                        svc.key.clone(),
                         port.port,
+                        svc.key.namespace == namespace,
+                        mode,
                     );
-                    (routes.routes, routes.clusters)
+                    snapshot.hosts.get_or_build(key, || {
+                        let routes = routing::service_routes(
+                            &snapshot.mesh,
+                            &snapshot.routing,
+                            &snapshot.clusters,
+                            svc,
+                            port.port,
+                        );
+                        let mut clusters: Vec<String> = routes.clusters;
+                        clusters.sort();
+                        clusters.dedup();
+                        SharedHost::new(&vhost(domains(), routes.routes), clusters)
+                    })
                 }
-            };
-            let vhost = VirtualHost {
-                name: format!("{}:{}", svc.key.fqdn(), port.port),
-                domains,
-                routes,
-                ..Default::default()
             };
             if mode == Interception::Redirect && !own.contains(&config) {
                 if svc.external_name.is_some() {
-                    external
-                        .entry(port.port)
-                        .or_default()
-                        .push((vhost, clusters.into_iter().collect()));
+                    external.entry(port.port).or_default().push(host);
                     continue;
                 }
                 host_routed.insert(config.clone(), port.port);
             }
-            by_config.entry(config.clone()).or_default().push(vhost);
-            refs.entry(config).or_default().extend(clusters);
+            by_config.entry(config).or_default().push(host);
         }
     }
     // An ExternalName's name may resolve to a mesh Service's VIP (an alias
     // of `web.shop.svc.cluster.local`), whose chain is its namespace's: so
     // its virtual host is in every configuration of its port routed by
     // Host, as well as in the port's configuration for other destinations.
-    for (port, vhosts) in external {
+    for (port, hosts) in external {
         let mut configs: Vec<String> = host_routed
             .iter()
             .filter(|(_, p)| **p == port)
@@ -1487,30 +1507,29 @@ fn outbound_routes(
             if unresolved {
                 unvalidated.insert(config.clone());
             }
-            for (vhost, clusters) in &vhosts {
-                by_config
-                    .entry(config.clone())
-                    .or_default()
-                    .push(vhost.clone());
-                refs.entry(config.clone())
-                    .or_default()
-                    .extend(clusters.iter().cloned());
-            }
+            by_config
+                .entry(config)
+                .or_default()
+                .extend(hosts.iter().cloned());
         }
     }
     if mode == Interception::Redirect {
-        for (_, vhosts) in by_config
-            .iter_mut()
-            .filter(|(name, _)| !own.contains(*name))
-        {
-            // A Host no service claims goes where the app sent it, as it
-            // would without the mesh.
-            vhosts.push(VirtualHost {
+        // A Host no service claims goes where the app sent it, as it
+        // would without the mesh.
+        let allow_any = SharedHost::new(
+            &VirtualHost {
                 name: "allow_any".into(),
                 domains: vec!["*".into()],
                 routes: vec![route_to(PASSTHROUGH_CLUSTER)],
                 ..Default::default()
-            });
+            },
+            vec![],
+        );
+        for (_, hosts) in by_config
+            .iter_mut()
+            .filter(|(name, _)| !own.contains(*name))
+        {
+            hosts.push(allow_any.clone());
         }
     }
     if mode == Interception::None {
@@ -1518,24 +1537,24 @@ fn outbound_routes(
     }
     by_config
         .into_iter()
-        .map(|(name, virtual_hosts)| {
-            let mut cluster_refs = refs.remove(&name).unwrap_or_default();
+        .map(|(name, hosts)| {
+            let mut cluster_refs: BTreeSet<&str> = hosts
+                .iter()
+                .flat_map(|h| h.clusters.iter().map(String::as_str))
+                .collect();
             if mode == Interception::Redirect && !own.contains(&name) {
-                cluster_refs.insert(PASSTHROUGH_CLUSTER.into());
+                cluster_refs.insert(PASSTHROUGH_CLUSTER);
             }
-            let cluster_refs: Vec<String> = cluster_refs.into_iter().collect();
-            let config = RouteConfiguration {
-                name: name.clone(),
-                virtual_hosts,
-                // Envoy never checks RDS configurations against its
-                // clusters; a static copy (tests) would be, and a backend
-                // that did not resolve names none on purpose.
-                validate_clusters: unvalidated
-                    .contains(&name)
-                    .then_some(BoolValue { value: false }),
-                ..Default::default()
-            };
-            (name.clone(), Resource::new(name, &config, cluster_refs))
+            let cluster_refs = cluster_refs.into_iter().map(str::to_string).collect();
+            // Envoy never checks RDS configurations against its
+            // clusters; a static copy (tests) would be, and a backend
+            // that did not resolve names none on purpose.
+            let validate_clusters = unvalidated
+                .contains(&name)
+                .then_some(BoolValue { value: false });
+            let config =
+                hosts::route_configuration(name.clone(), &hosts, validate_clusters, cluster_refs);
+            (name, config)
         })
         .collect()
 }
@@ -1666,6 +1685,37 @@ status: {podIP: 198.18.0.2}
         assert!(rc.virtual_hosts[0].domains.contains(&"web".to_string()));
         // TCP ports get no route configuration.
         assert!(same.get(Kind::Route, "5432").is_none());
+    }
+
+    /// Callers outside a Service's namespace share its virtual host, built
+    /// once per snapshot; its own namespace gets the one with its short
+    /// name. The configurations joined from them are what a caller gets.
+    #[test]
+    fn callers_of_other_namespaces_share_the_virtual_hosts() {
+        let mut registry = String::new();
+        for (i, ns) in ["shop", "pay", "ads"].into_iter().enumerate() {
+            registry.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {ns}}}\nspec: {{clusterIP: 198.19.0.{}, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client-0, namespace: {ns}}}\nstatus: {{podIP: 198.18.0.{}}}\n",
+                i + 1,
+                i + 1,
+            ));
+        }
+        let snap = mtls_snapshot(&registry);
+        let shop = snap.proxy("client-0.shop").unwrap();
+        let pay = snap.proxy("client-0.pay").unwrap();
+        let ads = snap.proxy("client-0.ads").unwrap();
+        // Three Services, each built for its own namespace and for others.
+        assert_eq!(lock(&snap.hosts.0).len(), 6);
+        let of = |view: &ProxyView, name: &str| view.get(Kind::Route, name).unwrap().clone();
+        assert_eq!(of(&shop, "80|ads").body, of(&pay, "80|ads").body);
+        assert_ne!(of(&shop, "80|ads").body, of(&ads, "80|ads").body);
+        let own: RouteConfiguration = decode(&of(&ads, "80|ads")).unwrap();
+        assert!(own.virtual_hosts[0].domains.contains(&"web".to_string()));
+        let other: RouteConfiguration = decode(&of(&shop, "80|ads")).unwrap();
+        assert!(!other.virtual_hosts[0].domains.contains(&"web".to_string()));
+        assert_eq!(other.virtual_hosts.last().unwrap().name, "allow_any");
+        // Joined bytes decode and encode again to the very same bytes.
+        assert_eq!(other.encode_to_vec(), of(&shop, "80|ads").body.value);
     }
 
     #[test]

@@ -116,6 +116,24 @@ impl Resource {
         cluster_refs: Vec<String>,
     ) -> Arc<Self> {
         let body = to_any(message);
+        Self::from_any(name, body, cluster_refs)
+    }
+
+    /// A resource of type `M` from its encoded bytes (put together from
+    /// parts encoded once, see `hosts`).
+    pub(crate) fn encoded<M: prost::Name>(
+        name: String,
+        value: Vec<u8>,
+        cluster_refs: Vec<String>,
+    ) -> Arc<Self> {
+        let body = Any {
+            type_url: M::type_url(),
+            value,
+        };
+        Self::from_any(name, body, cluster_refs)
+    }
+
+    fn from_any(name: String, body: Any, cluster_refs: Vec<String>) -> Arc<Self> {
         let mut hasher = std::hash::DefaultHasher::new();
         hasher.write(&body.value);
         Arc::new(Resource {
