@@ -126,6 +126,9 @@ pub struct Overlay<V> {
     /// The XOR of every entry's [`Entry::digest`], kept as entries change;
     /// `None` for a set made from a base whose digest was never needed.
     digest: Option<u64>,
+    /// How many entries the set holds, kept as entries change (every
+    /// request updates the proxy's status, which shows it).
+    len: usize,
 }
 
 impl<V> Default for Overlay<V> {
@@ -134,6 +137,7 @@ impl<V> Default for Overlay<V> {
             base: None,
             diff: BTreeMap::new(),
             digest: Some(0),
+            len: 0,
         }
     }
 }
@@ -148,6 +152,7 @@ impl<V: Entry> Overlay<V> {
             }),
             diff: BTreeMap::new(),
             digest: None,
+            len: map.len(),
         }
     }
 
@@ -205,6 +210,9 @@ impl<V: Entry> Overlay<V> {
     pub fn insert(&mut self, name: &str, entry: V) -> Option<V> {
         let old = self.get(name);
         self.account(name, old.as_ref(), Some(&entry));
+        if old.is_none() {
+            self.len += 1;
+        }
         match self.base_get(name) {
             Some(base) if entry.matches(base) => {
                 self.diff.remove(name);
@@ -220,6 +228,7 @@ impl<V: Entry> Overlay<V> {
     pub fn remove(&mut self, name: &str) -> Option<V> {
         let old = Some(self.get(name)?);
         self.account(name, old.as_ref(), None);
+        self.len -= 1;
         if self.base_get(name).is_some() {
             self.diff.insert(name.to_string(), None);
         } else {
@@ -241,15 +250,9 @@ impl<V: Entry> Overlay<V> {
     }
 
     pub fn len(&self) -> usize {
-        let mut len = self.base.as_ref().map_or(0, |b| b.map.len());
-        for (name, entry) in &self.diff {
-            match (self.base_get(name).is_some(), entry.is_some()) {
-                (true, false) => len -= 1,
-                (false, true) => len += 1,
-                _ => {}
-            }
-        }
-        len
+        // Every test run checks the count against the entries.
+        debug_assert_eq!(self.len, self.iter().count(), "the kept count drifted");
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -487,18 +490,20 @@ impl Overlay<()> {
             for name in names {
                 set.diff.insert(name, Some(()));
             }
+            set.len = set.diff.len();
             return set;
-        };
-        let mut set = Overlay {
-            base: Some(base.clone()),
-            diff: BTreeMap::new(),
-            digest: Some(0),
         };
         // Both in name order: one walk finds the names outside the base and
         // the base's names left out.
         let mut names: Vec<String> = names.into_iter().collect();
         names.sort_unstable();
         names.dedup();
+        let mut set = Overlay {
+            base: Some(base.clone()),
+            diff: BTreeMap::new(),
+            digest: Some(0),
+            len: names.len(),
+        };
         let mut diff = Vec::new();
         let mut asked = names.into_iter().peekable();
         let mut known = base.map.keys().peekable();
@@ -600,10 +605,14 @@ mod tests {
         )
     }
 
+    /// The entries, checking on the way that the kept count is theirs.
     fn plain(set: &Overlay<Sent>) -> Vec<(String, String)> {
-        set.iter()
+        let entries: Vec<(String, String)> = set
+            .iter()
             .map(|(n, e)| (n.to_string(), e.version().to_string()))
-            .collect()
+            .collect();
+        assert_eq!(set.len(), entries.len(), "the kept count drifted");
+        entries
     }
 
     fn full_digest(set: &Overlay<Sent>) -> u64 {
