@@ -407,47 +407,37 @@ impl<V: Entry> Overlay<V> {
                 self.diff = diff.into_iter().collect();
                 self.base = Some(base);
             }
-            (Some(_), Some(changed)) => {
-                // Names outside `changed` have the same entry in both bases,
-                // so their differences stay right as they are.
-                let fixes: Vec<(&str, Option<V>)> =
-                    changed.into_iter().map(|n| (n, self.get(n))).collect();
-                self.base = Some(base);
-                let digest = self.digest;
-                for (name, entry) in fixes {
-                    self.diff.remove(name);
-                    match (entry, self.base_get(name).is_some()) {
-                        (Some(entry), _) => {
-                            self.put(name, entry);
-                        }
-                        (None, true) => {
-                            self.diff.insert(name.to_string(), None);
-                        }
-                        (None, false) => {}
-                    }
-                }
-                self.digest = digest;
-            }
-            _ => {
-                let digest = self.digest;
-                let mut entries: BTreeMap<String, V> =
-                    self.iter().map(|(n, e)| (n.to_string(), e)).collect();
-                self.base = Some(base);
-                self.diff.clear();
-                for name in map.keys() {
-                    match entries.remove(name) {
-                        Some(entry) => self.put(name, entry),
-                        None => {
-                            self.diff.insert(name.clone(), None);
-                        }
-                    }
-                }
-                for (name, entry) in entries {
-                    self.diff.insert(name, Some(entry));
-                }
-                self.digest = digest;
+            (Some(_), Some(changed)) => self.rebase_changed(base, changed),
+            (Some(old), None) => {
+                // The names whose entries differ between the two bases, by
+                // one walk along both (no copy of the set).
+                let old = old.map.clone();
+                self.rebase_changed(base, changed_names(&old, map));
             }
         }
+    }
+
+    /// Moves the set onto `base`, where only the `changed` names may have
+    /// other entries than in the current base.
+    fn rebase_changed<'n>(&mut self, base: Base, changed: impl IntoIterator<Item = &'n str>) {
+        // Names outside `changed` have the same entry in both bases, so
+        // their differences stay right as they are.
+        let fixes: Vec<(&str, Option<V>)> = changed.into_iter().map(|n| (n, self.get(n))).collect();
+        self.base = Some(base);
+        let digest = self.digest;
+        for (name, entry) in fixes {
+            self.diff.remove(name);
+            match (entry, self.base_get(name).is_some()) {
+                (Some(entry), _) => {
+                    self.put(name, entry);
+                }
+                (None, true) => {
+                    self.diff.insert(name.to_string(), None);
+                }
+                (None, false) => {}
+            }
+        }
+        self.digest = digest;
     }
 
     /// Sets an entry's representation, without touching the digest.
@@ -479,6 +469,34 @@ impl<V: Entry> Overlay<V> {
     pub fn base_snapshot(&self) -> Option<u64> {
         self.base.as_ref().map(|b| b.snapshot)
     }
+}
+
+/// The names present in one map only, or with other versions, in name
+/// order.
+fn changed_names<'a>(before: &'a Resources, after: &'a Resources) -> Vec<&'a str> {
+    let mut changed = Vec::new();
+    let mut before = before.iter().peekable();
+    let mut after = after.iter().peekable();
+    loop {
+        let order = match (before.peek(), after.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((b, _)), Some((a, _))) => b.cmp(a),
+        };
+        match order {
+            std::cmp::Ordering::Less => changed.extend(before.next().map(|(n, _)| n.as_str())),
+            std::cmp::Ordering::Greater => changed.extend(after.next().map(|(n, _)| n.as_str())),
+            std::cmp::Ordering::Equal => {
+                if let (Some((name, b)), Some((_, a))) = (before.next(), after.next())
+                    && !(Arc::ptr_eq(b, a) || b.version == a.version)
+                {
+                    changed.push(name.as_str());
+                }
+            }
+        }
+    }
+    changed
 }
 
 impl Overlay<()> {
@@ -644,6 +662,7 @@ mod tests {
         });
         let mut by_changes = sent.clone();
         by_changes.rebase(2, &v2, Some(["b", "c", "d"]));
+        assert_eq!(changed_names(&v1, &v2), ["b", "c", "d"]);
         let mut by_walk = sent.clone();
         by_walk.rebase(2, &v2, None::<Vec<&str>>);
         for set in [&by_changes, &by_walk] {
