@@ -19,7 +19,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BufMut;
 use meshd_proto::BoolValue;
@@ -57,22 +57,27 @@ pub(super) struct SharedHosts(pub(super) Mutex<HashMap<HostKey, Arc<SharedHost>>
 impl std::fmt::Debug for SharedHosts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedHosts")
-            .field("built", &super::lock(&self.0).len())
+            .field("built", &self.built().len())
             .finish()
     }
 }
 
 impl SharedHosts {
+    fn built(&self) -> MutexGuard<'_, HashMap<HostKey, Arc<SharedHost>>> {
+        // A panic while building leaves the map as it was.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn get_or_build(
         &self,
         key: HostKey,
         build: impl FnOnce() -> Arc<SharedHost>,
     ) -> Arc<SharedHost> {
-        if let Some(host) = super::lock(&self.0).get(&key) {
+        if let Some(host) = self.built().get(&key) {
             return host.clone();
         }
         let host = build();
-        super::lock(&self.0).insert(key, host.clone());
+        self.built().insert(key, host.clone());
         host
     }
 }
