@@ -970,8 +970,9 @@ async fn serve_http<I, S, B>(
                 .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
                 .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
             let conn = Box::pin(builder.serve_connection(io, service));
-            // h2 reads on every poll of its connection and writes a frame
-            // at a time: its writes go out together when the poll is over.
+            // h2 writes and flushes a frame at a time: from here on what
+            // it writes during a poll goes out together when the poll is
+            // over (`drive`).
             sender.start();
             drive(conn, &sender, &connection, shared, stop).await;
         }

@@ -12,7 +12,7 @@
 //! (`serving::drive`): whatever h2 wrote in that poll leaves in one write.
 //!
 //! ```text
-//! drive: poll hyper's connection ──> h2 ──> TLS ──> Coalesce (buffer; a flush is a no-op)
+//! drive: poll hyper's connection ──> h2 ──> TLS ──> Coalesce (buffered; a flush waits only on a full socket)
 //!        then Sender::poll_send ─────────────────────> socket (one write)
 //! ```
 //!
@@ -23,9 +23,9 @@
 //! and, until that is sent, every write waits for it first, so it holds no
 //! more than the leftover, as rustls would hold an unsent record.
 //!
-//! Until [`Sender::start`] (the TLS handshake; HTTP/1 connections, whose
-//! poll is not driven this way throughout) every call goes straight to
-//! the socket.
+//! Until [`Sender::start`] every call goes straight to the socket: during
+//! the TLS handshake, which `drive` does not poll, and on HTTP/1
+//! connections, whose writes hyper already gathers into one buffer.
 
 use std::cell::Cell;
 use std::io;
