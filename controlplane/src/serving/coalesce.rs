@@ -36,11 +36,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-/// The most bytes held back from the socket: room for what a service
-/// addition pushes at once (a cluster, the 55 KiB outbound listener and a
-/// 12 KiB route configuration: 68 KiB in TLS records at 1,000 services),
-/// which at 64 KiB took two writes.
-pub(super) const MAX_BUFFERED: usize = 128 * 1024;
+/// The most bytes held back from the socket: a 55 KiB listener, as h2's
+/// 16 KiB frames in TLS records, with room to spare.
+pub(super) const MAX_BUFFERED: usize = 64 * 1024;
 
 /// The socket, as the connection (hyper, through TLS) writes and reads it.
 pub(super) struct Coalesce<I> {
@@ -381,7 +379,7 @@ mod tests {
     fn a_full_buffer_is_sent_before_more_is_taken() {
         let (mut io, sender) = coalesce(Socket::default());
         sender.start();
-        let frame = vec![7u8; MAX_BUFFERED * 3 / 10];
+        let frame = vec![7u8; 20_000];
         for _ in 0..4 {
             assert!(write_frame(&mut io, &frame).is_ready());
         }
