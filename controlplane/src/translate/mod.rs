@@ -1472,10 +1472,7 @@ fn outbound_routes(
                             svc,
                             port.port,
                         );
-                        let mut clusters: Vec<String> = routes.clusters;
-                        clusters.sort();
-                        clusters.dedup();
-                        SharedHost::new(&vhost(domains(), routes.routes), clusters)
+                        SharedHost::new(&vhost(domains(), routes.routes), routes.clusters)
                     })
                 }
             };

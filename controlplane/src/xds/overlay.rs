@@ -21,6 +21,9 @@ use std::hash::Hasher;
 use std::iter::Peekable;
 use std::sync::Arc;
 
+use itertools::EitherOrBoth::{Both, Left, Right};
+use itertools::Itertools;
+
 use crate::translate::{Resource, Resources};
 
 /// What an overlay keeps per name.
@@ -376,35 +379,19 @@ impl<V: Entry> Overlay<V> {
                 // keeps the names that differ and marks the base's names
                 // this set lacks.
                 let explicit = std::mem::take(&mut self.diff);
-                let mut diff = Vec::new();
-                let mut held = explicit.into_iter().peekable();
-                let mut names = map.iter().peekable();
-                loop {
-                    let order = match (held.peek(), names.peek()) {
-                        (None, None) => break,
-                        (Some(_), None) => std::cmp::Ordering::Less,
-                        (None, Some(_)) => std::cmp::Ordering::Greater,
-                        (Some((h, _)), Some((n, _))) => h.as_str().cmp(n.as_str()),
-                    };
-                    match order {
-                        std::cmp::Ordering::Less => diff.extend(held.next()),
-                        std::cmp::Ordering::Greater => {
-                            if let Some((name, _)) = names.next() {
-                                diff.push((name.clone(), None));
-                            }
+                self.diff = explicit
+                    .into_iter()
+                    .merge_join_by(map.iter(), |(held, _), (name, _)| {
+                        held.as_str().cmp(name.as_str())
+                    })
+                    .filter_map(|both| match both {
+                        Left(held) => Some(held),
+                        Right((name, _)) => Some((name.clone(), None)),
+                        Both((name, entry), (_, r)) => {
+                            (!entry.as_ref().is_some_and(|e| e.matches(r))).then_some((name, entry))
                         }
-                        std::cmp::Ordering::Equal => {
-                            let (Some((name, entry)), Some((_, r))) = (held.next(), names.next())
-                            else {
-                                break;
-                            };
-                            if !entry.as_ref().is_some_and(|e| e.matches(r)) {
-                                diff.push((name, entry));
-                            }
-                        }
-                    }
-                }
-                self.diff = diff.into_iter().collect();
+                    })
+                    .collect();
                 self.base = Some(base);
             }
             (Some(_), Some(changed)) => self.rebase_changed(base, changed),
@@ -474,29 +461,16 @@ impl<V: Entry> Overlay<V> {
 /// The names present in one map only, or with other versions, in name
 /// order.
 fn changed_names<'a>(before: &'a Resources, after: &'a Resources) -> Vec<&'a str> {
-    let mut changed = Vec::new();
-    let mut before = before.iter().peekable();
-    let mut after = after.iter().peekable();
-    loop {
-        let order = match (before.peek(), after.peek()) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((b, _)), Some((a, _))) => b.cmp(a),
-        };
-        match order {
-            std::cmp::Ordering::Less => changed.extend(before.next().map(|(n, _)| n.as_str())),
-            std::cmp::Ordering::Greater => changed.extend(after.next().map(|(n, _)| n.as_str())),
-            std::cmp::Ordering::Equal => {
-                if let (Some((name, b)), Some((_, a))) = (before.next(), after.next())
-                    && !(Arc::ptr_eq(b, a) || b.version == a.version)
-                {
-                    changed.push(name.as_str());
-                }
+    before
+        .iter()
+        .merge_join_by(after.iter(), |(b, _), (a, _)| b.cmp(a))
+        .filter_map(|both| match both {
+            Left((name, _)) | Right((name, _)) => Some(name.as_str()),
+            Both((name, b), (_, a)) => {
+                (!(Arc::ptr_eq(b, a) || b.version == a.version)).then_some(name.as_str())
             }
-        }
-    }
-    changed
+        })
+        .collect()
 }
 
 impl Overlay<()> {
@@ -522,26 +496,17 @@ impl Overlay<()> {
             digest: Some(0),
             len: names.len(),
         };
-        let mut diff = Vec::new();
-        let mut asked = names.into_iter().peekable();
-        let mut known = base.map.keys().peekable();
-        loop {
-            let order = match (asked.peek(), known.peek()) {
-                (None, None) => break,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(a), Some(k)) => a.as_str().cmp(k.as_str()),
-            };
-            match order {
-                std::cmp::Ordering::Less => diff.extend(asked.next().map(|a| (a, Some(())))),
-                std::cmp::Ordering::Greater => diff.extend(known.next().map(|k| (k.clone(), None))),
-                std::cmp::Ordering::Equal => {
-                    asked.next();
-                    known.next();
-                }
-            }
-        }
-        set.diff = diff.into_iter().collect();
+        set.diff = names
+            .into_iter()
+            .merge_join_by(base.map.keys(), |asked, known| {
+                asked.as_str().cmp(known.as_str())
+            })
+            .filter_map(|both| match both {
+                Left(asked) => Some((asked, Some(()))),
+                Right(known) => Some((known.clone(), None)),
+                Both(..) => None,
+            })
+            .collect();
         set
     }
 }
