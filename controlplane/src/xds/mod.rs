@@ -1318,7 +1318,7 @@ impl<W: Wire> StreamTask<W> {
             match identity.issue(&expected) {
                 Ok(cert) => {
                     self.state.metrics.certificates_issued.inc();
-                    tracing::info!(node = %self.node_display, serial = %cert.issued.serial_hex, not_after = %cert.issued.not_after, "issued a workload certificate");
+                    tracing::info!(node = %self.node_display, serial = %cert.serial_hex, not_after = %cert.not_after, "issued a workload certificate");
                     self.cert = Some(cert);
                 }
                 Err(e) => {
@@ -1431,7 +1431,7 @@ impl<W: Wire> StreamTask<W> {
         }
         status.known_workload = known_workload;
         status.ca_generation_acked = self.sds_acked;
-        let serial = self.cert.as_ref().map(|c| &c.issued.serial_hex);
+        let serial = self.cert.as_ref().map(|c| &c.serial_hex);
         if status.certificate.as_ref().map(|c| &c.serial) != serial {
             status.certificate = self.certificate_status();
         }
@@ -1452,10 +1452,9 @@ impl<W: Wire> StreamTask<W> {
     fn certificate_status(&self) -> Option<CertificateStatus> {
         self.cert.as_ref().map(|c| CertificateStatus {
             spiffe_id: c.id.to_string(),
-            serial: c.issued.serial_hex.clone(),
-            not_after_unix_seconds: c.issued.not_after.unix_timestamp(),
+            serial: c.serial_hex.clone(),
+            not_after_unix_seconds: c.not_after.unix_timestamp(),
             not_after: c
-                .issued
                 .not_after
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
