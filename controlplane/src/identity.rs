@@ -212,21 +212,29 @@ impl Identity {
     /// Issues `id` a certificate and key, packed as the `default` secret.
     pub fn issue(&self, id: &SpiffeId) -> meshd_ca::Result<WorkloadCert> {
         let generation = self.generation();
-        let (mut issued, key) = self.ca.issue_with_key(id, self.config.workload_ttl)?;
+        let (issued, key) = self.ca.issue_with_key(id, self.config.workload_ttl)?;
+        let rotate_at = self.rotation_instant(&issued);
+        // The chain moves into the secret; the stream keeps only what it
+        // shows of the rest.
+        let IssuedCert {
+            chain_pem,
+            serial_hex,
+            not_after,
+            ..
+        } = issued;
         let secret = Secret {
             name: DEFAULT_SECRET.into(),
             r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: Some(inline(std::mem::take(&mut issued.chain_pem).into_bytes())),
+                certificate_chain: Some(inline(chain_pem.into_bytes())),
                 private_key: Some(inline(key.expose_pem().as_bytes().to_vec())),
                 ..Default::default()
             })),
         };
-        let rotate_at = self.rotation_instant(&issued);
         Ok(WorkloadCert {
             id: id.clone(),
             secret: Resource::new(DEFAULT_SECRET.into(), &secret, vec![]),
-            serial_hex: issued.serial_hex,
-            not_after: issued.not_after,
+            serial_hex,
+            not_after,
             rotate_at,
             generation,
         })
