@@ -90,6 +90,22 @@ pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 specification's recommended minimum, and bounds the sessions one
 /// connection can cost.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// What a client may send on one stream before meshd has read it (the
+/// stream's HTTP/2 flow-control window; hyper's default is 1 MiB). Small
+/// for two reasons: no client can have meshd hold more than this of its
+/// unread requests per stream; and no request frame outgrows a
+/// connection's frame reader, which h2 starts at 8 KiB and doubles for
+/// the connection's life on the first frame that does not fit (the frame's
+/// 9-byte header counts): ~8 KiB less per proxy, measured (BENCHMARKS.md).
+/// A proxy's requests are small but for subscriptions naming every
+/// cluster (~40 KB at 1,000 services), which now come in a few round
+/// trips; a State-of-the-World proxy sends one after every cluster
+/// change, so a new service costs meshd more CPU with such proxies.
+pub const H2_STREAM_WINDOW: u32 = 8 * 1024 - 9;
+/// The window of a whole connection: HTTP/2's initial 64 KiB (hyper's
+/// default is 1 MiB). It bounds the unread request data of all the
+/// streams of one connection together.
+pub const H2_CONNECTION_WINDOW: u32 = 65_535;
 
 /// One connection per proxy: 10,000 proxies on a replica with room for as
 /// many again, for when another replica drains and its proxies move here.
@@ -968,7 +984,9 @@ async fn serve_http<I, S, B>(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
             let conn = Box::pin(builder.serve_connection(io, service));
             // h2 writes and flushes a frame at a time: from here on what
             // it writes during a poll goes out together when the poll is

@@ -428,6 +428,119 @@ async fn sotw_serves_clusters_endpoints_and_listeners() {
     h.stop().await;
 }
 
+/// A client may send meshd no more than one stream window (8 KiB) that
+/// meshd has not read: asking a raw HTTP/2 client for room to send 1 MiB on an ADS stream
+/// gets it the window, not the megabyte hyper's defaults would grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_may_send_only_a_small_window_ahead_of_what_meshd_has_read() {
+    use meshd_controlplane::serving::H2_STREAM_WINDOW;
+
+    let h = Harness::start(&base()).await;
+    let tcp = TcpStream::connect(h.cp.xds_addr)
+        .await
+        .expect("connect to the xDS server");
+    let (client, connection) = h2::client::handshake(tcp)
+        .await
+        .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("the connection takes a stream");
+    let request = http::Request::post(format!(
+        "http://{}/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+        h.cp.xds_addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("a request head");
+    let (response, mut stream) = client
+        .send_request(request, false)
+        .expect("the stream opens");
+
+    // A first message, answered: meshd's settings are in force by then
+    // (they are the first frame it sends).
+    let first = DeltaDiscoveryRequest {
+        node: node(CLIENT),
+        ..subscribe(type_url::CLUSTER, &[])
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(first.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&first);
+    stream
+        .send_data(framed.into(), false)
+        .expect("the first message is sent");
+    let mut body = timeout(RESPONSE_TIMEOUT, response)
+        .await
+        .expect("the response starts in time")
+        .expect("a response")
+        .into_body();
+    let cds = timeout(RESPONSE_TIMEOUT, body.data())
+        .await
+        .expect("the clusters come in time");
+    assert!(matches!(cds, Some(Ok(_))), "the clusters: {cds:?}");
+
+    stream.reserve_capacity(1 << 20);
+    let granted = timeout(
+        RESPONSE_TIMEOUT,
+        std::future::poll_fn(|cx| stream.poll_capacity(cx)),
+    )
+    .await
+    .expect("capacity in time")
+    .expect("the stream is open")
+    .expect("capacity");
+    assert!(
+        granted > 0 && granted <= H2_STREAM_WINDOW as usize,
+        "granted {granted} bytes; the stream window is {H2_STREAM_WINDOW}"
+    );
+    h.stop().await;
+}
+
+/// A request larger than both HTTP/2 flow-control windows meshd grants (a
+/// stream's 8 KiB, a connection's 64 KiB) comes in as meshd reads it and
+/// is answered whole: a State-of-the-World EDS request naming every cluster
+/// of a large mesh (~130 KB for 3,000 clusters), as Envoy sends one after
+/// every cluster update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_flow_control_windows_is_read_and_answered() {
+    let mut documents = base();
+    documents.extend(api());
+    let h = Harness::start(&documents).await;
+    let mut ads = h.sotw().await;
+
+    ads.send(first_request(CLIENT, type_url::CLUSTER)).await;
+    let cds = ads.recv().await;
+    ads.send(ack(&cds, &[])).await;
+
+    // Clusters of other services, gone from the registry by now.
+    let gone: Vec<String> = (0..3_000)
+        .map(|i| format!("outbound|80||service-{i:04}.shop.svc.cluster.local"))
+        .collect();
+    let mut names = vec![WEB_CLUSTER, API_CLUSTER];
+    names.extend(gone.iter().map(String::as_str));
+    let eds_request = request(type_url::ENDPOINT, &names);
+    assert!(
+        eds_request.encoded_len() > 2 * 65_535,
+        "larger than the windows"
+    );
+    ads.send(eds_request).await;
+    let eds = ads.recv().await;
+    assert_eq!(eds.type_url, type_url::ENDPOINT);
+    assert_eq!(
+        sotw_names::<ClusterLoadAssignment>(&eds, |c| &c.cluster_name),
+        set(&[API_CLUSTER, WEB_CLUSTER])
+    );
+    ads.send(ack(&eds, &names)).await;
+
+    // The stream still carries requests: the listeners come.
+    ads.send(request(type_url::LISTENER, &[])).await;
+    let lds = ads.recv().await;
+    assert_eq!(
+        sotw_names::<Listener>(&lds, |l| &l.name),
+        set(&["inbound", "outbound"])
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_nack_is_recorded_and_not_resent() {
     let h = Harness::start(&base()).await;
