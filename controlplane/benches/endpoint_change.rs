@@ -63,7 +63,7 @@ impl Publisher {
     /// Applies one EndpointSlice change and publishes the next snapshot.
     fn change(&mut self, ready: usize) {
         self.index
-            .apply(Object::EndpointSlice(slice(CHANGED, ready)));
+            .apply(Object::EndpointSlice(Arc::new(slice(CHANGED, ready))));
         let mesh = Arc::new(self.index.mesh());
         self.version += 1;
         self.snapshot = Arc::new(Snapshot::next(

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use meshd_controlplane::discovery::index::Index;
 use meshd_controlplane::discovery::objects::{Object, Slice};
@@ -112,28 +113,28 @@ pub fn index() -> Index {
 pub fn index_with(namespace_annotations: &[(&str, &str)]) -> Index {
     let mut index = Index::default();
     for ns in 0..NAMESPACES {
-        index.apply(Object::Namespace(Namespace {
+        index.apply(Object::Namespace(Arc::new(Namespace {
             name: format!("ns-{ns:02}"),
             annotations: namespace_annotations
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ..Default::default()
-        }));
+        })));
     }
     for i in 0..SERVICES {
         let namespace = namespace_of(i);
         let name = service_name(i);
-        index.apply(Object::Service(Service {
+        index.apply(Object::Service(Arc::new(Service {
             key: ServiceKey::new(&namespace, &name),
             vip: Some(address([198, 19], i + 1)),
             secondary_vips: Vec::new(),
             external_name: None,
             ports: vec![port_of(i)],
             annotations: BTreeMap::new(),
-        }));
+        })));
         for k in 0..ENDPOINTS_PER_SERVICE {
-            index.apply(Object::Pod(Workload {
+            index.apply(Object::Pod(Arc::new(Workload {
                 namespace: namespace.clone(),
                 name: format!("{name}-{k}"),
                 ip: Some(address([198, 18], i * ENDPOINTS_PER_SERVICE + k + 1)),
@@ -142,9 +143,12 @@ pub fn index_with(namespace_annotations: &[(&str, &str)]) -> Index {
                 annotations: BTreeMap::new(),
                 interception: Interception::Redirect,
                 mtls: None,
-            }));
+            })));
         }
-        index.apply(Object::EndpointSlice(slice(i, ENDPOINTS_PER_SERVICE)));
+        index.apply(Object::EndpointSlice(Arc::new(slice(
+            i,
+            ENDPOINTS_PER_SERVICE,
+        ))));
     }
     index
 }

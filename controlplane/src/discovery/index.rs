@@ -38,7 +38,7 @@ type NamespacedName = (String, String);
 pub struct Index {
     namespaces: BTreeMap<String, Arc<Namespace>>,
     services: BTreeMap<ServiceKey, Arc<Service>>,
-    slices: BTreeMap<NamespacedName, Slice>,
+    slices: BTreeMap<NamespacedName, Arc<Slice>>,
     pods: BTreeMap<NamespacedName, Arc<Workload>>,
     /// The endpoints of each service as last joined, and what to join
     /// again. Behind a lock so [`Index::mesh`] can refresh it through `&self`.
@@ -111,11 +111,11 @@ impl Index {
     pub fn apply(&mut self, object: Object) {
         match object {
             Object::Namespace(ns) => {
-                self.namespaces.insert(ns.name.clone(), Arc::new(ns));
+                self.namespaces.insert(ns.name.clone(), ns);
             }
             Object::Service(svc) => {
                 self.gateway_mut().services_changed();
-                self.services.insert(svc.key.clone(), Arc::new(svc));
+                self.services.insert(svc.key.clone(), svc);
             }
             Object::EndpointSlice(slice) => {
                 let service = slice.service.clone();
@@ -133,7 +133,7 @@ impl Index {
                     .pods
                     .get(&key)
                     .is_none_or(|old| old.service_account != pod.service_account);
-                self.pods.insert(key.clone(), Arc::new(pod));
+                self.pods.insert(key.clone(), pod);
                 if account_changed {
                     self.touch_pod(&key.0, &key.1);
                 }
@@ -304,7 +304,12 @@ impl Index {
             joined.endpoints = fresh;
         } else {
             for key in std::mem::take(&mut joined.dirty) {
-                let endpoints = self.join(self.slices.values().filter(|s| s.service == key));
+                let endpoints = self.join(
+                    self.slices
+                        .values()
+                        .filter(|s| s.service == key)
+                        .map(|s| &**s),
+                );
                 if endpoints.is_empty() && !self.slices.values().any(|s| s.service == key) {
                     joined.endpoints.remove(&key);
                 } else {
@@ -364,7 +369,7 @@ mod tests {
     use crate::model::Conditions;
 
     fn slice(name: &str, service: &str, pods: &[(&str, [u8; 4])]) -> Object {
-        Object::EndpointSlice(Slice {
+        Object::EndpointSlice(Arc::new(Slice {
             namespace: "shop".into(),
             name: name.into(),
             service: ServiceKey::new("shop", service),
@@ -378,11 +383,11 @@ mod tests {
                     service_account: None,
                 })
                 .collect(),
-        })
+        }))
     }
 
     fn pod(name: &str, account: &str) -> Object {
-        Object::Pod(Workload {
+        Object::Pod(Arc::new(Workload {
             namespace: "shop".into(),
             name: name.into(),
             ip: None,
@@ -391,7 +396,7 @@ mod tests {
             annotations: BTreeMap::new(),
             interception: Default::default(),
             mtls: None,
-        })
+        }))
     }
 
     /// The same objects in a fresh index: what the kept join must equal.
@@ -401,7 +406,7 @@ mod tests {
             fresh.apply(Object::EndpointSlice(slice.clone()));
         }
         for pod in index.pods.values() {
-            fresh.apply(Object::Pod((**pod).clone()));
+            fresh.apply(Object::Pod(pod.clone()));
         }
         fresh
     }

@@ -93,12 +93,17 @@ pub struct Slice {
 }
 
 /// One accepted object, converted to the model.
+///
+/// Behind `Arc`s: a source keeps what it was given (the file registry,
+/// each file's last good objects) and the [`super::index::Index`] keeps
+/// the very same objects, not a copy of every pod's labels and every
+/// slice's endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
-    Namespace(Namespace),
-    Service(Service),
-    EndpointSlice(Slice),
-    Pod(Workload),
+    Namespace(Arc<Namespace>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<Slice>),
+    Pod(Arc<Workload>),
     /// An HTTPRoute or GRPCRoute. A route whose spec the mesh cannot use is
     /// still an object: its last good version keeps serving and its status
     /// says why the new one is not used.
@@ -136,19 +141,19 @@ impl RouteObject {
 
 impl Object {
     pub fn from_namespace(ns: &core::Namespace) -> Result<Self, ObjectError> {
-        namespace(ns).map(Object::Namespace)
+        namespace(ns).map(|ns| Object::Namespace(Arc::new(ns)))
     }
 
     pub fn from_service(svc: &core::Service) -> Result<Self, ObjectError> {
-        service(svc).map(Object::Service)
+        service(svc).map(|svc| Object::Service(Arc::new(svc)))
     }
 
     pub fn from_endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Self, ObjectError> {
-        endpoint_slice(slice).map(Object::EndpointSlice)
+        endpoint_slice(slice).map(|slice| Object::EndpointSlice(Arc::new(slice)))
     }
 
     pub fn from_pod(p: &core::Pod) -> Result<Self, ObjectError> {
-        pod(p).map(Object::Pod)
+        pod(p).map(|p| Object::Pod(Arc::new(p)))
     }
 
     /// An HTTPRoute: `Err` only when it has no usable name; a spec the
