@@ -106,6 +106,12 @@ pub const H2_STREAM_WINDOW: u32 = 8 * 1024 - 9;
 /// default is 1 MiB). It bounds the unread request data of all the
 /// streams of one connection together.
 pub const H2_CONNECTION_WINDOW: u32 = 65_535;
+/// How much of a stream's response h2 queues before the body is asked for
+/// more (hyper's default is 400 KiB): two of the xDS server's 32 KiB
+/// chunks. A connection writes at most 64 KiB a poll anyway (`coalesce`),
+/// and h2 keeps the slab behind its queue of frames at the length of the
+/// longest queue it ever had, for the connection's life.
+pub const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// One connection per proxy: 10,000 proxies on a replica with room for as
 /// many again, for when another replica drains and its proxies move here.
@@ -986,7 +992,8 @@ async fn serve_http<I, S, B>(
                 .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
                 .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
                 .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW);
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_send_buf_size(H2_SEND_BUFFER);
             let conn = Box::pin(builder.serve_connection(io, service));
             // h2 writes and flushes a frame at a time: from here on what
             // it writes during a poll goes out together when the poll is
