@@ -139,7 +139,6 @@ pub fn index_with(namespace_annotations: &[(&str, &str)]) -> Index {
                 name: format!("{name}-{k}"),
                 ip: Some(address([198, 18], i * ENDPOINTS_PER_SERVICE + k + 1)),
                 service_account: name.clone(),
-                labels: BTreeMap::from([("app".to_string(), name.clone())]),
                 annotations: BTreeMap::new(),
                 interception: Interception::Redirect,
                 mtls: None,

@@ -392,7 +392,6 @@ mod tests {
             name: name.into(),
             ip: None,
             service_account: account.into(),
-            labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             interception: Default::default(),
             mtls: None,

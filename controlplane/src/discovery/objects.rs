@@ -612,7 +612,15 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Slice, ObjectE
 
 pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
     let obj = identify("Pod", &pod.metadata, true)?;
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    // Only meshd's own are read (and kept).
+    let annotations: BTreeMap<String, String> = pod
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(key, _)| key.starts_with(pod_annotations::PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     let interception = match annotations.get(INTERCEPTION_ANNOTATION) {
         None => Interception::default(),
         Some(value) => Interception::parse(value).ok_or_else(|| {
@@ -671,7 +679,6 @@ pub fn pod(pod: &core::Pod) -> Result<Workload, ObjectError> {
         name: obj.name,
         ip,
         service_account,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
         annotations,
         interception,
     })
@@ -966,6 +973,19 @@ endpoints:
         let err = pod(&p).unwrap_err();
         assert_eq!(err.field, "metadata.annotations[meshd.io/interception]");
         assert!(err.message.contains("accepted: redirect, none"), "{err}");
+    }
+
+    #[test]
+    fn a_pod_keeps_only_meshds_annotations() {
+        let p: core::Pod = serde_yaml::from_str(
+            "{apiVersion: v1, kind: Pod, metadata: {name: a, namespace: n, labels: {app: a}, annotations: {meshd.io/access-log: 'true', meshd.io/egress: 'registry-only', kubectl.kubernetes.io/last-applied-configuration: '{\"big\": true}', prometheus.io/scrape: 'true'}}}",
+        )
+        .unwrap();
+        let workload = pod(&p).unwrap();
+        assert_eq!(
+            workload.annotations.keys().collect::<Vec<_>>(),
+            ["meshd.io/access-log", "meshd.io/egress"]
+        );
     }
 
     #[test]

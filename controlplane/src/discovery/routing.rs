@@ -372,7 +372,6 @@ mod tests {
             name: name.into(),
             ip: None,
             service_account: "default".into(),
-            labels: BTreeMap::new(),
             annotations: ann(annotations),
             interception: Default::default(),
             mtls: None,
