@@ -182,7 +182,7 @@ pub struct Workload {
     pub name: String,
     pub ip: Option<IpAddr>,
     pub service_account: String,
-    /// The pod's `meshd.io/` annotations, the only ones translation reads
+    /// The pod's `meshd.io/` annotations, the only ones meshd reads
     /// (a pod's other annotations can be kilobytes, times every pod of the
     /// mesh). Its labels are not kept: nothing selects pods by label.
     pub annotations: BTreeMap<String, String>,

@@ -90,17 +90,21 @@ pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 specification's recommended minimum, and bounds the sessions one
 /// connection can cost.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// What a client may send on one stream before meshd has read it (the
+/// What a client may send on one stream before meshd has taken it in (the
 /// stream's HTTP/2 flow-control window; hyper's default is 1 MiB). Small
-/// for two reasons: no client can have meshd hold more than this of its
-/// unread requests per stream; and no request frame outgrows a
-/// connection's frame reader, which h2 starts at 8 KiB and doubles for
-/// the connection's life on the first frame that does not fit (the frame's
-/// 9-byte header counts): ~8 KiB less per proxy, measured (BENCHMARKS.md).
-/// A proxy's requests are small but for subscriptions naming every
-/// cluster (~40 KB at 1,000 services), which now come in a few round
-/// trips; a State-of-the-World proxy sends one after every cluster
-/// change, so a new service costs meshd more CPU with such proxies.
+/// for two reasons: what h2 buffers of a stream's request data that no
+/// one has read stays under 8 KiB (the request reader then holds at most
+/// the message being assembled, `xds::MAX_REQUEST_BYTES`); and, once the
+/// setting applies, no DATA frame outgrows a connection's frame reader,
+/// which h2 starts at 8 KiB and doubles for the connection's life on the
+/// first frame that does not fit (the frame's 9-byte header counts): ~6 KiB
+/// less per proxy, measured (BENCHMARKS.md). A proxy's requests are small
+/// but for subscriptions naming every cluster (~40 KB at 1,000 services),
+/// which now come in a few round trips; a State-of-the-World proxy sends
+/// one after every cluster change, so a new service costs meshd more CPU
+/// with such proxies. Envoy reads its responses whatever it is sending;
+/// a client that would not read before its large request was taken in
+/// could stall its own stream while meshd waits to push to it.
 pub const H2_STREAM_WINDOW: u32 = 8 * 1024 - 9;
 /// The window of a whole connection: HTTP/2's initial 64 KiB (hyper's
 /// default is 1 MiB). It bounds the unread request data of all the

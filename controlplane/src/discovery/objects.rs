@@ -96,8 +96,8 @@ pub struct Slice {
 ///
 /// Behind `Arc`s: a source keeps what it was given (the file registry,
 /// each file's last good objects) and the [`super::index::Index`] keeps
-/// the very same objects, not a copy of every pod's labels and every
-/// slice's endpoints.
+/// the very same objects, not a copy of every pod's annotations and
+/// every slice's endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
     Namespace(Arc<Namespace>),
