@@ -53,6 +53,12 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// one large request does not cost its stream memory for its whole life.
 const KEEP_REQUEST_BUFFER: usize = 16 << 10;
 
+/// Room made ahead of a message's bytes as its length prefix announces
+/// them, at most: a subscription of every cluster (~40 KB at 1,000
+/// services) in one allocation, while a prefix announcing 16 MiB that is
+/// never sent costs no more than this.
+const RESERVE_AHEAD: usize = 64 << 10;
+
 /// The most response bytes one HTTP/2 DATA frame source yields at a time:
 /// with [`PREFIX_ROOM`], one 32 KiB allocation, the largest size jemalloc
 /// keeps in its per-thread caches, so that a chunk's memory is reused by
@@ -139,7 +145,7 @@ impl RequestReader {
         }
         let end = 5 + len;
         if self.buf.len() < end {
-            self.buf.reserve(end - self.buf.len());
+            self.buf.reserve((end - self.buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let message = decode(&self.buf[5..end])
@@ -567,6 +573,24 @@ mod tests {
         let mut reader = RequestReader::new(Body::new(body));
         let next = reader.message(decode).await;
         assert!(matches!(next, Ok(None)), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_large_announced_request_costs_only_what_arrives() {
+        let mut wire = vec![0];
+        wire.extend_from_slice(&(MAX_REQUEST_BYTES as u32).to_be_bytes());
+        wire.extend_from_slice(&[0; 100]);
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(wire.into()))];
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut reader = RequestReader::new(Body::new(body));
+        // The client announces 16 MiB, sends 100 bytes and stops.
+        let err = reader.message(decode).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            reader.buf.capacity() <= 2 * RESERVE_AHEAD,
+            "{} bytes reserved",
+            reader.buf.capacity()
+        );
     }
 
     #[tokio::test]
