@@ -91,21 +91,26 @@ pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection can cost.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// What a client may send on one stream before meshd has taken it in (the
-/// stream's HTTP/2 flow-control window; hyper's default is 1 MiB). Small
-/// for two reasons: what h2 buffers of a stream's request data that no
-/// one has read stays under 8 KiB (the request reader then holds at most
-/// the message being assembled, `xds::MAX_REQUEST_BYTES`); and, once the
-/// setting applies, no DATA frame outgrows a connection's frame reader,
-/// which h2 starts at 8 KiB and doubles for the connection's life on the
-/// first frame that does not fit (the frame's 9-byte header counts): ~6 KiB
-/// less per proxy, measured (BENCHMARKS.md). A proxy's requests are small
-/// but for subscriptions naming every cluster (~40 KB at 1,000 services),
-/// which now come in a few round trips; a State-of-the-World proxy sends
-/// one after every cluster change, so a new service costs meshd more CPU
-/// with such proxies. Envoy reads its responses whatever it is sending;
-/// a client that would not read before its large request was taken in
-/// could stall its own stream while meshd waits to push to it.
-pub const H2_STREAM_WINDOW: u32 = 8 * 1024 - 9;
+/// stream's HTTP/2 flow-control window): HTTP/2's initial 64 KiB, where
+/// hyper's default is 1 MiB. It bounds what h2 buffers of a stream's
+/// request data that no one has read (the request reader then holds at
+/// most the message being assembled, `xds::MAX_REQUEST_BYTES`).
+///
+/// Not less than the protocol's default: a client may send that much before
+/// it has read meshd's SETTINGS, and Envoy does (its first request, ~60 KB
+/// with its node's list of extensions). When such a request had been read
+/// before the SETTINGS were acknowledged, a smaller window shrank by the
+/// difference on the acknowledgement, while h2 (0.4) kept back the
+/// WINDOW_UPDATE of the request's last part: Envoy was left with no room
+/// to send its next request and waited for its endpoints forever (seen in
+/// CI with an 8 KiB window; `a_first_request_read_before_the_settings_are_
+/// acknowledged_leaves_room_for_the_next` in tests/ads.rs plays it frame by
+/// frame). That smaller window had kept h2's frame reader at 8 KiB for the
+/// load tool's proxies, whose first request was small; Envoy's first
+/// request comes in 16 KiB frames before the SETTINGS, and the reader
+/// reserves room for a whole frame, so with Envoy it grows to 16 KiB
+/// whatever the window.
+pub const H2_STREAM_WINDOW: u32 = 65_535;
 /// The window of a whole connection: HTTP/2's initial 64 KiB (hyper's
 /// default is 1 MiB). It bounds the unread request data of all the
 /// streams of one connection together.
