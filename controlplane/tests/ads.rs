@@ -421,7 +421,7 @@ async fn sotw_serves_clusters_endpoints_and_listeners() {
     let lds = ads.recv().await;
     assert_eq!(lds.type_url, type_url::LISTENER);
     let listeners = sotw_names::<Listener>(&lds, |l| &l.name);
-    assert_eq!(listeners, set(&["inbound", "outbound"]));
+    assert_eq!(listeners, set(&["0.0.0.0_80", "inbound", "outbound"]));
     ads.send(ack(&lds, &[])).await;
 
     ads.quiet("ACKs are not answered").await;
@@ -721,7 +721,7 @@ async fn a_request_larger_than_the_flow_control_windows_is_read_and_answered() {
     let lds = ads.recv().await;
     assert_eq!(
         sotw_names::<Listener>(&lds, |l| &l.name),
-        set(&["inbound", "outbound"])
+        set(&["0.0.0.0_80", "inbound", "outbound"])
     );
     h.stop().await;
 }
@@ -921,7 +921,10 @@ async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
     ads.send(subscribe(type_url::LISTENER, &[])).await;
     let lds = ads.recv().await;
     assert_eq!(lds.type_url, type_url::LISTENER);
-    assert_eq!(delta_names(&lds), set(&["inbound", "outbound"]));
+    assert_eq!(
+        delta_names(&lds),
+        set(&["0.0.0.0_80", "inbound", "outbound"])
+    );
     ads.send(delta_ack(&lds)).await;
 
     // Port 80's configuration for shop's VIPs, as the listener names it.
@@ -970,7 +973,9 @@ async fn delta_sends_changes_only_and_removes_clusters_once_unreferenced() {
     assert_eq!(eds.removed_resources, [API_CLUSTER]);
     let lds = ads.recv().await;
     assert_eq!(lds.type_url, type_url::LISTENER, "{lds:?}");
-    assert_eq!(delta_names(&lds), set(&["outbound"]));
+    // Only the listener of api's port changed: the capture listener,
+    // which hands connections to it, did not.
+    assert_eq!(delta_names(&lds), set(&["0.0.0.0_80"]));
     assert!(lds.removed_resources.is_empty(), "{lds:?}");
     let rds = ads.recv().await;
     assert_eq!(rds.type_url, type_url::ROUTE, "{rds:?}");

@@ -769,13 +769,16 @@ fn envoy_rewrites_redirects_and_answers_as_the_gateway_api_says() {
     // echo's own chains (port 80 and 8080), and echo-v1's on port 80 (a
     // route attaches to another Service of that port number), each on a
     // loopback port.
-    let outbound: Listener = decode(view.get(Kind::Listener, "outbound").unwrap()).unwrap();
+    // Wherever they are: each destination port has a listener of its own.
+    let chains: Vec<FilterChain> = view
+        .all(Kind::Listener)
+        .flat_map(|r| decode::<Listener>(r).unwrap().filter_chains)
+        .collect();
     let mut listeners = Vec::new();
     let mut ports = std::collections::BTreeMap::new();
     for (service, port) in [("echo", 80u16), ("echo", 8080), ("echo-v1", 80)] {
         let name = format!("outbound|{port}|http|{service}.mesh.svc.cluster.local");
-        let chain = outbound
-            .filter_chains
+        let chain = chains
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no chain {name}"));

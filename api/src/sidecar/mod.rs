@@ -13,6 +13,9 @@ pub mod ports {
     pub const ADMIN: u16 = 15000;
     pub const READINESS: u16 = 15021;
     pub const PROMETHEUS: u16 = 15090;
+    /// Every one of them: no outbound listener of a Service port takes one
+    /// of these addresses.
+    pub const ALL: [u16; 5] = [OUTBOUND, INBOUND, ADMIN, READINESS, PROMETHEUS];
 }
 
 /// The source address of the connections the sidecar passes on to its own

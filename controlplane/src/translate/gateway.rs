@@ -590,14 +590,14 @@ fn redirect_port(r: &Redirect, service_port: u16) -> u32 {
 mod tests {
     use std::sync::Arc;
 
-    use meshd_proto::envoy::config::listener::v3::{Listener, filter};
+    use meshd_proto::envoy::config::listener::v3::filter;
     use meshd_proto::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
     use meshd_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, http_connection_manager,
     };
     use prost::Message;
 
-    use super::super::{Kind, OUTBOUND_LISTENER, ProxyView, Snapshot, TranslateOptions, decode};
+    use super::super::{Kind, ProxyView, Snapshot, TranslateOptions, decode};
     use super::*;
     use crate::discovery::index::Index;
     use crate::discovery::objects::Object;
@@ -713,7 +713,7 @@ status: {podIP: 198.18.0.5}
 
     /// The outbound listener's HTTP chains: (name, port, VIPs, RDS name).
     fn http_chains(view: &ProxyView) -> Vec<(String, u32, Vec<String>, String)> {
-        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let l = crate::translate::joined_outbound(view);
         l.filter_chains
             .iter()
             .filter_map(|c| {
@@ -777,7 +777,7 @@ spec:
         // Port 80 has a route: every VIP there is routed by the Service
         // called; echo-v1's chain carries its own routes inline.
         assert!(chains.iter().all(|c| c.3 != "80"), "{chains:?}");
-        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let l = crate::translate::joined_outbound(&view);
         let v1_chain = l
             .filter_chains
             .iter()

@@ -709,10 +709,12 @@ status: {{podIP: 198.18.0.30}}
         assert!(!changes.structural);
         assert_eq!(changes.endpoints, BTreeSet::from([WEB.to_string()]));
         assert!(changes.clusters.is_empty(), "{:?}", changes.clusters);
-        assert!(Arc::ptr_eq(
-            before.get(Kind::Listener, "outbound").unwrap(),
-            after.get(Kind::Listener, "outbound").unwrap()
-        ));
+        for name in ["outbound", "0.0.0.0_80", "0.0.0.0_5432"] {
+            assert!(Arc::ptr_eq(
+                before.get(Kind::Listener, name).unwrap(),
+                after.get(Kind::Listener, name).unwrap()
+            ));
+        }
 
         // A headless service's endpoint: its pod's chain goes, so the
         // listener is rebuilt; db-1 has no pod (no mTLS), so with it gone
@@ -728,10 +730,15 @@ status: {{podIP: 198.18.0.30}}
             "listeners are rebuilt"
         );
         let view = third.proxy("web-0.shop").unwrap();
-        let listener = view.get(Kind::Listener, "outbound").unwrap();
+        // The listener of the pods' port; the other ports' stay as they were.
+        let listener = view.get(Kind::Listener, "0.0.0.0_5432").unwrap();
         assert_ne!(
             listener.version,
-            after.get(Kind::Listener, "outbound").unwrap().version
+            after.get(Kind::Listener, "0.0.0.0_5432").unwrap().version
+        );
+        assert_eq!(
+            view.get(Kind::Listener, "0.0.0.0_80").unwrap().version,
+            after.get(Kind::Listener, "0.0.0.0_80").unwrap().version
         );
         let l: meshd_proto::envoy::config::listener::v3::Listener =
             crate::translate::decode(listener).unwrap();

@@ -765,7 +765,7 @@ status: {podIP: 198.18.0.13}
                 .iter()
                 .all(|v| v.typed_per_filter_config.is_empty())
         );
-        let l: Listener = decode(client.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let l = crate::translate::joined_outbound(&client);
         let http = l
             .filter_chains
             .iter()
@@ -1119,7 +1119,7 @@ status: {podIP: 198.18.0.13}
         let endpoints: Vec<_> = view.all(Kind::Endpoint).map(|r| r.name.as_str()).collect();
         assert_eq!(endpoints, [POSTGRES, REVIEWS_V1, REVIEWS_V2, REVIEWS]);
 
-        let l: Listener = decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
+        let l = crate::translate::joined_outbound(&view);
         let chains: Vec<_> = l
             .filter_chains
             .iter()

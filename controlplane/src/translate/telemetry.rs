@@ -536,7 +536,10 @@ mod tests {
     };
 
     use super::super::resource::{Collector, Kind, TranslateOptions};
-    use super::super::{INBOUND_LISTENER, OUTBOUND_LISTENER, ProxyView, Snapshot};
+    use super::super::{INBOUND_LISTENER, ProxyView, Snapshot};
+
+    /// The outbound listener of port 80, where web's HTTP chain is.
+    const HTTP_LISTENER: &str = "0.0.0.0_80";
     use meshd_proto::envoy::config::cluster::v3::Cluster;
 
     const REGISTRY: &str = r#"
@@ -669,7 +672,7 @@ status: {podIP: 198.18.0.4}
         let snap = snapshot(None);
         let view = snap.proxy("client-0.shop").unwrap();
         assert!(view.get(Kind::Cluster, TRACING_COLLECTOR_CLUSTER).is_none());
-        let tracings = hcm_tracings(&view, OUTBOUND_LISTENER);
+        let tracings = hcm_tracings(&view, HTTP_LISTENER);
         assert!(!tracings.is_empty());
         assert!(tracings.iter().all(Option::is_none), "{tracings:?}");
     }
@@ -681,7 +684,7 @@ status: {podIP: 198.18.0.4}
         let client = snap.proxy("client-0.shop").unwrap();
         // The mesh's percentage; the workload's name from the sidecar's
         // OTEL_RESOURCE_ATTRIBUTES, which the injector sets.
-        let tracings = hcm_tracings(&client, OUTBOUND_LISTENER);
+        let tracings = hcm_tracings(&client, HTTP_LISTENER);
         assert!(!tracings.is_empty());
         for t in &tracings {
             let t = t.as_ref().expect("traced");
@@ -708,7 +711,7 @@ status: {podIP: 198.18.0.4}
 
         // The pod's own percentage, inbound and outbound.
         let web = snap.proxy("web-0.shop").unwrap();
-        for listener in [OUTBOUND_LISTENER, INBOUND_LISTENER] {
+        for listener in [HTTP_LISTENER, INBOUND_LISTENER] {
             let tracings = hcm_tracings(&web, listener);
             assert!(!tracings.is_empty(), "{listener}");
             for t in &tracings {
@@ -720,14 +723,14 @@ status: {podIP: 198.18.0.4}
         // their workload: web's two pods, and client and db.
         let web_1 = snap.proxy("web-1.shop").unwrap();
         let (a, b) = (
-            web.get(Kind::Listener, OUTBOUND_LISTENER).unwrap(),
-            web_1.get(Kind::Listener, OUTBOUND_LISTENER).unwrap(),
+            web.get(Kind::Listener, HTTP_LISTENER).unwrap(),
+            web_1.get(Kind::Listener, HTTP_LISTENER).unwrap(),
         );
         assert!(Arc::ptr_eq(a, b));
-        let client_out = client.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
+        let client_out = client.get(Kind::Listener, HTTP_LISTENER).unwrap();
         assert_ne!(a.version, client_out.version);
         let db = snap.proxy("db-0.shop").unwrap();
-        let db_out = db.get(Kind::Listener, OUTBOUND_LISTENER).unwrap();
+        let db_out = db.get(Kind::Listener, HTTP_LISTENER).unwrap();
         assert!(Arc::ptr_eq(client_out, db_out));
     }
 
@@ -736,7 +739,7 @@ status: {podIP: 198.18.0.4}
         let first = snapshot(Some(mesh_tracing()));
         let listener = |snap: &Snapshot, node: &str| {
             let view = snap.proxy(node).unwrap();
-            view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap().clone()
+            view.get(Kind::Listener, HTTP_LISTENER).unwrap().clone()
         };
         let before = listener(&first, "web-0.shop");
         let before_client = listener(&first, "client-0.shop");
@@ -826,13 +829,12 @@ status: {podIP: 198.18.0.4}
         assert_eq!(json.fields.len(), ACCESS_LOG_FIELDS.len() + 1);
     }
 
-    /// The stdout access logs of `node`'s inbound and outbound listeners.
+    /// The stdout access logs of `node`'s listeners.
     fn stdout_logs(snap: &Snapshot, node: &str) -> usize {
         let view = snap.proxy(node).unwrap();
-        [INBOUND_LISTENER, OUTBOUND_LISTENER]
-            .into_iter()
-            .map(|name| {
-                let l: Listener = decode(view.get(Kind::Listener, name).unwrap()).unwrap();
+        view.all(Kind::Listener)
+            .map(|r| {
+                let l: Listener = decode(r).unwrap();
                 l.filter_chains
                     .iter()
                     .chain(l.default_filter_chain.as_ref())

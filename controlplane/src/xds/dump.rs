@@ -451,6 +451,12 @@ fn listener_json(l: &Listener) -> Value {
                 .map_or(Value::Null, |b| b.value.into()),
         ),
         (
+            "bind_to_port",
+            l.bind_to_port
+                .as_ref()
+                .map_or(Value::Null, |b| b.value.into()),
+        ),
+        (
             "default_filter_chain",
             l.default_filter_chain
                 .as_ref()
