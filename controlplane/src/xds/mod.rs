@@ -14,6 +14,7 @@
 pub mod dump;
 mod grpc;
 mod overlay;
+mod request;
 mod session;
 mod sotw;
 
@@ -22,9 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use meshd_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
-};
+use meshd_proto::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use prost::Message;
+use request::DeltaRequest;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -954,23 +954,23 @@ impl Wire for Sotw {
 }
 
 impl Wire for Delta {
-    type Req = DeltaDiscoveryRequest;
+    type Req = DeltaRequest;
     type Reader = ();
     const NAME: &'static str = "delta";
 
     fn decode(bytes: &[u8], (): &mut ()) -> Result<Self::Req, prost::DecodeError> {
-        DeltaDiscoveryRequest::decode(bytes)
+        DeltaRequest::decode(bytes)
     }
 
-    fn node_id(req: &DeltaDiscoveryRequest) -> Option<&str> {
+    fn node_id(req: &DeltaRequest) -> Option<&str> {
         req.node.as_ref().map(|n| n.id.as_str())
     }
 
-    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+    fn type_url(req: &DeltaRequest) -> &str {
         &req.type_url
     }
 
-    fn request(req: DeltaDiscoveryRequest, kind: Kind) -> Request {
+    fn request(req: DeltaRequest, kind: Kind) -> Request {
         Request {
             kind,
             response_nonce: req.response_nonce,

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
 
-use meshd_proto::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::Message;
 use prost::encoding::{WireType, decode_key, decode_varint};
 
+use super::request::SotwRequestFields;
 use crate::translate::Kind;
 
 /// `DiscoveryRequest.resource_names`.
@@ -29,7 +29,7 @@ const TYPE_URL: u32 = 4;
 /// A State-of-the-World request as the stream reads it.
 #[derive(Debug)]
 pub(super) struct SotwRequest {
-    pub request: DiscoveryRequest,
+    pub request: SotwRequestFields,
     /// The request names the same resources as the last one of its type
     /// on this stream; `request.resource_names` is left empty.
     pub same_names: bool,
@@ -53,7 +53,7 @@ impl SeenNames {
             // Not a message this walk understands (groups, a truncated
             // field): prost decides, and says what is wrong.
             return Ok(SotwRequest {
-                request: DiscoveryRequest::decode(bytes)?,
+                request: SotwRequestFields::decode(bytes)?,
                 same_names: false,
             });
         };
@@ -66,11 +66,11 @@ impl SeenNames {
                 rest.extend_from_slice(&bytes[range]);
             }
             return Ok(SotwRequest {
-                request: DiscoveryRequest::decode(rest.as_slice())?,
+                request: SotwRequestFields::decode(rest.as_slice())?,
                 same_names: true,
             });
         }
-        let request = DiscoveryRequest::decode(bytes)?;
+        let request = SotwRequestFields::decode(bytes)?;
         if let Some(kind) = kind {
             self.by_type.insert(kind, scan.names);
         }
@@ -143,7 +143,7 @@ mod tests {
     use meshd_proto::envoy::config::core::v3::Node;
 
     fn request(type_url: &str, names: &[&str], nonce: &str) -> Vec<u8> {
-        DiscoveryRequest {
+        meshd_proto::envoy::service::discovery::v3::DiscoveryRequest {
             version_info: "7".into(),
             node: Some(Node {
                 id: "web-0.shop".into(),
@@ -169,7 +169,7 @@ mod tests {
         assert!(ack.same_names);
         assert!(ack.request.resource_names.is_empty());
         // Every other field is as sent.
-        let mut expected = DiscoveryRequest::decode(request(eds, &[], "3").as_slice()).unwrap();
+        let mut expected = SotwRequestFields::decode(request(eds, &[], "3").as_slice()).unwrap();
         expected.resource_names.clear();
         assert_eq!(ack.request, expected);
 
