@@ -111,10 +111,18 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// reserves room for a whole frame, so with Envoy it grows to 16 KiB
 /// whatever the window.
 pub const H2_STREAM_WINDOW: u32 = 65_535;
-/// The window of a whole connection: HTTP/2's initial 64 KiB (hyper's
-/// default is 1 MiB). It bounds the unread request data of all the
-/// streams of one connection together.
-pub const H2_CONNECTION_WINDOW: u32 = 65_535;
+/// The window of a whole connection once its first 64 KiB are spent
+/// (hyper's default is 1 MiB): what all its streams together may send
+/// ahead of what meshd has read. A connection's window starts at 64 KiB
+/// whatever the settings, and only WINDOW_UPDATEs move it, so this cannot
+/// fall foul of the SETTINGS race above; h2 holds updates back until the
+/// window is down to ~5 KiB and then tops it up to this. It keeps what a
+/// burst of requests parks in meshd small: at a service addition every
+/// State-of-the-World proxy sends an EDS request naming every cluster
+/// (~40 KB at 1,000 services) at once, and h2 held up to 64 KiB of each
+/// unread (BENCHMARKS.md). Past the first 64 KiB, DATA frames are no
+/// larger than this, which is also what h2's 8 KiB frame reader holds.
+pub const H2_CONNECTION_WINDOW: u32 = 8 * 1024 - 9;
 /// How much of a stream's response h2 queues before the body is asked for
 /// more (hyper's default is 400 KiB): two of the xDS server's 32 KiB
 /// chunks. A connection writes at most 64 KiB a poll anyway (`coalesce`),
