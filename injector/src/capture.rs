@@ -56,6 +56,15 @@ impl Default for CaptureConfig {
 /// probes readiness on 15021 and Prometheus scrapes 15090.
 const SIDECAR_INBOUND_PORTS: [u16; 2] = [15021, 15090];
 
+/// Destination ports never redirected outbound: the ports the sidecar
+/// listens on at every address (inbound capture, readiness, stats). The
+/// capture listener hands a connection to the listener of its original
+/// destination's port, and on these that is the caller's own sidecar: a
+/// meshed Prometheus scraping another pod's 15090 would read its own
+/// proxy's stats. These connections leave as they are, as they did through
+/// the passthrough before the outbound side had a listener per port.
+const SIDECAR_OUTBOUND_PORTS: [u16; 3] = [15006, 15021, 15090];
+
 impl CaptureConfig {
     /// The `nat` table rules as `iptables-restore` input for one address
     /// family. Applying them is atomic: a pod never runs half-captured.
@@ -143,7 +152,11 @@ impl CaptureConfig {
                 cidr.address, cidr.prefix
             );
         }
-        for port in &self.exclude_outbound_ports {
+        let mut outbound_excluded: Vec<u16> = SIDECAR_OUTBOUND_PORTS.to_vec();
+        outbound_excluded.extend(&self.exclude_outbound_ports);
+        outbound_excluded.sort_unstable();
+        outbound_excluded.dedup();
+        for port in outbound_excluded {
             let _ = writeln!(r, "-A MESHD_OUTPUT -p tcp --dport {port} -j RETURN");
         }
         let _ = writeln!(r, "-A MESHD_OUTPUT -j MESHD_REDIRECT");
@@ -253,6 +266,30 @@ mod tests {
         let v6 = config.render(true);
         assert!(v6.contains("-A MESHD_OUTPUT -d fd00::/8 -j RETURN"));
         assert!(v6.contains("-A MESHD_OUTPUT -d ::1/128 -j RETURN"));
+    }
+
+    /// The sidecar listens on these at every address: redirected, a call to
+    /// another pod's port would reach the caller's own sidecar.
+    #[test]
+    fn the_sidecars_own_ports_are_reached_directly_outbound() {
+        for ipv6 in [false, true] {
+            let rules = CaptureConfig {
+                exclude_outbound_ports: vec![15090, 5432],
+                ..Default::default()
+            }
+            .render(ipv6);
+            let lines: Vec<&str> = rules.lines().collect();
+            let redirect = lines
+                .iter()
+                .position(|l| *l == "-A MESHD_OUTPUT -j MESHD_REDIRECT")
+                .unwrap();
+            for port in [5432, 15006, 15021, 15090] {
+                let rule = format!("-A MESHD_OUTPUT -p tcp --dport {port} -j RETURN");
+                let at: Vec<usize> = (0..lines.len()).filter(|&i| lines[i] == rule).collect();
+                assert_eq!(at.len(), 1, "{rule} once:\n{rules}");
+                assert!(at[0] < redirect, "{rule} before the redirect");
+            }
+        }
     }
 
     #[test]
