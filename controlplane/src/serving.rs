@@ -121,7 +121,12 @@ pub const H2_STREAM_WINDOW: u32 = 65_535;
 /// State-of-the-World proxy sends an EDS request naming every cluster
 /// (~40 KB at 1,000 services) at once, and h2 held up to 64 KiB of each
 /// unread (BENCHMARKS.md). Past the first 64 KiB, DATA frames are no
-/// larger than this, the size h2's frame reader starts at.
+/// larger than this, the size h2's frame reader starts at. The streams of
+/// a connection share it: an ADS stream's task does not read requests
+/// while it waits to push, so a client that stops reading an ADS stream's
+/// responses can hold up its own other calls on that connection (a CSR)
+/// once ~8 KiB of requests are unread. Envoy opens one ADS stream per
+/// connection, and no client's window touches another's connection.
 pub const H2_CONNECTION_WINDOW: u32 = 8 * 1024 - 9;
 /// How much of a stream's response h2 queues before the body is asked for
 /// more (hyper's default is 400 KiB): two of the xDS server's 32 KiB

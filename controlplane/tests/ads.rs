@@ -683,7 +683,8 @@ async fn a_first_request_read_before_the_settings_are_acknowledged_leaves_room_f
 }
 
 /// A request larger than both HTTP/2 flow-control windows meshd grants (a
-/// stream's and a connection's, 64 KiB each) comes in as meshd reads it and
+/// stream's 64 KiB, a connection's ~8 KiB once its first 64 KiB are
+/// spent) comes in as meshd reads it and
 /// is answered whole: a State-of-the-World EDS request naming every cluster
 /// of a large mesh (~130 KB for 3,000 clusters), as Envoy sends one after
 /// every cluster update.

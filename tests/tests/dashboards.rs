@@ -900,8 +900,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 81, 0, 1));
 const WEB: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 81, 0, 2));
 const DB: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 81, 0, 3));
-/// A pod with traffic capture: its outbound listener (on 0.0.0.0, as in a
-/// pod) has a TCP proxy per TCP service port, so the outbound TCP series
+/// A pod with traffic capture: its outbound listeners (on 0.0.0.0, as in a
+/// pod) have a TCP proxy per TCP service port, so the outbound TCP series
 /// exist. No traffic reaches it: there is no capture on loopback.
 const TCP_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 81, 0, 4));
 const DB_PORT: u16 = 5432;

@@ -93,7 +93,7 @@ pub(super) fn route_config_name(service: &ServiceKey, port: u16) -> String {
     format!("{}:{port}", service.fqdn())
 }
 
-/// The filter chain of such a port on the capture listener.
+/// The filter chain of such a port, in its port's outbound listener.
 pub(super) fn chain_name(service: &ServiceKey, port: u16) -> String {
     format!("outbound|{port}|http|{}", service.fqdn())
 }

@@ -435,7 +435,7 @@ fn same_services(a: &Mesh, b: &Mesh) -> bool {
 }
 
 /// Whether the endpoints of every headless service are the same: the
-/// outbound listener has a filter chain per ready pod IP of each.
+/// outbound listeners have a filter chain per ready pod IP of each.
 fn same_headless_endpoints(a: &Mesh, b: &Mesh) -> bool {
     b.services.values().filter(|s| s.is_headless()).all(|s| {
         match (a.endpoints.get(&s.key), b.endpoints.get(&s.key)) {
@@ -999,12 +999,17 @@ fn cidr(ip: IpAddr) -> CidrRange {
 /// 15001) hands each connection to the listener of its original
 /// destination's port (`use_original_dst`), and keeps only the
 /// passthrough. So a Service added on port 80 changes the port-80 listener
-/// alone, and a proxy is sent that one, not the chains of every port of
-/// the mesh (at 1,000 services, ~23 of ~55 KiB; see BENCHMARKS.md). Each
+/// alone, and a Delta proxy is sent that one, not the chains of every port
+/// of the mesh (at 1,000 services, ~23 of ~55 KiB; see BENCHMARKS.md;
+/// State of the World sends every listener whenever one changes). Each
 /// port listener passes what none of its chains matches through, as the
 /// capture listener does. Chains on the sidecar's own ports stay in the
 /// capture listener: a listener of that address would collide with the
-/// sidecar's.
+/// sidecar's. (Envoy would hand connections to 15006, 15021 and 15090 to
+/// the sidecar's own listeners of those ports, so the capture rules let
+/// them leave directly: `meshd_injector::capture`.) An IPv6 destination
+/// is handed to a `[::]` listener, which there is none of: IPv6 capture
+/// will need them.
 ///
 /// - ExternalName services have no VIP: their clients connect to whatever
 ///   the external name resolves to. An HTTP port of one makes the HTTP
@@ -1235,7 +1240,7 @@ pub fn outbound_port_listener_name(port: u16) -> String {
     format!("0.0.0.0_{port}")
 }
 
-/// The route configuration of the capture listener's chain for the HTTP
+/// The route configuration of the outbound chain for the HTTP
 /// Service ports numbered `port` of `namespace` that are routed by Host:
 /// `<port>|<namespace>`, matched on those Services' VIPs; `None` for every
 /// other destination (`<port>`, when an ExternalName Service is on the
@@ -1913,6 +1918,55 @@ status: {podIP: 198.18.0.2}
                 assert!(res.cluster_refs.contains(&cluster.to_string()));
             }
         }
+    }
+
+    /// Every outbound chain sits in the listener of its destination port,
+    /// no port listener takes one of the sidecar's ports, and a port's
+    /// listener goes with the last Service port of that number.
+    #[test]
+    fn each_chain_is_in_its_ports_listener_which_goes_with_the_ports_last_service() {
+        let snap = mtls_snapshot(&outside_and_headless("STRICT"));
+        let view = snap.proxy("client-0.shop").unwrap();
+        let mut port_listeners = 0;
+        for r in view.all(Kind::Listener) {
+            let Some(port) = r.name.strip_prefix("0.0.0.0_") else {
+                continue;
+            };
+            let port: u16 = port.parse().unwrap();
+            assert!(!ports::ALL.contains(&port), "{port}");
+            let l: Listener = decode(r).unwrap();
+            let Some(address::Address::SocketAddress(SocketAddress {
+                port_specifier: Some(PortSpecifier::PortValue(bound)),
+                ..
+            })) = l.address.and_then(|a| a.address)
+            else {
+                panic!("{}: no socket address", r.name)
+            };
+            assert_eq!(bound, u32::from(port));
+            assert!(!l.filter_chains.is_empty(), "{}", r.name);
+            for c in &l.filter_chains {
+                let m = c.filter_chain_match.as_ref().unwrap();
+                assert_eq!(
+                    m.destination_port,
+                    Some(UInt32Value { value: port.into() }),
+                    "{}",
+                    c.name
+                );
+            }
+            port_listeners += 1;
+        }
+        // Port 80's VIPs, the ExternalName's any-destination port, the
+        // headless pods' target ports.
+        assert!(port_listeners >= 3, "{port_listeners}");
+
+        let view = snapshot().proxy("client-0.other").unwrap();
+        assert!(view.get(Kind::Listener, "0.0.0.0_5432").is_some());
+        let without = REGISTRY.replace(", {name: tcp-db, port: 5432}", "");
+        assert_ne!(without, REGISTRY);
+        let snap = snapshot_of(&without);
+        let view = snap.proxy("client-0.other").unwrap();
+        assert!(view.get(Kind::Listener, "0.0.0.0_5432").is_none());
+        assert!(view.get(Kind::Listener, "0.0.0.0_80").is_some());
     }
 
     /// A Service on one of the sidecar's own ports keeps its chain in the

@@ -252,7 +252,7 @@ fn clusters<'e>(
     // A headless cluster has no endpoints to label for mTLS: the pods
     // that take it are reached through the TLS cluster, the others (a
     // migration in progress) through a plaintext twin, chosen per pod by
-    // the capture listener's chains.
+    // the outbound listeners' chains.
     let headless_plaintext = !sans.is_empty()
         && eps
             .iter()
@@ -351,7 +351,7 @@ pub(super) fn plaintext_cluster_name(svc: &Service, port: u16) -> String {
     format!("outbound|{port}|plaintext|{}", svc.key.fqdn())
 }
 
-/// Whether the capture listener sends a headless service's `i`th endpoint
+/// Whether the outbound chains send a headless service's `i`th endpoint
 /// to the plaintext twin: it takes no mTLS while others of the service do.
 pub(super) fn reached_in_plaintext(entries: &Entries, key: &ServiceKey, i: usize) -> bool {
     entries.get(key).is_some_and(|e| {
@@ -360,7 +360,7 @@ pub(super) fn reached_in_plaintext(entries: &Entries, key: &ServiceKey, i: usize
 }
 
 /// Whether every headless service's endpoints take mTLS as before (the
-/// capture listener's chains follow it).
+/// outbound listeners' chains follow it).
 pub(super) fn same_headless_identities(a: &Entries, b: &Entries, mesh: &Mesh) -> bool {
     mesh.services
         .values()
@@ -586,6 +586,7 @@ status: {{podIP: 198.18.0.5}}
         );
         assert!(same(Kind::Cluster, RATINGS));
         assert!(same(Kind::Listener, "outbound"));
+        assert!(same(Kind::Listener, "0.0.0.0_80"));
         assert!(same(Kind::Route, "80|shop"), "routes carry over");
 
         // Back to ready: the content is what the first snapshot had.

@@ -1152,10 +1152,12 @@ status: {podIP: 198.18.0.13}
 
         // Proxies with equal scopes (written differently) share one copy.
         let twin = snap.proxy("scoped-1.shop").unwrap();
-        assert!(Arc::ptr_eq(
-            view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap(),
-            twin.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()
-        ));
+        for listener in [OUTBOUND_LISTENER, "0.0.0.0_80"] {
+            assert!(Arc::ptr_eq(
+                view.get(Kind::Listener, listener).unwrap(),
+                twin.get(Kind::Listener, listener).unwrap()
+            ));
+        }
         assert!(Arc::ptr_eq(
             view.get(Kind::Route, "80|shop").unwrap(),
             twin.get(Kind::Route, "80|shop").unwrap()
