@@ -290,6 +290,29 @@ fn captured_traffic_crosses_both_proxies_over_mtls() {
         stat(&passthrough, "cluster.PassthroughCluster.upstream_cx_total") >= 1,
         "{passthrough}"
     );
+
+    // A meshed scraper reaches the other pod's sidecar stats, not its own:
+    // the sidecar listens on 15090 at every address, and a captured
+    // connection would be handed to the caller's own listener of the port.
+    let scraped = mesh
+        .client
+        .run(|| {
+            http::get(
+                SocketAddr::new(IpAddr::V4(mesh.server.ip), 15090),
+                "server",
+                "/stats/prometheus",
+                false,
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(scraped.status, 200, "{}", scraped.body);
+    // Only the server's sidecar has an inbound cluster for its app's port.
+    assert!(
+        scraped.body.contains(&format!("inbound|{APP_PORT}||")),
+        "not the server's stats:\n{}",
+        scraped.body
+    );
 }
 
 #[test]
