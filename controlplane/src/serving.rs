@@ -116,11 +116,14 @@ pub const H2_STREAM_WINDOW: u32 = 65_535;
 /// ahead of what meshd has read. A connection's window starts at 64 KiB
 /// whatever the settings, and only WINDOW_UPDATEs move it, so this cannot
 /// fall foul of the SETTINGS race above; h2 holds updates back until the
-/// window is down to ~5 KiB and then tops it up to this. It keeps what a
-/// burst of requests parks in meshd small: at a service addition every
+/// window is down to ~5 KiB and then tops it up to this. It bounds what a
+/// burst of requests parks in meshd: at a service addition every
 /// State-of-the-World proxy sends an EDS request naming every cluster
-/// (~40 KB at 1,000 services) at once, and h2 held up to 64 KiB of each
-/// unread (BENCHMARKS.md). Past the first 64 KiB, DATA frames are no
+/// (~40 KB at 1,000 services) at once, and h2 could hold up to 64 KiB of
+/// each unread. Measured together with the slim reading of requests
+/// (`xds::request`, whose savings are freed at once anyway), it took
+/// ~9 KiB per proxy off the settled memory at 2,000 proxies and little off
+/// the peak (BENCHMARKS.md). Past the first 64 KiB, DATA frames are no
 /// larger than this, the size h2's frame reader starts at. The streams of
 /// a connection share it: an ADS stream's task does not read requests
 /// while it waits to push, so a client that stops reading an ADS stream's
