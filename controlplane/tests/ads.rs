@@ -583,6 +583,13 @@ mod raw_h2 {
             .map(|s| i64::from(u32::from_be_bytes([s[2], s[3], s[4], s[5]])))
     }
 
+    /// The increment a WINDOW_UPDATE payload grants.
+    pub fn window_increment(payload: &[u8]) -> i64 {
+        i64::from(
+            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
+        )
+    }
+
     pub fn grpc(message: &[u8]) -> Vec<u8> {
         let mut framed = vec![0u8];
         framed.extend((message.len() as u32).to_be_bytes());
@@ -631,7 +638,7 @@ async fn a_first_request_read_before_the_settings_are_acknowledged_leaves_room_f
         match next_frame(&mut tcp).await.expect("meshd reads the request") {
             (SETTINGS, 0, 0, payload) => server_window = initial_window(&payload),
             (WINDOW_UPDATE, _, 1, payload) => {
-                window_updates += i64::from(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                window_updates += window_increment(&payload);
             }
             _ => {}
         }
@@ -645,7 +652,7 @@ async fn a_first_request_read_before_the_settings_are_acknowledged_leaves_room_f
         {
             (SETTINGS, 0, 0, payload) => server_window = initial_window(&payload),
             (WINDOW_UPDATE, _, 1, payload) => {
-                window_updates += i64::from(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                window_updates += window_increment(&payload);
             }
             (DATA, _, 1, _) => break,
             _ => {}
@@ -666,7 +673,7 @@ async fn a_first_request_read_before_the_settings_are_acknowledged_leaves_room_f
             );
         };
         if let (WINDOW_UPDATE, _, 1, payload) = frame {
-            window += i64::from(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            window += window_increment(&payload);
         }
     }
     write_frame(&mut tcp, DATA, 0, 1, &second).await;
@@ -684,8 +691,8 @@ async fn a_first_request_read_before_the_settings_are_acknowledged_leaves_room_f
 
 /// A request larger than both HTTP/2 flow-control windows meshd grants (a
 /// stream's 64 KiB, a connection's ~8 KiB once its first 64 KiB are
-/// spent) comes in as meshd reads it and
-/// is answered whole: a State-of-the-World EDS request naming every cluster
+/// spent) comes in as meshd reads it and is answered whole: a
+/// State-of-the-World EDS request naming every cluster
 /// of a large mesh (~130 KB for 3,000 clusters), as Envoy sends one after
 /// every cluster update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,11 +92,7 @@ impl CaptureConfig {
         );
 
         let _ = writeln!(r, "-A PREROUTING -p tcp -j MESHD_INBOUND");
-        let mut inbound_excluded: Vec<u16> = SIDECAR_INBOUND_PORTS.to_vec();
-        inbound_excluded.extend(&self.exclude_inbound_ports);
-        inbound_excluded.sort_unstable();
-        inbound_excluded.dedup();
-        for port in inbound_excluded {
+        for port in excluded(&SIDECAR_INBOUND_PORTS, &self.exclude_inbound_ports) {
             let _ = writeln!(r, "-A MESHD_INBOUND -p tcp --dport {port} -j RETURN");
         }
         let _ = writeln!(r, "-A MESHD_INBOUND -p tcp -j MESHD_IN_REDIRECT");
@@ -152,17 +148,21 @@ impl CaptureConfig {
                 cidr.address, cidr.prefix
             );
         }
-        let mut outbound_excluded: Vec<u16> = SIDECAR_OUTBOUND_PORTS.to_vec();
-        outbound_excluded.extend(&self.exclude_outbound_ports);
-        outbound_excluded.sort_unstable();
-        outbound_excluded.dedup();
-        for port in outbound_excluded {
+        for port in excluded(&SIDECAR_OUTBOUND_PORTS, &self.exclude_outbound_ports) {
             let _ = writeln!(r, "-A MESHD_OUTPUT -p tcp --dport {port} -j RETURN");
         }
         let _ = writeln!(r, "-A MESHD_OUTPUT -j MESHD_REDIRECT");
         let _ = writeln!(r, "COMMIT");
         r
     }
+}
+
+/// The sidecar's ports and the pod's own choice, sorted, each once.
+fn excluded(sidecar: &[u16], chosen: &[u16]) -> Vec<u16> {
+    let mut ports: Vec<u16> = sidecar.iter().chain(chosen).copied().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// Applies the rules with `iptables-restore` (and `ip6tables-restore` when

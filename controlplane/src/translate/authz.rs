@@ -1202,7 +1202,11 @@ mod tests {
                 snap.proxy(node)
                     .unwrap()
                     .all(Kind::Listener)
-                    .filter(|r| r.name == OUTBOUND_LISTENER || r.name.starts_with("0.0.0.0_"))
+                    .filter(|r| {
+                        r.name == OUTBOUND_LISTENER
+                            || r.name
+                                .starts_with(super::super::OUTBOUND_PORT_LISTENER_PREFIX)
+                    })
                     .map(|r| (r.name.clone(), r.version.clone()))
                     .collect()
             };

@@ -69,8 +69,8 @@ use resource::ads;
 pub use resource::{Collector, Tracing};
 pub use resource::{
     DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, INBOUND_PASSTHROUGH_CLUSTER, Kind,
-    MtlsOptions, OUTBOUND_LISTENER, PASSTHROUGH_CLUSTER, ROOT_SECRET, Resource, Resources,
-    Telemetry, TranslateOptions, decode,
+    MtlsOptions, OUTBOUND_LISTENER, OUTBOUND_PORT_LISTENER_PREFIX, PASSTHROUGH_CLUSTER,
+    ROOT_SECRET, Resource, Resources, Telemetry, TranslateOptions, decode,
 };
 use routing::{route_to, service_hosts};
 pub use telemetry::{ACCESS_LOG_FIELDS, TRACING_COLLECTOR_CLUSTER};
@@ -1234,10 +1234,9 @@ impl PortChains {
     }
 }
 
-/// The name of the outbound listener of destination port `port`, as Istio
-/// names its own: `0.0.0.0_80`.
-pub fn outbound_port_listener_name(port: u16) -> String {
-    format!("0.0.0.0_{port}")
+/// The name of the outbound listener of destination port `port`.
+fn outbound_port_listener_name(port: u16) -> String {
+    format!("{OUTBOUND_PORT_LISTENER_PREFIX}{port}")
 }
 
 /// The route configuration of the outbound chain for the HTTP
@@ -1655,7 +1654,7 @@ pub(crate) fn joined_outbound(view: &ProxyView) -> Listener {
     let mut joined: Listener =
         decode(view.get(Kind::Listener, OUTBOUND_LISTENER).unwrap()).unwrap();
     for r in view.all(Kind::Listener) {
-        if r.name.starts_with("0.0.0.0_") {
+        if r.name.starts_with(OUTBOUND_PORT_LISTENER_PREFIX) {
             let port: Listener = decode(r).unwrap();
             joined.filter_chains.extend(port.filter_chains);
         }
@@ -1929,7 +1928,7 @@ status: {podIP: 198.18.0.2}
         let view = snap.proxy("client-0.shop").unwrap();
         let mut port_listeners = 0;
         for r in view.all(Kind::Listener) {
-            let Some(port) = r.name.strip_prefix("0.0.0.0_") else {
+            let Some(port) = r.name.strip_prefix(OUTBOUND_PORT_LISTENER_PREFIX) else {
                 continue;
             };
             let port: u16 = port.parse().unwrap();

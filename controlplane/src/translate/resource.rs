@@ -17,6 +17,9 @@ use meshd_api::annotations::pod::SamplingPercent;
 
 /// The names of the resources every proxy has.
 pub const OUTBOUND_LISTENER: &str = "outbound";
+/// What the name of each destination port's outbound listener starts
+/// with: `0.0.0.0_80`, as Istio names its own.
+pub const OUTBOUND_PORT_LISTENER_PREFIX: &str = "0.0.0.0_";
 pub const INBOUND_LISTENER: &str = "inbound";
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// The inbound catch-all's way to the app: the original destination, from
