@@ -14,7 +14,7 @@
 pub mod dump;
 mod grpc;
 mod overlay;
-mod request;
+pub mod request;
 mod session;
 mod sotw;
 

@@ -14,21 +14,21 @@ use std::collections::HashMap;
 
 /// `config.core.v3.Node`: its id.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct NodeId {
+pub struct NodeId {
     #[prost(string, tag = "1")]
     pub id: String,
 }
 
 /// `google.rpc.Status`: its message, a NACK's reason.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ErrorDetail {
+pub struct ErrorDetail {
     #[prost(string, tag = "2")]
     pub message: String,
 }
 
 /// `service.discovery.v3.DeltaDiscoveryRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct DeltaRequest {
+pub struct DeltaRequest {
     #[prost(message, optional, tag = "1")]
     pub node: Option<NodeId>,
     #[prost(string, tag = "2")]
@@ -48,7 +48,7 @@ pub(crate) struct DeltaRequest {
 /// `service.discovery.v3.DiscoveryRequest` (its `version_info` is not
 /// read: the nonce says what a request answers).
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct SotwRequestFields {
+pub struct SotwRequestFields {
     #[prost(message, optional, tag = "2")]
     pub node: Option<NodeId>,
     #[prost(string, repeated, tag = "3")]
