@@ -9,6 +9,9 @@
 //!   which also builds that namespace's route configurations;
 //! - `proxy_warm`: any further proxy (routes cached): the per-proxy cost of
 //!   a push;
+//! - `proxy_warm_100_ports`: the same with the HTTP services spread over
+//!   100 port numbers, so 100 outbound port listeners: what a proxy's view
+//!   costs as the mesh's ports grow;
 //! - `full_proxy_config`: a fresh snapshot, one proxy's view, and a walk
 //!   over every resource it receives.
 //!
@@ -30,6 +33,20 @@ fn mesh() -> Arc<Mesh> {
     let mesh = support::index().mesh();
     assert_eq!(mesh.services.len(), SERVICES);
     assert_eq!(mesh.workloads.len(), SERVICES * ENDPOINTS_PER_SERVICE);
+    Arc::new(mesh)
+}
+
+/// `mesh` with its HTTP services spread over `ports` port numbers
+/// (8000 and up), each a port listener of its own.
+fn with_ports(mesh: &Mesh, ports: usize) -> Arc<Mesh> {
+    let mut mesh = mesh.clone();
+    for (i, service) in mesh.services.values_mut().enumerate() {
+        let mut spread = (**service).clone();
+        for port in spread.ports.iter_mut().filter(|p| p.protocol.is_http()) {
+            port.port = 8000 + u16::try_from(i % ports).expect("ports fit in a u16");
+        }
+        *service = Arc::new(spread);
+    }
     Arc::new(mesh)
 }
 
@@ -101,6 +118,14 @@ fn translate(c: &mut Criterion) {
     warm.proxy(&node).expect("known proxy");
     group.bench_function("proxy_warm", |b| {
         b.iter(|| warm.proxy(black_box(&node)).expect("known proxy"));
+    });
+
+    let many_ports = with_ports(&mesh, 100);
+    let warm_ports = Snapshot::new(1, many_ports, options());
+    let view = warm_ports.proxy(&node).expect("known proxy");
+    assert!(view.all(Kind::Listener).count() > 100);
+    group.bench_function("proxy_warm_100_ports", |b| {
+        b.iter(|| warm_ports.proxy(black_box(&node)).expect("known proxy"));
     });
 
     group.bench_function("full_proxy_config", |b| {

@@ -28,6 +28,7 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use itertools::Itertools;
 use meshd_proto::envoy::config::accesslog::v3::AccessLog;
 use meshd_proto::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use meshd_proto::envoy::config::listener::v3::{
@@ -74,6 +75,7 @@ pub use resource::{
 };
 use routing::{route_to, service_hosts};
 pub use telemetry::{ACCESS_LOG_FIELDS, TRACING_COLLECTOR_CLUSTER};
+use telemetry::{TracedListeners, TracingKey};
 
 /// Ports the sidecar owns inside a pod (listener ports are translation's
 /// vocabulary too).
@@ -86,6 +88,10 @@ pub struct ProxyView {
     shared_clusters: Arc<Resources>,
     shared_endpoints: Arc<Resources>,
     local_clusters: Arc<Resources>,
+    /// The outbound listeners, the same map for every proxy of the egress
+    /// scope that logs and traces alike ([`Outbound::listeners_for`]).
+    outbound_listeners: Arc<Resources>,
+    /// The proxy's own listeners (inbound; all of them without capture).
     listeners: Resources,
     routes: Arc<Resources>,
     /// The proxy's own secrets; the stream that serves it fills them in.
@@ -202,7 +208,10 @@ impl ProxyView {
                 .get(name)
                 .or_else(|| self.shared_clusters.get(name)),
             Kind::Endpoint => self.shared_endpoints.get(name),
-            Kind::Listener => self.listeners.get(name),
+            Kind::Listener => self
+                .listeners
+                .get(name)
+                .or_else(|| self.outbound_listeners.get(name)),
             Kind::Route => self.routes.get(name),
         }
     }
@@ -217,7 +226,13 @@ impl ProxyView {
                     .chain(self.local_clusters.values()),
             ),
             Kind::Endpoint => Box::new(self.shared_endpoints.values()),
-            Kind::Listener => Box::new(self.listeners.values()),
+            // By name, as one map would list them.
+            Kind::Listener => Box::new(
+                self.outbound_listeners
+                    .iter()
+                    .merge_by(&self.listeners, |a, b| a.0 <= b.0)
+                    .map(|(_, l)| l),
+            ),
             Kind::Route => Box::new(self.routes.values()),
         }
     }
@@ -229,26 +244,66 @@ struct Outbound {
     clusters: Arc<Resources>,
     endpoints: Arc<Resources>,
     /// The capture listener and one listener per destination port
-    /// ([`redirect_outbound_listener`]).
-    listeners: Vec<Arc<Resource>>,
+    /// ([`redirect_outbound_listener`]). Proxies' views share this map
+    /// rather than copy it: with a listener per port, a copy per proxy and
+    /// snapshot would cost every push work and memory that grow with the
+    /// number of ports in the mesh.
+    listeners: Arc<Resources>,
     /// The listeners with access logs, made when a proxy that logs asks.
-    logged: OnceLock<Vec<Arc<Resource>>>,
+    logged: OnceLock<Arc<Resources>>,
+    /// The listeners of traced proxies, by access logging and how they are
+    /// traced: made in each snapshot when a proxy of each first asks.
+    traced: Mutex<HashMap<(bool, TracingKey), Arc<Resources>>>,
 }
 
 impl Outbound {
+    fn new(clusters: Arc<Resources>, endpoints: Arc<Resources>, listeners: Arc<Resources>) -> Self {
+        Outbound {
+            clusters,
+            endpoints,
+            listeners,
+            logged: OnceLock::new(),
+            traced: Mutex::default(),
+        }
+    }
+
     /// The outbound listeners, or their access-logging variants (made
     /// once).
-    fn listeners(&self, access_log: bool) -> &[Arc<Resource>] {
+    fn listeners(&self, access_log: bool) -> &Arc<Resources> {
         if access_log {
             self.logged.get_or_init(|| {
-                self.listeners
+                let logged = self
+                    .listeners
                     .iter()
-                    .map(telemetry::with_access_log)
-                    .collect()
+                    .map(|(name, l)| (name.clone(), telemetry::with_access_log(l)));
+                Arc::new(logged.collect())
             })
         } else {
             &self.listeners
         }
+    }
+
+    /// The outbound listeners of a proxy that logs or not, and is traced
+    /// as `tracing` or not.
+    fn listeners_for(
+        &self,
+        access_log: bool,
+        tracing: Option<&TracingKey>,
+        cache: &TracedListeners,
+    ) -> Arc<Resources> {
+        let listeners = self.listeners(access_log);
+        let Some(key) = tracing else {
+            return listeners.clone();
+        };
+        lock(&self.traced)
+            .entry((access_log, key.clone()))
+            .or_insert_with(|| {
+                let traced = listeners
+                    .iter()
+                    .map(|(name, l)| (name.clone(), cache.listener(l, key)));
+                Arc::new(traced.collect())
+            })
+            .clone()
     }
 }
 
@@ -528,13 +583,11 @@ impl Snapshot {
             None => redirect_outbound_listener(&mesh, &entries, &clusters, |_| true),
         };
         let mesh_wide = Arc::new(Outbound {
-            clusters: clusters.clone(),
-            endpoints: endpoints.clone(),
             logged: match same_structure {
                 Some(p) => p.mesh_wide.logged.clone(),
                 None => OnceLock::new(),
             },
-            listeners,
+            ..Outbound::new(clusters.clone(), endpoints.clone(), listeners)
         });
         let (scoped, routes) = match same_structure {
             Some(p) => {
@@ -547,10 +600,12 @@ impl Snapshot {
                                 .collect()
                         };
                         let outbound = Outbound {
-                            clusters: Arc::new(pick(&clusters, &old.clusters)),
-                            endpoints: Arc::new(pick(&endpoints, &old.endpoints)),
-                            listeners: old.listeners.clone(),
                             logged: old.logged.clone(),
+                            ..Outbound::new(
+                                Arc::new(pick(&clusters, &old.clusters)),
+                                Arc::new(pick(&endpoints, &old.endpoints)),
+                                old.listeners.clone(),
+                            )
                         };
                         (scope.clone(), Arc::new(outbound))
                     })
@@ -688,14 +743,13 @@ impl Snapshot {
                 .filter_map(|n| Some((n.clone(), all.get(n)?.clone())))
                 .collect()
         };
-        Outbound {
-            clusters: Arc::new(pick(&self.mesh_wide.clusters)),
-            endpoints: Arc::new(pick(&self.mesh_wide.endpoints)),
-            listeners: redirect_outbound_listener(&self.mesh, &self.entries, &self.clusters, |k| {
+        Outbound::new(
+            Arc::new(pick(&self.mesh_wide.clusters)),
+            Arc::new(pick(&self.mesh_wide.endpoints)),
+            redirect_outbound_listener(&self.mesh, &self.entries, &self.clusters, |k| {
                 egress.allows(k)
             }),
-            logged: OnceLock::new(),
-        }
+        )
     }
 
     /// The configuration for the proxy with this node id, or `None` while
@@ -730,12 +784,13 @@ impl Snapshot {
             .as_ref()
             .map(|m| self.mesh.mtls_mode(&workload, m.default_mode));
         let access_log = telemetry::access_log_for(&workload, &self.options.telemetry);
+        let tracing = telemetry::tracing_of(&workload, &self.options.telemetry);
+        let mut outbound_listeners = Arc::default();
         let local_clusters = match workload.interception {
             Interception::Redirect => {
                 let side = lock(&self.inbound).get_or_build(inbound, faults, mtls, policies);
-                for l in outbound.listeners(access_log) {
-                    listeners.insert(l.name.clone(), l.clone());
-                }
+                outbound_listeners =
+                    outbound.listeners_for(access_log, tracing.as_ref(), &self.traced);
                 let inb = listener_for(&side.listener, &side.logged, access_log);
                 listeners.insert(INBOUND_LISTENER.into(), inb);
                 side.clusters.clone()
@@ -769,19 +824,23 @@ impl Snapshot {
                 Arc::new(local_clusters)
             }
         };
-        let (listeners, local_clusters) = telemetry::with_tracing(
-            &self.traced,
-            &workload,
-            &self.options.telemetry,
-            listeners,
-            local_clusters,
-        );
+        let (listeners, local_clusters) = match &tracing {
+            Some(key) => telemetry::with_tracing(
+                &self.traced,
+                key,
+                &self.options.telemetry,
+                listeners,
+                local_clusters,
+            ),
+            None => (listeners, local_clusters),
+        };
         let routes = self.routes(&workload.namespace, workload.interception, scope);
         Some(ProxyView {
             workload,
             shared_clusters: outbound.clusters.clone(),
             shared_endpoints: outbound.endpoints.clone(),
             local_clusters,
+            outbound_listeners,
             listeners,
             routes,
             secrets: Resources::new(),
@@ -1033,7 +1092,7 @@ fn redirect_outbound_listener(
     entries: &outbound::Entries,
     clusters: &Resources,
     visible: impl Fn(&ServiceKey) -> bool,
-) -> Vec<Arc<Resource>> {
+) -> Arc<Resources> {
     let routed_ports: BTreeSet<u16> = mesh
         .services
         .values()
@@ -1188,13 +1247,13 @@ impl PortChains {
         port_refs.extend(refs);
     }
 
-    /// The capture listener, then one listener per destination port (see
-    /// [`redirect_outbound_listener`]).
-    fn into_listeners(self) -> Vec<Arc<Resource>> {
+    /// The capture listener and one listener per destination port (see
+    /// [`redirect_outbound_listener`]), by name.
+    fn into_listeners(self) -> Arc<Resources> {
         let passthrough = || Some(passthrough_chain(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER));
         let mut capture_chains = Vec::new();
         let mut capture_refs = BTreeSet::from([PASSTHROUGH_CLUSTER.to_string()]);
-        let mut listeners = Vec::with_capacity(self.0.len() + 1);
+        let mut listeners = Resources::new();
         for (port, (chains, mut refs)) in self.0 {
             if ports::ALL.contains(&port) {
                 capture_chains.extend(chains);
@@ -1213,7 +1272,8 @@ impl PortChains {
             );
             // Reached only through the capture listener's hand-off.
             l.bind_to_port = Some(BoolValue { value: false });
-            listeners.push(Resource::new(name, &l, refs.into_iter().collect()));
+            let l = Resource::new(name.clone(), &l, refs.into_iter().collect());
+            listeners.insert(name, l);
         }
         let mut capture = listener(
             OUTBOUND_LISTENER,
@@ -1229,8 +1289,8 @@ impl PortChains {
             &capture,
             capture_refs.into_iter().collect(),
         );
-        listeners.insert(0, capture);
-        listeners
+        listeners.insert(OUTBOUND_LISTENER.into(), capture);
+        Arc::new(listeners)
     }
 }
 
@@ -1917,6 +1977,38 @@ status: {podIP: 198.18.0.2}
                 assert!(res.cluster_refs.contains(&cluster.to_string()));
             }
         }
+    }
+
+    /// Redirected proxies of one egress scope hold one map of outbound
+    /// listeners between them, not a copy each (a copy per proxy and
+    /// snapshot grows with the mesh's ports), and list it with their own
+    /// listeners by name, as one map would.
+    #[test]
+    fn redirected_proxies_share_the_outbound_listeners_and_list_them_with_their_own() {
+        let snap = snapshot();
+        let web = snap.proxy("web-0.shop").unwrap();
+        let client = snap.proxy("client-0.other").unwrap();
+        assert!(Arc::ptr_eq(
+            &web.outbound_listeners,
+            &client.outbound_listeners
+        ));
+        assert!(!web.listeners.contains_key(OUTBOUND_LISTENER));
+        let names: Vec<&str> = web.all(Kind::Listener).map(|l| l.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+        for name in [
+            INBOUND_LISTENER,
+            OUTBOUND_LISTENER,
+            "0.0.0.0_80",
+            "0.0.0.0_5432",
+        ] {
+            assert!(names.contains(&name), "{name}: {names:?}");
+            let found = web.get(Kind::Listener, name).map(|l| l.name.as_str());
+            assert_eq!(found, Some(name));
+        }
+        assert!(web.get(Kind::Listener, "0.0.0.0_8080").is_none());
     }
 
     /// Every outbound chain sits in the listener of its destination port,

@@ -346,7 +346,7 @@ pub(super) fn with_access_log(listener: &Arc<Resource>) -> Arc<Resource> {
 /// How a proxy traces: its sampling. (The workload its spans name comes
 /// from the sidecar's environment, see the module docs.)
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct TracingKey {
+pub(super) struct TracingKey {
     sampling: SamplingPercent,
 }
 
@@ -492,12 +492,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A proxy's listeners and local clusters, traced when the mesh has a
-/// collector: each listener with HTTP gets its traced variant, and the
-/// collector's cluster joins the local clusters.
+/// How `workload`'s proxy is traced, or `None` when the mesh has no
+/// collector.
+pub(super) fn tracing_of(workload: &Workload, telemetry: &Telemetry) -> Option<TracingKey> {
+    telemetry.tracing.as_ref().map(|t| tracing_for(workload, t))
+}
+
+impl TracedListeners {
+    /// `listener` traced as `key`, made once per listener version and key.
+    pub(super) fn listener(&self, listener: &Arc<Resource>, key: &TracingKey) -> Arc<Resource> {
+        let mut traced_listeners = lock(&self.listeners);
+        let entry = traced_listeners
+            .entry((listener.version.clone(), key.clone()))
+            .or_insert_with(|| TracedListener {
+                traced: traced(listener, key),
+                used: false,
+            });
+        entry.used = true;
+        entry.traced.clone()
+    }
+}
+
+/// A proxy's own listeners and local clusters, traced as `key`: each
+/// listener with HTTP gets its traced variant, and the collector's cluster
+/// joins the local clusters. (The outbound listeners it shares with other
+/// proxies are traced once for all of them: `Outbound::listeners_for`.)
 pub(super) fn with_tracing(
     cache: &TracedListeners,
-    workload: &Workload,
+    key: &TracingKey,
     telemetry: &Telemetry,
     listeners: Resources,
     local_clusters: Arc<Resources>,
@@ -505,20 +527,9 @@ pub(super) fn with_tracing(
     let Some(tracing) = &telemetry.tracing else {
         return (listeners, local_clusters);
     };
-    let key = tracing_for(workload, tracing);
-    let mut traced_listeners = lock(&cache.listeners);
     let listeners = listeners
         .into_iter()
-        .map(|(name, l)| {
-            let entry = traced_listeners
-                .entry((l.version.clone(), key.clone()))
-                .or_insert_with(|| TracedListener {
-                    traced: traced(&l, &key),
-                    used: false,
-                });
-            entry.used = true;
-            (name, entry.traced.clone())
-        })
+        .map(|(name, l)| (name, cache.listener(&l, key)))
         .collect();
     let mut clusters = (*local_clusters).clone();
     let collector = cache.collector.get_or_init(|| collector_cluster(tracing));
@@ -732,6 +743,16 @@ status: {podIP: 198.18.0.4}
         let db = snap.proxy("db-0.shop").unwrap();
         let db_out = db.get(Kind::Listener, HTTP_LISTENER).unwrap();
         assert!(Arc::ptr_eq(client_out, db_out));
+        // Not only each listener: the whole set of outbound listeners is
+        // one map for the proxies traced alike, not a copy each.
+        assert!(Arc::ptr_eq(
+            &client.outbound_listeners,
+            &db.outbound_listeners
+        ));
+        assert!(!Arc::ptr_eq(
+            &client.outbound_listeners,
+            &web.outbound_listeners
+        ));
     }
 
     #[test]
