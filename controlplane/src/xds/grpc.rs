@@ -16,7 +16,12 @@
 //! share of the budget comes back when the connection has written the
 //! chunk, so a push to thousands of proxies goes out a few megabytes at a
 //! time instead of all at once, and a proxy that stops reading holds at
-//! most what HTTP/2 flow control lets it.
+//! most what HTTP/2 flow control lets it. Requests are bounded the same
+//! way: a message larger than a small per-stream allowance is read only
+//! once its whole length fits in the server's request budget
+//! ([`REQUEST_BUDGET`]), so a thousand State-of-the-World proxies
+//! answering one push with their ~40 KB EDS subscriptions are read at most
+//! 16 MiB at a time, not all at once.
 //!
 //! ```text
 //! stream task ──Outgoing (head + Arc<Resource>…)──> channel ──> ResponseBody::poll_frame
@@ -26,12 +31,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::PollSemaphore;
 use tonic::Status;
 use tonic::body::Body;
@@ -51,7 +58,22 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// A request buffer grown past this is dropped once it is empty again, so
 /// one large request does not cost its stream memory for its whole life.
+/// A message larger than this is read only under the request budget.
 const KEEP_REQUEST_BUFFER: usize = 16 << 10;
+
+/// Bytes of request messages larger than [`KEEP_REQUEST_BUFFER`] being
+/// read at once, across all streams of one server: what buffering large
+/// requests can cost, whatever the number of proxies (without it, every
+/// State-of-the-World proxy answering a new cluster set with a ~40 KB EDS
+/// subscription at once held ~85 MB at 1,000 such proxies). A message is
+/// admitted whole, so one of [`MAX_REQUEST_BYTES`] always fits and a
+/// stream never waits for budget while holding some.
+pub const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES;
+
+/// How long a message admitted under the request budget may take to
+/// arrive: Envoy sends a request whole and at once, so a message still
+/// incomplete after this is from a client holding budget others wait for.
+pub const REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Room made ahead of a message's bytes as its length prefix announces
 /// them, at most: a subscription of every cluster (~40 KB at 1,000
@@ -77,31 +99,89 @@ pub(crate) fn send_budget() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(SEND_BUDGET))
 }
 
+/// The shared request budget of one ADS server.
+pub(crate) fn request_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(REQUEST_BUDGET))
+}
+
 /// Reads gRPC-framed request messages off a request body.
+///
+/// A message of up to [`KEEP_REQUEST_BUFFER`] bytes is read as it comes
+/// (acknowledgements, Delta subscriptions). A larger one waits, once its
+/// length prefix is in, for its whole length of the server's request
+/// budget, in turn (the semaphore is fair); meanwhile its stream reads no
+/// more of it, so HTTP/2 flow control holds the rest at the proxy, and
+/// the stream goes on sending responses.
 pub(crate) struct RequestReader {
     body: Body,
     buf: BytesMut,
+    budget: PollSemaphore,
+    /// The budget held by the message being read, and when it must be in.
+    admitted: Option<(OwnedSemaphorePermit, Instant)>,
+}
+
+/// How far reading the next message has come.
+enum Progress<M> {
+    Message(M),
+    /// The length prefix is in: the message's length.
+    Announced(usize),
+    /// Not even the prefix.
+    Started,
 }
 
 impl RequestReader {
-    pub(crate) fn new(body: Body) -> Self {
+    pub(crate) fn new(body: Body, budget: Arc<Semaphore>) -> Self {
         RequestReader {
             body,
             buf: BytesMut::new(),
+            budget: PollSemaphore::new(budget),
+            admitted: None,
         }
     }
 
     /// The next message, `None` once the client has closed its side.
-    /// Cancel-safe: bytes read are kept until a whole message is there.
+    /// Cancel-safe: bytes read are kept until a whole message is there, and
+    /// a message waiting for budget keeps its place in the queue.
     pub(crate) async fn message<M>(
         &mut self,
         mut decode: impl FnMut(&[u8]) -> Result<M, prost::DecodeError>,
     ) -> Result<Option<M>, Status> {
         loop {
-            if let Some(message) = self.decode(&mut decode)? {
-                return Ok(Some(message));
+            let len = match self.decode(&mut decode)? {
+                Progress::Message(message) => return Ok(Some(message)),
+                Progress::Announced(len) => Some(len),
+                Progress::Started => None,
+            };
+            if let Some(len) = len {
+                if 5 + len > KEEP_REQUEST_BUFFER && self.admitted.is_none() {
+                    // At most MAX_REQUEST_BYTES: it fits in a u32.
+                    let permits = u32::try_from(len).unwrap_or(u32::MAX);
+                    let permit =
+                        std::future::poll_fn(|cx| self.budget.poll_acquire_many(cx, permits))
+                            .await
+                            // The budget is never closed.
+                            .ok_or_else(|| Status::internal("request budget closed"))?;
+                    self.admitted = Some((permit, Instant::now() + REQUEST_MESSAGE_TIMEOUT));
+                }
+                self.buf
+                    .reserve((5 + len).saturating_sub(self.buf.len()).min(RESERVE_AHEAD));
             }
-            match self.body.frame().await {
+            let frame = match &self.admitted {
+                None => self.body.frame().await,
+                Some((_, deadline)) => {
+                    let Ok(frame) = tokio::time::timeout_at(*deadline, self.body.frame()).await
+                    else {
+                        self.admitted = None;
+                        return Err(Status::deadline_exceeded(format!(
+                            "a request message of {} bytes did not arrive within {} s",
+                            len.unwrap_or_default(),
+                            REQUEST_MESSAGE_TIMEOUT.as_secs()
+                        )));
+                    };
+                    frame
+                }
+            };
+            match frame {
                 None if self.buf.is_empty() => return Ok(None),
                 None => {
                     return Err(Status::invalid_argument(
@@ -128,9 +208,9 @@ impl RequestReader {
     fn decode<M>(
         &mut self,
         decode: &mut impl FnMut(&[u8]) -> Result<M, prost::DecodeError>,
-    ) -> Result<Option<M>, Status> {
+    ) -> Result<Progress<M>, Status> {
         let Some(prefix) = self.buf.get(..5) else {
-            return Ok(None);
+            return Ok(Progress::Started);
         };
         if prefix[0] != 0 {
             return Err(Status::unimplemented(
@@ -145,16 +225,16 @@ impl RequestReader {
         }
         let end = 5 + len;
         if self.buf.len() < end {
-            self.buf.reserve((end - self.buf.len()).min(RESERVE_AHEAD));
-            return Ok(None);
+            return Ok(Progress::Announced(len));
         }
         let message = decode(&self.buf[5..end])
             .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
         self.buf.advance(end);
+        self.admitted = None;
         if self.buf.is_empty() && self.buf.capacity() > KEEP_REQUEST_BUFFER {
             self.buf = BytesMut::new();
         }
-        Ok(Some(message))
+        Ok(Progress::Message(message))
     }
 }
 
@@ -551,7 +631,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
             .collect();
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
-        let mut reader = RequestReader::new(Body::new(body));
+        let mut reader = RequestReader::new(Body::new(body), request_budget());
         let first = reader.message(decode).await.unwrap().unwrap();
         assert_eq!(first, big);
         let second = reader.message(decode).await.unwrap().unwrap();
@@ -570,7 +650,7 @@ mod tests {
             )),
         ];
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
-        let mut reader = RequestReader::new(Body::new(body));
+        let mut reader = RequestReader::new(Body::new(body), request_budget());
         let next = reader.message(decode).await;
         assert!(matches!(next, Ok(None)), "{next:?}");
     }
@@ -582,7 +662,7 @@ mod tests {
         wire.extend_from_slice(&[0; 100]);
         let frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(wire.into()))];
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
-        let mut reader = RequestReader::new(Body::new(body));
+        let mut reader = RequestReader::new(Body::new(body), request_budget());
         // The client announces 16 MiB, sends 100 bytes and stops.
         let err = reader.message(decode).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -593,13 +673,99 @@ mod tests {
         );
     }
 
+    /// A gRPC-framed request of `names` resource names.
+    fn framed(names: usize) -> Vec<u8> {
+        let request = meshd_proto::envoy::service::discovery::v3::DiscoveryRequest {
+            resource_names: (0..names)
+                .map(|i| format!("outbound|80||svc-{i:04}"))
+                .collect(),
+            ..Default::default()
+        };
+        let bytes = request.encode_to_vec();
+        let mut wire = vec![0];
+        wire.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&bytes);
+        wire
+    }
+
+    type Frames = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, Status>>;
+
+    /// A reader on a body the test feeds frame by frame.
+    fn fed(budget: &Arc<Semaphore>) -> (RequestReader, Frames) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let body = http_body_util::StreamBody::new(rx);
+        (RequestReader::new(Body::new(body), budget.clone()), tx)
+    }
+
+    fn send(frames: &Frames, bytes: &[u8]) {
+        let frame = Frame::data(Bytes::copy_from_slice(bytes));
+        frames.unbounded_send(Ok(frame)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn large_requests_are_read_in_turn_under_the_budget_and_small_ones_never_wait() {
+        use futures::FutureExt;
+        let large = framed(1_500);
+        assert!(large.len() > 2 * KEEP_REQUEST_BUFFER, "{}", large.len());
+        let budget = Arc::new(Semaphore::new(large.len() + large.len() / 2));
+        let full = budget.available_permits();
+        let first_frame = 8 << 10;
+
+        // A: admitted as soon as its prefix is in, then waits for its bytes.
+        let (mut a, a_frames) = fed(&budget);
+        send(&a_frames, &large[..first_frame]);
+        assert!(a.message(decode).now_or_never().is_none());
+        assert_eq!(budget.available_permits(), full - (large.len() - 5));
+
+        // B: the rest of the budget is too little; it reads no further than
+        // its first frame, though the proxy has sent the whole message.
+        let (mut b, b_frames) = fed(&budget);
+        send(&b_frames, &large[..first_frame]);
+        send(&b_frames, &large[first_frame..]);
+        assert!(b.message(decode).now_or_never().is_none());
+        assert_eq!(b.buf.len(), first_frame);
+
+        // C: a small message is never held up by the budget.
+        let (mut c, c_frames) = fed(&budget);
+        send(&c_frames, &framed(3));
+        let small = c.message(decode).now_or_never().expect("not held up");
+        assert_eq!(small.unwrap().unwrap().resource_names.len(), 3);
+
+        // A's message completes and gives its budget back; B goes on.
+        send(&a_frames, &large[first_frame..]);
+        let got = a.message(decode).await.unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 1_500);
+        let got = b.message(decode).await.unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 1_500);
+        assert_eq!(budget.available_permits(), full);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_message_not_sent_in_time_ends_its_stream_and_gives_its_budget_back() {
+        let large = framed(1_500);
+        let budget = request_budget();
+        let (mut reader, frames) = fed(&budget);
+        // The prefix and a little, then nothing (the sender stays open).
+        send(&frames, &large[..100]);
+        // (Time is paused: the runtime moves it on when all are waiting.)
+        let read = tokio::time::timeout(2 * REQUEST_MESSAGE_TIMEOUT, reader.message(decode));
+        let err = read.await.expect("given up on").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(
+            err.message().contains("did not arrive within 30 s"),
+            "{err:?}"
+        );
+        assert_eq!(budget.available_permits(), REQUEST_BUDGET);
+        drop(frames);
+    }
+
     #[tokio::test]
     async fn an_oversized_request_is_refused_before_it_arrives() {
         let mut prefix = vec![0];
         prefix.extend_from_slice(&u32::MAX.to_be_bytes());
         let frames: Vec<Result<Frame<Bytes>, Status>> = vec![Ok(Frame::data(prefix.into()))];
         let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
-        let mut reader = RequestReader::new(Body::new(body));
+        let mut reader = RequestReader::new(Body::new(body), request_budget());
         let err = reader.message(decode).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }

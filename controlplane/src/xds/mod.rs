@@ -39,7 +39,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tracing::Instrument;
 
-pub use grpc::{MAX_REQUEST_BYTES, SEND_BUDGET};
+pub use grpc::{MAX_REQUEST_BYTES, REQUEST_BUDGET, REQUEST_MESSAGE_TIMEOUT, SEND_BUDGET};
 use grpc::{Outgoing, RequestReader, ResponseBody};
 
 pub use session::{Outcome, Push, Request, Session, Subscribe};
@@ -829,6 +829,9 @@ pub struct Ads {
     shutdown: CancellationToken,
     /// Response bytes in flight across every stream ([`SEND_BUDGET`]).
     budget: Arc<Semaphore>,
+    /// Large request messages being read across every stream
+    /// ([`REQUEST_BUDGET`]).
+    request_budget: Arc<Semaphore>,
 }
 
 impl Ads {
@@ -844,6 +847,7 @@ impl Ads {
             identity,
             shutdown,
             budget: grpc::send_budget(),
+            request_budget: grpc::request_budget(),
         }
     }
 
@@ -1005,7 +1009,7 @@ impl Ads {
     fn open<W: Wire>(&self, request: http::Request<Body>) -> http::Response<Body> {
         let request = tonic::Request::from_http(request);
         let peer = peer_of(&request);
-        let requests = RequestReader::new(request.into_inner());
+        let requests = RequestReader::new(request.into_inner(), self.request_budget.clone());
         // A push is at most one response per type.
         let (tx, rx) = mpsc::channel(Kind::PUSH_ORDER.len());
         let stream_id = self.state.next_stream.fetch_add(1, Ordering::Relaxed);
