@@ -231,7 +231,12 @@ impl RequestReader {
             .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
         self.buf.advance(end);
         self.admitted = None;
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_REQUEST_BUFFER {
+        // `capacity` counts only the room past the read position (none
+        // once a message filled its buffer to the last byte); whether the
+        // allocation itself is large shows in whether that much can be
+        // reclaimed. Without this, a buffer that held a large message
+        // stayed until the stream's next message.
+        if self.buf.is_empty() && self.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1) {
             self.buf = BytesMut::new();
         }
         Ok(Progress::Message(message))
@@ -637,6 +642,9 @@ mod tests {
         let second = reader.message(decode).await.unwrap().unwrap();
         assert_eq!(second, small);
         assert!(reader.buf.capacity() <= KEEP_REQUEST_BUFFER);
+        // Not just what is left past the read position: the allocation
+        // itself is gone (`try_reclaim` finds room in it only if kept).
+        assert!(!reader.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1));
         assert!(reader.message(decode).await.unwrap().is_none());
     }
 
@@ -738,6 +746,25 @@ mod tests {
         let got = b.message(decode).await.unwrap().unwrap();
         assert_eq!(got.resource_names.len(), 1_500);
         assert_eq!(budget.available_permits(), full);
+    }
+
+    /// A State-of-the-World proxy's last request after a push is often a
+    /// large one (an EDS ACK names every cluster), and the next comes only
+    /// with the next push: its buffer must not wait for that to be let go.
+    #[tokio::test]
+    async fn a_large_message_read_to_its_last_byte_leaves_no_buffer_behind() {
+        let budget = request_budget();
+        let (mut reader, frames) = fed(&budget);
+        let large = framed(1_500);
+        for chunk in large.chunks(8 << 10) {
+            send(&frames, chunk);
+        }
+        let got = reader.message(decode).await.unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 1_500);
+        // Nothing is left past the read position either way: whether the
+        // allocation is kept shows only in whether it can be reclaimed.
+        assert!(reader.buf.is_empty());
+        assert!(!reader.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1), "kept");
     }
 
     #[tokio::test(start_paused = true)]
