@@ -70,10 +70,15 @@ const KEEP_REQUEST_BUFFER: usize = 16 << 10;
 /// stream never waits for budget while holding some.
 pub const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES;
 
-/// How long a message admitted under the request budget may take to
-/// arrive: Envoy sends a request whole and at once, so a message still
-/// incomplete after this is from a client holding budget others wait for.
-pub const REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the request budget may hold a large message back, and how
+/// long an admitted message may go without a byte before it gives its
+/// budget back: either way the message is then read on without budget.
+/// The budget evens out bursts of large requests; it never makes a proxy
+/// wait long, so a client that announces a large message and stalls
+/// cannot hold the others up, and a stream is never ended for being slow
+/// when meshd itself is slow to read it (at 10,000 proxies a large request
+/// takes many round trips of the 8 KiB connection window).
+pub const REQUEST_BUDGET_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Room made ahead of a message's bytes as its length prefix announces
 /// them, at most: a subscription of every cluster (~40 KB at 1,000
@@ -109,15 +114,34 @@ pub(crate) fn request_budget() -> Arc<Semaphore> {
 /// A message of up to [`KEEP_REQUEST_BUFFER`] bytes is read as it comes
 /// (acknowledgements, Delta subscriptions). A larger one waits, once its
 /// length prefix is in, for its whole length of the server's request
-/// budget, in turn (the semaphore is fair); meanwhile its stream reads no
-/// more of it, so HTTP/2 flow control holds the rest at the proxy, and
-/// the stream goes on sending responses.
+/// budget, in turn (the semaphore is fair) and for at most
+/// [`REQUEST_BUDGET_PATIENCE`]; meanwhile its stream reads no more of it,
+/// so HTTP/2 flow control holds the rest at the proxy, and the stream
+/// goes on sending responses.
 pub(crate) struct RequestReader {
     body: Body,
     buf: BytesMut,
     budget: PollSemaphore,
-    /// The budget held by the message being read, and when it must be in.
-    admitted: Option<(OwnedSemaphorePermit, Instant)>,
+    /// Where the message being read stands with the budget.
+    admission: Admission,
+}
+
+/// Where a message stands with the request budget.
+#[derive(Debug, Default)]
+enum Admission {
+    /// Small, or its length not known yet.
+    #[default]
+    Unasked,
+    /// Waiting for budget, until this instant at the latest.
+    Waiting(Instant),
+    /// Holding its length of budget (given back when dropped); it must
+    /// get bytes by `until`.
+    Admitted {
+        _permit: OwnedSemaphorePermit,
+        until: Instant,
+    },
+    /// Read without budget: it waited, or stalled once admitted, too long.
+    Without,
 }
 
 /// How far reading the next message has come.
@@ -135,7 +159,7 @@ impl RequestReader {
             body,
             buf: BytesMut::new(),
             budget: PollSemaphore::new(budget),
-            admitted: None,
+            admission: Admission::Unasked,
         }
     }
 
@@ -153,33 +177,24 @@ impl RequestReader {
                 Progress::Started => None,
             };
             if let Some(len) = len {
-                if 5 + len > KEEP_REQUEST_BUFFER && self.admitted.is_none() {
-                    // At most MAX_REQUEST_BYTES: it fits in a u32.
-                    let permits = u32::try_from(len).unwrap_or(u32::MAX);
-                    let permit =
-                        std::future::poll_fn(|cx| self.budget.poll_acquire_many(cx, permits))
-                            .await
-                            // The budget is never closed.
-                            .ok_or_else(|| Status::internal("request budget closed"))?;
-                    self.admitted = Some((permit, Instant::now() + REQUEST_MESSAGE_TIMEOUT));
+                if 5 + len > KEEP_REQUEST_BUFFER {
+                    self.admit(len).await?;
                 }
                 self.buf
                     .reserve((5 + len).saturating_sub(self.buf.len()).min(RESERVE_AHEAD));
             }
-            let frame = match &self.admitted {
-                None => self.body.frame().await,
-                Some((_, deadline)) => {
-                    let Ok(frame) = tokio::time::timeout_at(*deadline, self.body.frame()).await
-                    else {
-                        self.admitted = None;
-                        return Err(Status::deadline_exceeded(format!(
-                            "a request message of {} bytes did not arrive within {} s",
-                            len.unwrap_or_default(),
-                            REQUEST_MESSAGE_TIMEOUT.as_secs()
-                        )));
+            let frame = match &mut self.admission {
+                Admission::Admitted { until, .. } => {
+                    let Ok(frame) = tokio::time::timeout_at(*until, self.body.frame()).await else {
+                        // Stalled: the budget goes back; the message is
+                        // read on without it.
+                        self.admission = Admission::Without;
+                        continue;
                     };
+                    *until = Instant::now() + REQUEST_BUDGET_PATIENCE;
                     frame
                 }
+                _ => self.body.frame().await,
             };
             match frame {
                 None if self.buf.is_empty() => return Ok(None),
@@ -203,6 +218,35 @@ impl RequestReader {
                 }
             }
         }
+    }
+
+    /// Waits for a large message's budget (`len` bytes), for at most
+    /// [`REQUEST_BUDGET_PATIENCE`] in all, however often it is cancelled.
+    async fn admit(&mut self, len: usize) -> Result<(), Status> {
+        let until = match self.admission {
+            Admission::Unasked => Instant::now() + REQUEST_BUDGET_PATIENCE,
+            Admission::Waiting(until) => until,
+            Admission::Admitted { .. } | Admission::Without => return Ok(()),
+        };
+        self.admission = Admission::Waiting(until);
+        // At most MAX_REQUEST_BYTES: it fits in a u32.
+        let permits = u32::try_from(len).unwrap_or(u32::MAX);
+        let acquire = std::future::poll_fn(|cx| self.budget.poll_acquire_many(cx, permits));
+        self.admission = match tokio::time::timeout_at(until, acquire).await {
+            Ok(Some(permit)) => Admission::Admitted {
+                _permit: permit,
+                until: Instant::now() + REQUEST_BUDGET_PATIENCE,
+            },
+            // The budget is never closed.
+            Ok(None) => return Err(Status::internal("request budget closed")),
+            Err(_) => {
+                // Out of the queue: a waiter left in it would be handed
+                // permits that nobody takes.
+                self.budget = PollSemaphore::new(self.budget.clone_inner());
+                Admission::Without
+            }
+        };
+        Ok(())
     }
 
     fn decode<M>(
@@ -230,7 +274,7 @@ impl RequestReader {
         let message = decode(&self.buf[5..end])
             .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))?;
         self.buf.advance(end);
-        self.admitted = None;
+        self.admission = Admission::Unasked;
         // `capacity` counts only the room past the read position (none
         // once a message filled its buffer to the last byte); whether the
         // allocation itself is large shows in whether that much can be
@@ -767,23 +811,42 @@ mod tests {
         assert!(!reader.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1), "kept");
     }
 
+    // (Time is paused in these two: the runtime moves it on whenever
+    // every task waits, so nothing here waits for real.)
     #[tokio::test(start_paused = true)]
-    async fn a_large_message_not_sent_in_time_ends_its_stream_and_gives_its_budget_back() {
+    async fn a_large_message_that_stalls_gives_its_budget_back_and_is_still_read() {
         let large = framed(1_500);
         let budget = request_budget();
         let (mut reader, frames) = fed(&budget);
         // The prefix and a little, then nothing (the sender stays open).
         send(&frames, &large[..100]);
-        // (Time is paused: the runtime moves it on when all are waiting.)
-        let read = tokio::time::timeout(2 * REQUEST_MESSAGE_TIMEOUT, reader.message(decode));
-        let err = read.await.expect("given up on").unwrap_err();
-        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
-        assert!(
-            err.message().contains("did not arrive within 30 s"),
-            "{err:?}"
-        );
+        let read = tokio::time::timeout(2 * REQUEST_BUDGET_PATIENCE, reader.message(decode));
+        assert!(read.await.is_err(), "no message without its bytes");
         assert_eq!(budget.available_permits(), REQUEST_BUDGET);
-        drop(frames);
+        // The stream is not ended: the rest, late, is read.
+        send(&frames, &large[100..]);
+        let got = reader.message(decode).await.unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 1_500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_message_waits_for_budget_only_a_while_and_takes_none_after() {
+        let large = framed(1_500);
+        let budget = request_budget();
+        // Every permit held elsewhere: by a client that stalls, say.
+        let held = budget.clone().try_acquire_many_owned(REQUEST_BUDGET as u32);
+        let held = held.unwrap();
+        let (mut reader, frames) = fed(&budget);
+        // Two frames: the length is known before the message is in.
+        send(&frames, &large[..100]);
+        send(&frames, &large[100..]);
+        let read = tokio::time::timeout(2 * REQUEST_BUDGET_PATIENCE, reader.message(decode));
+        let got = read.await.expect("read without budget").unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 1_500);
+        // It left the queue: the permits given back are all there, none
+        // handed to a waiter that is gone.
+        drop(held);
+        assert_eq!(budget.available_permits(), REQUEST_BUDGET);
     }
 
     #[tokio::test]

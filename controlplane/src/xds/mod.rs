@@ -39,7 +39,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tracing::Instrument;
 
-pub use grpc::{MAX_REQUEST_BYTES, REQUEST_BUDGET, REQUEST_MESSAGE_TIMEOUT, SEND_BUDGET};
+pub use grpc::{MAX_REQUEST_BYTES, REQUEST_BUDGET, REQUEST_BUDGET_PATIENCE, SEND_BUDGET};
 use grpc::{Outgoing, RequestReader, ResponseBody};
 
 pub use session::{Outcome, Push, Request, Session, Subscribe};
