@@ -126,7 +126,9 @@ pub const H2_STREAM_WINDOW: u32 = 65_535;
 /// the peak (BENCHMARKS.md). Past the first 64 KiB, DATA frames are no
 /// larger than this, the size h2's frame reader starts at. The streams of
 /// a connection share it: an ADS stream's task does not read requests
-/// while it waits to push, so a client that stops reading an ADS stream's
+/// while it waits to push, nor the rest of a large request while it waits
+/// for the request budget (at most `xds::REQUEST_BUDGET_PATIENCE`), so a
+/// client that stops reading an ADS stream's
 /// responses can hold up its own other calls on that connection (a CSR)
 /// once ~8 KiB of requests are unread. Envoy opens one ADS stream per
 /// connection, and no client's window touches another's connection.

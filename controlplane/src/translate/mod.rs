@@ -28,7 +28,7 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use itertools::Itertools;
+use itertools::{EitherOrBoth, Itertools};
 use meshd_proto::envoy::config::accesslog::v3::AccessLog;
 use meshd_proto::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use meshd_proto::envoy::config::listener::v3::{
@@ -226,12 +226,16 @@ impl ProxyView {
                     .chain(self.local_clusters.values()),
             ),
             Kind::Endpoint => Box::new(self.shared_endpoints.values()),
-            // By name, as one map would list them.
+            // By name, as one map would list them, and each name once (the
+            // proxy's own first, as `get` finds it).
             Kind::Listener => Box::new(
                 self.outbound_listeners
                     .iter()
-                    .merge_by(&self.listeners, |a, b| a.0 <= b.0)
-                    .map(|(_, l)| l),
+                    .merge_join_by(&self.listeners, |a, b| a.0.cmp(b.0))
+                    .map(|both| match both {
+                        EitherOrBoth::Left((_, l)) => l,
+                        EitherOrBoth::Right((_, l)) | EitherOrBoth::Both(_, (_, l)) => l,
+                    }),
             ),
             Kind::Route => Box::new(self.routes.values()),
         }

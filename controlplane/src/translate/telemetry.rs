@@ -447,9 +447,9 @@ fn traced(listener: &Arc<Resource>, key: &TracingKey) -> Arc<Resource> {
 /// listeners by (listener version, how traced), which the proxies of one
 /// workload share, and the collector's cluster, which all share. The
 /// traced listeners the proxies used are carried over to the next
-/// snapshot ([`TracedListeners::carry_over`]): each workload's copy of the
-/// outbound listener is made again only when that listener changes, not
-/// decoded and re-encoded at every snapshot.
+/// snapshot ([`TracedListeners::carry_over`]): the traced copy of a
+/// listener for each way of tracing is made again only when that listener
+/// changes, not decoded and re-encoded at every snapshot.
 #[derive(Debug, Default)]
 pub(super) struct TracedListeners {
     listeners: Mutex<HashMap<(String, TracingKey), TracedListener>>,

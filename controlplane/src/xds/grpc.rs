@@ -71,13 +71,13 @@ const KEEP_REQUEST_BUFFER: usize = 16 << 10;
 pub const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES;
 
 /// How long the request budget may hold a large message back, and how
-/// long an admitted message may go without a byte before it gives its
-/// budget back: either way the message is then read on without budget.
-/// The budget evens out bursts of large requests; it never makes a proxy
-/// wait long, so a client that announces a large message and stalls
-/// cannot hold the others up, and a stream is never ended for being slow
-/// when meshd itself is slow to read it (at 10,000 proxies a large request
-/// takes many round trips of the 8 KiB connection window).
+/// long an admitted message may hold its budget: either way the message
+/// is then read on without budget. The budget evens out bursts of large
+/// requests (it is not a hard bound); it never makes a proxy wait long,
+/// so a client that announces a large message and stalls, or trickles
+/// it, cannot hold the others up, and a stream is never ended for being
+/// slow when meshd itself is slow to read it (at 10,000 proxies a large
+/// request takes many round trips of the 8 KiB connection window).
 pub const REQUEST_BUDGET_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Room made ahead of a message's bytes as its length prefix announces
@@ -116,8 +116,12 @@ pub(crate) fn request_budget() -> Arc<Semaphore> {
 /// length prefix is in, for its whole length of the server's request
 /// budget, in turn (the semaphore is fair) and for at most
 /// [`REQUEST_BUDGET_PATIENCE`]; meanwhile its stream reads no more of it,
-/// so HTTP/2 flow control holds the rest at the proxy, and the stream
-/// goes on sending responses.
+/// so HTTP/2 flow control holds the rest at the proxy (and, once ~8 KiB
+/// are unread, the connection's other streams: see
+/// `serving::H2_CONNECTION_WINDOW`), and the stream goes on sending
+/// responses. The limits hold only while the reader is polled: a stream
+/// busy elsewhere calls [`RequestReader::budget_expiry`] and
+/// [`RequestReader::yield_budget`].
 pub(crate) struct RequestReader {
     body: Body,
     buf: BytesMut,
@@ -134,8 +138,8 @@ enum Admission {
     Unasked,
     /// Waiting for budget, until this instant at the latest.
     Waiting(Instant),
-    /// Holding its length of budget (given back when dropped); it must
-    /// get bytes by `until`.
+    /// Holding its length of budget (given back when dropped) until
+    /// `until` at the latest, however fast or slow its bytes come.
     Admitted {
         _permit: OwnedSemaphorePermit,
         until: Instant,
@@ -186,12 +190,11 @@ impl RequestReader {
             let frame = match &mut self.admission {
                 Admission::Admitted { until, .. } => {
                     let Ok(frame) = tokio::time::timeout_at(*until, self.body.frame()).await else {
-                        // Stalled: the budget goes back; the message is
-                        // read on without it.
+                        // Held long enough: the budget goes back; the
+                        // message is read on without it.
                         self.admission = Admission::Without;
                         continue;
                     };
-                    *until = Instant::now() + REQUEST_BUDGET_PATIENCE;
                     frame
                 }
                 _ => self.body.frame().await,
@@ -220,6 +223,27 @@ impl RequestReader {
         }
     }
 
+    /// When what the message in progress has of the budget (a place in
+    /// its queue, or permits) runs out, if it has any.
+    pub(crate) fn budget_expiry(&self) -> Option<Instant> {
+        match self.admission {
+            Admission::Waiting(until) | Admission::Admitted { until, .. } => Some(until),
+            Admission::Unasked | Admission::Without => None,
+        }
+    }
+
+    /// Gives up what the message in progress has of the budget, once
+    /// [`RequestReader::budget_expiry`] has passed while the stream was
+    /// busy elsewhere (a push to a proxy that reads no responses can wait
+    /// indefinitely): its queued wait would be handed permits nobody
+    /// takes, and everyone queued after it would wait too.
+    pub(crate) fn yield_budget(&mut self) {
+        if !matches!(self.admission, Admission::Unasked) {
+            self.budget = PollSemaphore::new(self.budget.clone_inner());
+            self.admission = Admission::Without;
+        }
+    }
+
     /// Waits for a large message's budget (`len` bytes), for at most
     /// [`REQUEST_BUDGET_PATIENCE`] in all, however often it is cancelled.
     async fn admit(&mut self, len: usize) -> Result<(), Status> {
@@ -240,10 +264,8 @@ impl RequestReader {
             // The budget is never closed.
             Ok(None) => return Err(Status::internal("request budget closed")),
             Err(_) => {
-                // Out of the queue: a waiter left in it would be handed
-                // permits that nobody takes.
-                self.budget = PollSemaphore::new(self.budget.clone_inner());
-                Admission::Without
+                self.yield_budget();
+                return Ok(());
             }
         };
         Ok(())
@@ -818,13 +840,22 @@ mod tests {
         let large = framed(1_500);
         let budget = request_budget();
         let (mut reader, frames) = fed(&budget);
-        // The prefix and a little, then nothing (the sender stays open).
+        // The prefix and a little, a little more half the patience later,
+        // then nothing (the sender stays open): a trickle keeps the budget
+        // no longer than a stall.
         send(&frames, &large[..100]);
-        let read = tokio::time::timeout(2 * REQUEST_BUDGET_PATIENCE, reader.message(decode));
+        let read = tokio::time::timeout(REQUEST_BUDGET_PATIENCE / 2, reader.message(decode));
+        assert!(read.await.is_err(), "no message without its bytes");
+        assert_eq!(
+            budget.available_permits(),
+            REQUEST_BUDGET - (large.len() - 5)
+        );
+        send(&frames, &large[100..200]);
+        let read = tokio::time::timeout(REQUEST_BUDGET_PATIENCE * 3 / 4, reader.message(decode));
         assert!(read.await.is_err(), "no message without its bytes");
         assert_eq!(budget.available_permits(), REQUEST_BUDGET);
         // The stream is not ended: the rest, late, is read.
-        send(&frames, &large[100..]);
+        send(&frames, &large[200..]);
         let got = reader.message(decode).await.unwrap().unwrap();
         assert_eq!(got.resource_names.len(), 1_500);
     }
@@ -846,6 +877,42 @@ mod tests {
         // It left the queue: the permits given back are all there, none
         // handed to a waiter that is gone.
         drop(held);
+        assert_eq!(budget.available_permits(), REQUEST_BUDGET);
+    }
+
+    /// What a stream busy pushing does when its message's time is up.
+    #[tokio::test]
+    async fn a_stream_busy_elsewhere_yields_its_place_and_its_permits() {
+        use futures::FutureExt;
+        let large = framed(1_500);
+        let budget = request_budget();
+        let held = budget.clone().try_acquire_many_owned(REQUEST_BUDGET as u32);
+        let held = held.unwrap();
+        // Queued behind the permits held elsewhere, then busy elsewhere.
+        let (mut waiting, waiting_frames) = fed(&budget);
+        send(&waiting_frames, &large[..100]);
+        assert!(waiting.message(decode).now_or_never().is_none());
+        assert!(waiting.budget_expiry().is_some());
+        waiting.yield_budget();
+        assert!(waiting.budget_expiry().is_none());
+        drop(held);
+        // Nothing was handed to the wait it gave up.
+        assert_eq!(budget.available_permits(), REQUEST_BUDGET);
+
+        // Admitted, then busy elsewhere: the permits come back at once.
+        let (mut admitted, admitted_frames) = fed(&budget);
+        send(&admitted_frames, &large[..100]);
+        assert!(admitted.message(decode).now_or_never().is_none());
+        assert!(budget.available_permits() < REQUEST_BUDGET);
+        admitted.yield_budget();
+        assert_eq!(budget.available_permits(), REQUEST_BUDGET);
+        // Both messages are still read, without budget.
+        send(&waiting_frames, &large[100..]);
+        send(&admitted_frames, &large[100..]);
+        for reader in [&mut waiting, &mut admitted] {
+            let got = reader.message(decode).await.unwrap().unwrap();
+            assert_eq!(got.resource_names.len(), 1_500);
+        }
         assert_eq!(budget.available_permits(), REQUEST_BUDGET);
     }
 

@@ -999,6 +999,14 @@ impl Wire for Delta {
     }
 }
 
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The workload identity in the stream's client certificate, if any.
 fn peer_of<T>(request: &tonic::Request<T>) -> Option<SpiffeId> {
     let certs = request.peer_certs()?;
@@ -1094,6 +1102,9 @@ impl<W: Wire> StreamTask<W> {
     /// frame, and a stream's task was ~9 KiB.
     async fn run(mut self: Box<Self>, mut requests: RequestReader, shutdown: CancellationToken) {
         let result = self.serve(&mut requests, &shutdown).await;
+        // Whatever it holds of the request budget goes back now, not after
+        // the status below is sent to a proxy that may not read it.
+        drop(requests);
         lock(&self.state.streams).remove(&self.stream_id);
         self.state.forget_nacks(self.stream_id);
         // What was refused since the last line is not lost with the stream.
@@ -1160,7 +1171,20 @@ impl<W: Wire> StreamTask<W> {
                 // The CA changed (root rotation): re-issue and re-send.
                 open = ca_changed => if !open { self.ca_changes = None },
             }
-            self.push().await?;
+            // A push waits for the proxy to take its responses, without
+            // reading requests: past its time, a large request in progress
+            // gives up its budget (its place in the queue, or its permits)
+            // rather than hold the other streams' large requests up.
+            let expiry = requests.budget_expiry();
+            let push = self.push();
+            tokio::pin!(push);
+            tokio::select! {
+                pushed = &mut push => pushed?,
+                () = sleep_until_some(expiry) => {
+                    requests.yield_budget();
+                    push.await?;
+                }
+            }
         }
     }
 
