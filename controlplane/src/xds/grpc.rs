@@ -301,9 +301,13 @@ impl RequestReader {
         // once a message filled its buffer to the last byte); whether the
         // allocation itself is large shows in whether that much can be
         // reclaimed. Without this, a buffer that held a large message
-        // stayed until the stream's next message.
-        if self.buf.is_empty() && self.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1) {
-            self.buf = BytesMut::new();
+        // stayed until the stream's next message. What is left (the start
+        // of the next message, in the same frame) moves to a buffer of its
+        // own size.
+        if self.buf.len() <= KEEP_REQUEST_BUFFER / 2
+            && self.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1)
+        {
+            self.buf = BytesMut::from(&self.buf[..]);
         }
         Ok(Progress::Message(message))
     }
@@ -878,6 +882,26 @@ mod tests {
         // handed to a waiter that is gone.
         drop(held);
         assert_eq!(budget.available_permits(), REQUEST_BUDGET);
+    }
+
+    #[tokio::test]
+    async fn a_large_buffer_goes_also_when_the_next_message_has_begun_in_it() {
+        let budget = request_budget();
+        let (mut reader, frames) = fed(&budget);
+        let large = framed(1_500);
+        let small = framed(2);
+        send(&frames, &large[..100]);
+        // The rest of the large message and the start of the next.
+        let mut rest = large[100..].to_vec();
+        rest.extend_from_slice(&small[..10]);
+        send(&frames, &rest);
+        let got = reader.message(decode).await.unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 1_500);
+        assert_eq!(reader.buf.len(), 10);
+        assert!(!reader.buf.try_reclaim(KEEP_REQUEST_BUFFER + 1), "kept");
+        send(&frames, &small[10..]);
+        let got = reader.message(decode).await.unwrap().unwrap();
+        assert_eq!(got.resource_names.len(), 2);
     }
 
     /// What a stream busy pushing does when its message's time is up.
