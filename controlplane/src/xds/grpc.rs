@@ -56,9 +56,9 @@ pub(crate) const DELTA_PATH: &str =
 /// naming every cluster of a 10,000-service mesh is about 1 MB.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
-/// A request buffer grown past this is dropped once it is empty again, so
-/// one large request does not cost its stream memory for its whole life.
-/// A message larger than this is read only under the request budget.
+/// A request buffer grown past this is dropped once its message is read,
+/// so one large request does not cost its stream memory for its whole
+/// life. A message larger than this is read only under the request budget.
 const KEEP_REQUEST_BUFFER: usize = 16 << 10;
 
 /// Bytes of request messages larger than [`KEEP_REQUEST_BUFFER`] being
@@ -144,7 +144,8 @@ enum Admission {
         _permit: OwnedSemaphorePermit,
         until: Instant,
     },
-    /// Read without budget: it waited, or stalled once admitted, too long.
+    /// Read without budget: it waited for it, or held it, as long as it
+    /// may, or its stream was busy elsewhere when that time was up.
     Without,
 }
 
