@@ -28,7 +28,7 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use itertools::{EitherOrBoth, Itertools};
+use itertools::Itertools;
 use meshd_proto::envoy::config::accesslog::v3::AccessLog;
 use meshd_proto::envoy::config::core::v3::{Address, CidrRange, TrafficDirection};
 use meshd_proto::envoy::config::listener::v3::{
@@ -232,10 +232,7 @@ impl ProxyView {
                 self.outbound_listeners
                     .iter()
                     .merge_join_by(&self.listeners, |a, b| a.0.cmp(b.0))
-                    .map(|both| match both {
-                        EitherOrBoth::Left((_, l)) => l,
-                        EitherOrBoth::Right((_, l)) | EitherOrBoth::Both(_, (_, l)) => l,
-                    }),
+                    .map(|both| both.reduce(|_, own| own).1),
             ),
             Kind::Route => Box::new(self.routes.values()),
         }
@@ -789,12 +786,16 @@ impl Snapshot {
             .map(|m| self.mesh.mtls_mode(&workload, m.default_mode));
         let access_log = telemetry::access_log_for(&workload, &self.options.telemetry);
         let tracing = telemetry::tracing_of(&workload, &self.options.telemetry);
-        let mut outbound_listeners = Arc::default();
+        // Without capture, a proxy's listeners are all its own.
+        let outbound_listeners = match workload.interception {
+            Interception::Redirect => {
+                outbound.listeners_for(access_log, tracing.as_ref(), &self.traced)
+            }
+            Interception::None => Arc::default(),
+        };
         let local_clusters = match workload.interception {
             Interception::Redirect => {
                 let side = lock(&self.inbound).get_or_build(inbound, faults, mtls, policies);
-                outbound_listeners =
-                    outbound.listeners_for(access_log, tracing.as_ref(), &self.traced);
                 let inb = listener_for(&side.listener, &side.logged, access_log);
                 listeners.insert(INBOUND_LISTENER.into(), inb);
                 side.clusters.clone()

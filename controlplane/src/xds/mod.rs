@@ -999,14 +999,6 @@ impl Wire for Delta {
     }
 }
 
-/// Sleeps until `at`, or forever when there is none.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The workload identity in the stream's client certificate, if any.
 fn peer_of<T>(request: &tonic::Request<T>) -> Option<SpiffeId> {
     let certs = request.peer_certs()?;
@@ -1180,7 +1172,7 @@ impl<W: Wire> StreamTask<W> {
             tokio::pin!(push);
             tokio::select! {
                 pushed = &mut push => pushed?,
-                () = sleep_until_some(expiry) => {
+                () = tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)), if expiry.is_some() => {
                     requests.yield_budget();
                     push.await?;
                 }
