@@ -71,7 +71,7 @@ pub use resource::{Collector, Tracing};
 pub use resource::{
     DEFAULT_SECRET, HTTP_PROXY_ROUTE, INBOUND_LISTENER, INBOUND_PASSTHROUGH_CLUSTER, Kind,
     MtlsOptions, OUTBOUND_LISTENER, OUTBOUND_PORT_LISTENER_PREFIX, PASSTHROUGH_CLUSTER,
-    ROOT_SECRET, Resource, Resources, Telemetry, TranslateOptions, decode,
+    ROOT_SECRET, Resource, Resources, Telemetry, TranslateOptions, decode, entry_digest,
 };
 use routing::{route_to, service_hosts};
 pub use telemetry::{ACCESS_LOG_FIELDS, TRACING_COLLECTOR_CLUSTER};

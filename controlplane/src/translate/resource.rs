@@ -98,6 +98,11 @@ pub struct Resource {
     pub body: Any,
     /// The clusters this listener or route configuration routes to.
     pub cluster_refs: Vec<String>,
+    /// [`entry_digest`] of this resource under its own name, worked out
+    /// once: every proxy's session digests the sets it is sent (a version
+    /// per set), and hashing a thousand names per proxy was a tenth of a
+    /// cold sync.
+    pub digest: u64,
 }
 
 /// Never the body: a secret's body holds its private key.
@@ -139,13 +144,26 @@ impl Resource {
     fn from_any(name: String, body: Any, cluster_refs: Vec<String>) -> Arc<Self> {
         let mut hasher = std::hash::DefaultHasher::new();
         hasher.write(&body.value);
+        let version = format!("{:016x}", hasher.finish());
         Arc::new(Resource {
+            digest: entry_digest(&name, &version),
             name,
-            version: format!("{:016x}", hasher.finish()),
+            version,
             body,
             cluster_refs,
         })
     }
+}
+
+/// One named version's share of a set's digest: the digest of a set is the
+/// XOR of its entries', so changing a few entries of a large set updates
+/// it without walking the set.
+pub fn entry_digest(name: &str, version: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(name.as_bytes());
+    hasher.write_u8(0);
+    hasher.write(version.as_bytes());
+    hasher.finish()
 }
 
 pub type Resources = BTreeMap<String, Arc<Resource>>;

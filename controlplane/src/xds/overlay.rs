@@ -17,14 +17,13 @@
 //! and comparing them costs the size of the differences, not of the mesh.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::Hasher;
 use std::iter::Peekable;
 use std::sync::Arc;
 
 use itertools::EitherOrBoth::{Both, Left, Right};
 use itertools::Itertools;
 
-use crate::translate::{Resource, Resources};
+use crate::translate::{Resource, Resources, entry_digest};
 
 /// What an overlay keeps per name.
 pub trait Entry: Clone {
@@ -34,6 +33,9 @@ pub trait Entry: Clone {
     fn matches(&self, resource: &Resource) -> bool;
     /// This entry's share of the set's digest.
     fn digest(&self, name: &str) -> u64;
+    /// The share of the entry the base's `resource` stands for, without
+    /// making that entry.
+    fn digest_of(resource: &Resource, name: &str) -> u64;
     /// Whether two entries of one name are the same.
     fn same(&self, other: &Self) -> bool;
 }
@@ -76,7 +78,18 @@ impl Entry for Sent {
     }
 
     fn digest(&self, name: &str) -> u64 {
-        entry_digest(name, self.version())
+        match self {
+            Sent::Resource(r) => Self::digest_of(r, name),
+            Sent::Held(version) => entry_digest(name, version),
+        }
+    }
+
+    fn digest_of(resource: &Resource, name: &str) -> u64 {
+        if resource.name == name {
+            resource.digest
+        } else {
+            entry_digest(name, &resource.version)
+        }
     }
 
     fn same(&self, other: &Self) -> bool {
@@ -96,20 +109,13 @@ impl Entry for () {
         0
     }
 
+    fn digest_of(_: &Resource, _: &str) -> u64 {
+        0
+    }
+
     fn same(&self, _: &Self) -> bool {
         true
     }
-}
-
-/// One resource's share of a set's digest: the digest of a set is the XOR
-/// of its entries', so changing a few entries of a large set updates it
-/// without walking the set.
-pub fn entry_digest(name: &str, version: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(name.as_bytes());
-    hasher.write_u8(0);
-    hasher.write(version.as_bytes());
-    hasher.finish()
 }
 
 /// A shared base: the snapshot's map, and which snapshot it is of.
@@ -193,11 +199,22 @@ impl<V: Entry> Overlay<V> {
         }
     }
 
-    /// The digest of every entry (see [`Entry::digest`]).
+    /// The digest of every entry (see [`Entry::digest`]): the base's
+    /// entries, then the differences (a base entry replaced or removed
+    /// cancels out, since the digest is an XOR).
     pub fn digest(&self) -> u64 {
         self.digest.unwrap_or_else(|| {
-            self.iter()
-                .fold(0, |acc, (name, entry)| acc ^ entry.digest(name))
+            let base = self.base.iter().flat_map(|b| b.map.iter());
+            let base = base.fold(0, |acc, (name, r)| acc ^ V::digest_of(r, name));
+            self.diff.iter().fold(base, |mut acc, (name, entry)| {
+                if let Some(r) = self.base_get(name) {
+                    acc ^= V::digest_of(r, name);
+                }
+                if let Some(entry) = entry {
+                    acc ^= entry.digest(name);
+                }
+                acc
+            })
         })
     }
 
@@ -474,6 +491,21 @@ fn changed_names<'a>(before: &'a Resources, after: &'a Resources) -> Vec<&'a str
 }
 
 impl Overlay<()> {
+    /// Adds `names` to the set. A proxy's first subscription (every
+    /// cluster's endpoints, at a cold sync) goes to a blank set, which is
+    /// built from the names in one sorted pass instead of a thousand
+    /// inserts.
+    pub fn subscribe(&mut self, names: Vec<String>) {
+        if !self.is_blank() {
+            for name in names {
+                self.insert(&name, ());
+            }
+            return;
+        }
+        self.diff = names.into_iter().map(|name| (name, Some(()))).collect();
+        self.len = self.diff.len();
+    }
+
     /// A set of names, on the same base as `like` (so that comparing with
     /// it and with sets on that base stays cheap).
     pub fn names_like(like: &Overlay<()>, names: impl IntoIterator<Item = String>) -> Self {
@@ -601,6 +633,52 @@ mod tests {
     fn full_digest(set: &Overlay<Sent>) -> u64 {
         set.iter()
             .fold(0, |acc, (n, e)| acc ^ entry_digest(n, e.version()))
+    }
+
+    #[test]
+    fn a_digest_worked_out_from_the_base_is_the_digest_of_every_entry() {
+        let base = map(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]);
+        let mut set = Overlay::<Sent>::based(1, &base);
+        assert_eq!(set.digest, None, "worked out only when asked");
+        assert_eq!(set.digest(), full_digest(&set));
+        set.insert("b", Sent::of(&resource("b", "2")));
+        set.remove("c");
+        set.insert("e", Sent::Held("held".into()));
+        // Kept under another name than its own: hashed, not taken from it.
+        set.insert("f", Sent::of(&resource("other", "1")));
+        assert_eq!(set.digest, None);
+        assert_eq!(set.digest(), full_digest(&set));
+        let mut adopted = Overlay::default();
+        adopted.adopt(set.clone());
+        assert_eq!(adopted.digest, Some(full_digest(&set)));
+    }
+
+    #[test]
+    fn a_first_subscription_is_the_set_its_names_make_one_by_one() {
+        let asked = ["c", "a", "b", "a"].map(String::from).to_vec();
+        let one_by_one = |start: &Overlay<()>| {
+            let mut set = start.clone();
+            for name in &asked {
+                set.insert(name, ());
+            }
+            set
+        };
+        let names = |set: &Overlay<()>| -> Vec<String> {
+            assert_eq!(set.len(), set.iter().count(), "the kept count drifted");
+            set.names().map(String::from).collect()
+        };
+        let mut blank = Overlay::<()>::default();
+        blank.subscribe(asked.clone());
+        assert_eq!(names(&blank), ["a", "b", "c"]);
+        assert!(blank.same_as(&one_by_one(&Overlay::default())));
+
+        // On a base, names go in one by one, each kept only where it differs.
+        let base = map(&[("a", "1"), ("z", "1")]);
+        let mut on_base = Overlay::<()>::names_like(&Overlay::based(1, &base), ["z".to_string()]);
+        let expected = one_by_one(&on_base);
+        on_base.subscribe(asked.clone());
+        assert_eq!(names(&on_base), ["a", "b", "c", "z"]);
+        assert!(on_base.same_as(&expected));
     }
 
     #[test]

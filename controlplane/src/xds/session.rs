@@ -297,13 +297,12 @@ impl Session {
                 if first && req.kind.is_wildcard() && subscribe.is_empty() {
                     state.wildcard = true;
                 }
-                for name in subscribe {
-                    if name == "*" {
-                        state.wildcard = true;
-                    } else {
-                        state.names.insert(&name, ());
-                    }
+                let (wildcard, names): (Vec<_>, Vec<_>) =
+                    subscribe.into_iter().partition(|name| name == "*");
+                if !wildcard.is_empty() {
+                    state.wildcard = true;
                 }
+                state.names.subscribe(names);
                 for name in unsubscribe {
                     if name == "*" {
                         state.wildcard = false;
@@ -1026,7 +1025,7 @@ mod tests {
             assert_eq!(pushes.len(), 1, "{pushes:?}");
             let sent = &session.types[&Kind::Endpoint].sent;
             let digest = sent.iter().fold(0, |acc, (name, entry)| {
-                acc ^ super::super::overlay::entry_digest(name, entry.version())
+                acc ^ crate::translate::entry_digest(name, entry.version())
             });
             let expected = format!("{digest:016x}");
             assert_eq!(pushes[0].version, expected, "fast path: {fast}");
