@@ -259,6 +259,17 @@ impl<V: Entry> Overlay<V> {
 
     /// Every entry, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, V)> + '_ {
+        self.entries().map(|(name, entry)| {
+            let entry = match entry {
+                Kept::Base(r) => V::of(r),
+                Kept::Own(entry) => entry.clone(),
+            };
+            (name, entry)
+        })
+    }
+
+    /// Every entry as the set keeps it, in name order.
+    fn entries(&self) -> Merge<'_, impl Iterator<Item = (&String, &Arc<Resource>)>, V> {
         Merge {
             base: self.base.iter().flat_map(|b| b.map.iter()).peekable(),
             diff: self.diff.iter().peekable(),
@@ -490,6 +501,18 @@ fn changed_names<'a>(before: &'a Resources, after: &'a Resources) -> Vec<&'a str
         .collect()
 }
 
+impl Overlay<Sent> {
+    /// The resources sent, in name order, without an entry made for each
+    /// (a first push and every State-of-the-World whole set take a
+    /// thousand of them per proxy).
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> + '_ {
+        self.entries().filter_map(|(_, entry)| match entry {
+            Kept::Base(r) | Kept::Own(Sent::Resource(r)) => Some(r),
+            Kept::Own(Sent::Held(_)) => None,
+        })
+    }
+}
+
 impl Overlay<()> {
     /// Adds `names` to the set. A proxy's first subscription (every
     /// cluster's endpoints, at a cold sync) goes to a blank set, which is
@@ -551,6 +574,12 @@ fn same_entry<V: Entry>(a: Option<&V>, b: Option<&V>) -> bool {
     }
 }
 
+/// An entry where a set keeps it.
+enum Kept<'a, V> {
+    Base(&'a Arc<Resource>),
+    Own(&'a V),
+}
+
 /// Merges a base's entries with the differences, in name order.
 struct Merge<'a, B: Iterator<Item = (&'a String, &'a Arc<Resource>)>, V: 'a> {
     base: Peekable<B>,
@@ -562,7 +591,7 @@ where
     B: Iterator<Item = (&'a String, &'a Arc<Resource>)>,
     V: Entry + 'a,
 {
-    type Item = (&'a str, V);
+    type Item = (&'a str, Kept<'a, V>);
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -575,19 +604,19 @@ where
             match order {
                 std::cmp::Ordering::Less => {
                     let (name, r) = self.base.next()?;
-                    return Some((name, V::of(r)));
+                    return Some((name, Kept::Base(r)));
                 }
                 std::cmp::Ordering::Equal => {
                     self.base.next();
                     let (name, entry) = self.diff.next()?;
                     if let Some(entry) = entry {
-                        return Some((name, entry.clone()));
+                        return Some((name, Kept::Own(entry)));
                     }
                 }
                 std::cmp::Ordering::Greater => {
                     let (name, entry) = self.diff.next()?;
                     if let Some(entry) = entry {
-                        return Some((name, entry.clone()));
+                        return Some((name, Kept::Own(entry)));
                     }
                 }
             }
@@ -636,7 +665,7 @@ mod tests {
     }
 
     #[test]
-    fn a_digest_worked_out_from_the_base_is_the_digest_of_every_entry() {
+    fn a_set_worked_out_from_its_base_has_every_entry_digest_and_resource() {
         let base = map(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]);
         let mut set = Overlay::<Sent>::based(1, &base);
         assert_eq!(set.digest, None, "worked out only when asked");
@@ -648,6 +677,18 @@ mod tests {
         set.insert("f", Sent::of(&resource("other", "1")));
         assert_eq!(set.digest, None);
         assert_eq!(set.digest(), full_digest(&set));
+        let resources: Vec<(String, String)> = set
+            .resources()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        let expected: Vec<(String, String)> = ["a", "b", "d", "other"]
+            .iter()
+            .map(|&name| {
+                let r = set.get(if name == "other" { "f" } else { name }).unwrap();
+                (name.to_string(), r.version().to_string())
+            })
+            .collect();
+        assert_eq!(resources, expected, "every resource, the held one not");
         let mut adopted = Overlay::default();
         adopted.adopt(set.clone());
         assert_eq!(adopted.digest, Some(full_digest(&set)));

@@ -534,10 +534,7 @@ impl Session {
         let state = self.state(kind);
         if state.sent.is_blank() {
             // The first push of this type: all of it.
-            let changed: Vec<Arc<Resource>> = desired
-                .iter()
-                .filter_map(|(_, d)| d.resource().cloned())
-                .collect();
+            let changed: Vec<Arc<Resource>> = desired.resources().cloned().collect();
             let never_sent = state.sent_version.is_empty();
             state.sent.adopt(desired);
             if changed.is_empty() && !never_sent {
@@ -583,11 +580,7 @@ impl Session {
         let version = format!("{:016x}", state.sent.digest());
         // Only State-of-the-World listeners and clusters go as a whole set.
         let all = if whole_set {
-            state
-                .sent
-                .iter()
-                .filter_map(|(_, d)| d.resource().cloned())
-                .collect()
+            state.sent.resources().cloned().collect()
         } else {
             Vec::new()
         };
