@@ -86,6 +86,9 @@ impl Entry for Sent {
 
     fn digest_of(resource: &Resource, name: &str) -> u64 {
         if resource.name == name {
+            // Made with the resource from its name and version, which no
+            // one changes after.
+            debug_assert_eq!(resource.digest, entry_digest(name, &resource.version));
             resource.digest
         } else {
             entry_digest(name, &resource.version)

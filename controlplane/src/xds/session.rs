@@ -747,6 +747,38 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_subscription_of_the_wildcard_and_names_keeps_both() {
+        let mut session = Session::new(true);
+        session.on_request(Request {
+            kind: Kind::Endpoint,
+            response_nonce: String::new(),
+            error: None,
+            subscribe: Subscribe::Change {
+                subscribe: ["b", "*", "a", "b"].map(String::from).to_vec(),
+                unsubscribe: vec![],
+                initial_versions: HashMap::new(),
+            },
+        });
+        let state = &session.types[&Kind::Endpoint];
+        assert!(state.wildcard);
+        assert_eq!(state.names.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(state.names.len(), 2);
+        session.on_request(Request {
+            kind: Kind::Endpoint,
+            response_nonce: String::new(),
+            error: None,
+            subscribe: Subscribe::Change {
+                subscribe: vec!["c".into()],
+                unsubscribe: ["*", "a"].map(String::from).to_vec(),
+                initial_versions: HashMap::new(),
+            },
+        });
+        let state = &session.types[&Kind::Endpoint];
+        assert!(!state.wildcard);
+        assert_eq!(state.names.names().collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
     fn a_changed_cluster_gets_its_endpoints_again() {
         let v1 = snapshot(&service("web", "198.19.0.1", false));
         let mut session = Session::new(true);
