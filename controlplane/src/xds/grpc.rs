@@ -865,13 +865,18 @@ mod tests {
         assert_eq!(got.resource_names.len(), 1_500);
     }
 
+    /// Every permit of the budget, held elsewhere (by a client that
+    /// stalls, say).
+    fn all_of(budget: &Arc<Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
+        let held = budget.clone().try_acquire_many_owned(REQUEST_BUDGET as u32);
+        held.expect("the budget is untouched")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_large_message_waits_for_budget_only_a_while_and_takes_none_after() {
         let large = framed(1_500);
         let budget = request_budget();
-        // Every permit held elsewhere: by a client that stalls, say.
-        let held = budget.clone().try_acquire_many_owned(REQUEST_BUDGET as u32);
-        let held = held.unwrap();
+        let held = all_of(&budget);
         let (mut reader, frames) = fed(&budget);
         // Two frames: the length is known before the message is in.
         send(&frames, &large[..100]);
@@ -911,8 +916,7 @@ mod tests {
         use futures::FutureExt;
         let large = framed(1_500);
         let budget = request_budget();
-        let held = budget.clone().try_acquire_many_owned(REQUEST_BUDGET as u32);
-        let held = held.unwrap();
+        let held = all_of(&budget);
         // Queued behind the permits held elsewhere, then busy elsewhere.
         let (mut waiting, waiting_frames) = fed(&budget);
         send(&waiting_frames, &large[..100]);
