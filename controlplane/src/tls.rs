@@ -61,6 +61,14 @@ pub fn server_config(identity: Arc<Identity>, server: ServerIdentity) -> Arc<Ser
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(serving_cert(identity, server)));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips the verifier and
+    // brings back the certificate of the session it resumes, which may
+    // have expired, or chain to a root retired, since. A proxy reconnects
+    // rarely, and after a control plane restart there is nothing to
+    // resume; a full handshake costs a fraction of a sync. So no tickets
+    // to issue and no session cache to fill with proxies' chains.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Arc::new(config)
 }
 

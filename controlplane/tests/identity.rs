@@ -1088,3 +1088,71 @@ async fn refused_tls_handshakes_are_counted_by_reason() {
     }
     h.stop().await;
 }
+
+/// A proxy proves its certificate at every connection: the xDS server
+/// resumes no TLS session (1.2 or 1.3), so a session opened with a
+/// certificate that has since expired, or that chains to a root since
+/// retired, cannot bring that identity back without the checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_proves_its_certificate_afresh() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let h = Harness::start().await;
+    let (issued, key) = h
+        .identity
+        .ca
+        .issue_with_key(&client_id(), Duration::from_secs(3600))
+        .expect("a client certificate");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("the issued chain parses");
+    let key = PrivateKeyDer::from_pem_slice(key.expose_pem().as_bytes()).expect("the key parses");
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(h.identity.ca.trust_bundle_pem().as_bytes()) {
+        roots.add(root.expect("the bundle parses")).expect("a root");
+    }
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        // One client, with its session cache, for both connections, as
+        // Envoy keeps its TLS sessions across reconnects.
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .expect("the version")
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(chain.clone(), key.clone_key())
+        .expect("the client certificate");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        for connection in 0..2 {
+            let tcp = TcpStream::connect(h.cp.xds_addr).await.expect("connect");
+            let mut tls = timeout(
+                STEP,
+                connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+            )
+            .await
+            .expect("the handshake ends in time")
+            .expect("the handshake");
+            assert_eq!(
+                tls.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Full),
+                "{version:?}, connection {connection}"
+            );
+            // HTTP/2's preface and an empty SETTINGS; reading the server's
+            // SETTINGS takes in whatever it sent after the handshake (a TLS
+            // 1.3 session ticket among it), as a proxy's connection would.
+            tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                .await
+                .expect("write the preface");
+            let mut frame_header = [0u8; 9];
+            timeout(STEP, tls.read_exact(&mut frame_header))
+                .await
+                .expect("the server's SETTINGS in time")
+                .expect("the server's SETTINGS");
+            assert_eq!(frame_header[3], 4, "a SETTINGS frame");
+        }
+    }
+    h.stop().await;
+}

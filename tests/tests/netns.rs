@@ -266,6 +266,27 @@ fn captured_traffic_crosses_both_proxies_over_mtls() {
         stat(&server_stats, "cluster.inbound|8080||.upstream_rq_200") >= 1,
         "{server_stats}"
     );
+    // TLS 1.3, where the caller's certificate is encrypted; Envoy's client
+    // default would stop at 1.2. The same for each proxy's connection to
+    // meshd, whose cipher (AES-128-GCM) the load tool's fleet offers first.
+    assert!(
+        stat(
+            &client_stats,
+            "cluster.outbound|80|mtls|server.e2e.svc.cluster.local.ssl.versions.TLSv1.3"
+        ) >= 1,
+        "{client_stats}"
+    );
+    for proxy in [&mesh.client, &mesh.server] {
+        let xds = NetMesh::admin(proxy, "/stats?filter=xds-grpc.ssl");
+        assert!(
+            stat(&xds, "cluster.xds-grpc.ssl.versions.TLSv1.3") >= 1,
+            "{xds}"
+        );
+        assert!(
+            stat(&xds, "cluster.xds-grpc.ssl.ciphers.TLS_AES_128_GCM_SHA256") >= 1,
+            "{xds}"
+        );
+    }
 
     // Traffic to a destination the mesh does not know passes through the
     // proxy untouched: the client reaches the server pod's IP directly.

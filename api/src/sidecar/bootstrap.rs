@@ -311,7 +311,10 @@ fn file_sds(name: &str, dir: &Path, file: &str) -> Value {
 }
 
 /// The xDS cluster's TLS: the bootstrap identity as client certificate,
-/// and the control plane's SPIFFE ID checked on its certificate.
+/// and the control plane's SPIFFE ID checked on its certificate. TLS 1.3,
+/// as between workloads (see the control plane's `translate::tls`): Envoy's
+/// client default stops at 1.2, where the proxy's certificate, and so its
+/// identity, crosses the network in the clear.
 fn xds_tls(dir: &Path, control_plane_id: &str) -> Value {
     json!({
         "name": "envoy.transport_sockets.tls",
@@ -319,6 +322,10 @@ fn xds_tls(dir: &Path, control_plane_id: &str) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_2",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
                 "tls_certificate_sds_secret_configs": [file_sds("xds-identity", dir, identity_file_names::CERT_SDS)],
                 "combined_validation_context": {
                     "default_validation_context": {

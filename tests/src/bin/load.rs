@@ -10,8 +10,9 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    // One TLS crypto provider for the process, chosen before any TLS use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // One TLS crypto provider for the process, chosen before any TLS use:
+    // what Envoy offers.
+    let _ = meshd_tests::load::xds::envoy_tls_provider().install_default();
     // Quiet unless asked (`MESHD_LOG=meshd_tests::load=debug` shows every
     // response each proxy receives); stdout carries the summary, or a
     // worker's reports.

@@ -198,6 +198,31 @@ pub async fn run(ctx: Arc<Ctx>, spec: ProxySpec, endpoint: Endpoint) {
     });
 }
 
+/// The TLS a sidecar offers meshd, for the process's default provider
+/// (tonic's client takes it from there): what Envoy 1.40 (BoringSSL) offers
+/// on the bootstrap's `xds-grpc` cluster, TLS 1.2 to 1.3 on a machine with
+/// AES instructions. So AES-128-GCM first, as Envoy negotiates with meshd;
+/// rustls' own order (AES-256-GCM first) would have meshd encrypt every
+/// response with a cipher no sidecar picks.
+pub fn envoy_tls_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            // Envoy's default TLS 1.2 list for a client, in its order.
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ],
+        ..default_provider()
+    }
+}
+
 /// The endpoint of the xDS server for one proxy: mTLS with its own
 /// certificate, meshd verified against the mesh root, HTTP/2 as Envoy
 /// configures it.
@@ -1060,6 +1085,66 @@ mod tests {
     use super::*;
 
     const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+
+    /// The netns test reads what Envoy negotiates with meshd off Envoy's
+    /// counters (TLS 1.3, AES-128-GCM); the fleet must land on the same,
+    /// against a server with meshd's crypto provider and versions.
+    #[test]
+    fn the_fleet_negotiates_with_meshd_the_cipher_envoy_does() {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+        let issued = rcgen::generate_simple_self_signed(vec!["meshd.test".to_string()]).unwrap();
+        let cert = issued.cert.der().clone();
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(meshd_ca::serving::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(envoy_tls_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client),
+            ServerName::try_from("meshd.test").unwrap(),
+        )
+        .unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        // The handshake, flight by flight, in memory.
+        for _ in 0..10 {
+            let mut flight = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut flight).unwrap();
+            }
+            server.read_tls(&mut flight.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut flight = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut flight).unwrap();
+            }
+            client.read_tls(&mut flight.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking(), "the handshake did not finish");
+        assert_eq!(
+            server.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            server.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
 
     fn ctx() -> (
         Arc<Ctx>,
