@@ -458,7 +458,9 @@ fn rejected_config_is_recorded_and_the_last_good_one_keeps_serving() {
         .iter()
         .find(|p| p.node_id == "client-0.e2e")
         .unwrap()
-        .types["LDS"];
+        .types
+        .get("LDS")
+        .unwrap();
     assert_ne!(lds.sent_version, lds.acked_version);
     assert!(lds.last_nack.is_some());
 }
