@@ -12,7 +12,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> std::process::ExitCode {
     // One TLS crypto provider for the process, chosen before any TLS use:
     // what Envoy offers.
-    let _ = meshd_tests::load::xds::envoy_tls_provider().install_default();
+    meshd_tests::load::xds::envoy_tls_provider()
+        .install_default()
+        .expect("no TLS provider is installed before main");
     // Quiet unless asked (`MESHD_LOG=meshd_tests::load=debug` shows every
     // response each proxy receives); stdout carries the summary, or a
     // worker's reports.

@@ -1087,50 +1087,66 @@ mod tests {
     const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
 
     /// The netns test reads what Envoy negotiates with meshd off Envoy's
-    /// counters (TLS 1.3, AES-128-GCM); the fleet must land on the same,
-    /// against a server with meshd's crypto provider and versions.
+    /// counters (TLS 1.3, AES-128-GCM); the fleet must land on the same
+    /// against meshd's own xDS server configuration.
     #[test]
     fn the_fleet_negotiates_with_meshd_the_cipher_envoy_does() {
-        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-        let issued = rcgen::generate_simple_self_signed(vec!["meshd.test".to_string()]).unwrap();
-        let cert = issued.cert.der().clone();
-        let key =
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
-        let server = rustls::ServerConfig::builder_with_provider(meshd_ca::serving::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key)
+        let pki = crate::pki::Pki::new(Default::default()).unwrap();
+        let tls = pki.tls(&[std::net::IpAddr::from([127, 0, 0, 1])]);
+        let server = meshd_controlplane::tls::server_config(tls.identity.clone(), tls.server);
+        let id = meshd_ca::SpiffeId::new(crate::pki::TRUST_DOMAIN, "shop", "web");
+        let (issued, key) = pki
+            .identity
+            .ca
+            .issue_with_key(&id, Duration::from_secs(3600))
             .unwrap();
+        let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.expose_pem().as_bytes()).unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(envoy_tls_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        for root in CertificateDer::pem_slice_iter(pki.identity.ca.trust_bundle_pem().as_bytes()) {
+            roots.add(root.unwrap()).unwrap();
+        }
+        let mut client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(envoy_tls_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+        client.alpn_protocols = vec![b"h2".to_vec()];
 
         let mut client = rustls::ClientConnection::new(
             Arc::new(client),
-            ServerName::try_from("meshd.test").unwrap(),
+            ServerName::try_from("localhost").unwrap(),
         )
         .unwrap();
-        let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
-        // The handshake, flight by flight, in memory.
+        let mut server = rustls::ServerConnection::new(server).unwrap();
+        // The handshake, flight by flight, in memory; each side reads the
+        // whole of the other's flight.
         for _ in 0..10 {
             let mut flight = Vec::new();
             while client.wants_write() {
                 client.write_tls(&mut flight).unwrap();
             }
-            server.read_tls(&mut flight.as_slice()).unwrap();
-            server.process_new_packets().unwrap();
+            let mut unread = flight.as_slice();
+            while !unread.is_empty() {
+                server.read_tls(&mut unread).unwrap();
+                server.process_new_packets().unwrap();
+            }
             let mut flight = Vec::new();
             while server.wants_write() {
                 server.write_tls(&mut flight).unwrap();
             }
-            client.read_tls(&mut flight.as_slice()).unwrap();
-            client.process_new_packets().unwrap();
+            let mut unread = flight.as_slice();
+            while !unread.is_empty() {
+                client.read_tls(&mut unread).unwrap();
+                client.process_new_packets().unwrap();
+            }
             if !client.is_handshaking() && !server.is_handshaking() {
                 break;
             }
