@@ -1128,25 +1128,23 @@ mod tests {
         let mut server = rustls::ServerConnection::new(server).unwrap();
         // The handshake, flight by flight, in memory; each side reads the
         // whole of the other's flight.
+        fn deliver<A, B>(
+            from: &mut rustls::ConnectionCommon<A>,
+            to: &mut rustls::ConnectionCommon<B>,
+        ) {
+            let mut flight = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut flight).unwrap();
+            }
+            let mut unread = flight.as_slice();
+            while !unread.is_empty() {
+                to.read_tls(&mut unread).unwrap();
+                to.process_new_packets().unwrap();
+            }
+        }
         for _ in 0..10 {
-            let mut flight = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut flight).unwrap();
-            }
-            let mut unread = flight.as_slice();
-            while !unread.is_empty() {
-                server.read_tls(&mut unread).unwrap();
-                server.process_new_packets().unwrap();
-            }
-            let mut flight = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut flight).unwrap();
-            }
-            let mut unread = flight.as_slice();
-            while !unread.is_empty() {
-                client.read_tls(&mut unread).unwrap();
-                client.process_new_packets().unwrap();
-            }
+            deliver(&mut client, &mut server);
+            deliver(&mut server, &mut client);
             if !client.is_handshaking() && !server.is_handshaking() {
                 break;
             }
