@@ -65,8 +65,10 @@ pub fn server_config(identity: Arc<Identity>, server: ServerIdentity) -> Arc<Ser
     // brings back the certificate of the session it resumes, which may
     // have expired, or chain to a root retired, since. A proxy reconnects
     // rarely, and after a control plane restart there is nothing to
-    // resume; a full handshake costs a fraction of a sync. So no tickets
-    // to issue and no session cache to fill with proxies' chains.
+    // resume; a full handshake costs a fraction of a sync. No session
+    // cache to fill with proxies' chains; and no TLS 1.3 tickets, which
+    // rustls would otherwise encode at every handshake only for the
+    // storage to refuse them.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Arc::new(config)
