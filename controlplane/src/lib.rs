@@ -19,6 +19,7 @@ pub mod debug;
 pub mod discovery;
 pub mod identity;
 pub mod model;
+pub mod process;
 pub mod server;
 pub mod serving;
 pub mod tls;

@@ -233,6 +233,7 @@ impl ControlPlane {
         let mut debug_addr = None;
         if let Some(listener) = options.debug {
             let mut registry = Registry::default();
+            crate::process::ProcessCollector::register(&mut registry);
             state.metrics.register(&mut registry);
             if let Some(identity) = &identity {
                 csr_metrics.register(&mut registry);
@@ -360,6 +361,7 @@ impl DebugEndpoints {
         // Nothing to discover: there is no mesh view to wait for.
         lifecycle.set_synced();
         let mut registry = Registry::default();
+        crate::process::ProcessCollector::register(&mut registry);
         if let Some(identity) = &identity {
             identity.metrics.register(&mut registry);
         }
