@@ -21,7 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 /// Exports the process metrics; register it once per registry.
 #[derive(Debug)]
 pub struct ProcessCollector {
-    /// When the control plane started, in seconds since the epoch.
+    /// When the process started, in seconds since the epoch.
     start_time: f64,
 }
 
@@ -29,11 +29,42 @@ impl ProcessCollector {
     /// Adds the process metrics to `registry`, unprefixed as Prometheus
     /// names them.
     pub fn register(registry: &mut Registry) {
-        let start_time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        // The control plane starts once the CA is loaded, which can wait a
+        // while for the leader's Secret: the process's own start is what
+        // a restart shows as.
+        let start_time = process_start_time().unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
         registry.register_collector(Box::new(ProcessCollector { start_time }));
     }
+}
+
+/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): Linux fixes
+/// it at 100 on every architecture, whatever the kernel's own tick.
+const USER_HZ: f64 = 100.0;
+
+/// The boot time (`btime` in `/proc/stat`) plus the process's start
+/// after boot (field 22 of `/proc/self/stat`).
+fn process_start_time() -> Option<f64> {
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    start_time_of(&boot, &stat)
+}
+
+fn start_time_of(proc_stat: &str, self_stat: &str) -> Option<f64> {
+    let boot: f64 = proc_stat
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or
+    // parentheses itself: count from after the last `)`, which is field 3.
+    let after_name = &self_stat[self_stat.rfind(')')? + 1..];
+    let ticks: f64 = after_name.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    Some(boot + ticks / USER_HZ)
 }
 
 /// One reading of the process.
@@ -181,6 +212,21 @@ mod tests {
             Status::parse("Name:\tkthreadd\nThreads:\t1\n").resident_bytes,
             None
         );
+    }
+
+    #[test]
+    fn the_start_time_is_the_boot_time_plus_the_processs_start_after_boot() {
+        let proc_stat = "cpu  1 2 3\nintr 5\nbtime 1796500000\nprocesses 9\n";
+        // A command name with a space and a parenthesis; starttime 12345
+        // ticks after boot (field 22).
+        let self_stat = "4242 (meshd (x) run) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
+                         10 5 0 0 20 0 7 0 12345 174956544 2010 18446744073709551615";
+        assert_eq!(
+            start_time_of(proc_stat, self_stat),
+            Some(1_796_500_000.0 + 123.45)
+        );
+        assert_eq!(start_time_of("cpu 1\n", self_stat), None);
+        assert_eq!(start_time_of(proc_stat, "4242 (meshd) S 1"), None);
     }
 
     /// The scrape as Prometheus reads it: each series once, under the name
