@@ -137,49 +137,57 @@ impl Status {
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let reading = Reading::now();
-        let mut gauge = |name: &str, help: &str, unit: Option<&Unit>, value: Option<f64>| {
-            let Some(value) = value else {
-                return Ok(());
-            };
+        let count = |n: Option<u64>| n.map(|n| n as f64);
+        // Name (without its unit), help as Prometheus' clients word it,
+        // unit, value.
+        let gauges = [
+            (
+                "process_resident_memory",
+                "Resident memory size in bytes.",
+                Some(Unit::Bytes),
+                count(reading.resident_bytes),
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size in bytes.",
+                Some(Unit::Bytes),
+                count(reading.virtual_bytes),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                None,
+                count(reading.open_fds),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                None,
+                count(reading.max_fds),
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                None,
+                count(reading.threads),
+            ),
+            (
+                "process_start_time",
+                "Start time of the process since unix epoch in seconds.",
+                Some(Unit::Seconds),
+                Some(self.start_time),
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            let Some(value) = value else { continue };
             let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, unit, gauge.metric_type())?)
-        };
-        gauge(
-            "process_resident_memory",
-            "Resident memory size in bytes.",
-            Some(&Unit::Bytes),
-            reading.resident_bytes.map(|b| b as f64),
-        )?;
-        gauge(
-            "process_virtual_memory",
-            "Virtual memory size in bytes.",
-            Some(&Unit::Bytes),
-            reading.virtual_bytes.map(|b| b as f64),
-        )?;
-        gauge(
-            "process_open_fds",
-            "Number of open file descriptors.",
-            None,
-            reading.open_fds.map(|n| n as f64),
-        )?;
-        gauge(
-            "process_max_fds",
-            "Maximum number of open file descriptors.",
-            None,
-            reading.max_fds.map(|n| n as f64),
-        )?;
-        gauge(
-            "process_threads",
-            "Number of OS threads in the process.",
-            None,
-            reading.threads.map(|n| n as f64),
-        )?;
-        gauge(
-            "process_start_time",
-            "Start time of the process since unix epoch in seconds.",
-            Some(&Unit::Seconds),
-            Some(self.start_time),
-        )?;
+            gauge.encode(encoder.encode_descriptor(
+                name,
+                help,
+                unit.as_ref(),
+                gauge.metric_type(),
+            )?)?;
+        }
         if let Some(seconds) = reading.cpu_seconds {
             let counter = ConstCounter::new(seconds);
             counter.encode(encoder.encode_descriptor(
@@ -270,6 +278,15 @@ mod tests {
             text.contains("# TYPE process_cpu_seconds counter"),
             "{text}"
         );
+        for gauge in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {gauge} gauge")), "{text}");
+        }
         assert!(
             text.contains("# UNIT process_resident_memory_bytes bytes"),
             "{text}"
