@@ -69,7 +69,6 @@ fn start_time_of(proc_stat: &str, self_stat: &str) -> Option<f64> {
 }
 
 /// One reading of the process.
-#[derive(Debug, Default, PartialEq)]
 struct Reading {
     cpu_seconds: Option<f64>,
     resident_bytes: Option<u64>,

@@ -1108,8 +1108,8 @@ mod tests {
             .unwrap();
         let key = PrivateKeyDer::from_pem_slice(key.expose_pem().as_bytes()).unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        for root in CertificateDer::pem_slice_iter(pki.identity.ca.trust_bundle_pem().as_bytes()) {
-            roots.add(root.unwrap()).unwrap();
+        for root in pki.identity.ca.trust_anchors() {
+            roots.add(root).unwrap();
         }
         let mut client =
             rustls::ClientConfig::builder_with_provider(Arc::new(envoy_tls_provider()))
